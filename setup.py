@@ -1,0 +1,62 @@
+"""Build script: compiles the Cython engine into the `raftcore` package.
+
+How the two source folders become one installed package:
+- python/ holds the pure-Python side and is installed as the package `raftcore`
+  (package_dir maps the import name onto that folder);
+- raftcore/ holds the Cython sources; each raftcore/X.pyx becomes the extension
+  module `raftcore.X`, installed next to the Python modules.
+raftcore/ has an empty __init__.pxd (so `cimport raftcore.X` resolves) and no
+__init__.py (so it is never importable itself: tests always import the
+installed, compiled package). No module name may exist in both folders.
+
+The generated .c files are always regenerated (force=True) so a build never
+picks up a stale translation of an older .pyx.
+"""
+import glob
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def extensions():
+    exts = []
+    for pyx in sorted(glob.glob(os.path.join("raftcore", "*.pyx"))):
+        name = os.path.splitext(os.path.basename(pyx))[0]
+        exts.append(
+            Extension(
+                f"raftcore.{name}",
+                [pyx],
+                extra_compile_args=["-O2"],
+            )
+        )
+    return cythonize(
+        exts,
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "initializedcheck": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+        include_path=[HERE],
+        force=True,
+        quiet=True,
+    )
+
+
+setup(
+    packages=[
+        "raftcore",
+        "raftcore.storage",
+        "raftcore.network",
+        "raftcore.testing",
+    ],
+    package_dir={"raftcore": "python"},
+    package_data={"raftcore": ["py.typed", "*.pyi"]},
+    ext_modules=extensions(),
+    zip_safe=False,
+)
