@@ -1,0 +1,28 @@
+"""raftcore: Raft consensus for Python with a compiled Cython engine.
+
+The engine is a compiled extension. If it is missing (a source checkout that
+was never built, or a broken install), importing raftcore fails here with a
+message saying so: there is no pure-Python fallback.
+"""
+try:
+    from raftcore import engine as _engine  # noqa: F401  (compiled)
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    raise ImportError(
+        "raftcore's compiled engine (raftcore.engine) is missing or failed to load: "
+        f"{exc}. Install the package with `pip install .` (it compiles the Cython "
+        "sources in raftcore/), and run Python from outside the source tree."
+    ) from exc
+
+from raftcore.config import Config
+from raftcore.errors import ForwardToLeader, NotAllowed, RaftError, StorageError, Timeout
+from raftcore.membership import Membership
+from raftcore.model import Node, ReadPolicy, ServerState
+from raftcore.types import Entry, LogId, Vote
+from raftcore.raft import Raft, RaftMetrics, ClientWriteResponse
+
+__all__ = [
+    "Raft", "RaftMetrics", "ClientWriteResponse", "Config", "Node", "ServerState",
+    "ReadPolicy", "Membership", "Entry", "LogId", "Vote", "RaftError",
+    "ForwardToLeader", "NotAllowed", "Timeout", "StorageError",
+]
+__version__ = "0.1.0"

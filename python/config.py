@@ -1,0 +1,61 @@
+"""Config: the tunables of a Raft node, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from raftcore.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Config:
+    """Runtime settings of one node. Times are in seconds.
+
+    Names and defaults follow openraft's Config where it has the field.
+    """
+
+    cluster_name: str = "raftcore"
+    #: A leader sends a heartbeat this often (openraft: 50 ms).
+    heartbeat_interval: float = 0.050
+    #: A follower that hears no leader for a random time in
+    #: [election_timeout_min, election_timeout_max) starts an election.
+    election_timeout_min: float = 0.150
+    election_timeout_max: float = 0.300
+    #: Most entries in one AppendEntries request.
+    max_payload_entries: int = 300
+    #: Most payload bytes in one AppendEntries request (byte-like payloads
+    #: are counted; a single larger entry still travels alone).
+    max_payload_bytes: int = 4 * 1024 * 1024
+    #: AppendEntries requests in flight to one follower (pipelining window).
+    max_inflight: int = 64
+    #: Client writes that may wait in the leader for a batch; more writers
+    #: wait for room instead of memory growing without bound.
+    max_pending_writes: int = 65536
+    #: Most writes put into the log as one batch.
+    max_write_batch: int = 4096
+    #: An RPC with no answer after this long counts as lost.
+    rpc_timeout: float = 1.0
+    #: Seed of the node's random generator (election timeouts); None: random.
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("cluster_name", "seed"):
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ConfigError(f"Config.{f.name} must be a number, got {v!r}")
+            if v <= 0:
+                raise ConfigError(f"Config.{f.name} must be positive, got {v!r}")
+        for f in ("max_payload_entries", "max_payload_bytes", "max_inflight",
+                  "max_pending_writes", "max_write_batch"):
+            if not isinstance(getattr(self, f), int):
+                raise ConfigError(f"Config.{f} must be an integer, got {getattr(self, f)!r}")
+        if self.election_timeout_min >= self.election_timeout_max:
+            raise ConfigError(
+                f"Config.election_timeout_min ({self.election_timeout_min}) must be below "
+                f"election_timeout_max ({self.election_timeout_max})")
+        if self.heartbeat_interval >= self.election_timeout_min:
+            raise ConfigError(
+                f"Config.heartbeat_interval ({self.heartbeat_interval}) must be below "
+                f"election_timeout_min ({self.election_timeout_min}), or followers time "
+                "out between heartbeats")

@@ -1,0 +1,50 @@
+"""Exceptions raised by raftcore. Every message says what went wrong and what to do."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+class RaftError(Exception):
+    """Base class of every raftcore error."""
+
+
+class ForwardToLeader(RaftError):
+    """This node is not the leader: send the request to `leader_id` at `leader_node`.
+
+    Both are None while no leader is known (an election is under way); retry later.
+    """
+
+    def __init__(self, leader_id: Optional[int] = None, leader_node: Any = None):
+        self.leader_id = leader_id
+        self.leader_node = leader_node
+        if leader_id is None:
+            msg = "this node is not the leader and no leader is known yet; retry shortly"
+        else:
+            msg = f"this node is not the leader; forward the request to node {leader_id}"
+            if leader_node is not None:
+                msg += f" at {leader_node}"
+        super().__init__(msg)
+
+
+class NotAllowed(RaftError):
+    """The call is not allowed in this node's current state."""
+
+
+class Timeout(RaftError):
+    """A wait or an RPC did not complete in time."""
+
+
+class StorageError(RaftError):
+    """The log store or state machine failed; the node stops rather than lose data."""
+
+
+class NetworkError(RaftError):
+    """A peer could not be reached; the RPC may or may not have been delivered."""
+
+
+class ConfigError(RaftError, ValueError):
+    """A Config field has an invalid value."""
+
+
+class Fatal(RaftError):
+    """The node has stopped (shut down, or a storage failure); it takes no more requests."""

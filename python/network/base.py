@@ -1,0 +1,37 @@
+"""The network interfaces a Raft node sends its RPCs through."""
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse, VoteRequest,
+                               VoteResponse)
+
+
+class NetworkClient(abc.ABC):
+    """Sends one node's RPCs to one peer.
+
+    Each method returns the peer's response, or raises (NetworkError,
+    Timeout, ...) if none came. A method must finish within the node's
+    Config.rpc_timeout: the runtime does not cancel it, so that a request
+    handed to a peer in the same process is never cut off half-way.
+    """
+
+    @abc.abstractmethod
+    async def append_entries(self, req: AppendEntriesRequest) -> AppendEntriesResponse:
+        ...
+
+    @abc.abstractmethod
+    async def vote(self, req: VoteRequest) -> VoteResponse:
+        ...
+
+    async def close(self) -> None:
+        """Releases the connection, if any."""
+
+
+class Network(abc.ABC):
+    """Makes a NetworkClient for each peer of one node."""
+
+    @abc.abstractmethod
+    def client(self, target: int, node: Any) -> NetworkClient:
+        """A client sending to `target`, reachable at `node` (a Node)."""

@@ -1,0 +1,255 @@
+"""The Raft handle: the public API of one node (openraft's `Raft`)."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from raftcore.config import Config
+from raftcore.core import ClientWriteResponse, RaftCore
+from raftcore.errors import ConfigError, NotAllowed, Timeout
+from raftcore.membership import Membership
+from raftcore.model import Node, ServerState
+from raftcore.types import LogId, Vote
+
+__all__ = ["Raft", "RaftMetrics", "ClientWriteResponse", "Wait", "Trigger", "RuntimeConfig"]
+
+
+@dataclass(frozen=True)
+class RaftMetrics:
+    """A snapshot of a node's state (openraft's RaftMetrics)."""
+
+    id: int
+    state: ServerState
+    current_term: int
+    vote: Vote
+    current_leader: Optional[int]
+    last_log_index: int
+    committed: int
+    last_applied: Optional[LogId]
+    snapshot: Optional[LogId]
+    purged: Optional[LogId]
+    membership: Optional[Membership]
+    #: Leader only: follower id -> highest index known flushed there.
+    replication: Optional[dict]
+
+    @property
+    def last_applied_index(self) -> int:
+        return self.last_applied.index if self.last_applied is not None else 0
+
+
+def build_metrics(core: RaftCore) -> RaftMetrics:
+    e = core.engine
+    purged = None
+    if e.log.purged_index:
+        purged = LogId(e.log.term_of(e.log.purged_index), e.log.purged_index)
+    return RaftMetrics(
+        id=core.id,
+        state=ServerState(e.state),
+        current_term=e.vote.term,
+        vote=e.vote,
+        current_leader=e.leader_id,
+        last_log_index=e.last_log_index,
+        committed=e.committed,
+        last_applied=core.last_applied,
+        snapshot=None,
+        purged=purged,
+        membership=e.membership,
+        replication=e.replication(),
+    )
+
+
+class Raft:
+    """One Raft node. Create with `await Raft.create(...)`."""
+
+    def __init__(self, core: RaftCore) -> None:
+        self._core = core
+        self.trigger = Trigger(core)
+        self.runtime_config = RuntimeConfig(core)
+
+    @classmethod
+    async def create(cls, node_id: int, config: Config, network: Any, log_store: Any,
+                     state_machine: Any, *, executor: Optional[Callable] = None) -> "Raft":
+        """Loads the node's state from its stores and starts its runtime.
+
+        `executor(fn, *args)` runs blocking work and returns an awaitable;
+        by default the event loop's thread pool (a simulation runs it inline).
+        """
+        if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id < 0:
+            raise ConfigError(f"node_id must be a non-negative int, got {node_id!r}")
+        if not isinstance(config, Config):
+            raise ConfigError(f"config must be a raftcore.Config, got {type(config).__name__}")
+        core = RaftCore(node_id, config, network, log_store, state_machine,
+                        asyncio.get_running_loop(), executor)
+        await core.load()
+        core.start()
+        return cls(core)
+
+    # ------------------------------------------------------------- cluster
+
+    @property
+    def id(self) -> int:
+        return self._core.id
+
+    @property
+    def config(self) -> Config:
+        return self._core.config
+
+    async def initialize(self, members: Mapping[int, Node] | Iterable[int]) -> None:
+        """Makes this fresh node the first member of a cluster of `members`
+        (id -> Node, or ids alone). Raises NotAllowed on a node that already
+        has a log or a vote. Calling it on every node of the new cluster with
+        the same members is allowed."""
+        self._core.check_running()
+        if not isinstance(members, Mapping):
+            members = {i: Node() for i in members}
+        if not members:
+            raise ConfigError("initialize needs at least one member")
+        for k, v in members.items():
+            if not isinstance(k, int) or isinstance(k, bool):
+                raise ConfigError(f"member ids must be ints, got {k!r}")
+            if not isinstance(v, Node):
+                raise ConfigError(f"member {k}: expected a raftcore.Node, got {v!r}")
+        membership = Membership([set(members)], dict(members))
+        core = self._core
+        core.step(core.engine.initialize, membership)
+        await core.run_commands()
+
+    # --------------------------------------------------------------- writes
+
+    async def client_write(self, cmd: Any) -> ClientWriteResponse:
+        """Proposes `cmd`; returns once it is committed and applied here.
+
+        Raises ForwardToLeader (with the leader's id and Node when known) on
+        a node that is not the leader. If the caller cancels the call, the
+        write may still commit: cancellation only stops waiting for it.
+        """
+        return await self._core.client_write(cmd)
+
+    async def client_write_many(self, cmds: list) -> list[ClientWriteResponse]:
+        """Proposes the commands as one batch; returns their responses in
+        order once all are applied. Same errors and cancellation as
+        client_write."""
+        if not isinstance(cmds, list):
+            cmds = list(cmds)
+        if not cmds:
+            return []
+        return await self._core.client_write_many(cmds)
+
+    # ------------------------------------------------------------- RPC side
+
+    async def append_entries(self, req):
+        """Handles an AppendEntries request from the leader (called by a transport)."""
+        return await self._core.handle_append_entries(req)
+
+    async def vote(self, req):
+        """Handles a RequestVote from a candidate (called by a transport)."""
+        return await self._core.handle_vote(req)
+
+    # --------------------------------------------------------------- state
+
+    @property
+    def metrics(self) -> RaftMetrics:
+        return build_metrics(self._core)
+
+    @property
+    def state_machine(self) -> Any:
+        return self._core.sm
+
+    @property
+    def log_store(self) -> Any:
+        return self._core.log_store
+
+    def wait(self, timeout: Optional[float] = None) -> "Wait":
+        """Conditions on metrics to wait for; each raises Timeout after `timeout` s."""
+        return Wait(self._core, timeout)
+
+    async def shutdown(self) -> None:
+        """Stops the node: pending writes fail with Fatal, timers and RPCs stop."""
+        await self._core.shutdown()
+
+
+class Wait:
+    """raft.wait(timeout).<condition>(...): resolves with the metrics that met it."""
+
+    def __init__(self, core: RaftCore, timeout: Optional[float]) -> None:
+        self._core = core
+        self._timeout = timeout
+
+    async def metrics(self, predicate: Callable[[RaftMetrics], bool], msg: str = "") -> RaftMetrics:
+        core = self._core
+        core.check_running()
+        m = build_metrics(core)
+        if predicate(m):
+            return m
+        fut = core.loop.create_future()
+        core.add_metric_waiter(predicate, fut)
+        try:
+            return await asyncio.wait_for(fut, self._timeout)
+        except asyncio.TimeoutError:
+            raise Timeout(f"node {core.id}: timed out after {self._timeout}s waiting for "
+                          f"{msg or 'a metrics condition'}; last metrics: "
+                          f"{build_metrics(core)}") from None
+        finally:
+            core.remove_metric_waiter(fut)
+
+    async def state(self, state: ServerState, msg: str = "") -> RaftMetrics:
+        return await self.metrics(lambda m: m.state == state, msg or f"state {state.name}")
+
+    async def current_leader(self, leader_id: int, msg: str = "") -> RaftMetrics:
+        return await self.metrics(lambda m: m.current_leader == leader_id,
+                                  msg or f"leader {leader_id}")
+
+    async def log_index_at_least(self, index: int, msg: str = "") -> RaftMetrics:
+        return await self.metrics(lambda m: m.last_log_index >= index,
+                                  msg or f"last log index >= {index}")
+
+    async def applied_index_at_least(self, index: int, msg: str = "") -> RaftMetrics:
+        return await self.metrics(lambda m: m.last_applied_index >= index,
+                                  msg or f"applied index >= {index}")
+
+    async def members(self, ids: Iterable[int], msg: str = "") -> RaftMetrics:
+        want = frozenset(ids)
+        return await self.metrics(
+            lambda m: m.membership is not None and m.membership.voter_ids == want,
+            msg or f"voters {sorted(want)}")
+
+    async def snapshot(self, log_id: LogId, msg: str = "") -> RaftMetrics:
+        return await self.metrics(lambda m: m.snapshot is not None and m.snapshot >= log_id,
+                                  msg or f"snapshot at {log_id}")
+
+
+class Trigger:
+    """Manual triggers (openraft's raft.trigger())."""
+
+    def __init__(self, core: RaftCore) -> None:
+        self._core = core
+
+    def elect(self) -> None:
+        """Starts an election now. NotAllowed on a node that is not a voter."""
+        core = self._core
+        core.step(core.engine.trigger_elect, core.loop.time())
+
+    def heartbeat(self) -> None:
+        """Sends heartbeats to every follower now. NotAllowed unless leader."""
+        core = self._core
+        core.step(core.engine.trigger_heartbeat, core.loop.time())
+
+
+class RuntimeConfig:
+    """Switches that change a running node's behaviour (openraft's runtime_config())."""
+
+    def __init__(self, core: RaftCore) -> None:
+        self._core = core
+
+    def heartbeat(self, enabled: bool) -> None:
+        """Leader: send periodic heartbeats or not."""
+        self._core.engine.heartbeat_enabled = bool(enabled)
+
+    def elect(self, enabled: bool) -> None:
+        """Follower: start an election on timeout or not."""
+        self._core.engine.elect_enabled = bool(enabled)
+
+    def tick(self, enabled: bool) -> None:
+        """Feed time to the engine at all (no heartbeats, no elections when off)."""
+        self._core.tick_enabled = bool(enabled)

@@ -1,0 +1,101 @@
+"""The storage interfaces: LogStore (the Raft log and vote) and StateMachine.
+
+Both are batch-oriented: a call carries a batch of entries, never one await
+per entry.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from raftcore.types import Entry, LogId, Vote
+
+#: Called by a LogStore once an appended batch is durable: with None, or with
+#: the exception that kept it from becoming durable.
+FlushCallback = Callable[[Optional[BaseException]], None]
+
+
+@dataclass(frozen=True)
+class LogState:
+    """What a log store holds: the last purged log id and the last log id
+    (None when there is none). last_log_id is the last purged id when the
+    store holds no entries after it."""
+
+    last_purged_log_id: Optional[LogId]
+    last_log_id: Optional[LogId]
+
+
+class LogStore(abc.ABC):
+    """The Raft log and the vote of one node.
+
+    Contract:
+    - append() returns once the entries are readable through
+      read_entries(); it calls on_flushed(None) once they are durable, in
+      the order the appends were made. Replication goes on meanwhile: the
+      leader counts its own flush toward commit like a follower's ack.
+    - truncate_after() and purge() keep the log contiguous; a truncation is
+      durable before any later append is reported flushed.
+    - save_vote() returns only once the vote is durable.
+    - A store never calls back into the node from inside a call other than
+      through on_flushed.
+    """
+
+    @abc.abstractmethod
+    async def read_vote(self) -> Optional[Vote]:
+        """The last saved vote, or None for a fresh store."""
+
+    @abc.abstractmethod
+    async def save_vote(self, vote: Vote) -> None:
+        """Saves the vote; returns once it is durable."""
+
+    @abc.abstractmethod
+    async def get_log_state(self) -> LogState:
+        """The last purged and last log ids."""
+
+    @abc.abstractmethod
+    async def read_entries(self, first: int, last: int) -> list[Entry]:
+        """Entries first..last inclusive; all of them must be present."""
+
+    @abc.abstractmethod
+    def append(self, entries: Sequence[Entry], on_flushed: FlushCallback) -> None:
+        """Appends a batch after the current last entry (contiguous indexes).
+
+        Returns once the entries are readable; calls on_flushed once they
+        are durable (possibly before returning)."""
+
+    @abc.abstractmethod
+    def truncate_after(self, index: int) -> None:
+        """Deletes every entry with an index above `index`."""
+
+    @abc.abstractmethod
+    def purge(self, upto: LogId) -> None:
+        """Deletes every entry up to and including `upto`."""
+
+    async def save_committed(self, committed: Optional[LogId]) -> None:
+        """Optionally records the commit point, to re-apply less after a
+        restart. Never on the per-commit path; the default keeps nothing."""
+
+    async def read_committed(self) -> Optional[LogId]:
+        """The last saved commit point, if the store keeps one."""
+        return None
+
+    async def close(self) -> None:
+        """Releases resources; further calls are errors."""
+
+
+class StateMachine(abc.ABC):
+    """The application's replicated state.
+
+    apply() gets a batch of committed entries, in log order, and returns one
+    response per entry: the reply to the client for normal entries, None for
+    blank and membership entries.
+    """
+
+    @abc.abstractmethod
+    async def apply(self, entries: Sequence[Entry]) -> list[Any]:
+        """Applies the entries in order; returns one response per entry."""
+
+    @abc.abstractmethod
+    async def applied_state(self) -> tuple[Optional[LogId], Any]:
+        """The last applied log id and the last membership applied (or None)."""

@@ -1,0 +1,145 @@
+"""In-memory storage: MemLogStore and MemStateMachine (a KV map).
+
+For tests and the benchmark: nothing survives the process, but a store
+object survives a node's shutdown, so a restart within one process finds its
+log and vote again.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from raftcore.errors import StorageError
+from raftcore.storage.base import FlushCallback, LogState, LogStore, StateMachine
+from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry, LogId, Vote
+
+
+class MemLogStore(LogStore):
+    """A log and vote held in memory; flushed as soon as appended."""
+
+    def __init__(self) -> None:
+        self._vote: Optional[Vote] = None
+        self._entries: list[Entry] = []     # _entries[i] has index _purged_index + 1 + i
+        self._purged: Optional[LogId] = None
+        self._committed: Optional[LogId] = None
+
+    @property
+    def _purged_index(self) -> int:
+        return self._purged.index if self._purged is not None else 0
+
+    async def read_vote(self) -> Optional[Vote]:
+        return self._vote
+
+    async def save_vote(self, vote: Vote) -> None:
+        self._vote = vote
+
+    async def get_log_state(self) -> LogState:
+        last = self._entries[-1].log_id if self._entries else self._purged
+        return LogState(self._purged, last)
+
+    async def read_entries(self, first: int, last: int) -> list[Entry]:
+        return self.entries(first, last)
+
+    def entries(self, first: int, last: int) -> list[Entry]:
+        """Entries first..last inclusive, synchronously."""
+        base = self._purged_index + 1
+        if first < base or last > base + len(self._entries) - 1:
+            raise StorageError(
+                f"MemLogStore holds entries {base}..{base + len(self._entries) - 1}; "
+                f"{first}..{last} was asked for")
+        return self._entries[first - base:last - base + 1]
+
+    def append(self, entries: Sequence[Entry], on_flushed: FlushCallback) -> None:
+        expected = self._purged_index + 1 + len(self._entries)
+        if entries and entries[0].index != expected:
+            raise StorageError(
+                f"MemLogStore.append: the batch starts at index {entries[0].index}, "
+                f"the log expects {expected}; appends must be contiguous")
+        self._entries.extend(entries)
+        on_flushed(None)
+
+    def truncate_after(self, index: int) -> None:
+        del self._entries[max(0, index - self._purged_index):]
+
+    def purge(self, upto: LogId) -> None:
+        if upto.index <= self._purged_index:
+            return
+        del self._entries[:upto.index - self._purged_index]
+        self._purged = upto
+
+    async def save_committed(self, committed: Optional[LogId]) -> None:
+        self._committed = committed
+
+    async def read_committed(self) -> Optional[LogId]:
+        return self._committed
+
+
+class MemStateMachine(StateMachine):
+    """A key-value map. Commands (lists or tuples, msgpack-friendly):
+
+    - ``("set", key, value)`` -> the previous value (or None)
+    - ``("delete", key)`` -> the removed value (or None)
+    - ``("cas", key, expected, new)`` -> ``[ok, current]``: sets `new` if the
+      current value equals `expected` (None: absent); `current` is the value
+      after the command.
+
+    Read with get(key) after ensure_linearizable (or on any node, for a
+    possibly stale read).
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[Any, Any] = {}
+        self.last_applied: Optional[LogId] = None
+        self.last_membership: Any = None
+
+    @staticmethod
+    def set_cmd(key: Any, value: Any) -> list:
+        return ["set", key, value]
+
+    @staticmethod
+    def delete_cmd(key: Any) -> list:
+        return ["delete", key]
+
+    @staticmethod
+    def cas_cmd(key: Any, expected: Any, new: Any) -> list:
+        return ["cas", key, expected, new]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    async def apply(self, entries: Sequence[Entry]) -> list[Any]:
+        out: list[Any] = []
+        data = self.data
+        for e in entries:
+            if e.kind == ENTRY_NORMAL:
+                out.append(self._apply_command(data, e.payload))
+            else:
+                if e.kind == ENTRY_MEMBERSHIP:
+                    self.last_membership = e.payload
+                out.append(None)
+        if entries:
+            self.last_applied = entries[-1].log_id
+        return out
+
+    @staticmethod
+    def _apply_command(data: dict, cmd: Any) -> Any:
+        # A malformed command is answered with an error value, not raised:
+        # it is committed already, and every node must apply it the same way.
+        if not isinstance(cmd, (list, tuple)) or not cmd:
+            return {"error": f"a command is a list [op, ...]; got {cmd!r}"}
+        op = cmd[0]
+        if op == "set" and len(cmd) == 3:
+            prev = data.get(cmd[1])
+            data[cmd[1]] = cmd[2]
+            return prev
+        if op == "delete" and len(cmd) == 2:
+            return data.pop(cmd[1], None)
+        if op == "cas" and len(cmd) == 4:
+            cur = data.get(cmd[1])
+            if cur == cmd[2]:
+                data[cmd[1]] = cmd[3]
+                return [True, cmd[3]]
+            return [False, cur]
+        return {"error": f"unknown command {cmd!r}; use set, delete or cas"}
+
+    async def applied_state(self) -> tuple[Optional[LogId], Any]:
+        return self.last_applied, self.last_membership

@@ -1,0 +1,598 @@
+"""The Raft engine: a deterministic step function with no I/O.
+
+Events come in as method calls (client writes, RPC requests and responses,
+"log flushed up to X", timer ticks carrying the current time); the engine
+updates its state and appends commands to `self.output`, which the runtime
+takes with take_commands() and executes in order:
+
+    ("save_vote", Vote)                    persist before anything after it
+    ("append", [Entry, ...])               write to the local log; report flush
+    ("truncate", since_index)              delete local entries >= since_index
+    ("send_append", target, AppendEntriesRequest)
+    ("send_vote", target, VoteRequest)
+    ("apply", [Entry, ...])                apply to the state machine, in order
+
+The runtime owns the clock and the randomness: times are plain floats
+(seconds, from the event loop) and `rng` is a callable returning a float in
+[0, 1), from a generator the runtime seeds.
+
+Safety rules kept here:
+- a vote is emitted as save_vote before the response that grants it or the
+  requests that ask for it (the runtime executes commands in order);
+- an entry counts towards commit only once flushed (the leader's own log
+  included), and only entries of the leader's own term are committed by
+  counting (Raft paper, Figure 8);
+- a follower never deletes entries that match the leader's; it truncates only
+  from the first conflict, and never below its commit index.
+"""
+from raftcore.types cimport LogId, Vote, Entry, make_entry, BLANK, NORMAL, MEMBERSHIP
+from raftcore.log cimport RaftLog
+from raftcore.membership cimport Membership
+from raftcore.quorum cimport QuorumTracker
+from raftcore.progress cimport Progress, PROBE, REPLICATE
+from raftcore.messages cimport (
+    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse)
+
+from raftcore.errors import ForwardToLeader, NotAllowed, RaftError
+
+# ServerState values (raftcore.ServerState mirrors them).
+LEARNER = 0
+FOLLOWER = 1
+CANDIDATE = 2
+LEADER = 3
+SHUTDOWN = 4
+
+cdef int S_LEARNER = 0, S_FOLLOWER = 1, S_CANDIDATE = 2, S_LEADER = 3, S_SHUTDOWN = 4
+
+
+cdef class Engine:
+    """One node's Raft state. Not thread-safe; the runtime steps it from one task."""
+
+    cdef readonly object id
+    cdef readonly list output
+    # persistent
+    cdef readonly Vote vote
+    cdef readonly RaftLog log
+    # volatile
+    cdef readonly int state
+    cdef readonly object leader_id
+    cdef readonly long long committed
+    cdef readonly long long flushed       # local log durable up to here
+    cdef readonly long long applying      # last index handed to the state machine
+    cdef readonly Membership membership   # effective: the last membership entry in the log
+    cdef list membership_log               # [(index, Membership)] in log order
+    # leader
+    cdef dict progress                     # follower id -> Progress
+    cdef QuorumTracker quorum
+    # candidate
+    cdef set granted
+    # time
+    cdef readonly double now
+    cdef readonly double election_deadline
+    cdef readonly double heartbeat_deadline
+    # config and switches
+    cdef double heartbeat_interval, election_min, election_max
+    cdef long long max_payload_entries, max_payload_bytes
+    cdef int max_inflight
+    cdef object rng
+    cdef public bint elect_enabled
+    cdef public bint heartbeat_enabled
+
+    def __init__(self, node_id, *, double heartbeat_interval, double election_timeout_min,
+                 double election_timeout_max, long long max_payload_entries,
+                 long long max_payload_bytes, int max_inflight, rng, double now=0.0):
+        if not election_timeout_min < election_timeout_max:
+            raise ValueError("election_timeout_min must be below election_timeout_max")
+        self.id = node_id
+        self.output = []
+        self.vote = Vote(0, None, False)
+        self.log = RaftLog(0, 0)
+        self.state = S_LEARNER
+        self.leader_id = None
+        self.committed = 0
+        self.flushed = 0
+        self.applying = 0
+        self.membership = None
+        self.membership_log = []
+        self.progress = {}
+        self.quorum = None
+        self.granted = set()
+        self.heartbeat_interval = heartbeat_interval
+        self.election_min = election_timeout_min
+        self.election_max = election_timeout_max
+        self.max_payload_entries = max_payload_entries
+        self.max_payload_bytes = max_payload_bytes
+        self.max_inflight = max_inflight
+        self.rng = rng
+        self.elect_enabled = True
+        self.heartbeat_enabled = True
+        self.now = now
+        self._reset_election_deadline()
+        self.heartbeat_deadline = now
+
+    # ------------------------------------------------------------------ output
+
+    def take_commands(self):
+        """Returns the commands emitted since the last call, in order."""
+        cdef list out = self.output
+        self.output = []
+        return out
+
+    # ---------------------------------------------------------------- restore
+
+    def restore(self, Vote vote, purged, list entries, long long committed=0,
+                long long applied=0, base_membership=None):
+        """Loads persisted state on start-up: the vote, the last purged log id
+        (or None), the unpurged entries (all flushed), the saved commit index
+        and what the state machine has applied. Emits nothing."""
+        cdef Entry e
+        cdef long long purged_index = 0, purged_term = 0
+        if purged is not None:
+            purged_index = (<LogId>purged).index
+            purged_term = (<LogId>purged).term
+        self.vote = vote
+        self.log = RaftLog(purged_index, purged_term)
+        self.log.extend(entries)
+        self.flushed = self.log.last_index()
+        self.membership_log = []
+        if base_membership is not None:
+            self.membership_log.append((purged_index, base_membership))
+        for e in entries:
+            if e.kind == MEMBERSHIP:
+                self.membership_log.append((e.index, e.payload))
+        self.membership = self.membership_log[-1][1] if self.membership_log else None
+        self.committed = max(committed, applied)
+        self.applying = applied
+        self.state = self._follower_state()
+        self.leader_id = None
+        self._reset_election_deadline()
+        self._maybe_apply()
+
+    # ----------------------------------------------------------- initialize
+
+    def initialize(self, Membership membership):
+        """Appends the first membership entry and, if this node is a voter,
+        starts an election right away. Only on a node that never had a log
+        or a vote."""
+        if self.log.last_index() != 0 or self.log.purged_index != 0 or self.vote.term != 0:
+            raise NotAllowed(
+                f"node {self.id} is already initialized (last log index "
+                f"{self.log.last_index()}, term {self.vote.term}); "
+                "initialize only a fresh node")
+        cdef Entry first = make_entry(0, 1, MEMBERSHIP, membership)
+        self._append_local([first])
+        self.state = self._follower_state()
+        if membership.is_voter(self.id):
+            self._start_election()
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, double now):
+        """Advances time: a leader sends heartbeats when due, a follower or
+        candidate starts an election when its timeout has passed."""
+        self.now = now
+        if self.state == S_LEADER:
+            if now >= self.heartbeat_deadline and self.heartbeat_enabled:
+                self._broadcast_heartbeat()
+        elif now >= self.election_deadline:
+            if self.elect_enabled and self._can_campaign():
+                self._start_election()
+            else:
+                self._reset_election_deadline()
+
+    def next_deadline(self):
+        """The time at which tick() next has work to do."""
+        if self.state == S_LEADER:
+            return self.heartbeat_deadline
+        return self.election_deadline
+
+    def trigger_elect(self, double now):
+        """Starts an election now (openraft's trigger().elect())."""
+        self.now = now
+        if not self._can_campaign():
+            raise NotAllowed(f"node {self.id} is not a voter of {self.membership!r}; "
+                             "only voters can be elected")
+        if self.state == S_LEADER:
+            return
+        self._start_election()
+
+    def trigger_heartbeat(self, double now):
+        """Sends a heartbeat to every follower now."""
+        self.now = now
+        if self.state != S_LEADER:
+            raise NotAllowed(f"node {self.id} is not the leader; only a leader sends heartbeats")
+        self._broadcast_heartbeat()
+
+    def shutdown(self):
+        self.state = S_SHUTDOWN
+        self.progress = {}
+
+    # ------------------------------------------------------------ client I/O
+
+    def client_write(self, list payloads, double now):
+        """Appends one entry per payload (a batch), starts replicating it and
+        returns the index of the first one. Raises ForwardToLeader on a
+        node that is not the leader."""
+        cdef long long first, index, term
+        cdef Py_ssize_t i, n = len(payloads)
+        cdef list entries
+        self.now = now
+        if self.state != S_LEADER:
+            raise ForwardToLeader(self.leader_id, self._node_of(self.leader_id))
+        term = self.vote.term
+        first = self.log.last_index() + 1
+        entries = [None] * n
+        for i in range(n):
+            entries[i] = make_entry(term, first + i, NORMAL, payloads[i])
+        self._append_local(entries)
+        self._replicate_all()
+        return first
+
+    # -------------------------------------------------------------- storage
+
+    def log_flushed(self, long long term, long long index):
+        """The local log store has made everything up to (term, index) durable."""
+        if index <= self.flushed or self.log.term_at(index) != term:
+            # Old news, or an entry that has since been truncated.
+            return
+        self.flushed = index
+        if self.state == S_LEADER:
+            if self.quorum.update(self.id, index):
+                self._maybe_commit()
+        else:
+            self._maybe_apply()
+
+    # ------------------------------------------------------------- election
+
+    def handle_vote_request(self, VoteRequest req, double now):
+        """Returns the VoteResponse; a granted vote is preceded by save_vote
+        in the output, and the runtime sends the response only after it."""
+        self.now = now
+        cdef bint granted = False
+        if req.term < self.vote.term:
+            return VoteResponse(self.vote.term, False, self.id)
+        if req.term > self.vote.term:
+            self._become_follower(Vote(req.term, None, False), None)
+        cdef bint free_to_vote = self.vote.node_id is None or self.vote.node_id == req.candidate_id
+        cdef long long my_last_term = self.log.last_term()
+        cdef bint up_to_date = (req.last_log_term > my_last_term or (
+            req.last_log_term == my_last_term and req.last_log_index >= self.log.last_index()))
+        if free_to_vote and up_to_date and self.state != S_LEADER:
+            granted = True
+            self._set_vote(Vote(req.term, req.candidate_id, False))
+            self._reset_election_deadline()
+        return VoteResponse(self.vote.term, granted, self.id)
+
+    def handle_vote_response(self, target, VoteRequest req, VoteResponse resp, double now):
+        self.now = now
+        if resp.term > self.vote.term:
+            self._become_follower(Vote(resp.term, None, False), None)
+            return
+        if self.state != S_CANDIDATE or req.term != self.vote.term or not resp.granted:
+            return
+        self.granted.add(target)
+        if self.membership.is_quorum(self.granted):
+            self._become_leader()
+
+    # ---------------------------------------------------------- replication
+
+    def handle_append_entries(self, AppendEntriesRequest req, double now):
+        """Returns the AppendEntriesResponse. On success the runtime sends it
+        only once the local log is flushed up to resp.matched."""
+        cdef long long prev, my_prev_term, conflict_at, last
+        cdef Py_ssize_t i, n
+        cdef Entry e
+        self.now = now
+        if req.term < self.vote.term:
+            return AppendEntriesResponse(self.vote.term, False, 0, 0, 0)
+        if self.state == S_LEADER and req.term == self.vote.term:
+            raise RaftError(f"node {self.id} is leader of term {req.term} and received "
+                            f"entries from {req.leader_id!r} in the same term: two leaders "
+                            "in one term would break election safety")
+        if req.term > self.vote.term or self.vote.node_id is None:
+            self._become_follower(Vote(req.term, req.leader_id, True), req.leader_id)
+        elif (self.state != S_FOLLOWER and self.state != S_LEARNER) or self.leader_id != req.leader_id:
+            self._become_follower(self.vote, req.leader_id)
+        self._reset_election_deadline()
+
+        prev = req.prev_log_index
+        if prev > self.log.last_index():
+            return AppendEntriesResponse(self.vote.term, False, 0, self.log.last_index() + 1, 0)
+        if prev >= self.log.purged_index:
+            my_prev_term = self.log.term_at(prev)
+            if my_prev_term != req.prev_log_term:
+                return AppendEntriesResponse(
+                    self.vote.term, False, 0, self.log.first_index_of_term_at(prev), my_prev_term)
+
+        # Skip the entries we already hold (matching, or covered by a purge),
+        # truncate from the first conflict, append the rest.
+        entries = req.entries
+        n = len(entries)
+        i = 0
+        while i < n:
+            e = <Entry>entries[i]
+            if e.index <= self.log.purged_index:
+                i += 1
+                continue
+            if e.index > self.log.last_index():
+                break
+            if self.log.term_at(e.index) != e.term:
+                self._truncate(e.index)
+                break
+            i += 1
+        if i < n:
+            self._append_local(entries[i:] if i else entries)
+
+        last = prev + n
+        # Commit only what this request proved to match the leader's log.
+        if req.leader_commit > self.committed and last > self.committed:
+            self.committed = min(req.leader_commit, last)
+            self._maybe_apply()
+        return AppendEntriesResponse(self.vote.term, True, last, 0, 0)
+
+    def handle_append_response(self, target, AppendEntriesRequest req,
+                               AppendEntriesResponse resp, double now):
+        cdef Progress p
+        cdef long long hint, t
+        self.now = now
+        if resp.term > self.vote.term:
+            self._become_follower(Vote(resp.term, None, False), None)
+            return
+        if self.state != S_LEADER or req.term != self.vote.term:
+            return
+        p = self.progress.get(target)
+        if p is None:
+            return
+        if resp.success:
+            if p.acked(resp.matched) and self.quorum is not None:
+                if self.quorum.update(target, resp.matched):
+                    self._maybe_commit()
+            self._send_while_open(p)
+            return
+        if req.prev_log_index <= p.matched:
+            return    # a late answer to a probe we no longer need
+        hint = resp.conflict_index
+        if resp.conflict_term > 0:
+            # Skip the follower's whole conflicting term at once; if we hold
+            # that term too, resume right after our last entry of it.
+            t = self.log.last_index_of_term(resp.conflict_term)
+            if t > 0:
+                hint = t + 1
+        if hint > req.prev_log_index:
+            hint = req.prev_log_index
+        if hint < 1:
+            hint = 1
+        p.rejected(hint)
+        self._send_while_open(p)
+
+    def handle_append_failure(self, target, AppendEntriesRequest req, double now):
+        """An AppendEntries request got no answer (peer down, dropped, timed out)."""
+        cdef Progress p
+        self.now = now
+        if self.state != S_LEADER or req.term != self.vote.term:
+            return
+        p = self.progress.get(target)
+        if p is None or not req.entries:
+            return
+        # Resend from the matching point at the next heartbeat, not in a
+        # tight loop against a peer that is down.
+        p.failed()
+        p.probe_sent = True
+
+    # --------------------------------------------------------------- views
+
+    @property
+    def last_log_index(self):
+        return self.log.last_index()
+
+    @property
+    def last_log_term(self):
+        return self.log.last_term()
+
+    def last_log_id(self):
+        return LogId(self.log.last_term(), self.log.last_index())
+
+    def leader_node(self):
+        return self._node_of(self.leader_id)
+
+    def replication(self):
+        """Leader only: follower id -> matched index; None elsewhere."""
+        cdef Progress p
+        if self.state != S_LEADER:
+            return None
+        return {p.node_id: p.matched for p in self.progress.values()}
+
+    def progress_of(self, node_id):
+        return self.progress.get(node_id)
+
+    def entries(self, long long first, long long last):
+        return self.log.entries_between(first, last)
+
+    # ----------------------------------------------------------- internals
+
+    cdef void _set_vote(self, Vote vote):
+        if vote != self.vote:
+            self.vote = vote
+            self.output.append(("save_vote", vote))
+
+    cdef int _follower_state(self):
+        if self.membership is not None and self.membership.is_voter(self.id):
+            return S_FOLLOWER
+        return S_LEARNER
+
+    cdef bint _can_campaign(self):
+        return self.membership is not None and self.membership.is_voter(self.id)
+
+    cdef object _node_of(self, node_id):
+        if node_id is None or self.membership is None:
+            return None
+        return self.membership.nodes.get(node_id)
+
+    cdef void _reset_election_deadline(self):
+        self.election_deadline = self.now + self.election_min + \
+            (self.election_max - self.election_min) * float(self.rng())
+
+    cdef void _become_follower(self, Vote vote, leader_id):
+        self._set_vote(vote)
+        self.state = self._follower_state()
+        self.leader_id = leader_id
+        self.progress = {}
+        self.quorum = None
+        self.granted = set()
+
+    cdef void _start_election(self):
+        self._set_vote(Vote(self.vote.term + 1, self.id, False))
+        self.state = S_CANDIDATE
+        self.leader_id = None
+        self.progress = {}
+        self.quorum = None
+        self.granted = {self.id}
+        self._reset_election_deadline()
+        if self.membership.is_quorum(self.granted):
+            self._become_leader()
+            return
+        cdef VoteRequest req = VoteRequest(self.vote.term, self.id, self.log.last_term(),
+                                           self.log.last_index())
+        for target in sorted(self.membership.voter_ids):
+            if target != self.id:
+                self.output.append(("send_vote", target, req))
+
+    cdef void _become_leader(self):
+        self._set_vote(Vote(self.vote.term, self.id, True))
+        self.state = S_LEADER
+        self.leader_id = self.id
+        self.granted = set()
+        self._rebuild_replication()
+        # A blank entry of the new term lets the leader commit (and learn the
+        # commit point of) everything before it (Raft paper, section 8).
+        self._append_local([make_entry(self.vote.term, self.log.last_index() + 1, BLANK, None)])
+        self._broadcast_heartbeat()
+
+    cdef void _rebuild_replication(self):
+        """Progress for every other member and a quorum tracker for the
+        effective membership; keeps what is known of existing followers."""
+        cdef Progress p
+        old = self.progress
+        self.progress = {}
+        next_index = self.log.last_index() + 1
+        for node_id in sorted(self.membership.nodes):
+            if node_id == self.id:
+                continue
+            p = old.get(node_id)
+            if p is None:
+                p = Progress(node_id, next_index, self.max_inflight)
+            self.progress[node_id] = p
+        self.quorum = QuorumTracker(self.membership.configs)
+        self.quorum.update(self.id, self.flushed)
+        for p in self.progress.values():
+            if p.matched:
+                self.quorum.update(p.node_id, p.matched)
+
+    cdef void _append_local(self, list entries):
+        cdef Entry e
+        self.log.extend(entries)
+        for e in entries:
+            if e.kind == MEMBERSHIP:
+                self._membership_appended(e)
+        self.output.append(("append", entries))
+
+    cdef void _membership_appended(self, Entry e):
+        # A membership entry is in force as soon as it is in the log.
+        self.membership_log.append((e.index, e.payload))
+        self.membership = e.payload
+        self._membership_changed()
+
+    cdef void _truncate(self, long long since):
+        if since <= self.committed:
+            raise RaftError(f"node {self.id} was asked to delete committed entries from "
+                            f"index {since} (committed {self.committed}); this breaks "
+                            "Raft's log matching and must never happen")
+        self.log.truncate(since)
+        if self.flushed >= since:
+            self.flushed = since - 1
+        self.output.append(("truncate", since))
+        # A truncated membership entry is no longer in force: revert.
+        if self.membership_log and self.membership_log[-1][0] >= since:
+            while self.membership_log and self.membership_log[-1][0] >= since:
+                self.membership_log.pop()
+            self.membership = self.membership_log[-1][1] if self.membership_log else None
+            self._membership_changed()
+
+    cdef void _membership_changed(self):
+        if self.state == S_LEADER:
+            self._rebuild_replication()
+        elif self.state != S_CANDIDATE and self.state != S_SHUTDOWN:
+            self.state = self._follower_state()
+
+    cdef void _replicate_all(self):
+        cdef Progress p
+        for p in self.progress.values():
+            self._send_while_open(p)
+
+    cdef void _send_while_open(self, Progress p):
+        """Sends entries to p while its window has room."""
+        cdef long long last = self.log.last_index()
+        while p.next_index <= last and not p.window_full():
+            self._send_entries(p)
+
+    cdef void _send_entries(self, Progress p):
+        cdef long long prev = p.next_index - 1
+        cdef long long end = self._batch_end(p.next_index)
+        cdef AppendEntriesRequest req = AppendEntriesRequest(
+            self.vote.term, self.id, self.log.term_at(prev), prev,
+            self.log.slice(p.next_index, end), self.committed)
+        p.sent(end)
+        self.output.append(("send_append", p.node_id, req))
+
+    cdef long long _batch_end(self, long long first):
+        """Last index of a batch starting at `first`, capped by entry count and bytes."""
+        cdef long long last = self.log.last_index()
+        cdef long long end = first + self.max_payload_entries - 1
+        cdef long long total = 0, i
+        if end > last:
+            end = last
+        for i in range(first, end + 1):
+            total += self.log.get(i).size
+            if total > self.max_payload_bytes and i > first:
+                return i - 1
+        return end
+
+    cdef void _broadcast_heartbeat(self):
+        cdef Progress p
+        cdef long long prev
+        self.heartbeat_deadline = self.now + self.heartbeat_interval
+        for p in self.progress.values():
+            if p.state == PROBE and p.next_index <= self.log.last_index():
+                # Probing (or resuming after a lost request): once per
+                # heartbeat, resend from the next index. A duplicate of a
+                # probe still out is harmless.
+                p.probe_sent = False
+                self._send_entries(p)
+                continue
+            # An empty request at the point known to match: keeps the
+            # follower's timer reset and carries the commit index.
+            prev = p.matched
+            if prev < self.log.purged_index:
+                prev = self.log.purged_index
+            self.output.append(("send_append", p.node_id, AppendEntriesRequest(
+                self.vote.term, self.id, self.log.term_at(prev), prev, [],
+                min(self.committed, prev))))
+
+    cdef void _maybe_commit(self):
+        cdef long long candidate = self.quorum.accepted
+        if candidate <= self.committed:
+            return
+        # Figure 8: only an entry of the current term is committed by counting.
+        if self.log.term_at(candidate) != self.vote.term:
+            return
+        self.committed = candidate
+        self._maybe_apply()
+
+    cdef void _maybe_apply(self):
+        cdef long long upto = self.committed
+        if upto > self.flushed:
+            upto = self.flushed
+        if upto > self.applying:
+            entries = self.log.slice(self.applying + 1, upto)
+            self.applying = upto
+            self.output.append(("apply", entries))

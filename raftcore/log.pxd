@@ -1,0 +1,20 @@
+from raftcore.types cimport Entry
+
+
+cdef class RaftLog:
+    cdef list entries                      # entries[i] holds index purged_index + 1 + i
+    cdef readonly long long purged_index   # last index no longer held (0: nothing purged)
+    cdef readonly long long purged_term
+
+    cdef inline long long last_index(self):
+        return self.purged_index + len(self.entries)
+
+    cdef long long last_term(self)
+    cdef long long term_at(self, long long index)
+    cdef Entry get(self, long long index)
+    cdef void extend(self, list entries)
+    cdef void append(self, Entry entry)
+    cdef void truncate(self, long long since)
+    cdef list slice(self, long long first, long long last)
+    cdef long long first_index_of_term_at(self, long long index)
+    cdef long long last_index_of_term(self, long long term)

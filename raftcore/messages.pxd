@@ -1,0 +1,28 @@
+cdef class AppendEntriesRequest:
+    cdef readonly long long term
+    cdef readonly object leader_id
+    cdef readonly long long prev_log_term
+    cdef readonly long long prev_log_index
+    cdef readonly list entries
+    cdef readonly long long leader_commit
+
+
+cdef class AppendEntriesResponse:
+    cdef readonly long long term
+    cdef readonly bint success
+    cdef readonly long long matched        # success: the follower's log matches up to here
+    cdef readonly long long conflict_index # failure: first index the leader should try
+    cdef readonly long long conflict_term  # failure: term of the follower's entry at prev (0: none)
+
+
+cdef class VoteRequest:
+    cdef readonly long long term
+    cdef readonly object candidate_id
+    cdef readonly long long last_log_term
+    cdef readonly long long last_log_index
+
+
+cdef class VoteResponse:
+    cdef readonly long long term
+    cdef readonly bint granted
+    cdef readonly object voter_id

@@ -1,0 +1,118 @@
+"""Value types of the Raft engine: log ids, votes and log entries.
+
+All are immutable once built: the in-process router passes them between nodes
+by reference, so no node may change what another node holds.
+"""
+cimport cython
+
+ENTRY_BLANK = BLANK
+ENTRY_NORMAL = NORMAL
+ENTRY_MEMBERSHIP = MEMBERSHIP
+
+
+cdef class LogId:
+    """The id of a log entry: the term of the leader that created it, and its index."""
+
+    def __init__(self, long long term, long long index):
+        self.term = term
+        self.index = index
+
+    def __repr__(self):
+        return f"LogId({self.term}, {self.index})"
+
+    def __eq__(self, other):
+        if not isinstance(other, LogId):
+            return NotImplemented
+        return self.term == (<LogId>other).term and self.index == (<LogId>other).index
+
+    def __lt__(self, LogId other):
+        return (self.term, self.index) < (other.term, other.index)
+
+    def __le__(self, LogId other):
+        return (self.term, self.index) <= (other.term, other.index)
+
+    def __hash__(self):
+        return hash((self.term, self.index))
+
+    def __reduce__(self):
+        return (LogId, (self.term, self.index))
+
+
+cdef class Vote:
+    """What a node has voted for: a term, the node it voted for, and whether
+    that vote was granted by a quorum (a leader's own vote)."""
+
+    def __init__(self, long long term, node_id=None, bint committed=False):
+        self.term = term
+        self.node_id = node_id
+        self.committed = committed
+
+    def __repr__(self):
+        c = ", committed" if self.committed else ""
+        return f"Vote(term={self.term}, node_id={self.node_id!r}{c})"
+
+    def __eq__(self, other):
+        if not isinstance(other, Vote):
+            return NotImplemented
+        cdef Vote o = <Vote>other
+        return self.term == o.term and self.node_id == o.node_id and self.committed == o.committed
+
+    def __hash__(self):
+        return hash((self.term, self.node_id, self.committed))
+
+    def __reduce__(self):
+        return (Vote, (self.term, self.node_id, self.committed))
+
+
+cdef inline long long _payload_size(object payload):
+    # Only byte-like payloads have a size known without encoding them; other
+    # payloads are capped by entry count alone.
+    if type(payload) is bytes or type(payload) is str or type(payload) is bytearray:
+        return len(payload)
+    return 0
+
+
+@cython.freelist(256)
+cdef class Entry:
+    """One log entry. kind is ENTRY_BLANK, ENTRY_NORMAL or ENTRY_MEMBERSHIP."""
+
+    def __init__(self, long long term, long long index, int kind=NORMAL, payload=None):
+        if kind < BLANK or kind > MEMBERSHIP:
+            raise ValueError(f"unknown entry kind {kind}")
+        self.term = term
+        self.index = index
+        self.kind = kind
+        self.payload = payload
+        self.size = _payload_size(payload)
+
+    @property
+    def log_id(self):
+        return LogId(self.term, self.index)
+
+    def __repr__(self):
+        kinds = ("blank", "normal", "membership")
+        return f"Entry({self.term}, {self.index}, {kinds[self.kind]}, {self.payload!r})"
+
+    def __eq__(self, other):
+        if not isinstance(other, Entry):
+            return NotImplemented
+        cdef Entry o = <Entry>other
+        return (self.term == o.term and self.index == o.index and self.kind == o.kind
+                and self.payload == o.payload)
+
+    def __hash__(self):
+        return hash((self.term, self.index, self.kind))
+
+    def __reduce__(self):
+        return (Entry, (self.term, self.index, self.kind, self.payload))
+
+
+cdef Entry make_entry(long long term, long long index, int kind, object payload):
+    """Builds an Entry without going through Python argument parsing."""
+    cdef Entry e = Entry.__new__(Entry)
+    e.term = term
+    e.index = index
+    e.kind = kind
+    e.payload = payload
+    e.size = _payload_size(payload)
+    return e
