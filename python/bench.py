@@ -1,0 +1,232 @@
+"""The cluster benchmark behind `raftcore bench`.
+
+openraft's cluster_benchmark workload: 3 voters in one process, an in-memory
+log store, a state machine that applies nothing but records progress, and the
+in-process router; N client tasks each awaiting client_write in a loop, timed
+until the leader has applied every write. Beside it, the asyncio floor: a
+client task awaiting a future that a leader task resolves in batches, the
+least work any asyncio write path must do, measured in the same run.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import resource
+import sys
+import time
+from array import array
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Sequence
+
+from raftcore.config import Config
+from raftcore.model import Node, ServerState
+from raftcore.network.local import LocalRouter
+from raftcore.raft import Raft
+from raftcore.storage.base import StateMachine
+from raftcore.storage.mem import MemLogStore
+from raftcore.types import ENTRY_NORMAL
+
+
+class ProgressStateMachine(StateMachine):
+    """Applies nothing; records how far it got (the benchmark's state machine)."""
+
+    def __init__(self) -> None:
+        self.last_applied = None
+        self.applied_normal = 0
+
+    async def apply(self, entries):
+        n = 0
+        for e in entries:
+            if e.kind == ENTRY_NORMAL:
+                n += 1
+        self.applied_normal += n
+        self.last_applied = entries[-1].log_id
+        return [None] * len(entries)
+
+    async def applied_state(self):
+        return self.last_applied, None
+
+
+@dataclass
+class BenchRow:
+    clients: int
+    ops: int
+    batch: int
+    seconds: float
+    puts_per_s: float
+    ns_per_op: float
+    p50_us: float
+    p99_us: float
+    floor_per_s: Optional[float] = None
+    of_floor: Optional[float] = None
+
+
+async def _cluster(config: Config) -> tuple[list[Raft], Raft]:
+    router = LocalRouter()
+    rafts = []
+    for i in (1, 2, 3):
+        r = await Raft.create(i, config, router.network(i), MemLogStore(),
+                              ProgressStateMachine())
+        router.add(i, r)
+        rafts.append(r)
+    await rafts[0].initialize({i: Node(f"local-{i}") for i in (1, 2, 3)})
+    await rafts[0].wait(10).state(ServerState.LEADER, "the benchmark leader")
+    return rafts, rafts[0]
+
+
+async def run_cluster(clients: int, ops_per_client: int, batch: int = 1,
+                      payload: bytes = b"x" * 8, progress: Any = None) -> BenchRow:
+    """One benchmark row: `clients` tasks each making `ops_per_client` calls
+    (client_write, or client_write_many of `batch` payloads)."""
+    config = Config(seed=7, max_pending_writes=max(65536, clients * batch * 2))
+    rafts, leader = await _cluster(config)
+    lat = array("q", bytes(8 * clients * ops_per_client))
+    done = [0]
+    perf = time.perf_counter_ns
+
+    async def client(k: int) -> None:
+        base = k * ops_per_client
+        if batch == 1:
+            write = leader.client_write
+            for i in range(ops_per_client):
+                t = perf()
+                await write(payload)
+                lat[base + i] = perf() - t
+                done[0] += 1
+        else:
+            write_many = leader.client_write_many
+            cmds = [payload] * batch
+            for i in range(ops_per_client):
+                t = perf()
+                await write_many(cmds)
+                lat[base + i] = perf() - t
+                done[0] += 1
+
+    reporter = None
+    if progress is not None:
+        reporter = asyncio.ensure_future(progress.follow(done, clients * ops_per_client))
+    gc.collect()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    dt = time.perf_counter() - t0
+    if reporter is not None:
+        reporter.cancel()
+        progress.finish()
+    total_ops = clients * ops_per_client
+    entries = total_ops * batch
+    assert leader.state_machine.applied_normal == entries, "the leader did not apply every write"
+    for r in rafts:
+        await r.shutdown()
+    s = sorted(lat)
+    return BenchRow(
+        clients=clients, ops=entries, batch=batch, seconds=dt,
+        puts_per_s=entries / dt, ns_per_op=dt * 1e9 / entries,
+        p50_us=s[len(s) // 2] / 1e3, p99_us=s[min(len(s) - 1, int(len(s) * 0.99))] / 1e3)
+
+
+async def run_floor(clients: int, ops_per_client: int) -> float:
+    """Round trips per second of the asyncio floor: each client puts a future
+    in a list and wakes a leader task, which resolves all waiting futures."""
+    loop = asyncio.get_running_loop()
+    pending: list = []
+    wake = asyncio.Event()
+
+    async def leader() -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            batch = pending[:]
+            pending.clear()
+            for fut in batch:
+                fut.set_result(None)
+
+    async def client() -> None:
+        for _ in range(ops_per_client):
+            fut = loop.create_future()
+            pending.append(fut)
+            wake.set()
+            await fut
+
+    lt = asyncio.ensure_future(leader())
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    dt = time.perf_counter() - t0
+    lt.cancel()
+    return clients * ops_per_client / dt
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, label: str, stream=sys.stderr) -> None:
+        self.label = label
+        self.stream = stream
+
+    async def follow(self, done: list, total: int) -> None:
+        while True:
+            self._draw(done[0], total)
+            await asyncio.sleep(0.25)
+
+    def _draw(self, n: int, total: int) -> None:
+        if not self.stream.isatty():
+            return
+        width = 30
+        filled = int(width * n / total) if total else width
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                          f"{n}/{total}")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if not self.stream.isatty():
+            return
+        self.stream.write("\r" + " " * 79 + "\r")
+        self.stream.flush()
+
+
+def default_ops(clients: int, batch: int) -> int:
+    """Enough calls for a stable figure (about 200k entries, at least 20 calls a client)."""
+    return max(20, 200_000 // (clients * batch))
+
+
+async def run_all(clients_list: Sequence[int], ops: Optional[int], batch: int,
+                  payload_size: int, floor: bool, show_progress: bool) -> list[BenchRow]:
+    rows = []
+    payload = b"x" * payload_size
+    for c in clients_list:
+        n = ops or default_ops(c, batch)
+        bar = ProgressBar(f"clients={c}") if show_progress else None
+        row = await run_cluster(c, n, batch, payload, bar)
+        if floor:
+            row.floor_per_s = await run_floor(c, max(20, 200_000 // c))
+            row.of_floor = row.puts_per_s / row.floor_per_s
+        rows.append(row)
+    return rows
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in kilobytes on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def format_table(rows: Sequence[BenchRow]) -> str:
+    head = f"{'clients':>7} {'batch':>5} {'put/s':>12} {'ns/op':>9} {'p50 us':>9} {'p99 us':>9}"
+    has_floor = any(r.floor_per_s for r in rows)
+    if has_floor:
+        head += f" {'floor/s':>12} {'of floor':>8}"
+    lines = [head]
+    for r in rows:
+        line = (f"{r.clients:>7} {r.batch:>5} {r.puts_per_s:>12,.0f} {r.ns_per_op:>9,.0f} "
+                f"{r.p50_us:>9,.1f} {r.p99_us:>9,.1f}")
+        if has_floor and r.floor_per_s:
+            line += f" {r.floor_per_s:>12,.0f} {r.of_floor:>8.1%}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def rows_as_dicts(rows: Sequence[BenchRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def machine_description() -> str:
+    return f"{os.cpu_count()} cpus, Python {sys.version.split()[0]}, {sys.platform}"

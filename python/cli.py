@@ -1,0 +1,79 @@
+"""The `raftcore` command: `raftcore bench` runs the cluster benchmark."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raftcore", description="raftcore: Raft for Python")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="3-node in-process cluster write benchmark",
+                       description="openraft's cluster_benchmark workload: 3 voters in one "
+                                   "process, in-memory log, LocalRouter; N clients each "
+                                   "awaiting client_write in a loop. The asyncio floor is "
+                                   "measured in the same run.")
+    b.add_argument("--clients", type=_int_list, default=[1, 64, 256],
+                   help="comma-separated client counts (default 1,64,256)")
+    b.add_argument("--ops", type=_positive, default=None,
+                   help="calls per client (default: about 200k entries per row)")
+    b.add_argument("--batch", type=_positive, default=1,
+                   help="entries per call; above 1 uses client_write_many")
+    b.add_argument("--payload", type=_positive, default=8, help="payload bytes per entry")
+    b.add_argument("--no-floor", action="store_true", help="skip the asyncio floor")
+    b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
+    return 2
+
+
+def _bench(args) -> int:
+    import uvloop
+
+    from raftcore import bench
+
+    rows = uvloop.run(bench.run_all(args.clients, args.ops, args.batch, args.payload,
+                                    floor=not args.no_floor,
+                                    show_progress=not args.no_progress and not args.json))
+    if args.json:
+        print(json.dumps({"machine": bench.machine_description(),
+                          "peak_rss_mb": round(bench.peak_rss_mb(), 1),
+                          "rows": bench.rows_as_dicts(rows)}, indent=2))
+    else:
+        print(f"raftcore bench: 3 voters in one process, MemLogStore, LocalRouter "
+              f"({bench.machine_description()})")
+        print(bench.format_table(rows))
+        print(f"peak RSS {bench.peak_rss_mb():.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+from typing import Any, Optional
+
+from raftcore.types import Entry
+
+class AppendEntriesRequest:
+    term: int
+    leader_id: Any
+    prev_log_term: int
+    prev_log_index: int
+    entries: list[Entry]
+    leader_commit: int
+    def __init__(self, term: int, leader_id: Any, prev_log_term: int, prev_log_index: int,
+                 entries: list[Entry], leader_commit: int) -> None: ...
+    @property
+    def last_index(self) -> int: ...
+
+class AppendEntriesResponse:
+    term: int
+    success: bool
+    matched: int
+    conflict_index: int
+    conflict_term: int
+    def __init__(self, term: int, success: bool, matched: int = 0, conflict_index: int = 0,
+                 conflict_term: int = 0) -> None: ...
+
+class VoteRequest:
+    term: int
+    candidate_id: Any
+    last_log_term: int
+    last_log_index: int
+    def __init__(self, term: int, candidate_id: Any, last_log_term: int,
+                 last_log_index: int) -> None: ...
+
+class VoteResponse:
+    term: int
+    granted: bool
+    voter_id: Optional[Any]
+    def __init__(self, term: int, granted: bool, voter_id: Any = None) -> None: ...

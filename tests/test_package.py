@@ -1,0 +1,65 @@
+"""The installed package is the compiled one, and says so loudly when it is not."""
+import importlib.machinery
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import raftcore
+
+COMPILED = ["engine", "types", "messages", "log", "membership", "progress", "quorum"]
+EXT = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def test_engine_modules_are_compiled_extensions():
+    for name in COMPILED:
+        mod = __import__(f"raftcore.{name}", fromlist=["_"])
+        assert mod.__file__.endswith(EXT), f"raftcore.{name} is {mod.__file__}, not an extension"
+        assert isinstance(mod.__loader__, importlib.machinery.ExtensionFileLoader)
+
+
+def test_tests_use_the_installed_package_not_the_source_tree():
+    pkg = pathlib.Path(raftcore.__file__).parent
+    assert (pkg / "engine.pyi").exists() or any(pkg.glob("engine*.so"))
+    assert not (pkg / "engine.pyx").exists(), "imported raftcore from the Cython source folder"
+
+
+def test_stubs_and_py_typed_ship_with_the_package():
+    pkg = pathlib.Path(raftcore.__file__).parent
+    assert (pkg / "py.typed").exists()
+    for name in COMPILED:
+        assert (pkg / f"{name}.pyi").exists(), f"missing stub {name}.pyi"
+
+
+def test_import_fails_loudly_without_the_compiled_engine(tmp_path):
+    # A copy of the package with only its Python files: what a broken build leaves.
+    src = pathlib.Path(raftcore.__file__).parent
+    dst = tmp_path / "raftcore"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", "import raftcore"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "compiled engine" in proc.stderr and "pip install" in proc.stderr
+
+
+def test_bench_command_prints_a_row_per_client_count():
+    exe = shutil.which("raftcore")
+    assert exe, "the raftcore console script is not installed"
+    proc = subprocess.run([exe, "bench", "--clients", "1,3", "--ops", "30", "--json",
+                           "--no-floor"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [r["clients"] for r in out["rows"]] == [1, 3]
+    assert [r["ops"] for r in out["rows"]] == [30, 90]
+    assert all(r["puts_per_s"] > 0 and r["p99_us"] >= r["p50_us"] for r in out["rows"])
+    assert out["peak_rss_mb"] > 0
+
+
+def test_bench_command_rejects_bad_arguments():
+    exe = shutil.which("raftcore")
+    proc = subprocess.run([exe, "bench", "--clients", "0,x"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "--clients" in proc.stderr
