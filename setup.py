@@ -36,8 +36,6 @@ def extensions():
         exts,
         compiler_directives={
             "language_level": "3",
-            "boundscheck": False,
-            "wraparound": False,
             "initializedcheck": False,
             "cdivision": True,
             "embedsignature": True,

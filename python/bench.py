@@ -35,7 +35,7 @@ class ProgressStateMachine(StateMachine):
         self.last_applied = None
         self.applied_normal = 0
 
-    async def apply(self, entries):
+    def apply(self, entries):
         n = 0
         for e in entries:
             if e.kind == ENTRY_NORMAL:

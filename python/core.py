@@ -4,32 +4,38 @@ Concurrency model (one thread, one event loop):
 - The engine is stepped synchronously wherever an event arrives: a client
   batch, an RPC handler, an RPC response, a flush notification, a timer.
   Each step is atomic (no await inside), so the engine is always consistent.
-- Commands the engine emits are executed in order by exactly one executor at
-  a time (`_busy`). Whoever needs them executed becomes the executor if none
-  is running (an RPC handler called by an idle peer runs them in the caller's
-  task: no task switch), otherwise it waits for the running executor, which
-  keeps going until the engine has no more output.
+- The commands it emits are executed in order by one executor at a time
+  (`_busy`). Most commands need no await (append to the log store, send an
+  RPC, apply on a synchronous state machine), so they run right where the
+  event arrived: `_run_sync`. The first command that must be awaited (a vote
+  save, an async apply) and everything after it go to `_deferred`, which the
+  node's core task drains in order; nothing runs synchronously until it is
+  empty, so command order is kept.
+- Client writes are queued and moved into the engine as one batch per event
+  loop iteration (a call_soon callback), so writers that run together share
+  one append and one AppendEntries per follower.
+- RPCs: a NetworkClient may offer `append_entries_nowait`, which a peer in
+  the same process answers synchronously when it is idle (LocalRouter). A
+  write then commits and applies without any task switch besides waking its
+  client. Otherwise each RPC runs in a task of its own (pipelined).
 - A handler answers only after its commands ran: a granted vote after
   save_vote returned (durable), an AppendEntries success after the log is
   flushed up to what it reports as matched.
-- Client writes are queued and go into the engine as one batch per executor
-  round, so writers that arrive together share one append and one RPC.
 """
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 from collections import deque
 from typing import Any, Callable, Optional
 
 from raftcore.config import Config
-from raftcore.engine import CANDIDATE, LEADER, SHUTDOWN, Engine
+from raftcore.engine import CANDIDATE, FOLLOWER, LEADER, LEARNER, SHUTDOWN, Engine
 from raftcore.errors import Fatal, ForwardToLeader, RaftError, StorageError
 from raftcore.messages import AppendEntriesRequest, AppendEntriesResponse
-from raftcore.types import LogId
-
-_STATE_NAMES = {0: "learner", 1: "follower", 2: "candidate", 3: "leader", 4: "shutdown"}
+from raftcore.types import LogId, Vote
 
 
 class ClientWriteResponse:
@@ -61,6 +67,8 @@ class RaftCore:
         self.network = network
         self.log_store = log_store
         self.sm = state_machine
+        # A state machine whose apply is a plain method is applied inline.
+        self._sm_async = inspect.iscoroutinefunction(state_machine.apply)
         self.loop = loop
         #: Runs blocking work (snapshots, fsync) off the event loop; a
         #: simulation replaces it with inline execution.
@@ -85,16 +93,20 @@ class RaftCore:
         self._fatal: Optional[BaseException] = None
         # executor state
         self._busy = False
-        self._taken = 0          # command batches taken from the engine
-        self._executed = 0       # command batches fully executed
-        self._exec_waiters: deque = deque()     # (batch number, future)
-        self._flush_waiters: list = []          # (index, future), any order
+        self._deferred: deque = deque()         # commands waiting for the core task
+        self._cmds_taken = 0                    # commands taken from the engine so far
+        self._cmds_done = 0                     # commands executed so far
+        self._exec_waiters: deque = deque()     # (commands-done target, future)
+        self._flush_waiters: list = []          # (index, future)
         # clients
         self._pending_writes: deque = deque()   # (payload, future) not yet in the log
+        self._flush_scheduled = False
+        self._open_writes = 0                   # writes queued or in the log, unanswered
         self._write_room: Optional[asyncio.Future] = None
         self._client_waiters: deque = deque()   # [first index, term, futures]
         self._metric_waiters: list = []         # (predicate, future)
         self._clients: dict[int, Any] = {}
+        self._nowait: dict[int, Any] = {}       # target -> append_entries_nowait or None
         self._tasks: set = set()
         self._wakeup: Optional[asyncio.Future] = None
         self._timer: Optional[asyncio.TimerHandle] = None
@@ -117,11 +129,11 @@ class RaftCore:
         committed = await self.log_store.read_committed()
         applied, sm_membership = await self.sm.applied_state()
         self.last_applied = applied
-        from raftcore.types import Vote
         self.engine.restore(vote if vote is not None else Vote(0, None, False), purged, entries,
                             committed.index if committed else 0,
                             applied.index if applied else 0, sm_membership)
-        self.engine.take_commands()   # restore emits nothing that needs running
+        # Committed entries the state machine has not applied yet.
+        self._deferred.extend(self.engine.take_commands())
         self._seen = (self.engine.state, self.engine.vote.term, self.engine.leader_id)
 
     def start(self) -> None:
@@ -129,18 +141,19 @@ class RaftCore:
         self._arm_timer()
 
     async def shutdown(self) -> None:
-        if self.stopped:
+        if self.stopped and self._core_task is None:
             return
         self.stopped = True
         self.engine.shutdown()
         if self._timer is not None:
             self._timer.cancel()
-        err = Fatal(f"node {self.id} has shut down; a write in progress may or may not "
-                    "have been committed")
-        self._fail_everything(err)
+        self._fail_everything(Fatal(
+            f"node {self.id} has shut down; a write in progress may or may not have been "
+            "committed"))
         tasks = list(self._tasks)
         if self._core_task is not None:
             tasks.append(self._core_task)
+            self._core_task = None
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -165,15 +178,11 @@ class RaftCore:
             for fut in futs:
                 _fail(fut, err)
         self._client_waiters.clear()
-        for _, fut in self._exec_waiters:
-            _fail(fut, err)
-        self._exec_waiters.clear()
-        for _, fut in self._flush_waiters:
-            _fail(fut, err)
-        self._flush_waiters.clear()
-        for _, fut in self._metric_waiters:
-            _fail(fut, err)
-        self._metric_waiters.clear()
+        self._open_writes = 0
+        for waiters in (self._exec_waiters, self._flush_waiters, self._metric_waiters):
+            for _, fut in waiters:
+                _fail(fut, err)
+            waiters.clear()
         if self._write_room is not None:
             _fail(self._write_room, err)
 
@@ -192,58 +201,83 @@ class RaftCore:
 
     # --------------------------------------------------------------- writes
 
-    async def client_write_many(self, payloads: list) -> list:
-        """Queues payloads for the next batch; returns their responses in order."""
-        self.check_running()
-        if self.engine.state != LEADER:
-            raise ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
-        loop = self.loop
-        while len(self._pending_writes) >= self.config.max_pending_writes:
-            await self._wait_for_room()
-        futs = []
-        for p in payloads:
-            fut = loop.create_future()
-            self._pending_writes.append((p, fut))
-            futs.append(fut)
-        self._kick()
-        if len(futs) == 1:
-            return [await futs[0]]
-        return list(await asyncio.gather(*futs))
-
     async def client_write(self, payload: Any) -> ClientWriteResponse:
-        self.check_running()
-        if self.engine.state != LEADER:
-            raise ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
-        while len(self._pending_writes) >= self.config.max_pending_writes:
-            await self._wait_for_room()
+        self._check_writable()
+        if self._open_writes >= self.config.max_pending_writes:
+            await self._wait_for_room(1)
         fut = self.loop.create_future()
         self._pending_writes.append((payload, fut))
-        self._kick()
+        self._open_writes += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_writes)
         return await fut
 
-    async def _wait_for_room(self) -> None:
-        if self._write_room is None or self._write_room.done():
-            self._write_room = self.loop.create_future()
-        await self._write_room
+    async def client_write_many(self, payloads: list) -> list:
+        self._check_writable()
+        if self._open_writes + len(payloads) > self.config.max_pending_writes:
+            await self._wait_for_room(len(payloads))
+        create = self.loop.create_future
+        futs = [create() for _ in payloads]
+        self._pending_writes.extend(zip(payloads, futs))
+        self._open_writes += len(futs)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_writes)
+        return list(await asyncio.gather(*futs))
+
+    def _check_writable(self) -> None:
         self.check_running()
+        if self.engine.state != LEADER:
+            raise ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
+
+    async def _wait_for_room(self, n: int) -> None:
+        # Writers wait while the leader holds max_pending_writes unanswered
+        # writes; one batch larger than the limit waits for an empty queue.
+        limit = self.config.max_pending_writes
+        while self._open_writes and self._open_writes + n > limit:
+            if self._write_room is None or self._write_room.done():
+                self._write_room = self.loop.create_future()
+            await self._write_room
+            self._check_writable()
+
+    def _writes_answered(self, n: int) -> None:
+        self._open_writes -= n
+        room = self._write_room
+        if room is not None and not room.done() and \
+                self._open_writes < self.config.max_pending_writes:
+            room.set_result(None)
+
+    def _flush_writes(self) -> None:
+        self._flush_scheduled = False
+        self._run_sync()
 
     def _take_write_batch(self) -> None:
         """Moves queued client writes into the engine as one batch."""
         pending = self._pending_writes
         n = min(len(pending), self.config.max_write_batch)
-        payloads = [None] * n
-        futs = [None] * n
-        for i in range(n):
-            payloads[i], futs[i] = pending.popleft()
-        if self._write_room is not None and not self._write_room.done():
-            self._write_room.set_result(None)
+        if n == len(pending):
+            items = list(pending)
+            pending.clear()
+        else:
+            items = [pending.popleft() for _ in range(n)]
+        payloads = [p for p, _ in items]
+        futs = [f for _, f in items]
         try:
             first = self.engine.client_write(payloads, self.loop.time())
         except ForwardToLeader as e:
             for fut in futs:
                 _fail(fut, ForwardToLeader(e.leader_id, e.leader_node))
+            self._writes_answered(n)
             return
         self._client_waiters.append([first, self.engine.vote.term, futs])
+
+    def _reject_pending_writes(self) -> None:
+        err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
+        n = len(self._pending_writes)
+        while self._pending_writes:
+            _fail(self._pending_writes.popleft()[1], err)
+        self._writes_answered(n)
 
     # ------------------------------------------------------------- handlers
 
@@ -258,99 +292,177 @@ class RaftCore:
         resp = self.engine.handle_append_entries(req, self.loop.time())
         await self.run_commands()
         if resp.success and self.engine.flushed < resp.matched:
+            return await self._after_flush(resp)
+        return resp
+
+    def try_append_entries_now(self, req):
+        """The synchronous fast path of handle_append_entries, for a caller in
+        this process: returns the response, an awaitable of it (the log is
+        not flushed yet), or None when the node cannot answer without
+        awaiting (busy, or the request changes its vote); None means nothing
+        was done and the caller should use handle_append_entries."""
+        e = self.engine
+        if (self.stopped or self._busy or self._deferred or req.term != e.vote.term
+                or e.leader_id != req.leader_id or e.vote.node_id is None
+                or (e.state != FOLLOWER and e.state != LEARNER)):
+            return None
+        resp = e.handle_append_entries(req, self.loop.time())
+        self._run_sync()
+        if resp.success and e.flushed < resp.matched:
+            return self._after_flush(resp)
+        return resp
+
+    async def _after_flush(self, resp):
+        if self.engine.flushed < resp.matched:
             fut = self.loop.create_future()
             self._flush_waiters.append((resp.matched, fut))
             await fut
-            if self.engine.vote.term != resp.term:
-                # A newer leader truncated the log meanwhile: the match
-                # claimed above may no longer hold, so do not claim it.
-                return AppendEntriesResponse(self.engine.vote.term, False, 0, 0, 0)
+        if self.engine.vote.term != resp.term:
+            # A newer leader truncated the log meanwhile: the match claimed
+            # in resp may no longer hold, so do not claim it.
+            return AppendEntriesResponse(self.engine.vote.term, False, 0, 0, 0)
         return resp
 
     # ---------------------------------------------------------- executing
 
     def _kick(self) -> None:
-        """Makes sure someone will run the engine's output and queued writes."""
-        if not self._busy and self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        """Wakes the core task to run deferred commands and engine output."""
+        w = self._wakeup
+        if w is not None and not w.done():
+            w.set_result(None)
 
     async def _core_loop(self) -> None:
         while not self.stopped:
             self._wakeup = self.loop.create_future()
-            if self._has_work():
+            if self._deferred or self.engine.output or self._pending_writes:
                 self._wakeup.set_result(None)
             await self._wakeup
             if not self._busy:
-                await self._run_exclusive()
-
-    def _has_work(self) -> bool:
-        return bool(self.engine.output or self._pending_writes)
+                await self._run_async()
 
     async def run_commands(self) -> None:
         """Returns once every command emitted so far has been executed."""
-        target = self._taken + (1 if self.engine.output else 0)
-        if self._executed >= target:
+        target = self._cmds_taken + len(self.engine.output)
+        if self._cmds_done >= target:
             return
         if not self._busy:
-            await self._run_exclusive()
-            return
+            await self._run_async()
+            if self._cmds_done >= target:
+                return
+            self.check_running()
         fut = self.loop.create_future()
         self._exec_waiters.append((target, fut))
         await fut
 
-    async def _run_exclusive(self) -> None:
+    def _run_sync(self) -> None:
+        """Executes the engine's output here and now, up to the first command
+        that must be awaited; that one and all later ones go to the core task."""
+        if self._busy:
+            return      # the running executor loops until the output is empty
+        if self._deferred:
+            self._kick()
+            return
+        engine = self.engine
         self._busy = True
         try:
-            await self._execute_all()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:   # storage failure, or a bug: stop the node
+            while not self.stopped:
+                if engine.output:
+                    cmds = engine.take_commands()
+                    self._cmds_taken += len(cmds)
+                    if not self._execute_sync(cmds):
+                        break
+                elif self._pending_writes:
+                    if engine.state == LEADER:
+                        self._take_write_batch()
+                    else:
+                        self._reject_pending_writes()
+                else:
+                    break
+        except Exception as exc:   # storage failure, or a bug: stop the node
             self._die(exc)
         finally:
             self._busy = False
+        self._after_round()
+        if self._deferred:
+            self._kick()
 
-    async def _execute_all(self) -> None:
+    def _execute_sync(self, cmds: list) -> bool:
+        """Runs commands that need no await; defers the rest. Returns False
+        if it had to defer."""
+        sm_async = self._sm_async
+        for i, cmd in enumerate(cmds):
+            kind = cmd[0]
+            if kind == "save_vote" or (kind == "apply" and sm_async):
+                self._deferred.extend(cmds[i:])
+                return False
+            self._execute_now(cmd)
+        return True
+
+    async def _run_async(self) -> None:
+        """Drains deferred commands and engine output, awaiting as needed."""
         engine = self.engine
-        while not self.stopped:
-            if engine.output:
-                cmds = engine.take_commands()
-                self._taken += 1
-                await self._execute(cmds)
-                self._executed = self._taken
-                waiters = self._exec_waiters
-                while waiters and waiters[0][0] <= self._executed:
-                    _resolve(waiters.popleft()[1], None)
-            elif self._pending_writes and engine.state == LEADER:
-                self._take_write_batch()
-            elif self._pending_writes:
-                err = ForwardToLeader(engine.leader_id, engine.leader_node())
-                while self._pending_writes:
-                    _fail(self._pending_writes.popleft()[1], err)
-            else:
-                break
+        deferred = self._deferred
+        self._busy = True
+        try:
+            while not self.stopped:
+                if deferred:
+                    cmd = deferred.popleft()
+                    kind = cmd[0]
+                    if kind == "save_vote":
+                        await self.log_store.save_vote(cmd[1])
+                        self._command_done()
+                    elif kind == "apply" and self._sm_async:
+                        responses = await self.sm.apply(cmd[1])
+                        self._applied(cmd[1], responses)
+                        self._command_done()
+                    else:
+                        self._execute_now(cmd)
+                elif engine.output:
+                    cmds = engine.take_commands()
+                    self._cmds_taken += len(cmds)
+                    deferred.extend(cmds)
+                elif self._pending_writes:
+                    if engine.state == LEADER:
+                        self._take_write_batch()
+                    else:
+                        self._reject_pending_writes()
+                else:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:   # storage failure, or a bug: stop the node
+            self._die(exc)
+        finally:
+            self._busy = False
         self._after_round()
 
-    async def _execute(self, cmds: list) -> None:
-        for cmd in cmds:
-            kind = cmd[0]
-            if kind == "send_append":
-                self._spawn(self._send_append(cmd[1], cmd[2]))
-            elif kind == "append":
-                entries = cmd[1]
-                last = entries[-1]
-                term, index = last.term, last.index
-                self.log_store.append(entries, lambda err, t=term, i=index: self._on_flushed(err, t, i))
-            elif kind == "apply":
-                await self._apply(cmd[1])
-            elif kind == "save_vote":
-                await self.log_store.save_vote(cmd[1])
-            elif kind == "truncate":
-                self.log_store.truncate_after(cmd[1] - 1)
-                self._fail_truncated_writes(cmd[1])
-            elif kind == "send_vote":
-                self._spawn(self._send_vote(cmd[1], cmd[2]))
-            else:
-                raise RaftError(f"unknown engine command {kind!r}")
+    def _command_done(self) -> None:
+        self._cmds_done += 1
+        waiters = self._exec_waiters
+        while waiters and waiters[0][0] <= self._cmds_done:
+            _resolve(waiters.popleft()[1], None)
+
+    def _execute_now(self, cmd: tuple) -> None:
+        """Executes one command that needs no await."""
+        kind = cmd[0]
+        if kind == "send_append":
+            self._send_append_now(cmd[1], cmd[2])
+        elif kind == "append":
+            entries = cmd[1]
+            last = entries[-1]
+            term, index = last.term, last.index
+            self.log_store.append(entries, lambda err: self._on_flushed(err, term, index))
+        elif kind == "apply":
+            entries = cmd[1]
+            self._applied(entries, self.sm.apply(entries))
+        elif kind == "truncate":
+            self.log_store.truncate_after(cmd[1] - 1)
+            self._fail_truncated_writes(cmd[1])
+        elif kind == "send_vote":
+            self._spawn(self._send_vote(cmd[1], cmd[2]))
+        else:
+            raise RaftError(f"engine command {kind!r} cannot run synchronously")
+        self._command_done()
 
     def _on_flushed(self, err: Optional[BaseException], term: int, index: int) -> None:
         if err is not None:
@@ -358,9 +470,10 @@ class RaftCore:
             return
         if self.stopped:
             return
-        self.engine.log_flushed(term, index)
-        flushed = self.engine.flushed
+        engine = self.engine
+        engine.log_flushed(term, index)
         if self._flush_waiters:
+            flushed = engine.flushed
             keep = []
             for w in self._flush_waiters:
                 if w[0] <= flushed:
@@ -368,11 +481,11 @@ class RaftCore:
                 else:
                     keep.append(w)
             self._flush_waiters = keep
-        if self.engine.output:
-            self._kick()
+        if engine.output and not self._busy:
+            self._run_sync()
 
-    async def _apply(self, entries: list) -> None:
-        responses = await self.sm.apply(entries)
+    def _applied(self, entries: list, responses: list) -> None:
+        """Records an applied batch and answers the clients waiting on it."""
         if len(responses) != len(entries):
             raise StorageError(f"the state machine returned {len(responses)} responses for "
                                f"{len(entries)} entries; it must return one per entry")
@@ -383,38 +496,43 @@ class RaftCore:
             return
         base = entries[0].index
         last_index = last.index
+        answered = 0
         while waiters and waiters[0][0] <= last_index:
             w = waiters[0]
             first, term, futs = w
             n = len(futs)
             upto = min(first + n - 1, last_index)
-            for index in range(max(first, base), upto + 1):
+            start = max(first, base)
+            for index in range(start, upto + 1):
                 fut = futs[index - first]
-                e = entries[index - base]
-                if fut.done():
+                if fut.done():       # the caller gave up waiting
                     continue
+                e = entries[index - base]
                 if e.term == term:
                     fut.set_result(ClientWriteResponse(term, index, responses[index - base]))
                 else:
                     fut.set_exception(ForwardToLeader(self.engine.leader_id,
                                                       self.engine.leader_node()))
+            answered += upto + 1 - start
             if upto == first + n - 1:
                 waiters.popleft()
             else:
                 w[2] = futs[upto + 1 - first:]
                 w[0] = upto + 1
+        self._writes_answered(answered)
 
     def _fail_truncated_writes(self, since: int) -> None:
-        """Writes whose entries were truncated by a newer leader did not commit."""
+        """Writes whose entries a newer leader truncated did not commit."""
         waiters = self._client_waiters
+        err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
         while waiters:
             first, term, futs = waiters[-1]
             if first + len(futs) - 1 < since:
                 break
             cut = max(since, first)
-            err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
             for fut in futs[cut - first:]:
                 _fail(fut, err)
+            self._writes_answered(len(futs) - (cut - first))
             if cut == first:
                 waiters.pop()
             else:
@@ -431,6 +549,7 @@ class RaftCore:
                 node = self.engine.membership.nodes.get(target)
             c = self.network.client(target, node)
             self._clients[target] = c
+            self._nowait[target] = getattr(c, "append_entries_nowait", None)
         return c
 
     def _spawn(self, coro) -> None:
@@ -438,22 +557,45 @@ class RaftCore:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _send_append(self, target: int, req: AppendEntriesRequest) -> None:
+    def _send_append_now(self, target: int, req: AppendEntriesRequest) -> None:
+        client = self._client(target)
+        nowait = self._nowait[target]
+        if nowait is None:
+            self._spawn(self._send_append(client, target, req))
+            return
         try:
-            resp = await self._client(target).append_entries(req)
+            r = nowait(req)
+        except Exception as exc:
+            self._append_failed(target, req, exc)
+            return
+        if r is None:
+            self._spawn(self._send_append(client, target, req))
+        elif type(r) is AppendEntriesResponse:
+            self.engine.handle_append_response(target, req, r, self.loop.time())
+        else:
+            self._spawn(self._await_append(target, req, r))
+
+    async def _send_append(self, client, target: int, req: AppendEntriesRequest) -> None:
+        await self._await_append(target, req, client.append_entries(req))
+
+    async def _await_append(self, target: int, req: AppendEntriesRequest, pending) -> None:
+        try:
+            resp = await pending
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if self.stopped:
-                return
-            self.log.debug("append_entries to %s failed: %s", target, exc)
-            self.engine.handle_append_failure(target, req, self.loop.time())
-            self._kick()
+            self._append_failed(target, req, exc)
             return
         if self.stopped:
             return
         self.engine.handle_append_response(target, req, resp, self.loop.time())
-        await self.run_commands()
+        self._run_sync()
+
+    def _append_failed(self, target: int, req, exc: BaseException) -> None:
+        if self.stopped:
+            return
+        self.log.debug("append_entries to %s failed: %s", target, exc)
+        self.engine.handle_append_failure(target, req, self.loop.time())
 
     async def _send_vote(self, target: int, req) -> None:
         try:
@@ -466,7 +608,7 @@ class RaftCore:
         if self.stopped:
             return
         self.engine.handle_vote_response(target, req, resp, self.loop.time())
-        await self.run_commands()
+        self._run_sync()
 
     # ------------------------------------------------------------- timers
 
@@ -487,9 +629,7 @@ class RaftCore:
             return
         if self.tick_enabled:
             self.engine.tick(self.loop.time())
-            if self.engine.output:
-                self._kick()
-        if self.tick_enabled:
+            self._run_sync()
             self._arm_timer()
         else:
             # Ticking is off: look again after a heartbeat interval.
@@ -497,12 +637,11 @@ class RaftCore:
             self._timer = self.loop.call_at(self._timer_at, self._on_timer)
 
     def step(self, fn: Callable, *args: Any) -> Any:
-        """Steps the engine from outside an executor (triggers) and schedules
-        the commands it emits."""
+        """Steps the engine from outside (triggers, initialize) and runs what
+        it emits."""
         self.check_running()
         r = fn(*args)
-        self._kick()
-        self._arm_timer()
+        self._run_sync()
         return r
 
     # ------------------------------------------------------------ metrics
@@ -513,6 +652,8 @@ class RaftCore:
         if seen != self._seen:
             self._log_transition(self._seen, seen)
             self._seen = seen
+            if engine.state != LEADER and self._pending_writes:
+                self._reject_pending_writes()
         self._arm_timer()
         if self._metric_waiters:
             self.check_metric_waiters()
@@ -536,7 +677,7 @@ class RaftCore:
     def remove_metric_waiter(self, fut: asyncio.Future) -> None:
         self._metric_waiters = [w for w in self._metric_waiters if w[1] is not fut]
 
-    def check_metric_waiters(self, metrics_fn: Optional[Callable] = None) -> None:
+    def check_metric_waiters(self) -> None:
         from raftcore.raft import build_metrics
         m = build_metrics(self)
         keep = []

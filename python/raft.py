@@ -142,6 +142,12 @@ class Raft:
         """Handles an AppendEntries request from the leader (called by a transport)."""
         return await self._core.handle_append_entries(req)
 
+    def append_entries_nowait(self, req):
+        """In-process fast path of append_entries for a caller in the same
+        event loop: the response, an awaitable of it, or None when the node
+        cannot answer without awaiting (then call append_entries)."""
+        return self._core.try_append_entries_now(req)
+
     async def vote(self, req):
         """Handles a RequestVote from a candidate (called by a transport)."""
         return await self._core.handle_vote(req)

@@ -25,6 +25,7 @@ Safety rules kept here:
 - a follower never deletes entries that match the leader's; it truncates only
   from the first conflict, and never below its commit index.
 """
+cimport cython
 from raftcore.types cimport LogId, Vote, Entry, make_entry, BLANK, NORMAL, MEMBERSHIP
 from raftcore.log cimport RaftLog
 from raftcore.membership cimport Membership
@@ -45,6 +46,10 @@ SHUTDOWN = 4
 cdef int S_LEARNER = 0, S_FOLLOWER = 1, S_CANDIDATE = 2, S_LEADER = 3, S_SHUTDOWN = 4
 
 
+# no_gc_clear: when a garbage cycle holding this object is collected, its
+# typed fields must not be reset to None under code (a finalizer, say) that
+# may still call into it; cleared fields would crash typed cdef access.
+@cython.no_gc_clear
 cdef class Engine:
     """One node's Raft state. Not thread-safe; the runtime steps it from one task."""
 
@@ -236,11 +241,11 @@ cdef class Engine:
             # Old news, or an entry that has since been truncated.
             return
         self.flushed = index
-        if self.state == S_LEADER:
-            if self.quorum.update(self.id, index):
-                self._maybe_commit()
-        else:
-            self._maybe_apply()
+        # The leader's flush is its own ack; either way, entries committed
+        # meanwhile (possibly by followers alone) may now be applied here.
+        if self.state == S_LEADER and self.quorum.update(self.id, index):
+            self._maybe_commit()
+        self._maybe_apply()
 
     # ------------------------------------------------------------- election
 
@@ -433,6 +438,11 @@ cdef class Engine:
             (self.election_max - self.election_min) * float(self.rng())
 
     cdef void _become_follower(self, Vote vote, leader_id):
+        # The election timer restarts on becoming a follower (as in etcd's
+        # becomeFollower): a deposed leader whose old deadline has long passed
+        # must not campaign at once against the leader that just replaced it.
+        if self.state == S_LEADER or self.state == S_CANDIDATE or vote.term != self.vote.term:
+            self._reset_election_deadline()
         self._set_vote(vote)
         self.state = self._follower_state()
         self.leader_id = leader_id

@@ -4,9 +4,14 @@ Invariant: the log is contiguous from purged_index + 1 to last_index, and
 terms never decrease along it (each leader appends after the entries of
 earlier terms). Entries are shared references, never copied.
 """
+cimport cython
 from raftcore.types cimport Entry
 
 
+# no_gc_clear: when a garbage cycle holding this object is collected, its
+# typed fields must not be reset to None under code (a finalizer, say) that
+# may still call into it; cleared fields would crash typed cdef access.
+@cython.no_gc_clear
 cdef class RaftLog:
     """Entries from purged_index + 1 on, with O(1) access by index."""
 

@@ -4,8 +4,13 @@ Invariant (checked on construction): every voter appears in `nodes`; a
 membership has at least one non-empty voter set. Learners are the nodes that
 are in no voter set.
 """
+cimport cython
 
 
+# no_gc_clear: when a garbage cycle holding this object is collected, its
+# typed fields must not be reset to None under code (a finalizer, say) that
+# may still call into it; cleared fields would crash typed cdef access.
+@cython.no_gc_clear
 cdef class Membership:
     """Voter configurations and the nodes (addresses) of every member.
 

@@ -103,6 +103,42 @@ class LocalRouter:
         return resp
 
 
+    def _deliver_nowait(self, src: int, dst: int, req: Any) -> Any:
+        """Delivers an AppendEntries synchronously when the target can answer
+        without awaiting: returns the response, an awaitable of it, or None
+        (nothing delivered; use _deliver)."""
+        if self._delay:
+            return None
+        target = self._nodes.get(dst)
+        if target is None:
+            self.dropped += 1
+            raise NetworkError(f"node {dst} is not connected to the router")
+        nowait = getattr(target, "append_entries_nowait", None)
+        if nowait is None:
+            return None
+        if not self._passes(src, dst):
+            self.dropped += 1
+            raise NetworkError(f"message {src}->{dst} lost (fault injected)")
+        resp = nowait(req)
+        if resp is None:
+            return None
+        if not hasattr(resp, "term"):
+            return self._response_after(src, dst, resp)
+        if not self._passes(dst, src):
+            self.dropped += 1
+            raise NetworkError(f"response {dst}->{src} lost (fault injected)")
+        self.delivered += 1
+        return resp
+
+    async def _response_after(self, src: int, dst: int, pending: Any) -> Any:
+        resp = await pending
+        if not self._passes(dst, src):
+            self.dropped += 1
+            raise NetworkError(f"response {dst}->{src} lost (fault injected)")
+        self.delivered += 1
+        return resp
+
+
 class LocalNetwork(Network):
     """The Network of one node on a LocalRouter."""
 
@@ -124,6 +160,9 @@ class LocalClient(NetworkClient):
 
     async def append_entries(self, req):
         return await self._router._deliver(self._src, self._dst, "append_entries", req)
+
+    def append_entries_nowait(self, req):
+        return self._router._deliver_nowait(self._src, self._dst, req)
 
     async def vote(self, req):
         return await self._router._deliver(self._src, self._dst, "vote", req)

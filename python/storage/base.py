@@ -89,12 +89,16 @@ class StateMachine(abc.ABC):
 
     apply() gets a batch of committed entries, in log order, and returns one
     response per entry: the reply to the client for normal entries, None for
-    blank and membership entries.
+    blank and membership entries. It may be a plain method or a coroutine
+    function: a plain one is called inline on the write path (no task
+    switch), so it must be quick and never block; one that does I/O should
+    be `async def`.
     """
 
     @abc.abstractmethod
-    async def apply(self, entries: Sequence[Entry]) -> list[Any]:
-        """Applies the entries in order; returns one response per entry."""
+    def apply(self, entries: Sequence[Entry]) -> list[Any]:
+        """Applies the entries in order; returns one response per entry
+        (or, when defined with `async def`, an awaitable of them)."""
 
     @abc.abstractmethod
     async def applied_state(self) -> tuple[Optional[LogId], Any]:

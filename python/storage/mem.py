@@ -106,7 +106,7 @@ class MemStateMachine(StateMachine):
     def get(self, key: Any, default: Any = None) -> Any:
         return self.data.get(key, default)
 
-    async def apply(self, entries: Sequence[Entry]) -> list[Any]:
+    def apply(self, entries: Sequence[Entry]) -> list[Any]:
         out: list[Any] = []
         data = self.data
         for e in entries:
@@ -120,10 +120,17 @@ class MemStateMachine(StateMachine):
             self.last_applied = entries[-1].log_id
         return out
 
-    @staticmethod
-    def _apply_command(data: dict, cmd: Any) -> Any:
+    @classmethod
+    def _apply_command(cls, data: dict, cmd: Any) -> Any:
         # A malformed command is answered with an error value, not raised:
         # it is committed already, and every node must apply it the same way.
+        try:
+            return cls._run_command(data, cmd)
+        except TypeError as exc:   # an unhashable key, say
+            return {"error": f"cannot apply {cmd!r}: {exc}"}
+
+    @staticmethod
+    def _run_command(data: dict, cmd: Any) -> Any:
         if not isinstance(cmd, (list, tuple)) or not cmd:
             return {"error": f"a command is a list [op, ...]; got {cmd!r}"}
         op = cmd[0]
