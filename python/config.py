@@ -36,11 +36,20 @@ class Config:
     rpc_timeout: float = 1.0
     #: Seed of the node's random generator (election timeouts); None: random.
     seed: int | None = None
+    #: Initial runtime switches (see Raft.runtime_config): feed time to the
+    #: engine, send heartbeats as leader, start elections on timeout.
+    enable_tick: bool = True
+    enable_heartbeat: bool = True
+    enable_elect: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name in ("cluster_name", "seed"):
+                continue
+            if f.name.startswith("enable_"):
+                if not isinstance(v, bool):
+                    raise ConfigError(f"Config.{f.name} must be True or False, got {v!r}")
                 continue
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise ConfigError(f"Config.{f.name} must be a number, got {v!r}")

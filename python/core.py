@@ -87,7 +87,9 @@ class RaftCore:
             rng=self._rng.random,
             now=loop.time(),
         )
-        self.tick_enabled = True
+        self.tick_enabled = config.enable_tick
+        self.engine.heartbeat_enabled = config.enable_heartbeat
+        self.engine.elect_enabled = config.enable_elect
         self.last_applied: Optional[LogId] = None
         self.stopped = False
         self._fatal: Optional[BaseException] = None
