@@ -51,6 +51,7 @@ setup(
         "raftcore",
         "raftcore.storage",
         "raftcore.network",
+        "raftcore.testing",
     ],
     package_dir={"raftcore": "python"},
     package_data={"raftcore": ["py.typed", "*.pyi"]},

@@ -48,3 +48,7 @@ class ConfigError(RaftError, ValueError):
 
 class Fatal(RaftError):
     """The node has stopped (shut down, or a storage failure); it takes no more requests."""
+
+
+class CodecError(RaftError, ValueError):
+    """Bytes or values that do not decode to a valid raftcore message or record."""

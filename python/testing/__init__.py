@@ -1,0 +1,1 @@
+"""Testing tools for raftcore and for people building on it."""

@@ -1,0 +1,216 @@
+"""Conversion between raftcore values and msgpack-friendly primitives.
+
+Used by the TCP transport (messages) and the file log store (entries,
+votes). Every value becomes lists, ints and the application's own payloads;
+nothing is pickled. Decoding validates shape and types and raises CodecError
+naming what is wrong, so a malformed frame or record never becomes a
+half-built message.
+
+Layouts (all lists):
+  entry batch    flat [term, index, kind, payload, term, index, ...]
+                 (a membership payload is encoded with encode_membership)
+  membership     [[voter ids of each set], [[id, addr, data], ...]]
+  vote           [term, node_id or None, committed]
+  log id         [term, index] or None
+  message        [type, fields...] with type one of MSG_*
+"""
+from raftcore.types cimport Entry, LogId, Vote, make_entry, BLANK, NORMAL, MEMBERSHIP
+from raftcore.membership cimport Membership
+from raftcore.messages cimport (
+    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse)
+
+from raftcore.errors import CodecError
+
+MSG_APPEND_ENTRIES = 1
+MSG_APPEND_ENTRIES_RESPONSE = 2
+MSG_VOTE = 3
+MSG_VOTE_RESPONSE = 4
+
+cdef object _Node = None
+
+
+cdef object _node_class():
+    # raftcore.model imports the engine; import it on first use.
+    global _Node
+    if _Node is None:
+        from raftcore.model import Node
+        _Node = Node
+    return _Node
+
+
+cdef inline long long _int(object v, str what) except? -1:
+    if type(v) is not int:
+        raise CodecError(f"{what} must be an integer, got {type(v).__name__}")
+    return v
+
+
+cdef inline object _node_id(object v, str what):
+    if v is not None and type(v) is not int:
+        raise CodecError(f"{what} must be an integer node id or None, got {type(v).__name__}")
+    return v
+
+
+cdef inline list _list(object v, str what, Py_ssize_t n=-1):
+    if type(v) is not list:
+        raise CodecError(f"{what} must be a list, got {type(v).__name__}")
+    if n >= 0 and len(<list>v) != n:
+        raise CodecError(f"{what} must have {n} items, got {len(<list>v)}")
+    return <list>v
+
+
+# ----------------------------------------------------------------- values
+
+def encode_membership(Membership m):
+    nodes = []
+    for node_id in sorted(m.nodes):
+        n = m.nodes[node_id]
+        if n is None:
+            nodes.append([node_id, "", None])
+        else:
+            nodes.append([node_id, n.addr, n.data])
+    return [[sorted(c) for c in m.configs], nodes]
+
+
+def decode_membership(obj):
+    cdef list top = _list(obj, "membership", 2)
+    cdef list cfgs = _list(top[0], "membership voter sets")
+    configs = []
+    for c in cfgs:
+        ids = _list(c, "membership voter set")
+        for i in ids:
+            _int(i, "voter id")
+        configs.append(ids)
+    Node = _node_class()
+    nodes = {}
+    for item in _list(top[1], "membership nodes"):
+        rec = _list(item, "membership node", 3)
+        addr = rec[1]
+        if type(addr) is not str:
+            raise CodecError(f"node address must be a string, got {type(addr).__name__}")
+        nodes[_int(rec[0], "node id")] = Node(addr, rec[2])
+    try:
+        return Membership(configs, nodes)
+    except ValueError as exc:
+        raise CodecError(f"invalid membership: {exc}") from None
+
+
+def encode_vote(Vote v):
+    return [v.term, v.node_id, v.committed]
+
+
+def decode_vote(obj):
+    cdef list v = _list(obj, "vote", 3)
+    if type(v[2]) is not bool:
+        raise CodecError("vote.committed must be a boolean")
+    return Vote(_int(v[0], "vote.term"), _node_id(v[1], "vote.node_id"), v[2])
+
+
+def encode_log_id(log_id):
+    if log_id is None:
+        return None
+    return [(<LogId>log_id).term, (<LogId>log_id).index]
+
+
+def decode_log_id(obj):
+    if obj is None:
+        return None
+    cdef list v = _list(obj, "log id", 2)
+    return LogId(_int(v[0], "log id term"), _int(v[1], "log id index"))
+
+
+cpdef list encode_entries(list entries):
+    """A flat list [term, index, kind, payload, ...] for a batch of entries."""
+    cdef Py_ssize_t n = len(entries), i
+    cdef list out = [None] * (4 * n)
+    cdef Entry e
+    for i in range(n):
+        e = <Entry>entries[i]
+        out[4 * i] = e.term
+        out[4 * i + 1] = e.index
+        out[4 * i + 2] = e.kind
+        out[4 * i + 3] = encode_membership(e.payload) if e.kind == MEMBERSHIP else e.payload
+    return out
+
+
+cpdef list decode_entries(object flat):
+    """Entries from a flat list made by encode_entries; checks that indexes
+    are consecutive."""
+    cdef list f = _list(flat, "entries")
+    cdef Py_ssize_t n = len(f), i
+    cdef long long term, index, kind, prev = -1
+    if n % 4:
+        raise CodecError(f"an entry batch has 4 fields per entry; got {n} fields")
+    cdef list out = [None] * (n // 4)
+    for i in range(n // 4):
+        term = _int(f[4 * i], "entry term")
+        index = _int(f[4 * i + 1], "entry index")
+        kind = _int(f[4 * i + 2], "entry kind")
+        if term < 0 or index < 1:
+            raise CodecError(f"entry ({term}, {index}) has a negative term or an index below 1")
+        if prev >= 0 and index != prev + 1:
+            raise CodecError(f"entry indexes must be consecutive: {index} follows {prev}")
+        prev = index
+        payload = f[4 * i + 3]
+        if kind == MEMBERSHIP:
+            payload = decode_membership(payload)
+        elif kind != NORMAL and kind != BLANK:
+            raise CodecError(f"unknown entry kind {kind}")
+        out[i] = make_entry(term, index, <int>kind, payload)
+    return out
+
+
+# --------------------------------------------------------------- messages
+
+cpdef list encode_message(object msg):
+    """[type, fields...] for an RPC message."""
+    cdef AppendEntriesRequest a
+    cdef AppendEntriesResponse ar
+    cdef VoteRequest v
+    cdef VoteResponse vr
+    if type(msg) is AppendEntriesRequest:
+        a = <AppendEntriesRequest>msg
+        return [MSG_APPEND_ENTRIES, a.term, a.leader_id, a.prev_log_term, a.prev_log_index,
+                a.leader_commit, encode_entries(a.entries)]
+    if type(msg) is AppendEntriesResponse:
+        ar = <AppendEntriesResponse>msg
+        return [MSG_APPEND_ENTRIES_RESPONSE, ar.term, ar.success, ar.matched,
+                ar.conflict_index, ar.conflict_term]
+    if type(msg) is VoteRequest:
+        v = <VoteRequest>msg
+        return [MSG_VOTE, v.term, v.candidate_id, v.last_log_term, v.last_log_index]
+    if type(msg) is VoteResponse:
+        vr = <VoteResponse>msg
+        return [MSG_VOTE_RESPONSE, vr.term, vr.granted, vr.voter_id]
+    raise CodecError(f"cannot encode a {type(msg).__name__}: not a raftcore message")
+
+
+cpdef object decode_message(object obj):
+    """The message encoded by encode_message; CodecError if malformed."""
+    if type(obj) is not list or not obj:
+        raise CodecError("a message must be a non-empty list [type, fields...]")
+    cdef list m = <list>obj
+    t = m[0]
+    if t == MSG_APPEND_ENTRIES:
+        _list(m, "AppendEntries", 7)
+        req = AppendEntriesRequest(
+            _int(m[1], "term"), _node_id(m[2], "leader_id"), _int(m[3], "prev_log_term"),
+            _int(m[4], "prev_log_index"), decode_entries(m[6]), _int(m[5], "leader_commit"))
+        if req.entries and (<Entry>req.entries[0]).index != req.prev_log_index + 1:
+            raise CodecError("AppendEntries entries must start right after prev_log_index")
+        return req
+    if t == MSG_APPEND_ENTRIES_RESPONSE:
+        _list(m, "AppendEntriesResponse", 6)
+        if type(m[2]) is not bool:
+            raise CodecError("AppendEntriesResponse.success must be a boolean")
+        return AppendEntriesResponse(_int(m[1], "term"), m[2], _int(m[3], "matched"),
+                                     _int(m[4], "conflict_index"), _int(m[5], "conflict_term"))
+    if t == MSG_VOTE:
+        _list(m, "Vote", 5)
+        return VoteRequest(_int(m[1], "term"), _node_id(m[2], "candidate_id"),
+                           _int(m[3], "last_log_term"), _int(m[4], "last_log_index"))
+    if t == MSG_VOTE_RESPONSE:
+        _list(m, "VoteResponse", 4)
+        if type(m[2]) is not bool:
+            raise CodecError("VoteResponse.granted must be a boolean")
+        return VoteResponse(_int(m[1], "term"), m[2], _node_id(m[3], "voter_id"))
+    raise CodecError(f"unknown message type {t!r}")
