@@ -15,13 +15,14 @@ except ImportError as exc:  # pragma: no cover - exercised only on broken instal
 
 from raftcore.config import Config
 from raftcore.errors import ForwardToLeader, NotAllowed, RaftError, StorageError, Timeout
+from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
 from raftcore.model import Node, ReadPolicy, ServerState
 from raftcore.types import Entry, LogId, Vote
 from raftcore.raft import Raft, RaftMetrics, ClientWriteResponse
 
 __all__ = [
-    "Raft", "RaftMetrics", "ClientWriteResponse", "Config", "Node", "ServerState",
+    "Raft", "RaftMetrics", "ChangeMembers", "ClientWriteResponse", "Config", "Node", "ServerState",
     "ReadPolicy", "Membership", "Entry", "LogId", "Vote", "RaftError",
     "ForwardToLeader", "NotAllowed", "Timeout", "StorageError",
 ]

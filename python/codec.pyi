@@ -7,6 +7,7 @@ MSG_APPEND_ENTRIES: int
 MSG_APPEND_ENTRIES_RESPONSE: int
 MSG_VOTE: int
 MSG_VOTE_RESPONSE: int
+MSG_TRANSFER_LEADER: int
 
 def encode_membership(m: Membership) -> list: ...
 def decode_membership(obj: Any) -> Membership: ...

@@ -34,6 +34,19 @@ class Config:
     max_write_batch: int = 4096
     #: An RPC with no answer after this long counts as lost.
     rpc_timeout: float = 1.0
+    #: The leader lease (LEASE_READ) ends this much before
+    #: election_timeout_min after the last quorum-acknowledged send, to cover
+    #: clocks that run at slightly different rates on different nodes.
+    lease_drift_margin: float = 0.015
+    #: A leader that has not heard from a quorum for an election timeout
+    #: steps down (and stops taking writes).
+    check_quorum: bool = True
+    #: Before a real election, ask whether a quorum would vote: a node that
+    #: rejoins after a partition then does not raise the term.
+    enable_pre_vote: bool = False
+    #: add_learner(blocking=True) returns once the learner is within this
+    #: many entries of the leader's log (openraft's default).
+    replication_lag_threshold: int = 5000
     #: Seed of the node's random generator (election timeouts); None: random.
     seed: int | None = None
     #: Initial runtime switches (see Raft.runtime_config): feed time to the
@@ -47,7 +60,7 @@ class Config:
             v = getattr(self, f.name)
             if f.name in ("cluster_name", "seed"):
                 continue
-            if f.name.startswith("enable_"):
+            if f.name.startswith("enable_") or f.name == "check_quorum":
                 if not isinstance(v, bool):
                     raise ConfigError(f"Config.{f.name} must be True or False, got {v!r}")
                 continue
@@ -56,13 +69,18 @@ class Config:
             if v <= 0:
                 raise ConfigError(f"Config.{f.name} must be positive, got {v!r}")
         for f in ("max_payload_entries", "max_payload_bytes", "max_inflight",
-                  "max_pending_writes", "max_write_batch"):
+                  "max_pending_writes", "max_write_batch", "replication_lag_threshold"):
             if not isinstance(getattr(self, f), int):
                 raise ConfigError(f"Config.{f} must be an integer, got {getattr(self, f)!r}")
         if self.election_timeout_min >= self.election_timeout_max:
             raise ConfigError(
                 f"Config.election_timeout_min ({self.election_timeout_min}) must be below "
                 f"election_timeout_max ({self.election_timeout_max})")
+        if self.lease_drift_margin >= self.election_timeout_min:
+            raise ConfigError(
+                f"Config.lease_drift_margin ({self.lease_drift_margin}) must be below "
+                f"election_timeout_min ({self.election_timeout_min}): the lease is "
+                "election_timeout_min minus this margin")
         if self.heartbeat_interval >= self.election_timeout_min:
             raise ConfigError(
                 f"Config.heartbeat_interval ({self.heartbeat_interval}) must be below "

@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 
 from raftcore.config import Config
 from raftcore.engine import CANDIDATE, FOLLOWER, LEADER, LEARNER, SHUTDOWN, Engine
-from raftcore.errors import Fatal, ForwardToLeader, RaftError, StorageError
+from raftcore.errors import Fatal, ForwardToLeader, RaftError, StorageError, Timeout
 from raftcore.messages import AppendEntriesRequest, AppendEntriesResponse
 from raftcore.types import LogId, Vote
 
@@ -86,12 +86,16 @@ class RaftCore:
             max_inflight=config.max_inflight,
             rng=self._rng.random,
             now=loop.time(),
+            lease_margin=config.lease_drift_margin,
+            check_quorum=config.check_quorum,
+            pre_vote=config.enable_pre_vote,
         )
         self.tick_enabled = config.enable_tick
         self.engine.heartbeat_enabled = config.enable_heartbeat
         self.engine.elect_enabled = config.enable_elect
         self.last_applied: Optional[LogId] = None
         self.stopped = False
+        self.changing_membership = False     # a change_membership/add_learner is under way
         self._fatal: Optional[BaseException] = None
         # executor state
         self._busy = False
@@ -107,6 +111,7 @@ class RaftCore:
         self._write_room: Optional[asyncio.Future] = None
         self._client_waiters: deque = deque()   # [first index, term, futures]
         self._metric_waiters: list = []         # (predicate, future)
+        self._read_waiters: list = []           # (seq, term, future)
         self._clients: dict[int, Any] = {}
         self._nowait: dict[int, Any] = {}       # target -> append_entries_nowait or None
         self._tasks: set = set()
@@ -136,6 +141,10 @@ class RaftCore:
                             applied.index if applied else 0, sm_membership)
         # Committed entries the state machine has not applied yet.
         self._deferred.extend(self.engine.take_commands())
+        if self.engine.vote.term > 0:
+            # We may have followed a leader until just now, and a lease of
+            # its may count on us: refuse votes for an election timeout.
+            self.engine.refuse_votes_until(self.loop.time() + self.config.election_timeout_min)
         self._seen = (self.engine.state, self.engine.vote.term, self.engine.leader_id)
 
     def start(self) -> None:
@@ -185,6 +194,9 @@ class RaftCore:
             for _, fut in waiters:
                 _fail(fut, err)
             waiters.clear()
+        for _, _, fut in self._read_waiters:
+            _fail(fut, err)
+        self._read_waiters.clear()
         if self._write_room is not None:
             _fail(self._write_room, err)
 
@@ -274,6 +286,55 @@ class RaftCore:
             return
         self._client_waiters.append([first, self.engine.vote.term, futs])
 
+    async def propose_membership(self, membership) -> Any:
+        """Appends a membership entry; returns once it is applied here."""
+        self.check_running()
+        index = self.engine.change_membership(membership, self.loop.time())
+        # Registered before the commands run: a one-node cluster commits and
+        # applies the entry while they run.
+        fut = self.loop.create_future()
+        self._open_writes += 1
+        self._client_waiters.append([index, self.engine.vote.term, [fut]])
+        self._run_sync()
+        return await fut
+
+    async def read_log_id(self, lease: bool) -> LogId:
+        """Leader: the read point of a linearizable read, once leadership is
+        confirmed (by the lease, or by a quorum answering a new round)."""
+        self.check_running()
+        engine = self.engine
+        if lease:
+            index = engine.lease_read(self.loop.time())
+            if index >= 0:
+                return LogId(engine.log.term_of(index), index)
+        index, seq = self.step(engine.read_index, self.loop.time())
+        term = engine.vote.term
+        if engine.confirmed_seq < seq:
+            fut = self.loop.create_future()
+            self._read_waiters.append((seq, term, fut))
+            limit = 2 * self.config.election_timeout_max
+            try:
+                await asyncio.wait_for(fut, limit)
+            except asyncio.TimeoutError:
+                raise Timeout(f"node {self.id} could not confirm its leadership with a quorum "
+                              f"within {limit}s; retry, or read from the current leader") from None
+        return LogId(engine.log.term_of(index), index)
+
+    def _check_read_waiters(self) -> None:
+        engine = self.engine
+        keep = []
+        for w in self._read_waiters:
+            seq, term, fut = w
+            if fut.done():
+                continue
+            if engine.state != LEADER or engine.vote.term != term:
+                fut.set_exception(ForwardToLeader(engine.leader_id, engine.leader_node()))
+            elif engine.confirmed_seq >= seq:
+                fut.set_result(None)
+            else:
+                keep.append(w)
+        self._read_waiters = keep
+
     def _reject_pending_writes(self) -> None:
         err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
         n = len(self._pending_writes)
@@ -288,6 +349,11 @@ class RaftCore:
         resp = self.engine.handle_vote_request(req, self.loop.time())
         await self.run_commands()
         return resp
+
+    async def handle_transfer_leader(self, req) -> None:
+        self.check_running()
+        self.engine.handle_transfer_leader(req, self.loop.time())
+        await self.run_commands()
 
     async def handle_append_entries(self, req):
         self.check_running()
@@ -462,6 +528,8 @@ class RaftCore:
             self._fail_truncated_writes(cmd[1])
         elif kind == "send_vote":
             self._spawn(self._send_vote(cmd[1], cmd[2]))
+        elif kind == "send_transfer":
+            self._spawn(self._send_transfer(cmd[1], cmd[2]))
         else:
             raise RaftError(f"engine command {kind!r} cannot run synchronously")
         self._command_done()
@@ -612,6 +680,15 @@ class RaftCore:
         self.engine.handle_vote_response(target, req, resp, self.loop.time())
         self._run_sync()
 
+    async def _send_transfer(self, target: int, req) -> None:
+        try:
+            await self._client(target).transfer_leader(req)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The transfer times out in the engine and leadership resumes.
+            self.log.info("handing leadership to %s failed: %s", target, exc)
+
     # ------------------------------------------------------------- timers
 
     def _arm_timer(self) -> None:
@@ -657,6 +734,8 @@ class RaftCore:
             if engine.state != LEADER and self._pending_writes:
                 self._reject_pending_writes()
         self._arm_timer()
+        if self._read_waiters:
+            self._check_read_waiters()
         if self._metric_waiters:
             self.check_metric_waiters()
 

@@ -7,9 +7,11 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 from raftcore.config import Config
 from raftcore.core import ClientWriteResponse, RaftCore
-from raftcore.errors import ConfigError, NotAllowed, Timeout
+from raftcore.engine import LEADER
+from raftcore.errors import ConfigError, ForwardToLeader, NotAllowed, Timeout
+from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
-from raftcore.model import Node, ServerState
+from raftcore.model import Node, ReadPolicy, ServerState
 from raftcore.types import LogId, Vote
 
 __all__ = ["Raft", "RaftMetrics", "ClientWriteResponse", "Wait", "Trigger", "RuntimeConfig"]
@@ -29,6 +31,7 @@ class RaftMetrics:
     last_applied: Optional[LogId]
     snapshot: Optional[LogId]
     purged: Optional[LogId]
+    #: The effective membership (the last one in the log, committed or not).
     membership: Optional[Membership]
     #: Leader only: follower id -> highest index known flushed there.
     replication: Optional[dict]
@@ -136,6 +139,108 @@ class Raft:
             return []
         return await self._core.client_write_many(cmds)
 
+    # ---------------------------------------------------------- membership
+
+    async def add_learner(self, node_id: int, node: Node, blocking: bool = True,
+                          timeout: Optional[float] = None) -> Optional[ClientWriteResponse]:
+        """Adds `node_id` as a learner: it receives the log but does not vote.
+
+        With `blocking`, returns once the learner is within
+        Config.replication_lag_threshold entries of the leader's log (or
+        raises Timeout after `timeout` seconds). Returns the response of the
+        membership entry, or None if the node was already this learner."""
+        core = self._core
+        self._leader_or_forward()
+        m = core.engine.membership
+        if node_id in m.voter_ids:
+            raise NotAllowed(f"node {node_id} is already a voter of {m!r}")
+        ChangeMembers.add_nodes({node_id: node}).apply(m.voter_ids, {})   # validates
+        resp = None
+        if m.nodes.get(node_id) != node:
+            async with self._membership_change():
+                m = core.engine.membership
+                resp = await core.propose_membership(
+                    Membership(m.configs, {**m.nodes, node_id: node}))
+        if blocking:
+            lag = core.config.replication_lag_threshold
+            await self.wait(timeout).metrics(
+                lambda mm: mm.state != ServerState.LEADER or (
+                    mm.replication is not None
+                    and mm.replication.get(node_id, 0) + lag >= mm.last_log_index),
+                f"learner {node_id} to catch up")
+            self._leader_or_forward()
+        return resp
+
+    async def change_membership(self, changes: "ChangeMembers | Iterable[int]",
+                                retain: bool = False) -> ClientWriteResponse:
+        """Changes the voters: a set of ids replaces all voters; a
+        ChangeMembers adds, removes or replaces voters and nodes.
+
+        A voter change goes through a joint configuration (old and new voter
+        sets both must agree), then the new one alone; the call returns once
+        the final membership is committed and applied here. With `retain`,
+        removed voters stay as learners. One change at a time: NotAllowed
+        while another is in progress."""
+        core = self._core
+        self._leader_or_forward()
+        if not isinstance(changes, ChangeMembers):
+            changes = ChangeMembers.replace_all_voters(changes)
+        async with self._membership_change():
+            m = core.engine.membership
+            if m.is_joint:
+                # A change interrupted by a leader change: finish it first.
+                m2 = Membership([m.configs[1]], m.nodes)
+                await core.propose_membership(m2)
+                m = m2
+            old_voters = m.configs[0]
+            new_voters, nodes = changes.apply(old_voters, m.nodes)
+            if new_voters == old_voters:
+                return await core.propose_membership(Membership([new_voters], nodes))
+            await core.propose_membership(
+                Membership([old_voters, new_voters], {**m.nodes, **nodes}))
+            final_nodes = dict(nodes)
+            if not retain:
+                for removed in old_voters - new_voters:
+                    final_nodes.pop(removed, None)
+            return await core.propose_membership(Membership([new_voters], final_nodes))
+
+    def _leader_or_forward(self) -> None:
+        core = self._core
+        core.check_running()
+        if core.engine.state != LEADER:
+            raise ForwardToLeader(core.engine.leader_id, core.engine.leader_node())
+
+    def _membership_change(self) -> "_MembershipChange":
+        return _MembershipChange(self._core)
+
+    # --------------------------------------------------------------- reads
+
+    async def get_read_linearizer(self, policy: ReadPolicy = ReadPolicy.READ_INDEX) -> LogId:
+        """Leader: confirms leadership and returns the read log id. Any node
+        whose state machine has applied that index may then serve a read that
+        sees every write acknowledged before this call (wait on a follower
+        with wait().applied_index_at_least(log_id.index)).
+
+        READ_INDEX confirms with a round trip to a quorum; LEASE_READ uses
+        the leader lease when it holds and falls back to READ_INDEX. Raises
+        ForwardToLeader on a node that is not the leader, Timeout if a
+        quorum does not answer within two election timeouts."""
+        if not isinstance(policy, ReadPolicy):
+            raise ConfigError(f"policy must be a ReadPolicy, got {policy!r}")
+        self._leader_or_forward()
+        return await self._core.read_log_id(policy is ReadPolicy.LEASE_READ)
+
+    async def ensure_linearizable(self, policy: ReadPolicy = ReadPolicy.READ_INDEX) -> LogId:
+        """Leader: returns once a read of this node's state machine is
+        linearizable (sees every write acknowledged before the call): after
+        get_read_linearizer and the local apply of the read log id."""
+        log_id = await self.get_read_linearizer(policy)
+        core = self._core
+        if (core.last_applied.index if core.last_applied else 0) < log_id.index:
+            await self.wait(2 * core.config.election_timeout_max).applied_index_at_least(
+                log_id.index, "the read point to be applied")
+        return log_id
+
     # ------------------------------------------------------------- RPC side
 
     async def append_entries(self, req):
@@ -147,6 +252,11 @@ class Raft:
         event loop: the response, an awaitable of it, or None when the node
         cannot answer without awaiting (then call append_entries)."""
         return self._core.try_append_entries_now(req)
+
+    async def transfer_leader(self, req) -> None:
+        """Handles a TransferLeaderRequest: the leader asks this node to
+        campaign now (called by a transport)."""
+        await self._core.handle_transfer_leader(req)
 
     async def vote(self, req):
         """Handles a RequestVote from a candidate (called by a transport)."""
@@ -240,6 +350,30 @@ class Trigger:
         """Sends heartbeats to every follower now. NotAllowed unless leader."""
         core = self._core
         core.step(core.engine.trigger_heartbeat, core.loop.time())
+
+
+    def transfer_leader(self, to: int) -> None:
+        """Leader: hands leadership to voter `to` once it has caught up. Writes
+        are refused with ForwardToLeader meanwhile; if the transfer has not
+        completed within an election timeout, this node leads on."""
+        core = self._core
+        core.step(core.engine.transfer_leader, to, core.loop.time())
+
+
+class _MembershipChange:
+    """Serializes membership changes made through one Raft handle."""
+
+    def __init__(self, core: RaftCore) -> None:
+        self._core = core
+
+    async def __aenter__(self) -> None:
+        if self._core.changing_membership:
+            raise NotAllowed("a membership change is in progress on this node; wait for it "
+                             "to finish before the next one")
+        self._core.changing_membership = True
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._core.changing_membership = False
 
 
 class RuntimeConfig:

@@ -17,7 +17,7 @@ Layouts (all lists):
 from raftcore.types cimport Entry, LogId, Vote, make_entry, BLANK, NORMAL, MEMBERSHIP
 from raftcore.membership cimport Membership
 from raftcore.messages cimport (
-    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse)
+    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse, TransferLeaderRequest)
 
 from raftcore.errors import CodecError
 
@@ -25,6 +25,7 @@ MSG_APPEND_ENTRIES = 1
 MSG_APPEND_ENTRIES_RESPONSE = 2
 MSG_VOTE = 3
 MSG_VOTE_RESPONSE = 4
+MSG_TRANSFER_LEADER = 5
 
 cdef object _Node = None
 
@@ -167,6 +168,7 @@ cpdef list encode_message(object msg):
     cdef AppendEntriesResponse ar
     cdef VoteRequest v
     cdef VoteResponse vr
+    cdef TransferLeaderRequest tl
     if type(msg) is AppendEntriesRequest:
         a = <AppendEntriesRequest>msg
         return [MSG_APPEND_ENTRIES, a.term, a.leader_id, a.prev_log_term, a.prev_log_index,
@@ -177,10 +179,14 @@ cpdef list encode_message(object msg):
                 ar.conflict_index, ar.conflict_term]
     if type(msg) is VoteRequest:
         v = <VoteRequest>msg
-        return [MSG_VOTE, v.term, v.candidate_id, v.last_log_term, v.last_log_index]
+        return [MSG_VOTE, v.term, v.candidate_id, v.last_log_term, v.last_log_index,
+                v.pre_vote, v.transfer]
     if type(msg) is VoteResponse:
         vr = <VoteResponse>msg
         return [MSG_VOTE_RESPONSE, vr.term, vr.granted, vr.voter_id]
+    if type(msg) is TransferLeaderRequest:
+        tl = <TransferLeaderRequest>msg
+        return [MSG_TRANSFER_LEADER, tl.term, tl.leader_id, tl.last_log_index]
     raise CodecError(f"cannot encode a {type(msg).__name__}: not a raftcore message")
 
 
@@ -205,12 +211,19 @@ cpdef object decode_message(object obj):
         return AppendEntriesResponse(_int(m[1], "term"), m[2], _int(m[3], "matched"),
                                      _int(m[4], "conflict_index"), _int(m[5], "conflict_term"))
     if t == MSG_VOTE:
-        _list(m, "Vote", 5)
+        _list(m, "Vote", 7)
+        if type(m[5]) is not bool or type(m[6]) is not bool:
+            raise CodecError("Vote.pre_vote and Vote.transfer must be booleans")
         return VoteRequest(_int(m[1], "term"), _node_id(m[2], "candidate_id"),
-                           _int(m[3], "last_log_term"), _int(m[4], "last_log_index"))
+                           _int(m[3], "last_log_term"), _int(m[4], "last_log_index"),
+                           m[5], m[6])
     if t == MSG_VOTE_RESPONSE:
         _list(m, "VoteResponse", 4)
         if type(m[2]) is not bool:
             raise CodecError("VoteResponse.granted must be a boolean")
         return VoteResponse(_int(m[1], "term"), m[2], _node_id(m[3], "voter_id"))
+    if t == MSG_TRANSFER_LEADER:
+        _list(m, "TransferLeader", 4)
+        return TransferLeaderRequest(_int(m[1], "term"), _node_id(m[2], "leader_id"),
+                                     _int(m[3], "last_log_index"))
     raise CodecError(f"unknown message type {t!r}")

@@ -11,6 +11,7 @@ takes with take_commands() and executes in order:
     ("send_append", target, AppendEntriesRequest)
     ("send_vote", target, VoteRequest)
     ("apply", [Entry, ...])                apply to the state machine, in order
+    ("send_transfer", target, TransferLeaderRequest)
 
 The runtime owns the clock and the randomness: times are plain floats
 (seconds, from the event loop) and `rng` is a callable returning a float in
@@ -32,7 +33,7 @@ from raftcore.membership cimport Membership
 from raftcore.quorum cimport QuorumTracker
 from raftcore.progress cimport Progress, PROBE, REPLICATE
 from raftcore.messages cimport (
-    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse)
+    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse, TransferLeaderRequest)
 
 from raftcore.errors import ForwardToLeader, NotAllowed, RaftError
 
@@ -44,6 +45,9 @@ LEADER = 3
 SHUTDOWN = 4
 
 cdef int S_LEARNER = 0, S_FOLLOWER = 1, S_CANDIDATE = 2, S_LEADER = 3, S_SHUTDOWN = 4
+
+# Send times of the last SEQ_RING heartbeat rounds, for the leader lease.
+DEF SEQ_RING = 256
 
 
 # no_gc_clear: when a garbage cycle holding this object is collected, its
@@ -82,10 +86,31 @@ cdef class Engine:
     cdef object rng
     cdef public bint elect_enabled
     cdef public bint heartbeat_enabled
+    # leader lease and read confirmation: every request carries the number
+    # of the heartbeat round it belongs to (seq); a round is confirmed once a
+    # quorum answered a request of it or a later one.
+    cdef readonly long long hb_seq
+    cdef double seq_times[SEQ_RING]
+    cdef QuorumTracker seq_quorum
+    cdef double lease_margin
+    cdef bint check_quorum
+    cdef readonly long long term_start_index   # leader: index of its blank entry
+    cdef double leader_since
+    # a follower refuses votes until then: it heard from a leader within
+    # election_timeout_min (or restarted and forgot when it last did)
+    cdef readonly double vote_refuse_until
+    # leadership transfer
+    cdef readonly object transfer_to
+    cdef double transfer_deadline
+    # pre-vote
+    cdef bint pre_vote
+    cdef readonly bint prevoting
+    cdef set pre_granted
 
     def __init__(self, node_id, *, double heartbeat_interval, double election_timeout_min,
                  double election_timeout_max, long long max_payload_entries,
-                 long long max_payload_bytes, int max_inflight, rng, double now=0.0):
+                 long long max_payload_bytes, int max_inflight, rng, double now=0.0,
+                 double lease_margin=0.0, bint check_quorum=False, bint pre_vote=False):
         if not election_timeout_min < election_timeout_max:
             raise ValueError("election_timeout_min must be below election_timeout_max")
         self.id = node_id
@@ -111,6 +136,20 @@ cdef class Engine:
         self.rng = rng
         self.elect_enabled = True
         self.heartbeat_enabled = True
+        if not 0.0 <= lease_margin < election_timeout_min:
+            raise ValueError("lease_margin must be within [0, election_timeout_min)")
+        self.lease_margin = lease_margin
+        self.check_quorum = check_quorum
+        self.pre_vote = pre_vote
+        self.hb_seq = 0
+        self.seq_quorum = None
+        self.term_start_index = 0
+        self.leader_since = 0.0
+        self.vote_refuse_until = -1e300
+        self.transfer_to = None
+        self.transfer_deadline = 0.0
+        self.prevoting = False
+        self.pre_granted = set()
         self.now = now
         self._reset_election_deadline()
         self.heartbeat_deadline = now
@@ -168,7 +207,7 @@ cdef class Engine:
         self._append_local([first])
         self.state = self._follower_state()
         if membership.is_voter(self.id):
-            self._start_election()
+            self._start_election(False)
 
     # ------------------------------------------------------------------ time
 
@@ -177,11 +216,20 @@ cdef class Engine:
         candidate starts an election when its timeout has passed."""
         self.now = now
         if self.state == S_LEADER:
+            if self.transfer_to is not None and now >= self.transfer_deadline:
+                # The transfer did not complete within an election timeout:
+                # give up on it and lead on.
+                self.transfer_to = None
+            if self.check_quorum and self._quorum_silent(now):
+                # No quorum heard from for an election timeout: this leader
+                # may be cut off; stop taking writes and step down.
+                self._become_follower(self.vote, None)
+                return
             if now >= self.heartbeat_deadline and self.heartbeat_enabled:
                 self._broadcast_heartbeat()
         elif now >= self.election_deadline:
             if self.elect_enabled and self._can_campaign():
-                self._start_election()
+                self._campaign()
             else:
                 self._reset_election_deadline()
 
@@ -199,7 +247,7 @@ cdef class Engine:
                              "only voters can be elected")
         if self.state == S_LEADER:
             return
-        self._start_election()
+        self._start_election(False)
 
     def trigger_heartbeat(self, double now):
         """Sends a heartbeat to every follower now."""
@@ -222,8 +270,7 @@ cdef class Engine:
         cdef Py_ssize_t i, n = len(payloads)
         cdef list entries
         self.now = now
-        if self.state != S_LEADER:
-            raise ForwardToLeader(self.leader_id, self._node_of(self.leader_id))
+        self._check_proposable()
         term = self.vote.term
         first = self.log.last_index() + 1
         entries = [None] * n
@@ -232,6 +279,87 @@ cdef class Engine:
         self._append_local(entries)
         self._replicate_all()
         return first
+
+    def change_membership(self, Membership membership, double now):
+        """Appends a membership entry (in force at once) and replicates it;
+        returns its index. One change at a time: NotAllowed while the last
+        membership entry is not committed."""
+        self.now = now
+        self._check_proposable()
+        cdef long long pending = self._last_membership_index()
+        if pending > self.committed:
+            raise NotAllowed(
+                f"a membership change is in progress (entry {pending} is not committed "
+                "yet); wait for it to commit before the next change")
+        cdef long long index = self.log.last_index() + 1
+        self._append_local([make_entry(self.vote.term, index, MEMBERSHIP, membership)])
+        self._replicate_all()
+        return index
+
+    # ---------------------------------------------------------------- reads
+
+    def read_index(self, double now):
+        """Leader: starts confirming leadership for a linearizable read.
+        Returns (read_index, seq): the read may proceed once confirmed_seq
+        reaches seq (a quorum answered this round) and the state machine has
+        applied read_index. Raises ForwardToLeader elsewhere."""
+        self.now = now
+        self._check_proposable()
+        cdef long long seq = self._broadcast_heartbeat()
+        return self._read_point(), seq
+
+    def lease_read(self, double now):
+        """Leader: the read index if the leader lease holds now (no round
+        trip needed), else -1. Raises ForwardToLeader elsewhere."""
+        self.now = now
+        self._check_proposable()
+        if self._lease_valid(now):
+            return self._read_point()
+        return -1
+
+    @property
+    def confirmed_seq(self):
+        """The latest heartbeat round a quorum has answered (leader only)."""
+        if self.state != S_LEADER or self.seq_quorum is None:
+            return 0
+        return self.seq_quorum.accepted
+
+    def lease_valid(self, double now):
+        return self.state == S_LEADER and self._lease_valid(now)
+
+    def refuse_votes_until(self, double t):
+        """Refuse vote requests until t. The runtime calls it on restart:
+        the node forgot when it last heard from a leader, so it assumes it
+        just did (a leader may hold a lease counting on this node)."""
+        if t > self.vote_refuse_until:
+            self.vote_refuse_until = t
+
+    # ------------------------------------------------------- leadership
+
+    def transfer_leader(self, target, double now):
+        """Leader: hands leadership to `target` once it has caught up; until
+        the transfer completes or times out (an election timeout), writes are
+        refused with ForwardToLeader and the lease is not used."""
+        self.now = now
+        if self.state != S_LEADER:
+            raise ForwardToLeader(self.leader_id, self._node_of(self.leader_id))
+        if target == self.id:
+            return
+        if not self.membership.is_voter(target):
+            raise NotAllowed(f"node {target} is not a voter of {self.membership!r}; "
+                             "leadership can only go to a voter")
+        self.transfer_to = target
+        self.transfer_deadline = now + self.election_max
+        self._maybe_send_transfer()
+
+    def handle_transfer_leader(self, TransferLeaderRequest req, double now):
+        """The leader asks this node to campaign now (it has the whole log)."""
+        self.now = now
+        if req.term != self.vote.term or req.leader_id != self.leader_id:
+            return
+        if not self._can_campaign() or self.log.last_index() < req.last_log_index:
+            return
+        self._start_election(True)
 
     # -------------------------------------------------------------- storage
 
@@ -256,12 +384,22 @@ cdef class Engine:
         cdef bint granted = False
         if req.term < self.vote.term:
             return VoteResponse(self.vote.term, False, self.id)
-        if req.term > self.vote.term:
-            self._become_follower(Vote(req.term, None, False), None)
-        cdef bint free_to_vote = self.vote.node_id is None or self.vote.node_id == req.candidate_id
+        if not req.transfer and req.candidate_id != self.leader_id and (
+                now < self.vote_refuse_until
+                or (self.state == S_LEADER and self._lease_valid(now))):
+            # A leader may be counting on this node for its lease: refuse,
+            # and do not even adopt the higher term (so a removed or
+            # partitioned node cannot depose a healthy leader).
+            return VoteResponse(self.vote.term, False, self.id)
         cdef long long my_last_term = self.log.last_term()
         cdef bint up_to_date = (req.last_log_term > my_last_term or (
             req.last_log_term == my_last_term and req.last_log_index >= self.log.last_index()))
+        if req.pre_vote:
+            # Would we vote in req.term? Answer without changing anything.
+            return VoteResponse(self.vote.term, req.term > self.vote.term and up_to_date, self.id)
+        if req.term > self.vote.term:
+            self._become_follower(Vote(req.term, None, False), None)
+        cdef bint free_to_vote = self.vote.node_id is None or self.vote.node_id == req.candidate_id
         if free_to_vote and up_to_date and self.state != S_LEADER:
             granted = True
             self._set_vote(Vote(req.term, req.candidate_id, False))
@@ -270,8 +408,15 @@ cdef class Engine:
 
     def handle_vote_response(self, target, VoteRequest req, VoteResponse resp, double now):
         self.now = now
-        if resp.term > self.vote.term:
+        if resp.term > self.vote.term and not (req.pre_vote and resp.granted):
             self._become_follower(Vote(resp.term, None, False), None)
+            return
+        if req.pre_vote:
+            if not self.prevoting or req.term != self.vote.term + 1 or not resp.granted:
+                return
+            self.pre_granted.add(target)
+            if self.membership.is_quorum(self.pre_granted):
+                self._start_election(False)
             return
         if self.state != S_CANDIDATE or req.term != self.vote.term or not resp.granted:
             return
@@ -299,6 +444,10 @@ cdef class Engine:
         elif (self.state != S_FOLLOWER and self.state != S_LEARNER) or self.leader_id != req.leader_id:
             self._become_follower(self.vote, req.leader_id)
         self._reset_election_deadline()
+        self.prevoting = False
+        # The leader's lease counts on us not voting for anyone else for a
+        # while after hearing from it.
+        self.vote_refuse_until = now + self.election_min
 
         prev = req.prev_log_index
         if prev > self.log.last_index():
@@ -348,11 +497,17 @@ cdef class Engine:
         p = self.progress.get(target)
         if p is None:
             return
+        # Any answer in our term shows the target still follows us.
+        self.seq_quorum.update(target, req.seq)
         if resp.success:
             if p.acked(resp.matched) and self.quorum is not None:
                 if self.quorum.update(target, resp.matched):
                     self._maybe_commit()
+            if self.state != S_LEADER:
+                return      # the commit removed this leader from the voters
             self._send_while_open(p)
+            if self.transfer_to == target:
+                self._maybe_send_transfer()
             return
         if req.prev_log_index <= p.matched:
             return    # a late answer to a probe we no longer need
@@ -400,6 +555,20 @@ cdef class Engine:
     def leader_node(self):
         return self._node_of(self.leader_id)
 
+    @property
+    def committed_membership(self):
+        """The last membership entry at or below the commit index."""
+        cdef Py_ssize_t i
+        for i in range(len(self.membership_log) - 1, -1, -1):
+            if self.membership_log[i][0] <= self.committed:
+                return self.membership_log[i][1]
+        return None
+
+    @property
+    def membership_index(self):
+        """Index of the effective membership's entry (0: none in the log)."""
+        return self._last_membership_index()
+
     def replication(self):
         """Leader only: follower id -> matched index; None elsewhere."""
         cdef Progress p
@@ -414,6 +583,52 @@ cdef class Engine:
         return self.log.entries_between(first, last)
 
     # ----------------------------------------------------------- internals
+
+    cdef void _check_proposable(self):
+        if self.state != S_LEADER:
+            raise ForwardToLeader(self.leader_id, self._node_of(self.leader_id))
+        if self.transfer_to is not None:
+            raise ForwardToLeader(self.transfer_to, self._node_of(self.transfer_to))
+
+    cdef long long _last_membership_index(self):
+        if self.membership_log:
+            return self.membership_log[len(self.membership_log) - 1][0]
+        return 0
+
+    cdef long long _read_point(self):
+        # A new leader learns the true commit point only by committing an
+        # entry of its term: until then its blank entry is the read point.
+        if self.committed > self.term_start_index:
+            return self.committed
+        return self.term_start_index
+
+    cdef double _quorum_contact_time(self):
+        """Send time of the latest round a quorum answered; -inf if unknown."""
+        cdef long long acc
+        if self.seq_quorum is None:
+            return -1e300
+        acc = self.seq_quorum.accepted
+        if acc <= 0 or self.hb_seq - acc >= SEQ_RING:
+            return -1e300
+        return self.seq_times[acc % SEQ_RING]
+
+    cdef bint _lease_valid(self, double now):
+        if self.transfer_to is not None:
+            return False
+        return now < self._quorum_contact_time() + self.election_min - self.lease_margin
+
+    cdef bint _quorum_silent(self, double now):
+        cdef double t = self._quorum_contact_time()
+        if t < self.leader_since:
+            t = self.leader_since     # nothing answered yet: count from the start
+        return now - t > self.election_max
+
+    cdef void _maybe_send_transfer(self):
+        cdef Progress p = self.progress.get(self.transfer_to)
+        if p is None or p.matched < self.log.last_index():
+            return
+        self.output.append(("send_transfer", self.transfer_to, TransferLeaderRequest(
+            self.vote.term, self.id, self.log.last_index())))
 
     cdef void _set_vote(self, Vote vote):
         if vote != self.vote:
@@ -446,23 +661,46 @@ cdef class Engine:
         self._set_vote(vote)
         self.state = self._follower_state()
         self.leader_id = leader_id
+        self._clear_leader_state()
+
+    cdef void _clear_leader_state(self):
         self.progress = {}
         self.quorum = None
+        self.seq_quorum = None
         self.granted = set()
+        self.transfer_to = None
+        self.prevoting = False
+        self.pre_granted = set()
 
-    cdef void _start_election(self):
+    cdef void _campaign(self):
+        """Election timeout: a pre-vote round first if enabled, else an election."""
+        if not self.pre_vote:
+            self._start_election(False)
+            return
+        self._reset_election_deadline()
+        self.prevoting = True
+        self.pre_granted = {self.id}
+        if self.membership.is_quorum(self.pre_granted):
+            self._start_election(False)
+            return
+        cdef VoteRequest req = VoteRequest(self.vote.term + 1, self.id, self.log.last_term(),
+                                           self.log.last_index(), True, False)
+        for target in sorted(self.membership.voter_ids):
+            if target != self.id:
+                self.output.append(("send_vote", target, req))
+
+    cdef void _start_election(self, bint transfer):
         self._set_vote(Vote(self.vote.term + 1, self.id, False))
         self.state = S_CANDIDATE
         self.leader_id = None
-        self.progress = {}
-        self.quorum = None
+        self._clear_leader_state()
         self.granted = {self.id}
         self._reset_election_deadline()
         if self.membership.is_quorum(self.granted):
             self._become_leader()
             return
         cdef VoteRequest req = VoteRequest(self.vote.term, self.id, self.log.last_term(),
-                                           self.log.last_index())
+                                           self.log.last_index(), False, transfer)
         for target in sorted(self.membership.voter_ids):
             if target != self.id:
                 self.output.append(("send_vote", target, req))
@@ -472,10 +710,12 @@ cdef class Engine:
         self.state = S_LEADER
         self.leader_id = self.id
         self.granted = set()
+        self.leader_since = self.now
         self._rebuild_replication()
         # A blank entry of the new term lets the leader commit (and learn the
         # commit point of) everything before it (Raft paper, section 8).
-        self._append_local([make_entry(self.vote.term, self.log.last_index() + 1, BLANK, None)])
+        self.term_start_index = self.log.last_index() + 1
+        self._append_local([make_entry(self.vote.term, self.term_start_index, BLANK, None)])
         self._broadcast_heartbeat()
 
     cdef void _rebuild_replication(self):
@@ -497,6 +737,9 @@ cdef class Engine:
         for p in self.progress.values():
             if p.matched:
                 self.quorum.update(p.node_id, p.matched)
+        # Read/lease confirmation restarts with the new voter sets.
+        self.seq_quorum = QuorumTracker(self.membership.configs)
+        self.seq_quorum.update(self.id, self.hb_seq)
 
     cdef void _append_local(self, list entries):
         cdef Entry e
@@ -550,7 +793,7 @@ cdef class Engine:
         cdef long long end = self._batch_end(p.next_index)
         cdef AppendEntriesRequest req = AppendEntriesRequest(
             self.vote.term, self.id, self.log.term_at(prev), prev,
-            self.log.slice(p.next_index, end), self.committed)
+            self.log.slice(p.next_index, end), self.committed, self.hb_seq)
         p.sent(end)
         self.output.append(("send_append", p.node_id, req))
 
@@ -567,10 +810,16 @@ cdef class Engine:
                 return i - 1
         return end
 
-    cdef void _broadcast_heartbeat(self):
+    cdef long long _broadcast_heartbeat(self):
+        """Sends a request of a new heartbeat round to every follower;
+        returns the round's number."""
         cdef Progress p
         cdef long long prev
         self.heartbeat_deadline = self.now + self.heartbeat_interval
+        self.hb_seq += 1
+        self.seq_times[self.hb_seq % SEQ_RING] = self.now
+        if self.seq_quorum is not None:
+            self.seq_quorum.update(self.id, self.hb_seq)
         for p in self.progress.values():
             if p.state == PROBE and p.next_index <= self.log.last_index():
                 # Probing (or resuming after a lost request): once per
@@ -586,7 +835,8 @@ cdef class Engine:
                 prev = self.log.purged_index
             self.output.append(("send_append", p.node_id, AppendEntriesRequest(
                 self.vote.term, self.id, self.log.term_at(prev), prev, [],
-                min(self.committed, prev))))
+                min(self.committed, prev), self.hb_seq)))
+        return self.hb_seq
 
     cdef void _maybe_commit(self):
         cdef long long candidate = self.quorum.accepted
@@ -597,6 +847,21 @@ cdef class Engine:
             return
         self.committed = candidate
         self._maybe_apply()
+        if not self.membership.is_voter(self.id) and \
+                self._last_membership_index() <= self.committed:
+            self._step_down_removed()
+
+    cdef void _step_down_removed(self):
+        """The committed membership no longer has this leader as a voter:
+        hand leadership to the most up-to-date voter and step down."""
+        cdef Progress p, best = None
+        for p in self.progress.values():
+            if self.membership.is_voter(p.node_id) and (best is None or p.matched > best.matched):
+                best = p
+        if best is not None and best.matched >= self.log.last_index():
+            self.output.append(("send_transfer", best.node_id, TransferLeaderRequest(
+                self.vote.term, self.id, self.log.last_index())))
+        self._become_follower(self.vote, None)
 
     cdef void _maybe_apply(self):
         cdef long long upto = self.committed

@@ -5,6 +5,7 @@ cdef class AppendEntriesRequest:
     cdef readonly long long prev_log_index
     cdef readonly list entries
     cdef readonly long long leader_commit
+    cdef readonly long long seq            # sender-local: heartbeat round it belongs to (not sent)
 
 
 cdef class AppendEntriesResponse:
@@ -20,9 +21,17 @@ cdef class VoteRequest:
     cdef readonly object candidate_id
     cdef readonly long long last_log_term
     cdef readonly long long last_log_index
+    cdef readonly bint pre_vote            # a pre-vote: asks "would you vote?", changes nothing
+    cdef readonly bint transfer            # asked by a leadership transfer: bypasses the lease
 
 
 cdef class VoteResponse:
     cdef readonly long long term
     cdef readonly bint granted
     cdef readonly object voter_id
+
+
+cdef class TransferLeaderRequest:
+    cdef readonly long long term
+    cdef readonly object leader_id
+    cdef readonly long long last_log_index

@@ -7,7 +7,9 @@ cdef class AppendEntriesRequest:
     an empty `entries` list is a heartbeat."""
 
     def __init__(self, long long term, leader_id, long long prev_log_term,
-                 long long prev_log_index, list entries, long long leader_commit):
+                 long long prev_log_index, list entries, long long leader_commit,
+                 long long seq=0):
+        self.seq = seq
         self.term = term
         self.leader_id = leader_id
         self.prev_log_term = prev_log_term
@@ -73,11 +75,13 @@ cdef class VoteRequest:
     """Candidate -> voter."""
 
     def __init__(self, long long term, candidate_id, long long last_log_term,
-                 long long last_log_index):
+                 long long last_log_index, bint pre_vote=False, bint transfer=False):
         self.term = term
         self.candidate_id = candidate_id
         self.last_log_term = last_log_term
         self.last_log_index = last_log_index
+        self.pre_vote = pre_vote
+        self.transfer = transfer
 
     def __eq__(self, other):
         if not isinstance(other, VoteRequest):
@@ -85,13 +89,15 @@ cdef class VoteRequest:
         cdef VoteRequest o = <VoteRequest>other
         return (self.term == o.term and self.candidate_id == o.candidate_id
                 and self.last_log_term == o.last_log_term
-                and self.last_log_index == o.last_log_index)
+                and self.last_log_index == o.last_log_index
+                and self.pre_vote == o.pre_vote and self.transfer == o.transfer)
 
     __hash__ = None
 
     def __repr__(self):
+        flags = (", pre-vote" if self.pre_vote else "") + (", transfer" if self.transfer else "")
         return (f"VoteRequest(term={self.term}, candidate={self.candidate_id!r}, "
-                f"last=({self.last_log_term}, {self.last_log_index}))")
+                f"last=({self.last_log_term}, {self.last_log_index}){flags})")
 
 
 cdef class VoteResponse:
@@ -113,3 +119,26 @@ cdef class VoteResponse:
     def __repr__(self):
         g = "granted" if self.granted else "refused"
         return f"VoteResponse(term={self.term}, {g}, voter={self.voter_id!r})"
+
+
+cdef class TransferLeaderRequest:
+    """Leader -> the node it hands leadership to: "you have my whole log up
+    to last_log_index; campaign now" (Raft's TimeoutNow)."""
+
+    def __init__(self, long long term, leader_id, long long last_log_index):
+        self.term = term
+        self.leader_id = leader_id
+        self.last_log_index = last_log_index
+
+    def __eq__(self, other):
+        if not isinstance(other, TransferLeaderRequest):
+            return NotImplemented
+        cdef TransferLeaderRequest o = <TransferLeaderRequest>other
+        return (self.term == o.term and self.leader_id == o.leader_id
+                and self.last_log_index == o.last_log_index)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return (f"TransferLeaderRequest(term={self.term}, leader={self.leader_id!r}, "
+                f"last_log_index={self.last_log_index})")

@@ -25,6 +25,13 @@ class NetworkClient(abc.ABC):
     async def vote(self, req: VoteRequest) -> VoteResponse:
         ...
 
+    async def transfer_leader(self, req) -> None:
+        """Tells the peer to campaign now (leadership transfer). Networks
+        that cannot carry it raise NetworkError; the transfer then times out
+        and the old leader resumes."""
+        from raftcore.errors import NetworkError
+        raise NetworkError(f"{type(self).__name__} does not support leadership transfer")
+
     async def close(self) -> None:
         """Releases the connection, if any."""
 

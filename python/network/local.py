@@ -161,6 +161,9 @@ class LocalClient(NetworkClient):
     async def append_entries(self, req):
         return await self._router._deliver(self._src, self._dst, "append_entries", req)
 
+    async def transfer_leader(self, req):
+        return await self._router._deliver(self._src, self._dst, "transfer_leader", req)
+
     def append_entries_nowait(self, req):
         return self._router._deliver_nowait(self._src, self._dst, req)
 

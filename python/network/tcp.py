@@ -1,0 +1,737 @@
+"""TCP transport: `TcpNetwork` (the sending side) and `RaftServer` (the serving side).
+
+    net = TcpNetwork(ssl=client_ctx, rpc_timeout=config.rpc_timeout)
+    raft = await Raft.create(1, config, net, log_store, state_machine)
+    server = await RaftServer.start(raft, "127.0.0.1", 7001, ssl=server_ctx)
+    ...                                   # initialize with Node("127.0.0.1:7001") etc.
+    await raft.shutdown(); await server.close()
+
+A Raft needs no peer address until it has a membership, so the natural order
+is: create the Raft, start its server (port 0 picks a free port, read it back
+from `server.port`), then initialize the cluster with the addresses.
+
+Wire format, version 1. Every frame is
+
+    length   4 bytes, big-endian: the number of bytes that follow it
+    version  1 byte: WIRE_VERSION
+    body     msgpack (binary type on, nothing pickled)
+
+and a body is one of
+
+    [request_id, message]          a request (client -> server) or its reply
+    [request_id, None, reason]     the server's handler raised: `reason` is its text
+
+where `message` is what `raftcore.codec.encode_message` makes of an RPC
+message, and `request_id` is an integer the client chose. Requests carry
+AppendEntries or Vote; replies carry the matching response type.
+
+Pipelining. A client keeps one connection per peer for replication and sends
+every RPC on it as soon as it is made, each under a fresh request id; replies
+are matched to waiting calls by id, so any number of requests are in flight at
+once and the server may answer them in any order. The server steps the node
+for each request in arrival order (an AppendEntries the node can take without
+awaiting is answered right in the reading loop; anything else runs in a task
+of its own, started in arrival order) and keeps reading while a request waits
+(for a flush, a vote save, ...). A frame is built and parsed per message -- an
+AppendEntries carries its whole batch of entries in one frame.
+
+Failures. A connection that fails, or a connect that fails, makes the peer
+"backing off": the next attempt is allowed after 200 ms, doubling up to 1 s
+while attempts keep failing, and reset once a reply arrives. Until then an RPC
+to the peer raises NetworkError at once instead of waiting. An RPC without a
+reply within `rpc_timeout` raises raftcore.errors.Timeout; its reply, should
+it come later, is dropped. The client never cancels anything on the server: a
+handler that has started runs to its end even if the caller gave up or the
+connection closed (its reply is then dropped).
+
+Limits. Frames larger than `max_frame_size` are refused on both sides. A frame
+that is too large, truncated, of an unknown version, not msgpack, or not a
+well-formed message of the expected kind closes that one connection, with the
+reason logged at WARNING on the logger "raftcore.network.tcp"; the server
+keeps serving every other connection. Nothing a peer sends can raise out of
+the server.
+
+TLS: pass an `ssl.SSLContext` to each side (`ssl.PROTOCOL_TLS_SERVER` /
+`ssl.PROTOCOL_TLS_CLIENT`); for mutual TLS give the server context
+`verify_mode = ssl.CERT_REQUIRED` and a CA, and the client context a
+certificate chain.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as _ssl
+import struct
+from typing import Any, Optional
+
+import msgpack
+
+from raftcore.codec import decode_message, encode_message
+from raftcore.errors import CodecError, ConfigError, NetworkError, Timeout
+from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse, VoteRequest,
+                               VoteResponse)
+from raftcore.network.base import Network, NetworkClient
+
+__all__ = ["TcpNetwork", "TcpClient", "RaftServer", "WIRE_VERSION", "DEFAULT_MAX_FRAME_SIZE",
+           "parse_address"]
+
+log = logging.getLogger("raftcore.network.tcp")
+
+#: The version byte of every frame this module writes and the only one it reads.
+WIRE_VERSION = 1
+#: Largest frame (version byte + body) accepted or sent. It must exceed the
+#: largest AppendEntries a node sends: Config.max_payload_bytes (4 MiB by
+#: default) of byte payloads plus per-entry overhead, or one oversized entry
+#: that travels alone.
+DEFAULT_MAX_FRAME_SIZE = 32 * 1024 * 1024
+#: Reconnect back-off: first delay after a failure, and its cap.
+BACKOFF_INITIAL = 0.2
+BACKOFF_MAX = 1.0
+
+_HEADER = struct.Struct(">IB")
+_HEADER_SIZE = _HEADER.size
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack
+# A writer whose transport buffers more than this waits for it to drain.
+_WRITE_HIGH_WATER = 4 * 1024 * 1024
+# StreamReader buffer limit: big enough that a usual frame is read without
+# pausing and resuming the transport many times.
+_READ_LIMIT = 1024 * 1024
+# A server connection with this many requests being handled stops reading
+# until some finish (the Raft in-flight window keeps a sane peer far below).
+_MAX_HANDLING_PER_CONN = 1024
+# Longest handler error text sent back to the caller.
+_MAX_REASON = 2000
+
+
+def _unpackb(body: bytes) -> Any:
+    return msgpack.unpackb(body, raw=False, strict_map_key=False)
+
+
+def parse_address(addr: str) -> tuple[str, int]:
+    """(host, port) of "host:port" or "[ipv6]:port"; ValueError if malformed."""
+    if not isinstance(addr, str):
+        raise ValueError(f"a node address must be a string 'host:port', got {addr!r}")
+    host, sep, port_s = addr.rpartition(":")
+    if not sep or not host or not port_s.isdigit():
+        raise ValueError(f"node address {addr!r} is not of the form 'host:port'")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_s)
+    if not 0 < port < 65536:
+        raise ValueError(f"node address {addr!r}: port {port} is out of range")
+    return host, port
+
+
+def _check_ssl(ssl: Any) -> None:
+    if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+        raise ConfigError(f"ssl must be an ssl.SSLContext or None, got {type(ssl).__name__}")
+
+
+def _check_positive(name: str, v: Any, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if not isinstance(v, kinds) or isinstance(v, bool) or v <= 0:
+        raise ConfigError(f"{name} must be a positive {'integer' if integer else 'number'}, "
+                          f"got {v!r}")
+
+
+# ===================================================================== client
+
+class TcpNetwork(Network):
+    """The Network of one node over TCP: `client(target, node)` reaches
+    Node("host:port").
+
+    ssl: an ssl.SSLContext (client side) to speak TLS, None for plaintext.
+    rpc_timeout: seconds an RPC waits for its reply before raising Timeout
+        (pass the node's Config.rpc_timeout).
+    max_frame_size: largest frame sent or accepted, in bytes.
+    connect_timeout: seconds a connect (and TLS handshake) may take;
+        defaults to rpc_timeout.
+    """
+
+    def __init__(self, ssl: Optional[_ssl.SSLContext] = None, *, rpc_timeout: float = 1.0,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                 connect_timeout: Optional[float] = None) -> None:
+        _check_ssl(ssl)
+        _check_positive("rpc_timeout", rpc_timeout)
+        _check_positive("max_frame_size", max_frame_size, integer=True)
+        if connect_timeout is None:
+            connect_timeout = rpc_timeout
+        _check_positive("connect_timeout", connect_timeout)
+        self.ssl = ssl
+        self.rpc_timeout = rpc_timeout
+        self.max_frame_size = max_frame_size
+        self.connect_timeout = connect_timeout
+
+    def client(self, target: int, node: Any) -> "NetworkClient":
+        addr = getattr(node, "addr", None)
+        try:
+            host, port = parse_address(addr)
+        except ValueError as exc:
+            # The runtime creates clients while executing engine commands:
+            # raising here would stop the node. Every RPC fails instead.
+            log.warning("no usable address for node %s (%s); its RPCs will fail", target, exc)
+            return _Unreachable(target, str(exc))
+        return TcpClient(self, target, host, port)
+
+
+class TcpClient(NetworkClient):
+    """Sends one node's RPCs to one peer over TCP.
+
+    Replication (AppendEntries, Vote) shares one pipelined connection. Snapshot
+    streaming is to get a second `_Channel` of its own, opened on first use,
+    so that a large snapshot never sits in front of heartbeats.
+    """
+
+    __slots__ = ("target", "addr", "_repl")
+
+    def __init__(self, net: TcpNetwork, target: int, host: str, port: int) -> None:
+        self.target = target
+        self.addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._repl = _Channel(net, target, host, port, self.addr)
+
+    # Plain functions returning the call's coroutine: one frame less per RPC.
+    def append_entries(self, req: AppendEntriesRequest):
+        return self._repl.call(req, AppendEntriesResponse)
+
+    def vote(self, req: VoteRequest):
+        return self._repl.call(req, VoteResponse)
+
+    async def close(self) -> None:
+        await self._repl.close()
+
+    def __repr__(self) -> str:
+        return f"TcpClient(node {self.target} at {self.addr})"
+
+
+class _Unreachable(NetworkClient):
+    """The client of a peer whose address cannot be used: every RPC fails."""
+
+    def __init__(self, target: int, reason: str) -> None:
+        self._msg = f"node {target} cannot be reached: {reason}"
+
+    async def append_entries(self, req):
+        raise NetworkError(self._msg)
+
+    async def vote(self, req):
+        raise NetworkError(self._msg)
+
+
+class _Conn:
+    """One open client connection: its streams, its reader task and the calls
+    awaiting a reply on it, by request id."""
+
+    __slots__ = ("reader", "writer", "transport", "pending", "task", "closed")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.transport = writer.transport
+        self.pending: dict[int, asyncio.Future] = {}
+        self.task: Optional[asyncio.Task] = None
+        self.closed = False
+
+
+class _Channel:
+    """A pipelined request/reply stream to one peer, over one connection at a
+    time, reconnecting with back-off after failures."""
+
+    def __init__(self, net: TcpNetwork, target: int, host: str, port: int, addr: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._target = target
+        self._host = host
+        self._port = port
+        self._addr = addr
+        self._ssl = net.ssl
+        self._rpc_timeout = net.rpc_timeout
+        self._connect_timeout = net.connect_timeout
+        self._max_frame = net.max_frame_size
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._conn: Optional[_Conn] = None
+        self._connecting: Optional[asyncio.Task] = None
+        self._next_id = 0
+        self._backoff = 0.0          # current back-off delay; 0: the peer is healthy
+        self._retry_at = 0.0         # loop time of the next allowed connect attempt
+        self._last_error = ""
+        self._closed = False
+
+    def _who(self) -> str:
+        return f"node {self._target} at {self._addr}"
+
+    # ------------------------------------------------------------- calls
+
+    async def call(self, msg: Any, expect: type) -> Any:
+        conn = self._conn
+        if conn is None:
+            conn = await self._connect()
+        self._next_id = rid = self._next_id + 1
+        try:
+            body = self._packer.pack([rid, encode_message(msg)])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise CodecError(f"cannot encode {type(msg).__name__} for {self._who()}: {exc}; "
+                             "entry payloads must be msgpack-able values") from None
+        size = len(body) + 1
+        if size > self._max_frame:
+            log.warning("%s is %d bytes, over max_frame_size %d: not sent to %s; lower "
+                        "Config.max_payload_bytes/max_payload_entries or raise max_frame_size",
+                        type(msg).__name__, size, self._max_frame, self._who())
+            raise NetworkError(f"{type(msg).__name__} of {size} bytes exceeds max_frame_size "
+                               f"{self._max_frame}; not sent to {self._who()}")
+        if conn.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+            try:
+                await conn.writer.drain()
+            except (ConnectionError, OSError) as exc:
+                raise NetworkError(f"connection to {self._who()} failed: {exc}") from None
+        if conn.closed:
+            raise NetworkError(f"connection to {self._who()} was lost; retrying with back-off")
+        loop = self._loop
+        fut = loop.create_future()
+        pending = conn.pending
+        pending[rid] = fut
+        w = conn.writer
+        w.write(_pack_header(size, WIRE_VERSION))
+        w.write(body)
+        timer = loop.call_later(self._rpc_timeout, self._expire, conn, rid)
+        try:
+            resp = await fut
+        except BaseException:
+            pending.pop(rid, None)
+            raise
+        finally:
+            timer.cancel()
+        if type(resp) is not expect:
+            reason = (f"replied to a {type(msg).__name__} with a {type(resp).__name__}")
+            self._protocol_error(conn, reason)
+            raise NetworkError(f"{self._who()} {reason}")
+        return resp
+
+    def _expire(self, conn: _Conn, rid: int) -> None:
+        fut = conn.pending.pop(rid, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(Timeout(
+                f"no reply from {self._who()} within rpc_timeout {self._rpc_timeout}s; "
+                "the request may or may not have been handled (a late reply is dropped)"))
+
+    # -------------------------------------------------------- connecting
+
+    async def _connect(self) -> _Conn:
+        if self._closed:
+            raise NetworkError(f"the client of {self._who()} is closed")
+        task = self._connecting
+        if task is None:
+            now = self._loop.time()
+            if now < self._retry_at:
+                raise NetworkError(
+                    f"{self._who()} is unreachable ({self._last_error}); next connection "
+                    f"attempt in {self._retry_at - now:.2f}s")
+            task = self._connecting = self._loop.create_task(self._open())
+        # Shielded: a caller that gives up must not cancel the shared attempt.
+        return await asyncio.shield(task)
+
+    async def _open(self) -> _Conn:
+        try:
+            kw = {}
+            if self._ssl is not None:
+                kw["ssl"] = self._ssl
+                kw["ssl_handshake_timeout"] = self._connect_timeout
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self._host, self._port, limit=_READ_LIMIT, **kw),
+                    self._connect_timeout)
+            except asyncio.TimeoutError:
+                self._failed(f"connect timed out after {self._connect_timeout}s")
+                raise NetworkError(f"cannot connect to {self._who()}: {self._last_error}") \
+                    from None
+            except (OSError, _ssl.SSLError, EOFError) as exc:
+                self._failed(f"connect failed: {exc}")
+                raise NetworkError(f"cannot connect to {self._who()}: {exc}") from None
+            if self._closed:
+                writer.transport.abort()
+                raise NetworkError(f"the client of {self._who()} is closed")
+            conn = _Conn(reader, writer)
+            conn.task = self._loop.create_task(self._read_loop(conn))
+            self._conn = conn
+            log.debug("connected to %s", self._who())
+            return conn
+        finally:
+            self._connecting = None
+
+    def _failed(self, reason: str) -> None:
+        """Starts or extends the back-off after a failed connect or a lost connection."""
+        if self._backoff == 0.0:
+            log.info("%s unreachable: %s; retrying with back-off", self._who(), reason)
+            self._backoff = BACKOFF_INITIAL
+        else:
+            log.debug("%s still unreachable: %s", self._who(), reason)
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        self._last_error = reason
+        self._retry_at = self._loop.time() + self._backoff
+
+    # ----------------------------------------------------------- replies
+
+    async def _read_loop(self, conn: _Conn) -> None:
+        reader = conn.reader
+        readexactly = reader.readexactly
+        pending = conn.pending
+        max_frame = self._max_frame
+        reason = "closed by the peer"
+        warn = False
+        try:
+            while True:
+                try:
+                    header = await readexactly(_HEADER_SIZE)
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial:
+                        reason, warn = "truncated frame header", True
+                    break
+                size, version = _unpack_header(header)
+                if version != WIRE_VERSION:
+                    reason, warn = f"reply of unknown wire version {version}", True
+                    break
+                if size > max_frame or size < 1:
+                    reason, warn = f"reply frame of {size} bytes (max_frame_size {max_frame})", True
+                    break
+                try:
+                    body = await readexactly(size - 1)
+                except asyncio.IncompleteReadError as exc:
+                    reason = (f"truncated reply frame ({len(exc.partial)} of {size - 1} body "
+                              "bytes before the connection closed)")
+                    warn = True
+                    break
+                try:
+                    obj = _unpackb(body)
+                except Exception as exc:
+                    reason, warn = f"reply frame is not msgpack ({exc})", True
+                    break
+                if type(obj) is not list or not 2 <= len(obj) <= 3 or type(obj[0]) is not int:
+                    reason, warn = "reply frame is not [request_id, message]", True
+                    break
+                fut = pending.pop(obj[0], None)
+                if len(obj) == 2:
+                    try:
+                        resp = decode_message(obj[1])
+                    except Exception as exc:
+                        reason, warn = f"malformed reply message: {exc}", True
+                        break
+                    if fut is not None and not fut.done():
+                        fut.set_result(resp)
+                else:
+                    if obj[1] is not None:
+                        reason, warn = "malformed error reply", True
+                        break
+                    if fut is not None and not fut.done():
+                        fut.set_exception(NetworkError(
+                            f"{self._who()} failed to handle the request: {obj[2]}"))
+                if fut is None:
+                    log.debug("dropped a late reply from %s (request %s)", self._who(), obj[0])
+                self._backoff = 0.0
+        except asyncio.CancelledError:
+            reason = "client closed"
+            raise
+        except (ConnectionError, OSError, _ssl.SSLError) as exc:
+            reason = f"connection error: {exc}"
+        finally:
+            if warn:
+                log.warning("closing the connection to %s: %s", self._who(), reason)
+            self._lost(conn, reason)
+
+    def _protocol_error(self, conn: _Conn, reason: str) -> None:
+        log.warning("closing the connection to %s: %s", self._who(), reason)
+        if conn.task is not None:
+            conn.task.cancel()
+        self._lost(conn, reason)
+
+    def _lost(self, conn: _Conn, reason: str) -> None:
+        """Closes `conn` and fails every call still waiting on it."""
+        if conn.closed:
+            return
+        conn.closed = True
+        if self._conn is conn:
+            self._conn = None
+            if not self._closed:
+                self._failed(f"connection lost: {reason}")
+        conn.writer.close()
+        if conn.pending:
+            msg = (f"connection to {self._who()} lost ({reason}); the request may or may not "
+                   "have been handled")
+            for fut in conn.pending.values():
+                if not fut.done():
+                    fut.set_exception(NetworkError(msg))
+            conn.pending.clear()
+
+    # ----------------------------------------------------------- closing
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+            try:
+                await self._connecting
+            except BaseException:
+                pass
+        conn = self._conn
+        if conn is None:
+            return
+        task = conn.task
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._lost(conn, "client closed")
+        await _wait_closed(conn.writer)
+
+
+async def _wait_closed(writer: asyncio.StreamWriter) -> None:
+    """Waits for a closing writer's transport to close; aborts it if the
+    peer does not finish a TLS shutdown promptly."""
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+    except (asyncio.TimeoutError, ConnectionError, OSError, _ssl.SSLError):
+        writer.transport.abort()
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        raise
+
+
+# ===================================================================== server
+
+class _ServerConn:
+    """One accepted connection."""
+
+    __slots__ = ("writer", "transport", "peer", "packer", "closed", "unstarted", "handling",
+                 "room", "task")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.transport = writer.transport
+        self.peer = writer.get_extra_info("peername")
+        self.packer = msgpack.Packer(use_bin_type=True)
+        self.closed = False
+        self.unstarted = 0          # handler tasks created but not yet started
+        self.handling = 0           # handler tasks not finished
+        self.room: Optional[asyncio.Future] = None   # set when `handling` drops below the cap
+        self.task: Optional[asyncio.Task] = None
+
+    def reply(self, rid: int, resp: Any) -> None:
+        if self.closed:
+            return
+        body = self.packer.pack([rid, encode_message(resp)])
+        self.writer.write(_pack_header(len(body) + 1, WIRE_VERSION) + body)
+
+    def reply_error(self, rid: int, exc: BaseException) -> None:
+        if self.closed:
+            return
+        reason = f"{type(exc).__name__}: {exc}"
+        if len(reason) > _MAX_REASON:
+            reason = reason[:_MAX_REASON] + "..."
+        body = self.packer.pack([rid, None, reason])
+        self.writer.write(_pack_header(len(body) + 1, WIRE_VERSION) + body)
+
+
+class RaftServer:
+    """Serves one node's RPCs over TCP: `await RaftServer.start(raft, host, port)`.
+
+    Requests are handed to `raft.append_entries(req)` / `raft.vote(req)`; a
+    handler that raises (say the node has shut down: Fatal) is answered with
+    an error frame, which the caller raises as NetworkError. `port` is the
+    port listened on (the one picked by the OS when 0 was given).
+    `await close()` stops listening, closes every connection and waits for
+    the handlers in progress to finish (they are never cancelled).
+    """
+
+    def __init__(self, raft: Any, ssl: Optional[_ssl.SSLContext], max_frame_size: int) -> None:
+        self._raft = raft
+        self._ssl = ssl
+        self._max_frame = max_frame_size
+        self._server: Optional[asyncio.base_events.Server] = None
+        self._conns: set[_ServerConn] = set()
+        self._handlers: set[asyncio.Task] = set()
+        self._append = raft.append_entries
+        self._append_nowait = getattr(raft, "append_entries_nowait", None)
+        self._vote = raft.vote
+        self._closed = False
+
+    @classmethod
+    async def start(cls, raft: Any, host: str, port: int, ssl: Optional[_ssl.SSLContext] = None,
+                    *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> "RaftServer":
+        """Listens on host:port (port 0: any free port) and serves `raft`'s RPCs."""
+        _check_ssl(ssl)
+        _check_positive("max_frame_size", max_frame_size, integer=True)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+            raise ConfigError(f"port must be an integer in [0, 65535], got {port!r}")
+        self = cls(raft, ssl, max_frame_size)
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=ssl,
+                                                  limit=_READ_LIMIT)
+        log.info("serving node %s on %s:%s%s", getattr(raft, "id", "?"), host, self.port,
+                 " (TLS)" if ssl is not None else "")
+        return self
+
+    @property
+    def port(self) -> int:
+        """The port listened on (of the first socket, if the host gave several)."""
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def connections(self) -> int:
+        """How many peer connections are open now."""
+        return len(self._conns)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._server.close()
+        conns = list(self._conns)
+        for c in conns:
+            c.closed = True
+            c.writer.close()
+            if c.task is not None:
+                c.task.cancel()
+        await asyncio.gather(*(c.task for c in conns if c.task is not None),
+                             return_exceptions=True)
+        # Handlers in progress finish on their own (a node that shuts down
+        # fails them); they are never cancelled half-way.
+        if self._handlers:
+            await asyncio.gather(*list(self._handlers), return_exceptions=True)
+        await asyncio.gather(*(_wait_closed(c.writer) for c in conns), return_exceptions=True)
+        await self._server.wait_closed()
+
+    # ------------------------------------------------------------ serving
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _ServerConn(writer)
+        if self._closed:
+            writer.transport.abort()
+            return
+        conn.task = asyncio.current_task()
+        self._conns.add(conn)
+        readexactly = reader.readexactly
+        max_frame = self._max_frame
+        dispatch = self._dispatch
+        transport = conn.transport
+        reason = None
+        try:
+            while True:
+                try:
+                    header = await readexactly(_HEADER_SIZE)
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial:
+                        reason = (f"truncated frame header ({len(exc.partial)} of {_HEADER_SIZE} "
+                                  "bytes before the connection closed)")
+                    break
+                size, version = _unpack_header(header)
+                if version != WIRE_VERSION:
+                    reason = f"unknown wire version {version} (this node speaks {WIRE_VERSION})"
+                    break
+                if size > max_frame or size < 1:
+                    reason = f"frame of {size} bytes exceeds max_frame_size {max_frame}" \
+                        if size > max_frame else "empty frame"
+                    break
+                try:
+                    body = await readexactly(size - 1)
+                except asyncio.IncompleteReadError as exc:
+                    reason = (f"truncated frame ({len(exc.partial)} of {size - 1} body bytes "
+                              "before the connection closed)")
+                    break
+                try:
+                    obj = _unpackb(body)
+                except Exception as exc:
+                    reason = f"frame body is not msgpack ({exc or type(exc).__name__})"
+                    break
+                if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not int:
+                    reason = "frame body is not [request_id, message]"
+                    break
+                try:
+                    msg = decode_message(obj[1])
+                except Exception as exc:
+                    reason = f"malformed message: {exc}"
+                    break
+                reason = dispatch(conn, obj[0], msg)
+                if reason is not None:
+                    break
+                if conn.handling >= _MAX_HANDLING_PER_CONN:
+                    conn.room = asyncio.get_running_loop().create_future()
+                    await conn.room
+                if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+                    await writer.drain()
+        except asyncio.CancelledError:
+            if not self._closed:
+                raise
+        except (ConnectionError, OSError, _ssl.SSLError) as exc:
+            log.debug("connection from %s failed: %s", conn.peer, exc)
+        finally:
+            if reason is not None:
+                log.warning("closing the connection from %s: %s", conn.peer, reason)
+            conn.closed = True
+            self._conns.discard(conn)
+            if not self._closed:
+                writer.close()
+
+    def _dispatch(self, conn: _ServerConn, rid: int, msg: Any) -> Optional[str]:
+        """Steps the node for one request: answers it now or starts its task.
+        Returns a reason to close the connection, or None."""
+        t = type(msg)
+        if t is AppendEntriesRequest:
+            nowait = self._append_nowait
+            # The synchronous path only when no earlier request of this
+            # connection still waits to start: requests reach the node in order.
+            if nowait is not None and not conn.unstarted:
+                try:
+                    r = nowait(msg)
+                except Exception as exc:
+                    conn.reply_error(rid, exc)
+                    return None
+                if r is None:
+                    self._spawn(conn, self._handle(conn, rid, self._append, msg))
+                elif type(r) is AppendEntriesResponse:
+                    conn.reply(rid, r)
+                else:
+                    self._spawn(conn, self._finish(conn, rid, r), started=True)
+            else:
+                self._spawn(conn, self._handle(conn, rid, self._append, msg))
+            return None
+        if t is VoteRequest:
+            self._spawn(conn, self._handle(conn, rid, self._vote, msg))
+            return None
+        return f"unexpected message {t.__name__} (a server takes AppendEntries and Vote requests)"
+
+    def _spawn(self, conn: _ServerConn, coro: Any, started: bool = False) -> None:
+        if not started:
+            conn.unstarted += 1
+        conn.handling += 1
+        t = asyncio.get_running_loop().create_task(coro)
+        self._handlers.add(t)
+        t.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, conn: _ServerConn, rid: int, handler: Any, msg: Any) -> None:
+        # Everything before the handler's first await runs now, in the order
+        # the tasks were created: the node sees requests in arrival order.
+        conn.unstarted -= 1
+        await self._finish(conn, rid, handler(msg))
+
+    async def _finish(self, conn: _ServerConn, rid: int, pending: Any) -> None:
+        try:
+            try:
+                resp = await pending
+            except asyncio.CancelledError as exc:
+                conn.reply_error(rid, exc)
+                raise
+            except Exception as exc:
+                log.debug("handler of request %s from %s raised %r", rid, conn.peer, exc)
+                conn.reply_error(rid, exc)
+                return
+            try:
+                conn.reply(rid, resp)
+            except Exception as exc:  # a handler returning a non-message is our bug
+                log.error("cannot encode the reply to request %s from %s: %s", rid, conn.peer,
+                          exc)
+                conn.reply_error(rid, exc)
+        finally:
+            conn.handling -= 1
+            room = conn.room
+            if room is not None and conn.handling < _MAX_HANDLING_PER_CONN:
+                conn.room = None
+                if not room.done():
+                    room.set_result(None)

@@ -1,0 +1,895 @@
+"""Linearizability checker for histories of the MemStateMachine key-value map.
+
+A *history* is what clients saw: for every operation, who issued it, when it
+was invoked, when (if ever) its response came back, and what the response
+said. The history is *linearizable* if every operation can be given a single
+instant between its invocation and its response at which it takes effect
+atomically, such that running the operations one at a time in that order
+against the sequential KV model gives exactly the responses the clients got.
+
+Operations
+----------
+``Op(client, kind, key, args, call, ret, result, ok)``; ``kind`` and ``args``:
+
+============  ================  =============================================
+kind          args              result (what the client got)
+============  ================  =============================================
+``"read"``    ``()``            the value (``None``: absent)
+``"set"``     ``(value,)``      the previous value (``None``: absent)
+``"delete"``  ``()``            the removed value (``None``: was absent)
+``"cas"``     ``(expected, new)`` ``[ok, current]``: `new` is stored when the
+                                current value equals `expected` (``None``:
+                                absent); `current` is the value afterwards
+============  ================  =============================================
+
+These are exactly MemStateMachine's commands (``["set", k, v]`` and so on)
+plus the linearizable read. ``call`` and ``ret`` are times (floats).
+
+- **Completed** operation (``ok=True``, ``ret`` set): it took effect exactly
+  once, somewhere in ``[call, ret]``, and produced ``result``. A result of
+  :data:`UNKNOWN` means "it happened, but do not check what it returned".
+- **Indeterminate** operation (``ok=False``, or ``ret=None``): the client
+  timed out or failed ambiguously. It may have taken effect at any instant
+  after ``call`` -- even after every other operation -- or never; its result
+  is not checked. (An indeterminate read has no effect and is ignored.)
+- An operation that *definitely* did not happen (``ForwardToLeader`` before
+  it was proposed, say) must not be in the history at all:
+  :meth:`History.fail` drops it.
+
+``ok`` may be omitted: it is then ``ret is not None``.
+
+Ordering. Operation A precedes B when ``A.ret < B.call``. Equal times count
+as concurrent (the lenient choice: it never invents a violation) unless both
+events were recorded through :class:`History`, which numbers every event it
+sees; then the recording order breaks the tie. A simulator on virtual time,
+where a response and the next invocation often share one timestamp, should
+therefore record through :class:`History`.
+
+Values are compared the way MemStateMachine compares them (``==``), except
+that lists and tuples with equal items are equal (msgpack turns tuples into
+lists in transit). Keys must be hashable.
+
+Recording
+---------
+::
+
+    h = History()
+    t = h.invoke("c1", "set", "x", (5,), now=loop.time())
+    ...
+    h.complete(t, previous_value, now=loop.time())   # or
+    h.indeterminate(t)     # timed out: may or may not have happened
+    h.fail(t)              # definitely did not happen: dropped
+    result = check(h)
+
+Operations still pending when the history is checked count as
+indeterminate. ``complete`` after ``indeterminate`` is allowed (a late answer
+to a timed-out request is still a true answer); any other second resolution
+of a token raises ``ValueError``.
+
+Checking
+--------
+``check(history, initial=None, *, max_states=200_000, minimize=True)``
+returns a :class:`Result`:
+
+- ``result.ok`` is ``True`` (linearizable), ``False`` (not linearizable: a
+  definite verdict) or ``None`` (unknown: the search budget, ``max_states``
+  explored configurations *per key*, ran out before a verdict; a budget never
+  produces a false verdict). ``bool(result)`` is ``result.ok is True``.
+- ``str(result)`` / ``result.explanation``: a readable report. For each key
+  that is not linearizable it names the key and shows
+  * the smallest failing sub-history found -- a prefix of the key's history
+    (cut right after the response that made it non-linearizable; operations
+    still pending at the cut become indeterminate), further shrunk only by
+    *relaxations* (dropping reads, not checking a write's result, turning a
+    write indeterminate), so it is not linearizable on its own and every
+    operation in it is needed for that; ``KeyResult.witness`` holds it as a
+    list of ``Op`` you can pass to ``check`` again;
+  * the longest linearizable prefix the search found (in linearization
+    order, with the value after each step), and the operation that could not
+    be linearized after it.
+- ``result.keys[key]`` is a :class:`KeyResult` for every key;
+  ``result.failures`` and ``result.unknown`` list the bad ones.
+- ``initial`` maps keys to their values before the history (default: every
+  key absent).
+
+Algorithm
+---------
+Wing & Gong's search with Lowe's improvements (as in "Testing for
+linearizability", G. Lowe, 2017):
+
+- *P-compositionality*: linearizability is local (Herlihy & Wing), and every
+  KV operation touches one key, so each key's sub-history is checked on its
+  own, with its own budget.
+- The search walks a time-ordered doubly linked list of invocation and
+  response events. At each step it tries, in order, every operation whose
+  invocation comes before the earliest outstanding response; it linearizes
+  the first whose model step matches the recorded result and restarts from
+  the head of the list; when it meets a response whose operation is still not
+  linearized, it backtracks (dancing-links removal and re-insertion make both
+  O(1)).
+- *Memoization*: a configuration is (set of linearized operations, model
+  state); a configuration seen before is not explored again. Sets are Python
+  int bitsets, values are interned to small ints.
+- *Indeterminate operations* have an invocation event and no response event
+  (their response is at infinity), so the search may linearize them at any
+  point after their invocation; the search succeeds as soon as every
+  *completed* operation is linearized, leaving the others out ("never
+  happened"). The memo table also prunes by dominance: a configuration with
+  the same completed set and state as one already explored, but with a
+  superset of the indeterminate operations used up, has fewer options and is
+  skipped.
+- Before searching, indeterminate operations that cannot matter are removed:
+  reads; operations invoked after every completed operation has returned;
+  and writes of a value that no other operation ever observes (no result
+  shows it, no cas expects it, it is not the initial value). Such a write, if
+  placed anywhere, must be overwritten before anything looks at the key, so
+  leaving it out changes nothing observable. In a simulator this removes most
+  timed-out writes that never committed, which keeps the search small.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+__all__ = ["Op", "History", "Result", "KeyResult", "check", "UNKNOWN", "KINDS"]
+
+
+class _Unknown:
+    """The type of :data:`UNKNOWN`."""
+
+    __slots__ = ()
+    _instance: Optional["_Unknown"] = None
+
+    def __new__(cls) -> "_Unknown":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+    def __reduce__(self) -> str:
+        return "UNKNOWN"
+
+
+#: A result that is not checked: the operation happened but its response is
+#: not known (or not interesting). Indeterminate operations carry it.
+UNKNOWN = _Unknown()
+
+KINDS = ("read", "set", "delete", "cas")
+_ARITY = {"read": 0, "set": 1, "delete": 0, "cas": 2}
+_KIND_CODE = {"read": 0, "set": 1, "delete": 2, "cas": 3}
+_READ, _SET, _DELETE, _CAS = 0, 1, 2, 3
+
+DEFAULT_MAX_STATES = 200_000
+
+
+@dataclass(frozen=True)
+class Op:
+    """One client operation on one key. See the module docstring."""
+
+    client: Any
+    kind: str
+    key: Any
+    args: tuple = ()
+    call: float = 0.0
+    ret: Optional[float] = None
+    result: Any = None
+    ok: Optional[bool] = None
+    #: Event numbers assigned by History; they order events at equal times.
+    call_seq: Optional[int] = field(default=None, repr=False)
+    ret_seq: Optional[int] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in _ARITY:
+            raise ValueError(f"Op kind must be one of {KINDS}; got {self.kind!r}")
+        args = self.args
+        if not isinstance(args, tuple):
+            if isinstance(args, list):
+                args = tuple(args)
+            else:
+                raise TypeError(f"Op args must be a tuple or list; got {args!r}")
+            object.__setattr__(self, "args", args)
+        if len(args) != _ARITY[self.kind]:
+            raise ValueError(
+                f"{self.kind} takes {_ARITY[self.kind]} argument(s) "
+                f"({_args_help(self.kind)}); got args={args!r}")
+        if not isinstance(self.call, (int, float)) or not math.isfinite(self.call):
+            raise ValueError(f"Op call time must be a finite number; got {self.call!r}")
+        ok = self.ok
+        if ok is None:
+            ok = self.ret is not None
+            object.__setattr__(self, "ok", ok)
+        if ok:
+            if self.ret is None:
+                raise ValueError("a completed Op (ok=True) needs its response time ret")
+            if not isinstance(self.ret, (int, float)) or not math.isfinite(self.ret):
+                raise ValueError(f"Op ret time must be a finite number; got {self.ret!r}")
+            if self.ret < self.call:
+                raise ValueError(f"Op returned (ret={self.ret!r}) before it was "
+                                 f"invoked (call={self.call!r})")
+            if (self.ret == self.call and self.call_seq is not None
+                    and self.ret_seq is not None and self.ret_seq < self.call_seq):
+                raise ValueError("Op response recorded before its invocation")
+        else:
+            # Indeterminate: the response is at infinity and unknown.
+            object.__setattr__(self, "ret", None)
+            object.__setattr__(self, "ret_seq", None)
+            object.__setattr__(self, "result", UNKNOWN)
+
+    @property
+    def indeterminate(self) -> bool:
+        return not self.ok
+
+    def describe(self, index: Optional[int] = None) -> str:
+        """One line: ``#index client: kind(args) -> result  [call, ret]``."""
+        head = f"#{index} " if index is not None else ""
+        args = ", ".join(_short(a) for a in self.args)
+        if self.ok:
+            res = "?" if self.result is UNKNOWN else _short(self.result)
+            span = f"[{self.call:g}, {self.ret:g}]"
+        else:
+            res = "? (indeterminate)"
+            span = f"[{self.call:g}, -]"
+        return f"{head}{self.client}: {self.kind}({args}) -> {res}  {span}"
+
+
+def _args_help(kind: str) -> str:
+    return {"read": "none", "set": "(value,)", "delete": "none",
+            "cas": "(expected, new)"}[kind]
+
+
+def _short(v: Any, limit: int = 40) -> str:
+    s = repr(v)
+    return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
+class History:
+    """Records a history as it happens, for :func:`check`.
+
+    Each event gets a sequence number, so events with equal timestamps keep
+    the order in which they were recorded (see "Ordering" in the module
+    docstring)."""
+
+    _PENDING, _DONE, _INDET, _FAILED = range(4)
+
+    def __init__(self) -> None:
+        self._recs: list[list] = []   # [status, client, kind, key, args, call, call_seq, ret, ret_seq, result]
+        self._seq = 0
+
+    def invoke(self, client: Any, kind: str, key: Any, args: Union[tuple, list] = (),
+               now: float = 0.0) -> int:
+        """An operation was invoked at `now`; returns its token."""
+        # Validate now rather than at check time.
+        Op(client, kind, key, tuple(args), now)
+        self._seq += 1
+        self._recs.append([self._PENDING, client, kind, key, tuple(args), now,
+                           self._seq, None, None, None])
+        return len(self._recs) - 1
+
+    def _rec(self, token: int) -> list:
+        if not isinstance(token, int) or not 0 <= token < len(self._recs):
+            raise ValueError(f"unknown History token {token!r}")
+        return self._recs[token]
+
+    def complete(self, token: int, result: Any, now: float) -> None:
+        """The operation's response, `result`, arrived at `now`."""
+        r = self._rec(token)
+        if r[0] not in (self._PENDING, self._INDET):
+            raise ValueError(f"History token {token} was already "
+                             f"{'completed' if r[0] == self._DONE else 'failed'}")
+        if now < r[5]:
+            raise ValueError(f"History.complete: now={now!r} is before the "
+                             f"invocation at {r[5]!r}")
+        self._seq += 1
+        r[0], r[7], r[8], r[9] = self._DONE, now, self._seq, result
+
+    def indeterminate(self, token: int) -> None:
+        """The operation timed out or failed ambiguously: it may or may not
+        have taken effect."""
+        r = self._rec(token)
+        if r[0] != self._PENDING:
+            raise ValueError(f"History token {token} is not pending")
+        r[0] = self._INDET
+
+    def fail(self, token: int) -> None:
+        """The operation definitely did not take effect: drop it."""
+        r = self._rec(token)
+        if r[0] != self._PENDING:
+            raise ValueError(f"History token {token} is not pending")
+        r[0] = self._FAILED
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for r in self._recs if r[0] == self._PENDING)
+
+    def ops(self) -> list[Op]:
+        """The history so far, in invocation order: completed operations,
+        and indeterminate ones (including any still pending)."""
+        out = []
+        for st, client, kind, key, args, call, cseq, ret, rseq, result in self._recs:
+            if st == self._FAILED:
+                continue
+            if st == self._DONE:
+                out.append(Op(client, kind, key, args, call, ret, result, True, cseq, rseq))
+            else:
+                out.append(Op(client, kind, key, args, call, None, UNKNOWN, False, cseq, None))
+        return out
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self.ops())
+
+    def __len__(self) -> int:
+        return sum(1 for r in self._recs if r[0] != self._FAILED)
+
+
+@dataclass
+class KeyResult:
+    """The verdict for one key's sub-history."""
+
+    key: Any
+    ok: Optional[bool]
+    ops: list[Op]                       # the key's operations, as given
+    indices: list[int]                  # their positions in the checked history
+    states: int = 0                     # configurations explored
+    #: ok: a linearization (completed operations, plus the indeterminate ones
+    #: that took effect). Not ok: the longest linearizable prefix found.
+    linearization: list[Op] = field(default_factory=list)
+    #: The value after each operation of `linearization`.
+    values: list[Any] = field(default_factory=list)
+    #: Not ok: the completed operation that could not be linearized after
+    #: the longest prefix.
+    stuck: Optional[Op] = None
+    #: Not ok: the smallest failing sub-history found (not linearizable on
+    #: its own; some results replaced by UNKNOWN, some writes indeterminate).
+    witness: list[Op] = field(default_factory=list)
+    explanation: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok is True
+
+
+@dataclass
+class Result:
+    """The verdict for a whole history. ``ok``: True, False or None (unknown)."""
+
+    ok: Optional[bool]
+    keys: dict = field(default_factory=dict)          # key -> KeyResult
+    n_ops: int = 0
+    states: int = 0
+    explanation: str = ""
+
+    @property
+    def failures(self) -> list[KeyResult]:
+        return [k for k in self.keys.values() if k.ok is False]
+
+    @property
+    def unknown(self) -> list[KeyResult]:
+        return [k for k in self.keys.values() if k.ok is None]
+
+    def __bool__(self) -> bool:
+        return self.ok is True
+
+    def __str__(self) -> str:
+        return self.explanation
+
+
+# --------------------------------------------------------------------------
+# Values
+
+
+class _Tag:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+_SEQ_TAG, _MAP_TAG, _SET_TAG = _Tag("seq"), _Tag("map"), _Tag("set")
+
+
+def _freeze(v: Any) -> Any:
+    """A hashable stand-in for `v` with the same equality (lists == tuples)."""
+    if isinstance(v, (list, tuple)):
+        return (_SEQ_TAG, tuple(_freeze(x) for x in v))
+    if isinstance(v, dict):
+        return (_MAP_TAG, frozenset((_freeze(k), _freeze(x)) for k, x in v.items()))
+    if isinstance(v, (set, frozenset)):
+        return (_SET_TAG, frozenset(_freeze(x) for x in v))
+    if isinstance(v, bytearray):
+        return bytes(v)
+    try:
+        hash(v)
+    except TypeError:
+        raise TypeError(f"lincheck cannot compare the value {v!r}: use msgpack-like "
+                        f"values (None, bool, numbers, str, bytes, lists, dicts)") from None
+    return v
+
+
+class _Interner:
+    """Maps values to small ints; None is 0."""
+
+    def __init__(self) -> None:
+        self.ids: dict[Any, int] = {None: 0}
+        self.values: list[Any] = [None]
+
+    def __call__(self, v: Any) -> int:
+        f = _freeze(v)
+        i = self.ids.get(f)
+        if i is None:
+            i = self.ids[f] = len(self.values)
+            self.values.append(v)
+        return i
+
+
+# --------------------------------------------------------------------------
+# One key: compile and search
+
+_FAIL = -1
+_NO_MATCH = -2            # a cas result that is not [ok, current]
+
+
+@dataclass
+class _Item:
+    """One operation of a key's sub-history, as the checker sees it."""
+
+    gi: int                 # index in the checked history
+    op: Op
+    checked: bool           # its result is compared with the model's
+    completed: bool         # has a response (else indeterminate)
+    call_key: tuple
+    ret_key: Optional[tuple]
+
+
+def _event_keys(op: Op) -> tuple[tuple, Optional[tuple]]:
+    # Sorted by (time, class, seq): at equal times, unnumbered invocations
+    # come first and unnumbered responses last (concurrent: lenient), and
+    # numbered events keep their recording order.
+    if op.call_seq is not None:
+        ck = (op.call, 1, op.call_seq)
+    else:
+        ck = (op.call, 0, 0)
+    if not op.ok:
+        return ck, None
+    if op.ret_seq is not None:
+        rk = (op.ret, 1, op.ret_seq)
+    else:
+        rk = (op.ret, 2, 0)
+    return ck, rk
+
+
+class _Problem:
+    """A key's sub-history compiled for the search."""
+
+    def __init__(self, items: list[_Item], initial: Any) -> None:
+        intern = self.intern = _Interner()
+        self.init = intern(initial)
+        # Pass 1: drop what cannot matter.
+        items = [it for it in items if it.completed or it.op.kind != "read"]
+        last_ret = max((it.ret_key for it in items if it.completed), default=None)
+        if last_ret is None:
+            items = []
+        else:
+            items = [it for it in items if it.completed or it.call_key < last_ret]
+        mentioned = {intern(initial)}
+        for it in items:
+            op = it.op
+            if op.kind == "cas":
+                mentioned.add(intern(op.args[0]))
+            if it.checked:
+                r = op.result
+                if op.kind == "cas":
+                    if isinstance(r, (list, tuple)) and len(r) == 2:
+                        mentioned.add(intern(r[1]))
+                else:
+                    mentioned.add(intern(r))
+        kept = []
+        for it in items:
+            if not it.completed:
+                op = it.op
+                written = op.args[0] if op.kind == "set" else (
+                    op.args[1] if op.kind == "cas" else None)
+                if op.kind != "delete" and intern(written) not in mentioned:
+                    continue
+            kept.append(it)
+        self.items = kept
+        n = len(kept)
+        self.kind = [0] * n
+        self.a = [0] * n
+        self.b = [0] * n
+        self.chk = [False] * n
+        self.rok = [False] * n
+        self.rval = [0] * n
+        self.completed = [it.completed for it in kept]
+        for i, it in enumerate(kept):
+            op = it.op
+            k = self.kind[i] = _KIND_CODE[op.kind]
+            if k == _SET:
+                self.a[i] = intern(op.args[0])
+            elif k == _CAS:
+                self.a[i] = intern(op.args[0])
+                self.b[i] = intern(op.args[1])
+            if it.checked:
+                self.chk[i] = True
+                r = op.result
+                if k == _CAS:
+                    if isinstance(r, (list, tuple)) and len(r) == 2 and isinstance(r[0], bool):
+                        self.rok[i] = r[0]
+                        self.rval[i] = intern(r[1])
+                    else:
+                        self.rval[i] = _NO_MATCH
+                else:
+                    self.rval[i] = intern(r)
+        ev = []
+        for i, it in enumerate(kept):
+            ev.append((it.call_key, 0, i))
+            if it.completed:
+                ev.append((it.ret_key, 1, i))
+        ev.sort()
+        self.events = ev
+
+    def step(self, i: int, s: int) -> int:
+        k = self.kind[i]
+        if k == _READ:
+            return s if (not self.chk[i] or s == self.rval[i]) else _FAIL
+        if k == _SET:
+            return self.a[i] if (not self.chk[i] or s == self.rval[i]) else _FAIL
+        if k == _DELETE:
+            return 0 if (not self.chk[i] or s == self.rval[i]) else _FAIL
+        if s == self.a[i]:
+            ns, ok = self.b[i], True
+        else:
+            ns, ok = s, False
+        if self.chk[i] and (ok != self.rok[i] or ns != self.rval[i]):
+            return _FAIL
+        return ns
+
+
+@dataclass
+class _SearchOutcome:
+    ok: Optional[bool]
+    states: int
+    chain: Any          # linked cells (item index, value id, parent): the
+                        # linearization (ok) or the longest prefix (not ok)
+
+
+def _search(p: _Problem, max_states: int) -> _SearchOutcome:
+    """Wing & Gong / Lowe search over p; see the module docstring."""
+    events = p.events
+    E = len(events)
+    n_completed = sum(p.completed)
+    if n_completed == 0:
+        return _SearchOutcome(True, 0, None)
+    # Nodes 1..E in time order; 0 is the head; -1 ends the list.
+    nxt = list(range(1, E + 2))
+    nxt[E] = -1
+    prv = list(range(-1, E))
+    is_call = [False] * (E + 1)
+    node_item = [0] * (E + 1)
+    match = [-1] * (E + 1)
+    ret_node = {}
+    for pos, (_, is_ret, i) in enumerate(events, start=1):
+        node_item[pos] = i
+        if is_ret:
+            ret_node[i] = pos
+        else:
+            is_call[pos] = True
+    for pos in range(1, E + 1):
+        if is_call[pos]:
+            match[pos] = ret_node.get(node_item[pos], -1)
+
+    step = p.step
+    completed = p.completed
+    seen: dict[tuple, list] = {}
+    state = p.init
+    cbits = 0          # completed items linearized
+    ibits = 0          # indeterminate items linearized
+    remaining = n_completed
+    stack: list[tuple[int, int]] = []
+    cell = None
+    best = None
+    best_depth = 0
+    states = 0
+    node = nxt[0]
+    while True:
+        if remaining == 0:
+            return _SearchOutcome(True, states, cell)
+        if node != -1 and is_call[node]:
+            i = node_item[node]
+            ns = step(i, state)
+            if ns != _FAIL:
+                if completed[i]:
+                    ncb, nib = cbits | (1 << i), ibits
+                else:
+                    ncb, nib = cbits, ibits | (1 << i)
+                key = (ncb, ns)
+                used = seen.get(key)
+                fresh = True
+                if used is None:
+                    seen[key] = [nib]
+                else:
+                    for y in used:
+                        if y & ~nib == 0:       # explored with fewer used up
+                            fresh = False
+                            break
+                    if fresh:
+                        used.append(nib)
+                if fresh:
+                    states += 1
+                    if states > max_states:
+                        return _SearchOutcome(None, states, best)
+                    stack.append((node, state))
+                    cell = (i, ns, cell)
+                    if len(stack) > best_depth:
+                        best_depth = len(stack)
+                        best = cell
+                    state, cbits, ibits = ns, ncb, nib
+                    # lift: unlink the invocation and its response
+                    a, b = prv[node], nxt[node]
+                    nxt[a] = b
+                    if b != -1:
+                        prv[b] = a
+                    r = match[node]
+                    if r != -1:
+                        a, b = prv[r], nxt[r]
+                        nxt[a] = b
+                        if b != -1:
+                            prv[b] = a
+                        remaining -= 1
+                    node = nxt[0]
+                    continue
+            node = nxt[node]
+        else:
+            # A response whose operation is not linearized yet: backtrack.
+            if not stack:
+                return _SearchOutcome(False, states, best)
+            node, state = stack.pop()
+            i = node_item[node]
+            cell = cell[2]
+            if completed[i]:
+                cbits ^= 1 << i
+            else:
+                ibits ^= 1 << i
+            r = match[node]
+            if r != -1:
+                remaining += 1
+                a, b = prv[r], nxt[r]
+                nxt[a] = r
+                if b != -1:
+                    prv[b] = r
+            a, b = prv[node], nxt[node]
+            nxt[a] = node
+            if b != -1:
+                prv[b] = node
+            node = nxt[node]
+
+
+def _chain_list(chain: Any) -> list[tuple[int, int]]:
+    out = []
+    while chain is not None:
+        out.append((chain[0], chain[1]))
+        chain = chain[2]
+    out.reverse()
+    return out
+
+
+# --------------------------------------------------------------------------
+# Shrinking a failing key to a small witness
+
+
+def _fails(items: list[_Item], initial: Any, max_states: int) -> bool:
+    return _search(_Problem(items, initial), max_states).ok is False
+
+
+def _prefix_items(items: list[_Item], cut: tuple) -> list[_Item]:
+    """The history as seen right after the event with sort key `cut`:
+    operations invoked later are left out, those still pending become
+    indeterminate."""
+    out = []
+    for it in items:
+        if it.call_key > cut:
+            continue
+        if it.completed and it.ret_key > cut:
+            it = replace(it, completed=False, checked=False, ret_key=None)
+        out.append(it)
+    return out
+
+
+def _minimize(items: list[_Item], initial: Any, max_states: int,
+              max_checks: int) -> list[_Item]:
+    checks = [max_checks]
+
+    def fails(cand: list[_Item]) -> bool:
+        if checks[0] <= 0:
+            return False
+        checks[0] -= 1
+        return _fails(cand, initial, max_states)
+
+    # 1. The shortest failing prefix (linearizability is prefix-closed, so
+    #    failing is monotone in the cut: binary search).
+    rets = sorted(it.ret_key for it in items if it.completed)
+    lo, hi = 0, len(rets) - 1          # prefix at rets[hi] is the whole history
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fails(_prefix_items(items, rets[mid])):
+            hi = mid
+        else:
+            lo = mid + 1
+    cur = _prefix_items(items, rets[hi])
+
+    # 2. Relaxations, kept while the sub-history still fails. Each only
+    #    widens what is allowed, so a violation that survives them is a
+    #    violation of the original history.
+    def relax_round(cur: list[_Item], pick: Callable[[_Item], Optional[_Item]]) -> list[_Item]:
+        # ddmin-style: relax chunks, halving the chunk size.
+        pending = [j for j, it in enumerate(cur) if pick(it) is not _SKIP]
+        relaxed: set[int] = set()
+
+        def build(extra: set[int]) -> list[_Item]:
+            out = []
+            for j, it in enumerate(cur):
+                if j in relaxed or j in extra:
+                    r = pick(it)
+                    if r is not None:
+                        out.append(r)
+                else:
+                    out.append(it)
+            return out
+
+        size = len(pending)
+        while pending and size >= 1 and checks[0] > 0:
+            for start in range(0, len(pending), size):
+                chunk = set(pending[start:start + size])
+                if fails(build(chunk)):
+                    relaxed.update(chunk)
+            pending = [j for j in pending if j not in relaxed]
+            if size == 1:
+                break
+            size = max(1, size // 2)
+        return build(set())
+
+    def drop_read_or_uncheck(it: _Item) -> Optional[_Item]:
+        if not it.completed:
+            return _SKIP
+        if it.op.kind == "read":
+            return None
+        if it.checked:
+            return replace(it, checked=False)
+        return _SKIP
+
+    def make_indeterminate(it: _Item) -> Optional[_Item]:
+        if not it.completed or it.op.kind == "read":
+            return _SKIP
+        return replace(it, completed=False, checked=False, ret_key=None)
+
+    cur = relax_round(cur, drop_read_or_uncheck)
+    cur = relax_round(cur, make_indeterminate)
+    # What the search actually uses (irrelevant indeterminate writes go).
+    return _Problem(cur, initial).items
+
+
+_SKIP: Any = object()      # "this relaxation does not apply to that operation"
+
+
+def _item_op(it: _Item) -> Op:
+    op = it.op
+    if not it.completed:
+        return replace(op, ret=None, ret_seq=None, result=UNKNOWN, ok=False) if op.ok else op
+    if not it.checked and op.result is not UNKNOWN:
+        return replace(op, result=UNKNOWN)
+    return op
+
+
+# --------------------------------------------------------------------------
+# Checking
+
+
+def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
+               max_states: int, minimize: bool) -> KeyResult:
+    items = []
+    for gi, op in entries:
+        ck, rk = _event_keys(op)
+        items.append(_Item(gi, op, op.ok and op.result is not UNKNOWN, bool(op.ok), ck, rk))
+    p = _Problem(items, initial)
+    out = _search(p, max_states)
+    kr = KeyResult(key, out.ok, [op for _, op in entries], [gi for gi, _ in entries],
+                   out.states)
+    steps = _chain_list(out.chain)
+    kr.linearization = [p.items[i].op for i, _ in steps]
+    kr.values = [p.intern.values[v] for _, v in steps]
+    n_indet = sum(1 for _, op in entries if not op.ok)
+    head = f"key {key!r} ({len(entries)} ops, {n_indet} indeterminate)"
+    if out.ok is True:
+        kr.explanation = f"{head}: linearizable ({out.states} states explored)"
+        return kr
+    if out.ok is None:
+        kr.explanation = (f"{head}: unknown -- the search budget of {max_states} states "
+                          f"ran out before a verdict (longest linearizable prefix found: "
+                          f"{len(steps)} ops)")
+        return kr
+    # Not linearizable.
+    done = {i for i, _ in steps}
+    rest = [i for i in range(len(p.items)) if p.completed[i] and i not in done]
+    stuck_i = min(rest, key=lambda i: p.items[i].ret_key)
+    kr.stuck = p.items[stuck_i].op
+    value_after = p.intern.values[steps[-1][1]] if steps else initial
+    lines = [f"{head}: NOT linearizable"]
+    if minimize:
+        w = _minimize(p.items, initial, max_states, max_checks=max(50, 4 * len(p.items)))
+        kr.witness = [_item_op(it) for it in w]
+        lines.append(f"  smallest failing sub-history found ({len(w)} of {len(entries)} ops; "
+                     f"not linearizable on its own):")
+        for it in sorted(w, key=lambda it: it.call_key):
+            note = ""
+            if it.op.ok and not it.completed:
+                note = "   [indeterminate here: its response is after the failure]"
+            elif it.completed and not it.checked and it.op.result is not UNKNOWN:
+                note = "   [its result is not needed for the violation]"
+            lines.append(f"    {_item_op(it).describe(it.gi)}{note}")
+    lines.append(f"  longest linearizable prefix found ({len(steps)} ops, "
+                 f"in linearization order, value after each):")
+    shown = list(zip(steps, kr.linearization))
+    if len(shown) > 12:
+        lines.append(f"    ... {len(shown) - 12} earlier ops")
+        shown = shown[-12:]
+    if not shown:
+        lines.append(f"    (none; initial value {initial!r})")
+    for (i, v), op in shown:
+        lines.append(f"    {op.describe(p.items[i].gi)}   => {_short(p.intern.values[v])}")
+    lines.append(f"  then stuck: {kr.stuck.describe(p.items[stuck_i].gi)} must take effect "
+                 f"by its response, but with the value at {_short(value_after)} no order of "
+                 f"the operations still open explains its result "
+                 f"(and every other branch of the search failed too)")
+    kr.explanation = "\n".join(lines)
+    return kr
+
+
+def check(history: Union[History, Iterable[Op]], initial: Optional[dict] = None, *,
+          max_states: int = DEFAULT_MAX_STATES, minimize: bool = True) -> Result:
+    """Check `history` for linearizability against the KV model.
+
+    `initial`: values of keys before the history (absent keys: None).
+    `max_states`: search budget per key; when it runs out the key's verdict
+    is None (unknown), never a guess. `minimize`: for a failing key, also
+    search for a small failing sub-history (costs a few more searches)."""
+    ops = history.ops() if isinstance(history, History) else list(history)
+    initial = dict(initial or {})
+    by_key: dict[Any, list[tuple[int, Op]]] = {}
+    for gi, op in enumerate(ops):
+        if not isinstance(op, Op):
+            raise TypeError(f"history item #{gi} is not an Op: {op!r}")
+        try:
+            by_key.setdefault(op.key, []).append((gi, op))
+        except TypeError:
+            raise TypeError(f"history item #{gi}: key {op.key!r} is not hashable") from None
+    res = Result(ok=True, n_ops=len(ops))
+    for key, entries in by_key.items():
+        kr = _check_key(key, entries, initial.get(key), max_states, minimize)
+        res.keys[key] = kr
+        res.states += kr.states
+    fails, unknown = res.failures, res.unknown
+    n_indet = sum(1 for op in ops if not op.ok)
+    summary = (f"{len(ops)} ops ({n_indet} indeterminate) on {len(by_key)} keys, "
+               f"{res.states} states explored")
+    if fails:
+        res.ok = False
+        parts = [f"NOT linearizable: {len(fails)} of {len(by_key)} keys fail "
+                 f"({', '.join(repr(k.key) for k in fails)}); {summary}"]
+        parts += [k.explanation for k in fails]
+        if unknown:
+            parts.append("also unknown (budget ran out): "
+                         + ", ".join(repr(k.key) for k in unknown))
+        res.explanation = "\n".join(parts)
+    elif unknown:
+        res.ok = None
+        res.explanation = "\n".join(
+            [f"unknown: the search budget ran out on {len(unknown)} key(s) "
+             f"({', '.join(repr(k.key) for k in unknown)}); no violation found; {summary}"]
+            + [k.explanation for k in unknown])
+    else:
+        res.explanation = f"linearizable: {summary}"
+    return res
