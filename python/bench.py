@@ -25,7 +25,7 @@ from raftcore.network.local import LocalRouter
 from raftcore.raft import Raft
 from raftcore.storage.base import StateMachine
 from raftcore.storage.mem import MemLogStore
-from raftcore.types import ENTRY_NORMAL
+from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL
 
 
 class ProgressStateMachine(StateMachine):
@@ -34,18 +34,44 @@ class ProgressStateMachine(StateMachine):
     def __init__(self) -> None:
         self.last_applied = None
         self.applied_normal = 0
+        self.membership = None
 
     def apply(self, entries):
         n = 0
         for e in entries:
             if e.kind == ENTRY_NORMAL:
                 n += 1
+            elif e.kind == ENTRY_MEMBERSHIP:
+                self.membership = e.payload
         self.applied_normal += n
         self.last_applied = entries[-1].log_id
         return [None] * len(entries)
 
     async def applied_state(self):
         return self.last_applied, None
+
+    # Snapshots of the benchmark's state: how far it got.
+    async def build_snapshot(self, executor):
+        from raftcore.errors import NotAllowed
+        from raftcore.messages import SnapshotMeta
+        from raftcore.storage.base import Snapshot
+        if self.last_applied is None:
+            raise NotAllowed("nothing applied yet")
+        last = self.last_applied
+        self._snapshot = Snapshot(SnapshotMeta(last.term, last.index, self.membership,
+                                               f"bench-{last.index}"),
+                                  str(self.applied_normal).encode())
+        return self._snapshot
+
+    def get_current_snapshot(self):
+        return getattr(self, "_snapshot", None)
+
+    async def install_snapshot(self, meta, data):
+        from raftcore.storage.base import Snapshot
+        self.applied_normal = int(data)
+        self.last_applied = meta.last_log_id
+        self.membership = meta.membership
+        self._snapshot = Snapshot(meta, data)
 
 
 @dataclass

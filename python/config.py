@@ -1,9 +1,29 @@
 """Config: the tunables of a Raft node, validated on construction."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Optional
 
 from raftcore.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    """When a node builds a snapshot on its own (openraft's SnapshotPolicy)."""
+
+    #: Build once this many entries were applied since the last snapshot;
+    #: None: never (only trigger.snapshot() builds one).
+    logs_since_last_snapshot: Optional[int] = 5000
+
+    @classmethod
+    def logs_since_last(cls, n: int) -> "SnapshotPolicy":
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+            raise ConfigError(f"SnapshotPolicy.logs_since_last needs a positive int, got {n!r}")
+        return cls(n)
+
+    @classmethod
+    def never(cls) -> "SnapshotPolicy":
+        return cls(None)
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,13 @@ class Config:
     #: add_learner(blocking=True) returns once the learner is within this
     #: many entries of the leader's log (openraft's default).
     replication_lag_threshold: int = 5000
+    #: When to build snapshots (default: every 5000 applied entries).
+    snapshot_policy: SnapshotPolicy = field(default_factory=SnapshotPolicy)
+    #: Snapshots travel to followers in chunks of at most this many bytes.
+    snapshot_max_chunk_size: int = 3 * 1024 * 1024
+    #: Entries kept in the log below the newest snapshot when purging, so a
+    #: follower slightly behind still catches up from the log.
+    max_in_snapshot_log_to_keep: int = 1000
     #: Seed of the node's random generator (election timeouts); None: random.
     seed: int | None = None
     #: Initial runtime switches (see Raft.runtime_config): feed time to the
@@ -60,6 +87,15 @@ class Config:
             v = getattr(self, f.name)
             if f.name in ("cluster_name", "seed"):
                 continue
+            if f.name == "snapshot_policy":
+                if not isinstance(v, SnapshotPolicy):
+                    raise ConfigError("Config.snapshot_policy must be a SnapshotPolicy "
+                                      "(SnapshotPolicy.logs_since_last(n) or .never())")
+                continue
+            if f.name == "max_in_snapshot_log_to_keep":
+                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                    raise ConfigError(f"Config.{f.name} must be an int >= 0, got {v!r}")
+                continue
             if f.name.startswith("enable_") or f.name == "check_quorum":
                 if not isinstance(v, bool):
                     raise ConfigError(f"Config.{f.name} must be True or False, got {v!r}")
@@ -69,7 +105,8 @@ class Config:
             if v <= 0:
                 raise ConfigError(f"Config.{f.name} must be positive, got {v!r}")
         for f in ("max_payload_entries", "max_payload_bytes", "max_inflight",
-                  "max_pending_writes", "max_write_batch", "replication_lag_threshold"):
+                  "max_pending_writes", "max_write_batch", "replication_lag_threshold",
+                  "snapshot_max_chunk_size"):
             if not isinstance(getattr(self, f), int):
                 raise ConfigError(f"Config.{f} must be an integer, got {getattr(self, f)!r}")
         if self.election_timeout_min >= self.election_timeout_max:

@@ -34,7 +34,8 @@ from typing import Any, Callable, Optional
 from raftcore.config import Config
 from raftcore.engine import CANDIDATE, FOLLOWER, LEADER, LEARNER, SHUTDOWN, Engine
 from raftcore.errors import Fatal, ForwardToLeader, RaftError, StorageError, Timeout
-from raftcore.messages import AppendEntriesRequest, AppendEntriesResponse
+from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
+                               InstallSnapshotRequest)
 from raftcore.types import LogId, Vote
 
 
@@ -89,6 +90,7 @@ class RaftCore:
             lease_margin=config.lease_drift_margin,
             check_quorum=config.check_quorum,
             pre_vote=config.enable_pre_vote,
+            keep_logs=config.max_in_snapshot_log_to_keep,
         )
         self.tick_enabled = config.enable_tick
         self.engine.heartbeat_enabled = config.enable_heartbeat
@@ -112,6 +114,11 @@ class RaftCore:
         self._client_waiters: deque = deque()   # [first index, term, futures]
         self._metric_waiters: list = []         # (predicate, future)
         self._read_waiters: list = []           # (seq, term, future)
+        # snapshots
+        self._snap_every = config.snapshot_policy.logs_since_last_snapshot
+        self._building: Optional[asyncio.Future] = None   # a build under way
+        self._snap_rx: Optional[tuple] = None   # (snapshot id, bytearray) being received
+        self._snap_ready: dict = {}             # snapshot id -> received bytes
         self._clients: dict[int, Any] = {}
         self._nowait: dict[int, Any] = {}       # target -> append_entries_nowait or None
         self._tasks: set = set()
@@ -135,10 +142,22 @@ class RaftCore:
             entries = await self.log_store.read_entries(first, last.index)
         committed = await self.log_store.read_committed()
         applied, sm_membership = await self.sm.applied_state()
+        snap = self.sm.get_current_snapshot()
+        meta = snap.meta if snap is not None else None
+        if purged is not None and (meta is None or meta.last_log_index < purged.index):
+            raise StorageError(
+                f"node {self.id}: the log is purged up to {purged} but the state machine's "
+                f"snapshot covers only {meta.last_log_id if meta else 'nothing'}; the "
+                "entries in between are lost")
+        if applied is not None and purged is not None and applied.index < purged.index:
+            raise StorageError(
+                f"node {self.id}: the state machine applied only up to {applied} but the log "
+                f"is purged up to {purged}; install its snapshot before starting")
+        base = meta.membership if meta is not None else sm_membership
         self.last_applied = applied
         self.engine.restore(vote if vote is not None else Vote(0, None, False), purged, entries,
                             committed.index if committed else 0,
-                            applied.index if applied else 0, sm_membership)
+                            applied.index if applied else 0, base, meta)
         # Committed entries the state machine has not applied yet.
         self._deferred.extend(self.engine.take_commands())
         if self.engine.vote.term > 0:
@@ -355,6 +374,30 @@ class RaftCore:
         self.engine.handle_transfer_leader(req, self.loop.time())
         await self.run_commands()
 
+    async def handle_install_snapshot(self, req):
+        """One chunk of a snapshot; the last one installs it."""
+        self.check_running()
+        if req.term >= self.engine.vote.term:
+            self._receive_chunk(req)
+        resp = self.engine.handle_install_snapshot(req, self.loop.time())
+        await self.run_commands()
+        return resp
+
+    def _receive_chunk(self, req) -> None:
+        sid = req.meta.snapshot_id
+        if req.offset == 0:
+            self._snap_rx = (sid, bytearray())
+        rx = self._snap_rx
+        if rx is None or rx[0] != sid or len(rx[1]) != req.offset:
+            have = f"{len(rx[1])} bytes of {rx[0]}" if rx else "nothing"
+            self._snap_rx = None
+            raise RaftError(f"node {self.id}: snapshot chunk {sid} at offset {req.offset} does "
+                            f"not follow what was received ({have}); restart the transfer")
+        rx[1].extend(req.data)
+        if req.done:
+            self._snap_ready[sid] = bytes(rx[1])
+            self._snap_rx = None
+
     async def handle_append_entries(self, req):
         self.check_running()
         resp = self.engine.handle_append_entries(req, self.loop.time())
@@ -460,7 +503,7 @@ class RaftCore:
         sm_async = self._sm_async
         for i, cmd in enumerate(cmds):
             kind = cmd[0]
-            if kind == "save_vote" or (kind == "apply" and sm_async):
+            if kind == "save_vote" or kind == "install_snapshot" or (kind == "apply" and sm_async):
                 self._deferred.extend(cmds[i:])
                 return False
             self._execute_now(cmd)
@@ -482,6 +525,13 @@ class RaftCore:
                     elif kind == "apply" and self._sm_async:
                         responses = await self.sm.apply(cmd[1])
                         self._applied(cmd[1], responses)
+                        self._command_done()
+                    elif kind == "install_snapshot":
+                        meta = cmd[1]
+                        await self.sm.install_snapshot(meta, self._snap_ready.pop(meta.snapshot_id))
+                        self.last_applied = LogId(meta.last_log_term, meta.last_log_index)
+                        self.log.info("node %s installed snapshot %s up to %s", self.id,
+                                      meta.snapshot_id, self.last_applied)
                         self._command_done()
                     else:
                         self._execute_now(cmd)
@@ -530,6 +580,10 @@ class RaftCore:
             self._spawn(self._send_vote(cmd[1], cmd[2]))
         elif kind == "send_transfer":
             self._spawn(self._send_transfer(cmd[1], cmd[2]))
+        elif kind == "purge":
+            self.log_store.purge(cmd[1])
+        elif kind == "send_snapshot":
+            self._spawn(self._send_snapshot(cmd[1]))
         else:
             raise RaftError(f"engine command {kind!r} cannot run synchronously")
         self._command_done()
@@ -561,6 +615,11 @@ class RaftCore:
                                f"{len(entries)} entries; it must return one per entry")
         last = entries[-1]
         self.last_applied = LogId(last.term, last.index)
+        if self._snap_every is not None and self._building is None:
+            snap = self.engine.snapshot_meta
+            since = last.index - (snap.last_log_index if snap is not None else 0)
+            if since >= self._snap_every:
+                self.build_snapshot()
         waiters = self._client_waiters
         if not waiters:
             return
@@ -688,6 +747,59 @@ class RaftCore:
         except Exception as exc:
             # The transfer times out in the engine and leadership resumes.
             self.log.info("handing leadership to %s failed: %s", target, exc)
+
+    async def _send_snapshot(self, target: int) -> None:
+        """Streams the current snapshot to target in chunks, on its own task
+        (heartbeats and replication to others go on)."""
+        snap = self.sm.get_current_snapshot()
+        term = self.engine.vote.term
+        size = self.config.snapshot_max_chunk_size
+        try:
+            if snap is None:
+                raise RaftError("the state machine has no snapshot to send")
+            client = self._client(target)
+            data = snap.data
+            offset = 0
+            while True:
+                chunk = data[offset:offset + size]
+                done = offset + len(chunk) >= len(data)
+                req = InstallSnapshotRequest(term, self.id, snap.meta, offset, chunk, done)
+                resp = await client.install_snapshot(req)
+                if resp.term > term or done or self.stopped:
+                    break
+                offset += len(chunk)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self.stopped:
+                self.log.debug("sending snapshot to %s failed: %s", target, exc)
+                self.engine.handle_snapshot_failure(target, self.loop.time())
+                self._run_sync()
+            return
+        if self.stopped:
+            return
+        self.log.info("node %s sent snapshot %s to %s", self.id, snap.meta.snapshot_id, target)
+        self.engine.handle_snapshot_response(target, req, resp, self.loop.time())
+        self._run_sync()
+
+    def build_snapshot(self) -> asyncio.Future:
+        """Starts building a snapshot (one at a time); returns the build's future."""
+        self.check_running()
+        if self._building is None:
+            self._building = self.loop.create_task(self._build_snapshot())
+        return self._building
+
+    async def _build_snapshot(self):
+        try:
+            snap = await self.sm.build_snapshot(self.executor)
+            if not self.stopped:
+                self.log.info("node %s built snapshot %s up to %s", self.id,
+                              snap.meta.snapshot_id, snap.meta.last_log_id)
+                self.engine.snapshot_built(snap.meta)
+                self._run_sync()
+            return snap
+        finally:
+            self._building = None
 
     # ------------------------------------------------------------- timers
 

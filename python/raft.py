@@ -43,9 +43,6 @@ class RaftMetrics:
 
 def build_metrics(core: RaftCore) -> RaftMetrics:
     e = core.engine
-    purged = None
-    if e.log.purged_index:
-        purged = LogId(e.log.term_of(e.log.purged_index), e.log.purged_index)
     return RaftMetrics(
         id=core.id,
         state=ServerState(e.state),
@@ -55,8 +52,8 @@ def build_metrics(core: RaftCore) -> RaftMetrics:
         last_log_index=e.last_log_index,
         committed=e.committed,
         last_applied=core.last_applied,
-        snapshot=None,
-        purged=purged,
+        snapshot=e.snapshot_log_id,
+        purged=e.purged_log_id,
         membership=e.membership,
         replication=e.replication(),
     )
@@ -253,6 +250,10 @@ class Raft:
         cannot answer without awaiting (then call append_entries)."""
         return self._core.try_append_entries_now(req)
 
+    async def install_snapshot(self, req):
+        """Handles one InstallSnapshotRequest chunk (called by a transport)."""
+        return await self._core.handle_install_snapshot(req)
+
     async def transfer_leader(self, req) -> None:
         """Handles a TransferLeaderRequest: the leader asks this node to
         campaign now (called by a transport)."""
@@ -351,6 +352,18 @@ class Trigger:
         core = self._core
         core.step(core.engine.trigger_heartbeat, core.loop.time())
 
+
+    def snapshot(self) -> "asyncio.Future":
+        """Builds a snapshot now (off the event loop where the state machine
+        allows); the log is then purged per max_in_snapshot_log_to_keep.
+        Returns a future of the Snapshot; awaiting it is optional."""
+        return self._core.build_snapshot()
+
+    def purge_log(self, upto: int) -> None:
+        """Deletes log entries up to `upto`, never past the newest snapshot
+        or the last applied entry."""
+        core = self._core
+        core.step(core.engine.purge_log, upto)
 
     def transfer_leader(self, to: int) -> None:
         """Leader: hands leadership to voter `to` once it has caught up. Writes

@@ -12,6 +12,9 @@ takes with take_commands() and executes in order:
     ("send_vote", target, VoteRequest)
     ("apply", [Entry, ...])                apply to the state machine, in order
     ("send_transfer", target, TransferLeaderRequest)
+    ("send_snapshot", target)              stream the current snapshot to target
+    ("install_snapshot", SnapshotMeta)     install the received snapshot, durably
+    ("purge", LogId)                       delete local entries up to LogId
 
 The runtime owns the clock and the randomness: times are plain floats
 (seconds, from the event loop) and `rng` is a callable returning a float in
@@ -31,9 +34,10 @@ from raftcore.types cimport LogId, Vote, Entry, make_entry, BLANK, NORMAL, MEMBE
 from raftcore.log cimport RaftLog
 from raftcore.membership cimport Membership
 from raftcore.quorum cimport QuorumTracker
-from raftcore.progress cimport Progress, PROBE, REPLICATE
+from raftcore.progress cimport Progress, PROBE, REPLICATE, SNAPSHOT
 from raftcore.messages cimport (
-    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse, TransferLeaderRequest)
+    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse, TransferLeaderRequest,
+    SnapshotMeta, InstallSnapshotRequest, InstallSnapshotResponse)
 
 from raftcore.errors import ForwardToLeader, NotAllowed, RaftError
 
@@ -102,6 +106,9 @@ cdef class Engine:
     # leadership transfer
     cdef readonly object transfer_to
     cdef double transfer_deadline
+    # snapshots
+    cdef readonly SnapshotMeta snapshot_meta   # the newest snapshot this node holds
+    cdef long long keep_logs                   # entries kept below a snapshot when purging
     # pre-vote
     cdef bint pre_vote
     cdef readonly bint prevoting
@@ -110,7 +117,8 @@ cdef class Engine:
     def __init__(self, node_id, *, double heartbeat_interval, double election_timeout_min,
                  double election_timeout_max, long long max_payload_entries,
                  long long max_payload_bytes, int max_inflight, rng, double now=0.0,
-                 double lease_margin=0.0, bint check_quorum=False, bint pre_vote=False):
+                 double lease_margin=0.0, bint check_quorum=False, bint pre_vote=False,
+                 long long keep_logs=0):
         if not election_timeout_min < election_timeout_max:
             raise ValueError("election_timeout_min must be below election_timeout_max")
         self.id = node_id
@@ -150,6 +158,10 @@ cdef class Engine:
         self.transfer_deadline = 0.0
         self.prevoting = False
         self.pre_granted = set()
+        self.snapshot_meta = None
+        if keep_logs < 0:
+            raise ValueError("keep_logs must be >= 0")
+        self.keep_logs = keep_logs
         self.now = now
         self._reset_election_deadline()
         self.heartbeat_deadline = now
@@ -165,7 +177,7 @@ cdef class Engine:
     # ---------------------------------------------------------------- restore
 
     def restore(self, Vote vote, purged, list entries, long long committed=0,
-                long long applied=0, base_membership=None):
+                long long applied=0, base_membership=None, SnapshotMeta snapshot=None):
         """Loads persisted state on start-up: the vote, the last purged log id
         (or None), the unpurged entries (all flushed), the saved commit index
         and what the state machine has applied. Emits nothing."""
@@ -187,6 +199,7 @@ cdef class Engine:
         self.membership = self.membership_log[-1][1] if self.membership_log else None
         self.committed = max(committed, applied)
         self.applying = applied
+        self.snapshot_meta = snapshot
         self.state = self._follower_state()
         self.leader_id = None
         self._reset_election_deadline()
@@ -375,6 +388,93 @@ cdef class Engine:
             self._maybe_commit()
         self._maybe_apply()
 
+    # ------------------------------------------------------------ snapshots
+
+    def snapshot_built(self, SnapshotMeta meta):
+        """The state machine has a new snapshot covering up to
+        meta.last_log_index; purge the log below it (keeping keep_logs)."""
+        if self.snapshot_meta is None or meta.last_log_index > self.snapshot_meta.last_log_index:
+            self.snapshot_meta = meta
+        self._purge_upto(meta.last_log_index - self.keep_logs)
+
+    def purge_log(self, long long upto):
+        """Deletes log entries up to `upto`, but never one that is not in a
+        snapshot or not applied yet."""
+        self._purge_upto(upto)
+
+    def handle_install_snapshot(self, InstallSnapshotRequest req, double now):
+        """A chunk of a snapshot from the leader. Every chunk proves the
+        leader alive; the last one (done) installs the snapshot: the log is
+        kept after the snapshot's last entry if it matches there, and
+        dropped entirely otherwise."""
+        cdef SnapshotMeta meta
+        cdef long long si
+        self.now = now
+        if req.term < self.vote.term:
+            return InstallSnapshotResponse(self.vote.term)
+        self._follow(req.term, req.leader_id, now)
+        if not req.done:
+            return InstallSnapshotResponse(self.vote.term)
+        meta = req.meta
+        si = meta.last_log_index
+        if si <= self.committed:
+            return InstallSnapshotResponse(self.vote.term)     # already have all of it
+        if self.log.term_at(si) == meta.last_log_term:
+            keep = True
+        else:
+            keep = False
+            if self.log.last_index() > self.log.purged_index:
+                # Conflicting or missing: the whole log goes; the snapshot
+                # replaces even committed entries, all of which it includes.
+                self.output.append(("truncate", self.log.purged_index + 1))
+                self.log.truncate(self.log.purged_index + 1)
+        self.output.append(("install_snapshot", meta))
+        self.snapshot_meta = meta
+        self.output.append(("purge", LogId(meta.last_log_term, si)))
+        if keep:
+            self.log.purge(si, meta.last_log_term)
+        else:
+            self.log.reset(si, meta.last_log_term)
+            self.membership_log = []
+        self._rebase_membership(si, meta.membership)
+        if self.flushed < si:
+            self.flushed = si
+        self.committed = si
+        self.applying = si
+        self._maybe_apply()
+        return InstallSnapshotResponse(self.vote.term)
+
+    def handle_snapshot_response(self, target, InstallSnapshotRequest req,
+                                 InstallSnapshotResponse resp, double now):
+        """The target installed (or already had) the snapshot req.meta."""
+        cdef Progress p
+        self.now = now
+        if resp.term > self.vote.term:
+            self._become_follower(Vote(resp.term, None, False), None)
+            return
+        if self.state != S_LEADER or req.term != self.vote.term:
+            return
+        p = self.progress.get(target)
+        if p is None:
+            return
+        if p.acked(req.meta.last_log_index) and self.quorum is not None:
+            if self.quorum.update(target, p.matched):
+                self._maybe_commit()
+        if self.state == S_LEADER:
+            self._send_while_open(p)
+
+    def handle_snapshot_failure(self, target, double now):
+        """Sending a snapshot failed: try again from the next heartbeat."""
+        cdef Progress p
+        self.now = now
+        if self.state != S_LEADER:
+            return
+        p = self.progress.get(target)
+        if p is None or p.state != SNAPSHOT:
+            return
+        p.failed()
+        p.probe_sent = True
+
     # ------------------------------------------------------------- election
 
     def handle_vote_request(self, VoteRequest req, double now):
@@ -439,15 +539,7 @@ cdef class Engine:
             raise RaftError(f"node {self.id} is leader of term {req.term} and received "
                             f"entries from {req.leader_id!r} in the same term: two leaders "
                             "in one term would break election safety")
-        if req.term > self.vote.term or self.vote.node_id is None:
-            self._become_follower(Vote(req.term, req.leader_id, True), req.leader_id)
-        elif (self.state != S_FOLLOWER and self.state != S_LEARNER) or self.leader_id != req.leader_id:
-            self._become_follower(self.vote, req.leader_id)
-        self._reset_election_deadline()
-        self.prevoting = False
-        # The leader's lease counts on us not voting for anyone else for a
-        # while after hearing from it.
-        self.vote_refuse_until = now + self.election_min
+        self._follow(req.term, req.leader_id, now)
 
         prev = req.prev_log_index
         if prev > self.log.last_index():
@@ -569,6 +661,18 @@ cdef class Engine:
         """Index of the effective membership's entry (0: none in the log)."""
         return self._last_membership_index()
 
+    @property
+    def snapshot_log_id(self):
+        if self.snapshot_meta is None:
+            return None
+        return LogId(self.snapshot_meta.last_log_term, self.snapshot_meta.last_log_index)
+
+    @property
+    def purged_log_id(self):
+        if self.log.purged_index == 0:
+            return None
+        return LogId(self.log.purged_term, self.log.purged_index)
+
     def replication(self):
         """Leader only: follower id -> matched index; None elsewhere."""
         cdef Progress p
@@ -583,6 +687,54 @@ cdef class Engine:
         return self.log.entries_between(first, last)
 
     # ----------------------------------------------------------- internals
+
+    cdef void _follow(self, long long term, leader_id, double now):
+        """A message from the leader of `term` (>= ours): follow it."""
+        if term > self.vote.term or self.vote.node_id is None:
+            self._become_follower(Vote(term, leader_id, True), leader_id)
+        elif (self.state != S_FOLLOWER and self.state != S_LEARNER) or self.leader_id != leader_id:
+            self._become_follower(self.vote, leader_id)
+        self._reset_election_deadline()
+        self.prevoting = False
+        # The leader's lease counts on us not voting for anyone else for a
+        # while after hearing from it.
+        self.vote_refuse_until = now + self.election_min
+
+    cdef void _purge_upto(self, long long upto):
+        # Never purge what no snapshot holds, nor what is not applied yet.
+        if self.snapshot_meta is None:
+            return
+        if upto > self.snapshot_meta.last_log_index:
+            upto = self.snapshot_meta.last_log_index
+        if upto > self.applying:
+            upto = self.applying
+        if upto > self.log.last_index():
+            upto = self.log.last_index()
+        if upto <= self.log.purged_index:
+            return
+        cdef long long term = self.log.term_at(upto)
+        self.log.purge(upto, term)
+        self._rebase_membership(upto, None)
+        self.output.append(("purge", LogId(term, upto)))
+
+    cdef void _rebase_membership(self, long long index, base):
+        """Membership entries up to `index` are gone from the log: keep the
+        last of them (or `base`, from a snapshot) as the base at `index`."""
+        cdef list kept = []
+        last_before = base
+        for item in self.membership_log:
+            if item[0] <= index:
+                if base is None:
+                    last_before = item[1]
+            else:
+                kept.append(item)
+        if last_before is not None:
+            kept.insert(0, (index, last_before))
+        self.membership_log = kept
+        new = kept[len(kept) - 1][1] if kept else None
+        if new is not self.membership:
+            self.membership = new
+            self._membership_changed()
 
     cdef void _check_proposable(self):
         if self.state != S_LEADER:
@@ -790,6 +942,14 @@ cdef class Engine:
 
     cdef void _send_entries(self, Progress p):
         cdef long long prev = p.next_index - 1
+        if prev < self.log.purged_index:
+            # The entries the follower needs are purged: send the snapshot.
+            if self.snapshot_meta is None:
+                raise RaftError(f"node {self.id}: entries up to {self.log.purged_index} are "
+                                "purged but no snapshot holds them")
+            p.snapshot_started(self.snapshot_meta.last_log_index)
+            self.output.append(("send_snapshot", p.node_id))
+            return
         cdef long long end = self._batch_end(p.next_index)
         cdef AppendEntriesRequest req = AppendEntriesRequest(
             self.vote.term, self.id, self.log.term_at(prev), prev,

@@ -18,3 +18,5 @@ cdef class RaftLog:
     cdef list slice(self, long long first, long long last)
     cdef long long first_index_of_term_at(self, long long index)
     cdef long long last_index_of_term(self, long long term)
+    cdef void purge(self, long long upto, long long upto_term)
+    cdef void reset(self, long long purged_index, long long purged_term)

@@ -77,6 +77,21 @@ cdef class RaftLog:
             return hi
         return -1
 
+    cdef void purge(self, long long upto, long long upto_term):
+        """Drops every entry up to and including `upto` (which may lie past
+        the last entry: then the log is empty after it)."""
+        if upto <= self.purged_index:
+            return
+        del self.entries[:upto - self.purged_index]
+        self.purged_index = upto
+        self.purged_term = upto_term
+
+    cdef void reset(self, long long purged_index, long long purged_term):
+        """Drops every entry: the log now starts after (purged_term, purged_index)."""
+        self.entries = []
+        self.purged_index = purged_index
+        self.purged_term = purged_term
+
     # Python views, for the runtime and tests.
     @property
     def last_log_index(self):

@@ -35,3 +35,23 @@ cdef class TransferLeaderRequest:
     cdef readonly long long term
     cdef readonly object leader_id
     cdef readonly long long last_log_index
+
+
+cdef class SnapshotMeta:
+    cdef readonly long long last_log_term
+    cdef readonly long long last_log_index
+    cdef readonly object membership       # Membership in force at last_log_index
+    cdef readonly str snapshot_id
+
+
+cdef class InstallSnapshotRequest:
+    cdef readonly long long term
+    cdef readonly object leader_id
+    cdef readonly SnapshotMeta meta
+    cdef readonly long long offset
+    cdef readonly bytes data
+    cdef readonly bint done
+
+
+cdef class InstallSnapshotResponse:
+    cdef readonly long long term

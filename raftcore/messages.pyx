@@ -142,3 +142,67 @@ cdef class TransferLeaderRequest:
     def __repr__(self):
         return (f"TransferLeaderRequest(term={self.term}, leader={self.leader_id!r}, "
                 f"last_log_index={self.last_log_index})")
+
+
+cdef class SnapshotMeta:
+    """What a snapshot covers: the last log id it includes, the membership in
+    force there, and an id naming this particular snapshot."""
+
+    def __init__(self, long long last_log_term, long long last_log_index, membership,
+                 str snapshot_id):
+        self.last_log_term = last_log_term
+        self.last_log_index = last_log_index
+        self.membership = membership
+        self.snapshot_id = snapshot_id
+
+    @property
+    def last_log_id(self):
+        from raftcore.types import LogId
+        return LogId(self.last_log_term, self.last_log_index)
+
+    def __eq__(self, other):
+        if not isinstance(other, SnapshotMeta):
+            return NotImplemented
+        cdef SnapshotMeta o = <SnapshotMeta>other
+        return (self.last_log_term == o.last_log_term and self.last_log_index == o.last_log_index
+                and self.membership == o.membership and self.snapshot_id == o.snapshot_id)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return (f"SnapshotMeta(last=({self.last_log_term}, {self.last_log_index}), "
+                f"{self.membership!r}, id={self.snapshot_id!r})")
+
+
+cdef class InstallSnapshotRequest:
+    """Leader -> follower: one chunk of a snapshot, at `offset`; `done` on the
+    last one."""
+
+    def __init__(self, long long term, leader_id, SnapshotMeta meta, long long offset,
+                 bytes data, bint done):
+        self.term = term
+        self.leader_id = leader_id
+        self.meta = meta
+        self.offset = offset
+        self.data = data
+        self.done = done
+
+    def __repr__(self):
+        return (f"InstallSnapshotRequest(term={self.term}, leader={self.leader_id!r}, "
+                f"{self.meta!r}, offset={self.offset}, {len(self.data)} bytes"
+                f"{', done' if self.done else ''})")
+
+
+cdef class InstallSnapshotResponse:
+    def __init__(self, long long term):
+        self.term = term
+
+    def __eq__(self, other):
+        if not isinstance(other, InstallSnapshotResponse):
+            return NotImplemented
+        return self.term == (<InstallSnapshotResponse>other).term
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"InstallSnapshotResponse(term={self.term})"

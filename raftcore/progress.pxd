@@ -1,6 +1,7 @@
 cdef enum ProgressState:
     PROBE = 0        # finding where the follower's log matches: one request at a time
     REPLICATE = 1    # matching point known: stream entries, up to the in-flight window
+    SNAPSHOT = 2     # the next entry is purged: a snapshot is being sent
 
 
 cdef class Progress:
@@ -20,3 +21,4 @@ cdef class Progress:
     cdef void rejected(self, long long hint)
     cdef void failed(self)
     cdef void free_upto(self, long long index)
+    cdef void snapshot_started(self, long long last_index)

@@ -29,6 +29,8 @@ cdef class Progress:
         free(self.inflight)
 
     cdef bint window_full(self):
+        if self.state == SNAPSHOT:
+            return True
         if self.state == PROBE:
             return self.probe_sent
         return self.inflight_count >= self.inflight_cap
@@ -42,6 +44,15 @@ cdef class Progress:
         self.inflight_count += 1
         self.next_index = last_index + 1
 
+    cdef void snapshot_started(self, long long last_index):
+        """A snapshot up to last_index is on its way: send nothing else until
+        it is answered (acked() or failed())."""
+        self.state = SNAPSHOT
+        self.probe_sent = False
+        self.inflight_count = 0
+        self.inflight_start = 0
+        self.next_index = last_index + 1
+
     cdef void free_upto(self, long long index):
         while self.inflight_count and self.inflight[self.inflight_start] <= index:
             self.inflight_start = (self.inflight_start + 1) % self.inflight_cap
@@ -53,7 +64,7 @@ cdef class Progress:
         cdef bint advanced = matched > self.matched
         if advanced:
             self.matched = matched
-        if self.state == PROBE:
+        if self.state == PROBE or self.state == SNAPSHOT:
             # The matching point is known: switch to streaming.
             self.state = REPLICATE
             self.probe_sent = False
@@ -86,6 +97,6 @@ cdef class Progress:
         self.next_index = self.matched + 1
 
     def __repr__(self):
-        st = ("probe", "replicate")[self.state]
+        st = ("probe", "replicate", "snapshot")[self.state]
         return (f"Progress(node={self.node_id}, matched={self.matched}, next={self.next_index}, "
                 f"{st}, inflight={self.inflight_count})")

@@ -25,6 +25,10 @@ class NetworkClient(abc.ABC):
     async def vote(self, req: VoteRequest) -> VoteResponse:
         ...
 
+    @abc.abstractmethod
+    async def install_snapshot(self, req) -> Any:
+        """Sends one snapshot chunk; returns the InstallSnapshotResponse."""
+
     async def transfer_leader(self, req) -> None:
         """Tells the peer to campaign now (leadership transfer). Networks
         that cannot carry it raise NetworkError; the transfer then times out

@@ -161,6 +161,9 @@ class LocalClient(NetworkClient):
     async def append_entries(self, req):
         return await self._router._deliver(self._src, self._dst, "append_entries", req)
 
+    async def install_snapshot(self, req):
+        return await self._router._deliver(self._src, self._dst, "install_snapshot", req)
+
     async def transfer_leader(self, req):
         return await self._router._deliver(self._src, self._dst, "transfer_leader", req)
 

@@ -94,6 +94,8 @@ _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack
 # A writer whose transport buffers more than this waits for it to drain.
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
+# Frames up to this size are sent as one joined buffer, larger ones as two.
+_JOIN_BELOW = 64 * 1024
 # StreamReader buffer limit: big enough that a usual frame is read without
 # pausing and resuming the transport many times.
 _READ_LIMIT = 1024 * 1024
@@ -288,9 +290,12 @@ class _Channel:
         fut = loop.create_future()
         pending = conn.pending
         pending[rid] = fut
-        w = conn.writer
-        w.write(_pack_header(size, WIRE_VERSION))
-        w.write(body)
+        if size <= _JOIN_BELOW:
+            # One buffer, one send: copying a small body is cheaper than a
+            # second write (uvloop sends each write at once).
+            conn.writer.write(_pack_header(size, WIRE_VERSION) + body)
+        else:
+            conn.writer.writelines((_pack_header(size, WIRE_VERSION), body))
         timer = loop.call_later(self._rpc_timeout, self._expire, conn, rid)
         try:
             resp = await fut

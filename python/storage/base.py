@@ -9,11 +9,20 @@ import abc
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
+from raftcore.messages import SnapshotMeta
 from raftcore.types import Entry, LogId, Vote
 
 #: Called by a LogStore once an appended batch is durable: with None, or with
 #: the exception that kept it from becoming durable.
 FlushCallback = Callable[[Optional[BaseException]], None]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot: what it covers (meta) and the state machine's bytes."""
+
+    meta: SnapshotMeta
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -103,3 +112,20 @@ class StateMachine(abc.ABC):
     @abc.abstractmethod
     async def applied_state(self) -> tuple[Optional[LogId], Any]:
         """The last applied log id and the last membership applied (or None)."""
+
+    @abc.abstractmethod
+    async def build_snapshot(self, executor: Callable) -> Snapshot:
+        """Takes a snapshot of everything applied so far and keeps it as the
+        current snapshot. Must not block the event loop: capture the state
+        quickly, then do the heavy work (serializing, writing) through
+        `executor(fn, *args)`, which returns an awaitable. Apply, appends and
+        replication go on meanwhile."""
+
+    @abc.abstractmethod
+    def get_current_snapshot(self) -> Optional[Snapshot]:
+        """The newest snapshot built or installed, or None."""
+
+    @abc.abstractmethod
+    async def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Replaces the whole state with the snapshot's and keeps it as the
+        current snapshot; returns once that is durable."""

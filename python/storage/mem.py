@@ -6,11 +6,19 @@ log and vote again.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import itertools
+from typing import Any, Callable, Optional, Sequence
 
-from raftcore.errors import StorageError
-from raftcore.storage.base import FlushCallback, LogState, LogStore, StateMachine
+import msgpack
+
+from raftcore.errors import NotAllowed, StorageError
+from raftcore.messages import SnapshotMeta
+from raftcore.storage.base import FlushCallback, LogState, LogStore, Snapshot, StateMachine
 from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry, LogId, Vote
+
+#: Version of MemStateMachine's snapshot format.
+SNAPSHOT_FORMAT = 1
+_snapshot_ids = itertools.count(1)
 
 
 class MemLogStore(LogStore):
@@ -90,6 +98,16 @@ class MemStateMachine(StateMachine):
         self.data: dict[Any, Any] = {}
         self.last_applied: Optional[LogId] = None
         self.last_membership: Any = None
+        self._snapshot: Optional[Snapshot] = None
+
+    def restarted(self) -> "MemStateMachine":
+        """A new state machine holding only this one's current snapshot: what
+        a node finds after a restart when its snapshots are durable but its
+        applied state is not."""
+        sm = MemStateMachine()
+        if self._snapshot is not None:
+            sm._load(self._snapshot.meta, self._snapshot.data)
+        return sm
 
     @staticmethod
     def set_cmd(key: Any, value: Any) -> list:
@@ -150,3 +168,45 @@ class MemStateMachine(StateMachine):
 
     async def applied_state(self) -> tuple[Optional[LogId], Any]:
         return self.last_applied, self.last_membership
+
+    # -- snapshots: msgpack of {"format", "items": [[key, value], ...]}
+
+    async def build_snapshot(self, executor: Callable) -> Snapshot:
+        if self.last_applied is None:
+            raise NotAllowed("nothing is applied yet; there is nothing to snapshot")
+        # Capture now (a shallow copy: applied values are never mutated in
+        # place), serialize off the event loop.
+        items = list(self.data.items())
+        last, membership = self.last_applied, self.last_membership
+        data = await executor(_encode_snapshot, items)
+        meta = SnapshotMeta(last.term, last.index, membership,
+                            f"{last.term}-{last.index}-{next(_snapshot_ids)}")
+        snap = Snapshot(meta, data)
+        if self._snapshot is None or \
+                self._snapshot.meta.last_log_index <= meta.last_log_index:
+            self._snapshot = snap
+        return snap
+
+    def get_current_snapshot(self) -> Optional[Snapshot]:
+        return self._snapshot
+
+    async def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        self._load(meta, data)
+
+    def _load(self, meta: SnapshotMeta, data: bytes) -> None:
+        try:
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+            if obj.get("format") != SNAPSHOT_FORMAT:
+                raise ValueError(f"format {obj.get('format')!r}, expected {SNAPSHOT_FORMAT}")
+            items = {k: v for k, v in obj["items"]}
+        except Exception as exc:
+            raise StorageError(f"MemStateMachine cannot read snapshot {meta.snapshot_id}: "
+                               f"{exc}") from exc
+        self.data = items
+        self.last_applied = LogId(meta.last_log_term, meta.last_log_index)
+        self.last_membership = meta.membership
+        self._snapshot = Snapshot(meta, data)
+
+
+def _encode_snapshot(items: list) -> bytes:
+    return msgpack.packb({"format": SNAPSHOT_FORMAT, "items": items}, use_bin_type=True)

@@ -225,7 +225,7 @@ class Op:
     def describe(self, index: Optional[int] = None) -> str:
         """One line: ``#index client: kind(args) -> result  [call, ret]``."""
         head = f"#{index} " if index is not None else ""
-        args = ", ".join(_short(a) for a in self.args)
+        args = ", ".join(_short(a) for a in (self.key,) + self.args)
         if self.ok:
             res = "?" if self.result is UNKNOWN else _short(self.result)
             span = f"[{self.call:g}, {self.ret:g}]"
@@ -826,10 +826,10 @@ def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
         for it in sorted(w, key=lambda it: it.call_key):
             note = ""
             if it.op.ok and not it.completed:
-                note = "   [indeterminate here: its response is after the failure]"
+                note = "   (counted as indeterminate)"
             elif it.completed and not it.checked and it.op.result is not UNKNOWN:
-                note = "   [its result is not needed for the violation]"
-            lines.append(f"    {_item_op(it).describe(it.gi)}{note}")
+                note = "   (result not needed)"
+            lines.append(f"    {it.op.describe(it.gi)}{note}")
     lines.append(f"  longest linearizable prefix found ({len(steps)} ops, "
                  f"in linearization order, value after each):")
     shown = list(zip(steps, kr.linearization))
@@ -840,10 +840,9 @@ def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
         lines.append(f"    (none; initial value {initial!r})")
     for (i, v), op in shown:
         lines.append(f"    {op.describe(p.items[i].gi)}   => {_short(p.intern.values[v])}")
-    lines.append(f"  then stuck: {kr.stuck.describe(p.items[stuck_i].gi)} must take effect "
-                 f"by its response, but with the value at {_short(value_after)} no order of "
-                 f"the operations still open explains its result "
-                 f"(and every other branch of the search failed too)")
+    lines.append(f"  then stuck: {kr.stuck.describe(p.items[stuck_i].gi)} cannot take effect "
+                 f"next (the value is {_short(value_after)}), nor after any other operation "
+                 f"still open; every other order failed too")
     kr.explanation = "\n".join(lines)
     return kr
 

@@ -1,0 +1,893 @@
+"""FileLogStore: a durable, segmented, append-only Raft log and vote in a directory.
+
+Directory layout::
+
+    FORMAT                  "raftcore-filelog" and the format version
+    LOCK                    flock()ed while a store has the directory open
+    vote                    the vote, replaced atomically (vote.tmp, fsync, rename, fsync dir)
+    seg-000000000001.log    log segments, numbered consecutively; the last one is written
+
+Records. Every record is framed as::
+
+    u32 length   (of type + payload), little endian
+    u32 crc32    (zlib.crc32 over length, type and payload)
+    u8  type
+    payload
+
+with a msgpack payload (codec.encode_* layouts) except for the commit marker.
+Record types: HEADER (first record of every segment: format version, segment
+number, index of its first entry, purged log id, committed log id), ENTRIES
+(one appended batch), TRUNCATE (index), PURGE (log id), COMMITTED (log id),
+MARKER (group number within the segment, byte length of the group).
+
+Group commit. Appends, truncations and purges only add records to an
+in-memory buffer (entries are readable at once from an in-memory index of
+every entry since the last purge). A flusher task takes the whole buffer as
+one *group*, ends it with a MARKER record and hands it to the executor, which
+writes it with os.write and makes it durable with one fsync; then every
+on_flushed of the group is called, in append order. Appends that arrive while
+an fsync is in flight form the next group. A truncation or purge is a record
+in that same stream, so it is durable before any later append is reported
+flushed; segments are deleted only after the group holding the purge record is
+durable (and only whole segments: nothing is rewritten).
+
+Recovery. On open every segment is read and each group is replayed only once
+its marker has been read. What follows the last marker of the last segment is
+classified:
+
+- a torn tail (the batch was never completely written, so never reported
+  flushed): the file ends inside it, or it is zero-filled. It is cut off and a
+  WARNING is logged.
+- corruption: a damaged record in a group whose marker is present (a valid
+  marker of this or a later group follows it, or the group's own marker sits
+  at the end of the file with only its checksum or one field damaged). The
+  store refuses to open: StorageError naming the file and offset.
+
+Anything wrong in a segment that is not the last one is corruption. A flushed
+entry is therefore never dropped silently: either it is recovered, or the store
+refuses to open, or (only when the final commit marker itself is torn in a way
+a crash can produce) the batch was never acknowledged.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import re
+import struct
+import zlib
+from typing import Any, Awaitable, Callable, Optional, Sequence
+
+import msgpack
+
+from raftcore.codec import (decode_entries, decode_log_id, decode_vote, encode_entries,
+                            encode_log_id, encode_vote)
+from raftcore.errors import StorageError
+from raftcore.storage.base import FlushCallback, LogState, LogStore
+from raftcore.types import Entry, LogId, Vote
+
+__all__ = ["FileLogStore", "FileOps", "FORMAT_VERSION"]
+
+log = logging.getLogger("raftcore.storage.file")
+
+#: On-disk format version, in FORMAT, in every segment header and in the vote file.
+FORMAT_VERSION = 1
+FORMAT_NAME = "raftcore-filelog"
+
+DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
+
+R_HEADER = 1
+R_ENTRIES = 2
+R_TRUNCATE = 3
+R_PURGE = 4
+R_COMMITTED = 5
+R_MARKER = 6
+R_VOTE = 7
+_RECORD_NAMES = {R_HEADER: "header", R_ENTRIES: "entries", R_TRUNCATE: "truncate",
+                 R_PURGE: "purge", R_COMMITTED: "committed", R_MARKER: "commit marker",
+                 R_VOTE: "vote"}
+
+_HEAD = struct.Struct("<II")            # length of (type + payload), crc32
+_LEN_TYPE = struct.Struct("<IB")        # what the crc covers before the payload
+_MARKER = struct.Struct("<QI")          # group number in the segment, group byte length
+HEAD_SIZE = _HEAD.size                  # 8
+MARKER_LEN = 1 + _MARKER.size           # 13: type + marker payload
+MARKER_FRAME_SIZE = HEAD_SIZE + MARKER_LEN   # 21
+_MARKER_LEN_BYTES = struct.pack("<I", MARKER_LEN)
+MAX_RECORD = (1 << 32) - 1
+
+FORMAT_FILE = "FORMAT"
+LOCK_FILE = "LOCK"
+VOTE_FILE = "vote"
+VOTE_TMP = "vote.tmp"
+_SEG_RE = re.compile(r"^seg-(\d{12})\.log$")
+
+
+def _seg_name(seq: int) -> str:
+    return f"seg-{seq:012d}.log"
+
+
+def frame(rtype: int, payload: bytes) -> bytes:
+    """One framed record."""
+    length = len(payload) + 1
+    if length > MAX_RECORD:
+        raise StorageError(f"a log record of {length} bytes is over the limit of "
+                           f"{MAX_RECORD} bytes; append smaller batches")
+    crc = zlib.crc32(payload, zlib.crc32(_LEN_TYPE.pack(length, rtype)))
+    return b"".join((_HEAD.pack(length, crc), bytes((rtype,)), payload))
+
+
+def read_frame(data: Any, pos: int) -> Optional[tuple[int, memoryview, int]]:
+    """(type, payload, next position) of the record at pos in the memoryview
+    `data`, or None if no intact record starts there."""
+    end = len(data)
+    if pos + HEAD_SIZE + 1 > end:
+        return None
+    length, crc = _HEAD.unpack_from(data, pos)
+    nxt = pos + HEAD_SIZE + length
+    if length < 1 or nxt > end:
+        return None
+    rtype = data[pos + HEAD_SIZE]
+    payload = data[pos + HEAD_SIZE + 1:nxt]
+    if zlib.crc32(payload, zlib.crc32(_LEN_TYPE.pack(length, rtype))) != crc:
+        return None
+    return rtype, payload, nxt
+
+
+def _unpack(payload: Any) -> Any:
+    return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+
+
+# ------------------------------------------------------------------ file ops
+
+class FileOps:
+    """The file system calls FileLogStore makes, in one place.
+
+    A test can pass a subclass (FileLogStore(..., ops=...)) to inject failures
+    (ENOSPC, EIO) or to model a power cut that keeps only fsynced bytes.
+    Methods run on the event loop thread during open and in the executor
+    afterwards, so they must be thread-safe (plain os calls are).
+    """
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def open_dir(self, path: str) -> int:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+    def open_lock(self, path: str) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def open_append(self, path: str, create: bool) -> int:
+        flags = os.O_WRONLY | os.O_APPEND
+        if create:
+            flags |= os.O_CREAT | os.O_EXCL
+        return os.open(path, flags, 0o644)
+
+    def write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def read_file(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Creates or replaces `path` with `data` and fsyncs it (not its directory)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def truncate(self, path: str, size: int) -> None:
+        """Cuts `path` to `size` bytes and fsyncs it."""
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+
+# --------------------------------------------------------------- the index
+
+class _Index:
+    """Entries since the last purge: entries[i] has index first + i.
+
+    In a live store first == purged index + 1. While replaying, first can be
+    higher: the entries between were in segments already deleted, and a
+    later purge record must cover them (checked at the end of recovery).
+    """
+
+    __slots__ = ("first", "entries", "purged")
+
+    def __init__(self, first: int, purged: Optional[LogId]) -> None:
+        self.first = first
+        self.entries: list = []
+        self.purged = purged
+
+    @property
+    def purged_index(self) -> int:
+        return self.purged.index if self.purged is not None else 0
+
+    @property
+    def next_index(self) -> int:
+        return self.first + len(self.entries)
+
+    @property
+    def last_log_id(self) -> Optional[LogId]:
+        if self.entries:
+            return self.entries[-1].log_id
+        if self.first == self.purged_index + 1:
+            return self.purged
+        return None     # only mid-replay
+
+    def truncate_after(self, index: int) -> None:
+        if index < self.first - 1:
+            self.entries = []
+            self.first = max(index, self.purged_index) + 1
+        else:
+            del self.entries[index - self.first + 1:]
+
+    def purge(self, upto: LogId) -> None:
+        if upto.index <= self.purged_index:
+            return
+        self.purged = upto
+        if upto.index >= self.first:
+            del self.entries[:upto.index - self.first + 1]
+            self.first = upto.index + 1
+
+
+class _Segment:
+    __slots__ = ("seq", "path", "size", "max_index", "groups")
+
+    def __init__(self, seq: int, path: str, size: int = 0) -> None:
+        self.seq = seq
+        self.path = path
+        self.size = size
+        self.max_index = 0      # highest entry index ever written in it
+        self.groups = 0         # groups (commit markers) in it
+
+    def __repr__(self) -> str:
+        return f"_Segment({self.seq}, size={self.size}, max_index={self.max_index})"
+
+
+class _Group:
+    """Records taken from the buffer to be written and fsynced together."""
+
+    __slots__ = ("data", "callbacks", "roll", "delete")
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.callbacks: list = []
+        self.roll: Optional[_Segment] = None
+        self.delete: list = []
+
+
+# ----------------------------------------------------------------- the store
+
+def _default_executor(fn: Callable, *args: Any) -> Awaitable:
+    return asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class FileLogStore(LogStore):
+    """A durable Raft log and vote in directory `path` (created if missing).
+
+    - segment_size: a segment is closed and a new one started once it holds
+      this many bytes (at a group boundary, so a segment may exceed it by one
+      group).
+    - executor(fn, *args) -> awaitable runs the blocking writes and fsyncs;
+      default: the event loop's default thread pool. A simulation passes one
+      that runs fn inline. The store starts no threads of its own.
+    - ops: the file system layer (FileOps), for failure-injection tests.
+
+    Opening recovers the log (see the module docstring) and raises
+    StorageError if it is damaged; it reads every segment, so open a large
+    log off the event loop with ``await FileLogStore.open(path)``. Only one
+    store may have a directory open at a time (an flock on LOCK).
+
+    Payloads are stored with msgpack: they must be msgpack-able (bytes, str,
+    numbers, lists, dicts, None), and tuples come back as lists.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, segment_size: int = DEFAULT_SEGMENT_SIZE,
+                 executor: Optional[Callable[..., Awaitable]] = None,
+                 ops: Optional[FileOps] = None) -> None:
+        if not isinstance(segment_size, int) or segment_size <= 0:
+            raise ValueError(f"segment_size must be a positive int, got {segment_size!r}")
+        self.path = os.fspath(path)
+        self.segment_size = segment_size
+        self._executor = executor or _default_executor
+        self._ops = ops or FileOps()
+        self._closed = False
+        self._failed: Optional[StorageError] = None
+        self._dir_fd: Optional[int] = None
+        self._lock_fd: Optional[int] = None
+        self._fd: Optional[int] = None           # the active (last) segment, for appends
+        self._segments: list[_Segment] = []
+        self._vote: Optional[Vote] = None
+        self._committed: Optional[LogId] = None
+        self._index = _Index(1, None)
+        # writer state (event loop thread only)
+        self._buf: list[bytes] = []              # framed records not yet taken
+        self._buf_callbacks: list = []           # on_flushed of the buffered appends
+        self._buf_max_index = 0                  # highest entry index in the buffer
+        self._taken: tuple = (1, None, None)     # (next index, purged, committed) after taken groups
+        self._flusher: Optional[asyncio.Task] = None
+        self._vote_lock = asyncio.Lock()
+        self._packer = msgpack.Packer(use_bin_type=True)
+        try:
+            self._open()
+        except BaseException:
+            self._release()
+            raise
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike, **kw: Any) -> "FileLogStore":
+        """Opens (and recovers) the store in the executor, off the event loop."""
+        executor = kw.get("executor") or _default_executor
+        return await executor(lambda: cls(path, **kw))
+
+    def __repr__(self) -> str:
+        return (f"FileLogStore({self.path!r}, segments={len(self._segments)}, "
+                f"last={self._index.last_log_id})")
+
+    # ----------------------------------------------------------------- open
+
+    def _p(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def _open(self) -> None:
+        ops = self._ops
+        ops.makedirs(self.path)
+        self._dir_fd = ops.open_dir(self.path)
+        try:
+            self._lock_fd = ops.open_lock(self._p(LOCK_FILE))
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise StorageError(
+                    f"FileLogStore {self.path}: the directory is in use by another store "
+                    "(in this or another process); close that one first") from None
+            raise StorageError(f"FileLogStore {self.path}: cannot lock {LOCK_FILE}: {exc}") from exc
+        names = ops.listdir(self.path)
+        segs = sorted((int(m.group(1)), n) for n in names if (m := _SEG_RE.match(n)))
+        self._check_format(names, bool(segs))
+        self._load_vote(names)
+        self._recover(segs)
+        ix = self._index
+        self._taken = (ix.next_index, ix.purged, self._committed)
+        if self._segments:
+            self._fd = ops.open_append(self._segments[-1].path, create=False)
+        doomed = self._deletable(ix.purged_index)
+        if doomed:
+            for seg in doomed:
+                ops.unlink(seg.path)
+            ops.fsync(self._dir_fd)
+            del self._segments[:len(doomed)]
+
+    def _check_format(self, names: list, has_segments: bool) -> None:
+        path = self._p(FORMAT_FILE)
+        if FORMAT_FILE in names:
+            try:
+                text = self._ops.read_file(path).decode("utf-8", "replace")
+            except OSError as exc:
+                raise StorageError(f"cannot read {path}: {exc}") from exc
+            words = text.split()
+            if len(words) != 3 or words[0] != FORMAT_NAME or words[1] != "version":
+                raise StorageError(f"{path} is not a FileLogStore format file: {text[:80]!r}")
+            if words[2] != str(FORMAT_VERSION):
+                raise StorageError(
+                    f"{path}: format version {words[2]}, this raftcore reads version "
+                    f"{FORMAT_VERSION}; use the raftcore version that wrote it")
+            return
+        if has_segments or VOTE_FILE in names:
+            raise StorageError(
+                f"{self.path} holds log or vote files but no {FORMAT_FILE} file: it was not "
+                "written by FileLogStore, or the file was lost; refusing to guess its format")
+        tmp = path + ".tmp"
+        self._ops.write_file(tmp, f"{FORMAT_NAME} version {FORMAT_VERSION}\n".encode())
+        self._ops.rename(tmp, path)
+        self._ops.fsync(self._dir_fd)
+
+    def _load_vote(self, names: list) -> None:
+        if VOTE_TMP in names:
+            # A vote save that did not reach its rename: never acknowledged.
+            log.info("FileLogStore %s: removing %s left by an interrupted vote save",
+                     self.path, VOTE_TMP)
+            self._ops.unlink(self._p(VOTE_TMP))
+        if VOTE_FILE not in names:
+            return
+        path = self._p(VOTE_FILE)
+        data = memoryview(self._ops.read_file(path))
+        rec = read_frame(data, 0)
+        if rec is None or rec[0] != R_VOTE or rec[2] != len(data):
+            raise StorageError(f"{path}: the vote file is damaged (bad checksum or length at "
+                               "offset 0); the node's vote is unknown, refusing to open")
+        try:
+            version, v = _unpack(rec[1])
+            if version != FORMAT_VERSION:
+                raise StorageError(f"{path}: vote format version {version}, expected "
+                                   f"{FORMAT_VERSION}")
+            self._vote = decode_vote(v)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"{path}: undecodable vote record at offset 0: {exc}") from exc
+
+    # -------------------------------------------------------------- recovery
+
+    def _recover(self, segs: list) -> None:
+        for k in range(1, len(segs)):
+            if segs[k][0] != segs[k - 1][0] + 1:
+                raise StorageError(
+                    f"FileLogStore {self.path}: segment {segs[k - 1][0] + 1} is missing "
+                    f"between {segs[k - 1][1]} and {segs[k][1]}; refusing to open a log "
+                    "with a hole")
+        ix: Optional[_Index] = None
+        committed: Optional[LogId] = None
+        for k, (seq, name) in enumerate(segs):
+            path = self._p(name)
+            last = k == len(segs) - 1
+            data = memoryview(self._ops.read_file(path))
+            groups, good_end = self._parse_segment(path, data, last)
+            if good_end < len(data):
+                self._ops.truncate(path, good_end)
+            if not groups:
+                # Only the last segment can get here: its first group was torn.
+                self._ops.unlink(path)
+                self._ops.fsync(self._dir_fd)
+                continue
+            seg = _Segment(seq, path, good_end)
+            seg.groups = len(groups)
+            for gi, group in enumerate(groups):
+                for ri, (rtype, payload, off) in enumerate(group):
+                    try:
+                        if gi == 0 and ri == 0:
+                            if rtype != R_HEADER:
+                                raise StorageError("the first record of a segment must be "
+                                                   f"its header, found {_RECORD_NAMES.get(rtype)}")
+                            ix, committed = self._replay_header(ix, committed, seq,
+                                                                _unpack(payload))
+                            continue
+                        if rtype == R_ENTRIES:
+                            entries = decode_entries(_unpack(payload))
+                            if entries:
+                                if entries[0].index != ix.next_index:
+                                    raise StorageError(
+                                        f"entries from index {entries[0].index} follow the "
+                                        f"log ending at {ix.next_index - 1}")
+                                ix.entries.extend(entries)
+                                if entries[-1].index > seg.max_index:
+                                    seg.max_index = entries[-1].index
+                        elif rtype == R_TRUNCATE:
+                            ix.truncate_after(_unpack(payload))
+                        elif rtype == R_PURGE:
+                            ix.purge(decode_log_id(_unpack(payload)))
+                        elif rtype == R_COMMITTED:
+                            committed = decode_log_id(_unpack(payload))
+                        else:
+                            raise StorageError(f"unexpected record type {rtype}")
+                    except Exception as exc:
+                        raise StorageError(
+                            f"{path}: bad {_RECORD_NAMES.get(rtype, 'unknown')} record at "
+                            f"offset {off} (its checksum is intact, so this log was written "
+                            f"by something else or a bug): {exc}") from exc
+            self._segments.append(seg)
+        if ix is None:
+            return
+        if ix.first > ix.purged_index + 1:
+            raise StorageError(
+                f"FileLogStore {self.path}: entries {ix.purged_index + 1}..{ix.first - 1} are "
+                f"missing (the oldest segment left, {self._segments[0].path}, starts after "
+                "them and they were never purged); refusing to open a log with a hole")
+        self._index = ix
+        self._committed = committed
+
+    def _replay_header(self, ix: Optional[_Index], committed: Optional[LogId], seq: int,
+                       h: Any) -> tuple:
+        version, hseq, start, purged, hcommitted = h
+        if version != FORMAT_VERSION:
+            raise StorageError(f"segment format version {version}, expected {FORMAT_VERSION}")
+        if hseq != seq:
+            raise StorageError(f"the header says segment {hseq}, the file name says {seq}")
+        purged = decode_log_id(purged)
+        if ix is None:
+            return _Index(start, purged), decode_log_id(hcommitted)
+        if start != ix.next_index or purged != ix.purged:
+            raise StorageError(
+                f"the header says the segment starts at index {start} with purged {purged}; "
+                f"the segments before end at {ix.next_index - 1} with purged {ix.purged}")
+        return ix, committed
+
+    def _parse_segment(self, path: str, data: memoryview, last: bool) -> tuple[list, int]:
+        """The complete groups of a segment, as lists of (type, payload,
+        offset), and the offset where they end. Cuts (reports) a torn tail
+        of the last segment; raises StorageError on corruption."""
+        groups: list = []
+        pending: list = []
+        pos = group_start = 0
+        gseq = 1
+        end = len(data)
+        while pos < end:
+            rec = read_frame(data, pos)
+            if rec is None:
+                break
+            rtype, payload, nxt = rec
+            if rtype == R_MARKER:
+                if len(payload) != _MARKER.size:
+                    raise StorageError(f"{path}: malformed commit marker at offset {pos}")
+                seq, glen = _MARKER.unpack(payload)
+                if seq != gseq or glen != pos - group_start or not pending:
+                    raise StorageError(
+                        f"{path}: the commit marker at offset {pos} says group {seq} of "
+                        f"{glen} bytes, but it ends group {gseq} of {pos - group_start} bytes "
+                        f"starting at offset {group_start}: records are missing or misplaced")
+                groups.append(pending)
+                pending = []
+                gseq += 1
+                group_start = nxt
+            else:
+                pending.append((rtype, payload, pos))
+            pos = nxt
+        if pos == end and not pending:
+            return groups, end
+        # Something follows the last complete group: torn tail or corruption.
+        bad = pos if pos < end else group_start
+        committed_at = self._find_marker(data, pos + 1, gseq) if pos < end else None
+        if committed_at is None:
+            committed_at = self._tail_marker(data, group_start, gseq)
+        if committed_at is not None:
+            what = "damaged record" if pos < end else "records without their commit marker"
+            raise StorageError(
+                f"{path}: {what} at offset {bad}, inside a batch whose commit marker is "
+                f"present (at offset {committed_at}): flushed data is damaged; refusing to "
+                "open a log with a hole (restore this node's directory or rebuild the node "
+                "from its peers)")
+        if not last:
+            raise StorageError(
+                f"{path}: damaged or incomplete batch at offset {bad}, but newer segments "
+                "follow this one, so it had been written completely: flushed data is "
+                "damaged; refusing to open")
+        log.warning(
+            "FileLogStore %s: cut a torn tail from %s: %d bytes from offset %d, a batch that "
+            "was never completely written (no commit marker), so never reported flushed",
+            self.path, path, end - group_start, group_start)
+        return groups, group_start
+
+    @staticmethod
+    def _find_marker(data: memoryview, start: int, min_seq: int) -> Optional[int]:
+        """Offset of an intact commit marker of group min_seq or later at or
+        after `start`, or None."""
+        raw = data.obj if isinstance(data.obj, bytes) else bytes(data)
+        i = raw.find(_MARKER_LEN_BYTES, start)
+        while i != -1:
+            rec = read_frame(data, i)
+            if rec is not None and rec[0] == R_MARKER and len(rec[1]) == _MARKER.size:
+                if _MARKER.unpack(rec[1])[0] >= min_seq:
+                    return i
+            i = raw.find(_MARKER_LEN_BYTES, i + 1)
+        return None
+
+    @staticmethod
+    def _tail_marker(data: memoryview, group_start: int, gseq: int) -> Optional[int]:
+        """Offset of the group's own commit marker at the very end of the
+        file if it is there with at most one of its fields damaged (a torn
+        write leaves the file short or zero-filled, never a marker with the
+        right group number and length); else None."""
+        at = len(data) - MARKER_FRAME_SIZE
+        if at <= group_start:
+            return None
+        length, _crc = _HEAD.unpack_from(data, at)
+        rtype = data[at + HEAD_SIZE]
+        seq, glen = _MARKER.unpack_from(data, at + HEAD_SIZE + 1)
+        score = (length == MARKER_LEN) + (rtype == R_MARKER) + (seq == gseq) + \
+            (glen == at - group_start)
+        return at if score >= 3 else None
+
+    def _deletable(self, purged_index: int) -> list:
+        """The oldest segments (never the last one) holding only purged entries."""
+        out = []
+        for seg in self._segments[:-1]:
+            if seg.max_index > purged_index:
+                break
+            out.append(seg)
+        return out
+
+    # ---------------------------------------------------------------- reads
+
+    async def read_vote(self) -> Optional[Vote]:
+        self._check_open()
+        return self._vote
+
+    async def get_log_state(self) -> LogState:
+        self._check_open()
+        return LogState(self._index.purged, self._index.last_log_id)
+
+    async def read_entries(self, first: int, last: int) -> list[Entry]:
+        return self.entries(first, last)
+
+    def entries(self, first: int, last: int) -> list[Entry]:
+        """Entries first..last inclusive, synchronously (from memory)."""
+        self._check_open()
+        ix = self._index
+        if last < first:
+            return []
+        if first < ix.first or last >= ix.next_index:
+            raise StorageError(
+                f"FileLogStore holds entries {ix.first}..{ix.next_index - 1}; "
+                f"{first}..{last} was asked for")
+        return ix.entries[first - ix.first:last - ix.first + 1]
+
+    async def read_committed(self) -> Optional[LogId]:
+        self._check_open()
+        return self._committed
+
+    # --------------------------------------------------------------- writes
+
+    def append(self, entries: Sequence[Entry], on_flushed: FlushCallback) -> None:
+        self._check_open()
+        if self._failed is not None:
+            on_flushed(self._failed)
+            return
+        ix = self._index
+        if entries:
+            if type(entries) is not list:
+                entries = list(entries)
+            expected = ix.next_index
+            if entries[0].index != expected or entries[-1].index != expected + len(entries) - 1:
+                raise StorageError(
+                    f"FileLogStore.append: the batch holds indexes {entries[0].index}.."
+                    f"{entries[-1].index}, the log expects {expected}..."
+                    f"{expected + len(entries) - 1}; appends must be contiguous")
+            try:
+                payload = self._packer.pack(encode_entries(entries))
+            except Exception as exc:
+                self._packer.reset()
+                raise StorageError(
+                    f"FileLogStore.append: cannot encode the entries with msgpack ({exc}); "
+                    "payloads must be msgpack-able values") from exc
+            self._buf.append(frame(R_ENTRIES, payload))
+            ix.entries.extend(entries)
+            self._buf_max_index = entries[-1].index
+        self._buf_callbacks.append(on_flushed)
+        self._kick()
+
+    def truncate_after(self, index: int) -> None:
+        self._check_writable()
+        ix = self._index
+        if index >= ix.next_index - 1:
+            return
+        self._buf.append(frame(R_TRUNCATE, self._packer.pack(index)))
+        ix.truncate_after(index)
+        self._kick()
+
+    def purge(self, upto: LogId) -> None:
+        self._check_writable()
+        ix = self._index
+        if upto.index <= ix.purged_index:
+            return
+        self._buf.append(frame(R_PURGE, self._packer.pack(encode_log_id(upto))))
+        ix.purge(upto)
+        self._kick()
+
+    async def save_committed(self, committed: Optional[LogId]) -> None:
+        """Records the commit point; returns once it is durable. Not for the
+        per-commit path: it costs a write and an fsync."""
+        self._check_writable()
+        fut = asyncio.get_running_loop().create_future()
+        self._buf.append(frame(R_COMMITTED, self._packer.pack(encode_log_id(committed))))
+        self._committed = committed
+        self._buf_callbacks.append(
+            lambda err: fut.done() or (fut.set_exception(err) if err else fut.set_result(None)))
+        self._kick()
+        await fut
+
+    async def save_vote(self, vote: Vote) -> None:
+        self._check_writable()
+        data = frame(R_VOTE, msgpack.packb([FORMAT_VERSION, encode_vote(vote)],
+                                           use_bin_type=True))
+        async with self._vote_lock:
+            self._check_writable()
+            try:
+                await self._executor(self._replace_vote, data)
+            except OSError as exc:
+                raise StorageError(f"FileLogStore {self.path}: saving the vote failed: "
+                                   f"{exc}") from exc
+            self._vote = vote
+
+    def _replace_vote(self, data: bytes) -> None:
+        ops = self._ops
+        tmp = self._p(VOTE_TMP)
+        ops.write_file(tmp, data)
+        ops.rename(tmp, self._p(VOTE_FILE))
+        ops.fsync(self._dir_fd)
+
+    # -------------------------------------------------------------- flusher
+
+    def _kick(self) -> None:
+        if self._flusher is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise StorageError("FileLogStore: append, truncate_after and purge must be "
+                                   "called from a running event loop") from None
+            self._flusher = loop.create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        try:
+            while (self._buf or self._buf_callbacks) and self._failed is None:
+                group = self._take_group()
+                if group.data:
+                    try:
+                        fd = await self._executor(self._write_group, self._fd, group.data,
+                                                  group.roll and group.roll.path,
+                                                  [s.path for s in group.delete])
+                    except asyncio.CancelledError:
+                        self._fail(StorageError(
+                            f"FileLogStore {self.path}: a flush was cancelled; whether it "
+                            "reached the disk is unknown"), group)
+                        raise
+                    except BaseException as exc:
+                        self._fail(StorageError(
+                            f"FileLogStore {self.path}: writing the log failed: {exc}; the "
+                            "store takes no more writes"), group, exc)
+                        return
+                    self._fd = fd
+                    if group.delete:
+                        del self._segments[:len(group.delete)]
+                self._notify(group.callbacks, None)
+        finally:
+            self._flusher = None
+
+    def _take_group(self) -> _Group:
+        """Takes the buffered records as one group (event loop thread)."""
+        group = _Group()
+        group.callbacks = self._buf_callbacks
+        self._buf_callbacks = []
+        records = self._buf
+        if not records:
+            return group
+        self._buf = []
+        parts = []
+        active = self._segments[-1] if self._segments else None
+        if active is None or active.size >= self.segment_size:
+            seq = active.seq + 1 if active is not None else 1
+            active = _Segment(seq, self._p(_seg_name(seq)))
+            start, purged, committed = self._taken
+            parts.append(frame(R_HEADER, self._packer.pack(
+                [FORMAT_VERSION, seq, start, encode_log_id(purged),
+                 encode_log_id(committed)])))
+            self._segments.append(active)
+            group.roll = active
+        active.groups += 1
+        parts.extend(records)
+        glen = sum(map(len, parts))
+        parts.append(frame(R_MARKER, _MARKER.pack(active.groups, glen)))
+        group.data = b"".join(parts)
+        active.size += len(group.data)
+        if self._buf_max_index > active.max_index:
+            active.max_index = self._buf_max_index
+        self._buf_max_index = 0
+        ix = self._index
+        self._taken = (ix.next_index, ix.purged, self._committed)
+        group.delete = self._deletable(ix.purged_index)
+        return group
+
+    def _write_group(self, fd: Optional[int], data: bytes, new_path: Optional[str],
+                     delete: list) -> int:
+        """Runs in the executor: writes a group, fsyncs it, rolls and deletes segments."""
+        ops = self._ops
+        if new_path:
+            new_fd = ops.open_append(new_path, create=True)
+            try:
+                ops.write(new_fd, data)
+                ops.fsync(new_fd)
+                ops.fsync(self._dir_fd)
+            except BaseException:
+                ops.close(new_fd)
+                raise
+            if fd is not None:
+                ops.close(fd)
+            fd = new_fd
+        else:
+            ops.write(fd, data)
+            ops.fsync(fd)
+        if delete:
+            # The purge that allows this is durable now (this group or earlier).
+            for path in delete:
+                ops.unlink(path)
+            ops.fsync(self._dir_fd)
+        return fd
+
+    def _notify(self, callbacks: list, err: Optional[BaseException]) -> None:
+        for cb in callbacks:
+            try:
+                cb(err)
+            except Exception:
+                log.exception("FileLogStore %s: an on_flushed callback raised", self.path)
+
+    def _fail(self, err: StorageError, group: _Group,
+              cause: Optional[BaseException] = None) -> None:
+        if cause is not None:
+            err.__cause__ = cause
+        log.error("%s", err)
+        self._failed = err
+        callbacks = group.callbacks + self._buf_callbacks
+        self._buf_callbacks = []
+        self._buf = []
+        self._notify(callbacks, err)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def close(self) -> None:
+        """Flushes what is buffered (its on_flushed callbacks fire), then
+        releases the directory and its file handles."""
+        if self._closed:
+            return
+        while self._flusher is not None:
+            try:
+                await asyncio.shield(self._flusher)
+            except asyncio.CancelledError:
+                if self._flusher is not None and not self._flusher.done():
+                    raise
+            except Exception:
+                pass    # reported to the on_flushed callbacks already
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        for attr in ("_fd", "_dir_fd", "_lock_fd"):
+            fd = getattr(self, attr, None)
+            if fd is not None:
+                setattr(self, attr, None)
+                try:
+                    self._ops.close(fd)
+                except OSError:
+                    log.warning("FileLogStore %s: closing a file failed", self.path,
+                                exc_info=True)
+
+    def __del__(self) -> None:
+        # A store dropped without close(): release the lock and handles.
+        if getattr(self, "_closed", True) is False:
+            self._closed = True
+            self._release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"FileLogStore {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._failed is not None:
+            raise StorageError(f"FileLogStore {self.path} failed earlier and takes no more "
+                               f"writes: {self._failed}") from self._failed
