@@ -9,8 +9,9 @@ class AppendEntriesRequest:
     prev_log_index: int
     entries: list[Entry]
     leader_commit: int
+    seq: int
     def __init__(self, term: int, leader_id: Any, prev_log_term: int, prev_log_index: int,
-                 entries: list[Entry], leader_commit: int) -> None: ...
+                 entries: list[Entry], leader_commit: int, seq: int = 0) -> None: ...
     @property
     def last_index(self) -> int: ...
 
@@ -28,11 +29,43 @@ class VoteRequest:
     candidate_id: Any
     last_log_term: int
     last_log_index: int
+    pre_vote: bool
+    transfer: bool
     def __init__(self, term: int, candidate_id: Any, last_log_term: int,
-                 last_log_index: int) -> None: ...
+                 last_log_index: int, pre_vote: bool = False, transfer: bool = False) -> None: ...
 
 class VoteResponse:
     term: int
     granted: bool
     voter_id: Optional[Any]
     def __init__(self, term: int, granted: bool, voter_id: Any = None) -> None: ...
+
+class TransferLeaderRequest:
+    term: int
+    leader_id: Any
+    last_log_index: int
+    def __init__(self, term: int, leader_id: Any, last_log_index: int) -> None: ...
+
+class SnapshotMeta:
+    last_log_term: int
+    last_log_index: int
+    membership: Any
+    snapshot_id: str
+    def __init__(self, last_log_term: int, last_log_index: int, membership: Any,
+                 snapshot_id: str) -> None: ...
+    @property
+    def last_log_id(self) -> Any: ...
+
+class InstallSnapshotRequest:
+    term: int
+    leader_id: Any
+    meta: SnapshotMeta
+    offset: int
+    data: bytes
+    done: bool
+    def __init__(self, term: int, leader_id: Any, meta: SnapshotMeta, offset: int, data: bytes,
+                 done: bool) -> None: ...
+
+class InstallSnapshotResponse:
+    term: int
+    def __init__(self, term: int) -> None: ...

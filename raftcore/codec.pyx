@@ -17,7 +17,8 @@ Layouts (all lists):
 from raftcore.types cimport Entry, LogId, Vote, make_entry, BLANK, NORMAL, MEMBERSHIP
 from raftcore.membership cimport Membership
 from raftcore.messages cimport (
-    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse, TransferLeaderRequest)
+    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse, TransferLeaderRequest,
+    SnapshotMeta, InstallSnapshotRequest, InstallSnapshotResponse)
 
 from raftcore.errors import CodecError
 
@@ -26,6 +27,8 @@ MSG_APPEND_ENTRIES_RESPONSE = 2
 MSG_VOTE = 3
 MSG_VOTE_RESPONSE = 4
 MSG_TRANSFER_LEADER = 5
+MSG_INSTALL_SNAPSHOT = 6
+MSG_INSTALL_SNAPSHOT_RESPONSE = 7
 
 cdef object _Node = None
 
@@ -160,6 +163,20 @@ cpdef list decode_entries(object flat):
     return out
 
 
+def encode_snapshot_meta(SnapshotMeta meta):
+    m = meta.membership
+    return [meta.last_log_term, meta.last_log_index,
+            encode_membership(m) if m is not None else None, meta.snapshot_id]
+
+
+def decode_snapshot_meta(obj):
+    cdef list v = _list(obj, "snapshot meta", 4)
+    if type(v[3]) is not str:
+        raise CodecError("snapshot id must be a string")
+    return SnapshotMeta(_int(v[0], "snapshot last term"), _int(v[1], "snapshot last index"),
+                        decode_membership(v[2]) if v[2] is not None else None, v[3])
+
+
 # --------------------------------------------------------------- messages
 
 cpdef list encode_message(object msg):
@@ -169,6 +186,7 @@ cpdef list encode_message(object msg):
     cdef VoteRequest v
     cdef VoteResponse vr
     cdef TransferLeaderRequest tl
+    cdef InstallSnapshotRequest isr
     if type(msg) is AppendEntriesRequest:
         a = <AppendEntriesRequest>msg
         return [MSG_APPEND_ENTRIES, a.term, a.leader_id, a.prev_log_term, a.prev_log_index,
@@ -187,6 +205,12 @@ cpdef list encode_message(object msg):
     if type(msg) is TransferLeaderRequest:
         tl = <TransferLeaderRequest>msg
         return [MSG_TRANSFER_LEADER, tl.term, tl.leader_id, tl.last_log_index]
+    if type(msg) is InstallSnapshotRequest:
+        isr = <InstallSnapshotRequest>msg
+        return [MSG_INSTALL_SNAPSHOT, isr.term, isr.leader_id, encode_snapshot_meta(isr.meta),
+                isr.offset, isr.data, isr.done]
+    if type(msg) is InstallSnapshotResponse:
+        return [MSG_INSTALL_SNAPSHOT_RESPONSE, (<InstallSnapshotResponse>msg).term]
     raise CodecError(f"cannot encode a {type(msg).__name__}: not a raftcore message")
 
 
@@ -226,4 +250,16 @@ cpdef object decode_message(object obj):
         _list(m, "TransferLeader", 4)
         return TransferLeaderRequest(_int(m[1], "term"), _node_id(m[2], "leader_id"),
                                      _int(m[3], "last_log_index"))
+    if t == MSG_INSTALL_SNAPSHOT:
+        _list(m, "InstallSnapshot", 7)
+        if type(m[5]) is not bytes or type(m[6]) is not bool:
+            raise CodecError("InstallSnapshot data must be bytes and done a boolean")
+        offset = _int(m[4], "offset")
+        if offset < 0:
+            raise CodecError("InstallSnapshot offset must be >= 0")
+        return InstallSnapshotRequest(_int(m[1], "term"), _node_id(m[2], "leader_id"),
+                                      decode_snapshot_meta(m[3]), offset, m[5], m[6])
+    if t == MSG_INSTALL_SNAPSHOT_RESPONSE:
+        _list(m, "InstallSnapshotResponse", 2)
+        return InstallSnapshotResponse(_int(m[1], "term"))
     raise CodecError(f"unknown message type {t!r}")
