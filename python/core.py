@@ -445,7 +445,9 @@ class RaftCore:
     async def _core_loop(self) -> None:
         while not self.stopped:
             self._wakeup = self.loop.create_future()
-            if self._deferred or self.engine.output or self._pending_writes:
+            # While an executor runs (possibly suspended in an await), it
+            # drains all work before it lets go: only wait for the next kick.
+            if not self._busy and (self._deferred or self.engine.output or self._pending_writes):
                 self._wakeup.set_result(None)
             await self._wakeup
             if not self._busy:

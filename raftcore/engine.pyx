@@ -106,9 +106,17 @@ cdef class Engine:
     # leadership transfer
     cdef readonly object transfer_to
     cdef double transfer_deadline
+    # Once this leader asked a node to take over, that node's transfer vote
+    # (which bypasses lease refusals) may arrive at any later time, even
+    # after the transfer was abandoned: the lease is given up for the rest
+    # of the term (reads fall back to ReadIndex).
+    cdef bint lease_forfeited
     # snapshots
     cdef readonly SnapshotMeta snapshot_meta   # the newest snapshot this node holds
     cdef long long keep_logs                   # entries kept below a snapshot when purging
+    # Known-bad behaviours, switched on only by tests that prove the
+    # simulator catches them (inject_bug); all False in normal operation.
+    cdef bint bug_commit_prev_term, bug_double_vote, bug_unconfirmed_reads
     # pre-vote
     cdef bint pre_vote
     cdef readonly bint prevoting
@@ -156,9 +164,13 @@ cdef class Engine:
         self.vote_refuse_until = -1e300
         self.transfer_to = None
         self.transfer_deadline = 0.0
+        self.lease_forfeited = False
         self.prevoting = False
         self.pre_granted = set()
         self.snapshot_meta = None
+        self.bug_commit_prev_term = False
+        self.bug_double_vote = False
+        self.bug_unconfirmed_reads = False
         if keep_logs < 0:
             raise ValueError("keep_logs must be >= 0")
         self.keep_logs = keep_logs
@@ -167,6 +179,21 @@ cdef class Engine:
         self.heartbeat_deadline = now
 
     # ------------------------------------------------------------------ output
+
+    def inject_bug(self, str name):
+        """TEST ONLY: switches on a known-bad behaviour so that a test can show
+        the simulator's checks catch it. Names: "commit_prev_term" (count a
+        previous term's entries toward commit), "double_vote" (grant a second
+        vote in one term), "unconfirmed_reads" (serve reads without
+        confirming leadership)."""
+        if name == "commit_prev_term":
+            self.bug_commit_prev_term = True
+        elif name == "double_vote":
+            self.bug_double_vote = True
+        elif name == "unconfirmed_reads":
+            self.bug_unconfirmed_reads = True
+        else:
+            raise ValueError(f"unknown bug {name!r}")
 
     def take_commands(self):
         """Returns the commands emitted since the last call, in order."""
@@ -319,6 +346,8 @@ cdef class Engine:
         self.now = now
         self._check_proposable()
         cdef long long seq = self._broadcast_heartbeat()
+        if self.bug_unconfirmed_reads:
+            return self.committed, 0
         return self._read_point(), seq
 
     def lease_read(self, double now):
@@ -326,6 +355,8 @@ cdef class Engine:
         trip needed), else -1. Raises ForwardToLeader elsewhere."""
         self.now = now
         self._check_proposable()
+        if self.bug_unconfirmed_reads:
+            return self.committed
         if self._lease_valid(now):
             return self._read_point()
         return -1
@@ -499,7 +530,8 @@ cdef class Engine:
             return VoteResponse(self.vote.term, req.term > self.vote.term and up_to_date, self.id)
         if req.term > self.vote.term:
             self._become_follower(Vote(req.term, None, False), None)
-        cdef bint free_to_vote = self.vote.node_id is None or self.vote.node_id == req.candidate_id
+        cdef bint free_to_vote = (self.vote.node_id is None or self.vote.node_id == req.candidate_id
+                                  or self.bug_double_vote)
         if free_to_vote and up_to_date and self.state != S_LEADER:
             granted = True
             self._set_vote(Vote(req.term, req.candidate_id, False))
@@ -765,7 +797,7 @@ cdef class Engine:
         return self.seq_times[acc % SEQ_RING]
 
     cdef bint _lease_valid(self, double now):
-        if self.transfer_to is not None:
+        if self.transfer_to is not None or self.lease_forfeited:
             return False
         return now < self._quorum_contact_time() + self.election_min - self.lease_margin
 
@@ -779,6 +811,7 @@ cdef class Engine:
         cdef Progress p = self.progress.get(self.transfer_to)
         if p is None or p.matched < self.log.last_index():
             return
+        self.lease_forfeited = True
         self.output.append(("send_transfer", self.transfer_to, TransferLeaderRequest(
             self.vote.term, self.id, self.log.last_index())))
 
@@ -863,6 +896,7 @@ cdef class Engine:
         self.leader_id = self.id
         self.granted = set()
         self.leader_since = self.now
+        self.lease_forfeited = False
         self._rebuild_replication()
         # A blank entry of the new term lets the leader commit (and learn the
         # commit point of) everything before it (Raft paper, section 8).
@@ -1003,7 +1037,7 @@ cdef class Engine:
         if candidate <= self.committed:
             return
         # Figure 8: only an entry of the current term is committed by counting.
-        if self.log.term_at(candidate) != self.vote.term:
+        if self.log.term_at(candidate) != self.vote.term and not self.bug_commit_prev_term:
             return
         self.committed = candidate
         self._maybe_apply()

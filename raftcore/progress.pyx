@@ -65,13 +65,14 @@ cdef class Progress:
         if advanced:
             self.matched = matched
         if self.state == PROBE or self.state == SNAPSHOT:
-            # The matching point is known: switch to streaming.
+            # The matching point is known: stream from right after it. (An
+            # answer to a heartbeat proves a match only up to `matched`; what
+            # the follower holds beyond it is unknown, so resend from there.)
             self.state = REPLICATE
             self.probe_sent = False
             self.inflight_count = 0
             self.inflight_start = 0
-            if self.next_index <= self.matched:
-                self.next_index = self.matched + 1
+            self.next_index = self.matched + 1
         else:
             self.free_upto(matched)
             if self.next_index <= self.matched:

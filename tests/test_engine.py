@@ -193,7 +193,8 @@ def test_vote_is_saved_before_the_response_that_grants_it(voter_state):
         voter, _ = cluster(M3)
         voter.take_commands()
     voter.take_commands()
-    resp = voter.handle_vote_request(VoteRequest(4, 3, 2, 10), 0.0)
+    # (at 3.0: long after any leader lease or vote refusal window of time 0)
+    resp = voter.handle_vote_request(VoteRequest(4, 3, 2, 10), 3.0)
     assert resp == VoteResponse(4, True, voter.id)
     cmds = voter.take_commands()
     assert cmds and all(c[0] == "save_vote" for c in cmds), cmds
@@ -269,36 +270,120 @@ def test_vote_responses_to_an_earlier_term_do_not_count_in_a_later_election():
                                      "append response"])
 def test_leader_that_sees_a_higher_term_steps_down_and_saves_the_new_term(message):
     # Section 5.1: "If a candidate or leader discovers that its term is out of
-    # date, it immediately reverts to follower state."
+    # date, it immediately reverts to follower state." The events come at
+    # t = 3, after the leader's lease (heard from a quorum at t = 0) ran out.
     leader, _ = cluster(M3)
     leader.take_commands()
     assert leader.vote == Vote(2, 1, True)
+    t = 3.0
     blank_req = AER(2, 1, 1, 1, [blank(2, 2)], 1)
     if message == "vote request":
         # A candidate whose log is behind: the term is adopted, the vote refused.
-        resp = leader.handle_vote_request(VoteRequest(5, 3, 1, 1), 0.0)
+        resp = leader.handle_vote_request(VoteRequest(5, 3, 1, 1), t)
         assert resp == VoteResponse(5, False, 1)
         expected = [("save_vote", Vote(5, None, False))]
     elif message == "vote response":
-        leader.handle_vote_response(2, VoteRequest(2, 1, 1, 1), VoteResponse(5, False, 2), 0.0)
+        leader.handle_vote_response(2, VoteRequest(2, 1, 1, 1), VoteResponse(5, False, 2), t)
         expected = [("save_vote", Vote(5, None, False))]
     elif message == "append entries":
-        resp = leader.handle_append_entries(AER(5, 3, 2, 2, [], 2), 0.0)
+        resp = leader.handle_append_entries(AER(5, 3, 2, 2, [], 2), t)
         assert resp == AEResp(5, True, 2)
         expected = [("save_vote", Vote(5, 3, True))]
     else:
-        leader.handle_append_response(2, blank_req, AEResp(5, False), 0.0)
+        leader.handle_append_response(2, blank_req, AEResp(5, False), t)
         expected = [("save_vote", Vote(5, None, False))]
     assert leader.take_commands() == expected
     assert leader.state == FOLLOWER
     assert leader.vote.term == 5
     with pytest.raises(ForwardToLeader):
-        leader.client_write([b"x"], 0.0)
+        leader.client_write([b"x"], t)
     # Nothing of its old leadership goes on: no heartbeats, old answers ignored.
-    leader.handle_append_response(2, blank_req, AEResp(2, True, 2), 0.1)
-    leader.tick(0.6)
+    leader.handle_append_response(2, blank_req, AEResp(2, True, 2), t)
+    leader.tick(t + 0.6)
     assert [c for c in leader.take_commands() if c[0] == "send_append"] == []
     assert leader.replication() is None
+
+
+@isolated
+def test_leader_whose_lease_holds_refuses_votes_without_adopting_the_higher_term():
+    # Raft thesis 4.2.3 (disruptive servers): a server that heard from a
+    # current leader within the minimum election timeout neither updates its
+    # term nor grants its vote. Here the leader heard from a quorum at t = 0.
+    leader, _ = cluster(M3)
+    leader.take_commands()
+    assert leader.lease_valid(0.99)
+    assert leader.handle_vote_request(VoteRequest(5, 3, 9, 99), 0.99) == VoteResponse(2, False, 1)
+    assert leader.take_commands() == []
+    assert leader.state == LEADER and leader.vote == Vote(2, 1, True)
+    # Once the lease is over, the same request deposes it and wins its vote.
+    assert not leader.lease_valid(1.0)
+    assert leader.handle_vote_request(VoteRequest(5, 3, 9, 99), 1.0) == VoteResponse(5, True, 1)
+    cmds = leader.take_commands()
+    assert cmds[-1] == ("save_vote", Vote(5, 3, False))
+    assert leader.state == FOLLOWER
+
+
+@isolated
+def test_follower_that_heard_from_the_leader_within_the_minimum_election_timeout_refuses_votes():
+    f = restored(2, M3, terms=[1], vote=Vote(1, 1, True), committed=1)
+    assert f.handle_append_entries(AER(1, 1, 1, 1, [], 1), 0.2) == AEResp(1, True, 1)
+    assert f.handle_vote_request(VoteRequest(2, 3, 1, 1), 1.19) == VoteResponse(1, False, 2)
+    assert f.take_commands() == [] and f.vote == Vote(1, 1, True)
+    assert f.handle_vote_request(VoteRequest(2, 3, 1, 1), 1.2) == VoteResponse(2, True, 2)
+    assert f.take_commands()[-1] == ("save_vote", Vote(2, 3, False))
+
+
+@isolated
+def test_delayed_vote_request_of_an_abandoned_leadership_transfer_cannot_elect_a_leader_during_the_old_leaders_lease():
+    # Raft thesis 6.4.1: a lease is safe only if no other leader can be
+    # elected before it ends. Leader 1 asks 2 to take over; 2's transfer vote
+    # requests are delayed; the transfer times out and 1 leads on, renewing
+    # its lease with 3's ack at t = 2.0. Then 2's old request reaches 3.
+    nodes = {i: restored(i, M3, terms=[1], vote=Vote(1, None), committed=1) for i in (1, 2, 3)}
+    n1, n2, n3 = nodes[1], nodes[2], nodes[3]
+    _, cmds = elect(n1, [2, 3])
+    flush_all(n1)
+    n1.take_commands()
+    for i in (2, 3):
+        deliver_append(n1, nodes[i], only(sends(cmds)[i]))
+    n1.transfer_leader(2, 0.0)
+    transfer = only(sends(n1.take_commands(), "send_transfer")[2])
+    n2.handle_transfer_leader(transfer, 0.0)
+    delayed = only(sends(n2.take_commands(), "send_vote")[3])
+    assert delayed.transfer and delayed.term == 3
+    n1.tick(2.0)                                   # transfer deadline: 0 + election_timeout_max
+    heartbeat = only(sends(n1.take_commands())[3])
+    deliver_append(n1, n3, heartbeat, now=2.0)
+    resp = n3.handle_vote_request(delayed, 2.1)
+    n3.take_commands()
+    n2.handle_vote_response(3, delayed, resp, 2.1)
+    # Never both: a leader of term 3 and a term-2 leader that trusts its lease
+    # (it would serve reads that miss term 3's commits).
+    assert not (n2.state == LEADER and n1.state == LEADER and n1.lease_valid(2.1)), \
+        (f"node 2 leads term {n2.vote.term} while node 1 (term {n1.vote.term}) holds a lease "
+         f"and would answer lease_read(2.1) = {n1.lease_read(2.1)}")
+
+
+@isolated
+def test_pre_vote_round_changes_no_term_and_saves_no_vote_until_a_majority_would_grant():
+    # Raft thesis 9.6: a candidate first asks whether it would win, without
+    # raising any term; only then does it start the real election.
+    cand = restored(1, M3, terms=[1], vote=Vote(1, None), committed=1, pre_vote=True)
+    voter = restored(2, M3, terms=[1], vote=Vote(1, None), committed=1, pre_vote=True)
+    cand.tick(cand.next_deadline())
+    pre = VoteRequest(2, 1, 1, 1, True, False)
+    assert cand.take_commands() == [("send_vote", 2, pre), ("send_vote", 3, pre)]
+    assert cand.vote == Vote(1, None) and cand.state == FOLLOWER
+    resp = voter.handle_vote_request(pre, 1.0)
+    assert resp == VoteResponse(1, True, 2)
+    assert voter.take_commands() == [] and voter.vote == Vote(1, None)
+    cand.handle_vote_response(2, pre, resp, 1.0)
+    assert cand.take_commands() == [
+        ("save_vote", Vote(2, 1, False)),
+        ("send_vote", 2, VoteRequest(2, 1, 1, 1)),
+        ("send_vote", 3, VoteRequest(2, 1, 1, 1)),
+    ]
+    assert cand.state == CANDIDATE
 
 
 @isolated
@@ -777,34 +862,36 @@ class Sim:
     """Several Nodes exchanging messages through a network that delays,
     reorders, duplicates and drops them, with flushes reported late and
     nodes restarting from what they persisted. Every choice comes from a
-    seeded random.Random, so a failure replays exactly."""
+    seeded random.Random, so a failure replays exactly. One clock for all:
+    `now` only moves forward."""
 
-    def __init__(self, seed, n=3):
+    def __init__(self, seed, n=3, **options):
         self.rnd = random.Random(seed)
         self.now = 0.0
+        self.options = dict(max_payload_entries=3, max_inflight=2, **options)
         ids = list(range(1, n + 1))
         self.membership = members(set(ids))
-        self.nodes = {}
-        for i in ids:
-            e = h.make_engine(i, rng=self.rnd.random, max_payload_entries=3, max_inflight=2)
-            self.nodes[i] = h.Node(e)
+        self.nodes = {i: h.Node(h.make_engine(i, rng=self.rnd.random, **self.options))
+                      for i in ids}
         self.net = []                 # (kind, src, dst, payload...)
         self.held = []                # (node id, term, response msg) waiting for a flush
         self.leaders = {}             # term -> leader id
         self.applied = {}             # index -> entry applied there (by any node)
         self.writes = 0
+        self.budget = 5000            # deliveries, so a livelock fails instead of hanging
         self.nodes[1].engine.initialize(self.membership)
         self.settle()
 
     # --- plumbing
-    def settle(self):
+    def settle(self, check=True):
         for node in self.nodes.values():
             node.run()
             for kind, dst, req in node.outbox:
                 self.net.append((kind, node.id, dst, req))
             node.outbox = []
             self.release(node)
-        self.check()
+        if check:
+            self.check()
 
     def release(self, node):
         keep = []
@@ -812,7 +899,9 @@ class Sim:
             if nid != node.id:
                 keep.append((nid, term, msg))
             elif node.engine.vote.term != term:
-                pass                                  # answer withdrawn (core.py does the same)
+                # A newer term truncated meanwhile: the claimed match may no
+                # longer hold, so the runtime answers a failure instead.
+                self.net.append(msg[:4] + (AEResp(node.engine.vote.term, False, 0, 0, 0),))
             elif node.engine.flushed >= msg[4].matched:
                 self.net.append(msg)
             else:
@@ -820,6 +909,8 @@ class Sim:
         self.held = keep
 
     def deliver(self, msg):
+        self.budget -= 1
+        assert self.budget > 0, "the simulation exceeded its step budget (livelock?)"
         kind, src, dst = msg[0], msg[1], msg[2]
         e = self.nodes[dst].engine
         if kind == "vote":
@@ -841,27 +932,38 @@ class Sim:
 
     def restart(self, i):
         old = self.nodes[i]
-        e = h.make_engine(i, rng=self.rnd.random, max_payload_entries=3, max_inflight=2,
-                          now=self.now)
+        e = h.make_engine(i, rng=self.rnd.random, now=self.now, **self.options)
         # Everything the log store accepted survives (the store flushed it
         # before the crash); the vote is what save_vote made durable.
         e.restore(old.saved_vote, None, list(old.disk), 0, len(old.applied), None)
+        # As the runtime does: a restarted node forgot when it last heard
+        # from a leader, so it assumes it just did.
+        e.refuse_votes_until(self.now + h.DEFAULTS["election_timeout_min"])
         node = h.Node(e, disk=old.disk, applied=old.applied)
         node.saved_vote = old.saved_vote
         self.nodes[i] = node
+        # Answers it held back until a flush die with it: their senders' RPCs fail.
+        for (nid, _, msg) in self.held:
+            if nid == i:
+                self.nodes[msg[2]].engine.handle_append_failure(i, msg[3], self.now)
         self.held = [x for x in self.held if x[0] != i]
 
     # --- invariants
     def check(self):
-        for i, node in self.nodes.items():
+        leaders = [n.engine for n in self.nodes.values() if n.engine.state == LEADER]
+        for node in self.nodes.values():
             e = node.engine
             if e.state == LEADER:
-                other = self.leaders.setdefault(e.vote.term, i)
-                assert other == i, f"two leaders in term {e.vote.term}: {other} and {i}"
+                other = self.leaders.setdefault(e.vote.term, node.id)
+                assert other == node.id, f"two leaders in term {e.vote.term}: {other} and {node.id}"
                 # Leader completeness: it holds every entry applied anywhere.
                 for idx, ent in self.applied.items():
                     assert idx <= e.last_log_index and e.entries(idx, idx)[0] == ent, \
-                        f"leader {i} of term {e.vote.term} lacks applied entry {ent}"
+                        f"leader {node.id} of term {e.vote.term} lacks applied entry {ent}"
+                # A valid lease means no newer leader can exist yet.
+                if e.lease_valid(self.now):
+                    newer = [x.id for x in leaders if x.vote.term > e.vote.term]
+                    assert not newer, f"leader {node.id} holds a lease while {newer} lead a later term"
             for ent in node.applied:
                 prev = self.applied.setdefault(ent.index, ent)
                 assert prev == ent, f"state machine safety: {prev} and {ent} applied at {ent.index}"
@@ -893,8 +995,12 @@ class Sim:
             self.deliver(msg)
         elif r < 0.55 and self.net:
             msg = self.net.pop(self.rnd.randrange(len(self.net)))
-            if msg[0] == "append":                     # the sender learns it was lost
+            # A lost request or a lost answer look the same to the sender: its
+            # RPC fails (times out), and the runtime reports that.
+            if msg[0] == "append":
                 self.nodes[msg[1]].engine.handle_append_failure(msg[2], msg[3], self.now)
+            elif msg[0] == "append_resp":
+                self.nodes[msg[2]].engine.handle_append_failure(msg[1], msg[3], self.now)
         elif r < 0.75:
             pending = [n for n in self.nodes.values() if n.pending_flush]
             if pending:
@@ -913,42 +1019,51 @@ class Sim:
         self.settle()
 
     def quiesce(self):
-        """No more faults: deliver everything, flush everything, heartbeat."""
-        for _ in range(200):
+        """No more faults: deliver everything, flush everything, let time run."""
+        for _ in range(300):
             while self.net or any(n.pending_flush for n in self.nodes.values()):
                 for node in self.nodes.values():
                     node.flush()
-                self.settle()
+                self.settle(check=False)
                 while self.net:
                     self.deliver(self.net.pop(0))
-                    self.settle()
+                    self.settle(check=False)
+                self.check()
             leader = self.leader()
             if leader is not None:
                 last = leader.engine.last_log_index
                 if all(len(n.applied) == last for n in self.nodes.values()):
                     return leader
-                leader.engine.trigger_heartbeat(self.now)
-            else:
-                node = min(self.nodes.values(), key=lambda n: n.engine.next_deadline())
-                self.now = max(self.now, node.engine.next_deadline())
-                node.engine.tick(self.now)
+            # Time runs to the next deadline of any node: heartbeats or elections.
+            node = min(self.nodes.values(), key=lambda n: n.engine.next_deadline())
+            self.now = max(self.now, node.engine.next_deadline())
+            for n in self.nodes.values():
+                n.engine.tick(self.now)
             self.settle()
         raise AssertionError("the cluster did not converge: " + repr(
             {i: (n.engine.state, n.engine.vote, n.engine.last_log_index, n.engine.committed,
                  len(n.applied)) for i, n in self.nodes.items()}))
 
 
+SIM_CASES = [(seed, 3 if seed % 2 else 5, dict(check_quorum=seed % 3 == 1, pre_vote=seed % 4 >= 2))
+             for seed in range(16)]
+
+
 @isolated
-@pytest.mark.parametrize("seed", range(12))
-def test_random_delays_drops_duplicates_and_restarts_keep_raft_safety_and_then_converge(seed):
+@pytest.mark.parametrize("seed, n, options", SIM_CASES,
+                         ids=[f"seed{s}-{n}nodes-" + "-".join(k for k, v in o.items() if v)
+                              for s, n, o in SIM_CASES])
+def test_random_delays_drops_duplicates_and_restarts_keep_raft_safety_and_then_converge(
+        seed, n, options):
     # Figure 3's guarantees (election safety, log matching, leader
-    # completeness, state machine safety) hold after every step; once faults
-    # stop, every node applies the whole log.
-    sim = Sim(seed, n=3 if seed % 2 else 5)
-    for _ in range(600):
+    # completeness, state machine safety) and lease exclusivity hold after
+    # every step; once faults stop, every node applies the whole log.
+    sim = Sim(seed, n=n, **options)
+    for _ in range(1500):
         sim.step()
     leader = sim.quiesce()
-    logs = [n.engine.entries(1, n.engine.last_log_index) for n in sim.nodes.values()]
+    logs = [x.engine.entries(1, x.engine.last_log_index) for x in sim.nodes.values()]
     assert all(lg == logs[0] for lg in logs)
-    assert all(n.applied == logs[0] for n in sim.nodes.values())
+    assert all(x.applied == logs[0] for x in sim.nodes.values())
     assert leader.engine.committed == leader.engine.last_log_index
+    assert sim.writes > 0 and len(sim.leaders) >= 1

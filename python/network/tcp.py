@@ -19,21 +19,30 @@ Wire format, version 1. Every frame is
 and a body is one of
 
     [request_id, message]          a request (client -> server) or its reply
+    [request_id, None]             the reply of a handler that returns nothing
     [request_id, None, reason]     the server's handler raised: `reason` is its text
 
 where `message` is what `raftcore.codec.encode_message` makes of an RPC
 message, and `request_id` is an integer the client chose. Requests carry
-AppendEntries or Vote; replies carry the matching response type.
+AppendEntries, Vote, InstallSnapshot or TransferLeader; replies carry the
+matching response type (TransferLeader has none: `[request_id, None]`).
 
-Pipelining. A client keeps one connection per peer for replication and sends
-every RPC on it as soon as it is made, each under a fresh request id; replies
-are matched to waiting calls by id, so any number of requests are in flight at
+Connections. A client keeps one connection per peer for replication
+(AppendEntries, Vote, TransferLeader) and opens a second one, on first use,
+for snapshot chunks (InstallSnapshot), so that a snapshot being streamed never
+delays heartbeats and appends. Each has its own back-off.
+
+Pipelining. A client sends every RPC on its connection as soon as it is
+made (an AppendEntries from the runtime's `append_entries_nowait` fast path is
+written before the call returns), each under a fresh request id; replies are
+matched to waiting calls by id, so any number of requests are in flight at
 once and the server may answer them in any order. The server steps the node
 for each request in arrival order (an AppendEntries the node can take without
 awaiting is answered right in the reading loop; anything else runs in a task
 of its own, started in arrival order) and keeps reading while a request waits
-(for a flush, a vote save, ...). A frame is built and parsed per message -- an
-AppendEntries carries its whole batch of entries in one frame.
+(for a flush, a vote save, ...). A frame is built and parsed per message --
+an AppendEntries carries its whole batch of entries in one frame, encoded by
+one msgpack call.
 
 Failures. A connection that fails, or a connect that fails, makes the peer
 "backing off": the next attempt is allowed after 200 ms, doubling up to 1 s
@@ -68,8 +77,9 @@ import msgpack
 
 from raftcore.codec import decode_message, encode_message
 from raftcore.errors import CodecError, ConfigError, NetworkError, Timeout
-from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse, VoteRequest,
-                               VoteResponse)
+from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
+                               InstallSnapshotRequest, InstallSnapshotResponse,
+                               TransferLeaderRequest, VoteRequest, VoteResponse)
 from raftcore.network.base import Network, NetworkClient
 
 __all__ = ["TcpNetwork", "TcpClient", "RaftServer", "WIRE_VERSION", "DEFAULT_MAX_FRAME_SIZE",
@@ -145,7 +155,8 @@ class TcpNetwork(Network):
 
     ssl: an ssl.SSLContext (client side) to speak TLS, None for plaintext.
     rpc_timeout: seconds an RPC waits for its reply before raising Timeout
-        (pass the node's Config.rpc_timeout).
+        (pass the node's Config.rpc_timeout); the attribute may be changed
+        later and applies to the calls made after.
     max_frame_size: largest frame sent or accepted, in bytes.
     connect_timeout: seconds a connect (and TLS handshake) may take;
         defaults to rpc_timeout.
@@ -180,27 +191,51 @@ class TcpNetwork(Network):
 class TcpClient(NetworkClient):
     """Sends one node's RPCs to one peer over TCP.
 
-    Replication (AppendEntries, Vote) shares one pipelined connection. Snapshot
-    streaming is to get a second `_Channel` of its own, opened on first use,
-    so that a large snapshot never sits in front of heartbeats.
+    Replication (AppendEntries, Vote, TransferLeader) shares one pipelined
+    connection, the `_repl` channel; snapshot chunks go over a second one,
+    `_snap`, opened on first use, so a large snapshot never sits in front of
+    heartbeats.
     """
 
-    __slots__ = ("target", "addr", "_repl")
+    __slots__ = ("target", "addr", "_net", "_host", "_port", "_repl", "_snap")
 
     def __init__(self, net: TcpNetwork, target: int, host: str, port: int) -> None:
         self.target = target
         self.addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._net = net
+        self._host = host
+        self._port = port
         self._repl = _Channel(net, target, host, port, self.addr)
+        self._snap: Optional[_Channel] = None
 
     # Plain functions returning the call's coroutine: one frame less per RPC.
     def append_entries(self, req: AppendEntriesRequest):
         return self._repl.call(req, AppendEntriesResponse)
 
+    def append_entries_nowait(self, req: AppendEntriesRequest):
+        """The runtime's fast path: when connected, the request is written
+        now (not one task switch later) and an awaitable of the reply is
+        returned; None when not connected (the runtime then calls
+        append_entries, which connects)."""
+        return self._repl.call_nowait(req, AppendEntriesResponse)
+
     def vote(self, req: VoteRequest):
         return self._repl.call(req, VoteResponse)
 
+    def transfer_leader(self, req: TransferLeaderRequest):
+        return self._repl.call(req, _NONE)
+
+    def install_snapshot(self, req: InstallSnapshotRequest):
+        snap = self._snap
+        if snap is None:
+            snap = self._snap = _Channel(self._net, self.target, self._host, self._port,
+                                         self.addr, "snapshot ")
+        return snap.call(req, InstallSnapshotResponse)
+
     async def close(self) -> None:
         await self._repl.close()
+        if self._snap is not None:
+            await self._snap.close()
 
     def __repr__(self) -> str:
         return f"TcpClient(node {self.target} at {self.addr})"
@@ -217,6 +252,15 @@ class _Unreachable(NetworkClient):
 
     async def vote(self, req):
         raise NetworkError(self._msg)
+
+    async def install_snapshot(self, req):
+        raise NetworkError(self._msg)
+
+    async def transfer_leader(self, req):
+        raise NetworkError(self._msg)
+
+
+_NONE = type(None)
 
 
 class _Conn:
@@ -238,34 +282,70 @@ class _Channel:
     """A pipelined request/reply stream to one peer, over one connection at a
     time, reconnecting with back-off after failures."""
 
-    def __init__(self, net: TcpNetwork, target: int, host: str, port: int, addr: str) -> None:
+    def __init__(self, net: TcpNetwork, target: int, host: str, port: int, addr: str,
+                 kind: str = "") -> None:
         self._loop = asyncio.get_running_loop()
+        self._kind = kind            # "" or "snapshot ": names the connection in messages
         self._target = target
         self._host = host
         self._port = port
         self._addr = addr
+        self._net = net              # rpc_timeout is read from it at each call
         self._ssl = net.ssl
-        self._rpc_timeout = net.rpc_timeout
         self._connect_timeout = net.connect_timeout
         self._max_frame = net.max_frame_size
         self._packer = msgpack.Packer(use_bin_type=True)
         self._conn: Optional[_Conn] = None
         self._connecting: Optional[asyncio.Task] = None
         self._next_id = 0
+        self._queued = 0             # calls waiting to send (for a connection or a drain)
         self._backoff = 0.0          # current back-off delay; 0: the peer is healthy
         self._retry_at = 0.0         # loop time of the next allowed connect attempt
         self._last_error = ""
         self._closed = False
 
     def _who(self) -> str:
-        return f"node {self._target} at {self._addr}"
+        return f"node {self._target} at {self._addr}" + (
+            f" ({self._kind}connection)" if self._kind else "")
 
     # ------------------------------------------------------------- calls
 
     async def call(self, msg: Any, expect: type) -> Any:
         conn = self._conn
+        if conn is None or conn.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+            # Wait for a connection or for the send buffer to drain; while a
+            # caller waits here call_nowait declines, so requests go out in
+            # the order they were made.
+            self._queued += 1
+            try:
+                conn = await self._ready()
+            finally:
+                self._queued -= 1
+        rid, fut, timer = self._send(conn, msg)
+        return await self._reply(conn, rid, fut, timer, msg, expect)
+
+    async def _ready(self) -> _Conn:
+        conn = self._conn
         if conn is None:
-            conn = await self._connect()
+            return await self._connect()
+        try:
+            await conn.writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise NetworkError(f"connection to {self._who()} failed: {exc}") from None
+        return conn
+
+    def call_nowait(self, msg: Any, expect: type) -> Any:
+        """Sends `msg` right away when connected (and not backed up) and
+        returns an awaitable of the reply; None otherwise (use call)."""
+        conn = self._conn
+        if (conn is None or self._queued
+                or conn.transport.get_write_buffer_size() > _WRITE_HIGH_WATER):
+            return None
+        rid, fut, timer = self._send(conn, msg)
+        return self._reply(conn, rid, fut, timer, msg, expect)
+
+    def _send(self, conn: _Conn, msg: Any) -> tuple:
+        """Frames and writes one request; (request id, reply future, timeout handle)."""
         self._next_id = rid = self._next_id + 1
         try:
             body = self._packer.pack([rid, encode_message(msg)])
@@ -279,33 +359,30 @@ class _Channel:
                         type(msg).__name__, size, self._max_frame, self._who())
             raise NetworkError(f"{type(msg).__name__} of {size} bytes exceeds max_frame_size "
                                f"{self._max_frame}; not sent to {self._who()}")
-        if conn.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
-            try:
-                await conn.writer.drain()
-            except (ConnectionError, OSError) as exc:
-                raise NetworkError(f"connection to {self._who()} failed: {exc}") from None
         if conn.closed:
             raise NetworkError(f"connection to {self._who()} was lost; retrying with back-off")
         loop = self._loop
         fut = loop.create_future()
-        pending = conn.pending
-        pending[rid] = fut
+        conn.pending[rid] = fut
         if size <= _JOIN_BELOW:
             # One buffer, one send: copying a small body is cheaper than a
             # second write (uvloop sends each write at once).
             conn.writer.write(_pack_header(size, WIRE_VERSION) + body)
         else:
             conn.writer.writelines((_pack_header(size, WIRE_VERSION), body))
-        timer = loop.call_later(self._rpc_timeout, self._expire, conn, rid)
+        return rid, fut, loop.call_later(self._net.rpc_timeout, self._expire, conn, rid)
+
+    async def _reply(self, conn: _Conn, rid: int, fut: asyncio.Future, timer: Any, msg: Any,
+                     expect: type) -> Any:
         try:
             resp = await fut
         except BaseException:
-            pending.pop(rid, None)
+            conn.pending.pop(rid, None)
             raise
         finally:
             timer.cancel()
         if type(resp) is not expect:
-            reason = (f"replied to a {type(msg).__name__} with a {type(resp).__name__}")
+            reason = f"replied to a {type(msg).__name__} with a {type(resp).__name__}"
             self._protocol_error(conn, reason)
             raise NetworkError(f"{self._who()} {reason}")
         return resp
@@ -314,7 +391,7 @@ class _Channel:
         fut = conn.pending.pop(rid, None)
         if fut is not None and not fut.done():
             fut.set_exception(Timeout(
-                f"no reply from {self._who()} within rpc_timeout {self._rpc_timeout}s; "
+                f"no reply from {self._who()} within rpc_timeout {self._net.rpc_timeout}s; "
                 "the request may or may not have been handled (a late reply is dropped)"))
 
     # -------------------------------------------------------- connecting
@@ -330,6 +407,8 @@ class _Channel:
                     f"{self._who()} is unreachable ({self._last_error}); next connection "
                     f"attempt in {self._retry_at - now:.2f}s")
             task = self._connecting = self._loop.create_task(self._open())
+            # Retrieved here too, in case every caller gave up (was cancelled).
+            task.add_done_callback(_retrieve)
         # Shielded: a caller that gives up must not cancel the shared attempt.
         return await asyncio.shield(task)
 
@@ -413,11 +492,14 @@ class _Channel:
                     break
                 fut = pending.pop(obj[0], None)
                 if len(obj) == 2:
-                    try:
-                        resp = decode_message(obj[1])
-                    except Exception as exc:
-                        reason, warn = f"malformed reply message: {exc}", True
-                        break
+                    if obj[1] is None:
+                        resp = None          # the reply of a handler returning nothing
+                    else:
+                        try:
+                            resp = decode_message(obj[1])
+                        except Exception as exc:
+                            reason, warn = f"malformed reply message: {exc}", True
+                            break
                     if fut is not None and not fut.done():
                         fut.set_result(resp)
                 else:
@@ -435,6 +517,9 @@ class _Channel:
             raise
         except (ConnectionError, OSError, _ssl.SSLError) as exc:
             reason = f"connection error: {exc}"
+        except Exception as exc:  # a bug of ours: log it, drop the connection
+            reason = f"internal error: {exc!r}"
+            log.error("reading replies from %s failed", self._who(), exc_info=True)
         finally:
             if warn:
                 log.warning("closing the connection to %s: %s", self._who(), reason)
@@ -488,6 +573,11 @@ class _Channel:
         await _wait_closed(conn.writer)
 
 
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def _wait_closed(writer: asyncio.StreamWriter) -> None:
     """Waits for a closing writer's transport to close; aborts it if the
     peer does not finish a TLS shutdown promptly."""
@@ -522,7 +612,7 @@ class _ServerConn:
     def reply(self, rid: int, resp: Any) -> None:
         if self.closed:
             return
-        body = self.packer.pack([rid, encode_message(resp)])
+        body = self.packer.pack([rid, None if resp is None else encode_message(resp)])
         self.writer.write(_pack_header(len(body) + 1, WIRE_VERSION) + body)
 
     def reply_error(self, rid: int, exc: BaseException) -> None:
@@ -551,11 +641,18 @@ class RaftServer:
         self._ssl = ssl
         self._max_frame = max_frame_size
         self._server: Optional[asyncio.base_events.Server] = None
+        self._port = 0
         self._conns: set[_ServerConn] = set()
         self._handlers: set[asyncio.Task] = set()
         self._append = raft.append_entries
         self._append_nowait = getattr(raft, "append_entries_nowait", None)
-        self._vote = raft.vote
+        # Request type -> handler run in a task of its own (AppendEntries has
+        # its own path, see _dispatch).
+        self._handlers_by_type = {
+            VoteRequest: raft.vote,
+            InstallSnapshotRequest: getattr(raft, "install_snapshot", None),
+            TransferLeaderRequest: getattr(raft, "transfer_leader", None),
+        }
         self._closed = False
 
     @classmethod
@@ -569,6 +666,7 @@ class RaftServer:
         self = cls(raft, ssl, max_frame_size)
         self._server = await asyncio.start_server(self._serve, host, port, ssl=ssl,
                                                   limit=_READ_LIMIT)
+        self._port = self._server.sockets[0].getsockname()[1]
         log.info("serving node %s on %s:%s%s", getattr(raft, "id", "?"), host, self.port,
                  " (TLS)" if ssl is not None else "")
         return self
@@ -576,7 +674,7 @@ class RaftServer:
     @property
     def port(self) -> int:
         """The port listened on (of the first socket, if the host gave several)."""
-        return self._server.sockets[0].getsockname()[1]
+        return self._port
 
     @property
     def connections(self) -> int:
@@ -666,6 +764,8 @@ class RaftServer:
                 raise
         except (ConnectionError, OSError, _ssl.SSLError) as exc:
             log.debug("connection from %s failed: %s", conn.peer, exc)
+        except Exception:  # a bug of ours: log it, drop this connection only
+            log.error("serving the connection from %s failed", conn.peer, exc_info=True)
         finally:
             if reason is not None:
                 log.warning("closing the connection from %s: %s", conn.peer, reason)
@@ -697,10 +797,12 @@ class RaftServer:
             else:
                 self._spawn(conn, self._handle(conn, rid, self._append, msg))
             return None
-        if t is VoteRequest:
-            self._spawn(conn, self._handle(conn, rid, self._vote, msg))
+        handler = self._handlers_by_type.get(t)
+        if handler is not None:
+            self._spawn(conn, self._handle(conn, rid, handler, msg))
             return None
-        return f"unexpected message {t.__name__} (a server takes AppendEntries and Vote requests)"
+        return (f"unexpected message {t.__name__} (a server takes AppendEntries, Vote, "
+                "InstallSnapshot and TransferLeader requests)")
 
     def _spawn(self, conn: _ServerConn, coro: Any, started: bool = False) -> None:
         if not started:

@@ -45,8 +45,9 @@ classified:
 
 Anything wrong in a segment that is not the last one is corruption. A flushed
 entry is therefore never dropped silently: either it is recovered, or the store
-refuses to open, or (only when the final commit marker itself is torn in a way
-a crash can produce) the batch was never acknowledged.
+refuses to open. The other way round, refusing is the safe side: a batch torn
+by a disk that persisted its end (marker) but not its middle, or damage that
+happens to contain an intact marker, is reported as corruption.
 """
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ _RECORD_NAMES = {R_HEADER: "header", R_ENTRIES: "entries", R_TRUNCATE: "truncate
 
 _HEAD = struct.Struct("<II")            # length of (type + payload), crc32
 _LEN_TYPE = struct.Struct("<IB")        # what the crc covers before the payload
+_HEAD_TYPE = struct.Struct("<IIB")      # length, crc32, type
 _MARKER = struct.Struct("<QI")          # group number in the segment, group byte length
 HEAD_SIZE = _HEAD.size                  # 8
 MARKER_LEN = 1 + _MARKER.size           # 13: type + marker payload
@@ -109,14 +111,19 @@ def _seg_name(seq: int) -> str:
     return f"seg-{seq:012d}.log"
 
 
-def frame(rtype: int, payload: bytes) -> bytes:
-    """One framed record."""
+def frame_head(rtype: int, payload: bytes) -> bytes:
+    """The 9 bytes (length, crc32, type) that go before `payload`."""
     length = len(payload) + 1
     if length > MAX_RECORD:
         raise StorageError(f"a log record of {length} bytes is over the limit of "
                            f"{MAX_RECORD} bytes; append smaller batches")
-    crc = zlib.crc32(payload, zlib.crc32(_LEN_TYPE.pack(length, rtype)))
-    return b"".join((_HEAD.pack(length, crc), bytes((rtype,)), payload))
+    return _HEAD_TYPE.pack(length, zlib.crc32(payload, zlib.crc32(_LEN_TYPE.pack(length, rtype))),
+                           rtype)
+
+
+def frame(rtype: int, payload: bytes) -> bytes:
+    """One framed record."""
+    return frame_head(rtype, payload) + payload
 
 
 def read_frame(data: Any, pos: int) -> Optional[tuple[int, memoryview, int]]:
@@ -152,7 +159,19 @@ class FileOps:
     """
 
     def makedirs(self, path: str) -> None:
+        """Creates `path` and missing parents, each made durable in its parent."""
+        missing = []
+        p = os.path.abspath(path)
+        while not os.path.isdir(p):
+            missing.append(p)
+            p = os.path.dirname(p)
         os.makedirs(path, exist_ok=True)
+        for d in reversed(missing):
+            fd = self.open_dir(os.path.dirname(d))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
@@ -339,15 +358,20 @@ class FileLogStore(LogStore):
         self._committed: Optional[LogId] = None
         self._index = _Index(1, None)
         # writer state (event loop thread only)
-        self._buf: list[bytes] = []              # framed records not yet taken
+        self._buf: list[bytes] = []              # framed records not yet taken (heads and
+        #                                          payloads, joined once per group)
         self._buf_callbacks: list = []           # on_flushed of the buffered appends
         self._buf_max_index = 0                  # highest entry index in the buffer
-        self._taken: tuple = (1, None, None)     # (next index, purged, committed) after taken groups
+        self._taken: tuple = (1, None, None)     # (next index, purged, committed) as of
+        #                                          the last group taken: a new header
         self._flusher: Optional[asyncio.Task] = None
         self._vote_lock = asyncio.Lock()
         self._packer = msgpack.Packer(use_bin_type=True)
         try:
             self._open()
+        except OSError as exc:
+            self._release()
+            raise StorageError(f"FileLogStore {self.path}: cannot open: {exc}") from exc
         except BaseException:
             self._release()
             raise
@@ -378,7 +402,8 @@ class FileLogStore(LogStore):
                 raise StorageError(
                     f"FileLogStore {self.path}: the directory is in use by another store "
                     "(in this or another process); close that one first") from None
-            raise StorageError(f"FileLogStore {self.path}: cannot lock {LOCK_FILE}: {exc}") from exc
+            raise StorageError(
+                f"FileLogStore {self.path}: cannot lock {LOCK_FILE}: {exc}") from exc
         names = ops.listdir(self.path)
         segs = sorted((int(m.group(1)), n) for n in names if (m := _SEG_RE.match(n)))
         self._check_format(names, bool(segs))
@@ -463,7 +488,12 @@ class FileLogStore(LogStore):
             if good_end < len(data):
                 self._ops.truncate(path, good_end)
             if not groups:
-                # Only the last segment can get here: its first group was torn.
+                if not last:
+                    raise StorageError(
+                        f"{path} holds no complete batch, but newer segments follow it: it "
+                        "was damaged; refusing to open a log with a hole")
+                # The first group of the newest segment was torn: a roll that
+                # never completed.
                 self._ops.unlink(path)
                 self._ops.fsync(self._dir_fd)
                 continue
@@ -676,7 +706,8 @@ class FileLogStore(LogStore):
                 raise StorageError(
                     f"FileLogStore.append: cannot encode the entries with msgpack ({exc}); "
                     "payloads must be msgpack-able values") from exc
-            self._buf.append(frame(R_ENTRIES, payload))
+            self._buf.append(frame_head(R_ENTRIES, payload))
+            self._buf.append(payload)
             ix.entries.extend(entries)
             self._buf_max_index = entries[-1].index
         self._buf_callbacks.append(on_flushed)
@@ -862,8 +893,9 @@ class FileLogStore(LogStore):
                     raise
             except Exception:
                 pass    # reported to the on_flushed callbacks already
-        self._closed = True
-        self._release()
+        async with self._vote_lock:     # a vote save in flight uses the directory fd
+            self._closed = True
+            self._release()
 
     def _release(self) -> None:
         for attr in ("_fd", "_dir_fd", "_lock_fd"):

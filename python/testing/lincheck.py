@@ -163,6 +163,8 @@ _KIND_CODE = {"read": 0, "set": 1, "delete": 2, "cas": 3}
 _READ, _SET, _DELETE, _CAS = 0, 1, 2, 3
 
 DEFAULT_MAX_STATES = 200_000
+DEFAULT_MINIMIZE_STATES = 500_000
+_WORK_PER_STATE = 30
 
 
 @dataclass(frozen=True)
@@ -344,6 +346,9 @@ class KeyResult:
     #: Not ok: the smallest failing sub-history found (not linearizable on
     #: its own; some results replaced by UNKNOWN, some writes indeterminate).
     witness: list[Op] = field(default_factory=list)
+    #: The key's value the witness fails from: UNKNOWN means from any value
+    #: (check it with ``check(witness, initial={key: UNKNOWN})``).
+    witness_initial: Any = None
     explanation: str = ""
 
     def __bool__(self) -> bool:
@@ -431,6 +436,7 @@ class _Interner:
 
 _FAIL = -1
 _NO_MATCH = -2            # a cas result that is not [ok, current]
+_ANY = -3                 # the value is not known (initial=UNKNOWN)
 
 
 @dataclass
@@ -467,35 +473,49 @@ class _Problem:
 
     def __init__(self, items: list[_Item], initial: Any) -> None:
         intern = self.intern = _Interner()
-        self.init = intern(initial)
+        self.init = _ANY if initial is UNKNOWN else intern(initial)
         # Pass 1: drop what cannot matter.
-        items = [it for it in items if it.completed or it.op.kind != "read"]
+        items = [it for it in items if it.op.kind != "read" or it.checked]
         last_ret = max((it.ret_key for it in items if it.completed), default=None)
         if last_ret is None:
             items = []
         else:
             items = [it for it in items if it.completed or it.call_key < last_ret]
-        mentioned = {intern(initial)}
-        for it in items:
+        # Indeterminate writes of a value that nothing observes (see the
+        # module docstring). Dropping one can orphan more (the expected
+        # value of a dropped cas is no longer observed): a worklist.
+        mentions: list[list[int]] = []
+        count: dict[int, int] = {self.init: 1}
+        writers: dict[int, list[int]] = {}
+        for j, it in enumerate(items):
             op = it.op
+            ms = []
             if op.kind == "cas":
-                mentioned.add(intern(op.args[0]))
+                ms.append(intern(op.args[0]))
             if it.checked:
                 r = op.result
-                if op.kind == "cas":
-                    if isinstance(r, (list, tuple)) and len(r) == 2:
-                        mentioned.add(intern(r[1]))
-                else:
-                    mentioned.add(intern(r))
-        kept = []
-        for it in items:
+                if op.kind != "cas":
+                    ms.append(intern(r))
+                elif isinstance(r, (list, tuple)) and len(r) == 2:
+                    ms.append(intern(r[1]))
+            mentions.append(ms)
+            for m in ms:
+                count[m] = count.get(m, 0) + 1
             if not it.completed:
-                op = it.op
-                written = op.args[0] if op.kind == "set" else (
-                    op.args[1] if op.kind == "cas" else None)
-                if op.kind != "delete" and intern(written) not in mentioned:
+                writers.setdefault(0 if op.kind == "delete" else intern(op.args[-1]),
+                                   []).append(j)
+        dropped: set[int] = set()
+        work = [v for v in writers if not count.get(v)]
+        while work:
+            for j in writers[work.pop()]:
+                if j in dropped:
                     continue
-            kept.append(it)
+                dropped.add(j)
+                for m in mentions[j]:
+                    count[m] -= 1
+                    if count[m] == 0 and m in writers:
+                        work.append(m)
+        kept = [it for j, it in enumerate(items) if j not in dropped]
         self.items = kept
         n = len(kept)
         self.kind = [0] * n
@@ -532,21 +552,8 @@ class _Problem:
         ev.sort()
         self.events = ev
 
-    def step(self, i: int, s: int) -> int:
-        k = self.kind[i]
-        if k == _READ:
-            return s if (not self.chk[i] or s == self.rval[i]) else _FAIL
-        if k == _SET:
-            return self.a[i] if (not self.chk[i] or s == self.rval[i]) else _FAIL
-        if k == _DELETE:
-            return 0 if (not self.chk[i] or s == self.rval[i]) else _FAIL
-        if s == self.a[i]:
-            ns, ok = self.b[i], True
-        else:
-            ns, ok = s, False
-        if self.chk[i] and (ok != self.rok[i] or ns != self.rval[i]):
-            return _FAIL
-        return ns
+    def value(self, v: int) -> Any:
+        return UNKNOWN if v == _ANY else self.intern.values[v]
 
 
 @dataclass
@@ -582,9 +589,66 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
         if is_call[pos]:
             match[pos] = ret_node.get(node_item[pos], -1)
 
-    step = p.step
+    kind, a, b, chk, rok, rval = p.kind, p.a, p.b, p.chk, p.rok, p.rval
     completed = p.completed
-    seen: dict[tuple, list] = {}
+
+    def step(i: int, state: int) -> int:
+        """The KV model's step: the new value, or _FAIL when the model's
+        answer differs from the recorded one."""
+        k = kind[i]
+        if state == _ANY:
+            # The unknown value is whatever this operation saw.
+            if k == _READ:
+                return rval[i]
+            if k == _SET:
+                return a[i]
+            if k == _DELETE:
+                return 0
+            if not chk[i]:
+                return _ANY         # a superset of the possible values
+            if rval[i] == _NO_MATCH:
+                return _FAIL
+            if rok[i]:
+                return b[i] if rval[i] == b[i] else _FAIL
+            return rval[i] if rval[i] != a[i] else _FAIL
+        if k == _READ:
+            return state if (not chk[i] or state == rval[i]) else _FAIL
+        if k == _SET:
+            return a[i] if (not chk[i] or state == rval[i]) else _FAIL
+        if k == _DELETE:
+            return 0 if (not chk[i] or state == rval[i]) else _FAIL
+        if state == a[i]:
+            ns, won = b[i], True
+        else:
+            ns, won = state, False
+        if chk[i] and (won != rok[i] or ns != rval[i]):
+            return _FAIL
+        return ns
+
+    # Who observes a value v: the operations whose recorded result is
+    # possible only if the value before them was v, and the cas operations
+    # (result not checked) that expect v.
+    observers: dict[int, list[int]] = {}
+    for j in range(len(kind)):
+        if chk[j]:
+            if kind[j] == _CAS and rok[j]:
+                v = a[j]
+            elif rval[j] in (_NO_MATCH, a[j]) and kind[j] == _CAS:
+                continue            # a failed cas cannot show its expected value
+            else:
+                v = rval[j]
+        elif kind[j] == _CAS:
+            v = a[j]
+        else:
+            continue
+        observers.setdefault(v, []).append(j)
+    call_node = [0] * len(kind)
+    for pos in range(1, E + 1):
+        if is_call[pos]:
+            call_node[node_item[pos]] = pos
+    first_ret = 0       # the first response node in the list; 0: not known
+
+    seen: dict[tuple, list] = {(0, p.init): [0]}
     state = p.init
     cbits = 0          # completed items linearized
     ibits = 0          # indeterminate items linearized
@@ -594,13 +658,41 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
     best = None
     best_depth = 0
     states = 0
+    # Work (loop turns and dominance-list scans) is bounded too, in
+    # proportion to max_states, so that no history makes one state costly
+    # enough to hang the search.
+    work_left = _WORK_PER_STATE * max_states
     node = nxt[0]
     while True:
         if remaining == 0:
             return _SearchOutcome(True, states, cell)
+        work_left -= 1
+        if work_left < 0:
+            return _SearchOutcome(None, states, best)
         if node != -1 and is_call[node]:
             i = node_item[node]
             ns = step(i, state)
+            if ns != _FAIL and not completed[i]:
+                # An indeterminate operation is linearized only if it changes
+                # the value and something open right now observes the new
+                # value. Sound: in any linearization, an indeterminate write
+                # not followed by an observer of its value can be dropped
+                # (overwritten unseen) or moved later (past a cas that does
+                # not expect its value), keeping every result the same.
+                if ns == state:
+                    ns = _FAIL
+                elif ns != _ANY:
+                    if first_ret == 0:
+                        x = node
+                        while x != -1 and is_call[x]:
+                            x = nxt[x]
+                        first_ret = x if x != -1 else E + 1
+                    for j in observers.get(ns, ()):
+                        if j != i and call_node[j] < first_ret and not (
+                                (cbits | ibits) >> j) & 1:
+                            break
+                    else:
+                        ns = _FAIL
             if ns != _FAIL:
                 if completed[i]:
                     ncb, nib = cbits | (1 << i), ibits
@@ -612,6 +704,7 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
                 if used is None:
                     seen[key] = [nib]
                 else:
+                    work_left -= len(used)
                     for y in used:
                         if y & ~nib == 0:       # explored with fewer used up
                             fresh = False
@@ -629,17 +722,18 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
                         best = cell
                     state, cbits, ibits = ns, ncb, nib
                     # lift: unlink the invocation and its response
-                    a, b = prv[node], nxt[node]
-                    nxt[a] = b
-                    if b != -1:
-                        prv[b] = a
+                    lp, ln = prv[node], nxt[node]
+                    nxt[lp] = ln
+                    if ln != -1:
+                        prv[ln] = lp
                     r = match[node]
                     if r != -1:
-                        a, b = prv[r], nxt[r]
-                        nxt[a] = b
-                        if b != -1:
-                            prv[b] = a
+                        lp, ln = prv[r], nxt[r]
+                        nxt[lp] = ln
+                        if ln != -1:
+                            prv[ln] = lp
                         remaining -= 1
+                    first_ret = 0
                     node = nxt[0]
                     continue
             node = nxt[node]
@@ -647,6 +741,7 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
             # A response whose operation is not linearized yet: backtrack.
             if not stack:
                 return _SearchOutcome(False, states, best)
+            first_ret = 0
             node, state = stack.pop()
             i = node_item[node]
             cell = cell[2]
@@ -657,14 +752,14 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
             r = match[node]
             if r != -1:
                 remaining += 1
-                a, b = prv[r], nxt[r]
-                nxt[a] = r
-                if b != -1:
-                    prv[b] = r
-            a, b = prv[node], nxt[node]
-            nxt[a] = node
-            if b != -1:
-                prv[b] = node
+                lp, ln = prv[r], nxt[r]
+                nxt[lp] = r
+                if ln != -1:
+                    prv[ln] = r
+            lp, ln = prv[node], nxt[node]
+            nxt[lp] = node
+            if ln != -1:
+                prv[ln] = node
             node = nxt[node]
 
 
@@ -699,77 +794,115 @@ def _prefix_items(items: list[_Item], cut: tuple) -> list[_Item]:
     return out
 
 
-def _minimize(items: list[_Item], initial: Any, max_states: int,
-              max_checks: int) -> list[_Item]:
-    checks = [max_checks]
+def _window_items(items: list[_Item], cut: tuple) -> list[_Item]:
+    """The history from the invocation with sort key `cut` on, to be checked
+    from an unknown value: operations that returned before `cut` are left
+    out; of those spanning it, reads are left out and writes become
+    indeterminate; indeterminate operations stay. A relaxation: if the
+    history is linearizable, so is this (start from the value right after
+    the last operation left out; spanning writes placed before that point
+    are "never")."""
+    out = []
+    for it in items:
+        if it.call_key >= cut or not it.completed:
+            out.append(it)
+        elif it.ret_key >= cut and it.op.kind != "read":
+            out.append(replace(it, completed=False, checked=False, ret_key=None))
+    return out
 
-    def fails(cand: list[_Item]) -> bool:
-        if checks[0] <= 0:
+
+def _minimize(items: list[_Item], initial: Any, max_states: int,
+              budget: int) -> tuple[list[_Item], Any, bool]:
+    """A small sub-history of `items` (which fail) that still fails on its
+    own, and the initial value it fails from (UNKNOWN: any); spends at most
+    `budget` search states. The flag says whether shrinking ran to the end
+    (else it stopped early: the result is still a failing sub-history)."""
+    left = [budget]
+    stopped = [False]
+
+    def fails(cand: list[_Item], init: Any) -> bool:
+        if left[0] <= 0:
+            stopped[0] = True
             return False
-        checks[0] -= 1
-        return _fails(cand, initial, max_states)
+        out = _search(_Problem(cand, init), min(max_states, left[0]))
+        left[0] -= out.states
+        if out.ok is None and left[0] <= 0:
+            stopped[0] = True
+        return out.ok is False
 
     # 1. The shortest failing prefix (linearizability is prefix-closed, so
     #    failing is monotone in the cut: binary search).
     rets = sorted(it.ret_key for it in items if it.completed)
-    lo, hi = 0, len(rets) - 1          # prefix at rets[hi] is the whole history
+    lo, hi = 0, len(rets) - 1          # the prefix at rets[-1] is everything
     while lo < hi:
         mid = (lo + hi) // 2
-        if fails(_prefix_items(items, rets[mid])):
+        if fails(_prefix_items(items, rets[mid]), initial):
             hi = mid
         else:
             lo = mid + 1
-    cur = _prefix_items(items, rets[hi])
+    cur = sorted(_prefix_items(items, rets[hi]), key=lambda it: it.call_key)
 
-    # 2. Relaxations, kept while the sub-history still fails. Each only
-    #    widens what is allowed, so a violation that survives them is a
-    #    violation of the original history.
+    # 2. The latest window (see _window_items) that still fails from any
+    #    value: a later cut only relaxes more, so binary search again.
+    calls = sorted({it.call_key for it in cur if it.completed})
+    lo, hi = -1, len(calls) - 1        # -1: no window (the whole prefix)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fails(_window_items(cur, calls[mid]), UNKNOWN):
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo >= 0:
+        cur = _window_items(cur, calls[lo])
+        initial = UNKNOWN
+
+    # 3. Relaxations, kept while the sub-history still fails. Each only
+    #    widens what is allowed (drop a read; let a write be indeterminate;
+    #    stop checking a write's result), so a violation that survives them
+    #    is a violation of the original history. ddmin-style: relax chunks,
+    #    halving the chunk size.
+    def full(it: _Item) -> Optional[_Item]:
+        if not it.completed:
+            return _SKIP
+        if it.op.kind == "read":
+            return None
+        return replace(it, completed=False, checked=False, ret_key=None)
+
+    def uncheck(it: _Item) -> Optional[_Item]:
+        if not it.completed or not it.checked or it.op.kind == "read":
+            return _SKIP
+        return replace(it, checked=False)
+
+    def build(cur: list[_Item], pick: Callable[[_Item], Optional[_Item]],
+              which: Callable[[int], bool]) -> list[_Item]:
+        out = []
+        for j, it in enumerate(cur):
+            r = pick(it) if which(j) else _SKIP
+            if r is _SKIP:
+                out.append(it)
+            elif r is not None:
+                out.append(r)
+        return out
+
     def relax_round(cur: list[_Item], pick: Callable[[_Item], Optional[_Item]]) -> list[_Item]:
-        # ddmin-style: relax chunks, halving the chunk size.
         pending = [j for j, it in enumerate(cur) if pick(it) is not _SKIP]
         relaxed: set[int] = set()
-
-        def build(extra: set[int]) -> list[_Item]:
-            out = []
-            for j, it in enumerate(cur):
-                if j in relaxed or j in extra:
-                    r = pick(it)
-                    if r is not None:
-                        out.append(r)
-                else:
-                    out.append(it)
-            return out
-
         size = len(pending)
-        while pending and size >= 1 and checks[0] > 0:
+        while pending and not stopped[0]:
             for start in range(0, len(pending), size):
                 chunk = set(pending[start:start + size])
-                if fails(build(chunk)):
+                if fails(build(cur, pick, lambda j: j in relaxed or j in chunk), initial):
                     relaxed.update(chunk)
             pending = [j for j in pending if j not in relaxed]
             if size == 1:
                 break
             size = max(1, size // 2)
-        return build(set())
+        return build(cur, pick, lambda j: j in relaxed)
 
-    def drop_read_or_uncheck(it: _Item) -> Optional[_Item]:
-        if not it.completed:
-            return _SKIP
-        if it.op.kind == "read":
-            return None
-        if it.checked:
-            return replace(it, checked=False)
-        return _SKIP
-
-    def make_indeterminate(it: _Item) -> Optional[_Item]:
-        if not it.completed or it.op.kind == "read":
-            return _SKIP
-        return replace(it, completed=False, checked=False, ret_key=None)
-
-    cur = relax_round(cur, drop_read_or_uncheck)
-    cur = relax_round(cur, make_indeterminate)
+    cur = relax_round(cur, full)
+    cur = relax_round(cur, uncheck)
     # What the search actually uses (irrelevant indeterminate writes go).
-    return _Problem(cur, initial).items
+    return _Problem(cur, initial).items, initial, not stopped[0]
 
 
 _SKIP: Any = object()      # "this relaxation does not apply to that operation"
@@ -789,7 +922,7 @@ def _item_op(it: _Item) -> Op:
 
 
 def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
-               max_states: int, minimize: bool) -> KeyResult:
+               max_states: int, minimize_states: int) -> KeyResult:
     items = []
     for gi, op in entries:
         ck, rk = _event_keys(op)
@@ -800,7 +933,7 @@ def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
                    out.states)
     steps = _chain_list(out.chain)
     kr.linearization = [p.items[i].op for i, _ in steps]
-    kr.values = [p.intern.values[v] for _, v in steps]
+    kr.values = [p.value(v) for _, v in steps]
     n_indet = sum(1 for _, op in entries if not op.ok)
     head = f"key {key!r} ({len(entries)} ops, {n_indet} indeterminate)"
     if out.ok is True:
@@ -816,13 +949,17 @@ def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
     rest = [i for i in range(len(p.items)) if p.completed[i] and i not in done]
     stuck_i = min(rest, key=lambda i: p.items[i].ret_key)
     kr.stuck = p.items[stuck_i].op
-    value_after = p.intern.values[steps[-1][1]] if steps else initial
+    value_after = p.value(steps[-1][1]) if steps else initial
     lines = [f"{head}: NOT linearizable"]
-    if minimize:
-        w = _minimize(p.items, initial, max_states, max_checks=max(50, 4 * len(p.items)))
+    if minimize_states > 0:
+        w, w_init, complete = _minimize(p.items, initial, max_states, minimize_states)
         kr.witness = [_item_op(it) for it in w]
+        kr.witness_initial = w_init
+        start = ("whatever the value before it" if w_init is UNKNOWN
+                 else f"from the value {_short(w_init)}")
         lines.append(f"  smallest failing sub-history found ({len(w)} of {len(entries)} ops; "
-                     f"not linearizable on its own):")
+                     f"not linearizable on its own, {start}"
+                     f"{'' if complete else '; shrinking stopped at its budget'}):")
         for it in sorted(w, key=lambda it: it.call_key):
             note = ""
             if it.op.ok and not it.completed:
@@ -839,7 +976,7 @@ def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
     if not shown:
         lines.append(f"    (none; initial value {initial!r})")
     for (i, v), op in shown:
-        lines.append(f"    {op.describe(p.items[i].gi)}   => {_short(p.intern.values[v])}")
+        lines.append(f"    {op.describe(p.items[i].gi)}   => {_short(p.value(v))}")
     lines.append(f"  then stuck: {kr.stuck.describe(p.items[stuck_i].gi)} cannot take effect "
                  f"next (the value is {_short(value_after)}), nor after any other operation "
                  f"still open; every other order failed too")
@@ -848,13 +985,20 @@ def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
 
 
 def check(history: Union[History, Iterable[Op]], initial: Optional[dict] = None, *,
-          max_states: int = DEFAULT_MAX_STATES, minimize: bool = True) -> Result:
+          max_states: int = DEFAULT_MAX_STATES,
+          minimize: Union[bool, int] = True) -> Result:
     """Check `history` for linearizability against the KV model.
 
     `initial`: values of keys before the history (absent keys: None).
     `max_states`: search budget per key; when it runs out the key's verdict
     is None (unknown), never a guess. `minimize`: for a failing key, also
     search for a small failing sub-history (costs a few more searches)."""
+    if minimize is True:
+        minimize_states = DEFAULT_MINIMIZE_STATES
+    elif minimize is False or minimize is None:
+        minimize_states = 0
+    else:
+        minimize_states = int(minimize)
     ops = history.ops() if isinstance(history, History) else list(history)
     initial = dict(initial or {})
     by_key: dict[Any, list[tuple[int, Op]]] = {}
@@ -867,7 +1011,7 @@ def check(history: Union[History, Iterable[Op]], initial: Optional[dict] = None,
             raise TypeError(f"history item #{gi}: key {op.key!r} is not hashable") from None
     res = Result(ok=True, n_ops=len(ops))
     for key, entries in by_key.items():
-        kr = _check_key(key, entries, initial.get(key), max_states, minimize)
+        kr = _check_key(key, entries, initial.get(key), max_states, minimize_states)
         res.keys[key] = kr
         res.states += kr.states
     fails, unknown = res.failures, res.unknown

@@ -1,0 +1,692 @@
+"""FileLogStore: durability across reopen, torn tails vs corruption, the vote
+file, segment rolls and purges, group commit, failure reporting, and a
+3-node cluster restarted from its directories.
+
+Every test body is a coroutine run by a plain sync test function. Waiting is
+on conditions (flush callbacks, events, raft.wait); timeouts are failure
+guards only.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import re
+import struct
+
+import msgpack
+import pytest
+import uvloop
+
+from raftcore import Config, Node, Raft, ServerState
+from raftcore.errors import Fatal, ForwardToLeader, StorageError, Timeout
+from raftcore.network import LocalRouter
+from raftcore.storage import FileLogStore, MemStateMachine
+from raftcore.storage.file import R_ENTRIES, R_MARKER, R_PURGE, FileOps, frame
+from raftcore.types import ENTRY_NORMAL, Entry, LogId, Vote
+
+GUARD = 20.0
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def ents(first: int, n: int, term: int = 1) -> list:
+    return [Entry(term, i, ENTRY_NORMAL, ["set", f"k{i}", b"v" * (i % 7)])
+            for i in range(first, first + n)]
+
+
+def keys(entries) -> list:
+    return [(e.term, e.index, e.kind, e.payload) for e in entries]
+
+
+async def append(store, *batches) -> None:
+    """Appends the batches and waits until every one is reported flushed."""
+    done = asyncio.get_running_loop().create_future()
+    results = []
+
+    def cb(err):
+        results.append(err)
+        if len(results) == len(batches) and not done.done():
+            done.set_result(None)
+    for b in batches:
+        store.append(b, cb)
+    await asyncio.wait_for(done, GUARD)
+    assert results == [None] * len(batches), results
+
+
+def segments(path) -> list:
+    return sorted(n for n in os.listdir(path) if n.startswith("seg-"))
+
+
+def records(path) -> list:
+    """(offset, size, type) of every record in a segment file (undamaged)."""
+    data = open(path, "rb").read()
+    out, pos = [], 0
+    while pos < len(data):
+        length, _ = struct.unpack_from("<II", data, pos)
+        out.append((pos, 8 + length, data[pos + 8]))
+        pos += 8 + length
+    assert pos == len(data)
+    return out
+
+
+def open_and_close(path, **kw):
+    store = FileLogStore(path, **kw)
+    asyncio.run(store.close())
+
+
+def flip(path, offset) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x5A]))
+
+
+async def three_groups(path, **kw) -> list:
+    """A store with three flushed groups (1..3, 4..6, 7..9) in one segment,
+    closed. Returns the entries."""
+    store = FileLogStore(path, **kw)
+    e = ents(1, 9)
+    for i in range(3):
+        await append(store, e[3 * i:3 * i + 3])
+    await store.close()
+    return e
+
+
+# ------------------------------------------------------------------ basics
+
+def test_reopen_after_close_finds_everything(tmp_path):
+    async def body():
+        store = FileLogStore(tmp_path, segment_size=300)
+        await store.save_vote(Vote(4, 2, True))
+        await append(store, ents(1, 10))
+        for i in range(11, 41, 5):
+            await append(store, ents(i, 5, term=2))
+        store.truncate_after(35)
+        await append(store, ents(36, 3, term=3))
+        store.purge(LogId(1, 6))
+        await store.save_committed(LogId(2, 30))
+        assert len(segments(tmp_path)) > 2
+        before = keys(store.entries(7, 38))
+        await store.close()
+
+        store = FileLogStore(tmp_path, segment_size=300)
+        assert await store.read_vote() == Vote(4, 2, True)
+        st = await store.get_log_state()
+        assert (st.last_purged_log_id, st.last_log_id) == (LogId(1, 6), LogId(3, 38))
+        assert await store.read_committed() == LogId(2, 30)
+        assert keys(await store.read_entries(7, 38)) == before
+        with pytest.raises(StorageError):
+            store.entries(6, 7)
+        # And it goes on where it stopped.
+        await append(store, ents(39, 2, term=3))
+        await store.close()
+        store = FileLogStore(tmp_path)
+        assert (await store.get_log_state()).last_log_id == LogId(3, 40)
+        await store.close()
+    run(body())
+
+
+def test_close_flushes_what_is_buffered(tmp_path):
+    async def body():
+        store = FileLogStore(tmp_path)
+        flushed = []
+        store.append(ents(1, 5), flushed.append)
+        store.truncate_after(3)
+        store.append(ents(4, 1, term=2), flushed.append)
+        await store.close()
+        assert flushed == [None, None]
+        with pytest.raises(StorageError, match="closed"):
+            store.append(ents(5, 1), flushed.append)
+        store = FileLogStore(tmp_path)
+        assert keys(store.entries(1, 4)) == keys(ents(1, 3) + ents(4, 1, term=2))
+        await store.close()
+    run(body())
+
+
+def test_directory_is_locked_while_open(tmp_path):
+    async def body():
+        store = FileLogStore(tmp_path)
+        with pytest.raises(StorageError, match="in use"):
+            FileLogStore(tmp_path)
+        await store.close()
+        store = FileLogStore(tmp_path)
+        await store.close()
+    run(body())
+
+
+def test_format_version_is_checked(tmp_path):
+    run(three_groups(tmp_path))
+    (tmp_path / "FORMAT").write_text("raftcore-filelog version 99\n")
+    with pytest.raises(StorageError, match="version 99"):
+        FileLogStore(tmp_path)
+    os.unlink(tmp_path / "FORMAT")
+    with pytest.raises(StorageError, match="no FORMAT"):
+        FileLogStore(tmp_path)
+    (tmp_path / "FORMAT").write_text("raftcore-filelog version 1\n")
+    open_and_close(tmp_path)
+
+
+def test_open_off_the_event_loop(tmp_path):
+    async def body():
+        e = await three_groups(tmp_path)
+        store = await FileLogStore.open(tmp_path)
+        assert keys(store.entries(1, 9)) == keys(e)
+        await store.close()
+    run(body())
+
+
+# ----------------------------------------------------- torn tail vs damage
+
+@pytest.mark.parametrize("where", ["mid_record", "before_marker", "mid_marker", "zero_filled",
+                                   "header_of_new_segment"])
+def test_torn_tail_is_cut_and_logged(tmp_path, caplog, where):
+    async def body():
+        e = await three_groups(tmp_path)
+        seg = tmp_path / segments(tmp_path)[-1]
+        recs = records(seg)
+        # The last group: its entries record and its marker.
+        (ent_off, ent_size, t1), (mark_off, mark_size, t2) = recs[-2:]
+        assert (t1, t2) == (R_ENTRIES, R_MARKER)
+        size = os.path.getsize(seg)
+        keep = e[:6]
+        if where == "mid_record":
+            os.truncate(seg, ent_off + ent_size // 2)
+        elif where == "before_marker":
+            os.truncate(seg, mark_off)
+        elif where == "mid_marker":
+            os.truncate(seg, mark_off + mark_size - 5)
+        elif where == "zero_filled":
+            # What a file system can leave: the size grew, the data never came.
+            with open(seg, "r+b") as f:
+                f.seek(ent_off)
+                f.write(b"\0" * (size - ent_off))
+        else:
+            # A roll whose first group never made it: the new segment is cut
+            # to nothing and removed; the old one keeps everything.
+            keep = e
+            nxt = tmp_path / f"seg-{int(seg.name[4:16]) + 1:012d}.log"
+            nxt.write_bytes(open(seg, "rb").read()[:40])
+            seg = nxt
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="raftcore.storage.file"):
+            store = FileLogStore(tmp_path)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "torn tail" in warnings[0] and seg.name in warnings[0], \
+            warnings
+        st = await store.get_log_state()
+        assert st.last_log_id == keep[-1].log_id
+        assert keys(store.entries(1, len(keep))) == keys(keep)
+        if where == "header_of_new_segment":
+            assert not seg.exists()
+        else:
+            assert os.path.getsize(seg) == recs[-2][0]      # cut at the group's start
+        # The log goes on, and the next open finds nothing to cut.
+        more = ents(len(keep) + 1, 2, term=2)
+        await append(store, more)
+        await store.close()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="raftcore.storage.file"):
+            store = FileLogStore(tmp_path)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert keys(store.entries(1, len(keep) + 2)) == keys(keep + more)
+        await store.close()
+    run(body())
+
+
+def test_flipped_byte_in_a_committed_batch_names_file_and_offset(tmp_path):
+    """Every single-byte flip anywhere in the segment (header, entries,
+    markers, the last batch included) refuses the open with a StorageError
+    naming the file and the offset of the damaged record; nothing is cut."""
+    run(three_groups(tmp_path))
+    seg = tmp_path / segments(tmp_path)[0]
+    pristine = seg.read_bytes()
+    recs = records(seg)
+    for pos in range(len(pristine)):
+        seg.write_bytes(pristine)
+        flip(seg, pos)
+        damaged = seg.read_bytes()
+        with pytest.raises(StorageError) as info:
+            FileLogStore(tmp_path)
+        msg = str(info.value)
+        start = max(off for off, _, _ in recs if off <= pos)
+        named = re.search(r"offset (\d+)", msg)
+        assert seg.name in msg and named and int(named.group(1)) == start, (pos, start, msg)
+        assert seg.read_bytes() == damaged, f"flip at {pos}: the open changed the file"
+    seg.write_bytes(pristine)
+    open_and_close(tmp_path)
+
+
+def test_damage_in_an_older_segment_is_corruption(tmp_path):
+    async def body():
+        store = FileLogStore(tmp_path, segment_size=60)
+        for i in range(1, 13, 3):
+            await append(store, ents(i, 3))
+        await store.close()
+        segs = segments(tmp_path)
+        assert len(segs) >= 3
+        first = tmp_path / segs[0]
+        # Cutting an older segment's tail is damage, not a torn write:
+        # newer segments show it had been written completely.
+        data = first.read_bytes()
+        for size in (len(data) - 3, 0):
+            first.write_bytes(data[:size])
+            with pytest.raises(StorageError, match=re.escape(segs[0])):
+                FileLogStore(tmp_path)
+            assert first.stat().st_size == size, "the open changed the damaged file"
+    run(body())
+
+
+def test_missing_segments_are_refused(tmp_path):
+    async def body():
+        store = FileLogStore(tmp_path, segment_size=60)
+        for i in range(1, 13, 3):
+            await append(store, ents(i, 3))
+        await store.close()
+        segs = segments(tmp_path)
+        middle = tmp_path / segs[1]
+        data = middle.read_bytes()
+        os.unlink(middle)
+        with pytest.raises(StorageError, match="missing"):
+            FileLogStore(tmp_path)
+        middle.write_bytes(data)
+        os.unlink(tmp_path / segs[0])      # never purged: entries 1.. are gone
+        with pytest.raises(StorageError, match="missing"):
+            FileLogStore(tmp_path)
+    run(body())
+
+
+# -------------------------------------------------------------- the vote
+
+def test_half_written_vote_tmp_is_ignored(tmp_path):
+    async def body():
+        store = FileLogStore(tmp_path)
+        await store.save_vote(Vote(3, 1))
+        await store.close()
+        good = (tmp_path / "vote").read_bytes()
+        newer = frame(7, msgpack.packb([1, [9, 2, True]]))
+        for tmp in (newer[:len(newer) // 2], newer, b""):
+            # A save that died before its rename: never acknowledged.
+            (tmp_path / "vote.tmp").write_bytes(tmp)
+            store = FileLogStore(tmp_path)
+            assert await store.read_vote() == Vote(3, 1)
+            assert not (tmp_path / "vote.tmp").exists()
+            await store.close()
+        assert (tmp_path / "vote").read_bytes() == good
+        flip(tmp_path / "vote", len(good) - 2)
+        with pytest.raises(StorageError, match="vote"):
+            FileLogStore(tmp_path)
+    run(body())
+
+
+# ----------------------------------------------------- segments and purge
+
+class RecordingOps(FileOps):
+    """Records writes, fsyncs and unlinks, in order (thread-safe enough:
+    the store runs one job at a time)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def write(self, fd, data):
+        self.calls.append(("write", fd, bytes(data)))
+        super().write(fd, data)
+
+    def fsync(self, fd):
+        self.calls.append(("fsync", fd))
+        super().fsync(fd)
+
+    def unlink(self, path):
+        self.calls.append(("unlink", os.path.basename(path)))
+        super().unlink(path)
+
+
+def test_segments_roll_and_purge_deletes_whole_segments(tmp_path):
+    async def body():
+        ops = RecordingOps()
+        store = FileLogStore(tmp_path, segment_size=200, ops=ops)
+        for i in range(1, 61, 3):
+            await append(store, ents(i, 3))
+        segs = segments(tmp_path)
+        assert len(segs) >= 5
+        assert [int(s[4:16]) for s in segs] == list(range(1, len(segs) + 1))
+        for s in segs[:-1]:
+            assert os.path.getsize(tmp_path / s) >= 200, "rolled before the segment was full"
+        # Which entries each segment holds.
+        ranges = {}
+        for s in segs:
+            idx = []
+            data = (tmp_path / s).read_bytes()
+            for off, size, t in records(tmp_path / s):
+                if t == R_ENTRIES:
+                    flat = msgpack.unpackb(data[off + 9:off + size])
+                    idx += flat[1::4]
+            ranges[s] = (min(idx), max(idx)) if idx else None
+        stats = {s: os.stat(tmp_path / s) for s in segs}
+        upto = ranges[segs[2]][1] + 1          # inside segment 4: segments 1-3 can go
+        ops.calls.clear()
+        store.purge(LogId(1, upto))
+        await append(store, ents(61, 1))       # flushed after the purge's group
+        left = segments(tmp_path)
+        assert left == segs[3:] + [s for s in segments(tmp_path) if s not in segs]
+        for s in segs[3:-1]:
+            st = os.stat(tmp_path / s)
+            assert (st.st_ino, st.st_size) == (stats[s].st_ino, stats[s].st_size), \
+                f"{s} was rewritten"
+        # The purge record was written and fsynced before the first unlink.
+        purge_rec = frame(R_PURGE, msgpack.packb([1, upto]))
+        first_unlink = next(i for i, c in enumerate(ops.calls) if c[0] == "unlink")
+        wrote = next(i for i, c in enumerate(ops.calls) if c[0] == "write" and purge_rec in c[2])
+        assert any(c[0] == "fsync" and c[1] == ops.calls[wrote][1]
+                   for c in ops.calls[wrote:first_unlink]), ops.calls
+        assert sorted(c[1] for c in ops.calls if c[0] == "unlink") == segs[:3]
+        await store.close()
+
+        store = FileLogStore(tmp_path, segment_size=200)
+        st = await store.get_log_state()
+        assert (st.last_purged_log_id, st.last_log_id) == (LogId(1, upto), LogId(1, 61))
+        assert keys(store.entries(upto + 1, 61)) == keys(ents(upto + 1, 61 - upto))
+        # Purging everything keeps the active segment (it holds the purge).
+        store.purge(LogId(1, 61))
+        await append(store, ents(62, 1, term=2))
+        assert len(segments(tmp_path)) == 1
+        await store.close()
+        store = FileLogStore(tmp_path)
+        st = await store.get_log_state()
+        assert (st.last_purged_log_id, st.last_log_id) == (LogId(1, 61), LogId(2, 62))
+        await store.close()
+    run(body())
+
+
+def test_purge_past_the_end_then_reopen(tmp_path):
+    async def body():
+        store = FileLogStore(tmp_path, segment_size=100)
+        for i in range(1, 10, 3):
+            await append(store, ents(i, 3))
+        store.purge(LogId(5, 100))
+        await append(store, ents(101, 2, term=5))
+        await store.close()
+        store = FileLogStore(tmp_path, segment_size=100)
+        st = await store.get_log_state()
+        assert (st.last_purged_log_id, st.last_log_id) == (LogId(5, 100), LogId(5, 102))
+        assert segments(tmp_path) == segments(tmp_path)[-1:]
+        await store.close()
+    run(body())
+
+
+@pytest.mark.parametrize("mode", ["same_group", "own_group", "across_roll"])
+def test_truncation_then_append_then_reopen(tmp_path, mode):
+    async def body():
+        size = 150 if mode == "across_roll" else 1 << 20
+        store = FileLogStore(tmp_path, segment_size=size)
+        await append(store, ents(1, 10))
+        if mode == "across_roll":
+            await append(store, ents(11, 10))
+            assert len(segments(tmp_path)) >= 2
+            cut = 4                      # below the second segment's start
+        else:
+            cut = 6
+        store.truncate_after(cut)
+        if mode == "own_group":
+            await store.save_committed(LogId(1, 2))       # a group of its own
+        new = ents(cut + 1, 3, term=2)
+        await append(store, new)
+        await store.close()
+        store = FileLogStore(tmp_path, segment_size=size)
+        st = await store.get_log_state()
+        assert st.last_log_id == LogId(2, cut + 3)
+        assert keys(store.entries(1, cut + 3)) == keys(ents(1, cut) + new)
+        await store.close()
+    run(body())
+
+
+# ---------------------------------------------------------- group commit
+
+class GatedExecutor:
+    """Counts calls; holds every job until `gate` is set."""
+
+    def __init__(self):
+        self.calls = []
+        self.gate = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def __call__(self, fn, *args):
+        self.calls.append(fn.__name__)
+        self.started.set()
+        await self.gate.wait()
+        return fn(*args)
+
+
+def test_group_commit_many_appends_one_fsync(tmp_path):
+    async def body():
+        ex = GatedExecutor()
+        ops = RecordingOps()
+        store = FileLogStore(tmp_path, executor=ex, ops=ops)
+        ex.gate.set()
+        await append(store, ents(1, 1))          # creates the first segment
+        ex.gate.clear()
+        ex.started.clear()
+        ex.calls.clear()
+        ops.calls.clear()
+        order = []
+        store.append(ents(2, 1), lambda err: order.append((2, err)))
+        await ex.started.wait()          # that group's write is in flight, held
+        assert ex.calls == ["_write_group"]
+        for i in range(3, 103):
+            store.append(ents(i, 1), lambda err, i=i: order.append((i, err)))
+        # Reads do not wait for the flush.
+        assert store.entries(102, 102)[0].index == 102
+        assert order == []
+        ex.gate.set()
+        await append(store, ents(103, 1))
+        assert order == [(i, None) for i in range(2, 103)]
+        # Two groups: the held append, and the 101 made while it was in flight.
+        assert ex.calls == ["_write_group"] * 2, ex.calls
+        assert [c[0] for c in ops.calls] == ["write", "fsync"] * 2, \
+            [c[:2] for c in ops.calls]
+        await store.close()
+    run(body())
+
+
+def test_appends_in_one_loop_iteration_share_one_fsync(tmp_path):
+    async def body():
+        calls = []
+
+        async def counting(fn, *args):
+            calls.append(fn.__name__)
+            return fn(*args)
+        store = FileLogStore(tmp_path, executor=counting)
+        await append(store, *[ents(i, 1) for i in range(1, 51)])
+        assert calls == ["_write_group"]
+        await store.close()
+    run(body())
+
+
+# ------------------------------------------------------------- failures
+
+class FailingOps(FileOps):
+    """Fails writes (after writing half) or fsyncs once armed."""
+
+    def __init__(self):
+        self.fail_write = None
+        self.fail_fsync = None
+
+    def write(self, fd, data):
+        if self.fail_write is not None:
+            super().write(fd, data[:len(data) // 2])
+            raise self.fail_write
+        super().write(fd, data)
+
+    def fsync(self, fd):
+        if self.fail_fsync is not None:
+            raise self.fail_fsync
+        super().fsync(fd)
+
+
+@pytest.mark.parametrize("failure", ["write_enospc", "fsync_eio"])
+def test_storage_failure_is_reported_through_on_flushed(tmp_path, caplog, failure):
+    async def body():
+        ops = FailingOps()
+        store = FileLogStore(tmp_path, ops=ops)
+        await append(store, ents(1, 3))
+        if failure == "write_enospc":
+            ops.fail_write = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        else:
+            ops.fail_fsync = OSError(errno.EIO, os.strerror(errno.EIO))
+        results = []
+        done = asyncio.get_running_loop().create_future()
+
+        def cb(err):
+            results.append(err)
+            if len(results) == 2:
+                done.set_result(None)
+        store.append(ents(4, 2), cb)
+        store.append(ents(6, 1), cb)
+        with caplog.at_level(logging.ERROR, logger="raftcore.storage.file"):
+            await asyncio.wait_for(done, GUARD)
+        assert all(isinstance(r, StorageError) for r in results), results
+        text = os.strerror(errno.ENOSPC if failure == "write_enospc" else errno.EIO)
+        assert text in str(results[0])
+        # Failed for good: later writes are refused, never silently dropped.
+        late = []
+        store.append(ents(7, 1), late.append)
+        assert len(late) == 1 and isinstance(late[0], StorageError)
+        with pytest.raises(StorageError):
+            store.truncate_after(1)
+        with pytest.raises(StorageError):
+            await store.save_vote(Vote(1, 1))
+        await store.close()
+        # What was flushed before the failure is all there after a reopen.
+        store = FileLogStore(tmp_path)
+        assert keys(store.entries(1, 3)) == keys(ents(1, 3))
+        await store.close()
+    run(body())
+
+
+# --------------------------------------------------------------- cluster
+
+HEARTBEAT, ELECTION_MIN, ELECTION_MAX = 0.03, 0.3, 0.6
+
+
+def cfg(seed):
+    return Config(heartbeat_interval=HEARTBEAT, election_timeout_min=ELECTION_MIN,
+                  election_timeout_max=ELECTION_MAX, seed=seed)
+
+
+async def start_nodes(router, dirs, seed):
+    nodes = {}
+    for i, d in dirs.items():
+        # The default executor: flushes and vote saves in the thread pool.
+        store = FileLogStore(d, segment_size=16 * 1024)
+        nodes[i] = await Raft.create(i, cfg(seed * 10 + i), router.network(i), store,
+                                     MemStateMachine())
+        router.add(i, nodes[i])
+    return nodes
+
+
+async def leader_of(nodes):
+    """The leader every node follows (waits on conditions; GUARD is a failure guard)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GUARD
+    while True:
+        waits = [asyncio.ensure_future(r.wait(GUARD).state(ServerState.LEADER))
+                 for r in nodes.values()]
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        leaders = [r for r, t in zip(nodes.values(), waits) if t in done and not t.exception()]
+        if not leaders:
+            raise next(t.exception() for t in done)
+        leader = leaders[0]
+        term = leader.metrics.current_term
+        try:
+            await asyncio.gather(*(r.wait(1.0).metrics(
+                lambda m: m.current_leader == leader.id and m.current_term == term)
+                for r in nodes.values()))
+            return leader
+        except Timeout:
+            if loop.time() > deadline:
+                raise
+
+
+async def stop_nodes(nodes):
+    """Shuts every node down, then closes its store (idempotent)."""
+    for r in nodes.values():
+        await r.shutdown()
+    for r in nodes.values():
+        await r.log_store.close()
+
+
+def test_cluster_restarted_from_its_directories_keeps_acknowledged_writes(tmp_path):
+    async def body():
+        dirs = {i: tmp_path / f"n{i}" for i in (1, 2, 3)}
+        router = LocalRouter(seed=7)
+        nodes = await start_nodes(router, dirs, seed=1)
+        acked = {}                   # key -> value of every acknowledged write
+        top = 0                      # highest acknowledged index
+        try:
+            await nodes[1].initialize({i: Node(f"n{i}") for i in dirs})
+            leader = [await leader_of(nodes)]
+            resps = await leader[0].client_write_many([["set", f"a{i}", i] for i in range(200)])
+            acked.update({f"a{i}": i for i in range(200)})
+            top = resps[-1].index
+
+            # Writers still going when every node stops at once.
+            enough = asyncio.Event()
+            stopping = False
+
+            async def writer(w):
+                nonlocal top
+                n = 0
+                while not stopping:
+                    try:
+                        resp = await leader[0].client_write(["set", f"w{w}-{n}", n])
+                    except Fatal:
+                        return                  # the node stopped under it
+                    except ForwardToLeader:     # not committed; find the new leader
+                        if not stopping:
+                            leader[0] = await leader_of(nodes)
+                        continue
+                    acked[f"w{w}-{n}"] = n
+                    top = max(top, resp.index)
+                    n += 1
+                    if len(acked) >= 400:
+                        enough.set()
+            writers = [asyncio.ensure_future(writer(w)) for w in range(8)]
+            await asyncio.wait_for(enough.wait(), GUARD)
+            stopping = True
+            await stop_nodes(nodes)
+            await asyncio.gather(*writers)
+        finally:
+            await stop_nodes(nodes)
+        assert len(acked) >= 400
+
+        # Restart every node from its directory, with empty state machines.
+        router = LocalRouter(seed=8)
+        nodes = await start_nodes(router, dirs, seed=2)
+        try:
+            # Before any replication: a quorum holds every acknowledged entry.
+            lasts = sorted(r.metrics.last_log_index for r in nodes.values())
+            assert lasts[1] >= top, (lasts, top)
+            marker = None
+            while marker is None:
+                try:
+                    marker = await (await leader_of(nodes)).client_write(["set", "__marker__", 1])
+                except ForwardToLeader:
+                    pass
+            await asyncio.gather(*(r.wait(GUARD).applied_index_at_least(marker.index)
+                                   for r in nodes.values()))
+            for r in nodes.values():
+                data = r.state_machine.data
+                lost = {k: v for k, v in acked.items() if data.get(k) != v}
+                assert not lost, f"node {r.id} lost acknowledged writes: {sorted(lost)[:10]}"
+            logs = [keys(r.log_store.entries(1, marker.index)) for r in nodes.values()]
+            assert logs[0] == logs[1] == logs[2]
+        finally:
+            await stop_nodes(nodes)
+    uvloop.run(asyncio.wait_for(body(), 60))
