@@ -96,6 +96,10 @@ class RaftCore:
         self.engine.heartbeat_enabled = config.enable_heartbeat
         self.engine.elect_enabled = config.enable_elect
         self.last_applied: Optional[LogId] = None
+        # What the stores hold, as executed (the engine runs ahead of them
+        # while commands wait to run): the newest snapshot, the purge point.
+        self.snapshot: Optional[LogId] = None
+        self.purged: Optional[LogId] = None
         self.stopped = False
         self.changing_membership = False     # a change_membership/add_learner is under way
         self._fatal: Optional[BaseException] = None
@@ -126,6 +130,7 @@ class RaftCore:
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_at = 0.0
         self._seen = (None, None, None)         # (state, term, leader) last logged
+        self._seen_membership = None
         self._core_task: Optional[asyncio.Task] = None
 
     # ------------------------------------------------------------ lifecycle
@@ -153,8 +158,21 @@ class RaftCore:
             raise StorageError(
                 f"node {self.id}: the state machine applied only up to {applied} but the log "
                 f"is purged up to {purged}; install its snapshot before starting")
+        # The state machine may hold more than the log (a crash between
+        # installing a snapshot and purging the log, say): what it holds
+        # supersedes every entry up to there; later entries stay only if the
+        # log matches at that point (openraft does the same).
+        ahead = meta.last_log_id if meta is not None else None
+        if applied is not None and (ahead is None or applied.index > ahead.index):
+            ahead = applied
+        if ahead is not None and ahead.index > (purged.index if purged else 0) and (
+                last is None or ahead.index > last.index or
+                entries[ahead.index - (purged.index if purged else 0) - 1].term != ahead.term):
+            purged, entries = self._purge_on_start(ahead, purged, entries)
         base = meta.membership if meta is not None else sm_membership
         self.last_applied = applied
+        self.snapshot = meta.last_log_id if meta is not None else None
+        self.purged = purged
         self.engine.restore(vote if vote is not None else Vote(0, None, False), purged, entries,
                             committed.index if committed else 0,
                             applied.index if applied else 0, base, meta)
@@ -165,6 +183,16 @@ class RaftCore:
             # its may count on us: refuse votes for an election timeout.
             self.engine.refuse_votes_until(self.loop.time() + self.config.election_timeout_min)
         self._seen = (self.engine.state, self.engine.vote.term, self.engine.leader_id)
+
+    def _purge_on_start(self, point: LogId, purged, entries):
+        """The log does not reach, or conflicts at, what the state machine
+        holds (`point`): drop the log up to there, and all of it on a conflict."""
+        if entries:
+            self.log_store.truncate_after(purged.index if purged else 0)
+        self.log_store.purge(point)
+        self.log.warning("node %s: the state machine holds up to %s, beyond or in conflict "
+                         "with the log; the log is dropped up to there", self.id, point)
+        return point, []
 
     def start(self) -> None:
         self._core_task = self.loop.create_task(self._core_loop(), name=f"raftcore-{self.id}")
@@ -187,11 +215,8 @@ class RaftCore:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for c in self._clients.values():
-            try:
-                await c.close()
-            except Exception:  # a failing close must not stop the shutdown
-                self.log.debug("closing a network client failed", exc_info=True)
+        for _, c in self._clients.values():
+            await _close_quietly(c, self.log)
         self.log.info("node %s shut down", self.id)
 
     def check_running(self) -> None:
@@ -532,6 +557,7 @@ class RaftCore:
                         meta = cmd[1]
                         await self.sm.install_snapshot(meta, self._snap_ready.pop(meta.snapshot_id))
                         self.last_applied = LogId(meta.last_log_term, meta.last_log_index)
+                        self.snapshot = self.last_applied
                         self.log.info("node %s installed snapshot %s up to %s", self.id,
                                       meta.snapshot_id, self.last_applied)
                         self._command_done()
@@ -584,6 +610,7 @@ class RaftCore:
             self._spawn(self._send_transfer(cmd[1], cmd[2]))
         elif kind == "purge":
             self.log_store.purge(cmd[1])
+            self.purged = cmd[1]
         elif kind == "send_snapshot":
             self._spawn(self._send_snapshot(cmd[1]))
         else:
@@ -673,15 +700,29 @@ class RaftCore:
     # ------------------------------------------------------------ network
 
     def _client(self, target: int):
-        c = self._clients.get(target)
-        if c is None:
-            node = None
-            if self.engine.membership is not None:
-                node = self.engine.membership.nodes.get(target)
-            c = self.network.client(target, node)
-            self._clients[target] = c
-            self._nowait[target] = getattr(c, "append_entries_nowait", None)
+        node = None
+        if self.engine.membership is not None:
+            node = self.engine.membership.nodes.get(target)
+        entry = self._clients.get(target)
+        if entry is not None and (entry[0] is node or entry[0] == node):
+            return entry[1]
+        if entry is not None:
+            # The peer's address changed (or it left and came back): a new
+            # client for the new address; the old one is closed.
+            self._spawn(_close_quietly(entry[1], self.log))
+        c = self.network.client(target, node)
+        self._clients[target] = (node, c)
+        self._nowait[target] = getattr(c, "append_entries_nowait", None)
         return c
+
+    def _drop_clients_of_removed(self) -> None:
+        """Closes the clients of nodes no longer in the membership."""
+        m = self.engine.membership
+        members = m.nodes if m is not None else {}
+        for target in [t for t in self._clients if t not in members]:
+            _, c = self._clients.pop(target)
+            self._nowait.pop(target, None)
+            self._spawn(_close_quietly(c, self.log))
 
     def _spawn(self, coro) -> None:
         t = self.loop.create_task(coro)
@@ -757,8 +798,10 @@ class RaftCore:
         term = self.engine.vote.term
         size = self.config.snapshot_max_chunk_size
         try:
-            if snap is None:
-                raise RaftError("the state machine has no snapshot to send")
+            if snap is None or snap.meta.last_log_index < self.engine.log.purged_index:
+                # The log was dropped up to what the state machine holds
+                # without a snapshot of it: take one now.
+                snap = await self.build_snapshot()
             client = self._client(target)
             data = snap.data
             offset = 0
@@ -797,6 +840,8 @@ class RaftCore:
             if not self.stopped:
                 self.log.info("node %s built snapshot %s up to %s", self.id,
                               snap.meta.snapshot_id, snap.meta.last_log_id)
+                if self.snapshot is None or self.snapshot.index < snap.meta.last_log_index:
+                    self.snapshot = snap.meta.last_log_id
                 self.engine.snapshot_built(snap.meta)
                 self._run_sync()
             return snap
@@ -841,6 +886,9 @@ class RaftCore:
 
     def _after_round(self) -> None:
         engine = self.engine
+        if engine.membership is not self._seen_membership:
+            self._seen_membership = engine.membership
+            self._drop_clients_of_removed()
         seen = (engine.state, engine.vote.term, engine.leader_id)
         if seen != self._seen:
             self._log_transition(self._seen, seen)
@@ -889,6 +937,13 @@ class RaftCore:
             else:
                 keep.append((pred, fut))
         self._metric_waiters = keep
+
+
+async def _close_quietly(client: Any, log: logging.Logger) -> None:
+    try:
+        await client.close()
+    except Exception:  # a failing close must not stop the node
+        log.debug("closing a network client failed", exc_info=True)
 
 
 def _resolve(fut: asyncio.Future, value: Any) -> None:

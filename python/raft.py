@@ -52,8 +52,8 @@ def build_metrics(core: RaftCore) -> RaftMetrics:
         last_log_index=e.last_log_index,
         committed=e.committed,
         last_applied=core.last_applied,
-        snapshot=e.snapshot_log_id,
-        purged=e.purged_log_id,
+        snapshot=core.snapshot,
+        purged=core.purged,
         membership=e.membership,
         replication=e.replication(),
     )
@@ -328,8 +328,9 @@ class Wait:
     async def members(self, ids: Iterable[int], msg: str = "") -> RaftMetrics:
         want = frozenset(ids)
         return await self.metrics(
-            lambda m: m.membership is not None and m.membership.voter_ids == want,
-            msg or f"voters {sorted(want)}")
+            lambda m: (m.membership is not None and not m.membership.is_joint
+                       and m.membership.voter_ids == want),
+            msg or f"voters exactly {sorted(want)} (not joint)")
 
     async def snapshot(self, log_id: LogId, msg: str = "") -> RaftMetrics:
         return await self.metrics(lambda m: m.snapshot is not None and m.snapshot >= log_id,

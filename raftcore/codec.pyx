@@ -45,6 +45,8 @@ cdef object _node_class():
 cdef inline long long _int(object v, str what) except? -1:
     if type(v) is not int:
         raise CodecError(f"{what} must be an integer, got {type(v).__name__}")
+    if not -9223372036854775808 <= v <= 9223372036854775807:
+        raise CodecError(f"{what} is out of range: {v}")
     return v
 
 

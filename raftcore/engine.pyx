@@ -634,7 +634,12 @@ cdef class Engine:
                 self._maybe_send_transfer()
             return
         if req.prev_log_index <= p.matched:
-            return    # a late answer to a probe we no longer need
+            # Refused before an earlier request (reordered) made the log
+            # match: what it carried was not taken. Resend from the match,
+            # or the leader would wait forever for entries it thinks in flight.
+            p.rejected(p.matched + 1)
+            self._send_while_open(p)
+            return
         hint = resp.conflict_index
         if resp.conflict_term > 0:
             # Skip the follower's whole conflicting term at once; if we hold
@@ -977,11 +982,9 @@ cdef class Engine:
     cdef void _send_entries(self, Progress p):
         cdef long long prev = p.next_index - 1
         if prev < self.log.purged_index:
-            # The entries the follower needs are purged: send the snapshot.
-            if self.snapshot_meta is None:
-                raise RaftError(f"node {self.id}: entries up to {self.log.purged_index} are "
-                                "purged but no snapshot holds them")
-            p.snapshot_started(self.snapshot_meta.last_log_index)
+            # The entries the follower needs are purged: send the snapshot
+            # (the runtime builds one first if the state machine has none).
+            p.snapshot_started(self.log.purged_index)
             self.output.append(("send_snapshot", p.node_id))
             return
         cdef long long end = self._batch_end(p.next_index)

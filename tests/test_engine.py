@@ -122,6 +122,20 @@ def test_follower_that_receives_append_entries_from_the_leader_does_not_start_an
 
 
 @isolated
+def test_follower_that_grants_a_vote_waits_a_full_election_timeout_before_campaigning():
+    # Figure 2, followers: convert to candidate only if the election timeout
+    # elapses "without receiving AppendEntries ... or granting vote to candidate".
+    # (same term: nothing but the grant itself restarts the timer)
+    e = restored(2, M3, terms=[1], vote=Vote(2, None), committed=1)
+    assert e.handle_vote_request(VoteRequest(2, 3, 1, 1), 0.9) == VoteResponse(2, True, 2)
+    e.take_commands()
+    e.tick(1.5)                      # the deadline set at start (1.0) has passed
+    assert e.take_commands() == []
+    e.tick(1.9)                      # 0.9 + election timeout
+    assert e.take_commands()[0] == ("save_vote", Vote(3, 2, False))
+
+
+@isolated
 def test_learner_never_starts_an_election():
     m = members({1, 2, 3}, learners={4})
     e = restored(4, m, terms=[1], vote=Vote(1, None), committed=1)
@@ -731,6 +745,24 @@ def test_leader_brings_each_figure7_follower_log_into_line_with_few_round_trips(
     assert leader.progress_of(2).matched == 11
     assert leader.committed == 11
 
+
+
+@isolated
+def test_rejection_naming_a_term_the_leader_also_holds_resumes_right_after_the_leaders_last_entry_of_that_term():
+    # The follower's conflicting entry has term 2; the leader's last entry of
+    # term 2 is at index 2, so the logs can agree at most up to there.
+    leader = restored(1, M3, terms=[1, 2, 3, 3, 3, 3, 3], vote=Vote(3, None), committed=0)
+    follower = restored(2, M3, terms=[1, 2, 2, 2, 2, 2], vote=Vote(2, None), committed=0)
+    _, cmds = elect(leader, [3])
+    flush_all(leader)
+    leader.take_commands()
+    resp, _, cmds = deliver_append(leader, follower, only(sends(cmds)[2]))
+    assert resp == AEResp(4, False, 0, 7, 0)           # no index 7 at all
+    resp, _, cmds = deliver_append(leader, follower, only(sends(cmds)[2]))
+    assert resp == AEResp(4, False, 0, 2, 2)           # index 6 has term 2, from index 2 on
+    assert only(sends(cmds)[2]) == AER(4, 1, 2, 2, leader.entries(3, 8), 0)
+    deliver_append(leader, follower, only(sends(cmds)[2]))
+    assert log_ids(follower) == log_ids(leader)
 
 # ---------------------------------------------------------------- commit
 

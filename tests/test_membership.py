@@ -293,6 +293,16 @@ def fs(*ids) -> frozenset:
     return frozenset(ids)
 
 
+async def wait_uniform(raft: Raft, voters, timeout: float = GUARD):
+    """Waits until `raft`'s membership is the uniform (not joint) voter set
+    `voters`. (wait().members() compares the union of the voter sets, which
+    a joint configuration with the same new set also matches.)"""
+    want = (frozenset(voters),)
+    return await raft.wait(timeout).metrics(
+        lambda m: m.membership is not None and m.membership.configs == want,
+        f"uniform voters {sorted(want[0])}")
+
+
 # ---------------------------------------------------------------- learners
 
 @cluster_test
@@ -423,7 +433,7 @@ async def test_grow_3_to_5_and_shrink_to_3_under_continuous_writes():
             assert resp.log_id.term == leader.metrics.current_term
             voters[:] = c.all()
             for r in c.all():
-                m = await r.wait(GUARD).members(all5)
+                m = await wait_uniform(r, all5)
                 assert not m.membership.is_joint and m.membership.learner_ids == fs()
             for r in (new4, new5):
                 assert (await r.wait(GUARD).state(FOLLOWER)).state == FOLLOWER
@@ -514,7 +524,7 @@ async def test_joint_configuration_needs_a_majority_of_both_voter_sets():
         assert (await asyncio.wait_for(write, GUARD)).index == joint_index + 1
         assert resp.index > joint_index + 1
         for r in (leader, n4, n5):
-            m = await r.wait(GUARD).members({lid, 4, 5})
+            m = await wait_uniform(r, {lid, 4, 5})
             assert not m.membership.is_joint
         marker = await converge([leader, n4, n5])
         assert n4.state_machine.get("during") == 1 and n5.state_machine.get("during") == 1
@@ -596,7 +606,7 @@ async def test_remove_unreachable_follower():
         resp = await leader.change_membership({leader.id, stay.id})
         assert resp.log_id.term == t
         for r in (leader, stay):
-            m = await r.wait(GUARD).members({leader.id, stay.id})
+            m = await wait_uniform(r, {leader.id, stay.id})
             assert not m.membership.is_joint and gone.id not in m.membership.nodes
         assert set(leader.metrics.replication) == {stay.id}
         # Writes commit with the two remaining voters.
@@ -646,7 +656,7 @@ async def test_change_while_a_minority_is_partitioned_completes_and_minority_cat
         await leader.change_membership(ChangeMembers.remove_voters({m2.id}), retain=True)
         acked += await leader.client_write_many([["set", f"q{i}", i] for i in range(30)])
         for r in (leader, a, b):
-            m = await r.wait(GUARD).members(final)
+            m = await wait_uniform(r, final)
             assert m.membership.learner_ids == fs(m2.id)
         for r in (m1, m2):
             assert r.metrics.membership.voter_ids == fs(1, 2, 3, 4, 5)
@@ -712,7 +722,7 @@ async def test_membership_api_refusals_and_add_voters():
 
         # add_voters took a brand-new node straight to voter.
         for r in c.all():
-            m = await r.wait(GUARD).members({1, 2, 3, 4})
+            m = await wait_uniform(r, {1, 2, 3, 4})
             assert m.membership.nodes[4] == Node("n4") and not m.membership.is_joint
         m4 = await n4.wait(GUARD).applied_index_at_least(resp.index)
         assert m4.state == FOLLOWER
@@ -721,7 +731,7 @@ async def test_membership_api_refusals_and_add_voters():
         assert n4.state_machine.get("four") == 4
         # The next change is allowed now.
         await leader.change_membership(ChangeMembers.remove_voters({4}), retain=True)
-        m = await n4.wait(GUARD).members({1, 2, 3})
+        m = await wait_uniform(n4, {1, 2, 3})
         assert m.membership.learner_ids == fs(4) and m.state == LEARNER
 
 
@@ -835,7 +845,7 @@ async def test_change_interrupted_by_leader_change_is_completed_by_next_change()
         final = {r.id for r in rest}
         await new.change_membership(final)
         for r in rest:
-            m = await r.wait(GUARD).members(final)
+            m = await wait_uniform(r, final)
             assert not m.membership.is_joint and old.id not in m.membership.nodes
         cfgs = [cfg for _, cfg in membership_entries(new)]
         all4 = fs(old.id, *final)
@@ -865,8 +875,8 @@ async def test_voter_that_does_not_know_it_is_a_voter_still_votes():
         c.router.cut(lid, 4)
         new_voters = {lid, keep.id, 4}
         await leader.change_membership(new_voters, retain=True)
-        await keep.wait(GUARD).members(new_voters)
-        await drop.wait(GUARD).members(new_voters)   # a learner now: it won't campaign
+        await wait_uniform(keep, new_voters)
+        await wait_uniform(drop, new_voters)   # a learner now: it won't campaign
         m4 = n4.metrics
         assert m4.state == LEARNER and m4.membership.voter_ids == fs(1, 2, 3)
 
@@ -882,7 +892,7 @@ async def test_voter_that_does_not_know_it_is_a_voter_still_votes():
         assert granted, c.router.votes[n0:]
         assert n4.metrics.vote.node_id == keep.id and n4.metrics.vote.term == m.current_term
         # Then it learns the membership from the new leader and helps commit.
-        m4 = await n4.wait(GUARD).members(new_voters)
+        m4 = await wait_uniform(n4, new_voters)
         assert m4.state == FOLLOWER
         w = await keep.client_write(["set", "k", "v"])
         await n4.wait(GUARD).applied_index_at_least(w.index)
@@ -935,7 +945,7 @@ async def test_removed_node_cannot_disrupt_the_cluster():
         await wait_all_applied(c.all(), base)
 
         await leader.change_membership({leader.id, y.id}, retain=False)
-        await y.wait(GUARD).members({leader.id, y.id})
+        await wait_uniform(y, {leader.id, y.id})
         t = leader.metrics.current_term
         assert set(leader.metrics.replication) == {y.id}
         n0 = len(c.router.votes)

@@ -220,13 +220,25 @@ def test_rejected_probe_moves_next_index_back_to_the_follower_hint_and_probes_on
 
 
 @h.isolated
-def test_late_rejection_of_an_index_already_known_to_match_is_ignored():
-    leader, follower, probe = new_leader()
-    h.deliver_append(leader, follower, probe)
+def test_pipelined_request_refused_before_an_earlier_one_arrived_is_resent_from_the_matched_index():
+    # Two requests out at once; the network swaps them. The second is refused
+    # (its previous entry is not there yet), then the first succeeds. The
+    # entries of the refused one must go out again, or they would wait for
+    # the next write: heartbeats to a replicating follower carry no entries.
+    leader, follower, probe = new_leader(max_payload_entries=2)
+    h.deliver_append(leader, follower, probe)           # matched 2, replicating
+    leader.client_write([b"a", b"b", b"c", b"d"], 0.0)
+    r1, r2 = h.sends(leader.take_commands())[2]
+    assert (h.last_of(r1), h.last_of(r2)) == (4, 6)
+    resp2 = follower.handle_append_entries(r2, 0.0)
+    assert resp2 == AEResp(2, False, 0, 3, 0)
+    resp1, _, cmds = h.deliver_append(leader, follower, r1)
+    assert resp1 == AEResp(2, True, 4) and cmds == []   # r2 is still counted in flight
+    leader.handle_append_response(2, r2, resp2, 0.0)
     p = leader.progress_of(2)
-    leader.handle_append_response(2, probe, AEResp(2, False, 0, 1, 1), 0.0)
-    assert leader.take_commands() == []
-    assert (p.state, p.matched, p.next_index) == (REPLICATE, 2, 3)
+    assert p.matched == 4
+    assert h.sends(leader.take_commands())[2] == [AER(2, 1, 2, 4, r2.entries, leader.committed)]
+    assert p.next_index == 5 and p.matched == 4
 
 
 @h.isolated
@@ -240,18 +252,44 @@ def test_lost_request_is_resent_from_the_matched_index_at_the_next_heartbeat_not
     assert leader.take_commands() == []               # no tight retry loop
     p = leader.progress_of(2)
     assert (p.state, p.matched, p.next_index) == (PROBE, 3, 4)
+    # Not even a new write retries at once against a peer that may be down.
+    leader.client_write([b"c"], 0.0)
+    assert leader.take_commands() == [("append", [Entry(2, 5, ENTRY_NORMAL, b"c")])]
     leader.tick(leader.next_deadline())
     out = h.sends(leader.take_commands())
     assert out[2] == [AER(2, 1, 2, 3, [Entry(2, 4, ENTRY_NORMAL, b"b")], leader.committed)]
 
 
 @h.isolated
+def test_rejection_never_moves_next_index_to_or_below_the_matched_index():
+    leader, follower, probe = new_leader(max_payload_entries=1)
+    h.deliver_append(leader, follower, probe)           # matched 2
+    leader.client_write([b"a", b"b"], 0.0)
+    ra, rb = h.sends(leader.take_commands())[2]
+    # An answer to the second request that points far back, below what 2
+    # is known to hold: the leader resumes right after the matched index.
+    leader.handle_append_response(2, rb, AEResp(2, False, 0, 1, 0), 0.0)
+    p = leader.progress_of(2)
+    assert (p.state, p.matched, p.next_index) == (PROBE, 2, 3)
+    assert h.sends(leader.take_commands())[2] == [
+        AER(2, 1, 2, 2, [Entry(2, 3, ENTRY_NORMAL, b"a")], leader.committed)]
+
+
+@h.isolated
 def test_heartbeat_never_claims_a_commit_index_beyond_what_the_follower_is_known_to_match():
-    leader, follower, probe = new_leader()
-    h.deliver_append(leader, follower, probe)          # 2 matched, committed 2
-    assert leader.committed == 2
+    leader, f2, probe2 = new_leader()
+    f3 = h.restored(3, M3, terms=[1], vote=Vote(1, None), committed=1)
+    leader.trigger_heartbeat(0.0)                       # probes again, to both
+    probe3 = h.sends(leader.take_commands())[3][0]
+    h.deliver_append(leader, f2, probe2)
+    h.deliver_append(leader, f3, probe3)                # both matched 2
+    leader.client_write([b"x", b"y"], 0.0)
+    reqs = h.sends(leader.take_commands())
+    h.flush_all(leader)
+    h.deliver_append(leader, f2, h.only(reqs[2]))       # only 2 holds 3..4
+    assert leader.committed == 4
+    leader.take_commands()
     leader.tick(leader.next_deadline())
     out = h.sends(leader.take_commands())
-    assert out[2] == [AER(2, 1, 2, 2, [], 2)]
-    # Follower 3 never answered: its heartbeat is the probe again, prev (1, 1).
-    assert out[3] == [AER(2, 1, 1, 1, [Entry(2, 2, ENTRY_BLANK, None)], 2)]
+    assert out[2] == [AER(2, 1, 2, 4, [], 4)]
+    assert out[3] == [AER(2, 1, 2, 2, [], 2)]          # not 4: 3 may not hold (2, 4) yet

@@ -31,7 +31,7 @@ from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta,
                                TransferLeaderRequest, VoteRequest, VoteResponse)
 from raftcore.network import RaftServer, TcpNetwork
-from raftcore.network.tcp import WIRE_VERSION
+from raftcore.network.tcp import WIRE_VERSION, parse_address
 from raftcore.storage import MemLogStore, MemStateMachine
 from raftcore.types import ENTRY_NORMAL, Entry
 
@@ -546,6 +546,55 @@ async def test_bad_frame_closes_only_that_connection_and_is_logged(case):
                 await good.close()
 
 
+BAD_REPLIES = {
+    # name: (reply frame to request id 1, reason the client logs)
+    "oversize": (struct.pack(">IB", 1 << 20, WIRE_VERSION), "max_frame_size 4096"),
+    "unknown version": (frame(msgpack.packb([1, [4, 1, True, 2]]), version=9),
+                        "unknown wire version 9"),
+    "not msgpack": (frame(b"\xc1"), "not msgpack"),
+    "malformed message": (frame(msgpack.packb([1, [4, "x"]])), "malformed reply message"),
+    "wrong reply type": (frame(msgpack.packb([1, [4, 1, True, 2]])),
+                         "replied to a AppendEntriesRequest with a VoteResponse"),
+    "truncated": (struct.pack(">IB", 50, WIRE_VERSION) + b"\x92", "truncated reply frame"),
+    "malformed error reply": (frame(msgpack.packb([1, None, 7])), "malformed error reply"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REPLIES))
+@tcp_test
+async def test_bad_reply_closes_the_client_connection_and_fails_the_call(case):
+    reply, reason = BAD_REPLIES[case]
+
+    async def serve(reader, writer):
+        size, _ = struct.unpack(">IB", await reader.readexactly(5))
+        await reader.readexactly(size - 1)
+        writer.write(reply)
+        if case == "truncated":
+            writer.close()
+        else:
+            await reader.read()          # until the client closes
+            writer.close()
+
+    server = await asyncio.start_server(serve, HOST, 0)
+    try:
+        with LogWatch() as watch:
+            client = TcpNetwork(rpc_timeout=GUARD, max_frame_size=4096).client(
+                1, Node(f"{HOST}:{server.sockets[0].getsockname()[1]}"))
+            try:
+                with pytest.raises(NetworkError):
+                    await client.append_entries(ae(1))
+                record = await watch.wait(reason)
+                assert "closing the connection to node 1" in record.getMessage()
+                # The connection is gone: the next call backs off.
+                with pytest.raises(NetworkError, match="unreachable"):
+                    await client.vote(VoteRequest(1, 1, 0, 0))
+            finally:
+                await client.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 @tcp_test
 async def test_handler_error_is_raised_by_the_caller_as_network_error():
     async with fake_server() as (server, fake, node):
@@ -638,6 +687,15 @@ async def test_a_request_over_max_frame_size_is_not_sent():
             assert (await client.append_entries(ae(2, 3))).matched == 3
         finally:
             await client.close()
+
+
+def test_parse_address():
+    assert parse_address("127.0.0.1:7001") == ("127.0.0.1", 7001)
+    assert parse_address("[::1]:7001") == ("::1", 7001)
+    assert parse_address("node-1.example:80") == ("node-1.example", 80)
+    for bad in ("", "7001", ":7001", "h:", "h:x", "h:0", "h:65536", None):
+        with pytest.raises(ValueError):
+            parse_address(bad)
 
 
 @tcp_test

@@ -490,7 +490,6 @@ class _Channel:
                 if type(obj) is not list or not 2 <= len(obj) <= 3 or type(obj[0]) is not int:
                     reason, warn = "reply frame is not [request_id, message]", True
                     break
-                fut = pending.pop(obj[0], None)
                 if len(obj) == 2:
                     if obj[1] is None:
                         resp = None          # the reply of a handler returning nothing
@@ -500,12 +499,16 @@ class _Channel:
                         except Exception as exc:
                             reason, warn = f"malformed reply message: {exc}", True
                             break
+                    # Taken out of `pending` only now: if the reply could
+                    # not be read, closing the connection fails the call.
+                    fut = pending.pop(obj[0], None)
                     if fut is not None and not fut.done():
                         fut.set_result(resp)
                 else:
-                    if obj[1] is not None:
+                    if obj[1] is not None or type(obj[2]) is not str:
                         reason, warn = "malformed error reply", True
                         break
+                    fut = pending.pop(obj[0], None)
                     if fut is not None and not fut.done():
                         fut.set_exception(NetworkError(
                             f"{self._who()} failed to handle the request: {obj[2]}"))

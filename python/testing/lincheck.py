@@ -128,6 +128,7 @@ linearizability", G. Lowe, 2017):
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
@@ -436,7 +437,8 @@ class _Interner:
 
 _FAIL = -1
 _NO_MATCH = -2            # a cas result that is not [ok, current]
-_ANY = -3                 # the value is not known (initial=UNKNOWN)
+_ANY = -3                 # the unknown initial value (initial=UNKNOWN), known
+                          # to differ from every value in _Problem.excluded
 
 
 @dataclass
@@ -469,86 +471,136 @@ def _event_keys(op: Op) -> tuple[tuple, Optional[tuple]]:
 
 
 class _Problem:
-    """A key's sub-history compiled for the search."""
+    """A key's sub-history compiled for the search: values interned, the
+    operations that cannot matter removed, events in time order."""
 
     def __init__(self, items: list[_Item], initial: Any) -> None:
         intern = self.intern = _Interner()
-        self.init = _ANY if initial is UNKNOWN else intern(initial)
-        # Pass 1: drop what cannot matter.
+        # Reads whose result is not checked (indeterminate ones) do nothing;
+        # nor does anything invoked after the last response.
         items = [it for it in items if it.op.kind != "read" or it.checked]
         last_ret = max((it.ret_key for it in items if it.completed), default=None)
-        if last_ret is None:
-            items = []
-        else:
-            items = [it for it in items if it.completed or it.call_key < last_ret]
-        # Indeterminate writes of a value that nothing observes (see the
-        # module docstring). Dropping one can orphan more (the expected
-        # value of a dropped cas is no longer observed): a worklist.
-        mentions: list[list[int]] = []
-        count: dict[int, int] = {self.init: 1}
-        writers: dict[int, list[int]] = {}
-        for j, it in enumerate(items):
+        items = [it for it in items if it.completed or (
+            last_ret is not None and it.call_key < last_ret)]
+        n = len(items)
+        kind, a, b = [0] * n, [0] * n, [0] * n
+        chk, rok, rval = [False] * n, [False] * n, [0] * n
+        for i, it in enumerate(items):
             op = it.op
-            ms = []
-            if op.kind == "cas":
-                ms.append(intern(op.args[0]))
-            if it.checked:
-                r = op.result
-                if op.kind != "cas":
-                    ms.append(intern(r))
-                elif isinstance(r, (list, tuple)) and len(r) == 2:
-                    ms.append(intern(r[1]))
-            mentions.append(ms)
-            for m in ms:
-                count[m] = count.get(m, 0) + 1
-            if not it.completed:
-                writers.setdefault(0 if op.kind == "delete" else intern(op.args[-1]),
-                                   []).append(j)
-        dropped: set[int] = set()
-        work = [v for v in writers if not count.get(v)]
-        while work:
-            for j in writers[work.pop()]:
-                if j in dropped:
-                    continue
-                dropped.add(j)
-                for m in mentions[j]:
-                    count[m] -= 1
-                    if count[m] == 0 and m in writers:
-                        work.append(m)
-        kept = [it for j, it in enumerate(items) if j not in dropped]
-        self.items = kept
-        n = len(kept)
-        self.kind = [0] * n
-        self.a = [0] * n
-        self.b = [0] * n
-        self.chk = [False] * n
-        self.rok = [False] * n
-        self.rval = [0] * n
-        self.completed = [it.completed for it in kept]
-        for i, it in enumerate(kept):
-            op = it.op
-            k = self.kind[i] = _KIND_CODE[op.kind]
+            k = kind[i] = _KIND_CODE[op.kind]
             if k == _SET:
-                self.a[i] = intern(op.args[0])
+                a[i] = intern(op.args[0])
             elif k == _CAS:
-                self.a[i] = intern(op.args[0])
-                self.b[i] = intern(op.args[1])
+                a[i] = intern(op.args[0])
+                b[i] = intern(op.args[1])
             if it.checked:
-                self.chk[i] = True
+                chk[i] = True
                 r = op.result
-                if k == _CAS:
-                    if isinstance(r, (list, tuple)) and len(r) == 2 and isinstance(r[0], bool):
-                        self.rok[i] = r[0]
-                        self.rval[i] = intern(r[1])
-                    else:
-                        self.rval[i] = _NO_MATCH
+                if k != _CAS:
+                    rval[i] = intern(r)
+                elif isinstance(r, (list, tuple)) and len(r) == 2 and isinstance(r[0], bool):
+                    rok[i] = r[0]
+                    rval[i] = intern(r[1])
                 else:
-                    self.rval[i] = intern(r)
+                    rval[i] = _NO_MATCH
+
+        # Who observes a value v: the operations whose recorded result is
+        # possible only if the value before them was v, and the cas
+        # operations whose result is not checked that expect v.
+        def observed(j: int) -> Optional[int]:
+            if chk[j]:
+                if kind[j] != _CAS:
+                    return rval[j]
+                if rok[j]:
+                    return a[j]
+                if rval[j] in (_NO_MATCH, a[j]):
+                    return None     # a failed cas cannot show its expected value
+                return rval[j]
+            return a[j] if kind[j] == _CAS else None
+
+        def written(j: int) -> int:
+            return 0 if kind[j] == _DELETE else (a[j] if kind[j] == _SET else b[j])
+
+        observers: dict[int, set[int]] = {}
+        for j in range(n):
+            v = observed(j)
+            if v is not None:
+                observers.setdefault(v, set()).add(j)
+        # A cas whose result is not checked and that expects what an
+        # indeterminate cas expects also follows it usefully (see _search).
+        loose_cas: dict[int, set[int]] = {}
+        for j in range(n):
+            if kind[j] == _CAS and not chk[j]:
+                loose_cas.setdefault(a[j], set()).add(j)
+
+        def followers(i: int) -> set[int]:
+            f = observers.get(written(i), set())
+            if kind[i] == _CAS:
+                f = f | loose_cas.get(a[i], set())
+            return f - {i}
+
+        # The search linearizes an indeterminate write only right before a
+        # follower. One with none is never needed; leaving it out can leave
+        # others without one (a dropped cas observed what it expected, and
+        # followed other indeterminate cas): a worklist.
+        writers: dict[int, list[int]] = {}
+        for i in range(n):
+            if not items[i].completed:
+                writers.setdefault(written(i), []).append(i)
+        indet_cas: dict[int, list[int]] = {}
+        for i in range(n):
+            if not items[i].completed and kind[i] == _CAS:
+                indet_cas.setdefault(a[i], []).append(i)
+        dropped: set[int] = set()
+        work = [i for i in range(n) if not items[i].completed]
+        while work:
+            i = work.pop()
+            if i in dropped or followers(i):
+                continue
+            dropped.add(i)
+            v = observed(i)
+            if v is not None:
+                observers[v].discard(i)
+                work += writers.get(v, ())     # they may have lost their last follower
+            if kind[i] == _CAS:
+                loose_cas[a[i]].discard(i)
+                work += indet_cas.get(a[i], ())
+        keep = [i for i in range(n) if i not in dropped]
+        renum = {old: new for new, old in enumerate(keep)}
+        self.items = [items[i] for i in keep]
+        self.kind = [kind[i] for i in keep]
+        self.a = [a[i] for i in keep]
+        self.b = [b[i] for i in keep]
+        self.chk = [chk[i] for i in keep]
+        self.rok = [rok[i] for i in keep]
+        self.rval = [rval[i] for i in keep]
+        self.completed = [items[i].completed for i in keep]
+        # Initial values to search from. For an unknown one: each value a
+        # cas whose result is not checked expects (such a cas succeeds or
+        # fails depending on it), and _ANY for "any other value", which
+        # takes whatever value the first operation to observe it saw.
+        if initial is UNKNOWN:
+            self.excluded = {self.a[i] for i in range(len(keep))
+                             if self.kind[i] == _CAS and not self.chk[i]}
+            self.inits = sorted(self.excluded) + [_ANY]
+        else:
+            self.excluded = set()
+            self.inits = [intern(initial)]
+        self.observers = {v: [renum[j] for j in sorted(js)]
+                          for v, js in observers.items() if js}
+        self.loose_cas = {v: [renum[j] for j in sorted(js)]
+                          for v, js in loose_cas.items() if js}
+        # An indeterminate write's invocation event can wait until its first
+        # follower is invoked: before that it is never linearized.
         ev = []
-        for i, it in enumerate(kept):
-            ev.append((it.call_key, 0, i))
+        for new, old in enumerate(keep):
+            it = items[old]
+            ck = it.call_key
+            if not it.completed:
+                ck = max(ck, min(items[j].call_key for j in followers(old)))
+            ev.append((ck, 0, new))
             if it.completed:
-                ev.append((it.ret_key, 1, i))
+                ev.append((it.ret_key, 1, new))
         ev.sort()
         self.events = ev
 
@@ -562,15 +614,38 @@ class _SearchOutcome:
     states: int
     chain: Any          # linked cells (item index, value id, parent): the
                         # linearization (ok) or the longest prefix (not ok)
+    init: int = 0       # the initial value id it starts from
 
 
-def _search(p: _Problem, max_states: int) -> _SearchOutcome:
+def _solve(p: _Problem, max_states: int) -> _SearchOutcome:
+    """Search from each of p's initial values (several only when the
+    initial value is unknown), within one budget."""
+    best: Optional[_SearchOutcome] = None
+    states = 0
+    unknown = False
+    for init in p.inits:
+        if states >= max_states:
+            unknown = True
+            break
+        out = _search(p, max_states - states, init)
+        states += out.states
+        if out.ok:
+            out.states = states
+            return out
+        unknown = unknown or out.ok is None
+        if best is None or len(_chain_list(out.chain)) > len(_chain_list(best.chain)):
+            best = out
+    assert best is not None
+    return _SearchOutcome(None if unknown else False, states, best.chain, best.init)
+
+
+def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
     """Wing & Gong / Lowe search over p; see the module docstring."""
     events = p.events
     E = len(events)
     n_completed = sum(p.completed)
     if n_completed == 0:
-        return _SearchOutcome(True, 0, None)
+        return _SearchOutcome(True, 0, None, init)
     # Nodes 1..E in time order; 0 is the head; -1 ends the list.
     nxt = list(range(1, E + 2))
     nxt[E] = -1
@@ -591,26 +666,29 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
 
     kind, a, b, chk, rok, rval = p.kind, p.a, p.b, p.chk, p.rok, p.rval
     completed = p.completed
+    excluded = p.excluded
 
     def step(i: int, state: int) -> int:
         """The KV model's step: the new value, or _FAIL when the model's
         answer differs from the recorded one."""
         k = kind[i]
         if state == _ANY:
-            # The unknown value is whatever this operation saw.
-            if k == _READ:
-                return rval[i]
-            if k == _SET:
-                return a[i]
-            if k == _DELETE:
-                return 0
+            # The unknown value (none of `excluded`) is whatever this
+            # operation saw.
             if not chk[i]:
-                return _ANY         # a superset of the possible values
-            if rval[i] == _NO_MATCH:
+                # set, delete; or a cas, whose expected value is excluded
+                return a[i] if k == _SET else (0 if k == _DELETE else _ANY)
+            v = rval[i]
+            if k == _CAS:
+                if v == _NO_MATCH:
+                    return _FAIL
+                if rok[i]:
+                    return b[i] if v == b[i] and a[i] not in excluded else _FAIL
+                if v == a[i]:
+                    return _FAIL
+            if v in excluded:
                 return _FAIL
-            if rok[i]:
-                return b[i] if rval[i] == b[i] else _FAIL
-            return rval[i] if rval[i] != a[i] else _FAIL
+            return a[i] if k == _SET else (0 if k == _DELETE else v)
         if k == _READ:
             return state if (not chk[i] or state == rval[i]) else _FAIL
         if k == _SET:
@@ -625,31 +703,26 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
             return _FAIL
         return ns
 
-    # Who observes a value v: the operations whose recorded result is
-    # possible only if the value before them was v, and the cas operations
-    # (result not checked) that expect v.
-    observers: dict[int, list[int]] = {}
-    for j in range(len(kind)):
-        if chk[j]:
-            if kind[j] == _CAS and rok[j]:
-                v = a[j]
-            elif rval[j] in (_NO_MATCH, a[j]) and kind[j] == _CAS:
-                continue            # a failed cas cannot show its expected value
-            else:
-                v = rval[j]
-        elif kind[j] == _CAS:
-            v = a[j]
-        else:
-            continue
-        observers.setdefault(v, []).append(j)
+    observers = p.observers
+    loose_cas = p.loose_cas
     call_node = [0] * len(kind)
     for pos in range(1, E + 1):
         if is_call[pos]:
             call_node[node_item[pos]] = pos
     first_ret = 0       # the first response node in the list; 0: not known
+    # same_prev[i]: the indeterminate set/delete of the same value whose
+    # invocation node comes last before i's; -1: none.
+    same_prev = [-1] * len(kind)
+    last_of: dict[int, int] = {}
+    for pos in range(1, E + 1):
+        i = node_item[pos]
+        if is_call[pos] and not completed[i] and kind[i] in (_SET, _DELETE):
+            w = a[i] if kind[i] == _SET else 0
+            same_prev[i] = last_of.get(w, -1)
+            last_of[w] = i
 
-    seen: dict[tuple, list] = {(0, p.init): [0]}
-    state = p.init
+    seen: dict[tuple, list] = {(0, init): [0]}
+    state = init
     cbits = 0          # completed items linearized
     ibits = 0          # indeterminate items linearized
     remaining = n_completed
@@ -665,21 +738,28 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
     node = nxt[0]
     while True:
         if remaining == 0:
-            return _SearchOutcome(True, states, cell)
+            return _SearchOutcome(True, states, cell, init)
         work_left -= 1
         if work_left < 0:
-            return _SearchOutcome(None, states, best)
+            return _SearchOutcome(None, states, best, init)
         if node != -1 and is_call[node]:
             i = node_item[node]
             ns = step(i, state)
             if ns != _FAIL and not completed[i]:
                 # An indeterminate operation is linearized only if it changes
-                # the value and something open right now observes the new
-                # value. Sound: in any linearization, an indeterminate write
-                # not followed by an observer of its value can be dropped
-                # (overwritten unseen) or moved later (past a cas that does
-                # not expect its value), keeping every result the same.
-                if ns == state:
+                # the value and a follower is open right now: an operation
+                # that observes the new value or, after a cas, a cas whose
+                # result is not checked expecting the same value. Sound: in
+                # any linearization, an indeterminate write followed by
+                # anything else can be dropped (overwritten unseen) or moved
+                # later past the cas that follows it (that cas fails either
+                # way), keeping every checked result the same. And of two unused
+                # indeterminate sets (or deletes) of one value, only the one
+                # invoked first: they are interchangeable.
+                j = same_prev[i]
+                while j != -1 and (ibits >> j) & 1:
+                    j = same_prev[j]
+                if ns == state or j != -1:
                     ns = _FAIL
                 elif ns != _ANY:
                     if first_ret == 0:
@@ -687,12 +767,19 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
                         while x != -1 and is_call[x]:
                             x = nxt[x]
                         first_ret = x if x != -1 else E + 1
+                    done = cbits | ibits
                     for j in observers.get(ns, ()):
-                        if j != i and call_node[j] < first_ret and not (
-                                (cbits | ibits) >> j) & 1:
+                        if j != i and call_node[j] < first_ret and not (done >> j) & 1:
                             break
                     else:
-                        ns = _FAIL
+                        if kind[i] != _CAS:
+                            ns = _FAIL
+                        else:
+                            for j in loose_cas.get(a[i], ()):
+                                if j != i and call_node[j] < first_ret and not (done >> j) & 1:
+                                    break
+                            else:
+                                ns = _FAIL
             if ns != _FAIL:
                 if completed[i]:
                     ncb, nib = cbits | (1 << i), ibits
@@ -714,7 +801,7 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
                 if fresh:
                     states += 1
                     if states > max_states:
-                        return _SearchOutcome(None, states, best)
+                        return _SearchOutcome(None, states, best, init)
                     stack.append((node, state))
                     cell = (i, ns, cell)
                     if len(stack) > best_depth:
@@ -740,7 +827,7 @@ def _search(p: _Problem, max_states: int) -> _SearchOutcome:
         else:
             # A response whose operation is not linearized yet: backtrack.
             if not stack:
-                return _SearchOutcome(False, states, best)
+                return _SearchOutcome(False, states, best, init)
             first_ret = 0
             node, state = stack.pop()
             i = node_item[node]
@@ -777,7 +864,7 @@ def _chain_list(chain: Any) -> list[tuple[int, int]]:
 
 
 def _fails(items: list[_Item], initial: Any, max_states: int) -> bool:
-    return _search(_Problem(items, initial), max_states).ok is False
+    return _solve(_Problem(items, initial), max_states).ok is False
 
 
 def _prefix_items(items: list[_Item], cut: tuple) -> list[_Item]:
@@ -811,8 +898,42 @@ def _window_items(items: list[_Item], cut: tuple) -> list[_Item]:
     return out
 
 
+def _first_true(f: Callable[[int], bool], lo: int, hi: int, start: int) -> int:
+    """The smallest k in (lo, hi] with f(k), for f monotone (False, then
+    True) with f(hi) known True: probe `start`, gallop away from it, then
+    bisect. (f(k) True is the costly case here, so galloping keeps most
+    probes on the cheap side.)"""
+    if lo < start < hi:
+        if f(start):
+            hi = start
+            step = 1
+            while hi - step > lo:
+                if f(hi - step):
+                    hi -= step
+                    step *= 2
+                else:
+                    lo = hi - step
+                    break
+        else:
+            lo = start
+            step = 1
+            while lo + step < hi:
+                if f(lo + step):
+                    hi = lo + step
+                    break
+                lo += step
+                step *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if f(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def _minimize(items: list[_Item], initial: Any, max_states: int,
-              budget: int) -> tuple[list[_Item], Any, bool]:
+              budget: int, hint: Optional[tuple] = None) -> tuple[list[_Item], Any, bool]:
     """A small sub-history of `items` (which fail) that still fails on its
     own, and the initial value it fails from (UNKNOWN: any); spends at most
     `budget` search states. The flag says whether shrinking ran to the end
@@ -824,36 +945,29 @@ def _minimize(items: list[_Item], initial: Any, max_states: int,
         if left[0] <= 0:
             stopped[0] = True
             return False
-        out = _search(_Problem(cand, init), min(max_states, left[0]))
+        out = _solve(_Problem(cand, init), min(max_states, left[0]))
         left[0] -= out.states
         if out.ok is None and left[0] <= 0:
             stopped[0] = True
         return out.ok is False
 
     # 1. The shortest failing prefix (linearizability is prefix-closed, so
-    #    failing is monotone in the cut: binary search).
+    #    failing is monotone in the cut). The search usually got stuck on
+    #    the response that made it fail: try there first.
     rets = sorted(it.ret_key for it in items if it.completed)
-    lo, hi = 0, len(rets) - 1          # the prefix at rets[-1] is everything
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fails(_prefix_items(items, rets[mid]), initial):
-            hi = mid
-        else:
-            lo = mid + 1
-    cur = sorted(_prefix_items(items, rets[hi]), key=lambda it: it.call_key)
+    start = bisect.bisect_left(rets, hint) if hint is not None else len(rets) - 1
+    k = _first_true(lambda k: fails(_prefix_items(items, rets[k]), initial),
+                    -1, len(rets) - 1, min(start, len(rets) - 1))
+    cur = sorted(_prefix_items(items, rets[k]), key=lambda it: it.call_key)
 
-    # 2. The latest window (see _window_items) that still fails from any
-    #    value: a later cut only relaxes more, so binary search again.
-    calls = sorted({it.call_key for it in cur if it.completed})
-    lo, hi = -1, len(calls) - 1        # -1: no window (the whole prefix)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fails(_window_items(cur, calls[mid]), UNKNOWN):
-            lo = mid
-        else:
-            hi = mid - 1
-    if lo >= 0:
-        cur = _window_items(cur, calls[lo])
+    # 2. The shortest window (see _window_items) that still fails from any
+    #    value: a later cut only relaxes more, so failing is monotone again.
+    #    Short windows are cheap to check: start from the end.
+    calls = sorted({it.call_key for it in cur if it.completed}, reverse=True)
+    k = _first_true(lambda k: fails(_window_items(cur, calls[k]), UNKNOWN),
+                    -1, len(calls), 0)
+    if k < len(calls):
+        cur = _window_items(cur, calls[k])
         initial = UNKNOWN
 
     # 3. Relaxations, kept while the sub-history still fails. Each only
@@ -928,7 +1042,7 @@ def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
         ck, rk = _event_keys(op)
         items.append(_Item(gi, op, op.ok and op.result is not UNKNOWN, bool(op.ok), ck, rk))
     p = _Problem(items, initial)
-    out = _search(p, max_states)
+    out = _solve(p, max_states)
     kr = KeyResult(key, out.ok, [op for _, op in entries], [gi for gi, _ in entries],
                    out.states)
     steps = _chain_list(out.chain)
@@ -949,10 +1063,11 @@ def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
     rest = [i for i in range(len(p.items)) if p.completed[i] and i not in done]
     stuck_i = min(rest, key=lambda i: p.items[i].ret_key)
     kr.stuck = p.items[stuck_i].op
-    value_after = p.value(steps[-1][1]) if steps else initial
+    value_after = p.value(steps[-1][1] if steps else out.init)
     lines = [f"{head}: NOT linearizable"]
     if minimize_states > 0:
-        w, w_init, complete = _minimize(p.items, initial, max_states, minimize_states)
+        w, w_init, complete = _minimize(p.items, initial, max_states, minimize_states,
+                                        p.items[stuck_i].ret_key)
         kr.witness = [_item_op(it) for it in w]
         kr.witness_initial = w_init
         start = ("whatever the value before it" if w_init is UNKNOWN

@@ -1,0 +1,800 @@
+"""Deterministic simulation of a raftcore cluster under faults.
+
+Runs the real engine and runtime — the same Raft, RaftCore and Engine users
+run — on a virtual-time event loop (virtual_loop), with a simulated network
+(latency, loss, duplication, reordering, partitions, paused nodes) and a
+simulated disk that loses what was written but not flushed when its node
+crashes. Every random choice flows from one seed, so `raftcore sim --seed S`
+replays a run exactly.
+
+While the cluster runs, clients write, compare-and-set and read
+(linearizable reads) with timeouts; each operation goes into a history that
+raftcore.testing.lincheck checks at the end. Invariants are checked
+continuously:
+
+- election safety: at most one leader per term;
+- state machine safety / log matching / committed entries never change: no
+  two applications of one index differ, across nodes and restarts;
+- leader completeness: a new leader holds every entry applied anywhere;
+- per node: purged <= snapshot <= applied <= committed <= last log index;
+  term never decreases and a vote in a term never changes, across restarts;
+  commit and applied never decrease within one incarnation.
+
+At the end every fault heals; within a bounded virtual time there must be one
+leader, converged members, and a write and a read that succeed (liveness).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from raftcore.config import Config, SnapshotPolicy
+from raftcore.errors import ForwardToLeader, NetworkError, NotAllowed, RaftError
+from raftcore.member_changes import ChangeMembers
+from raftcore.model import Node, ReadPolicy
+from raftcore.network.local import LocalRouter
+from raftcore.raft import Raft
+from raftcore.engine import LEADER
+from raftcore.storage.base import LogState, LogStore
+from raftcore.storage.mem import MemStateMachine
+from raftcore.testing import lincheck
+from raftcore.testing.virtual_loop import VirtualTimeLoop, inline_executor
+
+#: Fault kinds the simulator injects (all of them, with the default settings).
+FAULT_KINDS = ("isolate", "partition", "one_way", "ring", "drop", "duplicate", "crash",
+               "power_loss",
+               "pause", "elect", "snapshot", "purge", "transfer", "add_learner", "promote",
+               "remove_voter")
+
+#: Known-bad behaviours a test can switch on to show the checks catch them.
+BUGS = ("commit_prev_term", "double_vote", "unconfirmed_reads", "ack_before_flush")
+
+
+class Violation(AssertionError):
+    """A safety or liveness check failed."""
+
+
+@dataclass
+class SimSettings:
+    nodes: int = 5
+    spares: int = 2               # extra nodes that membership faults may add
+    duration: float = 12.0        # virtual seconds of faults and load
+    clients: int = 4
+    keys: int = 4
+    op_timeout: float = 1.0
+    fault_interval: float = 0.4   # mean virtual seconds between faults
+    heal_within: float = 20.0     # liveness: virtual seconds allowed after healing
+    bugs: tuple = ()
+
+
+@dataclass
+class SimResult:
+    seed: int
+    ok: bool
+    violation: str = ""
+    trace: list = field(default_factory=list)
+    faults: collections.Counter = field(default_factory=collections.Counter)
+    ops: int = 0
+    virtual_seconds: float = 0.0
+    lin_unknown: int = 0
+
+
+# --------------------------------------------------------------------- disk
+
+class SimDisk(LogStore):
+    """A log store whose writes become durable only after a simulated fsync.
+
+    `durable` survives crash(); what was appended, truncated or purged since
+    the last flush is lost. Flushes complete after a random latency, in order;
+    with the "ack_before_flush" bug, on_flushed fires before the data is
+    durable (what an implementation that acks before fsync does)."""
+
+    def __init__(self, rng: random.Random, durable: Optional[dict] = None,
+                 ack_before_flush: bool = False) -> None:
+        self.rng = rng
+        self.durable = durable if durable is not None else {
+            "vote": None, "entries": [], "purged": None, "committed": None}
+        self.entries = list(self.durable["entries"])
+        self.purged = self.durable["purged"]
+        self.vote = self.durable["vote"]
+        self.pending: list = []       # ops not yet durable
+        self.waiting: list = []       # on_flushed callbacks of pending appends
+        self.flush_scheduled = False
+        self.crashed = False
+        self.ack_before_flush = ack_before_flush
+
+    def _base(self) -> int:
+        return self.purged.index if self.purged is not None else 0
+
+    async def read_vote(self):
+        return self.vote
+
+    async def save_vote(self, vote):
+        await asyncio.sleep(self.rng.uniform(0.0002, 0.002))
+        if not self.crashed:
+            self.vote = vote
+            self.durable["vote"] = vote
+
+    async def get_log_state(self):
+        last = self.entries[-1].log_id if self.entries else self.purged
+        return LogState(self.purged, last)
+
+    async def read_entries(self, first, last):
+        base = self._base()
+        return self.entries[first - base - 1:last - base]
+
+    def append(self, entries, on_flushed):
+        if self.crashed:
+            return
+        self.entries.extend(entries)
+        self.pending.append(("append", list(entries)))
+        if self.ack_before_flush:
+            on_flushed(None)
+        else:
+            self.waiting.append(on_flushed)
+        self._schedule_flush()
+
+    def truncate_after(self, index):
+        if self.crashed:
+            return
+        del self.entries[max(0, index - self._base()):]
+        self.pending.append(("truncate", index))
+        self._schedule_flush()
+
+    def purge(self, upto):
+        if self.crashed or upto.index <= self._base():
+            return
+        del self.entries[:upto.index - self._base()]
+        self.purged = upto
+        self.pending.append(("purge", upto))
+        self._schedule_flush()
+
+    async def save_committed(self, committed):
+        self.durable["committed"] = committed
+
+    async def read_committed(self):
+        return self.durable["committed"]
+
+    def _schedule_flush(self):
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            # Mostly quick, sometimes a slow disk.
+            delay = self.rng.uniform(0.0001, 0.003)
+            if self.rng.random() < 0.05 or self.ack_before_flush:
+                # A slow disk; a store that acks early typically syncs lazily.
+                delay = self.rng.uniform(0.01, 0.05 if not self.ack_before_flush else 0.2)
+            asyncio.get_running_loop().call_later(delay, self._flush)
+
+    def _flush(self):
+        self.flush_scheduled = False
+        if self.crashed:
+            return
+        d = self.durable
+        for op in self.pending:
+            if op[0] == "append":
+                d["entries"].extend(op[1])
+            elif op[0] == "truncate":
+                base = d["purged"].index if d["purged"] is not None else 0
+                del d["entries"][max(0, op[1] - base):]
+            else:
+                base = d["purged"].index if d["purged"] is not None else 0
+                if op[1].index > base:
+                    del d["entries"][:op[1].index - base]
+                    d["purged"] = op[1]
+        self.pending = []
+        callbacks, self.waiting = self.waiting, []
+        for cb in callbacks:
+            cb(None)
+
+    def crash(self) -> dict:
+        """Loses everything not yet flushed; returns the durable state."""
+        self.crashed = True
+        self.pending = []
+        self.waiting = []
+        return self.durable
+
+
+class SimStateMachine(MemStateMachine):
+    """MemStateMachine that reports every applied entry to the checker."""
+
+    def __init__(self, node_id: int, checker: "Checker") -> None:
+        super().__init__()
+        self.node_id = node_id
+        self.checker = checker
+
+    def apply(self, entries):
+        for e in entries:
+            self.checker.applied(self.node_id, e)
+        return super().apply(entries)
+
+    def restarted(self) -> "SimStateMachine":
+        sm = SimStateMachine(self.node_id, self.checker)
+        if self._snapshot is not None:
+            sm._load(self._snapshot.meta, self._snapshot.data)
+        return sm
+
+
+# ------------------------------------------------------------------ network
+
+class SimNetwork(LocalRouter):
+    """LocalRouter with per-message random latency (hence reordering),
+    duplication and paused nodes; every delivery goes through a task."""
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__()
+        self._rng = rng
+        self.dup_rate = 0.0
+        self.paused: dict[int, asyncio.Event] = {}
+
+    def _deliver_nowait(self, src, dst, req):
+        return None           # always the asynchronous path: latency applies
+
+    async def _hop(self, a: int, b: int) -> None:
+        await asyncio.sleep(self._rng.uniform(0.0002, 0.004))
+        for n in (a, b):
+            ev = self.paused.get(n)
+            if ev is not None:
+                await ev.wait()
+
+    async def _deliver(self, src, dst, handler_name, req):
+        await self._hop(src, dst)
+        target = self._nodes.get(dst)
+        if target is None or not self._passes(src, dst):
+            self.dropped += 1
+            raise NetworkError(f"message {src}->{dst} lost")
+        if self.dup_rate and self._rng.random() < self.dup_rate:
+            asyncio.ensure_future(self._duplicate(target, handler_name, req))
+        resp = await getattr(target, handler_name)(req)
+        await self._hop(dst, src)
+        if not self._passes(dst, src):
+            self.dropped += 1
+            raise NetworkError(f"response {dst}->{src} lost")
+        self.delivered += 1
+        return resp
+
+    async def _duplicate(self, target, handler_name, req):
+        await asyncio.sleep(self._rng.uniform(0.0, 0.02))
+        try:
+            await getattr(target, handler_name)(req)
+        except RaftError:
+            pass
+
+
+# ------------------------------------------------------------------ checker
+
+class Checker:
+    """Safety invariants, checked as the simulation runs."""
+
+    def __init__(self, trace: list) -> None:
+        self.trace = trace
+        self.committed: dict[int, tuple] = {}        # index -> (term, kind, payload)
+        self.leaders: dict[int, int] = {}            # term -> leader id
+        self.votes: dict[int, dict] = {}             # node -> {term: voted for}
+        self.max_term: dict[int, int] = {}
+        self.incarnation: dict[int, tuple] = {}      # node -> (committed, applied)
+        self.first: Optional[str] = None             # the first violation seen
+
+    def fail(self, msg: str) -> None:
+        # A violation may surface inside the runtime (which then stops the
+        # node): remember the first one, it is the one to report.
+        if self.first is None:
+            self.first = msg
+        raise Violation(msg)
+
+    def applied(self, node: int, e) -> None:
+        rec = (e.term, e.kind, repr(e.payload))
+        prev = self.committed.setdefault(e.index, rec)
+        if prev != rec:
+            self.fail(f"state machine safety: node {node} applied {rec} at index {e.index}, "
+                      f"another node applied {prev}")
+
+    def new_incarnation(self, node: int) -> None:
+        self.incarnation[node] = (0, 0)
+
+    def observe(self, node: int, raft: Raft) -> None:
+        core = raft._core
+        if core._fatal is not None:
+            self.fail(f"node {node} stopped on an internal error: {core._fatal}")
+        e = core.engine
+        term, voted = e.vote.term, e.vote.node_id
+        if term < self.max_term.get(node, 0):
+            self.fail(f"node {node}: term went back from {self.max_term[node]} to {term}")
+        self.max_term[node] = term
+        if voted is not None:
+            seen = self.votes.setdefault(node, {}).setdefault(term, voted)
+            if seen != voted:
+                self.fail(f"node {node} voted for {seen} and then {voted} in term {term}")
+        if e.state == LEADER:
+            prev = self.leaders.setdefault(term, node)
+            if prev != node:
+                self.fail(f"election safety: nodes {prev} and {node} both lead term {term}")
+            if prev == node and not getattr(raft, "_sim_checked_term", None) == term:
+                raft._sim_checked_term = term
+                self._leader_complete(node, e)
+        applied = core.last_applied.index if core.last_applied else 0
+        purged = core.purged.index if core.purged else 0
+        snap = core.snapshot.index if core.snapshot else 0
+        last = e.last_log_index
+        if not (snap <= applied <= e.committed <= last):
+            self.fail(f"node {node}: expected purged {purged} <= snapshot {snap} <= applied "
+                      f"{applied} <= committed {e.committed} <= last log {last}")
+        if purged and snap < purged:
+            self.fail(f"node {node}: purged {purged} beyond its snapshot {snap}")
+        c0, a0 = self.incarnation.get(node, (0, 0))
+        if e.committed < c0 or applied < a0:
+            self.fail(f"node {node}: commit/applied went back ({c0}, {a0}) -> "
+                      f"({e.committed}, {applied}) without a restart")
+        self.incarnation[node] = (e.committed, applied)
+
+    def _leader_complete(self, node: int, e) -> None:
+        for index, (term, _, _) in self.committed.items():
+            if index <= e.log.purged_index:
+                continue
+            if index > e.last_log_index or e.log.term_of(index) != term:
+                self.fail(f"leader completeness: node {node} leads term {e.vote.term} without "
+                          f"committed entry {index} (term {term})")
+
+
+# --------------------------------------------------------------- simulation
+
+class Simulation:
+    def __init__(self, seed: int, settings: SimSettings) -> None:
+        self.seed = seed
+        self.s = settings
+        self.rng = random.Random(seed)
+        self.trace: list = []
+        self.checker = Checker(self.trace)
+        self.net = SimNetwork(random.Random(self.rng.random()))
+        self.rafts: dict[int, Raft] = {}
+        self.disks: dict[int, SimDisk] = {}
+        self.sms: dict[int, SimStateMachine] = {}
+        self.down: set[int] = set()
+        self.history = lincheck.History()
+        self.faults: collections.Counter = collections.Counter()
+        self.stop = False
+        self.ops = 0
+        self.voter_ids = set(range(1, settings.nodes + 1))
+        self.all_ids = list(range(1, settings.nodes + settings.spares + 1))
+        self.started: set[int] = set()
+
+    def log(self, msg: str) -> None:
+        self.trace.append(f"{asyncio.get_running_loop().time():9.4f}  {msg}")
+
+    def config(self, node_id: int) -> Config:
+        return Config(heartbeat_interval=0.05, election_timeout_min=0.15,
+                      election_timeout_max=0.3, seed=self.rng.randrange(2**32),
+                      snapshot_policy=SnapshotPolicy.logs_since_last(60),
+                      max_in_snapshot_log_to_keep=self.rng.choice([0, 5, 20]),
+                      snapshot_max_chunk_size=256, max_payload_entries=16,
+                      enable_pre_vote=self.rng.random() < 0.5, rpc_timeout=0.5)
+
+    async def start_node(self, i: int, durable: Optional[dict] = None,
+                         sm: Optional[SimStateMachine] = None) -> Raft:
+        disk = SimDisk(random.Random(self.rng.random()), durable,
+                       ack_before_flush="ack_before_flush" in self.s.bugs)
+        sm = sm or SimStateMachine(i, self.checker)
+        raft = await Raft.create(i, self.config(i), self.net.network(i), disk, sm,
+                                 executor=inline_executor)
+        for bug in self.s.bugs:
+            if bug != "ack_before_flush":
+                raft._core.engine.inject_bug(bug)
+        self.rafts[i], self.disks[i], self.sms[i] = raft, disk, sm
+        self.net.add(i, raft)
+        self.checker.new_incarnation(i)
+        self.started.add(i)
+        return raft
+
+    # ---------------------------------------------------------- the run
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i in sorted(self.voter_ids):
+            await self.start_node(i)
+        await self.rafts[1].initialize({i: Node(f"sim-{i}") for i in sorted(self.voter_ids)})
+        watcher = asyncio.ensure_future(self.watch())
+        clients = [asyncio.ensure_future(self.client(c)) for c in range(self.s.clients)]
+        faults = asyncio.ensure_future(self.inject_faults())
+        try:
+            await asyncio.sleep(self.s.duration)
+            self.stop = True
+            faults.cancel()
+            await asyncio.gather(faults, return_exceptions=True)
+            await asyncio.gather(*clients)
+            await self.heal_all()
+            await self.check_liveness()
+            self.check_watcher(watcher)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            for i, r in list(self.rafts.items()):
+                if i not in self.down:
+                    await r.shutdown()
+        self.virtual_seconds = loop.time()
+
+    def check_watcher(self, watcher: asyncio.Future) -> None:
+        if watcher.done() and watcher.exception() is not None:
+            raise watcher.exception()
+
+    async def watch(self) -> None:
+        while True:
+            for i, r in self.rafts.items():
+                if i not in self.down:
+                    self.checker.observe(i, r)
+            await asyncio.sleep(0.001)
+
+    # -------------------------------------------------------- clients
+
+    def live(self) -> list[Raft]:
+        return [self.rafts[i] for i in sorted(self.rafts) if i not in self.down]
+
+    def leader_guess(self) -> Optional[Raft]:
+        for r in self.live():
+            if r._core.engine.state == LEADER:
+                return r
+        return None
+
+    async def client(self, cid: int) -> None:
+        rng = random.Random(self.rng.random())
+        counter = 0
+        while not self.stop:
+            live = self.live()
+            if not live:
+                await asyncio.sleep(0.05)      # every node is down
+                continue
+            node = self.leader_guess() or rng.choice(live)
+            key = f"k{rng.randrange(self.s.keys)}"
+            r = rng.random()
+            counter += 1
+            if r < 0.5:
+                value = f"c{cid}-{counter}"
+                await self.write(cid, node, "set", key, (value,), ["set", key, value])
+            elif r < 0.7:
+                expected = rng.choice([None, f"c{rng.randrange(self.s.clients)}-{counter - 1}"])
+                cur = node.state_machine.get(key)
+                if rng.random() < 0.5:
+                    expected = cur
+                new = f"c{cid}-{counter}"
+                await self.write(cid, node, "cas", key, (expected, new),
+                                 ["cas", key, expected, new])
+            else:
+                await self.read(cid, node, key, rng)
+            await asyncio.sleep(rng.uniform(0.0, 0.01))
+
+    async def write(self, cid, node, kind, key, args, cmd) -> None:
+        loop = asyncio.get_running_loop()
+        tok = self.history.invoke(cid, kind, key, args, now=loop.time())
+        self.ops += 1
+        try:
+            resp = await asyncio.wait_for(node.client_write(cmd), self.s.op_timeout)
+        except ForwardToLeader:
+            self.history.fail(tok)          # never proposed, or its entry was replaced
+        except (asyncio.TimeoutError, RaftError):
+            self.history.indeterminate(tok)
+        else:
+            self.history.complete(tok, resp.data, now=loop.time())
+
+    async def read(self, cid, node, key, rng) -> None:
+        loop = asyncio.get_running_loop()
+        tok = self.history.invoke(cid, "read", key, (), now=loop.time())
+        self.ops += 1
+        policy = ReadPolicy.LEASE_READ if rng.random() < 0.5 else ReadPolicy.READ_INDEX
+        try:
+            await asyncio.wait_for(node.ensure_linearizable(policy), self.s.op_timeout)
+        except (asyncio.TimeoutError, RaftError):
+            self.history.fail(tok)          # a read that did not happen changes nothing
+            return
+        self.history.complete(tok, node.state_machine.get(key), now=loop.time())
+
+    # ---------------------------------------------------------- faults
+
+    async def inject_faults(self) -> None:
+        rng = random.Random(self.rng.random())
+        while True:
+            await asyncio.sleep(rng.expovariate(1.0 / self.s.fault_interval))
+            kind = rng.choice(FAULT_KINDS)
+            try:
+                did = await self.fault(kind, rng)
+            except (RaftError, asyncio.TimeoutError) as exc:
+                self.log(f"fault {kind} refused: {exc}")
+                continue
+            if did:
+                self.faults[kind] += 1
+
+    async def fault(self, kind: str, rng: random.Random) -> bool:
+        net = self.net
+        ids = sorted(i for i in self.started)
+        live = [i for i in ids if i not in self.down]
+        if kind == "isolate":
+            n = rng.choice(ids)
+            net.isolate(n)
+            self.log(f"isolate {n}")
+            self.later(rng.uniform(0.2, 2.0), lambda: (net.restore(n), self.log(f"restore {n}")))
+        elif kind == "partition":
+            side = set(rng.sample(ids, rng.randrange(1, len(ids))))
+            for a in side:
+                for b in ids:
+                    if b not in side:
+                        net.cut(a, b)
+                        net.cut(b, a)
+            self.log(f"partition {sorted(side)} | {sorted(set(ids) - side)}")
+            self.later(rng.uniform(0.3, 2.0), self.heal_links)
+        elif kind == "one_way":
+            a, b = rng.sample(ids, 2)
+            net.cut(a, b)
+            self.log(f"cut {a}->{b}")
+            self.later(rng.uniform(0.2, 2.0), lambda: (net.uncut(a, b), self.log(f"uncut {a}->{b}")))
+        elif kind == "ring":
+            order = ids[:]
+            rng.shuffle(order)
+            ring = {(order[k], order[(k + 1) % len(order)]) for k in range(len(order))}
+            ring |= {(b, a) for a, b in ring}
+            for a in ids:
+                for b in ids:
+                    if a != b and (a, b) not in ring:
+                        net.cut(a, b)
+            self.log(f"ring {order}")
+            self.later(rng.uniform(0.3, 2.0), self.heal_links)
+        elif kind == "drop":
+            rate = rng.uniform(0.05, 0.4)
+            net.set_drop_rate(rate)
+            self.log(f"drop {rate:.2f}")
+            self.later(rng.uniform(0.3, 2.0), lambda: (net.set_drop_rate(0.0), self.log("drop 0")))
+        elif kind == "duplicate":
+            net.dup_rate = rng.uniform(0.05, 0.3)
+            self.log(f"duplicate {net.dup_rate:.2f}")
+            self.later(rng.uniform(0.3, 2.0), lambda: setattr(net, "dup_rate", 0.0))
+        elif kind == "crash":
+            if not live:
+                return False
+            n = rng.choice(live)
+            await self.crash(n)
+            self.later(rng.uniform(0.1, 2.0), lambda: asyncio.ensure_future(self.restart(n)))
+        elif kind == "power_loss":
+            # Several nodes lose power at once: unflushed writes are gone on
+            # all of them.
+            if len(live) < 2:
+                return False
+            victims = rng.sample(live, rng.randrange(2, len(live) + 1))
+            for n in victims:
+                await self.crash(n)
+            self.log(f"power loss {victims}")
+            for n in victims:
+                self.later(rng.uniform(0.05, 1.0),
+                           lambda n=n: asyncio.ensure_future(self.restart(n)))
+        elif kind == "pause":
+            if not live:
+                return False
+            n = rng.choice(live)
+            if n in net.paused:
+                return False
+            net.paused[n] = asyncio.Event()
+            self.rafts[n].runtime_config.tick(False)
+            self.log(f"pause {n}")
+            self.later(rng.uniform(0.1, 1.0), lambda: self.resume(n))
+        elif kind in ("elect", "snapshot", "purge", "transfer"):
+            if not live:
+                return False
+            n = rng.choice(live)
+            r = self.rafts[n]
+            if kind == "elect":
+                r.trigger.elect()
+            elif kind == "snapshot":
+                fut = r.trigger.snapshot()
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            elif kind == "purge":
+                r.trigger.purge_log(r.metrics.last_applied_index)
+            else:
+                leader = self.leader_guess()
+                if leader is None:
+                    return False
+                to = rng.choice(sorted(leader.metrics.membership.voter_ids))
+                leader.trigger.transfer_leader(to)
+                n = f"{leader.id}->{to}"
+            self.log(f"{kind} {n}")
+        else:
+            return await self.membership_fault(kind, rng)
+        return True
+
+    async def membership_fault(self, kind: str, rng: random.Random) -> bool:
+        leader = self.leader_guess()
+        if leader is None:
+            return False
+        m = leader.metrics.membership
+        if kind == "add_learner":
+            spare = [i for i in self.all_ids if i not in m.nodes and i not in self.down]
+            if not spare:
+                return False
+            n = rng.choice(spare)
+            if n not in self.started:
+                await self.start_node(n)
+            self.log(f"add_learner {n}")
+            self.background(leader.add_learner(n, Node(f"sim-{n}"), blocking=False))
+        elif kind == "promote":
+            if not m.learner_ids:
+                return False
+            n = rng.choice(sorted(m.learner_ids))
+            self.log(f"promote {n}")
+            self.background(leader.change_membership(ChangeMembers.add_voter_ids({n})))
+        else:
+            if len(m.voter_ids) <= 3:
+                return False
+            n = rng.choice(sorted(m.voter_ids))
+            retain = rng.random() < 0.5
+            self.log(f"remove_voter {n} (retain={retain}, leader {leader.id})")
+            self.background(leader.change_membership(ChangeMembers.remove_voters({n}),
+                                                     retain=retain))
+        return True
+
+    def background(self, coro) -> None:
+        async def guarded():
+            try:
+                await asyncio.wait_for(coro, 3.0)
+            except (RaftError, asyncio.TimeoutError) as exc:
+                self.log(f"membership change ended: {type(exc).__name__}: {exc}")
+        asyncio.ensure_future(guarded())
+
+    def later(self, delay: float, fn) -> None:
+        asyncio.get_running_loop().call_later(delay, fn)
+
+    def heal_links(self) -> None:
+        self.net._cut.clear()
+        self.log("heal links")
+
+    def resume(self, n: int) -> None:
+        ev = self.net.paused.pop(n, None)
+        if ev is not None:
+            ev.set()
+        if n in self.rafts and n not in self.down:
+            self.rafts[n].runtime_config.tick(True)
+        self.log(f"resume {n}")
+
+    async def crash(self, n: int) -> None:
+        self.down.add(n)
+        self.net.remove(n)
+        self.disks[n].crash()
+        await self.rafts[n].shutdown()
+        self.log(f"crash {n}")
+
+    async def restart(self, n: int) -> None:
+        if n not in self.down:
+            return
+        self.down.discard(n)
+        durable = self.disks[n].durable
+        await self.start_node(n, durable, self.sms[n].restarted())
+        self.log(f"restart {n}")
+
+    async def heal_all(self) -> None:
+        self.net.heal()
+        self.net.dup_rate = 0.0
+        for n in list(self.net.paused):
+            self.resume(n)
+        for n in sorted(self.down):
+            await self.restart(n)
+        self.log("healed everything")
+
+    # -------------------------------------------------------- liveness
+
+    async def final_write_and_read(self, leader: Raft) -> bool:
+        loop = asyncio.get_running_loop()
+        tok = self.history.invoke("final", "set", "final", ("done",), now=loop.time())
+        try:
+            resp = await asyncio.wait_for(leader.client_write(["set", "final", "done"]), 1.0)
+        except ForwardToLeader:
+            self.history.fail(tok)
+            return False
+        except (RaftError, asyncio.TimeoutError):
+            self.history.indeterminate(tok)
+            return False
+        self.history.complete(tok, resp.data, now=loop.time())
+        try:
+            await asyncio.wait_for(leader.ensure_linearizable(), 1.0)
+        except (RaftError, asyncio.TimeoutError):
+            return False
+        return True
+
+    async def check_liveness(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.s.heal_within
+        leader = None
+        while loop.time() < deadline:
+            leader = self.leader_guess()
+            if leader is not None and await self.final_write_and_read(leader):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise Violation(f"liveness: no leader could write and read within "
+                            f"{self.s.heal_within}s of healing")
+        members = sorted(leader.metrics.membership.nodes)
+        target = leader.metrics.last_applied_index
+        for i in members:
+            try:
+                await self.rafts[i].wait(self.s.heal_within).applied_index_at_least(target)
+            except RaftError as exc:
+                raise Violation(f"liveness: member {i} did not catch up to {target}: {exc}")
+        self.log(f"liveness ok: leader {leader.id}, members {members} at {target}")
+
+
+def run_seed(seed: int, settings: Optional[SimSettings] = None) -> SimResult:
+    """Runs one seed; never raises for a violation (the result says)."""
+    settings = settings or SimSettings()
+    sim = Simulation(seed, settings)
+    loop = VirtualTimeLoop()
+    asyncio.set_event_loop(loop)
+    result = SimResult(seed=seed, ok=True)
+    try:
+        try:
+            loop.run_until_complete(sim.run())
+        except Violation as v:
+            result.ok, result.violation = False, str(v)
+        if sim.checker.first is not None:
+            result.ok, result.violation = False, sim.checker.first
+        if result.ok:
+            lin = lincheck.check(sim.history)
+            if lin.ok is False:
+                result.ok = False
+                result.violation = f"not linearizable:\n{lin.explanation}"
+            result.lin_unknown = len(lin.unknown)
+    finally:
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        asyncio.set_event_loop(None)
+        loop.close()
+    result.trace = sim.trace
+    result.faults = sim.faults
+    result.ops = sim.ops
+    result.virtual_seconds = getattr(sim, "virtual_seconds", 0.0)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="raftcore sim",
+                                description="Deterministic simulation with fault injection")
+    p.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
+    p.add_argument("--seed", type=int, default=None, help="run only this seed, with its trace")
+    p.add_argument("--first", type=int, default=1, help="first seed")
+    p.add_argument("--nodes", type=int, default=5)
+    p.add_argument("--duration", type=float, default=12.0, help="virtual seconds of faults")
+    p.add_argument("--bug", action="append", default=[], choices=BUGS,
+                   help="switch on a known-bad behaviour (to see it caught)")
+    args = p.parse_args(argv)
+    if args.nodes < 1:
+        p.error("--nodes must be at least 1")
+    settings = SimSettings(nodes=args.nodes, duration=args.duration, bugs=tuple(args.bug))
+    seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
+    faults: collections.Counter = collections.Counter()
+    ops = failed = 0
+    t0 = time.perf_counter()
+    for seed in seeds:
+        r = run_seed(seed, settings)
+        faults.update(r.faults)
+        ops += r.ops
+        if not r.ok:
+            failed += 1
+            bugs = "".join(f" --bug {b}" for b in args.bug)
+            print(f"seed {seed}: VIOLATION: {r.violation}")
+            print(f"  reproduce: raftcore sim --seed {seed} --nodes {args.nodes} "
+                  f"--duration {args.duration}{bugs}")
+            print("  last events:")
+            for line in r.trace[-40:]:
+                print("   ", line)
+        elif args.seed is not None:
+            for line in r.trace:
+                print("   ", line)
+    dt = time.perf_counter() - t0
+    print(f"seeds run: {len(seeds)}, violations: {failed}, operations checked: {ops}, "
+          f"{dt:.1f}s")
+    print("faults injected: " + ", ".join(f"{k} {faults[k]}" for k in FAULT_KINDS))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
