@@ -448,6 +448,13 @@ class RaftCore:
             return self._after_flush(resp)
         return resp
 
+    async def wait_flushed(self, index: int) -> None:
+        """Returns once the local log is durable up to `index`."""
+        if self.engine.flushed < index:
+            fut = self.loop.create_future()
+            self._flush_waiters.append((index, fut))
+            await fut
+
     async def _after_flush(self, resp):
         if self.engine.flushed < resp.matched:
             fut = self.loop.create_future()

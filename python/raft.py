@@ -112,7 +112,14 @@ class Raft:
                 raise ConfigError(f"member {k}: expected a raftcore.Node, got {v!r}")
         membership = Membership([set(members)], dict(members))
         core = self._core
-        core.step(core.engine.initialize, membership)
+        # The first membership entry is made durable before this node votes
+        # for itself: a crash in between must not leave a vote without the
+        # log it was for (the node could then never be initialized again).
+        core.step(core.engine.initialize, membership, False)
+        await core.run_commands()
+        await core.wait_flushed(1)
+        if membership.is_voter(self.id) and core.engine.leader_id is None:
+            core.step(core.engine.trigger_elect, core.loop.time())
         await core.run_commands()
 
     # --------------------------------------------------------------- writes

@@ -234,7 +234,7 @@ cdef class Engine:
 
     # ----------------------------------------------------------- initialize
 
-    def initialize(self, Membership membership):
+    def initialize(self, Membership membership, bint elect=True):
         """Appends the first membership entry and, if this node is a voter,
         starts an election right away. Only on a node that never had a log
         or a vote."""
@@ -246,7 +246,7 @@ cdef class Engine:
         cdef Entry first = make_entry(0, 1, MEMBERSHIP, membership)
         self._append_local([first])
         self.state = self._follower_state()
-        if membership.is_voter(self.id):
+        if elect and membership.is_voter(self.id):
             self._start_election(False)
 
     # ------------------------------------------------------------------ time

@@ -726,7 +726,7 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
     cbits = 0          # completed items linearized
     ibits = 0          # indeterminate items linearized
     remaining = n_completed
-    stack: list[tuple[int, int]] = []
+    stack: list[tuple[int, int, bool]] = []
     cell = None
     best = None
     best_depth = 0
@@ -736,12 +736,30 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
     # enough to hang the search.
     work_left = _WORK_PER_STATE * max_states
     node = nxt[0]
+    fresh_config = True     # just arrived at a new configuration
+    forcing = False         # node is this configuration's forced step
     while True:
         if remaining == 0:
             return _SearchOutcome(True, states, cell, init)
         work_left -= 1
         if work_left < 0:
             return _SearchOutcome(None, states, best, init)
+        if fresh_config:
+            # Partial-order reduction: a completed operation whose checked
+            # result pins the value to the current one and that leaves it
+            # unchanged (a read of it, say) can be linearized now, as the
+            # only choice: moved here from later in any linearization, it
+            # sees the same value and changes nothing.
+            fresh_config = False
+            x = nxt[0]
+            while x != -1 and is_call[x]:
+                j = node_item[x]
+                if completed[j] and chk[j] and step(j, state) == state:
+                    forcing = True
+                    break
+                x = nxt[x]
+            work_left -= 1
+            node = x if forcing else nxt[0]
         if node != -1 and is_call[node]:
             i = node_item[node]
             ns = step(i, state)
@@ -752,8 +770,10 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
                 # result is not checked expecting the same value. Sound: in
                 # any linearization, an indeterminate write followed by
                 # anything else can be dropped (overwritten unseen) or moved
-                # later past the cas that follows it (that cas fails either
-                # way), keeping every checked result the same. And of two unused
+                # later past the cas (result not checked) that follows it:
+                # a set or delete overwrites whatever that cas did, and a cas
+                # not expecting the same value fails either way. Every
+                # checked result stays the same. And of two unused
                 # indeterminate sets (or deletes) of one value, only the one
                 # invoked first: they are interchangeable.
                 j = same_prev[i]
@@ -802,7 +822,9 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
                     states += 1
                     if states > max_states:
                         return _SearchOutcome(None, states, best, init)
-                    stack.append((node, state))
+                    stack.append((node, state, forcing))
+                    forcing = False
+                    fresh_config = True
                     cell = (i, ns, cell)
                     if len(stack) > best_depth:
                         best_depth = len(stack)
@@ -823,13 +845,19 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
                     first_ret = 0
                     node = nxt[0]
                     continue
-            node = nxt[node]
+            if forcing:
+                # The forced step leads where the search has been: this
+                # configuration fails too.
+                forcing = False
+                node = -1
+            else:
+                node = nxt[node]
         else:
             # A response whose operation is not linearized yet: backtrack.
             if not stack:
                 return _SearchOutcome(False, states, best, init)
             first_ret = 0
-            node, state = stack.pop()
+            node, state, forced = stack.pop()
             i = node_item[node]
             cell = cell[2]
             if completed[i]:
@@ -847,7 +875,8 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
             nxt[lp] = node
             if ln != -1:
                 prv[ln] = node
-            node = nxt[node]
+            # A forced step was the only choice: keep backtracking.
+            node = -1 if forced else nxt[node]
 
 
 def _chain_list(chain: Any) -> list[tuple[int, int]]:

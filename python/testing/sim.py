@@ -48,7 +48,7 @@ from raftcore.testing.virtual_loop import VirtualTimeLoop, inline_executor
 
 #: Fault kinds the simulator injects (all of them, with the default settings).
 FAULT_KINDS = ("isolate", "partition", "one_way", "ring", "drop", "duplicate", "crash",
-               "power_loss",
+               "crash_leader", "power_loss",
                "pause", "elect", "snapshot", "purge", "transfer", "add_learner", "promote",
                "remove_voter")
 
@@ -71,6 +71,10 @@ class SimSettings:
     fault_interval: float = 0.4   # mean virtual seconds between faults
     heal_within: float = 20.0     # liveness: virtual seconds allowed after healing
     bugs: tuple = ()
+    fault_kinds: tuple = FAULT_KINDS
+    #: AppendEntries batch sizes to pick from (1 makes every entry its own
+    #: message: more partial replication, more Figure 8 situations).
+    payload_entries: tuple = (1, 4, 16)
 
 
 @dataclass
@@ -297,12 +301,15 @@ class Checker:
     def new_incarnation(self, node: int) -> None:
         self.incarnation[node] = (0, 0)
 
-    def observe(self, node: int, raft: Raft) -> None:
+    def observe(self, node: int, raft: Raft, disk: SimDisk) -> None:
         core = raft._core
         if core._fatal is not None:
             self.fail(f"node {node} stopped on an internal error: {core._fatal}")
         e = core.engine
-        term, voted = e.vote.term, e.vote.node_id
+        # Votes as on disk: the engine's runs ahead while a save is under
+        # way, and nothing acts on it until the save returns.
+        vote = disk.durable["vote"]
+        term, voted = (vote.term, vote.node_id) if vote is not None else (0, None)
         if term < self.max_term.get(node, 0):
             self.fail(f"node {node}: term went back from {self.max_term[node]} to {term}")
         self.max_term[node] = term
@@ -371,7 +378,8 @@ class Simulation:
                       election_timeout_max=0.3, seed=self.rng.randrange(2**32),
                       snapshot_policy=SnapshotPolicy.logs_since_last(60),
                       max_in_snapshot_log_to_keep=self.rng.choice([0, 5, 20]),
-                      snapshot_max_chunk_size=256, max_payload_entries=16,
+                      snapshot_max_chunk_size=256,
+                      max_payload_entries=self.rng.choice(self.s.payload_entries),
                       enable_pre_vote=self.rng.random() < 0.5, rpc_timeout=0.5)
 
     async def start_node(self, i: int, durable: Optional[dict] = None,
@@ -425,7 +433,7 @@ class Simulation:
         while True:
             for i, r in self.rafts.items():
                 if i not in self.down:
-                    self.checker.observe(i, r)
+                    self.checker.observe(i, r, self.disks[i])
             await asyncio.sleep(0.001)
 
     # -------------------------------------------------------- clients
@@ -497,7 +505,7 @@ class Simulation:
         rng = random.Random(self.rng.random())
         while True:
             await asyncio.sleep(rng.expovariate(1.0 / self.s.fault_interval))
-            kind = rng.choice(FAULT_KINDS)
+            kind = rng.choice(self.s.fault_kinds)
             try:
                 did = await self.fault(kind, rng)
             except (RaftError, asyncio.TimeoutError) as exc:
@@ -555,6 +563,13 @@ class Simulation:
             n = rng.choice(live)
             await self.crash(n)
             self.later(rng.uniform(0.1, 2.0), lambda: asyncio.ensure_future(self.restart(n)))
+        elif kind == "crash_leader":
+            leader = self.leader_guess()
+            if leader is None:
+                return False
+            n = leader.id
+            await self.crash(n)
+            self.later(rng.uniform(0.05, 1.0), lambda: asyncio.ensure_future(self.restart(n)))
         elif kind == "power_loss":
             # Several nodes lose power at once: unflushed writes are gone on
             # all of them.
@@ -765,10 +780,22 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=12.0, help="virtual seconds of faults")
     p.add_argument("--bug", action="append", default=[], choices=BUGS,
                    help="switch on a known-bad behaviour (to see it caught)")
+    p.add_argument("--faults", default=None,
+                   help="comma-separated fault kinds to inject (default: all)")
+    p.add_argument("--fault-interval", type=float, default=0.4,
+                   help="mean virtual seconds between faults")
     args = p.parse_args(argv)
     if args.nodes < 1:
         p.error("--nodes must be at least 1")
-    settings = SimSettings(nodes=args.nodes, duration=args.duration, bugs=tuple(args.bug))
+    kinds = FAULT_KINDS
+    if args.faults:
+        kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
+        unknown = sorted(set(kinds) - set(FAULT_KINDS))
+        if unknown:
+            p.error(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}")
+    settings = SimSettings(nodes=args.nodes, duration=args.duration, bugs=tuple(args.bug),
+                           fault_kinds=kinds, fault_interval=args.fault_interval,
+                           spares=2 if args.nodes > 1 else 0)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     faults: collections.Counter = collections.Counter()
     ops = failed = 0
@@ -781,8 +808,10 @@ def main(argv=None) -> int:
             failed += 1
             bugs = "".join(f" --bug {b}" for b in args.bug)
             print(f"seed {seed}: VIOLATION: {r.violation}")
+            extra = f" --faults {','.join(kinds)}" if args.faults else ""
+            extra += f" --fault-interval {args.fault_interval}"
             print(f"  reproduce: raftcore sim --seed {seed} --nodes {args.nodes} "
-                  f"--duration {args.duration}{bugs}")
+                  f"--duration {args.duration}{bugs}{extra}")
             print("  last events:")
             for line in r.trace[-40:]:
                 print("   ", line)
