@@ -30,6 +30,10 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raftcore", description="raftcore: Raft for Python")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("sim", help="deterministic simulation with fault injection "
+                               "(raftcore sim --help)", add_help=False)
+    sub.add_parser("kv", help="run one node of a key-value cluster (raftcore kv --help)",
+                   add_help=False)
     b = sub.add_parser("bench", help="3-node in-process cluster write benchmark",
                        description="openraft's cluster_benchmark workload: 3 voters in one "
                                    "process, in-memory log, LocalRouter; N clients each "
@@ -49,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `sim` and `kv` own their arguments: hand them the rest of the line.
+    if argv and argv[0] == "sim":
+        from raftcore.testing import sim
+        return sim.main(argv[1:])
+    if argv and argv[0] == "kv":
+        from raftcore import kv
+        return kv.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "bench":
         return _bench(args)
