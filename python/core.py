@@ -486,17 +486,22 @@ class RaftCore:
                 await self._run_async()
 
     async def run_commands(self) -> None:
-        """Returns once every command emitted so far has been executed."""
+        """Returns once every command emitted so far has been executed.
+
+        What can run without awaiting runs here and now; the rest runs on
+        this node's core task, never in the caller's task: a caller may be
+        another node's RPC task, and its cancellation (that node shutting
+        down) must not cut a command of this node in half."""
         target = self._cmds_taken + len(self.engine.output)
         if self._cmds_done >= target:
             return
-        if not self._busy:
-            await self._run_async()
-            if self._cmds_done >= target:
-                return
-            self.check_running()
+        self._run_sync()
+        if self._cmds_done >= target:
+            return
+        self.check_running()
         fut = self.loop.create_future()
         self._exec_waiters.append((target, fut))
+        self._kick()
         await fut
 
     def _run_sync(self) -> None:

@@ -119,8 +119,8 @@ class Raft:
         await core.run_commands()
         await core.wait_flushed(1)
         if membership.is_voter(self.id) and core.engine.leader_id is None:
+            # The election goes on in the background.
             core.step(core.engine.trigger_elect, core.loop.time())
-        await core.run_commands()
 
     # --------------------------------------------------------------- writes
 

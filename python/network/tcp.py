@@ -27,6 +27,15 @@ message, and `request_id` is an integer the client chose. Requests carry
 AppendEntries, Vote, InstallSnapshot or TransferLeader; replies carry the
 matching response type (TransferLeader has none: `[request_id, None]`).
 
+Services. An application may serve its own requests on the same port and
+frames (`raftcore kv` serves its clients this way): `RaftServer.start(...,
+services={type: handler})`. A message `[type, ...]` whose type is an integer
+>= SERVICE_TYPE_MIN (raftcore's own RPCs use types below it) is handed, as
+the decoded msgpack list, to `await handler(message)` in a task of its own;
+whatever msgpack-able value it returns is the reply (`[request_id, value]`),
+and an exception it raises is answered with an error frame. A service type
+without a handler closes the connection like any unknown message.
+
 Connections. A client keeps one connection per peer for replication
 (AppendEntries, Vote, TransferLeader) and opens a second one, on first use,
 for snapshot chunks (InstallSnapshot), so that a snapshot being streamed never
@@ -71,7 +80,7 @@ import asyncio
 import logging
 import ssl as _ssl
 import struct
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Mapping, Optional
 
 import msgpack
 
@@ -83,7 +92,7 @@ from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
 from raftcore.network.base import Network, NetworkClient
 
 __all__ = ["TcpNetwork", "TcpClient", "RaftServer", "WIRE_VERSION", "DEFAULT_MAX_FRAME_SIZE",
-           "parse_address"]
+           "SERVICE_TYPE_MIN", "parse_address"]
 
 log = logging.getLogger("raftcore.network.tcp")
 
@@ -94,6 +103,9 @@ WIRE_VERSION = 1
 #: default) of byte payloads plus per-entry overhead, or one oversized entry
 #: that travels alone.
 DEFAULT_MAX_FRAME_SIZE = 32 * 1024 * 1024
+#: Message types from this one up belong to services (RaftServer.start's
+#: `services`); raftcore's RPC messages use types below it.
+SERVICE_TYPE_MIN = 64
 #: Reconnect back-off: first delay after a failure, and its cap.
 BACKOFF_INITIAL = 0.2
 BACKOFF_MAX = 1.0
@@ -576,6 +588,10 @@ class _Channel:
         await _wait_closed(conn.writer)
 
 
+async def _raise(exc: BaseException) -> Any:
+    raise exc
+
+
 def _retrieve(task: asyncio.Task) -> None:
     if not task.cancelled():
         task.exception()
@@ -618,6 +634,13 @@ class _ServerConn:
         body = self.packer.pack([rid, None if resp is None else encode_message(resp)])
         self.writer.write(_pack_header(len(body) + 1, WIRE_VERSION) + body)
 
+    def reply_value(self, rid: int, value: Any) -> None:
+        """Replies with a plain msgpack-able value (a service's reply)."""
+        if self.closed:
+            return
+        body = self.packer.pack([rid, value])
+        self.writer.write(_pack_header(len(body) + 1, WIRE_VERSION) + body)
+
     def reply_error(self, rid: int, exc: BaseException) -> None:
         if self.closed:
             return
@@ -639,8 +662,11 @@ class RaftServer:
     the handlers in progress to finish (they are never cancelled).
     """
 
-    def __init__(self, raft: Any, ssl: Optional[_ssl.SSLContext], max_frame_size: int) -> None:
+    def __init__(self, raft: Any, ssl: Optional[_ssl.SSLContext], max_frame_size: int,
+                 services: Optional[dict] = None) -> None:
         self._raft = raft
+        #: Service message type -> handler; None when the server has none.
+        self._services = services or None
         self._ssl = ssl
         self._max_frame = max_frame_size
         self._server: Optional[asyncio.base_events.Server] = None
@@ -660,13 +686,27 @@ class RaftServer:
 
     @classmethod
     async def start(cls, raft: Any, host: str, port: int, ssl: Optional[_ssl.SSLContext] = None,
-                    *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> "RaftServer":
-        """Listens on host:port (port 0: any free port) and serves `raft`'s RPCs."""
+                    *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                    services: Optional[Mapping[int, Callable[[list], Awaitable[Any]]]] = None,
+                    ) -> "RaftServer":
+        """Listens on host:port (port 0: any free port) and serves `raft`'s RPCs,
+        and the application's own requests through `services` (message type
+        >= SERVICE_TYPE_MIN -> async handler; see the module docstring)."""
         _check_ssl(ssl)
         _check_positive("max_frame_size", max_frame_size, integer=True)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
             raise ConfigError(f"port must be an integer in [0, 65535], got {port!r}")
-        self = cls(raft, ssl, max_frame_size)
+        if services is not None:
+            services = dict(services)
+            for t, handler in services.items():
+                if not isinstance(t, int) or isinstance(t, bool) or t < SERVICE_TYPE_MIN:
+                    raise ConfigError(f"service message types must be integers >= "
+                                      f"{SERVICE_TYPE_MIN} (lower ones are raftcore's RPCs), "
+                                      f"got {t!r}")
+                if not callable(handler):
+                    raise ConfigError(f"the handler of service message type {t} is not "
+                                      f"callable: {handler!r}")
+        self = cls(raft, ssl, max_frame_size, services)
         self._server = await asyncio.start_server(self._serve, host, port, ssl=ssl,
                                                   limit=_READ_LIMIT)
         self._port = self._server.sockets[0].getsockname()[1]
@@ -716,6 +756,7 @@ class RaftServer:
         readexactly = reader.readexactly
         max_frame = self._max_frame
         dispatch = self._dispatch
+        services = self._services
         transport = conn.transport
         reason = None
         try:
@@ -749,14 +790,24 @@ class RaftServer:
                 if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not int:
                     reason = "frame body is not [request_id, message]"
                     break
-                try:
-                    msg = decode_message(obj[1])
-                except Exception as exc:
-                    reason = f"malformed message: {exc}"
-                    break
-                reason = dispatch(conn, obj[0], msg)
-                if reason is not None:
-                    break
+                msg = obj[1]
+                if (services is not None and type(msg) is list and msg
+                        and type(msg[0]) is int and msg[0] >= SERVICE_TYPE_MIN):
+                    handler = services.get(msg[0])
+                    if handler is None:
+                        reason = f"unknown service message type {msg[0]}"
+                        break
+                    self._spawn(conn, self._handle(conn, rid=obj[0], handler=handler, msg=msg,
+                                                   raw=True))
+                else:
+                    try:
+                        msg = decode_message(msg)
+                    except Exception as exc:
+                        reason = f"malformed message: {exc}"
+                        break
+                    reason = dispatch(conn, obj[0], msg)
+                    if reason is not None:
+                        break
                 if conn.handling >= _MAX_HANDLING_PER_CONN:
                     conn.room = asyncio.get_running_loop().create_future()
                     await conn.room
@@ -815,13 +866,20 @@ class RaftServer:
         self._handlers.add(t)
         t.add_done_callback(self._handlers.discard)
 
-    async def _handle(self, conn: _ServerConn, rid: int, handler: Any, msg: Any) -> None:
+    async def _handle(self, conn: _ServerConn, rid: int, handler: Any, msg: Any,
+                      raw: bool = False) -> None:
         # Everything before the handler's first await runs now, in the order
         # the tasks were created: the node sees requests in arrival order.
         conn.unstarted -= 1
-        await self._finish(conn, rid, handler(msg))
+        try:
+            pending = handler(msg)
+        except Exception as exc:     # a service handler that raised before awaiting
+            pending = _raise(exc)
+        await self._finish(conn, rid, pending, raw)
 
-    async def _finish(self, conn: _ServerConn, rid: int, pending: Any) -> None:
+    async def _finish(self, conn: _ServerConn, rid: int, pending: Any, raw: bool = False) -> None:
+        """Awaits a handler and sends its reply: a raftcore message, or with
+        `raw` (a service's) a plain msgpack-able value."""
         try:
             try:
                 resp = await pending
@@ -833,7 +891,10 @@ class RaftServer:
                 conn.reply_error(rid, exc)
                 return
             try:
-                conn.reply(rid, resp)
+                if raw:
+                    conn.reply_value(rid, resp)
+                else:
+                    conn.reply(rid, resp)
             except Exception as exc:  # a handler returning a non-message is our bug
                 log.error("cannot encode the reply to request %s from %s: %s", rid, conn.peer,
                           exc)

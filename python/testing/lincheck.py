@@ -72,59 +72,83 @@ Checking
 returns a :class:`Result`:
 
 - ``result.ok`` is ``True`` (linearizable), ``False`` (not linearizable: a
-  definite verdict) or ``None`` (unknown: the search budget, ``max_states``
-  explored configurations *per key*, ran out before a verdict; a budget never
-  produces a false verdict). ``bool(result)`` is ``result.ok is True``.
+  definite verdict) or ``None`` (unknown: the search budget ran out before a
+  verdict). ``bool(result)`` is ``result.ok is True``. The budget is
+  ``max_states`` explored configurations *per key* (and a proportional bound
+  on the work per configuration); running out never produces a verdict,
+  only ``None``.
+- ``initial`` maps keys to their values before the history (default: every
+  key absent). A value of :data:`UNKNOWN` means "some value, not known"
+  (for checking a window cut out of a longer history, say).
 - ``str(result)`` / ``result.explanation``: a readable report. For each key
   that is not linearizable it names the key and shows
-  * the smallest failing sub-history found -- a prefix of the key's history
-    (cut right after the response that made it non-linearizable; operations
-    still pending at the cut become indeterminate), further shrunk only by
-    *relaxations* (dropping reads, not checking a write's result, turning a
-    write indeterminate), so it is not linearizable on its own and every
-    operation in it is needed for that; ``KeyResult.witness`` holds it as a
-    list of ``Op`` you can pass to ``check`` again;
-  * the longest linearizable prefix the search found (in linearization
-    order, with the value after each step), and the operation that could not
-    be linearized after it.
+
+  * the smallest failing sub-history found: ``KeyResult.witness``, a list of
+    ``Op`` that is not linearizable on its own, starting from the value
+    ``KeyResult.witness_initial`` (``UNKNOWN``: from any value), so
+    ``check(kr.witness, initial={kr.key: kr.witness_initial})`` fails too;
+  * the longest linearizable prefix the search found, in linearization
+    order with the value after each step, and the operation that could not
+    be linearized after it (``KeyResult.linearization``, ``.values``,
+    ``.stuck``).
+
+  The witness is found by shrinking, and only in ways that keep a violation
+  a violation of the original history: (1) the shortest failing prefix
+  (cut right after a response; operations pending at the cut become
+  indeterminate); (2) the shortest failing suffix window of that, checked
+  from an unknown value (operations that returned before the window start
+  go, reads spanning its start go, writes spanning it become
+  indeterminate); (3) relaxations, each kept only while the result still
+  fails: drop a read, make a write indeterminate, stop checking a write's
+  result (shown as "result not needed"). ``minimize`` bounds the work
+  (``True``: 200,000 search states per failing key; an int: that many;
+  ``False``: no shrinking); if it runs out, what was found so far is
+  reported and says so.
 - ``result.keys[key]`` is a :class:`KeyResult` for every key;
   ``result.failures`` and ``result.unknown`` list the bad ones.
-- ``initial`` maps keys to their values before the history (default: every
-  key absent).
 
 Algorithm
 ---------
-Wing & Gong's search with Lowe's improvements (as in "Testing for
-linearizability", G. Lowe, 2017):
+Wing & Gong's search with Lowe's improvements (G. Lowe, "Testing for
+linearizability", 2017):
 
-- *P-compositionality*: linearizability is local (Herlihy & Wing), and every
+- *P-compositionality*: linearizability is local (Herlihy & Wing) and every
   KV operation touches one key, so each key's sub-history is checked on its
   own, with its own budget.
 - The search walks a time-ordered doubly linked list of invocation and
-  response events. At each step it tries, in order, every operation whose
-  invocation comes before the earliest outstanding response; it linearizes
-  the first whose model step matches the recorded result and restarts from
-  the head of the list; when it meets a response whose operation is still not
-  linearized, it backtracks (dancing-links removal and re-insertion make both
-  O(1)).
-- *Memoization*: a configuration is (set of linearized operations, model
-  state); a configuration seen before is not explored again. Sets are Python
-  int bitsets, values are interned to small ints.
+  response events. It tries, in order, each operation whose invocation
+  comes before the earliest outstanding response; it linearizes the first
+  whose model step gives the recorded result and restarts from the head of
+  the list; when it meets a response whose operation is not linearized yet,
+  it backtracks (dancing-links removal and re-insertion: O(1) each).
+- *Memoization*: a configuration is (set of linearized operations, value);
+  one seen before is not explored again. Sets are int bitsets, values are
+  interned to small ints.
+- *Partial-order reduction*: an operation whose checked result pins the
+  current value and that leaves it unchanged (a read of it, a failed cas
+  that saw it) is linearized at once, as the only choice -- moved there
+  from later in any linearization it sees the same value and changes
+  nothing. This removes the blow-up from many concurrent reads.
 - *Indeterminate operations* have an invocation event and no response event
-  (their response is at infinity), so the search may linearize them at any
-  point after their invocation; the search succeeds as soon as every
-  *completed* operation is linearized, leaving the others out ("never
-  happened"). The memo table also prunes by dominance: a configuration with
-  the same completed set and state as one already explored, but with a
-  superset of the indeterminate operations used up, has fewer options and is
-  skipped.
-- Before searching, indeterminate operations that cannot matter are removed:
-  reads; operations invoked after every completed operation has returned;
-  and writes of a value that no other operation ever observes (no result
-  shows it, no cas expects it, it is not the initial value). Such a write, if
-  placed anywhere, must be overwritten before anything looks at the key, so
-  leaving it out changes nothing observable. In a simulator this removes most
-  timed-out writes that never committed, which keeps the search small.
+  (their response is at infinity), so they may be linearized any time after
+  their invocation; the search succeeds once every *completed* operation is
+  linearized, the rest "never happened". The memo table prunes by
+  dominance: a configuration with the same completed set and value as one
+  explored already, with a superset of the indeterminate operations used
+  up, has fewer options and is skipped. Further, an indeterminate write is
+  linearized only when it changes the value and a *follower* is open: an
+  operation whose result shows the new value, or a cas with an unchecked
+  result that expects it (after an indeterminate cas, also one that expects
+  what that cas expected). Any linearization can be rearranged into that
+  form (a write followed by anything else was overwritten unseen, or can be
+  moved past what follows it), so nothing is lost; a write with no follower
+  at all is removed before the search, and of two unused indeterminate
+  sets of one value only the first is tried. In a simulator this removes
+  most timed-out writes that never committed, and keeps the others from
+  being tried at every step.
+- An unknown initial value is searched as: each value that some unchecked
+  cas expects, and "any other value", which becomes whatever the first
+  operation to observe it saw.
 """
 from __future__ import annotations
 
@@ -164,7 +188,7 @@ _KIND_CODE = {"read": 0, "set": 1, "delete": 2, "cas": 3}
 _READ, _SET, _DELETE, _CAS = 0, 1, 2, 3
 
 DEFAULT_MAX_STATES = 200_000
-DEFAULT_MINIMIZE_STATES = 500_000
+DEFAULT_MINIMIZE_STATES = 200_000
 _WORK_PER_STATE = 30
 
 
@@ -258,7 +282,8 @@ class History:
     _PENDING, _DONE, _INDET, _FAILED = range(4)
 
     def __init__(self) -> None:
-        self._recs: list[list] = []   # [status, client, kind, key, args, call, call_seq, ret, ret_seq, result]
+        # [status, client, kind, key, args, call, call_seq, ret, ret_seq, result]
+        self._recs: list[list] = []
         self._seq = 0
 
     def invoke(self, client: Any, kind: str, key: Any, args: Union[tuple, list] = (),
@@ -892,10 +917,6 @@ def _chain_list(chain: Any) -> list[tuple[int, int]]:
 # Shrinking a failing key to a small witness
 
 
-def _fails(items: list[_Item], initial: Any, max_states: int) -> bool:
-    return _solve(_Problem(items, initial), max_states).ok is False
-
-
 def _prefix_items(items: list[_Item], cut: tuple) -> list[_Item]:
     """The history as seen right after the event with sort key `cut`:
     operations invoked later are left out, those still pending become
@@ -969,15 +990,19 @@ def _minimize(items: list[_Item], initial: Any, max_states: int,
     (else it stopped early: the result is still a failing sub-history)."""
     left = [budget]
     stopped = [False]
+    cap = [max_states]          # per check
+    last = [0]                  # states the last failing check took
 
     def fails(cand: list[_Item], init: Any) -> bool:
         if left[0] <= 0:
             stopped[0] = True
             return False
-        out = _solve(_Problem(cand, init), min(max_states, left[0]))
+        out = _solve(_Problem(cand, init), min(cap[0], left[0]))
         left[0] -= out.states
         if out.ok is None and left[0] <= 0:
             stopped[0] = True
+        if out.ok is False:
+            last[0] = out.states
         return out.ok is False
 
     # 1. The shortest failing prefix (linearizability is prefix-closed, so
@@ -1042,6 +1067,10 @@ def _minimize(items: list[_Item], initial: Any, max_states: int,
             size = max(1, size // 2)
         return build(cur, pick, lambda j: j in relaxed)
 
+    # Relaxing can make the search much harder (many writes free to move);
+    # a relaxation whose check costs far more than the current witness's
+    # is not worth it: cap the checks, and treat running out as "keep".
+    cap[0] = min(max_states, max(5_000, 10 * last[0]))
     cur = relax_round(cur, full)
     cur = relax_round(cur, uncheck)
     # What the search actually uses (irrelevant indeterminate writes go).
@@ -1131,12 +1160,14 @@ def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
 def check(history: Union[History, Iterable[Op]], initial: Optional[dict] = None, *,
           max_states: int = DEFAULT_MAX_STATES,
           minimize: Union[bool, int] = True) -> Result:
-    """Check `history` for linearizability against the KV model.
+    """Check `history` (a History or Ops) for linearizability against the
+    KV model; see the module docstring.
 
-    `initial`: values of keys before the history (absent keys: None).
-    `max_states`: search budget per key; when it runs out the key's verdict
-    is None (unknown), never a guess. `minimize`: for a failing key, also
-    search for a small failing sub-history (costs a few more searches)."""
+    `initial`: values of keys before the history (absent keys: None;
+    UNKNOWN: not known). `max_states`: search budget per key; when it runs
+    out the key's verdict is None (unknown), never a guess. `minimize`: for
+    a failing key, shrink it to a small failing sub-history within this many
+    search states (True: 200,000; False: do not)."""
     if minimize is True:
         minimize_states = DEFAULT_MINIMIZE_STATES
     elif minimize is False or minimize is None:

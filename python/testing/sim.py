@@ -48,7 +48,7 @@ from raftcore.testing.virtual_loop import VirtualTimeLoop, inline_executor
 
 #: Fault kinds the simulator injects (all of them, with the default settings).
 FAULT_KINDS = ("isolate", "partition", "one_way", "ring", "drop", "duplicate", "crash",
-               "crash_leader", "power_loss",
+               "crash_leader", "crash_new_leader", "power_loss",
                "pause", "elect", "snapshot", "purge", "transfer", "add_learner", "promote",
                "remove_voter")
 
@@ -369,6 +369,8 @@ class Simulation:
         self.voter_ids = set(range(1, settings.nodes + 1))
         self.all_ids = list(range(1, settings.nodes + settings.spares + 1))
         self.started: set[int] = set()
+        self.crash_next_leader: Optional[float] = None
+        self.known_leader: dict[int, int] = {}      # node -> term it was seen leading
 
     def log(self, msg: str) -> None:
         self.trace.append(f"{asyncio.get_running_loop().time():9.4f}  {msg}")
@@ -431,9 +433,16 @@ class Simulation:
 
     async def watch(self) -> None:
         while True:
-            for i, r in self.rafts.items():
+            for i, r in list(self.rafts.items()):
                 if i not in self.down:
                     self.checker.observe(i, r, self.disks[i])
+                    e = r._core.engine
+                    if e.state == LEADER and self.known_leader.get(i) != e.vote.term:
+                        self.known_leader[i] = e.vote.term
+                        if self.crash_next_leader is not None and not self.stop:
+                            delay, self.crash_next_leader = self.crash_next_leader, None
+                            self.later(delay, lambda i=i: asyncio.ensure_future(
+                                self.crash_and_restart(i)))
             await asyncio.sleep(0.001)
 
     # -------------------------------------------------------- clients
@@ -570,6 +579,12 @@ class Simulation:
             n = leader.id
             await self.crash(n)
             self.later(rng.uniform(0.05, 1.0), lambda: asyncio.ensure_future(self.restart(n)))
+        elif kind == "crash_new_leader":
+            # The next node to win an election crashes within a few ms, often
+            # before its first entry of the new term reaches anyone: logs
+            # then diverge the way Figure 8 of the Raft paper draws them.
+            self.crash_next_leader = rng.uniform(0.0, 0.003)
+            self.log("crash the next new leader")
         elif kind == "power_loss":
             # Several nodes lose power at once: unflushed writes are gone on
             # all of them.
@@ -675,6 +690,12 @@ class Simulation:
         self.disks[n].crash()
         await self.rafts[n].shutdown()
         self.log(f"crash {n}")
+
+    async def crash_and_restart(self, n: int) -> None:
+        if n in self.down:
+            return
+        await self.crash(n)
+        self.later(self.rng.uniform(0.05, 0.5), lambda: asyncio.ensure_future(self.restart(n)))
 
     async def restart(self, n: int) -> None:
         if n not in self.down:
