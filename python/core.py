@@ -33,7 +33,8 @@ from typing import Any, Callable, Optional
 
 from raftcore.config import Config
 from raftcore.engine import CANDIDATE, FOLLOWER, LEADER, LEARNER, SHUTDOWN, Engine
-from raftcore.errors import Fatal, ForwardToLeader, RaftError, StorageError, Timeout
+from raftcore.errors import (Fatal, ForwardToLeader, OutcomeUnknown, RaftError, StorageError,
+                             Timeout)
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotRequest)
 from raftcore.types import LogId, Vote
@@ -566,8 +567,17 @@ class RaftCore:
                         self._applied(cmd[1], responses)
                         self._command_done()
                     elif kind == "install_snapshot":
-                        meta = cmd[1]
+                        meta, drop_from = cmd[1], cmd[2]
+                        if drop_from:
+                            self.log_store.truncate_after(drop_from - 1)
+                            # Past the snapshot, what was dropped conflicted
+                            # with the leader's log: not committed.
+                            self._fail_truncated_writes(meta.last_log_index + 1)
                         await self.sm.install_snapshot(meta, self._snap_ready.pop(meta.snapshot_id))
+                        self._fail_writes_upto(meta.last_log_index, OutcomeUnknown(
+                            f"node {self.id} installed a snapshot up to index "
+                            f"{meta.last_log_index} before applying this write; it may or "
+                            "may not be committed"))
                         self.last_applied = LogId(meta.last_log_term, meta.last_log_index)
                         self.snapshot = self.last_applied
                         self.log.info("node %s installed snapshot %s up to %s", self.id,
@@ -690,6 +700,22 @@ class RaftCore:
                 w[2] = futs[upto + 1 - first:]
                 w[0] = upto + 1
         self._writes_answered(answered)
+
+    def _fail_writes_upto(self, index: int, err: BaseException) -> None:
+        """Answers `err` to writes at indexes up to `index` (skipped by a snapshot)."""
+        waiters = self._client_waiters
+        while waiters and waiters[0][0] <= index:
+            w = waiters[0]
+            first, _, futs = w
+            upto = min(first + len(futs) - 1, index)
+            for fut in futs[:upto + 1 - first]:
+                _fail(fut, err)
+            self._writes_answered(upto + 1 - first)
+            if upto == first + len(futs) - 1:
+                waiters.popleft()
+            else:
+                w[2] = futs[upto + 1 - first:]
+                w[0] = upto + 1
 
     def _fail_truncated_writes(self, since: int) -> None:
         """Writes whose entries a newer leader truncated did not commit."""

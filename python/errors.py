@@ -34,6 +34,12 @@ class Timeout(RaftError):
     """A wait or an RPC did not complete in time."""
 
 
+class OutcomeUnknown(RaftError):
+    """A write may or may not have been committed: this node's log was
+    replaced by a snapshot before the write was applied here. Retry it only
+    if it is idempotent (or carries a client id and sequence number)."""
+
+
 class StorageError(RaftError):
     """The log store or state machine failed; the node stops rather than lose data."""
 

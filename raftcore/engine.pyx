@@ -13,7 +13,10 @@ takes with take_commands() and executes in order:
     ("apply", [Entry, ...])                apply to the state machine, in order
     ("send_transfer", target, TransferLeaderRequest)
     ("send_snapshot", target)              stream the current snapshot to target
-    ("install_snapshot", SnapshotMeta)     install the received snapshot, durably
+    ("install_snapshot", SnapshotMeta, drop_from)
+                                           install the received snapshot, durably,
+                                           first deleting local entries >= drop_from
+                                           (0: keep the log)
     ("purge", LogId)                       delete local entries up to LogId
 
 The runtime owns the clock and the randomness: times are plain floats
@@ -450,6 +453,7 @@ cdef class Engine:
         si = meta.last_log_index
         if si <= self.committed:
             return InstallSnapshotResponse(self.vote.term)     # already have all of it
+        cdef long long drop_from = 0
         if self.log.term_at(si) == meta.last_log_term:
             keep = True
         else:
@@ -457,9 +461,9 @@ cdef class Engine:
             if self.log.last_index() > self.log.purged_index:
                 # Conflicting or missing: the whole log goes; the snapshot
                 # replaces even committed entries, all of which it includes.
-                self.output.append(("truncate", self.log.purged_index + 1))
-                self.log.truncate(self.log.purged_index + 1)
-        self.output.append(("install_snapshot", meta))
+                drop_from = self.log.purged_index + 1
+                self.log.truncate(drop_from)
+        self.output.append(("install_snapshot", meta, drop_from))
         self.snapshot_meta = meta
         self.output.append(("purge", LogId(meta.last_log_term, si)))
         if keep:

@@ -191,8 +191,9 @@ def test_installing_a_snapshot_over_a_conflicting_log_deletes_the_whole_log():
     assert resp == InstallSnapshotResponse(3)
     cmds = e.take_commands()
     kinds = [c[0] for c in cmds]
-    assert kinds == ["save_vote", "truncate", "install_snapshot", "purge"]
-    assert cmds[1] == ("truncate", 1) and cmds[3] == ("purge", LogId(3, 5))
+    assert kinds == ["save_vote", "install_snapshot", "purge"]
+    # The whole log (from index 1) goes, right before the install.
+    assert cmds[1] == ("install_snapshot", meta, 1) and cmds[2] == ("purge", LogId(3, 5))
     assert e.last_log_index == 5 and e.committed == 5 and e.applying == 5
     assert e.purged_log_id == LogId(3, 5) and e.snapshot_log_id == LogId(3, 5)
 

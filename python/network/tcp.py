@@ -73,11 +73,46 @@ TLS: pass an `ssl.SSLContext` to each side (`ssl.PROTOCOL_TLS_SERVER` /
 `ssl.PROTOCOL_TLS_CLIENT`); for mutual TLS give the server context
 `verify_mode = ssl.CERT_REQUIRED` and a CA, and the client context a
 certificate chain.
+
+Shared secret. Without TLS (or with it), a cluster can keep out every process
+that does not hold its secret: give all nodes the same secret, on both sides.
+
+    import secrets
+    secret = secrets.token_bytes(32)      # made once, shared out of band (a file, an env var)
+    net = TcpNetwork(secret=secret, rpc_timeout=config.rpc_timeout)
+    raft = await Raft.create(1, config, net, log_store, state_machine)
+    server = await RaftServer.start(raft, "127.0.0.1", 7001, secret=secret)
+
+Every connection to such a server then opens with a challenge-response of
+three ordinary frames, before any request is read:
+
+    server -> client   ["raftcore-auth", 1, "challenge", server_nonce]
+    client -> server   ["raftcore-auth", 1, "answer", client_nonce, client_proof]
+    server -> client   ["raftcore-auth", 1, "confirm", server_proof]
+
+Nonces are 32 fresh random bytes per connection; client_proof is
+HMAC-SHA256(secret, client label + server_nonce + client_nonce) and
+server_proof the same with the server label, the labels naming the direction,
+the handshake version and the wire version. The secret never crosses the
+wire; a proof is never valid in the other direction, and, the server's nonce
+being new on every connection, a recorded answer is worthless on another one.
+A peer that sends anything else, a wrong proof, or nothing within
+`auth_timeout` is disconnected with the reason logged at WARNING, and none of
+its frames reaches the node; the server sends nothing but its challenge
+before the peer has proved itself. The client checks the server's proof
+before sending any request (mutual), and a failed handshake is a failed
+connect (NetworkError, back-off). Proofs are compared with
+hmac.compare_digest. What this does not do: encrypt, or protect an
+established connection from someone who can alter traffic on the path --
+combine it with TLS for that (the handshake then runs inside TLS).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import ssl as _ssl
 import struct
 from typing import Any, Awaitable, Callable, Mapping, Optional
@@ -126,6 +161,105 @@ _READ_LIMIT = 1024 * 1024
 _MAX_HANDLING_PER_CONN = 1024
 # Longest handler error text sent back to the caller.
 _MAX_REASON = 2000
+#: Seconds a server gives a new connection to complete the shared-secret
+#: handshake (RaftServer.start's auth_timeout default).
+AUTH_TIMEOUT = 10.0
+
+# Shared-secret authentication (see the module docstring).
+_AUTH_MAGIC = "raftcore-auth"
+_AUTH_VERSION = 1
+_AUTH_NONCE = 32                  # bytes of a nonce; a proof (SHA-256) has as many
+_AUTH_CLIENT_LABEL = b"raftcore-auth/%d wire/%d client->server proof\x00" % (
+    _AUTH_VERSION, WIRE_VERSION)
+_AUTH_SERVER_LABEL = b"raftcore-auth/%d wire/%d server->client proof\x00" % (
+    _AUTH_VERSION, WIRE_VERSION)
+# Largest frame read during the handshake: a peer that has not proved itself
+# cannot make the server buffer more than this.
+_AUTH_MAX_FRAME = 256
+
+
+class _AuthError(Exception):
+    """A handshake that failed; the text says why."""
+
+
+class _AuthClosed(_AuthError):
+    """The peer closed the connection during the handshake."""
+
+
+def _check_secret(secret: Any) -> Optional[bytes]:
+    if secret is None:
+        return None
+    if isinstance(secret, str):
+        secret = secret.encode("utf-8")
+    elif isinstance(secret, (bytes, bytearray, memoryview)):
+        secret = bytes(secret)
+    else:
+        raise ConfigError(f"secret must be bytes (or str) or None, got {type(secret).__name__}")
+    if not secret:
+        raise ConfigError("secret must not be empty (make one with secrets.token_bytes(32))")
+    return secret
+
+
+def _auth_proof(secret: bytes, label: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    return hmac.new(secret, label + server_nonce + client_nonce, hashlib.sha256).digest()
+
+
+def _auth_frame(step: str, *fields: bytes) -> bytes:
+    body = msgpack.packb([_AUTH_MAGIC, _AUTH_VERSION, step, *fields], use_bin_type=True)
+    return _pack_header(len(body) + 1, WIRE_VERSION) + body
+
+
+async def _read_auth(reader: asyncio.StreamReader, step: str, nfields: int) -> list:
+    """Reads handshake frame `step` and returns its `nfields` fields (nonces
+    and proofs, each _AUTH_NONCE bytes); _AuthError if anything else comes."""
+    try:
+        header = await reader.readexactly(_HEADER_SIZE)
+        size, version = _unpack_header(header)
+        if version != WIRE_VERSION:
+            raise _AuthError(f"expected the handshake {step}, got a frame of wire version "
+                             f"{version}")
+        if not 1 <= size <= _AUTH_MAX_FRAME:
+            raise _AuthError(f"expected the handshake {step}, got a frame of {size} bytes "
+                             "(a peer without the secret?)")
+        body = await reader.readexactly(size - 1)
+    except asyncio.IncompleteReadError:
+        raise _AuthClosed(f"the connection closed before the handshake {step}") from None
+    try:
+        obj = _unpackb(body)
+    except Exception:
+        obj = None
+    if type(obj) is not list or len(obj) < 3 or obj[0] != _AUTH_MAGIC:
+        raise _AuthError(f"expected the handshake {step}, got another frame (a peer without "
+                         "the secret?)")
+    if type(obj[1]) is not int or obj[1] != _AUTH_VERSION:
+        raise _AuthError(f"handshake version {obj[1]!r}, this node speaks {_AUTH_VERSION}")
+    fields = obj[3:]
+    if (obj[2] != step or len(fields) != nfields
+            or any(type(f) is not bytes or len(f) != _AUTH_NONCE for f in fields)):
+        raise _AuthError(f"expected the handshake {step}, got a malformed handshake frame")
+    return fields
+
+
+async def _client_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            secret: bytes) -> None:
+    """The client's side of the handshake: answers the server's challenge,
+    then checks the server's proof. Raises _AuthError."""
+    try:
+        server_nonce, = await _read_auth(reader, "challenge", 1)
+    except _AuthClosed:
+        raise _AuthError("the server closed the connection before sending its challenge") \
+            from None
+    client_nonce = secrets.token_bytes(_AUTH_NONCE)
+    writer.write(_auth_frame("answer", client_nonce, _auth_proof(
+        secret, _AUTH_CLIENT_LABEL, server_nonce, client_nonce)))
+    try:
+        proof, = await _read_auth(reader, "confirm", 1)
+    except _AuthClosed:
+        raise _AuthError("the server refused our proof and closed the connection: it holds "
+                         "a different secret (its log says why)") from None
+    expected = _auth_proof(secret, _AUTH_SERVER_LABEL, server_nonce, client_nonce)
+    if not hmac.compare_digest(proof, expected):
+        raise _AuthError("the server's proof does not match: it holds a different secret")
 
 
 def _unpackb(body: bytes) -> Any:
@@ -170,13 +304,20 @@ class TcpNetwork(Network):
         (pass the node's Config.rpc_timeout); the attribute may be changed
         later and applies to the calls made after.
     max_frame_size: largest frame sent or accepted, in bytes.
-    connect_timeout: seconds a connect (and TLS handshake) may take;
-        defaults to rpc_timeout.
+    connect_timeout: seconds a connect (and TLS handshake) may take, and
+        again the shared-secret handshake; defaults to rpc_timeout.
+    secret: the cluster's shared secret (bytes; a str is UTF-8 encoded), or
+        None. With it every connection proves to the server, and the server
+        to it, that both hold the secret before any RPC is sent (see
+        "Shared secret" in the module docstring); the peers' RaftServers
+        must be started with the same secret.
     """
 
     def __init__(self, ssl: Optional[_ssl.SSLContext] = None, *, rpc_timeout: float = 1.0,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-                 connect_timeout: Optional[float] = None) -> None:
+                 connect_timeout: Optional[float] = None,
+                 secret: Optional[bytes] = None) -> None:
+        self.secret = _check_secret(secret)
         _check_ssl(ssl)
         _check_positive("rpc_timeout", rpc_timeout)
         _check_positive("max_frame_size", max_frame_size, integer=True)
@@ -441,6 +582,26 @@ class _Channel:
             except (OSError, _ssl.SSLError, EOFError) as exc:
                 self._failed(f"connect failed: {exc}")
                 raise NetworkError(f"cannot connect to {self._who()}: {exc}") from None
+            secret = self._net.secret
+            if secret is not None:
+                try:
+                    await asyncio.wait_for(_client_handshake(reader, writer, secret),
+                                           self._connect_timeout)
+                except BaseException as exc:
+                    writer.transport.abort()
+                    if isinstance(exc, asyncio.TimeoutError):
+                        reason = (f"no shared-secret handshake within {self._connect_timeout}s "
+                                  "(a server started without a secret never sends one)")
+                    elif isinstance(exc, _AuthError):
+                        reason = f"authentication failed: {exc}"
+                    elif isinstance(exc, (OSError, _ssl.SSLError)):
+                        reason = f"connection failed during authentication: {exc}"
+                    else:
+                        raise
+                    if self._backoff == 0.0:
+                        log.warning("cannot connect to %s: %s", self._who(), reason)
+                    self._failed(reason)
+                    raise NetworkError(f"cannot connect to {self._who()}: {reason}") from None
             if self._closed:
                 writer.transport.abort()
                 raise NetworkError(f"the client of {self._who()} is closed")
@@ -662,6 +823,10 @@ class RaftServer:
     the handlers in progress to finish (they are never cancelled).
     """
 
+    # Shared-secret authentication, set by start(): None serves everyone.
+    _secret: Optional[bytes] = None
+    _auth_timeout: float = AUTH_TIMEOUT
+
     def __init__(self, raft: Any, ssl: Optional[_ssl.SSLContext], max_frame_size: int,
                  services: Optional[dict] = None) -> None:
         self._raft = raft
@@ -688,10 +853,16 @@ class RaftServer:
     async def start(cls, raft: Any, host: str, port: int, ssl: Optional[_ssl.SSLContext] = None,
                     *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
                     services: Optional[Mapping[int, Callable[[list], Awaitable[Any]]]] = None,
+                    secret: Optional[bytes] = None, auth_timeout: float = AUTH_TIMEOUT,
                     ) -> "RaftServer":
         """Listens on host:port (port 0: any free port) and serves `raft`'s RPCs,
         and the application's own requests through `services` (message type
         >= SERVICE_TYPE_MIN -> async handler; see the module docstring)."""
+        # secret: the cluster's shared secret (see TcpNetwork): a connection
+        # must prove it holds it within auth_timeout seconds, or it is closed
+        # before any of its frames reaches the node.
+        secret = _check_secret(secret)
+        _check_positive("auth_timeout", auth_timeout)
         _check_ssl(ssl)
         _check_positive("max_frame_size", max_frame_size, integer=True)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
@@ -707,11 +878,14 @@ class RaftServer:
                     raise ConfigError(f"the handler of service message type {t} is not "
                                       f"callable: {handler!r}")
         self = cls(raft, ssl, max_frame_size, services)
+        self._secret = secret
+        self._auth_timeout = auth_timeout
         self._server = await asyncio.start_server(self._serve, host, port, ssl=ssl,
                                                   limit=_READ_LIMIT)
         self._port = self._server.sockets[0].getsockname()[1]
         log.info("serving node %s on %s:%s%s", getattr(raft, "id", "?"), host, self.port,
-                 " (TLS)" if ssl is not None else "")
+                 (" (TLS)" if ssl is not None else "")
+                 + (" (shared-secret authentication)" if secret is not None else ""))
         return self
 
     @property
@@ -760,6 +934,10 @@ class RaftServer:
         transport = conn.transport
         reason = None
         try:
+            if self._secret is not None:
+                reason = await self._authenticate(conn, reader)
+                if reason is not None:
+                    return
             while True:
                 try:
                     header = await readexactly(_HEADER_SIZE)
@@ -827,6 +1005,29 @@ class RaftServer:
             self._conns.discard(conn)
             if not self._closed:
                 writer.close()
+
+    async def _authenticate(self, conn: _ServerConn,
+                            reader: asyncio.StreamReader) -> Optional[str]:
+        """The server's side of the shared-secret handshake: a reason to
+        close the connection, or None once the peer has proved it holds the
+        secret. Nothing the peer sends before that reaches the node."""
+        server_nonce = secrets.token_bytes(_AUTH_NONCE)
+        conn.writer.write(_auth_frame("challenge", server_nonce))
+        try:
+            client_nonce, proof = await asyncio.wait_for(_read_auth(reader, "answer", 2),
+                                                         self._auth_timeout)
+        except asyncio.TimeoutError:
+            return f"authentication failed: no handshake answer within {self._auth_timeout}s"
+        except _AuthError as exc:
+            return f"authentication failed: {exc}"
+        expected = _auth_proof(self._secret, _AUTH_CLIENT_LABEL, server_nonce, client_nonce)
+        if not hmac.compare_digest(proof, expected):
+            return ("authentication failed: the peer's proof does not match this node's "
+                    "secret (it holds another one)")
+        conn.writer.write(_auth_frame("confirm", _auth_proof(
+            self._secret, _AUTH_SERVER_LABEL, server_nonce, client_nonce)))
+        log.debug("connection from %s authenticated", conn.peer)
+        return None
 
     def _dispatch(self, conn: _ServerConn, rid: int, msg: Any) -> Optional[str]:
         """Steps the node for one request: answers it now or starts its task.
