@@ -501,6 +501,7 @@ class KvService:
             "committed": m.committed,
             "applied": m.last_applied_index,
             "snapshot": m.snapshot.index if m.snapshot is not None else None,
+            "purged": m.purged.index if m.purged is not None else 0,
             "members": members,
             "keys": len(self.sm.data),
             "sessions": len(self.sm.sessions),
@@ -688,7 +689,8 @@ class Client:
     async def status(self, node: Optional[str] = None) -> dict:
         """The state of a node (`node`, or the one this client talks to):
         id, state, term, leader, leader_addr, last_log_index, committed,
-        applied, snapshot, members, keys, sessions, applied_commands."""
+        applied, snapshot, purged, members (a list of [id, address]), keys,
+        sessions, applied_commands (writes applied to the map, each once)."""
         return (await self._request([KV_STATUS], node=node))[1]
 
     @property

@@ -1,0 +1,526 @@
+"""`raftcore kv` as real processes on 127.0.0.1: a 3-node cluster with
+FileLogStores in tmp_path, kill -9 of the leader, of a follower and of the
+whole cluster under a stream of writes from `raftcore.kv.Client`, and the
+exactly-once guarantee of retried writes.
+
+Nodes run as `python -m raftcore.cli kv ...` with this process's environment
+(so a PYTHONPATH pointing at an installed copy reaches them too), on ports
+found free by binding port 0. Every wait is a poll of a condition with a
+deadline (GUARD), which only turns a hang into a failure; nothing waits for a
+fixed time, and nothing asserts on timing. Processes are killed in a finally
+block (KvCluster's __exit__) whatever happens.
+
+How "applied exactly once" shows: each writer keeps a counter key advanced
+by compare-and-set (n -> n+1) and sets a fresh key per step; a retried write
+answered by a second application would come back as a failed cas or as a
+set whose previous value is not None. Every node also counts the commands it
+applied to its map (`applied_commands`, deduplicated retries not counted),
+which must equal the number of writes the clients had acknowledged, on every
+node, after every kill and restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import msgpack
+import pytest
+import uvloop
+
+from raftcore import kv
+from raftcore.errors import StorageError, Timeout
+from raftcore.kv import Client, KvError, KvStateMachine
+from raftcore.messages import SnapshotMeta
+from raftcore.types import ENTRY_NORMAL, Entry
+
+HOST = "127.0.0.1"
+#: Failure guard of every condition polled below (never a way to wait).
+GUARD = 30.0
+#: Whole-test guard.
+TEST_GUARD = 120.0
+#: Node options: election timeouts well above the heartbeat for a loaded
+#: machine; frequent snapshots and a short log tail, so that restarts load
+#: snapshot files and a lagging follower is caught up by a snapshot.
+NODE_ARGS = ["--heartbeat", "0.05", "--election-timeout", "0.3,0.6",
+             "--snapshot-every", "50", "--keep-logs", "20", "--log-level", "INFO"]
+#: Writes acknowledged per phase of a crash scenario.
+PHASE = 150
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def node_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "raftcore.cli", "kv", *args]
+
+
+class KvCluster:
+    """`raftcore kv` processes 1..n; `with KvCluster(tmp_path) as c:` kills
+    whatever still runs on exit."""
+
+    def __init__(self, tmp_path, n: int = 3) -> None:
+        self.tmp = tmp_path
+        self.ids = list(range(1, n + 1))
+        self.addrs = {i: f"{HOST}:{p}" for i, p in zip(self.ids, free_ports(n))}
+        self.peers = ",".join(f"{i}={a}" for i, a in self.addrs.items())
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    def log_path(self, i: int):
+        return self.tmp / f"n{i}.log"
+
+    def start(self, i: int, init: bool = False) -> None:
+        assert i not in self.procs, f"node {i} is running"
+        with open(self.log_path(i), "ab") as out:
+            self.procs[i] = subprocess.Popen(
+                node_cmd("--id", str(i), "--dir", str(self.tmp / f"n{i}"), "--peers",
+                         self.peers, *NODE_ARGS, *(["--init"] if init else [])),
+                stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp, env=dict(os.environ))
+
+    def start_all(self, init: bool = True) -> None:
+        for i in self.ids:
+            self.start(i, init=init and i == 1)
+
+    def kill(self, i: int) -> None:
+        """kill -9."""
+        p = self.procs.pop(i)
+        p.kill()
+        p.wait()
+
+    def terminate(self, i: int) -> int:
+        """SIGTERM; the exit status."""
+        p = self.procs.pop(i)
+        p.send_signal(signal.SIGTERM)
+        try:
+            return p.wait(GUARD)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            raise AssertionError(f"node {i} did not exit after SIGTERM\n{self.logs()}")
+
+    def log_text(self, i: int) -> str:
+        try:
+            return self.log_path(i).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def logs(self, lines: int = 25) -> str:
+        return "\n".join(f"--- node {i} (last {lines} lines)\n"
+                         + "\n".join(self.log_text(i).splitlines()[-lines:]) for i in self.ids)
+
+    def __enter__(self) -> "KvCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs.values():
+            p.wait()
+        self.procs.clear()
+
+
+def kv_test(fn):
+    """Runs the async body on a fresh uvloop loop with a whole-test guard."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        async def guarded():
+            return await asyncio.wait_for(fn(*args, **kwargs), TEST_GUARD)
+        uvloop.run(guarded())
+    return wrapper
+
+
+async def until(cond, what: str, cluster: KvCluster | None = None, timeout: float = GUARD):
+    """Polls `await cond()` until it returns something true, which is returned."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        r = await cond()
+        if r:
+            return r
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                                 + (f"\n{cluster.logs()}" if cluster else ""))
+        await asyncio.sleep(0.05)
+
+
+async def status_of(addr: str) -> dict | None:
+    """The node's status, or None if it does not answer promptly."""
+    probe = Client(addr, timeout=1.0, attempt_timeout=0.5)
+    try:
+        return await probe.status(node=addr)
+    except Timeout:
+        return None
+    finally:
+        await probe.close()
+
+
+async def statuses(c: KvCluster, ids=None) -> dict[int, dict | None]:
+    ids = list(c.procs) if ids is None else ids
+    got = await asyncio.gather(*(status_of(c.addrs[i]) for i in ids))
+    return dict(zip(ids, got))
+
+
+async def wait_leader(c: KvCluster) -> int:
+    """The id of the leader once every running node follows it."""
+    async def agreed():
+        st = await statuses(c)
+        if any(s is None for s in st.values()):
+            return None
+        leaders = {s["leader"] for s in st.values()}
+        lid = leaders.pop() if len(leaders) == 1 else None
+        if lid is not None and lid in st and st[lid]["state"] == "LEADER":
+            return lid
+        return None
+    return await until(agreed, "a leader that every running node follows", c)
+
+
+async def wait_converged(c: KvCluster, expected: dict, applied_commands: int) -> None:
+    """Every node has applied everything acknowledged: then its map holds
+    exactly `expected` (by stale local reads), and it applied
+    `applied_commands` commands (no write lost, none applied twice)."""
+    ids = list(c.procs)
+    first = await until(lambda: _all_up(c, ids), "every node to answer", c)
+    target = max(s["applied"] for s in first.values())
+
+    async def caught_up():
+        st = await statuses(c, ids)
+        return st if all(s is not None and s["applied"] >= target for s in st.values()) \
+            else None
+    st = await until(caught_up, f"every node to apply up to index {target}", c)
+    for i, s in st.items():
+        assert s["applied_commands"] == applied_commands, (
+            f"node {i} applied {s['applied_commands']} commands, {applied_commands} were "
+            f"acknowledged (fewer: a write was lost; more: one was applied twice)\n{c.logs()}")
+        assert s["keys"] == len(expected), (i, s["keys"], len(expected))
+    reader = Client(list(c.addrs.values()), timeout=GUARD)
+    try:
+        for i in ids:
+            keys = list(expected)
+            values = await asyncio.gather(*(reader.get(k, "<absent>", stale=True, node=c.addrs[i])
+                                            for k in keys))
+            wrong = {k: v for k, v in zip(keys, values) if expected[k] != v}
+            assert not wrong, f"node {i}: keys with wrong values (key: value read): " \
+                              f"{dict(list(wrong.items())[:10])}"
+    finally:
+        await reader.close()
+
+
+async def _all_up(c: KvCluster, ids) -> dict | None:
+    st = await statuses(c, ids)
+    return st if all(s is not None for s in st.values()) else None
+
+
+class WriteStream:
+    """Writers, each advancing counter c<j> by cas n -> n+1 and setting a
+    fresh key k<j>-<n+1> per step, through one shared Client."""
+
+    def __init__(self, client: Client, writers: int = 4) -> None:
+        self.client = client
+        self.steps = [0] * writers
+        self.acked = 0
+        self._stopping = False
+        self._tasks = [asyncio.ensure_future(self._run(j)) for j in range(writers)]
+
+    async def _run(self, j: int) -> None:
+        n = 0
+        while not self._stopping:
+            ok, cur = await self.client.cas(f"c{j}", n or None, n + 1)
+            assert (ok, cur) == (True, n + 1), (
+                f"writer {j}: cas {n} -> {n + 1} was answered {(ok, cur)}: the write was "
+                "applied twice (the retry saw the first application) or lost")
+            self.acked += 1
+            prev = await self.client.set(f"k{j}-{n + 1}", n + 1)
+            assert prev is None, (f"writer {j}: set of fresh key k{j}-{n + 1} found {prev!r}: "
+                                  "it was applied twice")
+            self.acked += 1
+            n += 1
+            self.steps[j] = n
+
+    def check(self) -> None:
+        """Raises what a writer raised."""
+        for t in self._tasks:
+            if t.done():
+                t.result()
+
+    async def acked_at_least(self, n: int, c: KvCluster, what: str) -> None:
+        async def cond():
+            self.check()
+            return self.acked >= n
+        await until(cond, f"{n} acknowledged writes ({what}); have {self.acked}", c)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await asyncio.gather(*self._tasks)
+
+    def expected(self) -> dict:
+        out = {}
+        for j, n in enumerate(self.steps):
+            if n:
+                out[f"c{j}"] = n
+            for i in range(1, n + 1):
+                out[f"k{j}-{i}"] = i
+        return out
+
+
+# =============================================================== arguments
+
+@pytest.mark.parametrize("args, message", [
+    (["--id", "4", "--dir", "d", "--peers", "1=127.0.0.1:7001,2=127.0.0.1:7002"],
+     "--id 4 is not one of the nodes in --peers"),
+    (["--id", "1", "--dir", "d", "--peers", "1=127.0.0.1"], "not of the form 'host:port'"),
+    (["--id", "1", "--dir", "d", "--peers", "1:127.0.0.1:7001"], "is not ID=HOST:PORT"),
+    (["--id", "1", "--dir", "d", "--peers", "1=127.0.0.1:7001,1=127.0.0.1:7002"],
+     "node 1 is listed twice"),
+    (["--id", "1", "--dir", "d", "--peers", "1=127.0.0.1:99999"], "out of range"),
+    (["--id", "1", "--dir", "d", "--init", "--listen", "127.0.0.1:7001"], "--init needs --peers"),
+    (["--id", "1", "--dir", "d"], "give --listen HOST:PORT, or --peers"),
+    (["--id", "x", "--dir", "d", "--listen", "127.0.0.1:7001"], "expected an integer"),
+    (["--id", "1", "--listen", "127.0.0.1:7001"], "--dir"),
+    (["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001", "--election-timeout", "0.3,0.2"],
+     "election_timeout_min (0.3) must be below election_timeout_max"),
+])
+def test_bad_arguments_are_usage_errors(args, message, capsys):
+    assert kv.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_command_exits_2_on_a_bad_argument(tmp_path):
+    r = subprocess.run(node_cmd("--id", "9", "--dir", str(tmp_path), "--peers",
+                                "1=127.0.0.1:7001"),
+                       capture_output=True, text=True, cwd=tmp_path, timeout=GUARD)
+    assert r.returncode == 2, r
+    assert "--id 9 is not one of the nodes in --peers" in r.stderr
+
+
+# ========================================================== state machine
+
+def session_entry(index: int, cid, seq: int, acked: int, cmd: list) -> Entry:
+    return Entry(1, index, ENTRY_NORMAL, ["session", cid, seq, acked, cmd])
+
+
+def test_state_machine_applies_a_session_write_once_and_replays_its_response():
+    sm = KvStateMachine()
+    e1 = session_entry(1, "a", 1, 1, ["cas", "x", None, 1])
+    dup = session_entry(2, "a", 1, 1, ["cas", "x", None, 1])
+    e3 = session_entry(3, "a", 2, 2, ["set", "y", "v"])
+    stale = session_entry(4, "a", 1, 1, ["set", "y", "again"])
+    bad = session_entry(5, "a", 3, 3, ["incr", "x"])
+    assert sm.apply([e1, dup, e3, stale, bad]) == [
+        ["ok", [True, 1]], ["ok", [True, 1]], ["ok", None],
+        ["stale", "write 1 of client 'a' is older than what the client acknowledged (2); it "
+                  "was not applied again"],
+        ["error", "unknown write operation 'incr'; use set, delete or cas"]]
+    assert sm.data == {"x": 1, "y": "v"}
+    assert sm.applied_commands == 2
+    # Only the responses not yet acknowledged are kept.
+    assert sm.sessions["a"].floor == 3 and set(sm.sessions["a"].responses) == {3}
+
+
+def test_state_machine_keeps_sessions_of_the_most_recent_clients():
+    sm = KvStateMachine(max_sessions=2)
+    sm.apply([session_entry(i, cid, 1, 1, ["set", cid, 1])
+              for i, cid in enumerate(["a", "b", "a", "c"], 1)])
+    assert list(sm.sessions) == ["a", "c"]
+
+
+def test_snapshot_carries_sessions_and_survives_in_its_file(tmp_path):
+    async def body():
+        sm = await KvStateMachine.open(tmp_path)
+        sm.apply([session_entry(1, "a", 1, 1, ["set", "k", b"\x00bytes"]),
+                  session_entry(2, 7, 1, 1, ["cas", 5, None, [1, 2]])])
+        loop = asyncio.get_running_loop()
+        snap = await sm.build_snapshot(lambda fn, *a: loop.run_in_executor(None, fn, *a))
+        # A node restarted from the file, and a follower sent the snapshot,
+        # both deduplicate a retry of a write in it.
+        restarted = await KvStateMachine.open(tmp_path)
+        follower = KvStateMachine(tmp_path / "follower")
+        await follower.install_snapshot(snap.meta, snap.data)
+        reloaded = KvStateMachine(tmp_path / "follower")
+        for other in (restarted, follower, reloaded):
+            assert other.data == {"k": b"\x00bytes", 5: [1, 2]}
+            assert other.last_applied == sm.last_applied
+            assert other.applied_commands == 2
+            assert other.apply([session_entry(3, 7, 1, 1, ["cas", 5, None, [1, 2]])]) == \
+                [["ok", [True, [1, 2]]]]
+            assert other.applied_commands == 2
+    uvloop.run(body())
+
+
+def test_a_damaged_snapshot_file_refuses_to_load(tmp_path):
+    sm = KvStateMachine(tmp_path)
+    meta = SnapshotMeta(1, 1, None, "s1")
+    sm._save_file(meta, msgpack.packb({"format": 1, "items": [], "sessions": [],
+                                       "applied_commands": 0}))
+    assert KvStateMachine(tmp_path).last_applied is not None
+    path = tmp_path / "snapshot"
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(StorageError, match="damaged"):
+        KvStateMachine(tmp_path)
+    # A temporary file of a write that never completed is ignored and removed.
+    (tmp_path / "snapshot").unlink()
+    (tmp_path / "snapshot.tmp").write_bytes(b"half a snapshot")
+    assert KvStateMachine(tmp_path).last_applied is None
+    assert not (tmp_path / "snapshot.tmp").exists()
+
+
+# ============================================================== processes
+
+@kv_test
+async def _basic(c: KvCluster) -> None:
+    c.start_all()
+    # Given one node (a follower, most likely), the client finds the others.
+    client = Client(c.addrs[3], timeout=GUARD)
+    try:
+        await wait_leader(c)
+        assert await client.set("a", 1) is None
+        assert await client.set("a", 2) == 1
+        assert await client.cas("a", 2, 3) == (True, 3)
+        assert await client.cas("a", 2, 4) == (False, 3)
+        assert await client.cas("new", None, "n") == (True, "n")
+        assert await client.set(b"bin", {"v": [1, 2]}) is None
+        assert await client.set(5, "five") is None
+        assert await client.delete("gone") is None
+        assert await client.set("gone", 1) is None
+        assert await client.delete("gone") == 1
+        assert await client.get("gone", "default") == "default"
+        assert sorted(client.addresses) == sorted(c.addrs.values())
+        expected = {"a": 3, "new": "n", b"bin": {"v": [1, 2]}, 5: "five"}
+        for k, v in expected.items():
+            assert await client.get(k) == v
+            assert await client.get(k, lease=True) == v
+        # A linearizable get sent to any node is answered (followers redirect).
+        for addr in c.addrs.values():
+            assert await client.get("a", node=addr) == 3
+        with pytest.raises(KvError, match="a key must be"):
+            await client.set(1.5, "x")
+        await wait_converged(c, expected, applied_commands=10)
+
+        # SIGTERM: a clean exit; a restart (with --init again on node 1,
+        # which it ignores) finds everything.
+        for i in c.ids:
+            assert c.terminate(i) == 0, c.logs()
+        c.start_all(init=True)
+        await wait_leader(c)
+        assert "already initialized; --init ignored" in c.log_text(1)
+        for k, v in expected.items():
+            assert await client.get(k) == v
+        assert await client.set("a", 4) == 3
+        expected["a"] = 4
+        await wait_converged(c, expected, applied_commands=11)
+    finally:
+        await client.close()
+
+
+def test_a_cluster_replicates_serves_and_restarts(tmp_path):
+    with KvCluster(tmp_path) as c:
+        _basic(c)
+
+
+@kv_test
+async def _retried(c: KvCluster) -> None:
+    c.start_all()
+    client = Client(list(c.addrs.values()), timeout=GUARD)
+    try:
+        await wait_leader(c)
+        cas = kv.write_request("retrying-client", 1, ["cas", "x", None, "first"], 1)
+        first = await client._request(cas)
+        again = await client._request(cas)
+        assert first[1] == again[1] == [True, "first"]
+        assert again[2] > first[2]            # a second log entry, not applied again
+        put = kv.write_request("retrying-client", 2, ["set", "y", 1], 1)
+        assert (await client._request(put))[1] is None
+        assert (await client._request(put))[1] is None
+        # Acknowledging 2 (acked_below 3) drops both answers: a late copy of
+        # write 1 is refused, not applied.
+        assert (await client._request(
+            kv.write_request("retrying-client", 3, ["set", "z", 1], 3)))[1] is None
+        with pytest.raises(KvError, match="older than what the client acknowledged"):
+            await client._request(kv.write_request("retrying-client", 1,
+                                                   ["cas", "x", None, "first"], 1))
+        await wait_converged(c, {"x": "first", "y": 1, "z": 1}, applied_commands=3)
+    finally:
+        await client.close()
+
+
+def test_a_retried_write_is_applied_once(tmp_path):
+    with KvCluster(tmp_path) as c:
+        _retried(c)
+
+
+@kv_test
+async def _crash(c: KvCluster, victim: str) -> None:
+    c.start_all()
+    client = Client(c.addrs[2], timeout=GUARD, attempt_timeout=2.0)
+    stream = None
+    try:
+        leader = await wait_leader(c)
+        stream = WriteStream(client)
+        await stream.acked_at_least(PHASE, c, "before the crash")
+        if victim == "leader":
+            victims = [leader]
+        elif victim == "follower":
+            victims = [min(i for i in c.ids if i != leader)]
+        else:
+            victims = list(c.ids)
+            # Every node has a snapshot file, so the restarts load one.
+            await until(lambda: _all_have_snapshots(c), "a snapshot on every node", c)
+        for i in victims:
+            c.kill(i)
+        if victim == "follower":
+            # The others purge their logs past the last entry the follower
+            # can have: it must be caught up by a snapshot.
+            lead = (await statuses(c, [leader]))[leader]
+            assert lead is not None, c.logs()
+            await until(lambda: _purged_past(c, lead["last_log_index"]),
+                        "the live nodes to purge past the follower's log", c)
+        if victim != "all":
+            await stream.acked_at_least(stream.acked + PHASE, c, f"with the {victim} down")
+        for i in victims:
+            c.start(i)
+        await stream.acked_at_least(stream.acked + PHASE, c, f"after the {victim} restarted")
+        await stream.stop()
+        await wait_converged(c, stream.expected(), applied_commands=stream.acked)
+        if victim == "follower":
+            assert "installed snapshot" in c.log_text(victims[0]), c.logs()
+        if victim == "all":
+            for i in c.ids:
+                assert "loaded snapshot" in c.log_text(i), c.logs()
+    finally:
+        if stream is not None and not stream._stopping:
+            stream._stopping = True
+            for t in stream._tasks:
+                t.cancel()
+        await client.close()
+
+
+async def _all_have_snapshots(c: KvCluster) -> bool:
+    st = await statuses(c)
+    return all(s is not None and s["snapshot"] for s in st.values())
+
+
+async def _purged_past(c: KvCluster, index: int) -> bool:
+    st = await statuses(c)
+    return all(s is not None and s["purged"] > index for s in st.values())
+
+
+@pytest.mark.parametrize("victim", ["leader", "follower", "all"])
+def test_kill_9_under_writes_loses_no_acknowledged_write_and_applies_each_once(tmp_path, victim):
+    with KvCluster(tmp_path) as c:
+        _crash(c, victim)
