@@ -124,14 +124,14 @@ class RaftCore:
         self._building: Optional[asyncio.Future] = None   # a build under way
         self._snap_rx: Optional[tuple] = None   # (snapshot id, bytearray) being received
         self._snap_ready: dict = {}             # snapshot id -> received bytes
-        self._clients: dict[int, Any] = {}
+        self._clients: dict[int, Any] = {}      # target -> (Node, NetworkClient)
+        self._clients_for: Any = None           # the membership _clients was checked against
         self._nowait: dict[int, Any] = {}       # target -> append_entries_nowait or None
         self._tasks: set = set()
         self._wakeup: Optional[asyncio.Future] = None
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_at = 0.0
         self._seen = (None, None, None)         # (state, term, leader) last logged
-        self._seen_membership = None
         self._core_task: Optional[asyncio.Task] = None
 
     # ------------------------------------------------------------ lifecycle
@@ -738,29 +738,28 @@ class RaftCore:
     # ------------------------------------------------------------ network
 
     def _client(self, target: int):
-        node = None
-        if self.engine.membership is not None:
-            node = self.engine.membership.nodes.get(target)
+        if self.engine.membership is not self._clients_for:
+            self._revalidate_clients()
         entry = self._clients.get(target)
-        if entry is not None and (entry[0] is node or entry[0] == node):
-            return entry[1]
-        if entry is not None:
-            # The peer's address changed (or it left and came back): a new
-            # client for the new address; the old one is closed.
-            self._spawn(_close_quietly(entry[1], self.log))
-        c = self.network.client(target, node)
-        self._clients[target] = (node, c)
-        self._nowait[target] = getattr(c, "append_entries_nowait", None)
-        return c
+        if entry is None:
+            m = self.engine.membership
+            node = m.nodes.get(target) if m is not None else None
+            entry = (node, self.network.client(target, node))
+            self._clients[target] = entry
+            self._nowait[target] = getattr(entry[1], "append_entries_nowait", None)
+        return entry[1]
 
-    def _drop_clients_of_removed(self) -> None:
-        """Closes the clients of nodes no longer in the membership."""
+    def _revalidate_clients(self) -> None:
+        """The membership changed: close the clients of nodes that left it or
+        whose address changed (a new one is made on next use)."""
         m = self.engine.membership
-        members = m.nodes if m is not None else {}
-        for target in [t for t in self._clients if t not in members]:
-            _, c = self._clients.pop(target)
-            self._nowait.pop(target, None)
-            self._spawn(_close_quietly(c, self.log))
+        self._clients_for = m
+        nodes = m.nodes if m is not None else {}
+        for target, (node, c) in list(self._clients.items()):
+            if target not in nodes or nodes[target] != node:
+                del self._clients[target]
+                self._nowait.pop(target, None)
+                self._spawn(_close_quietly(c, self.log))
 
     def _spawn(self, coro) -> None:
         t = self.loop.create_task(coro)
@@ -924,9 +923,8 @@ class RaftCore:
 
     def _after_round(self) -> None:
         engine = self.engine
-        if engine.membership is not self._seen_membership:
-            self._seen_membership = engine.membership
-            self._drop_clients_of_removed()
+        if engine.membership is not self._clients_for:
+            self._revalidate_clients()
         seen = (engine.state, engine.vote.term, engine.leader_id)
         if seen != self._seen:
             self._log_transition(self._seen, seen)
