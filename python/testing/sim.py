@@ -805,7 +805,12 @@ def main(argv=None) -> int:
                    help="comma-separated fault kinds to inject (default: all)")
     p.add_argument("--fault-interval", type=float, default=0.4,
                    help="mean virtual seconds between faults")
+    p.add_argument("--log", default="ERROR",
+                   help="level of raftcore's own log records to print (default ERROR)")
     args = p.parse_args(argv)
+    import logging
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("raftcore").setLevel(args.log.upper())
     if args.nodes < 1:
         p.error("--nodes must be at least 1")
     kinds = FAULT_KINDS
