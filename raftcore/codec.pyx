@@ -50,6 +50,18 @@ cdef inline long long _int(object v, str what) except? -1:
     return v
 
 
+#: Terms at or above this are refused: a node must always be able to count
+#: one term higher without overflowing its 64-bit term.
+MAX_TERM = 2**62
+
+
+cdef inline long long _term(object v, str what) except? -1:
+    cdef long long t = _int(v, what)
+    if t < 0 or t >= MAX_TERM:
+        raise CodecError(f"{what} {t} is out of range [0, 2**62)")
+    return t
+
+
 cdef inline object _node_id(object v, str what):
     if v is not None and type(v) is not int:
         raise CodecError(f"{what} must be an integer node id or None, got {type(v).__name__}")
@@ -108,7 +120,7 @@ def decode_vote(obj):
     cdef list v = _list(obj, "vote", 3)
     if type(v[2]) is not bool:
         raise CodecError("vote.committed must be a boolean")
-    return Vote(_int(v[0], "vote.term"), _node_id(v[1], "vote.node_id"), v[2])
+    return Vote(_term(v[0], "vote.term"), _node_id(v[1], "vote.node_id"), v[2])
 
 
 def encode_log_id(log_id):
@@ -121,7 +133,7 @@ def decode_log_id(obj):
     if obj is None:
         return None
     cdef list v = _list(obj, "log id", 2)
-    return LogId(_int(v[0], "log id term"), _int(v[1], "log id index"))
+    return LogId(_term(v[0], "log id term"), _int(v[1], "log id index"))
 
 
 cpdef list encode_entries(list entries):
@@ -148,7 +160,7 @@ cpdef list decode_entries(object flat):
         raise CodecError(f"an entry batch has 4 fields per entry; got {n} fields")
     cdef list out = [None] * (n // 4)
     for i in range(n // 4):
-        term = _int(f[4 * i], "entry term")
+        term = _term(f[4 * i], "entry term")
         index = _int(f[4 * i + 1], "entry index")
         kind = _int(f[4 * i + 2], "entry kind")
         if term < 0 or index < 1:
@@ -175,7 +187,7 @@ def decode_snapshot_meta(obj):
     cdef list v = _list(obj, "snapshot meta", 4)
     if type(v[3]) is not str:
         raise CodecError("snapshot id must be a string")
-    return SnapshotMeta(_int(v[0], "snapshot last term"), _int(v[1], "snapshot last index"),
+    return SnapshotMeta(_term(v[0], "snapshot last term"), _int(v[1], "snapshot last index"),
                         decode_membership(v[2]) if v[2] is not None else None, v[3])
 
 
@@ -225,7 +237,7 @@ cpdef object decode_message(object obj):
     if t == MSG_APPEND_ENTRIES:
         _list(m, "AppendEntries", 7)
         req = AppendEntriesRequest(
-            _int(m[1], "term"), _node_id(m[2], "leader_id"), _int(m[3], "prev_log_term"),
+            _term(m[1], "term"), _node_id(m[2], "leader_id"), _term(m[3], "prev_log_term"),
             _int(m[4], "prev_log_index"), decode_entries(m[6]), _int(m[5], "leader_commit"))
         if req.entries and (<Entry>req.entries[0]).index != req.prev_log_index + 1:
             raise CodecError("AppendEntries entries must start right after prev_log_index")
@@ -234,23 +246,23 @@ cpdef object decode_message(object obj):
         _list(m, "AppendEntriesResponse", 6)
         if type(m[2]) is not bool:
             raise CodecError("AppendEntriesResponse.success must be a boolean")
-        return AppendEntriesResponse(_int(m[1], "term"), m[2], _int(m[3], "matched"),
-                                     _int(m[4], "conflict_index"), _int(m[5], "conflict_term"))
+        return AppendEntriesResponse(_term(m[1], "term"), m[2], _int(m[3], "matched"),
+                                     _int(m[4], "conflict_index"), _term(m[5], "conflict_term"))
     if t == MSG_VOTE:
         _list(m, "Vote", 7)
         if type(m[5]) is not bool or type(m[6]) is not bool:
             raise CodecError("Vote.pre_vote and Vote.transfer must be booleans")
-        return VoteRequest(_int(m[1], "term"), _node_id(m[2], "candidate_id"),
-                           _int(m[3], "last_log_term"), _int(m[4], "last_log_index"),
+        return VoteRequest(_term(m[1], "term"), _node_id(m[2], "candidate_id"),
+                           _term(m[3], "last_log_term"), _int(m[4], "last_log_index"),
                            m[5], m[6])
     if t == MSG_VOTE_RESPONSE:
         _list(m, "VoteResponse", 4)
         if type(m[2]) is not bool:
             raise CodecError("VoteResponse.granted must be a boolean")
-        return VoteResponse(_int(m[1], "term"), m[2], _node_id(m[3], "voter_id"))
+        return VoteResponse(_term(m[1], "term"), m[2], _node_id(m[3], "voter_id"))
     if t == MSG_TRANSFER_LEADER:
         _list(m, "TransferLeader", 4)
-        return TransferLeaderRequest(_int(m[1], "term"), _node_id(m[2], "leader_id"),
+        return TransferLeaderRequest(_term(m[1], "term"), _node_id(m[2], "leader_id"),
                                      _int(m[3], "last_log_index"))
     if t == MSG_INSTALL_SNAPSHOT:
         _list(m, "InstallSnapshot", 7)
@@ -259,9 +271,9 @@ cpdef object decode_message(object obj):
         offset = _int(m[4], "offset")
         if offset < 0:
             raise CodecError("InstallSnapshot offset must be >= 0")
-        return InstallSnapshotRequest(_int(m[1], "term"), _node_id(m[2], "leader_id"),
+        return InstallSnapshotRequest(_term(m[1], "term"), _node_id(m[2], "leader_id"),
                                       decode_snapshot_meta(m[3]), offset, m[5], m[6])
     if t == MSG_INSTALL_SNAPSHOT_RESPONSE:
         _list(m, "InstallSnapshotResponse", 2)
-        return InstallSnapshotResponse(_int(m[1], "term"))
+        return InstallSnapshotResponse(_term(m[1], "term"))
     raise CodecError(f"unknown message type {t!r}")

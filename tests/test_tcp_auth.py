@@ -28,7 +28,7 @@ import msgpack
 import pytest
 import uvloop
 
-from raftcore import Config, Node, Raft, ServerState
+from raftcore import Config, Node, Raft
 from raftcore.codec import encode_message
 from raftcore.errors import ConfigError, ForwardToLeader, NetworkError
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
@@ -43,7 +43,6 @@ GUARD = 10.0            # failure guard for a condition that should hold promptl
 TEST_GUARD = 60.0       # whole-test guard
 LOGGER = "raftcore.network.tcp"
 SECRET = b"correct horse battery staple, 32b"
-LEADER = ServerState.LEADER
 
 
 def auth_test(fn):
@@ -282,42 +281,69 @@ async def write(rafts: list, cmd):
             leader = await wait_for_leader(rafts)
 
 
+class SecretCluster:
+    """Three Raft nodes on MemLogStore over TCP, node i with secrets[i] on
+    both its sides; servers on ephemeral ports."""
+
+    def __init__(self, secrets: dict) -> None:
+        self.secrets = secrets
+        self.rafts: dict = {}
+        self.servers: dict = {}
+
+    async def __aenter__(self) -> "SecretCluster":
+        for i, secret in self.secrets.items():
+            config = Config(heartbeat_interval=0.03, election_timeout_min=0.3,
+                            election_timeout_max=0.6, seed=40 + i)
+            net = TcpNetwork(secret=secret, rpc_timeout=config.rpc_timeout)
+            self.rafts[i] = await Raft.create(i, config, net, MemLogStore(), MemStateMachine())
+            self.servers[i] = await RaftServer.start(self.rafts[i], HOST, 0, secret=secret)
+        await self.rafts[1].initialize(
+            {i: Node(f"{HOST}:{s.port}") for i, s in self.servers.items()})
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for r in self.rafts.values():
+            await r.shutdown()
+        for s in self.servers.values():
+            await s.close()
+
+    async def write_and_check(self, ids: list, n: int) -> None:
+        """n writes through the leader among `ids`; all of `ids` apply them."""
+        nodes = [self.rafts[i] for i in ids]
+        last = None
+        for k in range(n):
+            last = await write(nodes, ["set", f"k{k}", k])
+        await asyncio.gather(*(r.wait(GUARD).applied_index_at_least(last.log_id.index)
+                               for r in nodes))
+        for r in nodes:
+            assert r.state_machine.data == {f"k{k}": k for k in range(n)}, r.id
+
+
 @auth_test
-async def test_cluster_with_a_shared_secret_replicates_and_shuts_out_a_node_with_another():
+async def test_a_cluster_sharing_a_secret_replicates_to_every_node():
+    with LogWatch() as logs:
+        async with SecretCluster({1: SECRET, 2: SECRET, 3: SECRET}) as c:
+            # Every node applies every write: the leader's connections to
+            # both followers authenticated.
+            await c.write_and_check([1, 2, 3], 30)
+        assert not [m for m in logs.messages() if "authentication" in m], logs.messages()
+
+
+@auth_test
+async def test_a_node_with_another_secret_is_shut_out_of_the_cluster():
     """Nodes 1 and 2 share the secret; node 3 has another one. 1 and 2 form
     the quorum and commit; every connection between them and node 3 is
     refused in both directions, so node 3 never receives a single entry."""
-    rafts, servers = {}, {}
     with LogWatch() as logs:
-        try:
-            for i in (1, 2, 3):
-                secret = SECRET if i != 3 else b"another cluster's secret"
-                config = Config(heartbeat_interval=0.03, election_timeout_min=0.3,
-                                election_timeout_max=0.6, seed=40 + i)
-                net = TcpNetwork(secret=secret, rpc_timeout=config.rpc_timeout)
-                rafts[i] = await Raft.create(i, config, net, MemLogStore(), MemStateMachine())
-                servers[i] = await RaftServer.start(rafts[i], HOST, 0, secret=secret)
-            await rafts[1].initialize({i: Node(f"{HOST}:{s.port}") for i, s in servers.items()})
-            good = [rafts[1], rafts[2]]
-            last = None
-            for k in range(30):
-                last = await write(good, ["set", f"k{k}", k])
-            await asyncio.gather(*(r.wait(GUARD).applied_index_at_least(last.log_id.index)
-                                   for r in good))
-            assert rafts[1].state_machine.data == rafts[2].state_machine.data
-            assert all(rafts[2].state_machine.data[f"k{k}"] == k for k in range(30))
+        async with SecretCluster({1: SECRET, 2: SECRET, 3: b"another cluster's secret"}) as c:
+            await c.write_and_check([1, 2], 30)
             # The leader tried node 3 and was refused, by node 3's server
             # (wrong proof) and then by its own client (a refused handshake).
             await logs.wait("authentication failed: the peer's proof does not match")
             await logs.wait("the server refused our proof")
-            m3 = rafts[3].metrics
+            m3 = c.rafts[3].metrics
             assert m3.last_log_index in (0, None), m3
-            assert not rafts[3].state_machine.data
-        finally:
-            for r in rafts.values():
-                await r.shutdown()
-            for s in servers.values():
-                await s.close()
+            assert not c.rafts[3].state_machine.data
 
 
 # ------------------------------------------------------- refused connections
@@ -448,6 +474,7 @@ async def test_the_client_checks_the_servers_proof():
                     writer.close()
                 seen.append(await read_to_eof(reader))
             finally:
+                writer.close()
                 if not done.done():
                     done.set_result(None)
         server = await asyncio.start_server(fake_server, HOST, 0)
