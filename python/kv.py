@@ -44,10 +44,24 @@ way. Sessions are kept for the `max_sessions` most recently active clients
 (default 100,000); a client silent longer than that loses its session, and a
 retry of its old write could then apply twice.
 
+A write whose outcome a node cannot tell (it lost leadership, or shut down,
+while the write was in flight) is answered UNAVAILABLE or REDIRECT, and the
+client sends it again under the same seq: whether or not the first copy was
+committed, it is applied once.
+
 Reads. A get is linearizable by default: the leader confirms its leadership
 with a quorum (ensure_linearizable, READ_INDEX), then reads its state
 machine. `lease=True` uses the leader lease instead; `stale=True` reads
 whatever node the request reaches, without asking anyone.
+
+Durability. DIR/log is a FileLogStore (nothing is acknowledged before it is
+fsynced on a majority); DIR/snapshots/snapshot holds the newest snapshot,
+replaced atomically (written, fsynced, renamed) before the log is purged up
+to it. A restart loads the snapshot and replays the log after it.
+
+Shared secret. With --secret-file, peers and clients must pass the
+transport's shared-secret handshake (see raftcore.network.tcp) before any
+request is read; give the client the same secret (Client(secret=...)).
 """
 from __future__ import annotations
 
@@ -58,6 +72,7 @@ import logging
 import os
 import signal
 import struct
+import sys
 import threading
 import uuid
 import zlib
@@ -67,12 +82,14 @@ import msgpack
 
 from raftcore.codec import decode_snapshot_meta, encode_snapshot_meta
 from raftcore.config import Config, SnapshotPolicy
-from raftcore.errors import (ConfigError, Fatal, ForwardToLeader, NotAllowed, RaftError,
-                             StorageError, Timeout)
+from raftcore.errors import (ConfigError, ForwardToLeader, NotAllowed, RaftError, StorageError,
+                             Timeout)
 from raftcore.messages import SnapshotMeta
 from raftcore.model import Node, ReadPolicy
 from raftcore.network.tcp import (DEFAULT_MAX_FRAME_SIZE, SERVICE_TYPE_MIN, WIRE_VERSION,
                                   parse_address)
+# The transport's shared-secret handshake, client side (see its module docstring).
+from raftcore.network.tcp import _AUTH_MAGIC, _AuthError, _check_secret, _client_handshake
 from raftcore.storage.base import Snapshot
 from raftcore.storage.mem import MemStateMachine
 from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, LogId
@@ -198,6 +215,8 @@ class KvStateMachine(MemStateMachine):
         self.sessions: dict[Any, _Session] = {}
         #: Commands applied to the map (a deduplicated retry is not counted).
         self.applied_commands = 0
+        #: Session writes answered from the session instead of applied again.
+        self.deduplicated = 0
         self._executor = executor
         self._file_lock = threading.Lock()     # snapshot file writes, in executor threads
         self._file_index = -1                  # log index of the snapshot on disk
@@ -264,7 +283,9 @@ class KvStateMachine(MemStateMachine):
                              f"client acknowledged ({s.floor}); it was not applied again"]
         else:
             resp = s.responses.get(seq)
-            if resp is None:
+            if resp is not None:
+                self.deduplicated += 1
+            else:
                 why = _check_command(cmd)
                 if why is not None:
                     resp = ["error", why]
@@ -290,6 +311,7 @@ class KvStateMachine(MemStateMachine):
             "sessions": [[cid, s.floor, list(s.responses.items())]
                          for cid, s in self.sessions.items()],
             "applied_commands": self.applied_commands,
+            "deduplicated": self.deduplicated,
         }
 
     async def build_snapshot(self, executor: Callable) -> Snapshot:
@@ -325,21 +347,22 @@ class KvStateMachine(MemStateMachine):
     def _load(self, meta: SnapshotMeta, data: bytes) -> None:
         try:
             obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
-            if not isinstance(obj, dict) or obj.get("format") != KV_SNAPSHOT_FORMAT:
-                raise ValueError(f"format {obj.get('format') if isinstance(obj, dict) else obj!r:.40}"
-                                 f", expected {KV_SNAPSHOT_FORMAT}")
+            found = obj.get("format") if isinstance(obj, dict) else None
+            if found != KV_SNAPSHOT_FORMAT:
+                raise ValueError(f"format {found!r:.40}, expected {KV_SNAPSHOT_FORMAT}")
             items = {k: v for k, v in obj["items"]}
             sessions = {cid: _Session(floor, {seq: r for seq, r in responses})
                         for cid, floor, responses in obj["sessions"]}
-            applied_commands = obj["applied_commands"]
-            if type(applied_commands) is not int:
-                raise ValueError("applied_commands is not an int")
+            applied_commands, deduplicated = obj["applied_commands"], obj["deduplicated"]
+            if type(applied_commands) is not int or type(deduplicated) is not int:
+                raise ValueError("applied_commands or deduplicated is not an int")
         except Exception as exc:
             raise StorageError(f"KvStateMachine cannot read snapshot {meta.snapshot_id}: "
                                f"{exc}") from exc
         self.data = items
         self.sessions = sessions
         self.applied_commands = applied_commands
+        self.deduplicated = deduplicated
         self.last_applied = LogId(meta.last_log_term, meta.last_log_index)
         self.last_membership = meta.membership
         self._snapshot = Snapshot(meta, data)
@@ -506,6 +529,7 @@ class KvService:
             "keys": len(self.sm.data),
             "sessions": len(self.sm.sessions),
             "applied_commands": self.sm.applied_commands,
+            "deduplicated": self.sm.deduplicated,
         }]
 
 
@@ -529,22 +553,37 @@ class _Connection:
         self.max_frame = max_frame
         self.pending: dict[int, asyncio.Future] = {}
         self.closed = False
+        #: Set when the node refused this client for good (it wants the
+        #: cluster's secret): raised by every call instead of retrying.
+        self.failure: Optional[KvError] = None
         self._ids = itertools.count(1)
         self._packer = msgpack.Packer(use_bin_type=True)
         self.task = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def call(self, msg: list, timeout: float) -> Any:
-        if self.closed:
+        # The transport may be closed (a failed write, a reset) before the
+        # read loop has seen it; uvloop then refuses writes with RuntimeError.
+        if self.closed or self.writer.transport.is_closing():
+            self._close("closed")
+            if self.failure is not None:
+                raise self.failure
             raise _Lost(f"connection to {self.addr} is closed")
         rid = next(self._ids)
-        body = self._packer.pack([rid, msg])
+        try:
+            body = self._packer.pack([rid, msg])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise KvError(f"cannot encode the request with msgpack: {exc}") from None
         if len(body) + 1 > self.max_frame:
             raise KvError(f"request of {len(body) + 1} bytes exceeds max_frame_size "
                           f"{self.max_frame}")
         fut = asyncio.get_running_loop().create_future()
         self.pending[rid] = fut
         try:
-            self.writer.write(_HEADER.pack(len(body) + 1, WIRE_VERSION) + body)
+            try:
+                self.writer.write(_HEADER.pack(len(body) + 1, WIRE_VERSION) + body)
+            except (RuntimeError, OSError) as exc:
+                self._close(f"write failed: {exc}")
+                raise _Lost(f"connection to {self.addr} lost ({exc})") from None
             return await asyncio.wait_for(fut, timeout)
         finally:
             self.pending.pop(rid, None)
@@ -563,6 +602,12 @@ class _Connection:
                     break
                 body = await self.reader.readexactly(size - 1)
                 obj = msgpack.unpackb(body, raw=False, strict_map_key=False)
+                if type(obj) is list and obj and obj[0] == _AUTH_MAGIC:
+                    self.failure = KvError(
+                        f"node {self.addr} requires the cluster's shared secret: pass "
+                        "Client(secret=...) (the nodes' --secret-file)")
+                    reason = "the node asked for the shared-secret handshake"
+                    break
                 if type(obj) is not list or not 2 <= len(obj) <= 3:
                     reason = "reply is not [request_id, value]"
                     break
@@ -591,15 +636,13 @@ class _Connection:
         self.writer.close()
         for fut in self.pending.values():
             if not fut.done():
-                fut.set_exception(_Lost(f"connection to {self.addr} lost ({reason})"))
+                fut.set_exception(self.failure or
+                                  _Lost(f"connection to {self.addr} lost ({reason})"))
         self.pending.clear()
 
     async def close(self) -> None:
         self.task.cancel()
-        try:
-            await self.task
-        except BaseException:
-            pass
+        await asyncio.gather(self.task, return_exceptions=True)
         self._close("client closed")
 
 
@@ -624,12 +667,15 @@ class Client:
 
     timeout: seconds one call may take, retries included.
     attempt_timeout: seconds one attempt waits for its reply before retrying.
+    secret: the cluster's shared secret (bytes; a str is UTF-8 encoded), for
+        nodes started with --secret-file: each connection proves it holds it
+        (and checks that the node does) before any request.
     ssl: an ssl.SSLContext (client side) for nodes serving TLS.
     """
 
     def __init__(self, address: str | Iterable[str], *, timeout: float = 30.0,
-                 attempt_timeout: float = 5.0, ssl: Any = None,
-                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+                 attempt_timeout: float = 5.0, secret: Optional[bytes | str] = None,
+                 ssl: Any = None, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         addrs = [address] if isinstance(address, str) else list(address)
         if not addrs:
             raise ConfigError("Client needs at least one node address")
@@ -641,6 +687,7 @@ class Client:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.client_id = uuid.uuid4().hex
+        self._secret = _check_secret(secret)
         self._ssl = ssl
         self._max_frame = max_frame_size
         self._addrs: list[str] = list(dict.fromkeys(addrs))   # known nodes, in order
@@ -650,6 +697,9 @@ class Client:
         self._next_seq = 1
         self._in_flight: set[int] = set()
         self._learned = False          # members learned from a node's status
+        #: Attempts that failed (connection lost or refused, no reply in
+        #: attempt_timeout, no leader, unavailable) and were retried.
+        self.retries = 0
         self._closed = False
 
     async def __aenter__(self) -> "Client":
@@ -690,7 +740,8 @@ class Client:
         """The state of a node (`node`, or the one this client talks to):
         id, state, term, leader, leader_addr, last_log_index, committed,
         applied, snapshot, purged, members (a list of [id, address]), keys,
-        sessions, applied_commands (writes applied to the map, each once)."""
+        sessions, applied_commands (writes applied to the map, each once),
+        deduplicated (retried writes answered without applying them again)."""
         return (await self._request([KV_STATUS], node=node))[1]
 
     @property
@@ -784,6 +835,7 @@ class Client:
                     raise KvError(f"node {target} sent an unexpected reply {reply!r:.100}")
             # Back off before the next attempt (not a wait for a condition:
             # there is nothing to wait on in a cluster electing a leader).
+            self.retries += 1
             await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             delay = min(delay * 2, 0.5)
 
@@ -818,6 +870,17 @@ class Client:
         kw = {"ssl": self._ssl} if self._ssl is not None else {}
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, limit=1024 * 1024, **kw), timeout)
+        if self._secret is not None:
+            try:
+                await asyncio.wait_for(_client_handshake(reader, writer, self._secret), timeout)
+            except BaseException as exc:
+                writer.transport.abort()
+                if isinstance(exc, _AuthError):
+                    raise KvError(f"node {addr}: authentication failed: {exc}") from None
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise _Lost(f"no shared-secret handshake within {timeout:.3g}s (a node "
+                                "started without --secret-file never sends one)") from None
+                raise
         conn = _Connection(addr, reader, writer, self._max_frame)
         if self._closed:
             await conn.close()
@@ -834,11 +897,14 @@ class Client:
                 for _, a in st.get("members", []):
                     if a:
                         self._learn(a)
-                self._learned = True
+                        # A node that has not received the membership yet
+                        # knows none: ask again on the next connection.
+                        self._learned = True
                 if st.get("leader_addr"):
                     self._learn(st["leader_addr"])
             except (KvError, _Lost, asyncio.TimeoutError, AttributeError, TypeError):
-                pass
+                if conn.failure is not None:
+                    raise conn.failure from None
         return conn
 
 
@@ -904,14 +970,17 @@ def build_parser() -> argparse.ArgumentParser:
                "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --init")
     p.add_argument("--id", type=_non_negative_int, required=True, help="this node's id")
     p.add_argument("--dir", required=True, help="data directory (created if missing)")
-    p.add_argument("--peers", type=_parse_peers, default=None,
+    p.add_argument("--peers", type=_parse_peers, default=None, metavar="ID=HOST:PORT,...",
                    help="the cluster: ID=HOST:PORT,... (this node included); needed with "
                         "--init or without --listen")
-    p.add_argument("--listen", type=_address, default=None,
+    p.add_argument("--listen", type=_address, default=None, metavar="HOST:PORT",
                    help="HOST:PORT to listen on (default: this node's address in --peers)")
     p.add_argument("--init", action="store_true",
                    help="form the cluster from --peers (on one node; does nothing on a node "
                         "that is already initialized)")
+    p.add_argument("--secret-file", default=None, metavar="FILE",
+                   help="the cluster's shared secret (the file's contents, surrounding "
+                        "whitespace removed): peers and clients must prove they hold it")
     p.add_argument("--heartbeat", type=float, default=None, metavar="SECONDS",
                    help="leader heartbeat interval (default 0.05)")
     p.add_argument("--election-timeout", type=_timeouts, default=None, metavar="MIN,MAX",
@@ -938,6 +1007,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if args.peers is None:
             p.error("give --listen HOST:PORT, or --peers with this node's address")
         args.listen = args.peers[args.id]
+    args.secret = None
+    if args.secret_file is not None:
+        try:
+            with open(args.secret_file, "rb") as f:
+                args.secret = f.read().strip()
+        except OSError as exc:
+            p.error(f"--secret-file: cannot read {args.secret_file}: {exc.strerror or exc}")
+        if not args.secret:
+            p.error(f"--secret-file: {args.secret_file} is empty")
     kw: dict[str, Any] = {
         "snapshot_policy": (SnapshotPolicy.logs_since_last(args.snapshot_every)
                             if args.snapshot_every else SnapshotPolicy.never()),
@@ -958,8 +1036,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """`raftcore kv ...`: runs one node until Ctrl-C or SIGTERM. Returns the
     exit status: 0 after a clean shutdown, 1 if the node could not start
     or stopped on an error, 2 for bad arguments."""
-    import sys
-
     import uvloop
 
     try:
@@ -994,10 +1070,11 @@ async def run_node(args: argparse.Namespace) -> int:
     status = 0
     try:
         sm = await KvStateMachine.open(os.path.join(args.dir, "snapshots"))
-        net = TcpNetwork(rpc_timeout=config.rpc_timeout)
+        net = TcpNetwork(rpc_timeout=config.rpc_timeout, secret=args.secret)
         raft = await Raft.create(args.id, config, net, store, sm)
         service = KvService(raft, sm)
-        server = await RaftServer.start(raft, host, port, services=service.handlers())
+        server = await RaftServer.start(raft, host, port, services=service.handlers(),
+                                        secret=args.secret)
         log.info("node %s serving on %s (data in %s)", args.id, args.listen, args.dir)
         if args.init:
             members = {i: Node(a) for i, a in sorted(args.peers.items())}

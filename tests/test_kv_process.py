@@ -23,8 +23,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import pathlib
+import re
+import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
 
@@ -33,9 +37,11 @@ import pytest
 import uvloop
 
 from raftcore import kv
-from raftcore.errors import StorageError, Timeout
+from raftcore.errors import ConfigError, StorageError, Timeout
 from raftcore.kv import Client, KvError, KvStateMachine
 from raftcore.messages import SnapshotMeta
+from raftcore.network import RaftServer
+from raftcore.network.tcp import WIRE_VERSION
 from raftcore.types import ENTRY_NORMAL, Entry
 
 HOST = "127.0.0.1"
@@ -49,7 +55,7 @@ TEST_GUARD = 120.0
 NODE_ARGS = ["--heartbeat", "0.05", "--election-timeout", "0.3,0.6",
              "--snapshot-every", "50", "--keep-logs", "20", "--log-level", "INFO"]
 #: Writes acknowledged per phase of a crash scenario.
-PHASE = 150
+PHASE = 300
 
 
 def free_ports(n: int) -> list[int]:
@@ -73,8 +79,9 @@ class KvCluster:
     """`raftcore kv` processes 1..n; `with KvCluster(tmp_path) as c:` kills
     whatever still runs on exit."""
 
-    def __init__(self, tmp_path, n: int = 3) -> None:
+    def __init__(self, tmp_path, n: int = 3, extra: list[str] = ()) -> None:
         self.tmp = tmp_path
+        self.extra = list(extra)
         self.ids = list(range(1, n + 1))
         self.addrs = {i: f"{HOST}:{p}" for i, p in zip(self.ids, free_ports(n))}
         self.peers = ",".join(f"{i}={a}" for i, a in self.addrs.items())
@@ -88,7 +95,7 @@ class KvCluster:
         with open(self.log_path(i), "ab") as out:
             self.procs[i] = subprocess.Popen(
                 node_cmd("--id", str(i), "--dir", str(self.tmp / f"n{i}"), "--peers",
-                         self.peers, *NODE_ARGS, *(["--init"] if init else [])),
+                         self.peers, *NODE_ARGS, *self.extra, *(["--init"] if init else [])),
                 stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp, env=dict(os.environ))
 
     def start_all(self, init: bool = True) -> None:
@@ -229,7 +236,7 @@ class WriteStream:
     """Writers, each advancing counter c<j> by cas n -> n+1 and setting a
     fresh key k<j>-<n+1> per step, through one shared Client."""
 
-    def __init__(self, client: Client, writers: int = 4) -> None:
+    def __init__(self, client: Client, writers: int = 8) -> None:
         self.client = client
         self.steps = [0] * writers
         self.acked = 0
@@ -291,6 +298,8 @@ class WriteStream:
     (["--id", "1", "--dir", "d"], "give --listen HOST:PORT, or --peers"),
     (["--id", "x", "--dir", "d", "--listen", "127.0.0.1:7001"], "expected an integer"),
     (["--id", "1", "--listen", "127.0.0.1:7001"], "--dir"),
+    (["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001", "--secret-file", "/nonexistent"],
+     "--secret-file: cannot read /nonexistent"),
     (["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001", "--election-timeout", "0.3,0.2"],
      "election_timeout_min (0.3) must be below election_timeout_max"),
 ])
@@ -365,7 +374,7 @@ def test_a_damaged_snapshot_file_refuses_to_load(tmp_path):
     sm = KvStateMachine(tmp_path)
     meta = SnapshotMeta(1, 1, None, "s1")
     sm._save_file(meta, msgpack.packb({"format": 1, "items": [], "sessions": [],
-                                       "applied_commands": 0}))
+                                       "applied_commands": 0, "deduplicated": 0}))
     assert KvStateMachine(tmp_path).last_applied is not None
     path = tmp_path / "snapshot"
     blob = bytearray(path.read_bytes())
@@ -378,6 +387,54 @@ def test_a_damaged_snapshot_file_refuses_to_load(tmp_path):
     (tmp_path / "snapshot.tmp").write_bytes(b"half a snapshot")
     assert KvStateMachine(tmp_path).last_applied is None
     assert not (tmp_path / "snapshot.tmp").exists()
+
+
+# ====================================================== the server's hook
+
+def test_raft_server_hands_service_messages_to_their_handlers():
+    class NoRaft:
+        id = 0
+
+        async def append_entries(self, req):
+            raise AssertionError("not a raft message")
+
+        async def vote(self, req):
+            raise AssertionError("not a raft message")
+
+    async def echo(msg):
+        return ["echo", msg[1:]]
+
+    async def fail(msg):
+        raise ValueError("no such thing")
+
+    def frame(obj) -> bytes:
+        body = msgpack.packb(obj, use_bin_type=True)
+        return struct.pack(">IB", len(body) + 1, WIRE_VERSION) + body
+
+    async def read_reply(reader):
+        size, _version = struct.unpack(">IB", await reader.readexactly(5))
+        return msgpack.unpackb(await reader.readexactly(size - 1), raw=False)
+
+    async def body():
+        with pytest.raises(ConfigError, match="service message types must be integers >= 64"):
+            await RaftServer.start(NoRaft(), HOST, 0, services={5: echo})
+        server = await RaftServer.start(NoRaft(), HOST, 0, services={70: echo, 71: fail})
+        try:
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            writer.write(frame([1, [70, "a", b"b"]]) + frame([2, [71]]))
+            replies = {}
+            for _ in range(2):
+                r = await read_reply(reader)
+                replies[r[0]] = r
+            assert replies == {1: [1, ["echo", ["a", b"b"]]],
+                               2: [2, None, "ValueError: no such thing"]}
+            # A service type nobody serves closes the connection.
+            writer.write(frame([3, [72]]))
+            assert await reader.read() == b""
+            writer.close()
+        finally:
+            await server.close()
+    uvloop.run(body())
 
 
 # ============================================================== processes
@@ -411,6 +468,11 @@ async def _basic(c: KvCluster) -> None:
         with pytest.raises(KvError, match="a key must be"):
             await client.set(1.5, "x")
         await wait_converged(c, expected, applied_commands=10)
+        # A second process on a running node's directory refuses to start.
+        r = subprocess.run(node_cmd("--id", "1", "--dir", str(c.tmp / "n1"), "--listen",
+                                    f"{HOST}:{free_ports(1)[0]}"),
+                           capture_output=True, text=True, cwd=c.tmp, timeout=GUARD)
+        assert r.returncode == 1 and "the directory is in use" in r.stderr, r
 
         # SIGTERM: a clean exit; a restart (with --init again on node 1,
         # which it ignores) finds everything.
@@ -444,6 +506,7 @@ async def _retried(c: KvCluster) -> None:
         again = await client._request(cas)
         assert first[1] == again[1] == [True, "first"]
         assert again[2] > first[2]            # a second log entry, not applied again
+        assert (await client.status())["deduplicated"] == 1
         put = kv.write_request("retrying-client", 2, ["set", "y", 1], 1)
         assert (await client._request(put))[1] is None
         assert (await client._request(put))[1] is None
@@ -486,16 +549,20 @@ async def _crash(c: KvCluster, victim: str) -> None:
         if victim == "follower":
             # The others purge their logs past the last entry the follower
             # can have: it must be caught up by a snapshot.
-            lead = (await statuses(c, [leader]))[leader]
-            assert lead is not None, c.logs()
-            await until(lambda: _purged_past(c, lead["last_log_index"]),
-                        "the live nodes to purge past the follower's log", c)
+            live = await until(lambda: _all_up(c, list(c.procs)), "the live nodes", c)
+            last = max(s["last_log_index"] for s in live.values())
+            await until(lambda: _purged_past(c, last),
+                        f"the live nodes to purge past index {last} (the follower's log)", c)
         if victim != "all":
             await stream.acked_at_least(stream.acked + PHASE, c, f"with the {victim} down")
         for i in victims:
             c.start(i)
         await stream.acked_at_least(stream.acked + PHASE, c, f"after the {victim} restarted")
         await stream.stop()
+        if victim != "follower":
+            # The writes in flight at the kill were lost with their
+            # connections and sent again.
+            assert client.retries > 0
         await wait_converged(c, stream.expected(), applied_commands=stream.acked)
         if victim == "follower":
             assert "installed snapshot" in c.log_text(victims[0]), c.logs()
@@ -524,3 +591,70 @@ async def _purged_past(c: KvCluster, index: int) -> bool:
 def test_kill_9_under_writes_loses_no_acknowledged_write_and_applies_each_once(tmp_path, victim):
     with KvCluster(tmp_path) as c:
         _crash(c, victim)
+
+
+@kv_test
+async def _secret(c: KvCluster) -> None:
+    c.start_all()
+    good = Client(c.addrs[1], secret=b"cluster secret", timeout=GUARD)
+    wrong = Client(c.addrs[1], secret=b"another secret", timeout=GUARD)
+    without = Client(c.addrs[1], timeout=GUARD)
+    try:
+        assert await good.set("k", "v") is None
+        assert await good.get("k") == "v"
+        with pytest.raises(KvError, match="authentication failed"):
+            await wrong.get("k")
+        with pytest.raises(KvError, match="requires the cluster's shared secret"):
+            await without.get("k")
+    finally:
+        for client in (good, wrong, without):
+            await client.close()
+
+
+def test_a_cluster_with_a_shared_secret_serves_only_clients_holding_it(tmp_path):
+    (tmp_path / "secret").write_bytes(b"cluster secret\n")
+    with KvCluster(tmp_path, extra=["--secret-file", str(tmp_path / "secret")]) as c:
+        _secret(c)
+
+
+# ================================================================ README
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_the_readme_cluster_runs_as_written(tmp_path):
+    """The README's 3-process section: its three commands and its Python,
+    with free ports in place of 7001-7003 (and `python -m raftcore.cli` for
+    the console script, which need not be on PATH here)."""
+    text = README.read_text()
+    section = text[text.index("## A 3-process cluster with raftcore kv"):]
+    commands = re.search(r"```sh\n(.*?)```", section, re.S).group(1).strip().splitlines()
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    ports = dict(zip(("7001", "7002", "7003"), map(str, free_ports(3))))
+
+    def local(s: str) -> str:
+        return re.sub(r"\b700[123]\b", lambda m: ports[m.group(0)], s)
+
+    assert len(commands) == 3
+    procs = []
+    try:
+        for i, line in enumerate(commands):
+            argv = shlex.split(local(line))
+            assert argv[:2] == ["raftcore", "kv"], line
+            with open(tmp_path / f"node{i}.log", "wb") as out:
+                procs.append(subprocess.Popen(node_cmd(*argv[2:]), stdout=out,
+                                              stderr=subprocess.STDOUT, cwd=tmp_path))
+        (tmp_path / "client.py").write_text(local(code))
+        r = subprocess.run([sys.executable, "client.py"], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=GUARD * 2)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["None", "(True, 'hi')", "hi", "hi", "LEADER"]
+        assert all((tmp_path / f"n{i}" / "log").is_dir() for i in (1, 2, 3))
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        assert [p.wait(GUARD) for p in procs] == [0, 0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -797,7 +797,9 @@ class _ServerConn:
 
     def reply_value(self, rid: int, value: Any) -> None:
         """Replies with a plain msgpack-able value (a service's reply)."""
-        if self.closed:
+        # uvloop may have closed the transport (a reset) before the reading
+        # loop saw it; a write would then raise RuntimeError.
+        if self.closed or self.transport.is_closing():
             return
         body = self.packer.pack([rid, value])
         self.writer.write(_pack_header(len(body) + 1, WIRE_VERSION) + body)
