@@ -790,7 +790,9 @@ class _ServerConn:
         self.task: Optional[asyncio.Task] = None
 
     def reply(self, rid: int, resp: Any) -> None:
-        if self.closed:
+        # uvloop may have closed the transport (a reset) before the reading
+        # loop saw it; a write would then raise RuntimeError.
+        if self.closed or self.transport.is_closing():
             return
         body = self.packer.pack([rid, None if resp is None else encode_message(resp)])
         self.writer.write(_pack_header(len(body) + 1, WIRE_VERSION) + body)
@@ -805,7 +807,7 @@ class _ServerConn:
         self.writer.write(_pack_header(len(body) + 1, WIRE_VERSION) + body)
 
     def reply_error(self, rid: int, exc: BaseException) -> None:
-        if self.closed:
+        if self.closed or self.transport.is_closing():
             return
         reason = f"{type(exc).__name__}: {exc}"
         if len(reason) > _MAX_REASON:
