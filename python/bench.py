@@ -10,10 +10,13 @@ least work any asyncio write path must do, measured in the same run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from array import array
 from dataclasses import asdict, dataclass
@@ -88,25 +91,107 @@ class BenchRow:
     of_floor: Optional[float] = None
 
 
-async def _cluster(config: Config) -> tuple[list[Raft], Raft]:
-    router = LocalRouter()
-    rafts = []
-    for i in (1, 2, 3):
-        r = await Raft.create(i, config, router.network(i), MemLogStore(),
-                              ProgressStateMachine())
-        router.add(i, r)
-        rafts.append(r)
-    await rafts[0].initialize({i: Node(f"local-{i}") for i in (1, 2, 3)})
-    await rafts[0].wait(10).state(ServerState.LEADER, "the benchmark leader")
-    return rafts, rafts[0]
+class Cluster:
+    """The benchmark's 3 voters; `leader` is node 1, in this process."""
+
+    def __init__(self) -> None:
+        self.leader: Optional[Raft] = None
+        self._closers: list = []
+
+    async def close(self) -> None:
+        for fn in reversed(self._closers):
+            await fn()
+
+
+async def _log_store(store: str, workdir: str, node_id: int):
+    if store == "mem":
+        return MemLogStore()
+    from raftcore.storage.file import FileLogStore
+    return await FileLogStore.open(os.path.join(workdir, f"node{node_id}"))
+
+
+async def start_cluster(config: Config, transport: str = "local", store: str = "mem",
+                        workdir: str = "") -> Cluster:
+    """3 voters: in this process on LocalRouter, or over loopback TCP with
+    nodes 2 and 3 in processes of their own."""
+    c = Cluster()
+    if transport == "local":
+        router = LocalRouter()
+        rafts = []
+        for i in (1, 2, 3):
+            ls = await _log_store(store, workdir, i)
+            r = await Raft.create(i, config, router.network(i), ls, ProgressStateMachine())
+            router.add(i, r)
+            rafts.append(r)
+            c._closers.append(ls.close)
+            c._closers.append(r.shutdown)
+        c.leader = rafts[0]
+        nodes = {i: Node(f"local-{i}") for i in (1, 2, 3)}
+    else:
+        from raftcore.network.tcp import RaftServer, TcpNetwork
+        nodes = {}
+        for i in (2, 3):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "raftcore.bench_node", "--id", str(i), "--store", store,
+                "--dir", os.path.join(workdir, f"node{i}"),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            c._closers.append(functools.partial(_stop_process, proc))
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            if not line.strip().isdigit():
+                raise RuntimeError(f"benchmark node {i} did not start (printed {line!r})")
+            nodes[i] = Node(f"127.0.0.1:{int(line)}")
+        ls = await _log_store(store, workdir, 1)
+        c.leader = await Raft.create(1, config, TcpNetwork(rpc_timeout=config.rpc_timeout), ls,
+                                     ProgressStateMachine())
+        server = await RaftServer.start(c.leader, "127.0.0.1", 0)
+        c._closers.append(ls.close)
+        c._closers.append(server.close)
+        c._closers.append(c.leader.shutdown)
+        nodes[1] = Node(f"127.0.0.1:{server.port}")
+    await c.leader.initialize(nodes)
+    await c.leader.wait(10).state(ServerState.LEADER, "the benchmark leader")
+    return c
+
+
+async def _stop_process(proc) -> None:
+    if proc.returncode is None:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def fsync_latency_us(directory: str, rounds: int = 50) -> float:
+    """p50 of a 4 KiB write + fsync in `directory`: the disk's cost of one
+    durable flush, measured in the same run as the file-store rows."""
+    path = os.path.join(directory, "fsync-probe")
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        block = b"\0" * 4096
+        for _ in range(rounds):
+            t = time.perf_counter()
+            os.write(fd, block)
+            os.fsync(fd)
+            times.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    times.sort()
+    return times[len(times) // 2] * 1e6
 
 
 async def run_cluster(clients: int, ops_per_client: int, batch: int = 1,
-                      payload: bytes = b"x" * 8, progress: Any = None) -> BenchRow:
+                      payload: bytes = b"x" * 8, progress: Any = None,
+                      transport: str = "local", store: str = "mem",
+                      workdir: str = "") -> BenchRow:
     """One benchmark row: `clients` tasks each making `ops_per_client` calls
     (client_write, or client_write_many of `batch` payloads)."""
     config = Config(seed=7, max_pending_writes=max(65536, clients * batch * 2))
-    rafts, leader = await _cluster(config)
+    cluster = await start_cluster(config, transport, store, workdir)
+    leader = cluster.leader
     lat = array("q", bytes(8 * clients * ops_per_client))
     done = [0]
     perf = time.perf_counter_ns
@@ -142,8 +227,7 @@ async def run_cluster(clients: int, ops_per_client: int, batch: int = 1,
     total_ops = clients * ops_per_client
     entries = total_ops * batch
     assert leader.state_machine.applied_normal == entries, "the leader did not apply every write"
-    for r in rafts:
-        await r.shutdown()
+    await cluster.close()
     s = sorted(lat)
     return BenchRow(
         clients=clients, ops=entries, batch=batch, seconds=dt,
@@ -216,13 +300,21 @@ def default_ops(clients: int, batch: int) -> int:
 
 
 async def run_all(clients_list: Sequence[int], ops: Optional[int], batch: int,
-                  payload_size: int, floor: bool, show_progress: bool) -> list[BenchRow]:
+                  payload_size: int, floor: bool, show_progress: bool,
+                  transport: str = "local", store: str = "mem",
+                  workdir: Optional[str] = None) -> list[BenchRow]:
     rows = []
     payload = b"x" * payload_size
     for c in clients_list:
         n = ops or default_ops(c, batch)
+        if store == "file" or transport == "tcp":
+            n = ops or max(20, min(n, 20_000 // c if store == "file" else 100_000 // c))
         bar = ProgressBar(f"clients={c}") if show_progress else None
-        row = await run_cluster(c, n, batch, payload, bar)
+        rowdir = tempfile.mkdtemp(prefix=f"raftcore-bench-{c}-", dir=workdir)
+        try:
+            row = await run_cluster(c, n, batch, payload, bar, transport, store, rowdir)
+        finally:
+            shutil.rmtree(rowdir, ignore_errors=True)
         if floor:
             row.floor_per_s = await run_floor(c, max(20, 200_000 // c))
             row.of_floor = row.puts_per_s / row.floor_per_s

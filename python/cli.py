@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=_positive, default=1,
                    help="entries per call; above 1 uses client_write_many")
     b.add_argument("--payload", type=_positive, default=8, help="payload bytes per entry")
+    b.add_argument("--transport", choices=("local", "tcp"), default="local",
+                   help="local: 3 nodes in this process on LocalRouter; tcp: nodes 2 and 3 "
+                        "in processes of their own, over loopback TCP")
+    b.add_argument("--store", choices=("mem", "file"), default="mem",
+                   help="log store: in memory, or FileLogStore (fsynced) on disk")
+    b.add_argument("--dir", default=None,
+                   help="where file stores go (default: the system temp dir; use a real "
+                        "disk, not tmpfs)")
     b.add_argument("--no-floor", action="store_true", help="skip the asyncio floor")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,15 +82,27 @@ def _bench(args) -> int:
 
     rows = uvloop.run(bench.run_all(args.clients, args.ops, args.batch, args.payload,
                                     floor=not args.no_floor,
-                                    show_progress=not args.no_progress and not args.json))
+                                    show_progress=not args.no_progress and not args.json,
+                                    transport=args.transport, store=args.store,
+                                    workdir=args.dir))
+    fsync_us = None
+    if args.store == "file":
+        import tempfile
+        fsync_us = bench.fsync_latency_us(args.dir or tempfile.gettempdir())
     if args.json:
         print(json.dumps({"machine": bench.machine_description(),
+                          "transport": args.transport, "store": args.store,
+                          "fsync_p50_us": fsync_us,
                           "peak_rss_mb": round(bench.peak_rss_mb(), 1),
                           "rows": bench.rows_as_dicts(rows)}, indent=2))
     else:
-        print(f"raftcore bench: 3 voters in one process, MemLogStore, LocalRouter "
-              f"({bench.machine_description()})")
+        where = ("3 voters in one process, LocalRouter" if args.transport == "local" else
+                 "3 voters in 3 processes, loopback TCP")
+        store = "MemLogStore" if args.store == "mem" else "FileLogStore (fsync)"
+        print(f"raftcore bench: {where}, {store} ({bench.machine_description()})")
         print(bench.format_table(rows))
+        if fsync_us is not None:
+            print(f"fsync of this disk (4 KiB write + fsync, p50): {fsync_us:,.0f} us")
         print(f"peak RSS {bench.peak_rss_mb():.0f} MB")
     return 0
 

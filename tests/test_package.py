@@ -63,3 +63,17 @@ def test_bench_command_rejects_bad_arguments():
     proc = subprocess.run([exe, "bench", "--clients", "0,x"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "--clients" in proc.stderr
+
+
+def test_bench_runs_over_tcp_processes_with_the_file_store(tmp_path):
+    exe = shutil.which("raftcore")
+    proc = subprocess.run([exe, "bench", "--transport", "tcp", "--store", "file",
+                           "--dir", str(tmp_path), "--clients", "1,4", "--ops", "20",
+                           "--json", "--no-floor"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["transport"] == "tcp" and out["store"] == "file"
+    assert [r["ops"] for r in out["rows"]] == [20, 80]
+    assert out["fsync_p50_us"] > 0
+    # The benchmark's node processes and data directories are gone afterwards.
+    assert list(tmp_path.iterdir()) == []
