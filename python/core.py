@@ -58,6 +58,54 @@ class ClientWriteResponse:
         return f"ClientWriteResponse(log_id=({self.term}, {self.index}), data={self.data!r})"
 
 
+class _Batch:
+    """The answers to one client_write_many: one future for the caller, one
+    slot per entry for the runtime. A slot behaves like a future where the
+    runtime uses it (done, set_result, set_exception) but wakes nobody: the
+    caller's future resolves once, with every response in order, or with the
+    first error (entries of a failed batch may still commit, as with any
+    cancelled or failed write)."""
+
+    __slots__ = ("future", "results", "left")
+
+    def __init__(self, future: asyncio.Future, n: int) -> None:
+        self.future = future
+        self.results: list = [None] * n
+        self.left = n
+
+    def slots(self) -> list:
+        return [_Slot(self, i) for i in range(len(self.results))]
+
+
+class _Slot:
+    __slots__ = ("batch", "i", "answered")
+
+    def __init__(self, batch: _Batch, i: int) -> None:
+        self.batch = batch
+        self.i = i
+        self.answered = False
+
+    def done(self) -> bool:
+        return self.answered or self.batch.future.done()
+
+    def set_result(self, value: Any) -> None:
+        if self.answered:
+            return
+        self.answered = True
+        b = self.batch
+        b.results[self.i] = value
+        b.left -= 1
+        if b.left == 0 and not b.future.done():
+            b.future.set_result(b.results)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if self.answered:
+            return
+        self.answered = True
+        if not self.batch.future.done():
+            self.batch.future.set_exception(exc)
+
+
 class RaftCore:
     """Executes one engine's commands against storage, network and state machine."""
 
@@ -276,14 +324,13 @@ class RaftCore:
         self._check_writable()
         if self._open_writes + len(payloads) > self.config.max_pending_writes:
             await self._wait_for_room(len(payloads))
-        create = self.loop.create_future
-        futs = [create() for _ in payloads]
-        self._pending_writes.extend(zip(payloads, futs))
-        self._open_writes += len(futs)
+        batch = _Batch(self.loop.create_future(), len(payloads))
+        self._pending_writes.extend(zip(payloads, batch.slots()))
+        self._open_writes += len(payloads)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_writes)
-        return list(await asyncio.gather(*futs))
+        return await batch.future
 
     def _check_writable(self) -> None:
         self.check_running()
