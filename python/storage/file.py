@@ -418,8 +418,7 @@ class FileLogStore(LogStore):
         doomed = self._deletable(ix.purged_index)
         if doomed:
             for seg in doomed:
-                ops.unlink(seg.path)
-            ops.fsync(self._dir_fd)
+                self._unlink_durably(seg.path)
             del self._segments[:len(doomed)]
 
     def _check_format(self, names: list, has_segments: bool) -> None:
@@ -874,9 +873,15 @@ class FileLogStore(LogStore):
         if delete:
             # The purge that allows this is durable now (this group or earlier).
             for path in delete:
-                ops.unlink(path)
-            ops.fsync(self._dir_fd)
+                self._unlink_durably(path)
         return fd
+
+    def _unlink_durably(self, path: str) -> None:
+        # One directory fsync per deleted segment, oldest first: on a file
+        # system that does not keep directory changes in order, a crash then
+        # leaves a prefix of the deletions, never a gap in segment numbers.
+        self._ops.unlink(path)
+        self._ops.fsync(self._dir_fd)
 
     def _notify(self, callbacks: list, err: Optional[BaseException]) -> None:
         for cb in callbacks:
