@@ -45,10 +45,11 @@ from raftcore.storage.base import LogState, LogStore
 from raftcore.storage.mem import MemStateMachine
 from raftcore.testing import lincheck
 from raftcore.testing.virtual_loop import VirtualTimeLoop, inline_executor
+from raftcore.types import ENTRY_BLANK
 
 #: Fault kinds the simulator injects (all of them, with the default settings).
 FAULT_KINDS = ("isolate", "partition", "one_way", "ring", "drop", "duplicate", "crash",
-               "crash_leader", "crash_new_leader", "power_loss",
+               "crash_leader", "crash_new_leader", "lose_blanks", "power_loss",
                "pause", "elect", "snapshot", "purge", "transfer", "add_learner", "promote",
                "remove_voter")
 
@@ -204,6 +205,11 @@ class SimDisk(LogStore):
         return self.durable
 
 
+def _carries_blank(req: Any) -> bool:
+    entries = getattr(req, "entries", None)
+    return bool(entries) and any(e.kind == ENTRY_BLANK for e in entries)
+
+
 class SimStateMachine(MemStateMachine):
     """MemStateMachine that reports every applied entry to the checker."""
 
@@ -234,6 +240,7 @@ class SimNetwork(LocalRouter):
         super().__init__()
         self._rng = rng
         self.dup_rate = 0.0
+        self.blank_loss = 0.0     # chance to lose a request carrying a new term's blank entry
         self.paused: dict[int, asyncio.Event] = {}
 
     def _deliver_nowait(self, src, dst, req):
@@ -249,7 +256,8 @@ class SimNetwork(LocalRouter):
     async def _deliver(self, src, dst, handler_name, req):
         await self._hop(src, dst)
         target = self._nodes.get(dst)
-        if target is None or not self._passes(src, dst):
+        if target is None or not self._passes(src, dst) or (
+                self.blank_loss and _carries_blank(req) and self._rng.random() < self.blank_loss):
             self.dropped += 1
             raise NetworkError(f"message {src}->{dst} lost")
         if self.dup_rate and self._rng.random() < self.dup_rate:
@@ -579,6 +587,13 @@ class Simulation:
             n = leader.id
             await self.crash(n)
             self.later(rng.uniform(0.05, 1.0), lambda: asyncio.ensure_future(self.restart(n)))
+        elif kind == "lose_blanks":
+            # New leaders' first entries get lost while older entries get
+            # through: old-term entries reach a majority before the new
+            # term's do (the situation Figure 8 of the Raft paper is about).
+            net.blank_loss = rng.uniform(0.5, 1.0)
+            self.log(f"lose blanks {net.blank_loss:.2f}")
+            self.later(rng.uniform(0.3, 2.0), lambda: setattr(net, "blank_loss", 0.0))
         elif kind == "crash_new_leader":
             # The next node to win an election crashes within a few ms, often
             # before its first entry of the new term reaches anyone: logs
@@ -708,6 +723,7 @@ class Simulation:
     async def heal_all(self) -> None:
         self.net.heal()
         self.net.dup_rate = 0.0
+        self.net.blank_loss = 0.0
         for n in list(self.net.paused):
             self.resume(n)
         for n in sorted(self.down):
