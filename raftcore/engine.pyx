@@ -482,19 +482,11 @@ cdef class Engine:
     def handle_snapshot_response(self, target, InstallSnapshotRequest req,
                                  InstallSnapshotResponse resp, double now):
         """The target installed (or already had) the snapshot req.meta."""
-        cdef Progress p
         self.now = now
-        if resp.term > self.vote.term:
-            self._become_follower(Vote(resp.term, None, False), None)
-            return
-        if self.state != S_LEADER or req.term != self.vote.term:
-            return
-        p = self.progress.get(target)
+        cdef Progress p = self._progress_for_answer(target, req.term, resp.term)
         if p is None:
             return
-        if p.acked(req.meta.last_log_index) and self.quorum is not None:
-            if self.quorum.update(target, p.matched):
-                self._maybe_commit()
+        self._record_match(p, req.meta.last_log_index)
         if self.state == S_LEADER:
             self._send_while_open(p)
 
@@ -614,23 +606,15 @@ cdef class Engine:
 
     def handle_append_response(self, target, AppendEntriesRequest req,
                                AppendEntriesResponse resp, double now):
-        cdef Progress p
         cdef long long hint, t
         self.now = now
-        if resp.term > self.vote.term:
-            self._become_follower(Vote(resp.term, None, False), None)
-            return
-        if self.state != S_LEADER or req.term != self.vote.term:
-            return
-        p = self.progress.get(target)
+        cdef Progress p = self._progress_for_answer(target, req.term, resp.term)
         if p is None:
             return
         # Any answer in our term shows the target still follows us.
         self.seq_quorum.update(target, req.seq)
         if resp.success:
-            if p.acked(resp.matched) and self.quorum is not None:
-                if self.quorum.update(target, resp.matched):
-                    self._maybe_commit()
+            self._record_match(p, resp.matched)
             if self.state != S_LEADER:
                 return      # the commit removed this leader from the voters
             self._send_while_open(p)
@@ -776,6 +760,22 @@ cdef class Engine:
         if new is not self.membership:
             self.membership = new
             self._membership_changed()
+
+    cdef Progress _progress_for_answer(self, target, long long req_term, long long resp_term):
+        """The target's progress if its answer to a request of ours still
+        matters; a higher term in it makes this node step down first."""
+        if resp_term > self.vote.term:
+            self._become_follower(Vote(resp_term, None, False), None)
+            return None
+        if self.state != S_LEADER or req_term != self.vote.term:
+            return None
+        return self.progress.get(target)
+
+    cdef void _record_match(self, Progress p, long long matched):
+        """The follower holds everything up to `matched`: maybe commit more."""
+        if p.acked(matched) and self.quorum is not None:
+            if self.quorum.update(p.node_id, p.matched):
+                self._maybe_commit()
 
     cdef void _check_proposable(self):
         if self.state != S_LEADER:
