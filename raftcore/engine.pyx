@@ -51,79 +51,18 @@ CANDIDATE = 2
 LEADER = 3
 SHUTDOWN = 4
 
-cdef int S_LEARNER = 0, S_FOLLOWER = 1, S_CANDIDATE = 2, S_LEADER = 3, S_SHUTDOWN = 4
-
-# Send times of the last SEQ_RING heartbeat rounds, for the leader lease.
-DEF SEQ_RING = 256
+# S_LEARNER ... S_SHUTDOWN (the same values, for C code) and SEQ_RING are in
+# engine.pxd.
 
 
-# no_gc_clear: when a garbage cycle holding this object is collected, its
-# typed fields must not be reset to None under code (a finalizer, say) that
-# may still call into it; cleared fields would crash typed cdef access.
-@cython.no_gc_clear
+# no_gc_clear (declared in engine.pxd): when a garbage cycle holding this
+# object is collected, its typed fields must not be reset to None under code
+# (a finalizer, say) that may still call into it; cleared fields would crash
+# typed cdef access.
 cdef class Engine:
     """One node's Raft state. Not thread-safe; the runtime steps it from one task."""
 
-    cdef readonly object id
-    cdef readonly list output
-    # persistent
-    cdef readonly Vote vote
-    cdef readonly RaftLog log
-    # volatile
-    cdef readonly int state
-    cdef readonly object leader_id
-    cdef readonly long long committed
-    cdef readonly long long flushed       # local log durable up to here
-    cdef readonly long long applying      # last index handed to the state machine
-    cdef readonly Membership membership   # effective: the last membership entry in the log
-    cdef list membership_log               # [(index, Membership)] in log order
-    # leader
-    cdef dict progress                     # follower id -> Progress
-    cdef QuorumTracker quorum
-    # candidate
-    cdef set granted
-    # time
-    cdef readonly double now
-    cdef readonly double election_deadline
-    cdef readonly double heartbeat_deadline
-    # config and switches
-    cdef double heartbeat_interval, election_min, election_max
-    cdef long long max_payload_entries, max_payload_bytes
-    cdef int max_inflight
-    cdef object rng
-    cdef public bint elect_enabled
-    cdef public bint heartbeat_enabled
-    # leader lease and read confirmation: every request carries the number
-    # of the heartbeat round it belongs to (seq); a round is confirmed once a
-    # quorum answered a request of it or a later one.
-    cdef readonly long long hb_seq
-    cdef double seq_times[SEQ_RING]
-    cdef QuorumTracker seq_quorum
-    cdef double lease_margin
-    cdef bint check_quorum
-    cdef readonly long long term_start_index   # leader: index of its blank entry
-    cdef double leader_since
-    # a follower refuses votes until then: it heard from a leader within
-    # election_timeout_min (or restarted and forgot when it last did)
-    cdef readonly double vote_refuse_until
-    # leadership transfer
-    cdef readonly object transfer_to
-    cdef double transfer_deadline
-    # Once this leader asked a node to take over, that node's transfer vote
-    # (which bypasses lease refusals) may arrive at any later time, even
-    # after the transfer was abandoned: the lease is given up for the rest
-    # of the term (reads fall back to ReadIndex).
-    cdef bint lease_forfeited
-    # snapshots
-    cdef readonly SnapshotMeta snapshot_meta   # the newest snapshot this node holds
-    cdef long long keep_logs                   # entries kept below a snapshot when purging
-    # Known-bad behaviours, switched on only by tests that prove the
-    # simulator catches them (inject_bug); all False in normal operation.
-    cdef bint bug_commit_prev_term, bug_double_vote, bug_unconfirmed_reads
-    # pre-vote
-    cdef bint pre_vote
-    cdef readonly bint prevoting
-    cdef set pre_granted
+    # Attributes are declared in engine.pxd, each with what it holds.
 
     def __init__(self, node_id, *, double heartbeat_interval, double election_timeout_min,
                  double election_timeout_max, long long max_payload_entries,
@@ -198,7 +137,7 @@ cdef class Engine:
         else:
             raise ValueError(f"unknown bug {name!r}")
 
-    def take_commands(self):
+    cpdef list take_commands(self):
         """Returns the commands emitted since the last call, in order."""
         cdef list out = self.output
         self.output = []
@@ -254,7 +193,7 @@ cdef class Engine:
 
     # ------------------------------------------------------------------ time
 
-    def tick(self, double now):
+    cpdef tick(self, double now):
         """Advances time: a leader sends heartbeats when due, a follower or
         candidate starts an election when its timeout has passed."""
         self.now = now
@@ -276,7 +215,7 @@ cdef class Engine:
             else:
                 self._reset_election_deadline()
 
-    def next_deadline(self):
+    cpdef double next_deadline(self):
         """The time at which tick() next has work to do."""
         if self.state == S_LEADER:
             return self.heartbeat_deadline
@@ -305,7 +244,7 @@ cdef class Engine:
 
     # ------------------------------------------------------------ client I/O
 
-    def client_write(self, list payloads, double now):
+    cpdef long long client_write(self, list payloads, double now) except? -1:
         """Appends one entry per payload (a batch), starts replicating it and
         returns the index of the first one. Raises ForwardToLeader on a
         node that is not the leader."""
@@ -410,7 +349,7 @@ cdef class Engine:
 
     # -------------------------------------------------------------- storage
 
-    def log_flushed(self, long long term, long long index):
+    cpdef log_flushed(self, long long term, long long index):
         """The local log store has made everything up to (term, index) durable."""
         if index <= self.flushed or self.log.term_at(index) != term:
             # Old news, or an entry that has since been truncated.
@@ -554,7 +493,7 @@ cdef class Engine:
 
     # ---------------------------------------------------------- replication
 
-    def handle_append_entries(self, AppendEntriesRequest req, double now):
+    cpdef AppendEntriesResponse handle_append_entries(self, AppendEntriesRequest req, double now):
         """Returns the AppendEntriesResponse. On success the runtime sends it
         only once the local log is flushed up to resp.matched."""
         cdef long long prev, my_prev_term, conflict_at, last
@@ -604,8 +543,8 @@ cdef class Engine:
             self._maybe_apply()
         return AppendEntriesResponse(self.vote.term, True, last, 0, 0)
 
-    def handle_append_response(self, target, AppendEntriesRequest req,
-                               AppendEntriesResponse resp, double now):
+    cpdef handle_append_response(self, target, AppendEntriesRequest req,
+                                 AppendEntriesResponse resp, double now):
         cdef long long hint, t
         self.now = now
         cdef Progress p = self._progress_for_answer(target, req.term, resp.term)
@@ -642,7 +581,7 @@ cdef class Engine:
         p.rejected(hint)
         self._send_while_open(p)
 
-    def handle_append_failure(self, target, AppendEntriesRequest req, double now):
+    cpdef handle_append_failure(self, target, AppendEntriesRequest req, double now):
         """An AppendEntries request got no answer (peer down, dropped, timed out)."""
         cdef Progress p
         self.now = now

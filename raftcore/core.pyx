@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The runtime of one node: feeds the engine and executes its commands.
 
 Concurrency model (one thread, one event loop):
@@ -18,11 +19,18 @@ Concurrency model (one thread, one event loop):
   the same process answers synchronously when it is idle (LocalRouter). A
   write then commits and applies without any task switch besides waking its
   client. Otherwise each RPC runs in a task of its own (pipelined).
+- Compiled: this module is Cython. The per-write path (taking a batch,
+  executing commands, answering clients) runs as C calls, and steps the
+  engine through engine.pxd; what is off that path stays plain methods.
 - A handler answers only after its commands ran: a granted vote after
   save_vote returned (durable), an AppendEntries success after the log is
   flushed up to what it reports as matched.
 """
-from __future__ import annotations
+cimport cython
+from raftcore.engine cimport (Engine, S_CANDIDATE, S_FOLLOWER, S_LEADER, S_LEARNER,
+                              S_SHUTDOWN)
+from raftcore.messages cimport AppendEntriesRequest, AppendEntriesResponse
+from raftcore.types cimport Entry, LogId, Vote
 
 import asyncio
 import inspect
@@ -31,21 +39,20 @@ import random
 from collections import deque
 from typing import Any, Callable, Optional
 
-from raftcore.config import Config
-from raftcore.engine import CANDIDATE, FOLLOWER, LEADER, LEARNER, SHUTDOWN, Engine
 from raftcore.errors import (Fatal, ForwardToLeader, OutcomeUnknown, RaftError, StorageError,
                              Timeout)
-from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
-                               InstallSnapshotRequest)
-from raftcore.types import LogId, Vote
+from raftcore.messages import InstallSnapshotRequest
 
 
-class ClientWriteResponse:
+@cython.freelist(256)
+cdef class ClientWriteResponse:
     """What client_write returns once the entry is committed and applied."""
 
-    __slots__ = ("term", "index", "data")
+    cdef readonly long long term
+    cdef readonly long long index
+    cdef readonly object data
 
-    def __init__(self, term: int, index: int, data: Any) -> None:
+    def __init__(self, long long term, long long index, data) -> None:
         self.term = term
         self.index = index
         self.data = data
@@ -58,7 +65,7 @@ class ClientWriteResponse:
         return f"ClientWriteResponse(log_id=({self.term}, {self.index}), data={self.data!r})"
 
 
-class _Batch:
+cdef class _Batch:
     """The answers to one client_write_many: one future for the caller, one
     slot per entry for the runtime. A slot behaves like a future where the
     runtime uses it (done, set_result, set_exception) but wakes nobody: the
@@ -66,21 +73,27 @@ class _Batch:
     first error (entries of a failed batch may still commit, as with any
     cancelled or failed write)."""
 
-    __slots__ = ("future", "results", "left")
+    cdef object future
+    cdef list results
+    cdef Py_ssize_t left
 
-    def __init__(self, future: asyncio.Future, n: int) -> None:
+    def __init__(self, future, Py_ssize_t n) -> None:
         self.future = future
-        self.results: list = [None] * n
+        self.results = [None] * n
         self.left = n
 
-    def slots(self) -> list:
+    cdef list slots(self):
+        cdef Py_ssize_t i
         return [_Slot(self, i) for i in range(len(self.results))]
 
 
-class _Slot:
-    __slots__ = ("batch", "i", "answered")
+@cython.freelist(64)
+cdef class _Slot:
+    cdef _Batch batch
+    cdef Py_ssize_t i
+    cdef bint answered
 
-    def __init__(self, batch: _Batch, i: int) -> None:
+    def __init__(self, _Batch batch, Py_ssize_t i) -> None:
         self.batch = batch
         self.i = i
         self.answered = False
@@ -88,7 +101,7 @@ class _Slot:
     def done(self) -> bool:
         return self.answered or self.batch.future.done()
 
-    def set_result(self, value: Any) -> None:
+    def set_result(self, value) -> None:
         if self.answered:
             return
         self.answered = True
@@ -98,7 +111,7 @@ class _Slot:
         if b.left == 0 and not b.future.done():
             b.future.set_result(b.results)
 
-    def set_exception(self, exc: BaseException) -> None:
+    def set_exception(self, exc) -> None:
         if self.answered:
             return
         self.answered = True
@@ -106,12 +119,75 @@ class _Slot:
             self.batch.future.set_exception(exc)
 
 
-class RaftCore:
+@cython.freelist(16)
+cdef class _FlushDone:
+    """The on_flushed callback of one append: reports (term, index) durable."""
+    cdef RaftCore core
+    cdef long long term, index
+
+    def __init__(self, RaftCore core, long long term, long long index) -> None:
+        self.core = core
+        self.term = term
+        self.index = index
+
+    def __call__(self, err) -> None:
+        self.core._on_flushed(err, self.term, self.index)
+
+
+@cython.no_gc_clear
+cdef class RaftCore:
     """Executes one engine's commands against storage, network and state machine."""
 
-    def __init__(self, node_id: int, config: Config, network: Any, log_store: Any,
-                 state_machine: Any, loop: asyncio.AbstractEventLoop,
-                 executor: Optional[Callable] = None) -> None:
+    cdef public object id, config, network, log_store, sm, loop, executor, log
+    cdef public Engine engine
+    cdef bint _sm_async
+    cdef object _rng
+    cdef public bint tick_enabled
+    cdef public object last_applied
+    # What the stores hold, as executed (the engine runs ahead of them while
+    # commands wait to run): the newest snapshot, the purge point.
+    cdef public object snapshot, purged
+    cdef public bint stopped
+    cdef public bint changing_membership     # a change_membership/add_learner is under way
+    cdef public object _fatal
+    # executor state
+    cdef bint _busy
+    cdef object _deferred                     # deque: commands waiting for the core task
+    cdef long long _cmds_taken                # commands taken from the engine so far
+    cdef long long _cmds_done                 # commands executed so far
+    cdef object _exec_waiters                 # deque: (commands-done target, future)
+    cdef list _flush_waiters                  # (index, future)
+    # clients
+    # Writes not yet in the log: payloads and their futures, side by side
+    # (no per-write tuple).
+    cdef list _pending_payloads, _pending_futs
+    cdef bint _flush_scheduled
+    cdef Py_ssize_t _open_writes              # writes queued or in the log, unanswered
+    cdef Py_ssize_t _max_pending, _max_write_batch
+    cdef object _write_room
+    cdef object _client_waiters               # deque: [first index, term, futures]
+    cdef list _metric_waiters                 # (predicate, future)
+    cdef list _read_waiters                   # (seq, term, future)
+    # snapshots
+    cdef object _snap_every
+    cdef object _building                     # a build under way
+    cdef object _snap_rx                      # (snapshot id, bytearray) being received
+    cdef dict _snap_ready                     # snapshot id -> received bytes
+    # network
+    cdef dict _clients                        # target -> (Node, NetworkClient)
+    cdef object _clients_for                  # the membership _clients was checked against
+    cdef dict _nowait                         # target -> append_entries_nowait or None
+    cdef set _tasks
+    cdef object _wakeup, _timer
+    cdef double _timer_at
+    # (state, term, leader) last logged
+    cdef int _seen_state
+    cdef long long _seen_term
+    cdef object _seen_leader
+    cdef object _core_task
+
+    def __init__(self, node_id, config, network, log_store, state_machine, loop,
+                 executor=None) -> None:
         self.id = node_id
         self.config = config
         self.network = network
@@ -144,43 +220,46 @@ class RaftCore:
         self.tick_enabled = config.enable_tick
         self.engine.heartbeat_enabled = config.enable_heartbeat
         self.engine.elect_enabled = config.enable_elect
-        self.last_applied: Optional[LogId] = None
-        # What the stores hold, as executed (the engine runs ahead of them
-        # while commands wait to run): the newest snapshot, the purge point.
-        self.snapshot: Optional[LogId] = None
-        self.purged: Optional[LogId] = None
+        self.last_applied = None
+        self.snapshot = None
+        self.purged = None
         self.stopped = False
-        self.changing_membership = False     # a change_membership/add_learner is under way
-        self._fatal: Optional[BaseException] = None
+        self.changing_membership = False
+        self._fatal = None
         # executor state
         self._busy = False
-        self._deferred: deque = deque()         # commands waiting for the core task
-        self._cmds_taken = 0                    # commands taken from the engine so far
-        self._cmds_done = 0                     # commands executed so far
-        self._exec_waiters: deque = deque()     # (commands-done target, future)
-        self._flush_waiters: list = []          # (index, future)
+        self._deferred = deque()
+        self._cmds_taken = 0
+        self._cmds_done = 0
+        self._exec_waiters = deque()
+        self._flush_waiters = []
         # clients
-        self._pending_writes: deque = deque()   # (payload, future) not yet in the log
+        self._pending_payloads = []
+        self._pending_futs = []
         self._flush_scheduled = False
-        self._open_writes = 0                   # writes queued or in the log, unanswered
-        self._write_room: Optional[asyncio.Future] = None
-        self._client_waiters: deque = deque()   # [first index, term, futures]
-        self._metric_waiters: list = []         # (predicate, future)
-        self._read_waiters: list = []           # (seq, term, future)
+        self._open_writes = 0
+        self._max_pending = config.max_pending_writes
+        self._max_write_batch = config.max_write_batch
+        self._write_room = None
+        self._client_waiters = deque()
+        self._metric_waiters = []
+        self._read_waiters = []
         # snapshots
         self._snap_every = config.snapshot_policy.logs_since_last_snapshot
-        self._building: Optional[asyncio.Future] = None   # a build under way
-        self._snap_rx: Optional[tuple] = None   # (snapshot id, bytearray) being received
-        self._snap_ready: dict = {}             # snapshot id -> received bytes
-        self._clients: dict[int, Any] = {}      # target -> (Node, NetworkClient)
-        self._clients_for: Any = None           # the membership _clients was checked against
-        self._nowait: dict[int, Any] = {}       # target -> append_entries_nowait or None
-        self._tasks: set = set()
-        self._wakeup: Optional[asyncio.Future] = None
-        self._timer: Optional[asyncio.TimerHandle] = None
+        self._building = None
+        self._snap_rx = None
+        self._snap_ready = {}
+        self._clients = {}
+        self._clients_for = None
+        self._nowait = {}
+        self._tasks = set()
+        self._wakeup = None
+        self._timer = None
         self._timer_at = 0.0
-        self._seen = (None, None, None)         # (state, term, leader) last logged
-        self._core_task: Optional[asyncio.Task] = None
+        self._seen_state = -1
+        self._seen_term = -1
+        self._seen_leader = None
+        self._core_task = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -231,7 +310,9 @@ class RaftCore:
             # We may have followed a leader until just now, and a lease of
             # its may count on us: refuse votes for an election timeout.
             self.engine.refuse_votes_until(self.loop.time() + self.config.election_timeout_min)
-        self._seen = (self.engine.state, self.engine.vote.term, self.engine.leader_id)
+        self._seen_state = self.engine.state
+        self._seen_term = self.engine.vote.term
+        self._seen_leader = self.engine.leader_id
 
     def _purge_on_start(self, point: LogId, purged, entries):
         """The log does not reach, or conflicts at, what the state machine
@@ -275,9 +356,10 @@ class RaftCore:
             raise Fatal(f"node {self.id} has shut down; create a new Raft to restart it")
 
     def _fail_everything(self, err: BaseException) -> None:
-        for _, fut in self._pending_writes:
+        for fut in self._pending_futs:
             _fail(fut, err)
-        self._pending_writes.clear()
+        self._pending_payloads = []
+        self._pending_futs = []
         for _, _, futs in self._client_waiters:
             for fut in futs:
                 _fail(fut, err)
@@ -308,67 +390,73 @@ class RaftCore:
 
     # --------------------------------------------------------------- writes
 
-    async def client_write(self, payload: Any) -> ClientWriteResponse:
+    async def client_write(self, payload):
         self._check_writable()
-        if self._open_writes >= self.config.max_pending_writes:
+        if self._open_writes >= self._max_pending:
             await self._wait_for_room(1)
         fut = self.loop.create_future()
-        self._pending_writes.append((payload, fut))
+        self._pending_payloads.append(payload)
+        self._pending_futs.append(fut)
         self._open_writes += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_writes)
         return await fut
 
-    async def client_write_many(self, payloads: list) -> list:
+    async def client_write_many(self, list payloads):
+        cdef Py_ssize_t n = len(payloads)
         self._check_writable()
-        if self._open_writes + len(payloads) > self.config.max_pending_writes:
-            await self._wait_for_room(len(payloads))
-        batch = _Batch(self.loop.create_future(), len(payloads))
-        self._pending_writes.extend(zip(payloads, batch.slots()))
-        self._open_writes += len(payloads)
+        if self._open_writes + n > self._max_pending:
+            await self._wait_for_room(n)
+        batch = _Batch(self.loop.create_future(), n)
+        self._pending_payloads.extend(payloads)
+        self._pending_futs.extend(batch.slots())
+        self._open_writes += n
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_writes)
         return await batch.future
 
-    def _check_writable(self) -> None:
-        self.check_running()
-        if self.engine.state != LEADER:
+    cdef _check_writable(self):
+        if self._fatal is not None or self.stopped:
+            self.check_running()
+        if self.engine.state != S_LEADER:
             raise ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
 
-    async def _wait_for_room(self, n: int) -> None:
+    async def _wait_for_room(self, Py_ssize_t n):
         # Writers wait while the leader holds max_pending_writes unanswered
         # writes; one batch larger than the limit waits for an empty queue.
-        limit = self.config.max_pending_writes
+        cdef Py_ssize_t limit = self._max_pending
         while self._open_writes and self._open_writes + n > limit:
             if self._write_room is None or self._write_room.done():
                 self._write_room = self.loop.create_future()
             await self._write_room
             self._check_writable()
 
-    def _writes_answered(self, n: int) -> None:
+    cdef void _writes_answered(self, Py_ssize_t n):
         self._open_writes -= n
         room = self._write_room
-        if room is not None and not room.done() and \
-                self._open_writes < self.config.max_pending_writes:
+        if room is not None and self._open_writes < self._max_pending and not room.done():
             room.set_result(None)
 
     def _flush_writes(self) -> None:
         self._flush_scheduled = False
         self._run_sync()
 
-    def _take_write_batch(self) -> None:
+    cdef void _take_write_batch(self):
         """Moves queued client writes into the engine as one batch."""
-        pending = self._pending_writes
-        n = min(len(pending), self.config.max_write_batch)
-        if n == len(pending):
-            items = list(pending)
-            pending.clear()
+        cdef list payloads = self._pending_payloads
+        cdef list futs = self._pending_futs
+        cdef Py_ssize_t n = len(payloads)
+        if n <= self._max_write_batch:
+            self._pending_payloads = []
+            self._pending_futs = []
         else:
-            items = [pending.popleft() for _ in range(n)]
-        payloads = [p for p, _ in items]
-        futs = [f for _, f in items]
+            n = self._max_write_batch
+            self._pending_payloads = payloads[n:]
+            self._pending_futs = futs[n:]
+            payloads = payloads[:n]
+            futs = futs[:n]
         try:
             first = self.engine.client_write(payloads, self.loop.time())
         except ForwardToLeader as e:
@@ -419,7 +507,7 @@ class RaftCore:
             seq, term, fut = w
             if fut.done():
                 continue
-            if engine.state != LEADER or engine.vote.term != term:
+            if engine.state != S_LEADER or engine.vote.term != term:
                 fut.set_exception(ForwardToLeader(engine.leader_id, engine.leader_node()))
             elif engine.confirmed_seq >= seq:
                 fut.set_result(None)
@@ -427,12 +515,14 @@ class RaftCore:
                 keep.append(w)
         self._read_waiters = keep
 
-    def _reject_pending_writes(self) -> None:
+    cdef void _reject_pending_writes(self):
         err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
-        n = len(self._pending_writes)
-        while self._pending_writes:
-            _fail(self._pending_writes.popleft()[1], err)
-        self._writes_answered(n)
+        futs = self._pending_futs
+        self._pending_payloads = []
+        self._pending_futs = []
+        for fut in futs:
+            _fail(fut, err)
+        self._writes_answered(len(futs))
 
     # ------------------------------------------------------------- handlers
 
@@ -479,16 +569,17 @@ class RaftCore:
             return await self._after_flush(resp)
         return resp
 
-    def try_append_entries_now(self, req):
+    cpdef try_append_entries_now(self, AppendEntriesRequest req):
         """The synchronous fast path of handle_append_entries, for a caller in
         this process: returns the response, an awaitable of it (the log is
         not flushed yet), or None when the node cannot answer without
         awaiting (busy, or the request changes its vote); None means nothing
         was done and the caller should use handle_append_entries."""
-        e = self.engine
+        cdef Engine e = self.engine
+        cdef AppendEntriesResponse resp
         if (self.stopped or self._busy or self._deferred or req.term != e.vote.term
                 or e.leader_id != req.leader_id or e.vote.node_id is None
-                or (e.state != FOLLOWER and e.state != LEARNER)):
+                or (e.state != S_FOLLOWER and e.state != S_LEARNER)):
             return None
         resp = e.handle_append_entries(req, self.loop.time())
         self._run_sync()
@@ -516,7 +607,7 @@ class RaftCore:
 
     # ---------------------------------------------------------- executing
 
-    def _kick(self) -> None:
+    cdef void _kick(self):
         """Wakes the core task to run deferred commands and engine output."""
         w = self._wakeup
         if w is not None and not w.done():
@@ -527,7 +618,7 @@ class RaftCore:
             self._wakeup = self.loop.create_future()
             # While an executor runs (possibly suspended in an await), it
             # drains all work before it lets go: only wait for the next kick.
-            if not self._busy and (self._deferred or self.engine.output or self._pending_writes):
+            if not self._busy and (self._deferred or self.engine.output or self._pending_futs):
                 self._wakeup.set_result(None)
             await self._wakeup
             if not self._busy:
@@ -552,7 +643,7 @@ class RaftCore:
         self._kick()
         await fut
 
-    def _run_sync(self) -> None:
+    cdef void _run_sync(self):
         """Executes the engine's output here and now, up to the first command
         that must be awaited; that one and all later ones go to the core task."""
         if self._busy:
@@ -560,7 +651,8 @@ class RaftCore:
         if self._deferred:
             self._kick()
             return
-        engine = self.engine
+        cdef Engine engine = self.engine
+        cdef list cmds
         self._busy = True
         try:
             while not self.stopped:
@@ -569,8 +661,8 @@ class RaftCore:
                     self._cmds_taken += len(cmds)
                     if not self._execute_sync(cmds):
                         break
-                elif self._pending_writes:
-                    if engine.state == LEADER:
+                elif self._pending_futs:
+                    if engine.state == S_LEADER:
                         self._take_write_batch()
                     else:
                         self._reject_pending_writes()
@@ -584,11 +676,14 @@ class RaftCore:
         if self._deferred:
             self._kick()
 
-    def _execute_sync(self, cmds: list) -> bool:
+    cdef bint _execute_sync(self, list cmds) except -1:
         """Runs commands that need no await; defers the rest. Returns False
         if it had to defer."""
-        sm_async = self._sm_async
-        for i, cmd in enumerate(cmds):
+        cdef bint sm_async = self._sm_async
+        cdef Py_ssize_t i
+        cdef tuple cmd
+        for i in range(len(cmds)):
+            cmd = <tuple>cmds[i]
             kind = cmd[0]
             if kind == "save_vote" or kind == "install_snapshot" or (kind == "apply" and sm_async):
                 self._deferred.extend(cmds[i:])
@@ -636,8 +731,8 @@ class RaftCore:
                     cmds = engine.take_commands()
                     self._cmds_taken += len(cmds)
                     deferred.extend(cmds)
-                elif self._pending_writes:
-                    if engine.state == LEADER:
+                elif self._pending_futs:
+                    if engine.state == S_LEADER:
                         self._take_write_batch()
                     else:
                         self._reject_pending_writes()
@@ -651,22 +746,25 @@ class RaftCore:
             self._busy = False
         self._after_round()
 
-    def _command_done(self) -> None:
+    cdef void _command_done(self):
         self._cmds_done += 1
         waiters = self._exec_waiters
+        if not waiters:
+            return
         while waiters and waiters[0][0] <= self._cmds_done:
             _resolve(waiters.popleft()[1], None)
 
-    def _execute_now(self, cmd: tuple) -> None:
+    cdef void _execute_now(self, tuple cmd):
         """Executes one command that needs no await."""
+        cdef Entry last
+        cdef list entries
         kind = cmd[0]
         if kind == "send_append":
             self._send_append_now(cmd[1], cmd[2])
         elif kind == "append":
             entries = cmd[1]
             last = entries[-1]
-            term, index = last.term, last.index
-            self.log_store.append(entries, lambda err: self._on_flushed(err, term, index))
+            self.log_store.append(entries, _FlushDone(self, last.term, last.index))
         elif kind == "apply":
             entries = cmd[1]
             self._applied(entries, self.sm.apply(entries))
@@ -686,13 +784,13 @@ class RaftCore:
             raise RaftError(f"engine command {kind!r} cannot run synchronously")
         self._command_done()
 
-    def _on_flushed(self, err: Optional[BaseException], term: int, index: int) -> None:
+    cdef void _on_flushed(self, err, long long term, long long index):
         if err is not None:
             self._die(StorageError(f"the log store failed to flush up to index {index}: {err}"))
             return
         if self.stopped:
             return
-        engine = self.engine
+        cdef Engine engine = self.engine
         engine.log_flushed(term, index)
         if self._flush_waiters:
             flushed = engine.flushed
@@ -706,8 +804,12 @@ class RaftCore:
         if engine.output and not self._busy:
             self._run_sync()
 
-    def _applied(self, entries: list, responses: list) -> None:
+    cdef void _applied(self, list entries, responses):
         """Records an applied batch and answers the clients waiting on it."""
+        cdef Entry last, e
+        cdef long long base, last_index, first, term, upto, start, index
+        cdef Py_ssize_t n, answered
+        cdef list futs, w
         if len(responses) != len(entries):
             raise StorageError(f"the state machine returned {len(responses)} responses for "
                                f"{len(entries)} entries; it must return one per entry")
@@ -784,7 +886,7 @@ class RaftCore:
 
     # ------------------------------------------------------------ network
 
-    def _client(self, target: int):
+    cdef object _client(self, target):
         if self.engine.membership is not self._clients_for:
             self._revalidate_clients()
         entry = self._clients.get(target)
@@ -813,7 +915,7 @@ class RaftCore:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    def _send_append_now(self, target: int, req: AppendEntriesRequest) -> None:
+    cdef void _send_append_now(self, target, AppendEntriesRequest req):
         client = self._client(target)
         nowait = self._nowait[target]
         if nowait is None:
@@ -934,7 +1036,8 @@ class RaftCore:
 
     # ------------------------------------------------------------- timers
 
-    def _arm_timer(self) -> None:
+    cdef void _arm_timer(self):
+        cdef double at
         if self.stopped:
             return
         at = self.engine.next_deadline()
@@ -968,15 +1071,18 @@ class RaftCore:
 
     # ------------------------------------------------------------ metrics
 
-    def _after_round(self) -> None:
-        engine = self.engine
+    cdef void _after_round(self):
+        cdef Engine engine = self.engine
         if engine.membership is not self._clients_for:
             self._revalidate_clients()
-        seen = (engine.state, engine.vote.term, engine.leader_id)
-        if seen != self._seen:
-            self._log_transition(self._seen, seen)
-            self._seen = seen
-            if engine.state != LEADER and self._pending_writes:
+        if (engine.state != self._seen_state or engine.vote.term != self._seen_term
+                or engine.leader_id != self._seen_leader):
+            self._log_transition((self._seen_state, self._seen_term, self._seen_leader),
+                                 (engine.state, engine.vote.term, engine.leader_id))
+            self._seen_state = engine.state
+            self._seen_term = engine.vote.term
+            self._seen_leader = engine.leader_id
+            if engine.state != S_LEADER and self._pending_futs:
                 self._reject_pending_writes()
         self._arm_timer()
         if self._read_waiters:
@@ -986,11 +1092,11 @@ class RaftCore:
 
     def _log_transition(self, old: tuple, new: tuple) -> None:
         state, term, leader = new
-        if state == LEADER and old[0] != LEADER:
+        if state == S_LEADER and old[0] != S_LEADER:
             self.log.info("node %s became leader in term %s", self.id, term)
-        elif state == CANDIDATE and (old[0] != CANDIDATE or old[1] != term):
+        elif state == S_CANDIDATE and (old[0] != S_CANDIDATE or old[1] != term):
             self.log.info("node %s started an election for term %s", self.id, term)
-        elif old[0] == LEADER and state != LEADER and state != SHUTDOWN:
+        elif old[0] == S_LEADER and state != S_LEADER and state != S_SHUTDOWN:
             self.log.info("node %s stepped down in term %s", self.id, term)
         elif leader != old[2] and leader is not None:
             self.log.info("node %s follows leader %s in term %s", self.id, leader, term)

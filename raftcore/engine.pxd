@@ -1,0 +1,136 @@
+"""Declarations of the engine, so the compiled runtime (raftcore/core.pyx)
+steps it with C calls. The class body, its docstring and its invariants live
+in engine.pyx."""
+cimport cython
+from raftcore.types cimport LogId, Vote, Entry
+from raftcore.log cimport RaftLog
+from raftcore.membership cimport Membership
+from raftcore.quorum cimport QuorumTracker
+from raftcore.progress cimport Progress
+from raftcore.messages cimport (
+    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse, TransferLeaderRequest,
+    SnapshotMeta, InstallSnapshotRequest, InstallSnapshotResponse)
+
+# Send times of the last SEQ_RING heartbeat rounds, for the leader lease.
+cdef enum:
+    SEQ_RING = 256
+
+# Server states (the module-level LEARNER ... SHUTDOWN in engine.pyx, and
+# raftcore.ServerState, mirror them).
+cdef enum:
+    S_LEARNER = 0
+    S_FOLLOWER = 1
+    S_CANDIDATE = 2
+    S_LEADER = 3
+    S_SHUTDOWN = 4
+
+
+@cython.no_gc_clear
+cdef class Engine:
+    cdef readonly object id
+    cdef readonly list output
+    # persistent
+    cdef readonly Vote vote
+    cdef readonly RaftLog log
+    # volatile
+    cdef readonly int state
+    cdef readonly object leader_id
+    cdef readonly long long committed
+    cdef readonly long long flushed       # local log durable up to here
+    cdef readonly long long applying      # last index handed to the state machine
+    cdef readonly Membership membership   # effective: the last membership entry in the log
+    cdef list membership_log               # [(index, Membership)] in log order
+    # leader
+    cdef dict progress                     # follower id -> Progress
+    cdef QuorumTracker quorum
+    # candidate
+    cdef set granted
+    # time
+    cdef readonly double now
+    cdef readonly double election_deadline
+    cdef readonly double heartbeat_deadline
+    # config and switches
+    cdef double heartbeat_interval, election_min, election_max
+    cdef long long max_payload_entries, max_payload_bytes
+    cdef int max_inflight
+    cdef object rng
+    cdef public bint elect_enabled
+    cdef public bint heartbeat_enabled
+    # leader lease and read confirmation: every request carries the number
+    # of the heartbeat round it belongs to (seq); a round is confirmed once a
+    # quorum answered a request of it or a later one.
+    cdef readonly long long hb_seq
+    cdef double seq_times[SEQ_RING]
+    cdef QuorumTracker seq_quorum
+    cdef double lease_margin
+    cdef bint check_quorum
+    cdef readonly long long term_start_index   # leader: index of its blank entry
+    cdef double leader_since
+    # a follower refuses votes until then: it heard from a leader within
+    # election_timeout_min (or restarted and forgot when it last did)
+    cdef readonly double vote_refuse_until
+    # leadership transfer
+    cdef readonly object transfer_to
+    cdef double transfer_deadline
+    # Once this leader asked a node to take over, that node's transfer vote
+    # (which bypasses lease refusals) may arrive at any later time, even
+    # after the transfer was abandoned: the lease is given up for the rest
+    # of the term (reads fall back to ReadIndex).
+    cdef bint lease_forfeited
+    # snapshots
+    cdef readonly SnapshotMeta snapshot_meta   # the newest snapshot this node holds
+    cdef long long keep_logs                   # entries kept below a snapshot when purging
+    # Known-bad behaviours, switched on only by tests that prove the
+    # simulator catches them (inject_bug); all False in normal operation.
+    cdef bint bug_commit_prev_term, bug_double_vote, bug_unconfirmed_reads
+    # pre-vote
+    cdef bint pre_vote
+    cdef readonly bint prevoting
+    cdef set pre_granted
+
+    cdef void _follow(self, long long term, leader_id, double now)
+    cdef void _purge_upto(self, long long upto)
+    cdef void _rebase_membership(self, long long index, base)
+    cdef Progress _progress_for_answer(self, target, long long req_term, long long resp_term)
+    cdef void _record_match(self, Progress p, long long matched)
+    cdef void _check_proposable(self)
+    cdef long long _last_membership_index(self)
+    cdef long long _read_point(self)
+    cdef double _quorum_contact_time(self)
+    cdef bint _lease_valid(self, double now)
+    cdef bint _quorum_silent(self, double now)
+    cdef void _maybe_send_transfer(self)
+    cdef void _set_vote(self, Vote vote)
+    cdef int _follower_state(self)
+    cdef bint _can_campaign(self)
+    cdef object _node_of(self, node_id)
+    cdef void _reset_election_deadline(self)
+    cdef void _become_follower(self, Vote vote, leader_id)
+    cdef void _clear_leader_state(self)
+    cdef void _campaign(self)
+    cdef void _start_election(self, bint transfer)
+    cdef void _become_leader(self)
+    cdef void _rebuild_replication(self)
+    cdef void _append_local(self, list entries)
+    cdef void _membership_appended(self, Entry e)
+    cdef void _truncate(self, long long since)
+    cdef void _membership_changed(self)
+    cdef void _replicate_all(self)
+    cdef void _send_while_open(self, Progress p)
+    cdef void _send_entries(self, Progress p)
+    cdef long long _batch_end(self, long long first)
+    cdef long long _broadcast_heartbeat(self)
+    cdef void _maybe_commit(self)
+    cdef void _step_down_removed(self)
+    cdef void _maybe_apply(self)
+
+    # Stepped by the runtime on every write: C calls from raftcore/core.pyx.
+    cpdef list take_commands(self)
+    cpdef long long client_write(self, list payloads, double now) except? -1
+    cpdef AppendEntriesResponse handle_append_entries(self, AppendEntriesRequest req, double now)
+    cpdef handle_append_response(self, target, AppendEntriesRequest req,
+                                 AppendEntriesResponse resp, double now)
+    cpdef handle_append_failure(self, target, AppendEntriesRequest req, double now)
+    cpdef log_flushed(self, long long term, long long index)
+    cpdef tick(self, double now)
+    cpdef double next_deadline(self)
