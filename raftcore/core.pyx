@@ -44,6 +44,34 @@ from raftcore.errors import (Fatal, ForwardToLeader, OutcomeUnknown, RaftError, 
 from raftcore.messages import InstallSnapshotRequest
 
 
+# Engine commands by kind (see engine.pyx): one dict lookup per command
+# instead of a chain of string comparisons.
+cdef enum:
+    C_UNKNOWN = 0
+    C_SEND_APPEND
+    C_APPEND
+    C_APPLY
+    C_TRUNCATE
+    C_SEND_VOTE
+    C_SEND_TRANSFER
+    C_PURGE
+    C_SEND_SNAPSHOT
+    C_SAVE_VOTE
+    C_INSTALL_SNAPSHOT
+
+cdef dict _COMMAND_CODES = {
+    "send_append": C_SEND_APPEND, "append": C_APPEND, "apply": C_APPLY,
+    "truncate": C_TRUNCATE, "send_vote": C_SEND_VOTE, "send_transfer": C_SEND_TRANSFER,
+    "purge": C_PURGE, "send_snapshot": C_SEND_SNAPSHOT, "save_vote": C_SAVE_VOTE,
+    "install_snapshot": C_INSTALL_SNAPSHOT,
+}
+
+
+cdef inline int _command_code(kind):
+    code = _COMMAND_CODES.get(kind)
+    return C_UNKNOWN if code is None else <int>code
+
+
 @cython.freelist(256)
 cdef class ClientWriteResponse:
     """What client_write returns once the entry is committed and applied."""
@@ -682,13 +710,14 @@ cdef class RaftCore:
         cdef bint sm_async = self._sm_async
         cdef Py_ssize_t i
         cdef tuple cmd
+        cdef int code
         for i in range(len(cmds)):
             cmd = <tuple>cmds[i]
-            kind = cmd[0]
-            if kind == "save_vote" or kind == "install_snapshot" or (kind == "apply" and sm_async):
+            code = _command_code(cmd[0])
+            if code == C_SAVE_VOTE or code == C_INSTALL_SNAPSHOT or (code == C_APPLY and sm_async):
                 self._deferred.extend(cmds[i:])
                 return False
-            self._execute_now(cmd)
+            self._execute_now(cmd, code)
         return True
 
     async def _run_async(self) -> None:
@@ -726,7 +755,7 @@ cdef class RaftCore:
                                       meta.snapshot_id, self.last_applied)
                         self._command_done()
                     else:
-                        self._execute_now(cmd)
+                        self._execute_now(cmd, _command_code(kind))
                 elif engine.output:
                     cmds = engine.take_commands()
                     self._cmds_taken += len(cmds)
@@ -754,34 +783,33 @@ cdef class RaftCore:
         while waiters and waiters[0][0] <= self._cmds_done:
             _resolve(waiters.popleft()[1], None)
 
-    cdef void _execute_now(self, tuple cmd):
-        """Executes one command that needs no await."""
+    cdef void _execute_now(self, tuple cmd, int code):
+        """Executes one command that needs no await (`code`: its kind)."""
         cdef Entry last
         cdef list entries
-        kind = cmd[0]
-        if kind == "send_append":
+        if code == C_SEND_APPEND:
             self._send_append_now(cmd[1], cmd[2])
-        elif kind == "append":
+        elif code == C_APPEND:
             entries = cmd[1]
             last = entries[-1]
             self.log_store.append(entries, _FlushDone(self, last.term, last.index))
-        elif kind == "apply":
+        elif code == C_APPLY:
             entries = cmd[1]
             self._applied(entries, self.sm.apply(entries))
-        elif kind == "truncate":
+        elif code == C_TRUNCATE:
             self.log_store.truncate_after(cmd[1] - 1)
             self._fail_truncated_writes(cmd[1])
-        elif kind == "send_vote":
+        elif code == C_SEND_VOTE:
             self._spawn(self._send_vote(cmd[1], cmd[2]))
-        elif kind == "send_transfer":
+        elif code == C_SEND_TRANSFER:
             self._spawn(self._send_transfer(cmd[1], cmd[2]))
-        elif kind == "purge":
+        elif code == C_PURGE:
             self.log_store.purge(cmd[1])
             self.purged = cmd[1]
-        elif kind == "send_snapshot":
+        elif code == C_SEND_SNAPSHOT:
             self._spawn(self._send_snapshot(cmd[1]))
         else:
-            raise RaftError(f"engine command {kind!r} cannot run synchronously")
+            raise RaftError(f"engine command {cmd[0]!r} cannot run synchronously")
         self._command_done()
 
     cdef void _on_flushed(self, err, long long term, long long index):

@@ -57,7 +57,8 @@ class MemLogStore(LogStore):
         return self._entries[first - base:last - base + 1]
 
     def append(self, entries: Sequence[Entry], on_flushed: FlushCallback) -> None:
-        expected = self._purged_index + 1 + len(self._entries)
+        purged = self._purged
+        expected = (purged.index if purged is not None else 0) + 1 + len(self._entries)
         if entries and entries[0].index != expected:
             raise StorageError(
                 f"MemLogStore.append: the batch starts at index {entries[0].index}, "
