@@ -171,7 +171,9 @@ cdef class RaftCore:
     cdef bint _sm_async
     cdef object _rng
     cdef public bint tick_enabled
-    cdef public object last_applied
+    # The last entry applied: kept as two numbers, made a LogId when asked
+    # (no allocation per applied batch). term 0: nothing applied.
+    cdef long long _applied_term, _applied_index
     # What the stores hold, as executed (the engine runs ahead of them while
     # commands wait to run): the newest snapshot, the purge point.
     cdef public object snapshot, purged
@@ -248,7 +250,8 @@ cdef class RaftCore:
         self.tick_enabled = config.enable_tick
         self.engine.heartbeat_enabled = config.enable_heartbeat
         self.engine.elect_enabled = config.enable_elect
-        self.last_applied = None
+        self._applied_term = 0
+        self._applied_index = 0
         self.snapshot = None
         self.purged = None
         self.stopped = False
@@ -288,6 +291,21 @@ cdef class RaftCore:
         self._seen_term = -1
         self._seen_leader = None
         self._core_task = None
+
+    @property
+    def last_applied(self):
+        """The LogId of the last entry applied to the state machine, or None."""
+        if self._applied_term == 0 and self._applied_index == 0:
+            return None
+        return LogId(self._applied_term, self._applied_index)
+
+    @last_applied.setter
+    def last_applied(self, log_id):
+        if log_id is None:
+            self._applied_term = self._applied_index = 0
+        else:
+            self._applied_term = log_id.term
+            self._applied_index = log_id.index
 
     # ------------------------------------------------------------ lifecycle
 
@@ -842,7 +860,8 @@ cdef class RaftCore:
             raise StorageError(f"the state machine returned {len(responses)} responses for "
                                f"{len(entries)} entries; it must return one per entry")
         last = entries[-1]
-        self.last_applied = LogId(last.term, last.index)
+        self._applied_term = last.term
+        self._applied_index = last.index
         if self._snap_every is not None and self._building is None:
             snap = self.engine.snapshot_meta
             since = last.index - (snap.last_log_index if snap is not None else 0)

@@ -31,6 +31,7 @@ class LocalRouter:
 
     def __init__(self, seed: Optional[int] = None) -> None:
         self._nodes: dict[int, Any] = {}
+        self._nowait: dict[int, Any] = {}     # node -> its append_entries_nowait, or None
         self._isolated: set[int] = set()
         self._cut: set[tuple[int, int]] = set()
         self._drop_rate = 0.0
@@ -46,9 +47,11 @@ class LocalRouter:
 
     def add(self, node_id: int, raft: Any) -> None:
         self._nodes[node_id] = raft
+        self._nowait[node_id] = getattr(raft, "append_entries_nowait", None)
 
     def remove(self, node_id: int) -> None:
         self._nodes.pop(node_id, None)
+        self._nowait.pop(node_id, None)
 
     # -- faults
     def isolate(self, node_id: int) -> None:
@@ -111,12 +114,11 @@ class LocalRouter:
         (nothing delivered; use _deliver)."""
         if self._delay:
             return None
-        target = self._nodes.get(dst)
-        if target is None:
-            self.dropped += 1
-            raise NetworkError(f"node {dst} is not connected to the router")
-        nowait = getattr(target, "append_entries_nowait", None)
+        nowait = self._nowait.get(dst)
         if nowait is None:
+            if dst not in self._nodes:
+                self.dropped += 1
+                raise NetworkError(f"node {dst} is not connected to the router")
             return None
         faulty = self._isolated or self._cut or self._drop_rate
         if faulty and not self._passes(src, dst):
