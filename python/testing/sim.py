@@ -22,6 +22,11 @@ continuously:
 
 At the end every fault heals; within a bounded virtual time there must be one
 leader, converged members, and a write and a read that succeed (liveness).
+
+Most faults are random. One, "figure8", is a script: it drives the cluster
+through Figure 8 of the Raft paper (see Simulation.figure8), the one schedule
+under which counting an older term's entries toward commit loses a committed
+entry; random faults almost never line it up.
 """
 from __future__ import annotations
 
@@ -51,7 +56,7 @@ from raftcore.types import ENTRY_BLANK
 FAULT_KINDS = ("isolate", "partition", "one_way", "ring", "drop", "duplicate", "crash",
                "crash_leader", "crash_new_leader", "lose_blanks", "power_loss",
                "pause", "elect", "snapshot", "purge", "transfer", "add_learner", "promote",
-               "remove_voter")
+               "remove_voter", "figure8")
 
 #: Known-bad behaviours a test can switch on to show the checks catch them.
 BUGS = ("commit_prev_term", "double_vote", "unconfirmed_reads", "ack_before_flush")
@@ -59,6 +64,10 @@ BUGS = ("commit_prev_term", "double_vote", "unconfirmed_reads", "ack_before_flus
 
 class Violation(AssertionError):
     """A safety or liveness check failed."""
+
+
+class _GaveUp(Exception):
+    """A scripted fault could not bring about the state its next step needs."""
 
 
 @dataclass
@@ -234,7 +243,12 @@ class SimStateMachine(MemStateMachine):
 
 class SimNetwork(LocalRouter):
     """LocalRouter with per-message random latency (hence reordering),
-    duplication and paused nodes; every delivery goes through a task."""
+    duplication, paused nodes and message filters; every delivery goes
+    through a task.
+
+    A filter is a predicate f(src, dst, handler_name, request); a request
+    it returns true for is lost. Scripted faults use them to lose exactly
+    the messages a schedule needs lost."""
 
     def __init__(self, rng: random.Random) -> None:
         super().__init__()
@@ -242,6 +256,7 @@ class SimNetwork(LocalRouter):
         self.dup_rate = 0.0
         self.blank_loss = 0.0     # chance to lose a request carrying a new term's blank entry
         self.paused: dict[int, asyncio.Event] = {}
+        self.filters: list = []
 
     def _deliver_nowait(self, src, dst, req):
         return None           # always the asynchronous path: latency applies
@@ -256,8 +271,10 @@ class SimNetwork(LocalRouter):
     async def _deliver(self, src, dst, handler_name, req):
         await self._hop(src, dst)
         target = self._nodes.get(dst)
-        if target is None or not self._passes(src, dst) or (
-                self.blank_loss and _carries_blank(req) and self._rng.random() < self.blank_loss):
+        if (target is None or not self._passes(src, dst)
+                or (self.blank_loss and _carries_blank(req)
+                    and self._rng.random() < self.blank_loss)
+                or any(f(src, dst, handler_name, req) for f in self.filters)):
             self.dropped += 1
             raise NetworkError(f"message {src}->{dst} lost")
         if self.dup_rate and self._rng.random() < self.dup_rate:
@@ -291,12 +308,15 @@ class Checker:
         self.max_term: dict[int, int] = {}
         self.incarnation: dict[int, tuple] = {}      # node -> (committed, applied)
         self.first: Optional[str] = None             # the first violation seen
+        self.on_violation = None                     # called once, at the first
 
     def fail(self, msg: str) -> None:
         # A violation may surface inside the runtime (which then stops the
         # node): remember the first one, it is the one to report.
         if self.first is None:
             self.first = msg
+            if self.on_violation is not None:
+                self.on_violation()
         raise Violation(msg)
 
     def applied(self, node: int, e) -> None:
@@ -379,25 +399,30 @@ class Simulation:
         self.started: set[int] = set()
         self.crash_next_leader: Optional[float] = None
         self.known_leader: dict[int, int] = {}      # node -> term it was seen leading
+        self.held: set[int] = set()                 # crashed nodes a script keeps down
 
     def log(self, msg: str) -> None:
         self.trace.append(f"{asyncio.get_running_loop().time():9.4f}  {msg}")
 
-    def config(self, node_id: int) -> Config:
-        return Config(heartbeat_interval=0.05, election_timeout_min=0.15,
-                      election_timeout_max=0.3, seed=self.rng.randrange(2**32),
-                      snapshot_policy=SnapshotPolicy.logs_since_last(60),
-                      max_in_snapshot_log_to_keep=self.rng.choice([0, 5, 20]),
-                      snapshot_max_chunk_size=256,
-                      max_payload_entries=self.rng.choice(self.s.payload_entries),
-                      enable_pre_vote=self.rng.random() < 0.5, rpc_timeout=0.5)
+    def config(self, node_id: int, **overrides: Any) -> Config:
+        settings = dict(heartbeat_interval=0.05, election_timeout_min=0.15,
+                        election_timeout_max=0.3, seed=self.rng.randrange(2**32),
+                        snapshot_policy=SnapshotPolicy.logs_since_last(60),
+                        max_in_snapshot_log_to_keep=self.rng.choice([0, 5, 20]),
+                        snapshot_max_chunk_size=256,
+                        max_payload_entries=self.rng.choice(self.s.payload_entries),
+                        enable_pre_vote=self.rng.random() < 0.5, rpc_timeout=0.5)
+        settings.update(overrides)
+        return Config(**settings)
 
     async def start_node(self, i: int, durable: Optional[dict] = None,
-                         sm: Optional[SimStateMachine] = None) -> Raft:
+                         sm: Optional[SimStateMachine] = None, **config: Any) -> Raft:
+        """Starts node i (on its durable state, after a crash); `config`
+        overrides some of the Config it would get."""
         disk = SimDisk(random.Random(self.rng.random()), durable,
                        ack_before_flush="ack_before_flush" in self.s.bugs)
         sm = sm or SimStateMachine(i, self.checker)
-        raft = await Raft.create(i, self.config(i), self.net.network(i), disk, sm,
+        raft = await Raft.create(i, self.config(i, **config), self.net.network(i), disk, sm,
                                  executor=inline_executor)
         for bug in self.s.bugs:
             if bug != "ack_before_flush":
@@ -418,14 +443,28 @@ class Simulation:
         watcher = asyncio.ensure_future(self.watch())
         clients = [asyncio.ensure_future(self.client(c)) for c in range(self.s.clients)]
         faults = asyncio.ensure_future(self.inject_faults())
+        # Faults and load last `duration`, or until the first violation:
+        # what follows one is its fallout, and a cluster whose safety broke
+        # may keep its nodes busy for nothing.
+        over = loop.create_future()
+
+        def end() -> None:
+            if not over.done():
+                over.set_result(None)
+
+        self.checker.on_violation = end
+        timer = loop.call_later(self.s.duration, end)
         try:
-            await asyncio.sleep(self.s.duration)
+            await over
+            timer.cancel()
             self.stop = True
             faults.cancel()
             await asyncio.gather(faults, return_exceptions=True)
+            self.raise_first_violation()
             await asyncio.gather(*clients)
             await self.heal_all()
             await self.check_liveness()
+            self.raise_first_violation()
             self.check_watcher(watcher)
         finally:
             watcher.cancel()
@@ -434,6 +473,10 @@ class Simulation:
                 if i not in self.down:
                     await r.shutdown()
         self.virtual_seconds = loop.time()
+
+    def raise_first_violation(self) -> None:
+        if self.checker.first is not None:
+            raise Violation(self.checker.first)
 
     def check_watcher(self, watcher: asyncio.Future) -> None:
         if watcher.done() and watcher.exception() is not None:
@@ -622,6 +665,9 @@ class Simulation:
             self.rafts[n].runtime_config.tick(False)
             self.log(f"pause {n}")
             self.later(rng.uniform(0.1, 1.0), lambda: self.resume(n))
+        elif kind == "figure8":
+            await self.figure8(rng)
+            return False        # counted as it started: a run may end in the middle of it
         elif kind in ("elect", "snapshot", "purge", "transfer"):
             if not live:
                 return False
@@ -676,6 +722,192 @@ class Simulation:
                                                      retain=retain))
         return True
 
+    # ------------------------------------------------------ Figure 8
+
+    async def figure8(self, rng: random.Random) -> None:
+        """Figure 8 of the Raft paper, played by the real nodes.
+
+        (a) Leader A of term t1 is cut off and appends entries X that no
+            other node gets (the script writes one); A crashes.
+        (b) E, the most up-to-date of the rest, is elected in a later term
+            t2 by nodes that lack X, appends its blank entry at X's first
+            index and crashes before any of its appends leaves (they are
+            lost): E alone holds a conflicting entry of a newer term.
+        (c) A restarts and is elected in t3 > t2 (E is down). X reaches a
+            majority, but every request carrying an entry of t3 is lost (A
+            now sends one entry per request, so X travels apart from them).
+            X is on a majority, no entry of t3 is; A crashes.
+        (d) E restarts and is elected in t4: its last entry (term t2) is
+            newer than X's, so the nodes holding X vote for it. E replaces
+            X everywhere with its own entries.
+
+        All legal as long as X was never committed: a leader commits only by
+        counting entries of its own term. A leader that counts older terms'
+        entries (the "commit_prev_term" bug) commits and applies X in (c),
+        and the checker finds E leading without it in (d).
+
+        It starts by healing every other fault and waiting for a settled
+        cluster (a leader that all voters, three or more, follow); without
+        one it does nothing more. Once it starts it counts itself in
+        self.faults (a run may end in the middle of it). Automatic elections
+        are off while it runs and it triggers each election, so the scripted
+        node wins every term. A step whose state does not come within a
+        bounded virtual time ends the script (logged); everything heals
+        either way."""
+        self.crash_next_leader = None
+        await self.heal_all()
+        try:
+            await self._until(lambda: self._settled_leader() is not None, 3.0,
+                              "settled leader with all voters up")
+        except _GaveUp as exc:
+            self.log(f"figure8 not started: {exc}")
+            return
+        self.faults["figure8"] += 1
+        tag = f"figure8-{self.faults['figure8']}"      # its client in the history
+        leader = self._settled_leader()
+        a = leader.id
+        voters = sorted(leader._core.engine.membership.voter_ids)
+        others = [v for v in voters if v != a]
+        majority = len(voters) // 2 + 1
+        for r in self.live():
+            r.runtime_config.elect(False)
+        own: list = []
+
+        def lose(f):
+            own.append(f)
+            self.net.filters.append(f)
+            return f
+
+        def unlose(f):
+            own.remove(f)
+            self.net.filters.remove(f)
+
+        self.log(f"figure8: leader {a} of term {leader._core.engine.vote.term}, voters {voters}")
+        try:
+            # (a) A alone gets new entries.
+            cut_a = lose(lambda src, dst, handler, req: a in (src, dst))
+            await self._until(lambda: all(self._durable_last(o) == self._last(o) for o in others),
+                              1.0, "flush on the others")
+            top = max(self._last(o)[1] for o in others)
+            key = f"k{rng.randrange(self.s.keys)}"
+            asyncio.ensure_future(self.write(tag, self.rafts[a], "set", key, (tag,),
+                                             ["set", key, tag]))
+            await self._until(lambda: self._durable_last(a)[1] > top, 1.0,
+                              f"entries beyond {top} flushed on {a}")
+            self.log(f"figure8: {a} alone holds {top + 1}..{self._durable_last(a)[1]}")
+            self.held.add(a)
+            await self.crash(a)
+
+            # (b) E leads a newer term; its entries stay with it.
+            best = max(self._durable_last(o) for o in others)
+            e = rng.choice([o for o in others if self._durable_last(o) == best])
+            cut_e = lose(lambda src, dst, handler, req: src == e and handler != "vote")
+            t2 = await self._elect(e)
+            k = self.rafts[e]._core.engine.term_start_index
+            await self._until(lambda: self._durable_term_at(e, k) == t2, 1.0,
+                              f"blank entry {k} flushed on {e}")
+            self.log(f"figure8: {e} leads term {t2}; only it holds entry {k} of term {t2}")
+            self.held.add(e)
+            await self.crash(e)
+
+            # (c) A leads again; its old entries reach a majority, none of its term's do.
+            unlose(cut_a)
+            unlose(cut_e)
+            lose(lambda src, dst, handler, req: src == a and handler == "append_entries"
+                 and any(x.term == req.term for x in req.entries))
+            self.held.discard(a)
+            await self.restart(a, max_payload_entries=1, enable_elect=False)
+            t3 = await self._elect(a)
+            x_last = self.rafts[a]._core.engine.term_start_index - 1
+            x_term = self._durable_term_at(a, x_last)
+            await self._until(lambda: sum(self._durable_term_at(v, x_last) == x_term
+                                          for v in voters if v != e) >= majority,
+                              2.0, f"entry {x_last} on a majority")
+            await asyncio.sleep(0.1)    # acks come back; heartbeats go out
+            if sum(self._durable_last(v)[0] == t3 for v in voters if v != e) >= majority:
+                raise _GaveUp(f"an entry of term {t3} reached a majority")
+            self.log(f"figure8: {a} leads term {t3}; entries up to {x_last} (term {x_term}) "
+                     f"are on a majority, no entry of term {t3} is")
+            self.held.add(a)
+            await self.crash(a)
+
+            # (d) E leads again and replaces A's old entries from k on.
+            self.held.discard(e)
+            await self.restart(e, enable_elect=False)
+            t4 = await self._elect(e)
+            self.log(f"figure8: {e} leads term {t4}, its entries replace those from {k} on")
+            ee = self.rafts[e]._core.engine
+            await self._until(lambda: ee.committed >= ee.term_start_index, 2.0,
+                              f"commit of term {t4} on {e}")
+            self.log("figure8: done")
+        except _GaveUp as exc:
+            self.log(f"figure8: gave up: {exc}")
+        finally:
+            for f in list(own):
+                unlose(f)
+            held, self.held = sorted(self.held), set()
+            for r in self.live():
+                r.runtime_config.elect(True)
+            for n in held:
+                await self.restart(n)
+
+    def _settled_leader(self) -> Optional[Raft]:
+        """The leader, if every voter (three at least, not joint) is up and
+        follows it, and it has committed an entry of its term."""
+        leader = self.leader_guess()
+        if leader is None:
+            return None
+        e = leader._core.engine
+        m = e.membership
+        if m.is_joint or len(m.voter_ids) < 3 or e.committed < e.term_start_index:
+            return None
+        for v in m.voter_ids:
+            if v in self.down or v not in self.rafts:
+                return None
+            ev = self.rafts[v]._core.engine
+            if ev.vote.term != e.vote.term or ev.leader_id != leader.id:
+                return None
+        return leader
+
+    async def _elect(self, n: int, within: float = 3.0) -> int:
+        """Triggers elections on n until it leads; returns its term."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while loop.time() < deadline:
+            r = self.rafts[n]
+            r.trigger.elect()
+            retry = loop.time() + 0.1
+            while loop.time() < retry:
+                if r._core.engine.state == LEADER:
+                    return r._core.engine.vote.term
+                await asyncio.sleep(0.001)
+        raise _GaveUp(f"node {n} was not elected within {within}s")
+
+    async def _until(self, cond, within: float, what: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not cond():
+            if loop.time() >= deadline:
+                raise _GaveUp(f"no {what} within {within}s")
+            await asyncio.sleep(0.001)
+
+    def _last(self, n: int) -> tuple:
+        e = self.rafts[n]._core.engine
+        return (e.last_log_term, e.last_log_index)
+
+    def _durable_last(self, n: int) -> tuple:
+        """(term, index) of the last entry on node n's disk."""
+        d = self.disks[n].durable
+        if d["entries"]:
+            return (d["entries"][-1].term, d["entries"][-1].index)
+        return (d["purged"].term, d["purged"].index) if d["purged"] is not None else (0, 0)
+
+    def _durable_term_at(self, n: int, index: int) -> Optional[int]:
+        """Term of the entry at `index` on node n's disk (None: not there)."""
+        d = self.disks[n].durable
+        k = index - (d["purged"].index if d["purged"] is not None else 0) - 1
+        return d["entries"][k].term if 0 <= k < len(d["entries"]) else None
+
     def background(self, coro) -> None:
         async def guarded():
             try:
@@ -712,18 +944,19 @@ class Simulation:
         await self.crash(n)
         self.later(self.rng.uniform(0.05, 0.5), lambda: asyncio.ensure_future(self.restart(n)))
 
-    async def restart(self, n: int) -> None:
-        if n not in self.down:
-            return
+    async def restart(self, n: int, **config: Any) -> None:
+        if n not in self.down or n in self.held:
+            return      # up already, or a script keeps it down
         self.down.discard(n)
         durable = self.disks[n].durable
-        await self.start_node(n, durable, self.sms[n].restarted())
+        await self.start_node(n, durable, self.sms[n].restarted(), **config)
         self.log(f"restart {n}")
 
     async def heal_all(self) -> None:
         self.net.heal()
         self.net.dup_rate = 0.0
         self.net.blank_loss = 0.0
+        self.net.filters.clear()
         for n in list(self.net.paused):
             self.resume(n)
         for n in sorted(self.down):
@@ -755,6 +988,7 @@ class Simulation:
         deadline = loop.time() + self.s.heal_within
         leader = None
         while loop.time() < deadline:
+            self.raise_first_violation()
             leader = self.leader_guess()
             if leader is not None and await self.final_write_and_read(leader):
                 break
@@ -814,11 +1048,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=None, help="run only this seed, with its trace")
     p.add_argument("--first", type=int, default=1, help="first seed")
     p.add_argument("--nodes", type=int, default=5)
-    p.add_argument("--duration", type=float, default=12.0, help="virtual seconds of faults")
+    p.add_argument("--duration", type=float, default=12.0,
+                   help="virtual seconds of faults and load (a run stops at its first violation)")
     p.add_argument("--bug", action="append", default=[], choices=BUGS,
                    help="switch on a known-bad behaviour (to see it caught)")
     p.add_argument("--faults", default=None,
-                   help="comma-separated fault kinds to inject (default: all)")
+                   help="comma-separated fault kinds to inject (default: all): "
+                        f"{', '.join(FAULT_KINDS)}; figure8 plays Figure 8 of the "
+                        "Raft paper step by step (what commit_prev_term gets wrong)")
     p.add_argument("--fault-interval", type=float, default=0.4,
                    help="mean virtual seconds between faults")
     p.add_argument("--log", default="ERROR",
