@@ -35,20 +35,24 @@ class ProgressStateMachine(StateMachine):
     """Applies nothing; records how far it got (the benchmark's state machine)."""
 
     def __init__(self) -> None:
-        self.last_applied = None
+        self.last_entry = None      # the last entry applied (its log_id made when asked)
         self.applied_normal = 0
         self.membership = None
 
     def apply(self, entries):
-        n = 0
+        n = len(entries)
         for e in entries:
-            if e.kind == ENTRY_NORMAL:
-                n += 1
-            elif e.kind == ENTRY_MEMBERSHIP:
-                self.membership = e.payload
+            if e.kind != ENTRY_NORMAL:
+                n -= 1
+                if e.kind == ENTRY_MEMBERSHIP:
+                    self.membership = e.payload
         self.applied_normal += n
-        self.last_applied = entries[-1].log_id
+        self.last_entry = entries[-1]
         return [None] * len(entries)
+
+    @property
+    def last_applied(self):
+        return self.last_entry.log_id if self.last_entry is not None else None
 
     async def applied_state(self):
         return self.last_applied, None
@@ -72,9 +76,16 @@ class ProgressStateMachine(StateMachine):
     async def install_snapshot(self, meta, data):
         from raftcore.storage.base import Snapshot
         self.applied_normal = int(data)
-        self.last_applied = meta.last_log_id
+        self.last_entry = _SnapshotEnd(meta.last_log_id)
         self.membership = meta.membership
         self._snapshot = Snapshot(meta, data)
+
+
+class _SnapshotEnd:
+    """Where an installed snapshot ends, in place of the last entry applied."""
+
+    def __init__(self, log_id) -> None:
+        self.log_id = log_id
 
 
 @dataclass
