@@ -169,6 +169,7 @@ cdef class RaftCore:
     cdef public object id, config, network, log_store, sm, loop, executor, log
     cdef public Engine engine
     cdef bint _sm_async
+    cdef object _store_append, _sm_apply      # log_store.append, sm.apply (looked up once)
     cdef object _rng
     cdef public bint tick_enabled
     # The last entry applied: kept as two numbers, made a LogId when asked
@@ -199,7 +200,7 @@ cdef class RaftCore:
     cdef list _metric_waiters                 # (predicate, future)
     cdef list _read_waiters                   # (seq, term, future)
     # snapshots
-    cdef object _snap_every
+    cdef long long _snap_every                # build a snapshot every N entries (0: never)
     cdef object _building                     # a build under way
     cdef object _snap_rx                      # (snapshot id, bytearray) being received
     cdef dict _snap_ready                     # snapshot id -> received bytes
@@ -225,6 +226,8 @@ cdef class RaftCore:
         self.sm = state_machine
         # A state machine whose apply is a plain method is applied inline.
         self._sm_async = inspect.iscoroutinefunction(state_machine.apply)
+        self._store_append = log_store.append
+        self._sm_apply = state_machine.apply
         self.loop = loop
         #: Runs blocking work (snapshots, fsync) off the event loop; a
         #: simulation replaces it with inline execution.
@@ -276,7 +279,7 @@ cdef class RaftCore:
         self._metric_waiters = []
         self._read_waiters = []
         # snapshots
-        self._snap_every = config.snapshot_policy.logs_since_last_snapshot
+        self._snap_every = config.snapshot_policy.logs_since_last_snapshot or 0
         self._building = None
         self._snap_rx = None
         self._snap_ready = {}
@@ -810,10 +813,10 @@ cdef class RaftCore:
         elif code == C_APPEND:
             entries = cmd[1]
             last = entries[-1]
-            self.log_store.append(entries, _FlushDone(self, last.term, last.index))
+            self._store_append(entries, _FlushDone(self, last.term, last.index))
         elif code == C_APPLY:
             entries = cmd[1]
-            self._applied(entries, self.sm.apply(entries))
+            self._applied(entries, self._sm_apply(entries))
         elif code == C_TRUNCATE:
             self.log_store.truncate_after(cmd[1] - 1)
             self._fail_truncated_writes(cmd[1])
@@ -862,7 +865,7 @@ cdef class RaftCore:
         last = entries[-1]
         self._applied_term = last.term
         self._applied_index = last.index
-        if self._snap_every is not None and self._building is None:
+        if self._snap_every and self._building is None:
             snap = self.engine.snapshot_meta
             since = last.index - (snap.last_log_index if snap is not None else 0)
             if since >= self._snap_every:
