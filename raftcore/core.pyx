@@ -564,6 +564,14 @@ cdef class RaftCore:
                 keep.append(w)
         self._read_waiters = keep
 
+    cdef void _take_pending_writes(self):
+        """Queued writes go into the log on a leader, back to their writers
+        with the leader's address elsewhere."""
+        if self.engine.state == S_LEADER:
+            self._take_write_batch()
+        else:
+            self._reject_pending_writes()
+
     cdef void _reject_pending_writes(self):
         err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
         futs = self._pending_futs
@@ -711,10 +719,7 @@ cdef class RaftCore:
                     if not self._execute_sync(cmds):
                         break
                 elif self._pending_futs:
-                    if engine.state == S_LEADER:
-                        self._take_write_batch()
-                    else:
-                        self._reject_pending_writes()
+                    self._take_pending_writes()
                 else:
                     break
         except Exception as exc:   # storage failure, or a bug: stop the node
@@ -782,10 +787,7 @@ cdef class RaftCore:
                     self._cmds_taken += len(cmds)
                     deferred.extend(cmds)
                 elif self._pending_futs:
-                    if engine.state == S_LEADER:
-                        self._take_write_batch()
-                    else:
-                        self._reject_pending_writes()
+                    self._take_pending_writes()
                 else:
                     break
         except asyncio.CancelledError:
