@@ -98,17 +98,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _bench(args) -> int:
     import uvloop
 
-    from raftcore import bench
+    from raftcore import bench, bench_plot, bench_pysyncobj
 
     # Missing optional packages fail here, before a run that would be wasted.
     try:
         if args.plot:
-            from raftcore.bench_plot import check_can_plot
-            check_can_plot(args.plot)
+            bench_plot.check_can_plot(args.plot)
         if args.compare_pysyncobj:
-            from raftcore.bench_pysyncobj import check_available
-            check_available()
-    except RuntimeError as exc:
+            bench_pysyncobj.check_available()
+    except (bench_plot.PlotUnavailable, bench_pysyncobj.PySyncObjUnavailable) as exc:
         print(f"raftcore bench: {exc}", file=sys.stderr)
         return 2
 
@@ -121,21 +119,24 @@ def _bench(args) -> int:
     if args.store == "file":
         import tempfile
         fsync_us = bench.fsync_latency_us(args.dir or tempfile.gettempdir())
-    pso = None
+    pso, pso_error = None, None
     if args.compare_pysyncobj:
-        from raftcore import bench_pysyncobj
         if not args.json:
             print(f"running PySyncObj for {args.pysyncobj_seconds:g} s ...", file=sys.stderr)
-        pso = uvloop.run(bench_pysyncobj.run(seconds=args.pysyncobj_seconds))
-        for r in rows:
-            r.vs_pysyncobj = r.puts_per_s / pso.writes_per_s
+        try:
+            pso = uvloop.run(bench_pysyncobj.run(seconds=args.pysyncobj_seconds))
+        except RuntimeError as exc:     # still show raftcore's rows
+            pso_error = str(exc)
+            print(f"raftcore bench: {exc}", file=sys.stderr)
+        else:
+            for r in rows:
+                r.vs_pysyncobj = r.puts_per_s / pso.writes_per_s
     where = ("3 voters in one process, LocalRouter" if args.transport == "local" else
              "3 voters in 3 processes, loopback TCP")
     store = "MemLogStore" if args.store == "mem" else "FileLogStore (fsync)"
     if args.plot:
-        from raftcore.bench_plot import plot
-        plot(rows, args.plot, title=f"raftcore bench: {where}, {store}",
-             pysyncobj_wps=pso.writes_per_s if pso else None)
+        bench_plot.plot(rows, args.plot, title=f"raftcore bench: {where}, {store}",
+                        pysyncobj_wps=pso.writes_per_s if pso else None)
     if args.json:
         from dataclasses import asdict
         print(json.dumps({"machine": bench.machine_description(),
@@ -143,7 +144,8 @@ def _bench(args) -> int:
                           "fsync_p50_us": fsync_us,
                           "peak_rss_mb": round(bench.peak_rss_mb(), 1),
                           "rows": bench.rows_as_dicts(rows),
-                          "pysyncobj": asdict(pso) if pso else None}, indent=2))
+                          "pysyncobj": asdict(pso) if pso else None,
+                          "pysyncobj_error": pso_error}, indent=2))
     else:
         print(f"raftcore bench: {where}, {store} ({bench.machine_description()})")
         print(bench.format_table(rows))
@@ -158,7 +160,7 @@ def _bench(args) -> int:
         if args.plot:
             print(f"plot written to {args.plot}")
         print(f"peak RSS {bench.peak_rss_mb():.0f} MB")
-    return 0
+    return 1 if pso_error else 0
 
 
 if __name__ == "__main__":

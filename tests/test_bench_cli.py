@@ -144,6 +144,22 @@ def test_compare_pysyncobj_runs_it_and_reports_the_ratio(capsys):
         assert r["vs_pysyncobj"] == pytest.approx(r["puts_per_s"] / pso["writes_per_s"])
 
 
+def test_a_failed_pysyncobj_run_still_reports_raftcores_rows(monkeypatch, capsys):
+    from raftcore import bench_pysyncobj
+
+    async def no_leader(seconds):
+        raise RuntimeError("PySyncObj produced no measurement (no stable leader)")
+    monkeypatch.setattr(bench_pysyncobj, "run", no_leader)
+    rc = cli.main(["bench", "--clients", "1", "--ops", "20", "--no-floor", "--json",
+                   "--compare-pysyncobj"])
+    assert rc == 1
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["pysyncobj"] is None and "no stable leader" in out["pysyncobj_error"]
+    assert out["rows"][0]["puts_per_s"] > 0 and out["rows"][0]["vs_pysyncobj"] is None
+    assert "no stable leader" in captured.err
+
+
 # --------------------------------------------------------------- clients
 
 def test_bench_runs_4096_clients_and_reports_peak_rss(capsys):
