@@ -10,8 +10,10 @@ least work any asyncio write path must do, measured in the same run.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import gc
+import math
 import os
 import resource
 import shutil
@@ -100,6 +102,29 @@ class BenchRow:
     p99_us: float
     floor_per_s: Optional[float] = None
     of_floor: Optional[float] = None
+    # Latency of every call, as a histogram: counts[i] calls took between
+    # edges_us[i] and edges_us[i + 1] microseconds.
+    latency_hist: Optional[dict] = None
+    vs_pysyncobj: Optional[float] = None   # puts_per_s / PySyncObj writes/s
+
+
+def latency_histogram(sorted_ns: Sequence[int], per_decade: int = 10) -> dict:
+    """Counts of `sorted_ns` (ascending, in nanoseconds) in log-spaced
+    buckets, `per_decade` to each power of ten of microseconds, spanning the
+    smallest to the largest value."""
+    if not sorted_ns:
+        return {"edges_us": [], "counts": []}
+    lo_us = max(sorted_ns[0], 1) / 1e3
+    hi_us = max(sorted_ns[-1], 1) / 1e3
+    first = math.floor(math.log10(lo_us) * per_decade)
+    last = max(first + 1, math.floor(math.log10(hi_us) * per_decade) + 1)
+    edges_us = [10 ** (k / per_decade) for k in range(first, last + 1)]
+    # bisect_left on the nanosecond edges: a value on an edge counts in the
+    # bucket it opens; the top edge lies above the largest value.
+    cuts = [bisect.bisect_left(sorted_ns, e * 1e3) for e in edges_us[1:-1]]
+    cuts = [0, *cuts, len(sorted_ns)]
+    counts = [cuts[i + 1] - cuts[i] for i in range(len(cuts) - 1)]
+    return {"edges_us": [round(e, 3) for e in edges_us], "counts": counts}
 
 
 class Cluster:
@@ -243,7 +268,8 @@ async def run_cluster(clients: int, ops_per_client: int, batch: int = 1,
     return BenchRow(
         clients=clients, ops=entries, batch=batch, seconds=dt,
         puts_per_s=entries / dt, ns_per_op=dt * 1e9 / entries,
-        p50_us=s[len(s) // 2] / 1e3, p99_us=s[min(len(s) - 1, int(len(s) * 0.99))] / 1e3)
+        p50_us=s[len(s) // 2] / 1e3, p99_us=s[min(len(s) - 1, int(len(s) * 0.99))] / 1e3,
+        latency_hist=latency_histogram(s))
 
 
 async def run_floor(clients: int, ops_per_client: int) -> float:
@@ -341,14 +367,20 @@ def peak_rss_mb() -> float:
 def format_table(rows: Sequence[BenchRow]) -> str:
     head = f"{'clients':>7} {'batch':>5} {'put/s':>12} {'ns/op':>9} {'p50 us':>9} {'p99 us':>9}"
     has_floor = any(r.floor_per_s for r in rows)
+    has_pso = any(r.vs_pysyncobj for r in rows)
     if has_floor:
         head += f" {'floor/s':>12} {'of floor':>8}"
+    if has_pso:
+        head += f" {'x PySyncObj':>11}"
     lines = [head]
     for r in rows:
         line = (f"{r.clients:>7} {r.batch:>5} {r.puts_per_s:>12,.0f} {r.ns_per_op:>9,.0f} "
                 f"{r.p50_us:>9,.1f} {r.p99_us:>9,.1f}")
-        if has_floor and r.floor_per_s:
-            line += f" {r.floor_per_s:>12,.0f} {r.of_floor:>8.1%}"
+        if has_floor:
+            line += (f" {r.floor_per_s:>12,.0f} {r.of_floor:>8.1%}" if r.floor_per_s
+                     else " " * 22)
+        if has_pso and r.vs_pysyncobj:
+            line += f" {r.vs_pysyncobj:>11.2f}"
         lines.append(line)
     return "\n".join(lines)
 

@@ -27,6 +27,16 @@ def _positive(text: str) -> int:
     return v
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raftcore", description="raftcore: Raft for Python")
     sub = p.add_subparsers(dest="command", required=True)
@@ -57,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-floor", action="store_true", help="skip the asyncio floor")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also draw throughput against clients and each row's latency "
+                        "histogram into FILE.png (needs matplotlib: "
+                        "pip install 'raftcore[bench]')")
+    b.add_argument("--compare-pysyncobj", action="store_true",
+                   help="also run PySyncObj (3 processes on loopback, pipelined) in this "
+                        "invocation and print each row's ratio to it (needs PySyncObj: "
+                        "pip install 'raftcore[compare]')")
+    b.add_argument("--pysyncobj-seconds", type=_seconds, default=5.0, metavar="S",
+                   help="how long PySyncObj writes for (default 5)")
     return p
 
 
@@ -78,7 +98,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _bench(args) -> int:
     import uvloop
 
-    from raftcore import bench
+    from raftcore import bench, bench_plot, bench_pysyncobj
+
+    # Missing optional packages fail here, before a run that would be wasted.
+    try:
+        if args.plot:
+            bench_plot.check_can_plot(args.plot)
+        if args.compare_pysyncobj:
+            bench_pysyncobj.check_available()
+    except (bench_plot.PlotUnavailable, bench_pysyncobj.PySyncObjUnavailable) as exc:
+        print(f"raftcore bench: {exc}", file=sys.stderr)
+        return 2
 
     rows = uvloop.run(bench.run_all(args.clients, args.ops, args.batch, args.payload,
                                     floor=not args.no_floor,
@@ -89,22 +119,48 @@ def _bench(args) -> int:
     if args.store == "file":
         import tempfile
         fsync_us = bench.fsync_latency_us(args.dir or tempfile.gettempdir())
+    pso, pso_error = None, None
+    if args.compare_pysyncobj:
+        if not args.json:
+            print(f"running PySyncObj for {args.pysyncobj_seconds:g} s ...", file=sys.stderr)
+        try:
+            pso = uvloop.run(bench_pysyncobj.run(seconds=args.pysyncobj_seconds))
+        except RuntimeError as exc:     # still show raftcore's rows
+            pso_error = str(exc)
+            print(f"raftcore bench: {exc}", file=sys.stderr)
+        else:
+            for r in rows:
+                r.vs_pysyncobj = r.puts_per_s / pso.writes_per_s
+    where = ("3 voters in one process, LocalRouter" if args.transport == "local" else
+             "3 voters in 3 processes, loopback TCP")
+    store = "MemLogStore" if args.store == "mem" else "FileLogStore (fsync)"
+    if args.plot:
+        bench_plot.plot(rows, args.plot, title=f"raftcore bench: {where}, {store}",
+                        pysyncobj_wps=pso.writes_per_s if pso else None)
     if args.json:
+        from dataclasses import asdict
         print(json.dumps({"machine": bench.machine_description(),
                           "transport": args.transport, "store": args.store,
                           "fsync_p50_us": fsync_us,
                           "peak_rss_mb": round(bench.peak_rss_mb(), 1),
-                          "rows": bench.rows_as_dicts(rows)}, indent=2))
+                          "rows": bench.rows_as_dicts(rows),
+                          "pysyncobj": asdict(pso) if pso else None,
+                          "pysyncobj_error": pso_error}, indent=2))
     else:
-        where = ("3 voters in one process, LocalRouter" if args.transport == "local" else
-                 "3 voters in 3 processes, loopback TCP")
-        store = "MemLogStore" if args.store == "mem" else "FileLogStore (fsync)"
         print(f"raftcore bench: {where}, {store} ({bench.machine_description()})")
         print(bench.format_table(rows))
         if fsync_us is not None:
             print(f"fsync of this disk (4 KiB write + fsync, p50): {fsync_us:,.0f} us")
+        if pso is not None:
+            print(f"PySyncObj {pso.version}: 3 processes on loopback, {pso.mode}, "
+                  f"window {pso.window:,}: {pso.writes_per_s:,.0f} writes/s "
+                  f"({pso.ok:,} in {pso.seconds:.1f} s"
+                  f"{f', {pso.failed:,} failed' if pso.failed else ''}"
+                  f"{f', {pso.elections} elections during it' if pso.elections else ''})")
+        if args.plot:
+            print(f"plot written to {args.plot}")
         print(f"peak RSS {bench.peak_rss_mb():.0f} MB")
-    return 0
+    return 1 if pso_error else 0
 
 
 if __name__ == "__main__":
