@@ -9,7 +9,7 @@ import sys
 
 import raftcore
 
-COMPILED = ["engine", "types", "messages", "log", "membership", "progress", "quorum", "codec"]
+COMPILED = ["engine", "core", "types", "messages", "log", "membership", "progress", "quorum", "codec"]
 EXT = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
