@@ -439,7 +439,6 @@ cdef class Engine:
         if p is None or p.state != SNAPSHOT:
             return
         p.failed()
-        p.probe_sent = True
 
     # ------------------------------------------------------------- election
 
@@ -590,10 +589,7 @@ cdef class Engine:
         p = self.progress.get(target)
         if p is None or not req.entries:
             return
-        # Resend from the matching point at the next heartbeat, not in a
-        # tight loop against a peer that is down.
-        p.failed()
-        p.probe_sent = True
+        p.failed()      # resend from the matching point, at the next heartbeat
 
     # --------------------------------------------------------------- views
 

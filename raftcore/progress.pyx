@@ -90,9 +90,11 @@ cdef class Progress:
         self.next_index = hint
 
     cdef void failed(self):
-        """A request was lost: resend from the matching point, one at a time."""
+        """A request was lost: resend from the matching point, one at a time,
+        from the next heartbeat on (probe_sent holds the probe back until
+        then, so a peer that is down is not retried in a tight loop)."""
         self.state = PROBE
-        self.probe_sent = False
+        self.probe_sent = True
         self.inflight_count = 0
         self.inflight_start = 0
         self.next_index = self.matched + 1

@@ -10,16 +10,12 @@ compiled engine fails that test, with the Python stack at the crash, instead
 of killing the whole run.
 """
 import importlib.machinery
-import importlib.util
-import pathlib
+import importlib
 import random
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "engine_harness", pathlib.Path(__file__).with_name("engine_harness.py"))
-h = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(h)
+import engine_harness as h     # tests/engine_harness.py, on the path through conftest.py
 
 import raftcore.engine
 from raftcore.engine import CANDIDATE, FOLLOWER, LEADER, LEARNER

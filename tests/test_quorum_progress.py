@@ -1,9 +1,7 @@
 """Tests of the commit-index quorum (raftcore.quorum.QuorumTracker) and of the
 per-follower replication progress (raftcore.progress.Progress, observed
 through the leader engine that drives it)."""
-import importlib.util
 import itertools
-import pathlib
 import random
 
 import pytest
@@ -11,10 +9,7 @@ import pytest
 from raftcore.progress import Progress
 from raftcore.quorum import QuorumTracker
 
-_spec = importlib.util.spec_from_file_location(
-    "engine_harness", pathlib.Path(__file__).with_name("engine_harness.py"))
-h = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(h)
+import engine_harness as h     # tests/engine_harness.py, on the path through conftest.py
 
 from raftcore.engine import LEADER
 from raftcore.messages import AppendEntriesRequest as AER, AppendEntriesResponse as AEResp
