@@ -19,6 +19,9 @@ from raftcore.errors import ConfigError, Fatal, ForwardToLeader, NotAllowed, Tim
 from raftcore.network import LocalRouter
 from raftcore.storage import MemLogStore, MemStateMachine
 
+from cluster_harness import (converge, stable_leader, wait_all_applied, wait_any_leader,
+                             write_retry)
+
 # Short timings keep the suite fast. A follower times out after 150-300 ms
 # without a leader: ample head room over the 20 ms heartbeat on a loaded
 # machine, so the stable-leader tests do not see spurious elections.
@@ -120,71 +123,6 @@ class running_cluster:
 
     async def __aexit__(self, *exc) -> None:
         await self.cluster.shutdown()
-
-
-async def wait_any_leader(nodes: list, timeout: float = GUARD) -> Raft:
-    """The first of `nodes` to be leader (now or within `timeout`)."""
-    tasks = [asyncio.ensure_future(r.wait(timeout).state(LEADER)) for r in nodes]
-    try:
-        pending = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t.exception() is None:
-                    return nodes[tasks.index(t)]
-        raise Timeout(f"none of nodes {[r.id for r in nodes]} became leader within {timeout}s: "
-                      + "; ".join(str(r.metrics) for r in nodes))
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def stable_leader(nodes: list, timeout: float = GUARD) -> Raft:
-    """A leader among `nodes` that every one of `nodes` follows in its term."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        remaining = deadline - loop.time()
-        leader = await wait_any_leader(nodes, max(remaining, 0.01))
-        term = leader.metrics.current_term
-        lid = leader.id
-        results = await asyncio.gather(*(
-            r.wait(max(min(remaining, 1.0), 0.01)).metrics(
-                lambda m: m.current_leader == lid and m.current_term == term,
-                f"all follow leader {lid} in term {term}")
-            for r in nodes), return_exceptions=True)
-        if not any(isinstance(x, BaseException) for x in results):
-            return leader
-        if loop.time() >= deadline:
-            raise next(x for x in results if isinstance(x, BaseException))
-
-
-async def write_retry(nodes: list, cmd, timeout: float = GUARD):
-    """Writes cmd through whichever of `nodes` leads, retrying on ForwardToLeader
-    (a write refused or failed with ForwardToLeader was not committed)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        leader = await stable_leader(nodes, max(deadline - loop.time(), 0.01))
-        try:
-            return await leader.client_write(cmd)
-        except ForwardToLeader:
-            if loop.time() >= deadline:
-                raise
-
-
-async def wait_all_applied(nodes: list, index: int, timeout: float = GUARD) -> None:
-    await asyncio.gather(*(r.wait(timeout).applied_index_at_least(index) for r in nodes))
-
-
-async def converge(nodes: list) -> int:
-    """Commits a marker through the current leader and waits until every node
-    applied it; returns its index. After this every node holds the same log
-    prefix and state machine up to the marker."""
-    resp = await write_retry(nodes, ["set", "__marker__", "converged"])
-    await wait_all_applied(nodes, resp.index)
-    return resp.index
 
 
 def log_of(raft: Raft, first: int, upto: int) -> list:
