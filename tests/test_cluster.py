@@ -19,8 +19,7 @@ from raftcore.errors import ConfigError, Fatal, ForwardToLeader, NotAllowed, Tim
 from raftcore.network import LocalRouter
 from raftcore.storage import MemLogStore, MemStateMachine
 
-from cluster_harness import (converge, stable_leader, wait_all_applied, wait_any_leader,
-                             write_retry)
+from cluster_harness import converge, stable_leader, wait_all_applied, wait_any_leader
 
 # Short timings keep the suite fast. A follower times out after 150-300 ms
 # without a leader: ample head room over the 20 ms heartbeat on a loaded
