@@ -19,13 +19,12 @@ import faulthandler
 import functools
 import os
 import signal
-import sys
 import traceback
 
 from raftcore.engine import Engine
 from raftcore.membership import Membership
-from raftcore.messages import AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse
-from raftcore.types import ENTRY_BLANK, ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry, LogId, Vote
+from raftcore.messages import VoteResponse
+from raftcore.types import ENTRY_NORMAL, Entry, LogId, Vote
 
 # ---------------------------------------------------------------- isolation
 

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from raftcore.testing import sim, virtual_loop
-from raftcore.testing.virtual_loop import SimulationStalled, VirtualTimeLoop
+from raftcore.testing.virtual_loop import SimulationStalled
 
 SHORT = sim.SimSettings(duration=5.0)
 

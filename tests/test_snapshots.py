@@ -156,7 +156,7 @@ async def test_restart_from_snapshot_and_log_tail_recovers_state_and_membership(
     try:
         leader = await nodes.cluster()
         await write_many(leader, 450)
-        m = await nodes.rafts[2].wait(GUARD).metrics(lambda m: m.snapshot is not None, "snapshot on 2")
+        await nodes.rafts[2].wait(GUARD).metrics(lambda m: m.snapshot is not None, "snapshot on 2")
         last = await write_many(leader, 25, prefix="tail")
         await nodes.rafts[2].wait(GUARD).applied_index_at_least(last)
         await nodes.rafts[2].shutdown()

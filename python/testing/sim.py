@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from raftcore.config import Config, SnapshotPolicy
-from raftcore.errors import ForwardToLeader, NetworkError, NotAllowed, RaftError
+from raftcore.errors import ForwardToLeader, NetworkError, RaftError
 from raftcore.member_changes import ChangeMembers
 from raftcore.model import Node, ReadPolicy
 from raftcore.network.local import LocalRouter

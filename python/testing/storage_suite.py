@@ -826,10 +826,6 @@ async def sm_check_membership_recovered_from_state_machine(f: StateMachineFactor
     assert got.last_applied == LogId(1, 4), got
 
 
-async def _inline(fn: Callable, *args: Any) -> Any:
-    return fn(*args)
-
-
 async def sm_check_snapshot_build_transfer_install(f: StateMachineFactory) -> None:
     """A snapshot built on one machine, carried as bytes (in chunks) to a
     fresh one and installed there, gives the same applied state, membership
