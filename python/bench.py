@@ -219,6 +219,10 @@ def fsync_latency_us(directory: str, rounds: int = 50) -> float:
     return times[len(times) // 2] * 1e6
 
 
+#: One call in this many is timed for the latency figures (see run_cluster).
+LATENCY_SAMPLE = 16
+
+
 async def run_cluster(clients: int, ops_per_client: int, batch: int = 1,
                       payload: bytes = b"x" * 8, progress: Any = None,
                       transport: str = "local", store: str = "mem",
@@ -228,27 +232,28 @@ async def run_cluster(clients: int, ops_per_client: int, batch: int = 1,
     config = Config(seed=7, max_pending_writes=max(65536, clients * batch * 2))
     cluster = await start_cluster(config, transport, store, workdir)
     leader = cluster.leader
-    lat = array("q", bytes(8 * clients * ops_per_client))
+    # Every LATENCY_SAMPLE-th call of each client is timed: reading the clock
+    # and storing the figure on every call cost a third of the asyncio
+    # floor's time per write at 256 clients, harness work the floor does not
+    # do. The first call of each client is always timed.
+    every = LATENCY_SAMPLE
+    per_client = -(-ops_per_client // every)
+    lat = array("q", bytes(8 * clients * per_client))
     done = [0]
     perf = time.perf_counter_ns
 
     async def client(k: int) -> None:
-        base = k * ops_per_client
-        if batch == 1:
-            write = leader.client_write
-            for i in range(ops_per_client):
+        base = k * per_client
+        call = leader.client_write if batch == 1 else leader.client_write_many
+        arg = payload if batch == 1 else [payload] * batch
+        for i in range(ops_per_client):
+            if i % every:
+                await call(arg)
+            else:
                 t = perf()
-                await write(payload)
-                lat[base + i] = perf() - t
-                done[0] += 1
-        else:
-            write_many = leader.client_write_many
-            cmds = [payload] * batch
-            for i in range(ops_per_client):
-                t = perf()
-                await write_many(cmds)
-                lat[base + i] = perf() - t
-                done[0] += 1
+                await call(arg)
+                lat[base + i // every] = perf() - t
+                done[0] += min(every, ops_per_client - i)
 
     reporter = None
     if progress is not None:
