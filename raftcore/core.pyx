@@ -111,7 +111,6 @@ cdef class _Batch:
         self.left = n
 
     cdef list slots(self):
-        cdef Py_ssize_t i
         return [_Slot(self, i) for i in range(len(self.results))]
 
 
