@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import re
 import struct
+import threading
 
 import msgpack
 import pytest
@@ -55,6 +57,11 @@ async def append(store, *batches) -> None:
         store.append(b, cb)
     await asyncio.wait_for(done, GUARD)
     assert results == [None] * len(batches), results
+
+
+async def inline_executor(fn, *args):
+    """An executor that runs the store's blocking calls on the loop, inline."""
+    return fn(*args)
 
 
 def segments(path) -> list:
@@ -492,16 +499,138 @@ def test_group_commit_many_appends_one_fsync(tmp_path):
     run(body())
 
 
-def test_appends_in_one_loop_iteration_share_one_fsync(tmp_path):
+@pytest.mark.parametrize("mode", ["executor", "thread"])
+def test_appends_in_one_loop_iteration_share_one_fsync(tmp_path, mode):
     async def body():
         calls = []
 
         async def counting(fn, *args):
             calls.append(fn.__name__)
             return fn(*args)
-        store = FileLogStore(tmp_path, executor=counting)
+        ops = RecordingOps()
+        store = FileLogStore(tmp_path, executor=counting if mode == "executor" else None,
+                             ops=ops)
+        ops.calls.clear()       # the FORMAT file
         await append(store, *[ents(i, 1) for i in range(1, 51)])
-        assert calls == ["_write_group"]
+        if mode == "executor":
+            assert calls == ["_write_group"]
+        # One write, fsynced (and the new segment's directory entry with it).
+        assert [c[0] for c in ops.calls] == ["write", "fsync", "fsync"], ops.calls
+        await store.close()
+    run(body())
+
+
+# ----------------------------------------------------- the flush thread
+
+def flush_threads(path) -> list:
+    return [t for t in threading.enumerate() if t.name == f"raftcore-flush {path}"]
+
+
+async def blocking(fn, *args):
+    """Waits for a blocking call (a threading.Event's wait) off the loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class GatedOps(RecordingOps):
+    """RecordingOps that notes the thread of every write and fsync and, while
+    `gate` is clear, holds each fsync (after setting `held`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads = set()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = threading.Event()
+
+    def write(self, fd, data):
+        self.threads.add(threading.current_thread().name)
+        super().write(fd, data)
+
+    def write_file(self, path, data):
+        self.threads.add(threading.current_thread().name)
+        super().write_file(path, data)
+
+    def fsync(self, fd):
+        self.threads.add(threading.current_thread().name)
+        if not self.gate.is_set():
+            self.held.set()
+            assert self.gate.wait(GUARD), "the test never released the fsync"
+        super().fsync(fd)
+
+
+def test_the_flush_thread_fsyncs_a_group_while_the_next_one_gathers(tmp_path):
+    async def body():
+        ops = GatedOps()
+        store = FileLogStore(tmp_path, ops=ops)
+        ops.threads.clear()                           # opening runs on the loop's thread
+        assert flush_threads(store.path) == []       # started by the first write
+        await append(store, ents(1, 1))               # creates the first segment
+        await store.save_vote(Vote(2, 1))
+        ops.calls.clear()
+        ops.gate.clear()
+        order = []
+        store.append(ents(2, 1), lambda err: order.append((2, err)))
+        assert await blocking(ops.held.wait, GUARD)   # its fsync is in flight, held
+        for i in range(3, 103):
+            store.append(ents(i, 1), lambda err, i=i: order.append((i, err)))
+        store.append([], lambda err: order.append(("empty", err)))
+        assert store.entries(102, 102)[0].index == 102    # readable before the flush
+        assert order == []
+        ops.gate.set()
+        await append(store, ents(103, 1))
+        assert order == [(i, None) for i in range(2, 103)] + [("empty", None)]
+        # Two groups: the held append, and all that came while it was in flight.
+        assert [c[0] for c in ops.calls] == ["write", "fsync"] * 2, [c[:2] for c in ops.calls]
+        # Log writes and the vote save ran on the store's own thread, nowhere else.
+        assert ops.threads == {f"raftcore-flush {store.path}"}, ops.threads
+        await store.close()
+    run(body())
+
+
+def test_an_empty_append_is_reported_after_the_group_in_flight(tmp_path):
+    async def body():
+        ops = GatedOps()
+        store = FileLogStore(tmp_path, ops=ops)
+        await append(store, ents(1, 1))
+        ops.gate.clear()
+        order = []
+        done = asyncio.get_running_loop().create_future()
+        store.append(ents(2, 1), lambda err: order.append(2))
+        assert await blocking(ops.held.wait, GUARD)
+        store.append([], lambda err: (order.append("empty"), done.set_result(None)))
+        ops.gate.set()
+        await asyncio.wait_for(done, GUARD)
+        assert order == [2, "empty"]
+        await store.close()
+    run(body())
+
+
+def test_close_ends_the_flush_thread_and_a_store_with_an_executor_starts_none(tmp_path):
+    async def body():
+        store = FileLogStore(tmp_path)
+        await append(store, ents(1, 3))
+        [thread] = flush_threads(store.path)
+        await store.close()
+        assert not thread.is_alive()
+        store = FileLogStore(tmp_path, executor=inline_executor)
+        await append(store, ents(4, 3))
+        await store.save_vote(Vote(1, 1))
+        assert flush_threads(store.path) == []
+        await store.close()
+    run(body())
+
+
+def test_a_store_dropped_without_close_ends_its_flush_thread(tmp_path):
+    async def body():
+        store = FileLogStore(tmp_path)
+        await append(store, ents(1, 3))
+        [thread] = flush_threads(store.path)
+        del store
+        gc.collect()
+        await blocking(thread.join, GUARD)
+        assert not thread.is_alive()
+        store = FileLogStore(tmp_path)      # and the directory lock was released
+        assert keys(store.entries(1, 3)) == keys(ents(1, 3))
         await store.close()
     run(body())
 
@@ -527,11 +656,13 @@ class FailingOps(FileOps):
         super().fsync(fd)
 
 
+@pytest.mark.parametrize("mode", ["thread", "executor"])
 @pytest.mark.parametrize("failure", ["write_enospc", "fsync_eio"])
-def test_storage_failure_is_reported_through_on_flushed(tmp_path, caplog, failure):
+def test_storage_failure_is_reported_through_on_flushed(tmp_path, caplog, failure, mode):
     async def body():
         ops = FailingOps()
-        store = FileLogStore(tmp_path, ops=ops)
+        store = FileLogStore(tmp_path, ops=ops,
+                             executor=inline_executor if mode == "executor" else None)
         await append(store, ents(1, 3))
         if failure == "write_enospc":
             ops.fail_write = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

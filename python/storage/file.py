@@ -22,14 +22,18 @@ MARKER (group number within the segment, byte length of the group).
 
 Group commit. Appends, truncations and purges only add records to an
 in-memory buffer (entries are readable at once from an in-memory index of
-every entry since the last purge). A flusher task takes the whole buffer as
-one *group*, ends it with a MARKER record and hands it to the executor, which
-writes it with os.write and makes it durable with one fsync; then every
-on_flushed of the group is called, in append order. Appends that arrive while
-an fsync is in flight form the next group. A truncation or purge is a record
-in that same stream, so it is durable before any later append is reported
-flushed; segments are deleted only after the group holding the purge record is
-durable (and only whole segments: nothing is rewritten).
+every entry since the last purge). One loop iteration later (so that the
+appends of one iteration go together) the whole buffer is taken as one
+*group*, ended with a MARKER record and handed to the store's flush thread,
+which writes it with os.write, makes it durable with one fsync and wakes the
+event loop once (call_soon_threadsafe); there every on_flushed of the group is
+called, in append order. One group is in flight at a time: appends that arrive
+while an fsync is in flight form the next group, taken as soon as that fsync
+completes. (With an `executor` given, the group goes to the executor instead
+and the store starts no thread.) A truncation or purge is a record in that
+same stream, so it is durable before any later append is reported flushed;
+segments are deleted only after the group holding the purge record is durable
+(and only whole segments: nothing is rewritten).
 
 Recovery. On open every segment is read and each group is replayed only once
 its marker has been read. What follows the last marker of the last segment is
@@ -54,10 +58,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import functools
 import logging
 import os
+import queue
 import re
 import struct
+import threading
 import zlib
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
@@ -156,8 +163,11 @@ class FileOps:
 
     A test can pass a subclass (FileLogStore(..., ops=...)) to inject failures
     (ENOSPC, EIO) or to model a power cut that keeps only fsynced bytes.
-    Methods run on the event loop thread during open and in the executor
-    afterwards, so they must be thread-safe (plain os calls are).
+    Methods run on the event loop thread during open and close, and in
+    between on the store's flush thread, one call at a time. With an
+    executor given they run through it instead; a thread pool may then run
+    a vote save beside a log write, so they must be thread-safe (plain os
+    calls are).
     """
 
     def makedirs(self, path: str) -> None:
@@ -321,15 +331,78 @@ def _default_executor(fn: Callable, *args: Any) -> Awaitable:
     return asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
+def _settle(fut: asyncio.Future, result: Any, exc: Optional[BaseException]) -> None:
+    if fut.cancelled():
+        return      # the caller gave up; the work was done all the same
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+class _FlushThread:
+    """A store's own thread for its blocking file work (log groups, vote saves).
+
+    Runs one job at a time, in submission order, and reports each one to the
+    event loop it came from with a single call_soon_threadsafe: no
+    concurrent.futures Future, no pool, one wake-up of the loop per group.
+    Between jobs it holds no reference to the store, so a store dropped
+    without close() can still be collected (and stop it).
+    """
+
+    __slots__ = ("_jobs", "_thread")
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, args=(self._jobs,), name=name,
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable, args: tuple,
+               done: Callable) -> None:
+        """Runs fn(*args) on the thread, then done(result, exception) on `loop`."""
+        self._jobs.put((loop, fn, args, done))
+
+    def stop(self) -> None:
+        """Lets the thread end once the job in hand (if any) is done."""
+        self._jobs.put(None)
+
+    def join(self) -> None:
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    @staticmethod
+    def _run(jobs: queue.SimpleQueue) -> None:
+        get = jobs.get
+        while True:
+            job = get()
+            if job is None:
+                return
+            loop, fn, args, done = job
+            job = None
+            try:
+                result, exc = fn(*args), None
+            except BaseException as e:      # reported to the store, which fails
+                result, exc = None, e
+            fn = args = None
+            try:
+                loop.call_soon_threadsafe(done, result, exc)
+            except RuntimeError:
+                pass        # the loop is closed: nothing waits for this any more
+            loop = done = result = exc = None
+
+
 class FileLogStore(LogStore):
     """A durable Raft log and vote in directory `path` (created if missing).
 
     - segment_size: a segment is closed and a new one started once it holds
       this many bytes (at a group boundary, so a segment may exceed it by one
       group).
-    - executor(fn, *args) -> awaitable runs the blocking writes and fsyncs;
-      default: the event loop's default thread pool. A simulation passes one
-      that runs fn inline. The store starts no threads of its own.
+    - executor: None (default) runs the blocking writes and fsyncs (log
+      groups, vote saves) on a thread of the store's own, started by the
+      first write and joined by close(). Given, executor(fn, *args) ->
+      awaitable runs them instead and the store starts no thread; a
+      simulation passes one that runs fn inline.
     - ops: the file system layer (FileOps), for failure-injection tests.
 
     Opening recovers the log (see the module docstring) and raises
@@ -349,6 +422,7 @@ class FileLogStore(LogStore):
         self.path = os.fspath(path)
         self.segment_size = segment_size
         self._executor = executor or _default_executor
+        self._own_thread = executor is None      # log writes on a _FlushThread
         self._ops = ops or FileOps()
         self._closed = False
         self._failed: Optional[StorageError] = None
@@ -366,7 +440,11 @@ class FileLogStore(LogStore):
         self._buf_max_index = 0                  # highest entry index in the buffer
         self._taken: tuple = (1, None, None)     # (next index, purged, committed) as of
         #                                          the last group taken: a new header
-        self._flusher: Optional[asyncio.Task] = None
+        self._in_flight: Optional[_Group] = None      # the group being written
+        self._start_scheduled = False            # a _start_group is call_soon'd
+        self._thread: Optional[_FlushThread] = None
+        self._flush_task: Optional[asyncio.Task] = None   # with an executor: the write's task
+        self._idle_waiters: list = []            # close() waiting for the writes to end
         self._vote_lock = asyncio.Lock()
         self._packer = msgpack.Packer(use_bin_type=True)
         try:
@@ -767,7 +845,7 @@ class FileLogStore(LogStore):
         async with self._vote_lock:
             self._check_writable()
             try:
-                await self._executor(self._replace_vote, data)
+                await self._off_loop(self._replace_vote, data)
             except OSError as exc:
                 raise StorageError(f"FileLogStore {self.path}: saving the vote failed: "
                                    f"{exc}") from exc
@@ -783,39 +861,98 @@ class FileLogStore(LogStore):
     # -------------------------------------------------------------- flusher
 
     def _kick(self) -> None:
-        if self._flusher is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                raise StorageError("FileLogStore: append, truncate_after and purge must be "
-                                   "called from a running event loop") from None
-            self._flusher = loop.create_task(self._flush_loop())
-
-    async def _flush_loop(self) -> None:
+        if self._start_scheduled or self._in_flight is not None:
+            return      # the group in flight takes the buffer with it when it completes
         try:
-            while (self._buf or self._buf_callbacks) and self._failed is None:
-                group = self._take_group()
-                if group.data:
-                    try:
-                        fd = await self._executor(self._write_group, self._fd, group.data,
-                                                  group.roll and group.roll.path,
-                                                  [s.path for s in group.delete])
-                    except asyncio.CancelledError:
-                        self._fail(StorageError(
-                            f"FileLogStore {self.path}: a flush was cancelled; whether it "
-                            "reached the disk is unknown"), group)
-                        raise
-                    except BaseException as exc:
-                        self._fail(StorageError(
-                            f"FileLogStore {self.path}: writing the log failed: {exc}; the "
-                            "store takes no more writes"), group, exc)
-                        return
-                    self._fd = fd
-                    if group.delete:
-                        del self._segments[:len(group.delete)]
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise StorageError("FileLogStore: append, truncate_after and purge must be "
+                               "called from a running event loop") from None
+        self._start_scheduled = True
+        # Next iteration: what else is appended in this one joins the group.
+        loop.call_soon(self._start_group)
+
+    def _flush_thread(self) -> _FlushThread:
+        if self._thread is None:
+            self._thread = _FlushThread(f"raftcore-flush {self.path}")
+        return self._thread
+
+    def _off_loop(self, fn: Callable, *args: Any) -> Awaitable:
+        """Runs blocking fn(*args) on the store's thread, or in the executor."""
+        if not self._own_thread:
+            return self._executor(fn, *args)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._flush_thread().submit(loop, fn, args, functools.partial(_settle, fut))
+        return fut
+
+    def _start_group(self) -> None:
+        """Takes the buffer as one group and starts writing it, unless a group
+        is in flight already (event loop thread)."""
+        self._start_scheduled = False
+        while self._in_flight is None and self._failed is None and \
+                (self._buf or self._buf_callbacks):
+            group = self._take_group()
+            if not group.data:
+                # Only on_flushed of empty appends: everything before them is durable.
                 self._notify(group.callbacks, None)
-        finally:
-            self._flusher = None
+                continue
+            self._in_flight = group
+            args = (self._fd, group.data, group.roll and group.roll.path,
+                    [s.path for s in group.delete])
+            loop = asyncio.get_running_loop()
+            if self._own_thread:
+                self._flush_thread().submit(loop, self._write_group, args, self._group_written)
+            else:
+                self._flush_task = loop.create_task(self._write_in_executor(args))
+            return
+        self._maybe_idle()
+
+    async def _write_in_executor(self, args: tuple) -> None:
+        try:
+            try:
+                fd = await self._executor(self._write_group, *args)
+            finally:
+                self._flush_task = None
+        except asyncio.CancelledError:
+            group, self._in_flight = self._in_flight, None
+            self._fail(StorageError(
+                f"FileLogStore {self.path}: a flush was cancelled; whether it reached the "
+                "disk is unknown"), group)
+            raise
+        except BaseException as exc:
+            self._group_written(None, exc)
+            return
+        self._group_written(fd, None)
+
+    def _group_written(self, fd: Optional[int], exc: Optional[BaseException]) -> None:
+        """The group in flight is durable (exc None) or failed (event loop thread)."""
+        group, self._in_flight = self._in_flight, None
+        if exc is not None:
+            self._fail(StorageError(
+                f"FileLogStore {self.path}: writing the log failed: {exc}; the store takes "
+                "no more writes"), group, exc)
+            return
+        self._fd = fd
+        if group.delete:
+            del self._segments[:len(group.delete)]
+        if self._buf:
+            # Records wait: the next group goes to the disk first, so its
+            # write overlaps this group's callbacks (it cannot complete
+            # before they have run).
+            self._start_group()
+            self._notify(group.callbacks, None)
+        else:
+            # Only callbacks (empty appends) may wait: they come after these.
+            self._notify(group.callbacks, None)
+            self._start_group()
+
+    def _maybe_idle(self) -> None:
+        if self._idle_waiters and not self._start_scheduled and self._in_flight is None:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
 
     def _take_group(self) -> _Group:
         """Takes the buffered records as one group (event loop thread)."""
@@ -890,35 +1027,45 @@ class FileLogStore(LogStore):
             except Exception:
                 log.exception("FileLogStore %s: an on_flushed callback raised", self.path)
 
-    def _fail(self, err: StorageError, group: _Group,
+    def _fail(self, err: StorageError, group: Optional[_Group],
               cause: Optional[BaseException] = None) -> None:
         if cause is not None:
             err.__cause__ = cause
         log.error("%s", err)
         self._failed = err
-        callbacks = group.callbacks + self._buf_callbacks
+        callbacks = (group.callbacks if group is not None else []) + self._buf_callbacks
         self._buf_callbacks = []
         self._buf = []
         self._notify(callbacks, err)
+        self._maybe_idle()
 
     # ------------------------------------------------------------ lifecycle
 
     async def close(self) -> None:
         """Flushes what is buffered (its on_flushed callbacks fire), then
-        releases the directory and its file handles."""
+        stops the flush thread and releases the directory and its file handles."""
         if self._closed:
             return
-        while self._flusher is not None:
-            try:
-                await asyncio.shield(self._flusher)
-            except asyncio.CancelledError:
-                if self._flusher is not None and not self._flusher.done():
-                    raise
-            except Exception:
-                pass    # reported to the on_flushed callbacks already
-        async with self._vote_lock:     # a vote save in flight uses the directory fd
-            self._closed = True
-            self._release()
+        while True:
+            while self._start_scheduled or self._in_flight is not None:
+                fut = asyncio.get_running_loop().create_future()
+                self._idle_waiters.append(fut)
+                await fut
+            async with self._vote_lock:     # a vote save in flight uses the directory fd
+                if self._closed:
+                    return
+                if self._start_scheduled or self._in_flight is not None:
+                    continue    # written to while the vote save ended: flush that too
+                self._closed = True
+                self._stop_thread()
+                self._release()
+                return
+
+    def _stop_thread(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.stop()
+            thread.join()       # idle: it ends at once
 
     def _release(self) -> None:
         for attr in ("_fd", "_dir_fd", "_lock_fd"):
@@ -935,6 +1082,9 @@ class FileLogStore(LogStore):
         # A store dropped without close(): release the lock and handles.
         if getattr(self, "_closed", True) is False:
             self._closed = True
+            thread = getattr(self, "_thread", None)
+            if thread is not None:
+                thread.stop()       # no join: this may run on that thread
             self._release()
 
     def _check_open(self) -> None:
