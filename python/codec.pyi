@@ -9,6 +9,9 @@ MSG_VOTE: int
 MSG_VOTE_RESPONSE: int
 MSG_TRANSFER_LEADER: int
 
+MAX_TERM: int
+REQUEST_MAX_TERM: int
+
 def encode_membership(m: Membership) -> list: ...
 def decode_membership(obj: Any) -> Membership: ...
 def encode_vote(v: Vote) -> list: ...

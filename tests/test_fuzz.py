@@ -48,7 +48,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from raftcore import Config, Node, Raft, ServerState
-from raftcore.errors import ForwardToLeader, StorageError
+from raftcore.errors import ForwardToLeader, NetworkError, StorageError
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotResponse, VoteRequest, VoteResponse)
 from raftcore.network import RaftServer, TcpNetwork
@@ -383,6 +383,48 @@ def test_a_request_with_the_largest_term_does_not_wrap_the_nodes_term():
                 lambda m: m.state == ServerState.LEADER or m.current_term < top,
                 "leader again, or a term that went back")
             assert m.current_term >= top, f"term went from {top} to {m.current_term}"
+        finally:
+            await client.close()
+            await raft.shutdown()
+            await server.close()
+    uvloop.run(asyncio.wait_for(body(), 3 * GUARD))
+
+
+def test_a_node_given_the_highest_request_term_still_campaigns_in_readable_terms():
+    """Found by fuzzing: a node handed a request of term 2**62 - 1 (then the
+    largest the codec read) adopted it, campaigned at 2**62, and no peer
+    could read its replies any more. Request terms are now bounded 2**32
+    below the bound of every term: the node adopts the highest request term
+    there is, wins its election above it, and its replies still decode; a
+    request at the bound is refused (its connection closed) and changes
+    nothing."""
+    from raftcore.codec import MAX_TERM, REQUEST_MAX_TERM
+
+    async def body():
+        config = Config(heartbeat_interval=0.02, election_timeout_min=0.15,
+                        election_timeout_max=0.3, seed=7)
+        raft = await Raft.create(1, config, TcpNetwork(rpc_timeout=GUARD), MemLogStore(),
+                                 MemStateMachine())
+        server = await RaftServer.start(raft, HOST, 0)
+        node = Node(f"{HOST}:{server.port}")
+        client = TcpNetwork(rpc_timeout=GUARD).client(9, node)
+        try:
+            await raft.initialize({1: node})
+            await raft.wait(GUARD).state(ServerState.LEADER)
+            with pytest.raises(NetworkError):
+                await client.append_entries(AppendEntriesRequest(REQUEST_MAX_TERM, 5, 0, 0, [], 0))
+            assert raft.metrics.current_term < REQUEST_MAX_TERM
+            await client.close()
+            # A fresh connection (the refused one is closed, with back-off).
+            client = TcpNetwork(rpc_timeout=GUARD).client(9, node)
+            top = REQUEST_MAX_TERM - 1
+            resp = await client.append_entries(AppendEntriesRequest(top, 5, 0, 0, [], 0))
+            assert resp.term == top                                  # adopted
+            m = await raft.wait(GUARD).metrics(
+                lambda m: m.state == ServerState.LEADER and m.current_term > top,
+                "leader again, above the highest request term")
+            resp = await client.vote(VoteRequest(0, 9, 0, 0))        # a reply it can read
+            assert REQUEST_MAX_TERM <= resp.term == m.current_term < MAX_TERM
         finally:
             await client.close()
             await raft.shutdown()
