@@ -43,6 +43,8 @@ from raftcore.errors import (Fatal, ForwardToLeader, OutcomeUnknown, RaftError, 
                              Timeout)
 from raftcore.messages import InstallSnapshotRequest
 
+_Future = asyncio.Future
+
 
 # Engine commands by kind (see engine.pyx): one dict lookup per command
 # instead of a chain of string comparisons.
@@ -147,6 +149,22 @@ cdef class _Slot:
 
 
 @cython.freelist(16)
+cdef class _AppendAnswer:
+    """The done callback of an AppendEntries reply future (no task per request)."""
+    cdef RaftCore core
+    cdef object target
+    cdef AppendEntriesRequest req
+
+    def __init__(self, RaftCore core, target, AppendEntriesRequest req) -> None:
+        self.core = core
+        self.target = target
+        self.req = req
+
+    def __call__(self, fut) -> None:
+        self.core._append_answered(self.target, self.req, fut)
+
+
+@cython.freelist(16)
 cdef class _FlushDone:
     """The on_flushed callback of one append: reports (term, index) durable."""
     cdef RaftCore core
@@ -186,7 +204,10 @@ cdef class RaftCore:
     cdef long long _cmds_taken                # commands taken from the engine so far
     cdef long long _cmds_done                 # commands executed so far
     cdef object _exec_waiters                 # deque: (commands-done target, future)
-    cdef list _flush_waiters                  # (index, future)
+    # (index, future, AppendEntriesResponse or None): resolved once the log
+    # is flushed up to index, with the response (an AppendEntries answer
+    # waiting for its flush) or with None (wait_flushed).
+    cdef list _flush_waiters
     # clients
     # Writes not yet in the log: payloads and their futures, side by side
     # (no per-write tuple).
@@ -413,10 +434,13 @@ cdef class RaftCore:
                 _fail(fut, err)
         self._client_waiters.clear()
         self._open_writes = 0
-        for waiters in (self._exec_waiters, self._flush_waiters, self._metric_waiters):
+        for waiters in (self._exec_waiters, self._metric_waiters):
             for _, fut in waiters:
                 _fail(fut, err)
             waiters.clear()
+        for _, fut, _ in self._flush_waiters:
+            _fail(fut, err)
+        self._flush_waiters = []
         for _, _, fut in self._read_waiters:
             _fail(fut, err)
         self._read_waiters.clear()
@@ -622,13 +646,14 @@ cdef class RaftCore:
         resp = self.engine.handle_append_entries(req, self.loop.time())
         await self.run_commands()
         if resp.success and self.engine.flushed < resp.matched:
-            return await self._after_flush(resp)
+            return await self._answer_when_flushed(resp)
         return resp
 
     cpdef try_append_entries_now(self, AppendEntriesRequest req):
         """The synchronous fast path of handle_append_entries, for a caller in
-        this process: returns the response, an awaitable of it (the log is
-        not flushed yet), or None when the node cannot answer without
+        this process: returns the response, a future of it (the log is not
+        flushed yet: a transport replies from the future's done callback,
+        with no task), or None when the node cannot answer without
         awaiting (busy, or the request changes its vote); None means nothing
         was done and the caller should use handle_append_entries."""
         cdef Engine e = self.engine
@@ -640,21 +665,24 @@ cdef class RaftCore:
         resp = e.handle_append_entries(req, self.loop.time())
         self._run_sync()
         if resp.success and e.flushed < resp.matched:
-            return self._after_flush(resp)
+            return self._answer_when_flushed(resp)
         return resp
 
     async def wait_flushed(self, index: int) -> None:
         """Returns once the local log is durable up to `index`."""
         if self.engine.flushed < index:
             fut = self.loop.create_future()
-            self._flush_waiters.append((index, fut))
+            self._flush_waiters.append((index, fut, None))
             await fut
 
-    async def _after_flush(self, resp):
-        if self.engine.flushed < resp.matched:
-            fut = self.loop.create_future()
-            self._flush_waiters.append((resp.matched, fut))
-            await fut
+    cdef object _answer_when_flushed(self, AppendEntriesResponse resp):
+        """A future of `resp`, resolved once the log is flushed up to what it
+        reports as matched: a follower acknowledges only durable entries."""
+        fut = self.loop.create_future()
+        self._flush_waiters.append((resp.matched, fut, resp))
+        return fut
+
+    cdef object _flushed_answer(self, AppendEntriesResponse resp):
         if self.engine.vote.term != resp.term:
             # A newer leader truncated the log meanwhile: the match claimed
             # in resp may no longer hold, so do not claim it.
@@ -846,10 +874,11 @@ cdef class RaftCore:
             flushed = engine.flushed
             keep = []
             for w in self._flush_waiters:
-                if w[0] <= flushed:
-                    _resolve(w[1], None)
-                else:
+                index, fut, resp = w
+                if index > flushed:
                     keep.append(w)
+                elif not fut.done():
+                    fut.set_result(None if resp is None else self._flushed_answer(resp))
             self._flush_waiters = keep
         if engine.output and not self._busy:
             self._run_sync()
@@ -981,6 +1010,8 @@ cdef class RaftCore:
             self._spawn(self._send_append(client, target, req))
         elif type(r) is AppendEntriesResponse:
             self.engine.handle_append_response(target, req, r, self.loop.time())
+        elif isinstance(r, _Future):
+            r.add_done_callback(_AppendAnswer(self, target, req))
         else:
             self._spawn(self._await_append(target, req, r))
 
@@ -996,6 +1027,22 @@ cdef class RaftCore:
             self._append_failed(target, req, exc)
             return
         if self.stopped:
+            return
+        self.engine.handle_append_response(target, req, resp, self.loop.time())
+        self._run_sync()
+
+    cdef void _append_answered(self, target, AppendEntriesRequest req, fut):
+        """The reply future of a request sent by append_entries_nowait is done."""
+        if self.stopped:
+            return
+        if fut.cancelled():
+            self._append_failed(target, req, asyncio.CancelledError())
+            return
+        exc = fut.exception()
+        resp = fut.result() if exc is None else None
+        if type(resp) is not AppendEntriesResponse:
+            self._append_failed(target, req, exc or RaftError(
+                f"node {target} answered an AppendEntries with {type(resp).__name__}"))
             return
         self.engine.handle_append_response(target, req, resp, self.loop.time())
         self._run_sync()

@@ -596,6 +596,39 @@ async def test_bad_reply_closes_the_client_connection_and_fails_the_call(case):
 
 
 @tcp_test
+async def test_wrong_reply_type_on_the_fast_path_closes_the_connection():
+    """append_entries_nowait hands back the reply's future: a reply of the
+    wrong type still closes the connection, and the future carries it for
+    the caller to refuse (the runtime treats it as a failed request)."""
+    async def serve(reader, writer):
+        for reply in (AppendEntriesResponse(1, True, 1, 0, 0), VoteResponse(1, True, 2)):
+            size, _ = struct.unpack(">IB", await reader.readexactly(5))
+            rid = msgpack.unpackb(await reader.readexactly(size - 1))[0]
+            writer.write(frame(msgpack.packb([rid, encode_message(reply)])))
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(serve, HOST, 0)
+    try:
+        with LogWatch() as watch:
+            client = TcpNetwork(rpc_timeout=GUARD).client(
+                1, Node(f"{HOST}:{server.sockets[0].getsockname()[1]}"))
+            try:
+                assert (await client.append_entries(ae(1, 1))).matched == 1
+                fut = client.append_entries_nowait(ae(2, 2))
+                assert asyncio.isfuture(fut)
+                assert type(await fut) is VoteResponse
+                record = await watch.wait("replied to a AppendEntriesRequest with a VoteResponse")
+                assert "closing the connection to node 1" in record.getMessage()
+                assert client.append_entries_nowait(ae(3, 3)) is None     # not connected
+            finally:
+                await client.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@tcp_test
 async def test_handler_error_is_raised_by_the_caller_as_network_error():
     async with fake_server() as (server, fake, node):
         client = TcpNetwork(rpc_timeout=GUARD).client(1, node)

@@ -109,6 +109,7 @@ combine it with TLS for that (the handshake then runs inside TLS).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -367,9 +368,9 @@ class TcpClient(NetworkClient):
 
     def append_entries_nowait(self, req: AppendEntriesRequest):
         """The runtime's fast path: when connected, the request is written
-        now (not one task switch later) and an awaitable of the reply is
-        returned; None when not connected (the runtime then calls
-        append_entries, which connects)."""
+        now (not one task switch later) and the reply's future is returned;
+        None when not connected (the runtime then calls append_entries,
+        which connects)."""
         return self._repl.call_nowait(req, AppendEntriesResponse)
 
     def vote(self, req: VoteRequest):
@@ -489,13 +490,25 @@ class _Channel:
 
     def call_nowait(self, msg: Any, expect: type) -> Any:
         """Sends `msg` right away when connected (and not backed up) and
-        returns an awaitable of the reply; None otherwise (use call)."""
+        returns the reply's future; None otherwise (use call). The caller
+        reads the reply from a done callback (no task per request); a reply
+        of another type than `expect` closes the connection, and the caller
+        must treat it as a failed request."""
         conn = self._conn
         if (conn is None or self._queued
                 or conn.transport.get_write_buffer_size() > _WRITE_HIGH_WATER):
             return None
         rid, fut, timer = self._send(conn, msg)
-        return self._reply(conn, rid, fut, timer, msg, expect)
+        fut.add_done_callback(functools.partial(self._replied, conn, timer, msg, expect))
+        return fut
+
+    def _replied(self, conn: _Conn, timer: Any, msg: Any, expect: type,
+                 fut: asyncio.Future) -> None:
+        timer.cancel()
+        if not fut.cancelled() and fut.exception() is None and \
+                type(fut.result()) is not expect:
+            self._protocol_error(conn, f"replied to a {type(msg).__name__} with a "
+                                       f"{type(fut.result()).__name__}")
 
     def _send(self, conn: _Conn, msg: Any) -> tuple:
         """Frames and writes one request; (request id, reply future, timeout handle)."""
@@ -1051,6 +1064,11 @@ class RaftServer:
                     self._spawn(conn, self._handle(conn, rid, self._append, msg))
                 elif type(r) is AppendEntriesResponse:
                     conn.reply(rid, r)
+                elif asyncio.isfuture(r):
+                    # Waiting for the flush: reply from the future's callback
+                    # (no task, no extra loop iteration once it resolves).
+                    conn.handling += 1
+                    r.add_done_callback(functools.partial(self._reply_when_done, conn, rid))
                 else:
                     self._spawn(conn, self._finish(conn, rid, r), started=True)
             else:
@@ -1082,6 +1100,28 @@ class RaftServer:
             pending = _raise(exc)
         await self._finish(conn, rid, pending, raw)
 
+    def _reply_when_done(self, conn: _ServerConn, rid: int, fut: asyncio.Future) -> None:
+        try:
+            if fut.cancelled():
+                conn.reply_error(rid, asyncio.CancelledError())
+            elif fut.exception() is not None:
+                log.debug("handler of request %s from %s raised %r", rid, conn.peer,
+                          fut.exception())
+                conn.reply_error(rid, fut.exception())
+            else:
+                conn.reply(rid, fut.result())
+        finally:
+            self._handled(conn)
+
+    def _handled(self, conn: _ServerConn) -> None:
+        """A request of `conn` was answered: make room for the next one."""
+        conn.handling -= 1
+        room = conn.room
+        if room is not None and conn.handling < _MAX_HANDLING_PER_CONN:
+            conn.room = None
+            if not room.done():
+                room.set_result(None)
+
     async def _finish(self, conn: _ServerConn, rid: int, pending: Any, raw: bool = False) -> None:
         """Awaits a handler and sends its reply: a raftcore message, or with
         `raw` (a service's) a plain msgpack-able value."""
@@ -1105,9 +1145,4 @@ class RaftServer:
                           exc)
                 conn.reply_error(rid, exc)
         finally:
-            conn.handling -= 1
-            room = conn.room
-            if room is not None and conn.handling < _MAX_HANDLING_PER_CONN:
-                conn.room = None
-                if not room.done():
-                    room.set_result(None)
+            self._handled(conn)
