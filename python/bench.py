@@ -171,7 +171,7 @@ async def start_cluster(config: Config, transport: str = "local", store: str = "
                 sys.executable, "-m", "raftcore.bench_node", "--id", str(i), "--store", store,
                 "--dir", os.path.join(workdir, f"node{i}"),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-            c._closers.append(functools.partial(_stop_process, proc))
+            c._closers.append(functools.partial(stop_process, proc))
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
             if not line.strip().isdigit():
                 raise RuntimeError(f"benchmark node {i} did not start (printed {line!r})")
@@ -189,7 +189,9 @@ async def start_cluster(config: Config, transport: str = "local", store: str = "
     return c
 
 
-async def _stop_process(proc) -> None:
+async def stop_process(proc) -> None:
+    """Stops a benchmark node process: closing its stdin asks it to exit; it
+    is killed if it has not within 10 s."""
     if proc.returncode is None:
         proc.stdin.close()
         try:

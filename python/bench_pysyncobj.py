@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from raftcore.bench import stop_process
+
 INSTALL_HINT = "pip install 'raftcore[compare]'"
 
 
@@ -202,19 +204,9 @@ async def run(seconds: float = 5.0, window: int = 20_000,
                                version=version("pysyncobj"))
     finally:
         for p in procs:
-            await _stop(p)
+            await stop_process(p)
         for log in logs:
             log.close()
-
-
-async def _stop(proc) -> None:
-    if proc.returncode is None:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 def _tails(logs) -> str:

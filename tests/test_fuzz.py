@@ -355,22 +355,40 @@ def test_fuzzed_frames_never_crash_a_real_one_node_raft():
         h.close()
 
 
+class one_node_over_tcp:
+    """async with one_node_over_tcp() as (raft, node, client): a one-node
+    cluster led by `raft`, served on `node`, and a TCP client of it."""
+
+    async def __aenter__(self):
+        config = Config(heartbeat_interval=0.02, election_timeout_min=0.15,
+                        election_timeout_max=0.3, seed=7)
+        self.raft = await Raft.create(1, config, TcpNetwork(rpc_timeout=GUARD), MemLogStore(),
+                                      MemStateMachine())
+        self.server = await RaftServer.start(self.raft, HOST, 0)
+        self.node = Node(f"{HOST}:{self.server.port}")
+        self.clients = [TcpNetwork(rpc_timeout=GUARD).client(9, self.node)]
+        await self.raft.initialize({1: self.node})
+        await self.raft.wait(GUARD).state(ServerState.LEADER)
+        return self.raft, self.node, self.clients[0]
+
+    def new_client(self):
+        self.clients.append(TcpNetwork(rpc_timeout=GUARD).client(9, self.node))
+        return self.clients[-1]
+
+    async def __aexit__(self, *exc) -> None:
+        for c in self.clients:
+            await c.close()
+        await self.raft.shutdown()
+        await self.server.close()
+
+
 def test_a_request_with_the_largest_term_does_not_wrap_the_nodes_term():
     """Found by fuzzing: a node that adopted a term of 2**63 - 1 campaigned
     at term + 1, which wrapped to -2**63 in the engine's C arithmetic. The
     codec now refuses terms of 2**62 and above (the connection is closed),
     so the term never goes backwards."""
     async def body():
-        config = Config(heartbeat_interval=0.02, election_timeout_min=0.15,
-                        election_timeout_max=0.3, seed=7)
-        raft = await Raft.create(1, config, TcpNetwork(rpc_timeout=GUARD), MemLogStore(),
-                                 MemStateMachine())
-        server = await RaftServer.start(raft, HOST, 0)
-        node = Node(f"{HOST}:{server.port}")
-        client = TcpNetwork(rpc_timeout=GUARD).client(9, node)
-        try:
-            await raft.initialize({1: node})
-            await raft.wait(GUARD).state(ServerState.LEADER)
+        async with one_node_over_tcp() as (raft, _, client):
             try:
                 await client.append_entries(AppendEntriesRequest(2**63 - 1, 5, 0, 0, [], 0))
             except Exception:
@@ -383,10 +401,6 @@ def test_a_request_with_the_largest_term_does_not_wrap_the_nodes_term():
                 lambda m: m.state == ServerState.LEADER or m.current_term < top,
                 "leader again, or a term that went back")
             assert m.current_term >= top, f"term went from {top} to {m.current_term}"
-        finally:
-            await client.close()
-            await raft.shutdown()
-            await server.close()
     uvloop.run(asyncio.wait_for(body(), 3 * GUARD))
 
 
@@ -401,22 +415,13 @@ def test_a_node_given_the_highest_request_term_still_campaigns_in_readable_terms
     from raftcore.codec import MAX_TERM, REQUEST_MAX_TERM
 
     async def body():
-        config = Config(heartbeat_interval=0.02, election_timeout_min=0.15,
-                        election_timeout_max=0.3, seed=7)
-        raft = await Raft.create(1, config, TcpNetwork(rpc_timeout=GUARD), MemLogStore(),
-                                 MemStateMachine())
-        server = await RaftServer.start(raft, HOST, 0)
-        node = Node(f"{HOST}:{server.port}")
-        client = TcpNetwork(rpc_timeout=GUARD).client(9, node)
-        try:
-            await raft.initialize({1: node})
-            await raft.wait(GUARD).state(ServerState.LEADER)
+        cluster = one_node_over_tcp()
+        async with cluster as (raft, _, client):
             with pytest.raises(NetworkError):
                 await client.append_entries(AppendEntriesRequest(REQUEST_MAX_TERM, 5, 0, 0, [], 0))
             assert raft.metrics.current_term < REQUEST_MAX_TERM
-            await client.close()
             # A fresh connection (the refused one is closed, with back-off).
-            client = TcpNetwork(rpc_timeout=GUARD).client(9, node)
+            client = cluster.new_client()
             top = REQUEST_MAX_TERM - 1
             resp = await client.append_entries(AppendEntriesRequest(top, 5, 0, 0, [], 0))
             assert resp.term == top                                  # adopted
@@ -425,10 +430,6 @@ def test_a_node_given_the_highest_request_term_still_campaigns_in_readable_terms
                 "leader again, above the highest request term")
             resp = await client.vote(VoteRequest(0, 9, 0, 0))        # a reply it can read
             assert REQUEST_MAX_TERM <= resp.term == m.current_term < MAX_TERM
-        finally:
-            await client.close()
-            await raft.shutdown()
-            await server.close()
     uvloop.run(asyncio.wait_for(body(), 3 * GUARD))
 
 
