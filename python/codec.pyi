@@ -10,7 +10,6 @@ MSG_VOTE_RESPONSE: int
 MSG_TRANSFER_LEADER: int
 
 MAX_TERM: int
-REQUEST_MAX_TERM: int
 
 def encode_membership(m: Membership) -> list: ...
 def decode_membership(obj: Any) -> Membership: ...

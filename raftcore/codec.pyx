@@ -62,23 +62,6 @@ cdef inline long long _term(object v, str what) except? -1:
     return t
 
 
-#: The term of a request (the sender's current term) must be below this.
-#: A node adopts the terms of the requests it receives and then counts up by
-#: one per election of its own: 2**32 elections of room below MAX_TERM keep
-#: every term it can reach that way readable by its peers. (Found by
-#: fuzzing: a node handed term 2**62 - 1 campaigned at 2**62, and no peer
-#: could read its replies.) Replies carry the replier's own term, which may
-#: have grown past this bound that way, so only MAX_TERM bounds them.
-REQUEST_MAX_TERM = MAX_TERM - 2**32
-
-
-cdef inline long long _request_term(object v) except? -1:
-    cdef long long t = _term(v, "term")
-    if t >= REQUEST_MAX_TERM:
-        raise CodecError(f"request term {t} is out of range [0, 2**62 - 2**32)")
-    return t
-
-
 cdef inline object _node_id(object v, str what):
     if v is not None and type(v) is not int:
         raise CodecError(f"{what} must be an integer node id or None, got {type(v).__name__}")
@@ -254,7 +237,7 @@ cpdef object decode_message(object obj):
     if t == MSG_APPEND_ENTRIES:
         _list(m, "AppendEntries", 7)
         req = AppendEntriesRequest(
-            _request_term(m[1]), _node_id(m[2], "leader_id"), _term(m[3], "prev_log_term"),
+            _term(m[1], "term"), _node_id(m[2], "leader_id"), _term(m[3], "prev_log_term"),
             _int(m[4], "prev_log_index"), decode_entries(m[6]), _int(m[5], "leader_commit"))
         if req.entries and (<Entry>req.entries[0]).index != req.prev_log_index + 1:
             raise CodecError("AppendEntries entries must start right after prev_log_index")
@@ -269,7 +252,7 @@ cpdef object decode_message(object obj):
         _list(m, "Vote", 7)
         if type(m[5]) is not bool or type(m[6]) is not bool:
             raise CodecError("Vote.pre_vote and Vote.transfer must be booleans")
-        return VoteRequest(_request_term(m[1]), _node_id(m[2], "candidate_id"),
+        return VoteRequest(_term(m[1], "term"), _node_id(m[2], "candidate_id"),
                            _term(m[3], "last_log_term"), _int(m[4], "last_log_index"),
                            m[5], m[6])
     if t == MSG_VOTE_RESPONSE:
@@ -279,7 +262,7 @@ cpdef object decode_message(object obj):
         return VoteResponse(_term(m[1], "term"), m[2], _node_id(m[3], "voter_id"))
     if t == MSG_TRANSFER_LEADER:
         _list(m, "TransferLeader", 4)
-        return TransferLeaderRequest(_request_term(m[1]), _node_id(m[2], "leader_id"),
+        return TransferLeaderRequest(_term(m[1], "term"), _node_id(m[2], "leader_id"),
                                      _int(m[3], "last_log_index"))
     if t == MSG_INSTALL_SNAPSHOT:
         _list(m, "InstallSnapshot", 7)
@@ -288,7 +271,7 @@ cpdef object decode_message(object obj):
         offset = _int(m[4], "offset")
         if offset < 0:
             raise CodecError("InstallSnapshot offset must be >= 0")
-        return InstallSnapshotRequest(_request_term(m[1]), _node_id(m[2], "leader_id"),
+        return InstallSnapshotRequest(_term(m[1], "term"), _node_id(m[2], "leader_id"),
                                       decode_snapshot_meta(m[3]), offset, m[5], m[6])
     if t == MSG_INSTALL_SNAPSHOT_RESPONSE:
         _list(m, "InstallSnapshotResponse", 2)

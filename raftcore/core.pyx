@@ -45,6 +45,13 @@ from raftcore.messages import InstallSnapshotRequest
 
 _Future = asyncio.Future
 
+#: A message whose term is more than this above the node's own is refused,
+#: its term not adopted. No real cluster holds 2**32 elections a node missed;
+#: a peer sending such a term is corrupt or hostile, and adopting it would
+#: push the cluster toward the largest term the wire carries (2**62), where
+#: a node can no longer campaign in a term its peers read (found by fuzzing).
+cdef long long TERM_JUMP_LIMIT = 2**32
+
 
 # Engine commands by kind (see engine.pyx): one dict lookup per command
 # instead of a chain of string comparisons.
@@ -220,7 +227,7 @@ cdef class RaftCore:
     cdef list _metric_waiters                 # (predicate, future)
     cdef list _read_waiters                   # (seq, term, future)
     # snapshots
-    cdef long long _snap_every                # build a snapshot every N entries (0: never)
+    cdef long long _snap_every                # build a snapshot every N entries (-1: never)
     cdef object _building                     # a build under way
     cdef object _snap_rx                      # (snapshot id, bytearray) being received
     cdef dict _snap_ready                     # snapshot id -> received bytes
@@ -292,14 +299,15 @@ cdef class RaftCore:
         self._pending_futs = []
         self._flush_scheduled = False
         self._open_writes = 0
-        self._max_pending = config.max_pending_writes
-        self._max_write_batch = config.max_write_batch
+        self._max_pending = min(config.max_pending_writes, 2**62)
+        self._max_write_batch = min(config.max_write_batch, 2**62)
         self._write_room = None
         self._client_waiters = deque()
         self._metric_waiters = []
         self._read_waiters = []
         # snapshots
-        self._snap_every = config.snapshot_policy.logs_since_last_snapshot or 0
+        every = config.snapshot_policy.logs_since_last_snapshot
+        self._snap_every = -1 if every is None else min(every, 2**62)
         self._building = None
         self._snap_rx = None
         self._snap_ready = {}
@@ -606,20 +614,39 @@ cdef class RaftCore:
 
     # ------------------------------------------------------------- handlers
 
+    cdef void _check_request_term(self, long long term) except *:
+        if term > self.engine.vote.term + TERM_JUMP_LIMIT:
+            raise RaftError(
+                f"node {self.id} refuses a request of term {term}: more than 2**32 above its "
+                f"own term {self.engine.vote.term} (a corrupt or hostile peer)")
+
+    cdef bint _plausible_answer(self, target, long long term):
+        """False (and logged) for an answer whose term is implausibly high:
+        the request is then treated as failed, the term not adopted."""
+        if term > self.engine.vote.term + TERM_JUMP_LIMIT:
+            self.log.warning("node %s ignores an answer of term %s from %s: more than 2**32 "
+                             "above its own term %s", self.id, term, target,
+                             self.engine.vote.term)
+            return False
+        return True
+
     async def handle_vote(self, req):
         self.check_running()
+        self._check_request_term(req.term)
         resp = self.engine.handle_vote_request(req, self.loop.time())
         await self.run_commands()
         return resp
 
     async def handle_transfer_leader(self, req) -> None:
         self.check_running()
+        self._check_request_term(req.term)
         self.engine.handle_transfer_leader(req, self.loop.time())
         await self.run_commands()
 
     async def handle_install_snapshot(self, req):
         """One chunk of a snapshot; the last one installs it."""
         self.check_running()
+        self._check_request_term(req.term)
         if req.term >= self.engine.vote.term:
             self._receive_chunk(req)
         resp = self.engine.handle_install_snapshot(req, self.loop.time())
@@ -643,6 +670,7 @@ cdef class RaftCore:
 
     async def handle_append_entries(self, req):
         self.check_running()
+        self._check_request_term(req.term)
         resp = self.engine.handle_append_entries(req, self.loop.time())
         await self.run_commands()
         if resp.success and self.engine.flushed < resp.matched:
@@ -658,12 +686,16 @@ cdef class RaftCore:
         was done and the caller should use handle_append_entries."""
         cdef Engine e = self.engine
         cdef AppendEntriesResponse resp
+        if req is None:
+            raise TypeError("try_append_entries_now needs an AppendEntriesRequest, got None")
         if (self.stopped or self._busy or self._deferred or req.term != e.vote.term
                 or e.leader_id != req.leader_id or e.vote.node_id is None
                 or (e.state != S_FOLLOWER and e.state != S_LEARNER)):
             return None
         resp = e.handle_append_entries(req, self.loop.time())
         self._run_sync()
+        if self.stopped:
+            self.check_running()    # the commands failed (storage): raise, answer nothing
         if resp.success and e.flushed < resp.matched:
             return self._answer_when_flushed(resp)
         return resp
@@ -895,7 +927,7 @@ cdef class RaftCore:
         last = entries[-1]
         self._applied_term = last.term
         self._applied_index = last.index
-        if self._snap_every and self._building is None:
+        if self._snap_every >= 0 and self._building is None:
             snap = self.engine.snapshot_meta
             since = last.index - (snap.last_log_index if snap is not None else 0)
             if since >= self._snap_every:
@@ -1009,7 +1041,7 @@ cdef class RaftCore:
         if r is None:
             self._spawn(self._send_append(client, target, req))
         elif type(r) is AppendEntriesResponse:
-            self.engine.handle_append_response(target, req, r, self.loop.time())
+            self._take_append_answer(target, req, r)
         elif isinstance(r, _Future):
             r.add_done_callback(_AppendAnswer(self, target, req))
         else:
@@ -1028,8 +1060,15 @@ cdef class RaftCore:
             return
         if self.stopped:
             return
-        self.engine.handle_append_response(target, req, resp, self.loop.time())
+        self._take_append_answer(target, req, resp)
         self._run_sync()
+
+    cdef void _take_append_answer(self, target, AppendEntriesRequest req,
+                                  AppendEntriesResponse resp):
+        if self._plausible_answer(target, resp.term):
+            self.engine.handle_append_response(target, req, resp, self.loop.time())
+        else:
+            self.engine.handle_append_failure(target, req, self.loop.time())
 
     cdef void _append_answered(self, target, AppendEntriesRequest req, fut):
         """The reply future of a request sent by append_entries_nowait is done."""
@@ -1044,7 +1083,7 @@ cdef class RaftCore:
             self._append_failed(target, req, exc or RaftError(
                 f"node {target} answered an AppendEntries with {type(resp).__name__}"))
             return
-        self.engine.handle_append_response(target, req, resp, self.loop.time())
+        self._take_append_answer(target, req, resp)
         self._run_sync()
 
     def _append_failed(self, target: int, req, exc: BaseException) -> None:
@@ -1061,7 +1100,7 @@ cdef class RaftCore:
         except Exception as exc:
             self.log.debug("vote request to %s failed: %s", target, exc)
             return
-        if self.stopped:
+        if self.stopped or not self._plausible_answer(target, resp.term):
             return
         self.engine.handle_vote_response(target, req, resp, self.loop.time())
         self._run_sync()
@@ -1106,6 +1145,10 @@ cdef class RaftCore:
                 self._run_sync()
             return
         if self.stopped:
+            return
+        if not self._plausible_answer(target, resp.term):
+            self.engine.handle_snapshot_failure(target, self.loop.time())
+            self._run_sync()
             return
         self.log.info("node %s sent snapshot %s to %s", self.id, snap.meta.snapshot_id, target)
         self.engine.handle_snapshot_response(target, req, resp, self.loop.time())

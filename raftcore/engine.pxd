@@ -1,7 +1,6 @@
 """Declarations of the engine, so the compiled runtime (raftcore/core.pyx)
 steps it with C calls. The class body, its docstring and its invariants live
 in engine.pyx."""
-cimport cython
 from raftcore.types cimport LogId, Vote, Entry
 from raftcore.log cimport RaftLog
 from raftcore.membership cimport Membership
@@ -25,7 +24,7 @@ cdef enum:
     S_SHUTDOWN = 4
 
 
-@cython.no_gc_clear
+# no_gc_clear is on the class in engine.pyx (Cython reads it only there).
 cdef class Engine:
     cdef readonly object id
     cdef readonly list output

@@ -55,10 +55,10 @@ SHUTDOWN = 4
 # engine.pxd.
 
 
-# no_gc_clear (declared in engine.pxd): when a garbage cycle holding this
-# object is collected, its typed fields must not be reset to None under code
-# (a finalizer, say) that may still call into it; cleared fields would crash
-# typed cdef access.
+# no_gc_clear: when a garbage cycle holding this object is collected, its
+# typed fields must not be reset to None under code (a finalizer, say) that
+# may still call into it; cleared fields would crash typed cdef access.
+@cython.no_gc_clear
 cdef class Engine:
     """One node's Raft state. Not thread-safe; the runtime steps it from one task."""
 

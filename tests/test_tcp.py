@@ -336,6 +336,30 @@ async def test_three_node_cluster_over_tcp_applies_2000_writes_identically():
                 assert c.servers[r.id].connections >= 1
 
 
+@tcp_test
+async def test_a_follower_refuses_a_request_term_far_above_its_own_and_the_cluster_goes_on():
+    """One request of an absurd term (a corrupt or hostile peer) must not
+    take the cluster to terms its nodes cannot campaign in: the follower
+    refuses it without adopting it, and the leader keeps leading and
+    writing."""
+    async with TcpCluster() as c:
+        await c.start(3, seed=4)
+        nodes = c.all()
+        leader = await stable_leader(nodes)
+        follower = next(r for r in nodes if r is not leader)
+        term = leader.metrics.current_term
+        client = TcpNetwork(rpc_timeout=GUARD).client(9, c.members()[follower.id])
+        try:
+            with pytest.raises(NetworkError, match="more than 2..32 above"):
+                await client.append_entries(AppendEntriesRequest(2**62 - 1, 9, 0, 0, [], 0))
+        finally:
+            await client.close()
+        top = await write_many(nodes, clients=4, per_client=10, tag="after")
+        await assert_same_everywhere(nodes, top)
+        assert all(r.metrics.current_term == term for r in nodes)
+        assert (await stable_leader(nodes)) is leader
+
+
 # ---------------------------------------------------------------- pipelining
 
 @tcp_test

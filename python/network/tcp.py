@@ -499,13 +499,15 @@ class _Channel:
                 or conn.transport.get_write_buffer_size() > _WRITE_HIGH_WATER):
             return None
         rid, fut, timer = self._send(conn, msg)
-        fut.add_done_callback(functools.partial(self._replied, conn, timer, msg, expect))
+        fut.add_done_callback(functools.partial(self._replied, conn, rid, timer, msg, expect))
         return fut
 
-    def _replied(self, conn: _Conn, timer: Any, msg: Any, expect: type,
+    def _replied(self, conn: _Conn, rid: int, timer: Any, msg: Any, expect: type,
                  fut: asyncio.Future) -> None:
         timer.cancel()
-        if not fut.cancelled() and fut.exception() is None and \
+        if fut.cancelled():
+            conn.pending.pop(rid, None)     # a late reply is then dropped
+        elif fut.exception() is None and \
                 type(fut.result()) is not expect:
             self._protocol_error(conn, f"replied to a {type(msg).__name__} with a "
                                        f"{type(fut.result()).__name__}")
@@ -527,15 +529,17 @@ class _Channel:
                                f"{self._max_frame}; not sent to {self._who()}")
         if conn.closed:
             raise NetworkError(f"connection to {self._who()} was lost; retrying with back-off")
-        loop = self._loop
-        fut = loop.create_future()
-        conn.pending[rid] = fut
         if size <= _JOIN_BELOW:
             # One buffer, one send: copying a small body is cheaper than a
             # second write (uvloop sends each write at once).
             conn.writer.write(_pack_header(size, WIRE_VERSION) + body)
         else:
             conn.writer.writelines((_pack_header(size, WIRE_VERSION), body))
+        # Registered once written: a write that raised leaves no orphan
+        # behind (the reply cannot be read before this returns).
+        loop = self._loop
+        fut = loop.create_future()
+        conn.pending[rid] = fut
         return rid, fut, loop.call_later(self._net.rpc_timeout, self._expire, conn, rid)
 
     async def _reply(self, conn: _Conn, rid: int, fut: asyncio.Future, timer: Any, msg: Any,
@@ -1109,7 +1113,12 @@ class RaftServer:
                           fut.exception())
                 conn.reply_error(rid, fut.exception())
             else:
-                conn.reply(rid, fut.result())
+                try:
+                    conn.reply(rid, fut.result())
+                except Exception as exc:  # a handler returning a non-message is our bug
+                    log.error("cannot encode the reply to request %s from %s: %s", rid,
+                              conn.peer, exc)
+                    conn.reply_error(rid, exc)
         finally:
             self._handled(conn)
 
