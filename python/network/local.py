@@ -128,6 +128,10 @@ class LocalRouter:
         if resp is None:
             return None
         if type(resp) is not AppendEntriesResponse:
+            if isinstance(resp, asyncio.Future):
+                # Read its outcome even if the caller's task never starts
+                # (its node shut down first): no "exception never retrieved".
+                resp.add_done_callback(_retrieve)
             return self._response_after(src, dst, resp)
         if faulty and not self._passes(dst, src):
             self.dropped += 1
@@ -142,6 +146,11 @@ class LocalRouter:
             raise NetworkError(f"response {dst}->{src} lost (fault injected)")
         self.delivered += 1
         return resp
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class LocalNetwork(Network):

@@ -859,6 +859,9 @@ class RaftServer:
         self._port = 0
         self._conns: set[_ServerConn] = set()
         self._handlers: set[asyncio.Task] = set()
+        # AppendEntries answers waiting for the node's flush (futures the
+        # node resolves; replied from their done callback).
+        self._answers: set[asyncio.Future] = set()
         self._append = raft.append_entries
         self._append_nowait = getattr(raft, "append_entries_nowait", None)
         # Request type -> handler run in a task of its own (AppendEntries has
@@ -936,6 +939,9 @@ class RaftServer:
         # fails them); they are never cancelled half-way.
         if self._handlers:
             await asyncio.gather(*list(self._handlers), return_exceptions=True)
+        if self._answers:
+            # wait, not gather: cancelling close() must not cancel the node's futures.
+            await asyncio.wait(list(self._answers))
         await asyncio.gather(*(_wait_closed(c.writer) for c in conns), return_exceptions=True)
         await self._server.wait_closed()
 
@@ -1072,6 +1078,7 @@ class RaftServer:
                     # Waiting for the flush: reply from the future's callback
                     # (no task, no extra loop iteration once it resolves).
                     conn.handling += 1
+                    self._answers.add(r)
                     r.add_done_callback(functools.partial(self._reply_when_done, conn, rid))
                 else:
                     self._spawn(conn, self._finish(conn, rid, r), started=True)
@@ -1120,6 +1127,7 @@ class RaftServer:
                               conn.peer, exc)
                     conn.reply_error(rid, exc)
         finally:
+            self._answers.discard(fut)
             self._handled(conn)
 
     def _handled(self, conn: _ServerConn) -> None:
