@@ -89,7 +89,7 @@ from raftcore.model import Node, ReadPolicy
 from raftcore.network.tcp import (DEFAULT_MAX_FRAME_SIZE, SERVICE_TYPE_MIN, WIRE_VERSION,
                                   parse_address)
 # The transport's shared-secret handshake, client side (see its module docstring).
-from raftcore.network.tcp import _AUTH_MAGIC, _AuthError, _check_secret, _client_handshake
+from raftcore.network.tcp import AUTH_MAGIC, AuthError, check_secret, client_handshake
 from raftcore.storage.base import Snapshot
 from raftcore.storage.mem import MemStateMachine
 from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, LogId
@@ -602,7 +602,7 @@ class _Connection:
                     break
                 body = await self.reader.readexactly(size - 1)
                 obj = msgpack.unpackb(body, raw=False, strict_map_key=False)
-                if type(obj) is list and obj and obj[0] == _AUTH_MAGIC:
+                if type(obj) is list and obj and obj[0] == AUTH_MAGIC:
                     self.failure = KvError(
                         f"node {self.addr} requires the cluster's shared secret: pass "
                         "Client(secret=...) (the nodes' --secret-file)")
@@ -687,7 +687,7 @@ class Client:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.client_id = uuid.uuid4().hex
-        self._secret = _check_secret(secret)
+        self._secret = check_secret(secret)
         self._ssl = ssl
         self._max_frame = max_frame_size
         self._addrs: list[str] = list(dict.fromkeys(addrs))   # known nodes, in order
@@ -872,10 +872,10 @@ class Client:
             asyncio.open_connection(host, port, limit=1024 * 1024, **kw), timeout)
         if self._secret is not None:
             try:
-                await asyncio.wait_for(_client_handshake(reader, writer, self._secret), timeout)
+                await asyncio.wait_for(client_handshake(reader, writer, self._secret), timeout)
             except BaseException as exc:
                 writer.transport.abort()
-                if isinstance(exc, _AuthError):
+                if isinstance(exc, AuthError):
                     raise KvError(f"node {addr}: authentication failed: {exc}") from None
                 if isinstance(exc, asyncio.TimeoutError):
                     raise _Lost(f"no shared-secret handshake within {timeout:.3g}s (a node "

@@ -167,7 +167,7 @@ _MAX_REASON = 2000
 AUTH_TIMEOUT = 10.0
 
 # Shared-secret authentication (see the module docstring).
-_AUTH_MAGIC = "raftcore-auth"
+AUTH_MAGIC = "raftcore-auth"
 _AUTH_VERSION = 1
 _AUTH_NONCE = 32                  # bytes of a nonce; a proof (SHA-256) has as many
 _AUTH_CLIENT_LABEL = b"raftcore-auth/%d wire/%d client->server proof\x00" % (
@@ -179,15 +179,18 @@ _AUTH_SERVER_LABEL = b"raftcore-auth/%d wire/%d server->client proof\x00" % (
 _AUTH_MAX_FRAME = 256
 
 
-class _AuthError(Exception):
+class AuthError(Exception):
     """A handshake that failed; the text says why."""
 
 
-class _AuthClosed(_AuthError):
+class _AuthClosed(AuthError):
     """The peer closed the connection during the handshake."""
 
 
-def _check_secret(secret: Any) -> Optional[bytes]:
+def check_secret(secret: Any) -> Optional[bytes]:
+    """The cluster secret as bytes (None: no secret); ConfigError if it is
+    not usable. For other programs that speak this protocol (raftcore kv's
+    client, for one) as for the transport itself."""
     if secret is None:
         return None
     if isinstance(secret, str):
@@ -206,21 +209,21 @@ def _auth_proof(secret: bytes, label: bytes, server_nonce: bytes, client_nonce: 
 
 
 def _auth_frame(step: str, *fields: bytes) -> bytes:
-    body = msgpack.packb([_AUTH_MAGIC, _AUTH_VERSION, step, *fields], use_bin_type=True)
+    body = msgpack.packb([AUTH_MAGIC, _AUTH_VERSION, step, *fields], use_bin_type=True)
     return _pack_header(len(body) + 1, WIRE_VERSION) + body
 
 
 async def _read_auth(reader: asyncio.StreamReader, step: str, nfields: int) -> list:
     """Reads handshake frame `step` and returns its `nfields` fields (nonces
-    and proofs, each _AUTH_NONCE bytes); _AuthError if anything else comes."""
+    and proofs, each _AUTH_NONCE bytes); AuthError if anything else comes."""
     try:
         header = await reader.readexactly(_HEADER_SIZE)
         size, version = _unpack_header(header)
         if version != WIRE_VERSION:
-            raise _AuthError(f"expected the handshake {step}, got a frame of wire version "
+            raise AuthError(f"expected the handshake {step}, got a frame of wire version "
                              f"{version}")
         if not 1 <= size <= _AUTH_MAX_FRAME:
-            raise _AuthError(f"expected the handshake {step}, got a frame of {size} bytes "
+            raise AuthError(f"expected the handshake {step}, got a frame of {size} bytes "
                              "(a peer without the secret?)")
         body = await reader.readexactly(size - 1)
     except asyncio.IncompleteReadError:
@@ -229,26 +232,26 @@ async def _read_auth(reader: asyncio.StreamReader, step: str, nfields: int) -> l
         obj = _unpackb(body)
     except Exception:
         obj = None
-    if type(obj) is not list or len(obj) < 3 or obj[0] != _AUTH_MAGIC:
-        raise _AuthError(f"expected the handshake {step}, got another frame (a peer without "
+    if type(obj) is not list or len(obj) < 3 or obj[0] != AUTH_MAGIC:
+        raise AuthError(f"expected the handshake {step}, got another frame (a peer without "
                          "the secret?)")
     if type(obj[1]) is not int or obj[1] != _AUTH_VERSION:
-        raise _AuthError(f"handshake version {obj[1]!r}, this node speaks {_AUTH_VERSION}")
+        raise AuthError(f"handshake version {obj[1]!r}, this node speaks {_AUTH_VERSION}")
     fields = obj[3:]
     if (obj[2] != step or len(fields) != nfields
             or any(type(f) is not bytes or len(f) != _AUTH_NONCE for f in fields)):
-        raise _AuthError(f"expected the handshake {step}, got a malformed handshake frame")
+        raise AuthError(f"expected the handshake {step}, got a malformed handshake frame")
     return fields
 
 
-async def _client_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+async def client_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                             secret: bytes) -> None:
     """The client's side of the handshake: answers the server's challenge,
-    then checks the server's proof. Raises _AuthError."""
+    then checks the server's proof. Raises AuthError."""
     try:
         server_nonce, = await _read_auth(reader, "challenge", 1)
     except _AuthClosed:
-        raise _AuthError("the server closed the connection before sending its challenge") \
+        raise AuthError("the server closed the connection before sending its challenge") \
             from None
     client_nonce = secrets.token_bytes(_AUTH_NONCE)
     writer.write(_auth_frame("answer", client_nonce, _auth_proof(
@@ -256,11 +259,11 @@ async def _client_handshake(reader: asyncio.StreamReader, writer: asyncio.Stream
     try:
         proof, = await _read_auth(reader, "confirm", 1)
     except _AuthClosed:
-        raise _AuthError("the server refused our proof and closed the connection: it holds "
+        raise AuthError("the server refused our proof and closed the connection: it holds "
                          "a different secret (its log says why)") from None
     expected = _auth_proof(secret, _AUTH_SERVER_LABEL, server_nonce, client_nonce)
     if not hmac.compare_digest(proof, expected):
-        raise _AuthError("the server's proof does not match: it holds a different secret")
+        raise AuthError("the server's proof does not match: it holds a different secret")
 
 
 def _unpackb(body: bytes) -> Any:
@@ -318,7 +321,7 @@ class TcpNetwork(Network):
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
                  connect_timeout: Optional[float] = None,
                  secret: Optional[bytes] = None) -> None:
-        self.secret = _check_secret(secret)
+        self.secret = check_secret(secret)
         _check_ssl(ssl)
         _check_positive("rpc_timeout", rpc_timeout)
         _check_positive("max_frame_size", max_frame_size, integer=True)
@@ -602,14 +605,14 @@ class _Channel:
             secret = self._net.secret
             if secret is not None:
                 try:
-                    await asyncio.wait_for(_client_handshake(reader, writer, secret),
+                    await asyncio.wait_for(client_handshake(reader, writer, secret),
                                            self._connect_timeout)
                 except BaseException as exc:
                     writer.transport.abort()
                     if isinstance(exc, asyncio.TimeoutError):
                         reason = (f"no shared-secret handshake within {self._connect_timeout}s "
                                   "(a server started without a secret never sends one)")
-                    elif isinstance(exc, _AuthError):
+                    elif isinstance(exc, AuthError):
                         reason = f"authentication failed: {exc}"
                     elif isinstance(exc, (OSError, _ssl.SSLError)):
                         reason = f"connection failed during authentication: {exc}"
@@ -885,7 +888,7 @@ class RaftServer:
         # secret: the cluster's shared secret (see TcpNetwork): a connection
         # must prove it holds it within auth_timeout seconds, or it is closed
         # before any of its frames reaches the node.
-        secret = _check_secret(secret)
+        secret = check_secret(secret)
         _check_positive("auth_timeout", auth_timeout)
         _check_ssl(ssl)
         _check_positive("max_frame_size", max_frame_size, integer=True)
@@ -1045,7 +1048,7 @@ class RaftServer:
                                                          self._auth_timeout)
         except asyncio.TimeoutError:
             return f"authentication failed: no handshake answer within {self._auth_timeout}s"
-        except _AuthError as exc:
+        except AuthError as exc:
             return f"authentication failed: {exc}"
         expected = _auth_proof(self._secret, _AUTH_CLIENT_LABEL, server_nonce, client_nonce)
         if not hmac.compare_digest(proof, expected):
