@@ -8,6 +8,11 @@ How the two source folders become one installed package:
 raftcore/ has an empty __init__.pxd (so `cimport raftcore.X` resolves) and no
 __init__.py (so it is never importable itself: tests always import the
 installed, compiled package). No module name may exist in both folders.
+- python/X.pyx is runtime code compiled because profiling says so
+  (python/core.pyx: the runtime's per-write path); it becomes `raftcore.X`
+  too. It may use asyncio, logging and the clock; raftcore/ may not: the
+  engine and everything beside it there stays free of I/O, time and
+  randomness.
 
 The generated .c files are always regenerated (force=True) so a build never
 picks up a stale translation of an older .pyx.
@@ -23,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def extensions():
     exts = []
-    for pyx in sorted(glob.glob(os.path.join("raftcore", "*.pyx"))):
+    sources = glob.glob(os.path.join("raftcore", "*.pyx")) + glob.glob(os.path.join("python", "*.pyx"))
+    for pyx in sorted(sources):
         name = os.path.splitext(os.path.basename(pyx))[0]
         exts.append(
             Extension(

@@ -1,4 +1,4 @@
-# Stub of the compiled runtime (raftcore/core.pyx). RaftCore is internal: the
+# Stub of the compiled runtime (python/core.pyx). RaftCore is internal: the
 # public handle is raftcore.Raft.
 import asyncio
 import logging

@@ -1,4 +1,4 @@
-"""Declarations of the engine, so the compiled runtime (raftcore/core.pyx)
+"""Declarations of the engine, so the compiled runtime (python/core.pyx)
 steps it with C calls. The class body, its docstring and its invariants live
 in engine.pyx."""
 from raftcore.types cimport LogId, Vote, Entry
@@ -123,7 +123,7 @@ cdef class Engine:
     cdef void _step_down_removed(self)
     cdef void _maybe_apply(self)
 
-    # Stepped by the runtime on every write: C calls from raftcore/core.pyx.
+    # Stepped by the runtime on every write: C calls from python/core.pyx.
     cpdef list take_commands(self)
     cpdef long long client_write(self, list payloads, double now) except? -1
     cpdef AppendEntriesResponse handle_append_entries(self, AppendEntriesRequest req, double now)
