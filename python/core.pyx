@@ -665,8 +665,15 @@ cdef class RaftCore:
                             f"not follow what was received ({have}); restart the transfer")
         rx[1].extend(req.data)
         if req.done:
-            self._snap_ready[sid] = bytes(rx[1])
+            data = bytes(rx[1])
             self._snap_rx = None
+            try:
+                # Before the engine hears of it: a snapshot the state machine
+                # cannot read is refused, and nothing here changes.
+                self.sm.check_snapshot(req.meta, data)
+            except Exception as exc:
+                raise RaftError(f"node {self.id} refuses snapshot {sid}: {exc}") from exc
+            self._snap_ready[sid] = data
 
     async def handle_append_entries(self, req):
         self.check_running()

@@ -344,7 +344,9 @@ class KvStateMachine(MemStateMachine):
             else:
                 await executor(self._save_file, meta, data)
 
-    def _load(self, meta: SnapshotMeta, data: bytes) -> None:
+    def _parse(self, meta: SnapshotMeta, data: bytes) -> tuple:
+        """(items, sessions, applied_commands, deduplicated) of the snapshot;
+        StorageError if it cannot be read."""
         try:
             obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
             found = obj.get("format") if isinstance(obj, dict) else None
@@ -359,6 +361,10 @@ class KvStateMachine(MemStateMachine):
         except Exception as exc:
             raise StorageError(f"KvStateMachine cannot read snapshot {meta.snapshot_id}: "
                                f"{exc}") from exc
+        return items, sessions, applied_commands, deduplicated
+
+    def _load(self, meta: SnapshotMeta, data: bytes) -> None:
+        items, sessions, applied_commands, deduplicated = self._parse(meta, data)
         self.data = items
         self.sessions = sessions
         self.applied_commands = applied_commands

@@ -50,7 +50,8 @@ from hypothesis import strategies as st
 from raftcore import Config, Node, Raft, ServerState
 from raftcore.errors import ForwardToLeader, NetworkError, StorageError
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
-                               InstallSnapshotResponse, VoteRequest, VoteResponse)
+                               InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta,
+                               VoteRequest, VoteResponse)
 from raftcore.network import RaftServer, TcpNetwork
 from raftcore.network.tcp import WIRE_VERSION
 from raftcore.storage import FileLogStore, MemLogStore, MemStateMachine
@@ -420,6 +421,28 @@ def test_a_request_term_far_above_the_nodes_own_is_refused_not_adopted():
             near = term + 2**32
             resp = await client.append_entries(AppendEntriesRequest(near, 5, 0, 0, [], 0))
             assert resp.term == near == raft.metrics.current_term      # adopted
+    uvloop.run(asyncio.wait_for(body(), 3 * GUARD))
+
+
+def test_a_snapshot_the_state_machine_cannot_read_is_refused_and_the_node_goes_on():
+    """Found by the fuzz test, now and then: an InstallSnapshot whose bytes
+    MemStateMachine could not read stopped the node (the install failed
+    after the engine had taken the snapshot on). The state machine now
+    checks the snapshot before the engine hears of it: the sender gets the
+    error, the node keeps its state and keeps serving."""
+    async def body():
+        async with one_node_over_tcp() as (raft, _, client):
+            await raft.client_write(["set", "k", 1])
+            before = raft.metrics
+            meta = SnapshotMeta(before.current_term + 1, 100, before.membership, "junk")
+            with pytest.raises(NetworkError, match="refuses snapshot junk"):
+                await client.install_snapshot(InstallSnapshotRequest(
+                    before.current_term + 1, 5, meta, 0, b"\x93not a snapshot", True))
+            m = raft.metrics
+            assert m.state != ServerState.SHUTDOWN
+            assert m.last_applied == before.last_applied and m.snapshot == before.snapshot
+            assert raft.state_machine.data == {"k": 1}
+            assert (await client.vote(VoteRequest(0, 9, 0, 0))).term >= before.current_term
     uvloop.run(asyncio.wait_for(body(), 3 * GUARD))
 
 

@@ -129,3 +129,11 @@ class StateMachine(abc.ABC):
     async def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Replaces the whole state with the snapshot's and keeps it as the
         current snapshot; returns once that is durable."""
+
+    def check_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Raises StorageError if `data` is not a snapshot this state machine
+        can install. Called once the last chunk of a snapshot sent by a
+        leader has arrived, before anything changes: a snapshot that fails
+        is refused (its sender gets the error) and the node goes on as it
+        was. The default accepts everything; a state machine whose
+        install_snapshot can reject data should check the same here."""

@@ -194,16 +194,23 @@ class MemStateMachine(StateMachine):
     async def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         self._load(meta, data)
 
-    def _load(self, meta: SnapshotMeta, data: bytes) -> None:
+    def check_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        self._parse(meta, data)
+
+    def _parse(self, meta: SnapshotMeta, data: bytes) -> dict:
+        """The snapshot's items; StorageError if it cannot be read."""
         try:
             obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
-            if obj.get("format") != SNAPSHOT_FORMAT:
-                raise ValueError(f"format {obj.get('format')!r}, expected {SNAPSHOT_FORMAT}")
-            items = {k: v for k, v in obj["items"]}
+            found = obj.get("format") if isinstance(obj, dict) else None
+            if found != SNAPSHOT_FORMAT:
+                raise ValueError(f"format {found!r:.40}, expected {SNAPSHOT_FORMAT}")
+            return {k: v for k, v in obj["items"]}
         except Exception as exc:
             raise StorageError(f"MemStateMachine cannot read snapshot {meta.snapshot_id}: "
                                f"{exc}") from exc
-        self.data = items
+
+    def _load(self, meta: SnapshotMeta, data: bytes) -> None:
+        self.data = self._parse(meta, data)
         self.last_applied = LogId(meta.last_log_term, meta.last_log_index)
         self.last_membership = meta.membership
         self._snapshot = Snapshot(meta, data)
