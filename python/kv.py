@@ -92,7 +92,7 @@ from raftcore.network.tcp import (DEFAULT_MAX_FRAME_SIZE, SERVICE_TYPE_MIN, WIRE
 from raftcore.network.tcp import AUTH_MAGIC, AuthError, check_secret, client_handshake
 from raftcore.storage.base import Snapshot
 from raftcore.storage.mem import MemStateMachine
-from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, LogId
+from raftcore.types import LogId
 
 __all__ = ["Client", "KvError", "KvStateMachine", "KvService", "main", "KV_WRITE", "KV_GET",
            "KV_STATUS", "write_request"]
@@ -238,24 +238,13 @@ class KvStateMachine(MemStateMachine):
 
     # ------------------------------------------------------------- apply
 
-    def apply(self, entries: Sequence[Any]) -> list[Any]:
-        out: list[Any] = []
-        data = self.data
-        for e in entries:
-            if e.kind == ENTRY_NORMAL:
-                p = e.payload
-                if isinstance(p, (list, tuple)) and p and p[0] == SESSION_CMD:
-                    out.append(self._apply_session(p))
-                else:
-                    out.append(self._apply_command(data, p))
-                    self.applied_commands += 1
-            else:
-                if e.kind == ENTRY_MEMBERSHIP:
-                    self.last_membership = e.payload
-                out.append(None)
-        if entries:
-            self.last_applied = entries[-1].log_id
-        return out
+    def _apply_normal(self, data: dict, p: Any) -> Any:
+        # MemStateMachine.apply walks the entries; a client command here is
+        # either a session command or a plain one.
+        if isinstance(p, (list, tuple)) and p and p[0] == SESSION_CMD:
+            return self._apply_session(p)
+        self.applied_commands += 1
+        return self._apply_command(data, p)
 
     def _apply_session(self, p: Any) -> list:
         # Everything here is a function of the log alone: every node answers

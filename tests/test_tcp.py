@@ -22,6 +22,7 @@ import msgpack
 import pytest
 import uvloop
 
+from log_watch import LogWatch
 from raftcore import Config, Node, Raft, ServerState
 from raftcore.codec import encode_message
 from raftcore.errors import Fatal, ForwardToLeader, NetworkError, Timeout
@@ -41,7 +42,6 @@ GUARD = 10.0
 #: Whole-test guard: a hang fails the test instead of the suite.
 TEST_GUARD = 60.0
 LEADER = ServerState.LEADER
-LOGGER = "raftcore.network.tcp"
 
 
 def make_config(seed: int, **kw) -> Config:
@@ -169,49 +169,6 @@ class fake_server:
             if not g.done():
                 g.set_result(None)
         await self.server.close()
-
-
-class LogWatch:
-    """Records WARNING+ records of the transport's logger; `await wait(text)`
-    returns the first record whose message contains text."""
-
-    def __init__(self) -> None:
-        self.records: list[logging.LogRecord] = []
-        self._waiters: list[tuple] = []
-        self.handler = logging.Handler(logging.WARNING)
-        self.handler.emit = self._emit
-
-    def _emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        for w in list(self._waiters):
-            if w[0] in record.getMessage() and not w[1].done():
-                w[1].set_result(record)
-                self._waiters.remove(w)
-
-    def __enter__(self) -> "LogWatch":
-        logger = logging.getLogger(LOGGER)
-        self._level = logger.level
-        if logger.getEffectiveLevel() > logging.WARNING:
-            logger.setLevel(logging.WARNING)
-        logger.addHandler(self.handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        logger = logging.getLogger(LOGGER)
-        logger.removeHandler(self.handler)
-        logger.setLevel(self._level)
-
-    async def wait(self, text: str) -> logging.LogRecord:
-        for r in self.records:
-            if text in r.getMessage():
-                return r
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((text, fut))
-        try:
-            return await asyncio.wait_for(fut, GUARD)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"no log record containing {text!r}; got "
-                                 f"{[r.getMessage() for r in self.records]}") from None
 
 
 class TcpCluster:

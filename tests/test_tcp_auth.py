@@ -20,7 +20,6 @@ import functools
 import hashlib
 import hmac
 import ipaddress
-import logging
 import ssl
 import struct
 
@@ -28,6 +27,7 @@ import msgpack
 import pytest
 import uvloop
 
+from log_watch import LogWatch
 from raftcore import Config, Node, Raft
 from raftcore.codec import encode_message
 from raftcore.errors import ConfigError, ForwardToLeader, NetworkError
@@ -41,7 +41,6 @@ from raftcore.storage import MemLogStore, MemStateMachine
 HOST = "127.0.0.1"
 GUARD = 10.0            # failure guard for a condition that should hold promptly
 TEST_GUARD = 60.0       # whole-test guard
-LOGGER = "raftcore.network.tcp"
 SECRET = b"correct horse battery staple, 32b"
 
 
@@ -106,52 +105,6 @@ class RecordingRaft:
 
     async def transfer_leader(self, req) -> None:
         self._record("transfer_leader", req.term)
-
-
-class LogWatch:
-    """Collects WARNING+ records of the transport's logger; `await wait(text)`
-    returns the first record containing `text` (already seen or to come)."""
-
-    def __init__(self) -> None:
-        self.records: list[logging.LogRecord] = []
-        self._waiters: list[tuple[str, asyncio.Future]] = []
-        self.handler = logging.Handler(logging.WARNING)
-        self.handler.emit = self._emit
-
-    def _emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        for w in list(self._waiters):
-            if w[0] in record.getMessage() and not w[1].done():
-                w[1].set_result(record)
-                self._waiters.remove(w)
-
-    def messages(self) -> list[str]:
-        return [r.getMessage() for r in self.records]
-
-    def __enter__(self) -> "LogWatch":
-        logger = logging.getLogger(LOGGER)
-        self._level = logger.level
-        if logger.getEffectiveLevel() > logging.WARNING:
-            logger.setLevel(logging.WARNING)
-        logger.addHandler(self.handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        logger = logging.getLogger(LOGGER)
-        logger.removeHandler(self.handler)
-        logger.setLevel(self._level)
-
-    async def wait(self, text: str) -> logging.LogRecord:
-        for r in self.records:
-            if text in r.getMessage():
-                return r
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((text, fut))
-        try:
-            return await asyncio.wait_for(fut, GUARD)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"no log record containing {text!r}; got "
-                                 f"{self.messages()}") from None
 
 
 class stub_server:

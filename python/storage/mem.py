@@ -128,9 +128,10 @@ class MemStateMachine(StateMachine):
     def apply(self, entries: Sequence[Entry]) -> list[Any]:
         out: list[Any] = []
         data = self.data
+        apply_normal = self._apply_normal
         for e in entries:
             if e.kind == ENTRY_NORMAL:
-                out.append(self._apply_command(data, e.payload))
+                out.append(apply_normal(data, e.payload))
             else:
                 if e.kind == ENTRY_MEMBERSHIP:
                     self.last_membership = e.payload
@@ -138,6 +139,10 @@ class MemStateMachine(StateMachine):
         if entries:
             self.last_applied = entries[-1].log_id
         return out
+
+    def _apply_normal(self, data: dict, payload: Any) -> Any:
+        """Applies one client command (a subclass may add kinds of its own)."""
+        return self._apply_command(data, payload)
 
     @classmethod
     def _apply_command(cls, data: dict, cmd: Any) -> Any:
