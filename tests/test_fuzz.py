@@ -573,8 +573,11 @@ def damage(draw, p: Pristine):
     if kind == "zeros":
         a = draw(st.integers(0, len(data) - 1))
         b = draw(st.integers(a + 1, len(data)))
-        assume(data[a:b] != bytes(b - a))
-        return kind, name, list(range(a, b)), data[:a] + bytes(b - a) + data[b:]
+        # Where the damage is: the bytes that change (a zero already there
+        # is no damage; a group whose bytes all stay is intact).
+        changed = [i for i in range(a, b) if data[i]]
+        assume(changed)
+        return kind, name, changed, data[:a] + bytes(b - a) + data[b:]
     at = draw(st.integers(1, len(data) - 1))
     q = draw(st.integers(0, at - 1))
     return kind, name, [q, at], flip(data[:at], [q], [draw(st.integers(1, 255))])
