@@ -7,9 +7,12 @@ which bytes were fsynced, and for the directory, which entries (creations,
 renames, unlinks) were made durable by fsyncing it. "Cutting the power" stops
 every later call and builds the file system a reboot would find:
 
-- every file as of its last fsync, plus -- depending on the mode -- a random
-  prefix of what was written after it, possibly followed by zeros (a size
-  update that reached the disk before the data);
+- every file as of its last fsync (or fdatasync), plus -- depending on the
+  mode -- a random prefix of the writes made after it, in order (the last
+  one possibly in part: at any byte where it makes the file longer, at a
+  sector boundary where it writes over bytes the file has; allocating space
+  is a write of zeros), possibly followed by zeros (a size update that
+  reached the disk before the data);
 - the directory as of its last fsync, plus a random prefix of the entry
   changes made after it (journaling file systems keep metadata in order).
 
@@ -65,11 +68,67 @@ class PowerCut(Exception):
 # --------------------------------------------------------------- the disk
 
 class Inode:
-    __slots__ = ("data", "synced")
+    __slots__ = ("data", "synced", "pending")
 
     def __init__(self, data: bytes = b"") -> None:
         self.data = bytearray(data)     # what a read sees now (page cache)
         self.synced = bytes(data)       # what the disk holds (as of the last fsync)
+        self.pending: list = []         # (offset, bytes) written since, in order;
+        #                                 (None, size) for a truncation
+
+    def write(self, offset: int, data: bytes) -> None:
+        _put(self.data, offset, data)
+        self.pending.append((offset, bytes(data)))
+
+    def truncate(self, size: int) -> None:
+        del self.data[size:]
+        self.pending.append((None, size))
+
+    def sync(self) -> None:
+        self.synced = bytes(self.data)
+        self.pending = []
+
+    def survivor(self, rng: random.Random, mode: str) -> bytes:
+        """What the disk may hold after a power cut."""
+        data = bytearray(self.synced)
+        if mode == "strict" or not self.pending:
+            return bytes(data)
+        keep = rng.randint(0, sum(len(b) for o, b in self.pending if o is not None))
+        for offset, b in self.pending:
+            if offset is None:              # a truncation, in order with the writes
+                if rng.random() < 0.5:
+                    break
+                del data[b:]
+                continue
+            if keep >= len(b):
+                _put(data, offset, b)
+                keep -= len(b)
+                continue
+            end = offset + len(b)
+            if end <= len(data):
+                # Over bytes the file has (its allocated space): the disk
+                # writes whole sectors, so what reached it ends at one.
+                cuts = [0] + [x - offset for x in range(-(-offset // SECTOR) * SECTOR, end,
+                                                        SECTOR)]
+                _put(data, offset, b[:rng.choice(cuts)])
+            elif mode == "zeros" and rng.random() < 0.5:
+                # The new size reached the disk, the data only up to a
+                # sector boundary (or not at all): zeros from there on.
+                cuts = [0] + [x - offset for x in range(-(-offset // SECTOR) * SECTOR, end,
+                                                        SECTOR)]
+                _put(data, offset, b[:rng.choice(cuts)])
+                size = rng.randint(len(data), end)
+                data.extend(bytes(size - len(data)))
+            else:
+                _put(data, offset, b[:keep])
+            break
+        return bytes(data)
+
+
+def _put(buf: bytearray, offset: int, data: bytes) -> None:
+    if offset > len(buf):
+        buf.extend(bytes(offset - len(buf)))
+    buf[offset:offset + len(data)] = data
 
 
 class PowerCutFS(FileOps):
@@ -130,23 +189,7 @@ class PowerCutFS(FileOps):
                 else:                                   # rename
                     names.pop(op[1], None)
                     names[op[2]] = op[3]
-        out = {}
-        for name, ino in names.items():
-            data = ino.synced
-            if mode != "strict" and ino.data[:len(data)] == data and len(ino.data) > len(data):
-                extra = bytes(ino.data[len(data):])
-                if mode == "zeros" and rng.random() < 0.5:
-                    # The new size reached the disk, the data only up to a
-                    # sector boundary (or not at all): zeros from there on.
-                    size = rng.randint(len(data) + 1, len(ino.data))
-                    cuts = [len(data)] + list(range(-(-len(data) // SECTOR) * SECTOR, size,
-                                                    SECTOR))
-                    keep = rng.choice(cuts) - len(data)
-                    data += extra[:keep] + bytes(size - len(data) - keep)
-                else:
-                    data += extra[:rng.randint(0, len(extra))]
-            out[name] = data
-        return out
+        return {name: ino.survivor(rng, mode) for name, ino in names.items()}
 
     # -- paths
 
@@ -199,7 +242,7 @@ class PowerCutFS(FileOps):
         self._alive()
         return self._new_fd(self.names[name])
 
-    def open_append(self, path: str, create: bool) -> int:
+    def open_segment(self, path: str, create: bool) -> int:
         name = self._name(path)
         if create:
             self._step()
@@ -211,7 +254,18 @@ class PowerCutFS(FileOps):
 
     def write(self, fd: int, data: bytes) -> None:
         self._step()
-        self.fds[fd].data += data
+        ino = self.fds[fd]
+        ino.write(len(ino.data), data)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        self._step()
+        self.fds[fd].write(offset, data)
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        self._step()
+        ino = self.fds[fd]
+        if offset + length > len(ino.data):
+            ino.write(len(ino.data), bytes(offset + length - len(ino.data)))
 
     def fsync(self, fd: int) -> None:
         self._step()
@@ -220,7 +274,10 @@ class PowerCutFS(FileOps):
             self.synced_names = dict(self.names)
             self.dir_log = []
         else:
-            ino.synced = bytes(ino.data)
+            ino.sync()
+
+    def sync_data(self, fd: int) -> None:
+        self.fsync(fd)
 
     def close(self, fd: int) -> None:
         self.fds.pop(fd, None)
@@ -237,18 +294,18 @@ class PowerCutFS(FileOps):
             ino = Inode()
             self._link(name, ino)
         else:
-            del ino.data[:]
+            ino.truncate(0)
         self._step()                                    # write
-        ino.data += data
+        ino.write(0, data)
         self._step()                                    # fsync
-        ino.synced = bytes(ino.data)
+        ino.sync()
 
     def truncate(self, path: str, size: int) -> None:
         ino = self._lookup(path)
         self._step()                                    # ftruncate
-        del ino.data[size:]
+        ino.truncate(size)
         self._step()                                    # fsync
-        ino.synced = bytes(ino.data)
+        ino.sync()
 
     def rename(self, src: str, dst: str) -> None:
         self._step()
@@ -605,7 +662,7 @@ def test_the_disk_model_loses_what_was_not_fsynced():
     strict mode, a prefix survives in the others."""
     fs = PowerCutFS()
     d = fs.open_dir(STORE)
-    fd = fs.open_append(STORE + "/a", create=True)
+    fd = fs.open_segment(STORE + "/a", create=True)
     fs.write(fd, b"hello")
     fs.fsync(fd)
     assert fs.survivors(random.Random(0), "strict") == {}       # the entry is not durable
@@ -620,10 +677,30 @@ def test_the_disk_model_loses_what_was_not_fsynced():
         got = fs.survivors(random.Random(i), "zeros")["a"]
         data = b"hello world" + b"!" * 1200
         assert len(got) <= len(data)
-        if got != data[:len(got)]:          # zeros from a sector boundary (or the synced end)
+        if got != data[:len(got)]:          # zeros from a sector boundary or where a write began
             k = len(got.rstrip(b"\0"))
-            assert got[:k] == data[:k] and (k % SECTOR == 0 or k == 5), (i, k)
+            assert got[:k] == data[:k] and (k % SECTOR == 0 or k in (5, 11)), (i, k)
     fs.fsync(fd)
+    # Writes into allocated space reach the disk in whole sectors, in order.
+    base = b"hello world" + b"!" * 1200
+    fs.allocate(fd, len(base), 4 * SECTOR)
+    new = b"?" * (2 * SECTOR)
+    fs.pwrite(fd, new, 3 * SECTOR)
+    allocated = base + bytes(4 * SECTOR)
+    seen = set()
+    for i in range(50):
+        got = fs.survivors(random.Random(i), "torn")["a"]
+        seen.add(got)
+        if len(got) < len(allocated):           # the allocation itself in part
+            assert got == allocated[:len(got)], i
+        else:
+            kept = len(got[3 * SECTOR:5 * SECTOR].rstrip(b"\0"))
+            assert kept % SECTOR == 0 and got == allocated[:3 * SECTOR] + new[:kept] + \
+                allocated[3 * SECTOR + kept:], (i, kept)
+    assert len(seen) > 3
+    fs.sync_data(fd)
+    assert fs.survivors(random.Random(0), "strict")["a"] == \
+        allocated[:3 * SECTOR] + new + allocated[5 * SECTOR:]
     fs.write_file(STORE + "/t", b"vote")
     fs.rename(STORE + "/t", STORE + "/v")
     assert "v" not in fs.survivors(random.Random(0), "strict")
@@ -674,6 +751,17 @@ def test_a_missing_fsync_is_caught(disk):
 
 # ------------------------------------------- zero-filled torn commit marker
 
+def _written(path) -> bytes:
+    """A segment's records, without the allocated zeros after them."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos + 4 <= len(data) and data[pos:pos + 4] != bytes(4):
+        pos += 8 + int.from_bytes(data[pos:pos + 4], "little")
+    assert not data[pos:].strip(b"\0")
+    return data[:pos]
+
+
 def _store_ending_at_sector_boundary(path, zeroed: int) -> bytes:
     """Writes a store whose second (newest) group ends `zeroed` bytes past a
     512-byte boundary of its segment; returns that segment's bytes."""
@@ -695,31 +783,32 @@ def _store_ending_at_sector_boundary(path, zeroed: int) -> bytes:
             [Entry(1, 4, ENTRY_NORMAL, ["set", 4, b"y" * n])]), use_bin_type=True)) + 21
     asyncio.run(write(0))
     seg = os.path.join(path, "seg-000000000001.log")
-    first_group_end = os.path.getsize(seg) - group_size(0)
+    first_group_end = len(_written(seg)) - group_size(0)
     n = next(n for n in range(600) if (first_group_end + group_size(n) - zeroed) % SECTOR == 0)
     for name in os.listdir(path):
         os.unlink(os.path.join(path, name))
     asyncio.run(write(n))
-    with open(seg, "rb") as f:
-        data = f.read()
+    data = _written(seg)
     assert (len(data) - zeroed) % SECTOR == 0
     return data
 
 
+@pytest.mark.parametrize("allocated", [0, 4096], ids=["file_ends", "allocated_zeros"])
 @pytest.mark.parametrize("zeroed", [1, 2, 3, 4, 5, 8, 11, 12, 13, 17, 21])
 def test_a_torn_write_zero_filled_from_a_sector_boundary_inside_the_marker_is_cut(
-        tmp_path, caplog, zeroed):
+        tmp_path, caplog, zeroed, allocated):
     """A power cut during the newest group's write left the file at its full
     size with the last sector unwritten: zeros from a 512-byte boundary that
     falls inside the group's commit marker. That group was never fsynced, so
     never reported flushed: recovery must cut it as a torn tail (and log it),
     not refuse to start. (Found by the zeros mode above: before the fix in
     FileLogStore._tail_marker a zeroed group length -- the marker's last
-    field -- left 3 of its 4 fields intact and was taken for damage.)"""
+    field -- left 3 of its 4 fields intact and was taken for damage.) The
+    same with the file's allocated zeros after the group."""
     data = _store_ending_at_sector_boundary(str(tmp_path), zeroed)
     seg = tmp_path / "seg-000000000001.log"
     torn = data[:-zeroed] + bytes(zeroed)
-    seg.write_bytes(torn)
+    seg.write_bytes(torn + bytes(allocated))
     with caplog.at_level(logging.WARNING, logger="raftcore.storage.file"):
         store = FileLogStore(tmp_path)
     try:
@@ -734,8 +823,10 @@ def test_a_torn_write_zero_filled_from_a_sector_boundary_inside_the_marker_is_cu
         asyncio.run(store.close())
 
 
+@pytest.mark.parametrize("allocated", [0, 4096], ids=["file_ends", "allocated_zeros"])
 @pytest.mark.parametrize("zeroed", [3, 11])
-def test_a_zeroed_marker_end_not_at_a_sector_boundary_is_still_damage(tmp_path, zeroed):
+def test_a_zeroed_marker_end_not_at_a_sector_boundary_is_still_damage(tmp_path, zeroed,
+                                                                      allocated):
     """The other side: zeros over the same fields of a flushed group's marker,
     but starting one byte after a sector boundary (after a non-zero byte),
     where no torn write starts: damage, and the store refuses to open
@@ -744,6 +835,6 @@ def test_a_zeroed_marker_end_not_at_a_sector_boundary_is_still_damage(tmp_path, 
     data = _store_ending_at_sector_boundary(str(tmp_path), zeroed + 1)
     damaged = data[:-zeroed] + bytes(zeroed)
     assert damaged != data and data[-zeroed - 1] != 0
-    (tmp_path / "seg-000000000001.log").write_bytes(damaged)
+    (tmp_path / "seg-000000000001.log").write_bytes(damaged + bytes(allocated))
     with pytest.raises(StorageError, match="commit marker is present"):
         FileLogStore(tmp_path)

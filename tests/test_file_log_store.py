@@ -25,7 +25,8 @@ from raftcore import Config, Node, Raft, ServerState
 from raftcore.errors import Fatal, ForwardToLeader, StorageError, Timeout
 from raftcore.network import LocalRouter
 from raftcore.storage import FileLogStore, MemStateMachine
-from raftcore.storage.file import R_ENTRIES, R_MARKER, R_PURGE, FileOps, frame
+from raftcore.storage.file import (PREALLOCATE, R_ENTRIES, R_HEADER, R_MARKER, R_PURGE,
+                                   FileOps, frame)
 from raftcore.types import ENTRY_NORMAL, Entry, LogId, Vote
 
 GUARD = 20.0
@@ -69,15 +70,22 @@ def segments(path) -> list:
 
 
 def records(path) -> list:
-    """(offset, size, type) of every record in a segment file (undamaged)."""
+    """(offset, size, type) of every record in a segment file (undamaged);
+    the zeros after the last one are allocated space."""
     data = open(path, "rb").read()
     out, pos = [], 0
-    while pos < len(data):
+    while pos < len(data) and data[pos:pos + 4] != b"\0\0\0\0":
         length, _ = struct.unpack_from("<II", data, pos)
         out.append((pos, 8 + length, data[pos + 8]))
         pos += 8 + length
-    assert pos == len(data)
+    assert pos <= len(data) and not data[pos:].strip(b"\0")
     return out
+
+
+def written(path) -> bytes:
+    """A segment's records, without the allocated zeros after them."""
+    off, size, _ = records(path)[-1]
+    return open(path, "rb").read()[:off + size]
 
 
 def open_and_close(path, **kw):
@@ -174,8 +182,72 @@ def test_format_version_is_checked(tmp_path):
     os.unlink(tmp_path / "FORMAT")
     with pytest.raises(StorageError, match="no FORMAT"):
         FileLogStore(tmp_path)
-    (tmp_path / "FORMAT").write_text("raftcore-filelog version 1\n")
+    (tmp_path / "FORMAT").write_text("raftcore-filelog version 2\n")
     open_and_close(tmp_path)
+
+
+def test_a_version_1_directory_is_read_and_upgraded(tmp_path):
+    """Version 1 wrote segments without allocated space after them; such a
+    directory opens with every entry, and its FORMAT says version 2 after."""
+    async def body():
+        e = await three_groups(tmp_path)
+        seg = tmp_path / segments(tmp_path)[0]
+        data = bytearray(written(seg))
+        off, size, rtype = records(seg)[0]
+        assert rtype == R_HEADER
+        header = msgpack.unpackb(data[off + 9:off + size])
+        assert header[0] == 2
+        old = frame(R_HEADER, msgpack.packb([1] + header[1:]))
+        assert len(old) == size
+        data[off:off + size] = old
+        seg.write_bytes(bytes(data))
+        (tmp_path / "FORMAT").write_text("raftcore-filelog version 1\n")
+        store = FileLogStore(tmp_path)
+        assert (tmp_path / "FORMAT").read_text() == "raftcore-filelog version 2\n"
+        assert keys(store.entries(1, 9)) == keys(e)
+        await append(store, ents(10, 2))
+        await store.close()
+        store = FileLogStore(tmp_path)
+        assert keys(store.entries(1, 11)) == keys(e + ents(10, 2))
+        await store.close()
+    run(body())
+
+
+def test_segments_are_allocated_ahead_and_groups_synced_without_metadata(tmp_path):
+    """A segment file is longer than its records (allocated zeros), so a
+    group is made durable with fdatasync; only a new segment gets fsync."""
+    async def body():
+        ops = RecordingOps()
+        store = FileLogStore(tmp_path, ops=ops)
+        ops.calls.clear()
+        for i in range(1, 10, 3):
+            await append(store, ents(i, 3))
+        await store.close()
+        seg = tmp_path / segments(tmp_path)[0]
+        assert os.path.getsize(seg) >= PREALLOCATE > len(written(seg))
+        # The first group (new segment): fsync of the file and its directory.
+        assert [c[0] for c in ops.calls] == ["write", "fsync", "fsync", "write", "sync_data",
+                                            "write", "sync_data"], ops.calls
+    run(body())
+
+
+def test_damage_in_the_allocated_space_is_a_torn_tail(tmp_path):
+    """Bytes that are not zero after the last group are what a write cut
+    short leaves: cut and logged, every flushed entry kept."""
+    async def body():
+        e = await three_groups(tmp_path)
+        seg = tmp_path / segments(tmp_path)[0]
+        end = len(written(seg))
+        size = os.path.getsize(seg)
+        for at in (end, end + 1, end + 4096, size - 1):
+            flip(seg, at)
+            store = FileLogStore(tmp_path)
+            assert keys(store.entries(1, 9)) == keys(e)
+            await store.close()
+            assert os.path.getsize(seg) == end
+            with open(seg, "r+b") as f:       # allocated again for the next round
+                f.truncate(size)
+    run(body())
 
 
 def test_open_off_the_event_loop(tmp_path):
@@ -208,10 +280,11 @@ def test_torn_tail_is_cut_and_logged(tmp_path, caplog, where):
         elif where == "mid_marker":
             os.truncate(seg, mark_off + mark_size - 5)
         elif where == "zero_filled":
-            # What a file system can leave: the size grew, the data never came.
+            # What a power cut can leave: the group's first bytes reached the
+            # disk, the rest of it still reads as the allocated zeros.
             with open(seg, "r+b") as f:
-                f.seek(ent_off)
-                f.write(b"\0" * (size - ent_off))
+                f.seek(ent_off + ent_size // 2)
+                f.write(b"\0" * (size - ent_off - ent_size // 2))
         else:
             # A roll whose first group never made it: the new segment is cut
             # to nothing and removed; the old one keeps everything.
@@ -253,7 +326,7 @@ def test_flipped_byte_in_a_committed_batch_names_file_and_offset(tmp_path):
     seg = tmp_path / segments(tmp_path)[0]
     pristine = seg.read_bytes()
     recs = records(seg)
-    for pos in range(len(pristine)):
+    for pos in range(len(written(seg))):
         seg.write_bytes(pristine)
         flip(seg, pos)
         damaged = seg.read_bytes()
@@ -279,7 +352,7 @@ def test_damage_in_an_older_segment_is_corruption(tmp_path):
         first = tmp_path / segs[0]
         # Cutting an older segment's tail is damage, not a torn write:
         # newer segments show it had been written completely.
-        data = first.read_bytes()
+        data = written(first)
         for size in (len(data) - 3, 0):
             first.write_bytes(data[:size])
             with pytest.raises(StorageError, match=re.escape(segs[0])):
@@ -339,13 +412,17 @@ class RecordingOps(FileOps):
     def __init__(self):
         self.calls = []
 
-    def write(self, fd, data):
+    def pwrite(self, fd, data, offset):
         self.calls.append(("write", fd, bytes(data)))
-        super().write(fd, data)
+        super().pwrite(fd, data, offset)
 
     def fsync(self, fd):
         self.calls.append(("fsync", fd))
         super().fsync(fd)
+
+    def sync_data(self, fd):
+        self.calls.append(("sync_data", fd))
+        super().sync_data(fd)
 
     def unlink(self, path):
         self.calls.append(("unlink", os.path.basename(path)))
@@ -362,7 +439,7 @@ def test_segments_roll_and_purge_deletes_whole_segments(tmp_path):
         assert len(segs) >= 5
         assert [int(s[4:16]) for s in segs] == list(range(1, len(segs) + 1))
         for s in segs[:-1]:
-            assert os.path.getsize(tmp_path / s) >= 200, "rolled before the segment was full"
+            assert len(written(tmp_path / s)) >= 200, "rolled before the segment was full"
         # Which entries each segment holds.
         ranges = {}
         for s in segs:
@@ -388,7 +465,7 @@ def test_segments_roll_and_purge_deletes_whole_segments(tmp_path):
         purge_rec = frame(R_PURGE, msgpack.packb([1, upto]))
         first_unlink = next(i for i, c in enumerate(ops.calls) if c[0] == "unlink")
         wrote = next(i for i, c in enumerate(ops.calls) if c[0] == "write" and purge_rec in c[2])
-        assert any(c[0] == "fsync" and c[1] == ops.calls[wrote][1]
+        assert any(c[0] in ("fsync", "sync_data") and c[1] == ops.calls[wrote][1]
                    for c in ops.calls[wrote:first_unlink]), ops.calls
         assert sorted(c[1] for c in ops.calls if c[0] == "unlink") == segs[:3]
         await store.close()
@@ -493,7 +570,7 @@ def test_group_commit_many_appends_one_fsync(tmp_path):
         assert order == [(i, None) for i in range(2, 103)]
         # Two groups: the held append, and the 101 made while it was in flight.
         assert ex.calls == ["_write_group"] * 2, ex.calls
-        assert [c[0] for c in ops.calls] == ["write", "fsync"] * 2, \
+        assert [c[0] for c in ops.calls] == ["write", "sync_data"] * 2, \
             [c[:2] for c in ops.calls]
         await store.close()
     run(body())
@@ -542,20 +619,27 @@ class GatedOps(RecordingOps):
         self.gate.set()
         self.held = threading.Event()
 
-    def write(self, fd, data):
+    def pwrite(self, fd, data, offset):
         self.threads.add(threading.current_thread().name)
-        super().write(fd, data)
+        super().pwrite(fd, data, offset)
 
     def write_file(self, path, data):
         self.threads.add(threading.current_thread().name)
         super().write_file(path, data)
 
     def fsync(self, fd):
+        self._hold()
+        super().fsync(fd)
+
+    def sync_data(self, fd):
+        self._hold()
+        super().sync_data(fd)
+
+    def _hold(self):
         self.threads.add(threading.current_thread().name)
         if not self.gate.is_set():
             self.held.set()
             assert self.gate.wait(GUARD), "the test never released the fsync"
-        super().fsync(fd)
 
 
 def test_the_flush_thread_fsyncs_a_group_while_the_next_one_gathers(tmp_path):
@@ -580,7 +664,7 @@ def test_the_flush_thread_fsyncs_a_group_while_the_next_one_gathers(tmp_path):
         await append(store, ents(103, 1))
         assert order == [(i, None) for i in range(2, 103)] + [("empty", None)]
         # Two groups: the held append, and all that came while it was in flight.
-        assert [c[0] for c in ops.calls] == ["write", "fsync"] * 2, [c[:2] for c in ops.calls]
+        assert [c[0] for c in ops.calls] == ["write", "sync_data"] * 2, [c[:2] for c in ops.calls]
         # Log writes and the vote save ran on the store's own thread, nowhere else.
         assert ops.threads == {f"raftcore-flush {store.path}"}, ops.threads
         await store.close()
@@ -644,16 +728,21 @@ class FailingOps(FileOps):
         self.fail_write = None
         self.fail_fsync = None
 
-    def write(self, fd, data):
+    def pwrite(self, fd, data, offset):
         if self.fail_write is not None:
-            super().write(fd, data[:len(data) // 2])
+            super().pwrite(fd, data[:len(data) // 2], offset)
             raise self.fail_write
-        super().write(fd, data)
+        super().pwrite(fd, data, offset)
 
     def fsync(self, fd):
         if self.fail_fsync is not None:
             raise self.fail_fsync
         super().fsync(fd)
+
+    def sync_data(self, fd):
+        if self.fail_fsync is not None:
+            raise self.fail_fsync
+        super().sync_data(fd)
 
 
 @pytest.mark.parametrize("mode", ["thread", "executor"])

@@ -469,13 +469,14 @@ def observe(store: FileLogStore) -> tuple:
 
 
 def walk(data: bytes) -> list:
-    """(offset, end, type) of every record of an undamaged segment."""
+    """(offset, end, type) of every record of an undamaged segment (the
+    zeros after them are allocated space)."""
     out, pos = [], 0
-    while pos < len(data):
+    while pos < len(data) and data[pos:pos + 4] != bytes(4):
         length = struct.unpack_from("<I", data, pos)[0]
         out.append((pos, pos + 8 + length, data[pos + 8]))
         pos += 8 + length
-    assert pos == len(data)
+    assert pos <= len(data) and not data[pos:].strip(b"\0")
     return out
 
 

@@ -7,6 +7,14 @@ Directory layout::
     vote                    the vote, replaced atomically (vote.tmp, fsync, rename, fsync dir)
     seg-000000000001.log    log segments, numbered consecutively; the last one is written
 
+Segment files are allocated ahead of their data (posix_fallocate, in steps of
+PREALLOCATE bytes), so a file is usually longer than what it holds: the rest
+reads as zeros. Writing a group then changes no file size, and fdatasync
+makes it durable without a metadata update: measured on an ext4 VM disk with
+three nodes syncing at once, 200-260 us per group against 275-350 us for
+append + fsync. A new segment's first group is made durable with fsync and a
+directory fsync.
+
 Records. Every record is framed as::
 
     u32 length   (of type + payload), little endian
@@ -25,7 +33,7 @@ in-memory buffer (entries are readable at once from an in-memory index of
 every entry since the last purge). One loop iteration later (so that the
 appends of one iteration go together) the whole buffer is taken as one
 *group*, ended with a MARKER record and handed to the store's flush thread,
-which writes it with os.write, makes it durable with one fsync and wakes the
+which writes it at its offset, makes it durable with one fdatasync and wakes the
 event loop once (call_soon_threadsafe); there every on_flushed of the group is
 called, in append order. One group is in flight at a time: appends that arrive
 while an fsync is in flight form the next group, taken as soon as that fsync
@@ -36,12 +44,15 @@ segments are deleted only after the group holding the purge record is durable
 (and only whole segments: nothing is rewritten).
 
 Recovery. On open every segment is read and each group is replayed only once
-its marker has been read. What follows the last marker of the last segment is
-classified:
+its marker has been read. Zeros after the last marker of a segment are
+allocated space, not yet written. Anything else that follows the last marker
+of the last segment is classified:
 
 - a torn tail (the batch was never completely written, so never reported
-  flushed): the file ends inside it, or it is zero-filled. It is cut off and a
-  WARNING is logged.
+  flushed): the file ends inside it, or it reads as zeros from a sector
+  boundary on (a write into allocated space reaches the disk in whole
+  512-byte sectors). It is cut off (the file truncated) and a WARNING is
+  logged.
 - corruption: a damaged record in a group whose marker is present (a valid
   marker of this or a later group follows it, or the group's own marker sits
   at the end of the file with only its checksum or one field damaged). The
@@ -81,10 +92,15 @@ __all__ = ["FileLogStore", "FileOps", "FORMAT_VERSION"]
 log = logging.getLogger("raftcore.storage.file")
 
 #: On-disk format version, in FORMAT, in every segment header and in the vote file.
-FORMAT_VERSION = 1
+#: Version 2 segments may end in allocated zeros, which version 1 readers take
+#: for damage; version 1 directories are read, and upgraded on open.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FORMAT_NAME = "raftcore-filelog"
 
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
+#: Segment files grow by this much at a time (at most to segment_size).
+PREALLOCATE = 4 * 1024 * 1024
 
 R_HEADER = 1
 R_ENTRIES = 2
@@ -152,6 +168,12 @@ def read_frame(data: Any, pos: int) -> Optional[tuple[int, memoryview, int]]:
     return rtype, payload, nxt
 
 
+def _zeros_from(data: memoryview, pos: int) -> bool:
+    """Whether data holds only zero bytes from pos on (True at the end)."""
+    n = len(data) - pos
+    return n <= 0 or data[pos:].tobytes() == bytes(n)
+
+
 def _unpack(payload: Any) -> Any:
     return msgpack.unpackb(payload, raw=False, strict_map_key=False)
 
@@ -203,8 +225,10 @@ class FileOps:
             raise
         return fd
 
-    def open_append(self, path: str, create: bool) -> int:
-        flags = os.O_WRONLY | os.O_APPEND
+    def open_segment(self, path: str, create: bool) -> int:
+        """Opens a segment for positioned writes (pwrite); `create`: a new
+        file, which must not exist."""
+        flags = os.O_WRONLY
         if create:
             flags |= os.O_CREAT | os.O_EXCL
         return os.open(path, flags, 0o644)
@@ -215,8 +239,24 @@ class FileOps:
             n = os.write(fd, view)
             view = view[n:]
 
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        """Makes the file at least offset + length bytes long, the new part
+        zeros, with its blocks allocated where the file system can."""
+        os.posix_fallocate(fd, offset, length)
+
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def sync_data(self, fd: int) -> None:
+        """fdatasync: the data and what is needed to read it back (the size)."""
+        os.fdatasync(fd)
 
     def close(self, fd: int) -> None:
         os.close(fd)
@@ -300,12 +340,13 @@ class _Index:
 
 
 class _Segment:
-    __slots__ = ("seq", "path", "size", "max_index", "groups")
+    __slots__ = ("seq", "path", "size", "allocated", "max_index", "groups")
 
-    def __init__(self, seq: int, path: str, size: int = 0) -> None:
+    def __init__(self, seq: int, path: str, size: int = 0, allocated: int = 0) -> None:
         self.seq = seq
         self.path = path
-        self.size = size
+        self.size = size        # bytes of groups taken (event loop thread)
+        self.allocated = allocated  # file length (flush thread, once open)
         self.max_index = 0      # highest entry index ever written in it
         self.groups = 0         # groups (commit markers) in it
 
@@ -316,12 +357,14 @@ class _Segment:
 class _Group:
     """Records taken from the buffer to be written and fsynced together."""
 
-    __slots__ = ("data", "callbacks", "roll", "delete")
+    __slots__ = ("data", "callbacks", "segment", "offset", "roll", "delete")
 
     def __init__(self) -> None:
         self.data = b""
         self.callbacks: list = []
-        self.roll: Optional[_Segment] = None
+        self.segment: Optional[_Segment] = None     # where the data goes, at offset
+        self.offset = 0
+        self.roll = False                           # segment is new: create it
         self.delete: list = []
 
 
@@ -492,7 +535,7 @@ class FileLogStore(LogStore):
         ix = self._index
         self._taken = (ix.next_index, ix.purged, self._committed)
         if self._segments:
-            self._fd = ops.open_append(self._segments[-1].path, create=False)
+            self._fd = ops.open_segment(self._segments[-1].path, create=False)
         doomed = self._deletable(ix.purged_index)
         if doomed:
             for seg in doomed:
@@ -509,12 +552,16 @@ class FileLogStore(LogStore):
             words = text.split()
             if len(words) != 3 or words[0] != FORMAT_NAME or words[1] != "version":
                 raise StorageError(f"{path} is not a FileLogStore format file: {text[:80]!r}")
-            if words[2] != str(FORMAT_VERSION):
+            if words[2] not in map(str, READABLE_VERSIONS):
                 raise StorageError(
-                    f"{path}: format version {words[2]}, this raftcore reads version "
-                    f"{FORMAT_VERSION}; use the raftcore version that wrote it")
-            return
-        if has_segments or VOTE_FILE in names:
+                    f"{path}: format version {words[2]}, this raftcore reads versions "
+                    f"{', '.join(map(str, READABLE_VERSIONS))}; use the raftcore version that "
+                    "wrote it")
+            if words[2] == str(FORMAT_VERSION):
+                return
+            # An older version: what this store writes from now on (segments
+            # ending in allocated zeros) needs this version to be read.
+        elif has_segments or VOTE_FILE in names:
             raise StorageError(
                 f"{self.path} holds log or vote files but no {FORMAT_FILE} file: it was not "
                 "written by FileLogStore, or the file was lost; refusing to guess its format")
@@ -539,9 +586,9 @@ class FileLogStore(LogStore):
                                "offset 0); the node's vote is unknown, refusing to open")
         try:
             version, v = _unpack(rec[1])
-            if version != FORMAT_VERSION:
-                raise StorageError(f"{path}: vote format version {version}, expected "
-                                   f"{FORMAT_VERSION}")
+            if version not in READABLE_VERSIONS:
+                raise StorageError(f"{path}: vote format version {version}, expected one of "
+                                   f"{READABLE_VERSIONS}")
             self._vote = decode_vote(v)
         except StorageError:
             raise
@@ -564,8 +611,12 @@ class FileLogStore(LogStore):
             last = k == len(segs) - 1
             data = memoryview(self._ops.read_file(path))
             groups, good_end = self._parse_segment(path, data, last)
-            if good_end < len(data):
+            allocated = len(data)
+            if not _zeros_from(data, good_end):
+                # A torn tail (logged by _parse_segment): cut, so that no
+                # part of it is read after a later group's marker.
                 self._ops.truncate(path, good_end)
+                allocated = good_end
             if not groups:
                 if not last:
                     raise StorageError(
@@ -576,7 +627,7 @@ class FileLogStore(LogStore):
                 self._ops.unlink(path)
                 self._ops.fsync(self._dir_fd)
                 continue
-            seg = _Segment(seq, path, good_end)
+            seg = _Segment(seq, path, good_end, allocated)
             seg.groups = len(groups)
             for gi, group in enumerate(groups):
                 for ri, (rtype, payload, off) in enumerate(group):
@@ -625,8 +676,9 @@ class FileLogStore(LogStore):
     def _replay_header(self, ix: Optional[_Index], committed: Optional[LogId], seq: int,
                        h: Any) -> tuple:
         version, hseq, start, purged, hcommitted = h
-        if version != FORMAT_VERSION:
-            raise StorageError(f"segment format version {version}, expected {FORMAT_VERSION}")
+        if version not in READABLE_VERSIONS:
+            raise StorageError(f"segment format version {version}, expected one of "
+                               f"{READABLE_VERSIONS}")
         if hseq != seq:
             raise StorageError(f"the header says segment {hseq}, the file name says {seq}")
         purged = decode_log_id(purged)
@@ -668,8 +720,8 @@ class FileLogStore(LogStore):
             else:
                 pending.append((rtype, payload, pos))
             pos = nxt
-        if pos == end and not pending:
-            return groups, end
+        if not pending and _zeros_from(data, pos):
+            return groups, pos      # the rest is allocated space (or nothing)
         # Something follows the last complete group: torn tail or corruption.
         bad = pos if pos < end else group_start
         committed_at = self._find_marker(data, pos + 1, gseq) if pos < end else None
@@ -709,35 +761,47 @@ class FileLogStore(LogStore):
 
     @staticmethod
     def _tail_marker(data: memoryview, group_start: int, gseq: int) -> Optional[int]:
-        """Offset of the group's own commit marker at the very end of the
-        file if it is there with at most one of its fields damaged (a torn
+        """Offset of the group's own commit marker where the written data
+        ends if it is there with at most one of its fields damaged (a torn
         write leaves the file short or zero-filled from a sector boundary,
-        never a marker with the right group number and length); else None."""
-        at = len(data) - MARKER_FRAME_SIZE
-        if at <= group_start:
-            return None
+        never a marker with the right group number and length); else None.
+
+        The written data ends where the final run of zeros starts (the rest
+        of the file is allocated space), or up to a marker's length later:
+        an intact marker may end in zero bytes."""
+        raw = bytes(data[group_start:])
+        zeros = group_start + len(raw.rstrip(b"\0"))   # file offset where the zeros start
+        first = max(group_start + 1, zeros - MARKER_FRAME_SIZE)
+        last = min(zeros, len(data) - MARKER_FRAME_SIZE)
+        for at in range(first, last + 1):
+            if FileLogStore._damaged_marker_at(data, at, group_start, gseq, zeros):
+                return at
+        return None
+
+    @staticmethod
+    def _damaged_marker_at(data: memoryview, at: int, group_start: int, gseq: int,
+                           zeros: int) -> bool:
         # Fix (found by tests/test_crash_powercut.py, "zeros" mode): a power
-        # cut during this group's write can leave the file at its full size
-        # with its last sector unwritten, reading as zeros from a sector
-        # boundary on. When that boundary falls in the marker's last bytes
-        # (group length, high bytes of the group number), three fields stayed
-        # intact and the batch -- never fsynced, never reported flushed -- was
-        # taken for damaged flushed data: the store refused to start after a
-        # plain power cut. If every byte that differs from the marker this
-        # group would end with lies in a run of zeros that starts at a sector
-        # boundary and reaches the end of the file, it is that torn write.
-        tail = bytes(data[at:])
+        # cut during this group's write can leave its last sector unwritten,
+        # reading as zeros from a sector boundary on. When that boundary falls
+        # in the marker's last bytes (group length, high bytes of the group
+        # number), three fields stayed intact and the batch -- never fsynced,
+        # never reported flushed -- was taken for damaged flushed data: the
+        # store refused to start after a plain power cut. If every byte that
+        # differs from the marker this group would end with lies in the final
+        # run of zeros and that run starts at a sector boundary, it is that
+        # torn write.
+        tail = bytes(data[at:at + MARKER_FRAME_SIZE])
         expected = frame(R_MARKER, _MARKER.pack(gseq, (at - group_start) & 0xFFFFFFFF))
         diff = next((i for i in range(MARKER_FRAME_SIZE) if tail[i] != expected[i]), None)
-        zeros = at + len(tail.rstrip(b"\0"))            # file offset where the zeros start
         if diff is not None and -(-zeros // _SECTOR) * _SECTOR <= at + diff:
-            return None
+            return False
         length, _crc = _HEAD.unpack_from(data, at)
         rtype = data[at + HEAD_SIZE]
         seq, glen = _MARKER.unpack_from(data, at + HEAD_SIZE + 1)
         score = (length == MARKER_LEN) + (rtype == R_MARKER) + (seq == gseq) + \
             (glen == at - group_start)
-        return at if score >= 3 else None
+        return score >= 3
 
     def _deletable(self, purged_index: int) -> list:
         """The oldest segments (never the last one) holding only purged entries."""
@@ -898,7 +962,7 @@ class FileLogStore(LogStore):
                 self._notify(group.callbacks, None)
                 continue
             self._in_flight = group
-            args = (self._fd, group.data, group.roll and group.roll.path,
+            args = (self._fd, group.data, group.segment, group.offset, group.roll,
                     [s.path for s in group.delete])
             loop = asyncio.get_running_loop()
             if self._own_thread:
@@ -973,7 +1037,9 @@ class FileLogStore(LogStore):
                 [FORMAT_VERSION, seq, start, encode_log_id(purged),
                  encode_log_id(committed)])))
             self._segments.append(active)
-            group.roll = active
+            group.roll = True
+        group.segment = active
+        group.offset = active.size
         active.groups += 1
         parts.extend(records)
         glen = sum(map(len, parts))
@@ -988,14 +1054,17 @@ class FileLogStore(LogStore):
         group.delete = self._deletable(ix.purged_index)
         return group
 
-    def _write_group(self, fd: Optional[int], data: bytes, new_path: Optional[str],
-                     delete: list) -> int:
-        """Runs in the executor: writes a group, fsyncs it, rolls and deletes segments."""
+    def _write_group(self, fd: Optional[int], data: bytes, seg: _Segment, offset: int,
+                     roll: bool, delete: list) -> int:
+        """Runs on the flush thread (or in the executor): writes a group at
+        `offset` of segment `seg` (a new file if `roll`), makes it durable,
+        deletes segments; returns the fd of the segment written."""
         ops = self._ops
-        if new_path:
-            new_fd = ops.open_append(new_path, create=True)
+        if roll:
+            new_fd = ops.open_segment(seg.path, create=True)
             try:
-                ops.write(new_fd, data)
+                self._allocate(new_fd, seg, offset + len(data))
+                ops.pwrite(new_fd, data, offset)
                 ops.fsync(new_fd)
                 ops.fsync(self._dir_fd)
             except BaseException:
@@ -1005,13 +1074,24 @@ class FileLogStore(LogStore):
                 ops.close(fd)
             fd = new_fd
         else:
-            ops.write(fd, data)
-            ops.fsync(fd)
+            self._allocate(fd, seg, offset + len(data))
+            ops.pwrite(fd, data, offset)
+            ops.sync_data(fd)
         if delete:
             # The purge that allows this is durable now (this group or earlier).
             for path in delete:
                 self._unlink_durably(path)
         return fd
+
+    def _allocate(self, fd: int, seg: _Segment, end: int) -> None:
+        """Grows the segment file ahead of its data (flush thread): at least
+        to `end`, by PREALLOCATE at a time, to no more than segment_size
+        unless `end` is past it."""
+        if end <= seg.allocated:
+            return
+        target = max(end, min(end + PREALLOCATE, self.segment_size))
+        self._ops.allocate(fd, seg.allocated, target - seg.allocated)
+        seg.allocated = target
 
     def _unlink_durably(self, path: str) -> None:
         # One directory fsync per deleted segment, oldest first: on a file
