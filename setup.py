@@ -8,9 +8,10 @@ How the two source folders become one installed package:
 raftcore/ has an empty __init__.pxd (so `cimport raftcore.X` resolves) and no
 __init__.py (so it is never importable itself: tests always import the
 installed, compiled package). No module name may exist in both folders.
-- python/X.pyx is runtime code compiled because profiling says so
-  (python/core.pyx: the runtime's per-write path); it becomes `raftcore.X`
-  too. It may use asyncio, logging and the clock; raftcore/ may not: the
+- python/X.pyx (or python/sub/X.pyx) is runtime code compiled because
+  profiling says so (python/core.pyx: the runtime's per-write path;
+  python/storage/sync_worker.pyx: FileLogStore's GIL-free flush thread); it
+  becomes `raftcore.X` (`raftcore.sub.X`) too. It may use asyncio, logging and the clock; raftcore/ may not: the
   engine and everything beside it there stays free of I/O, time and
   randomness.
 
@@ -28,12 +29,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def extensions():
     exts = []
-    sources = glob.glob(os.path.join("raftcore", "*.pyx")) + glob.glob(os.path.join("python", "*.pyx"))
+    sources = glob.glob(os.path.join("raftcore", "*.pyx")) + \
+        glob.glob(os.path.join("python", "**", "*.pyx"), recursive=True)
     for pyx in sorted(sources):
-        name = os.path.splitext(os.path.basename(pyx))[0]
+        parts = os.path.splitext(pyx)[0].split(os.sep)[1:]
         exts.append(
             Extension(
-                f"raftcore.{name}",
+                "raftcore." + ".".join(parts),
                 [pyx],
                 extra_compile_args=["-O2"],
             )
@@ -60,7 +62,7 @@ setup(
         "raftcore.testing",
     ],
     package_dir={"raftcore": "python"},
-    package_data={"raftcore": ["py.typed", "*.pyi"]},
+    package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"]},
     ext_modules=extensions(),
     zip_safe=False,
 )

@@ -34,8 +34,13 @@ every entry since the last purge). One loop iteration later (so that the
 appends of one iteration go together) the whole buffer is taken as one
 *group*, ended with a MARKER record and handed to the store's flush thread,
 which writes it at its offset, makes it durable with one fdatasync and wakes the
-event loop once (call_soon_threadsafe); there every on_flushed of the group is
-called, in append order. One group is in flight at a time: appends that arrive
+event loop once; there every on_flushed of the group is called, in append
+order. A group that needs nothing else (no new segment, no more allocated
+space, no segment to delete: nearly all of them) goes to a compiled thread
+that never takes the GIL (sync_worker.SyncWorker, signalling completion on
+an eventfd the loop watches); the others, and vote saves, to a Python thread
+(_FlushThread, completion by call_soon_threadsafe). Both are started by the
+first write that needs them and stopped by close(). One group is in flight at a time: appends that arrive
 while an fsync is in flight form the next group, taken as soon as that fsync
 completes. (With an `executor` given, the group goes to the executor instead
 and the store starts no thread.) A truncation or purge is a record in that
@@ -76,6 +81,7 @@ import queue
 import re
 import struct
 import threading
+import weakref
 import zlib
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
@@ -85,6 +91,7 @@ from raftcore.codec import (decode_entries, decode_log_id, decode_vote, encode_e
                             encode_log_id, encode_vote)
 from raftcore.errors import StorageError
 from raftcore.storage.base import FlushCallback, LogState, LogStore
+from raftcore.storage.sync_worker import SyncWorker
 from raftcore.types import Entry, LogId, Vote
 
 __all__ = ["FileLogStore", "FileOps", "FORMAT_VERSION"]
@@ -184,7 +191,9 @@ class FileOps:
     """The file system calls FileLogStore makes, in one place.
 
     A test can pass a subclass (FileLogStore(..., ops=...)) to inject failures
-    (ENOSPC, EIO) or to model a power cut that keeps only fsynced bytes.
+    (ENOSPC, EIO) or to model a power cut that keeps only fsynced bytes; a
+    store given one makes every call through it (with plain FileOps, most
+    groups are written and synced by compiled code instead: SyncWorker).
     Methods run on the event loop thread during open and close, and in
     between on the store's flush thread, one call at a time. With an
     executor given they run through it instead; a thread pool may then run
@@ -435,6 +444,69 @@ class _FlushThread:
             loop = done = result = exc = None
 
 
+class _GroupSyncer:
+    """A SyncWorker on a thread of its own, reporting to an event loop: a
+    finished job calls store._group_written(fd, error) there. Holds the
+    store only weakly, so a store dropped without close() can be collected
+    (and stop it)."""
+
+    def __init__(self, store: "FileLogStore", loop: asyncio.AbstractEventLoop) -> None:
+        if hasattr(os, "eventfd"):
+            self._read_fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:
+            self._read_fd, self._write_fd = os.pipe()
+            os.set_blocking(self._read_fd, False)
+        self._store = weakref.ref(store)
+        self._loop = loop
+        self._fd = -1
+        self._pinned: Optional["FileLogStore"] = None
+        self._worker = SyncWorker(self._write_fd)
+        self.thread = threading.Thread(target=self._worker.run, name=f"raftcore-sync {store.path}",
+                                       daemon=True)
+        self.thread.start()
+        loop.add_reader(self._read_fd, self._completed)
+
+    def submit(self, fd: int, data: bytes, offset: int) -> None:
+        self._fd = fd
+        # While the thread writes to fd, the store (which closes fd when it
+        # is collected) must stay.
+        self._pinned = self._store()
+        self._worker.submit(fd, data, offset)
+
+    def _completed(self) -> None:
+        try:
+            os.read(self._read_fd, 8)
+        except BlockingIOError:
+            return
+        error = self._worker.result()
+        store, self._pinned = self._pinned, None
+        if store is not None:
+            store._group_written(self._fd, error)
+
+    def stop(self, join: bool) -> None:
+        """Ends the thread once its job in hand is done (event loop thread,
+        or any thread from a store's __del__ with join False)."""
+        self._worker.stop()
+        if join:
+            self.thread.join()
+        try:
+            if join:
+                self._loop.remove_reader(self._read_fd)
+                self._close_fds()
+            else:
+                self._loop.call_soon_threadsafe(self._remove_and_close)
+        except RuntimeError:        # the loop is closed: nothing watches the fd
+            self._close_fds()
+
+    def _remove_and_close(self) -> None:
+        self._loop.remove_reader(self._read_fd)
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in {self._read_fd, self._write_fd}:
+            os.close(fd)
+
+
 class FileLogStore(LogStore):
     """A durable Raft log and vote in directory `path` (created if missing).
 
@@ -466,6 +538,9 @@ class FileLogStore(LogStore):
         self.segment_size = segment_size
         self._executor = executor or _default_executor
         self._own_thread = executor is None      # log writes on a _FlushThread
+        # Plain groups on the GIL-free SyncWorker: with the real file system
+        # only (a test's ops see every call).
+        self._fast_sync = self._own_thread and type(ops or FileOps()) is FileOps
         self._ops = ops or FileOps()
         self._closed = False
         self._failed: Optional[StorageError] = None
@@ -486,6 +561,7 @@ class FileLogStore(LogStore):
         self._in_flight: Optional[_Group] = None      # the group being written
         self._start_scheduled = False            # a _start_group is call_soon'd
         self._thread: Optional[_FlushThread] = None
+        self._syncer: Optional[_GroupSyncer] = None
         self._flush_task: Optional[asyncio.Task] = None   # with an executor: the write's task
         self._idle_waiters: list = []            # close() waiting for the writes to end
         self._vote_lock = asyncio.Lock()
@@ -965,7 +1041,13 @@ class FileLogStore(LogStore):
             args = (self._fd, group.data, group.segment, group.offset, group.roll,
                     [s.path for s in group.delete])
             loop = asyncio.get_running_loop()
-            if self._own_thread:
+            seg = group.segment
+            if self._fast_sync and not group.roll and not group.delete and \
+                    group.offset + len(group.data) <= seg.allocated:
+                if self._syncer is None:
+                    self._syncer = _GroupSyncer(self, loop)
+                self._syncer.submit(self._fd, group.data, group.offset)
+            elif self._own_thread:
                 self._flush_thread().submit(loop, self._write_group, args, self._group_written)
             else:
                 self._flush_task = loop.create_task(self._write_in_executor(args))
@@ -1146,6 +1228,9 @@ class FileLogStore(LogStore):
         if thread is not None:
             thread.stop()
             thread.join()       # idle: it ends at once
+        syncer, self._syncer = self._syncer, None
+        if syncer is not None:
+            syncer.stop(join=True)
 
     def _release(self) -> None:
         for attr in ("_fd", "_dir_fd", "_lock_fd"):
@@ -1165,6 +1250,9 @@ class FileLogStore(LogStore):
             thread = getattr(self, "_thread", None)
             if thread is not None:
                 thread.stop()       # no join: this may run on that thread
+            syncer = getattr(self, "_syncer", None)
+            if syncer is not None:
+                syncer.stop(join=False)
             self._release()
 
     def _check_open(self) -> None:
