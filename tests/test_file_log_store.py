@@ -603,6 +603,11 @@ def flush_threads(path) -> list:
     return [t for t in threading.enumerate() if t.name == f"raftcore-flush {path}"]
 
 
+def sync_threads(path) -> list:
+    """The compiled thread (SyncWorker) that writes and syncs plain groups."""
+    return [t for t in threading.enumerate() if t.name == f"raftcore-sync {path}"]
+
+
 async def blocking(fn, *args):
     """Waits for a blocking call (a threading.Event's wait) off the loop."""
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -689,17 +694,76 @@ def test_an_empty_append_is_reported_after_the_group_in_flight(tmp_path):
     run(body())
 
 
-def test_close_ends_the_flush_thread_and_a_store_with_an_executor_starts_none(tmp_path):
+def test_close_ends_the_flush_threads_and_a_store_with_an_executor_starts_none(tmp_path):
+    async def body():
+        store = FileLogStore(tmp_path)
+        await append(store, ents(1, 3))         # a new segment: the Python thread
+        assert sync_threads(store.path) == []
+        await append(store, ents(4, 3))         # a plain group: the compiled one
+        [thread] = flush_threads(store.path)
+        [syncer] = sync_threads(store.path)
+        await store.close()
+        assert not thread.is_alive() and not syncer.is_alive()
+        store = FileLogStore(tmp_path, executor=inline_executor)
+        await append(store, ents(7, 3))
+        await store.save_vote(Vote(1, 1))
+        assert flush_threads(store.path) == [] and sync_threads(store.path) == []
+        await store.close()
+        store = FileLogStore(tmp_path)
+        assert keys(store.entries(1, 9)) == keys(ents(1, 9))
+        await store.close()
+    run(body())
+
+
+def test_plain_groups_are_written_by_the_compiled_thread_with_the_same_bytes(tmp_path):
+    """The compiled path (pwrite + fdatasync in SyncWorker) writes exactly
+    what the Python path does: a store with a recording FileOps (every group
+    through Python) and a plain one end up with identical segments."""
+    async def body():
+        for sub, ops in (("py", RecordingOps()), ("c", None)):
+            store = FileLogStore(tmp_path / sub, segment_size=300, ops=ops)
+            for i in range(1, 40, 3):
+                await append(store, ents(i, 3))
+            store.truncate_after(30)
+            store.purge(LogId(1, 10))
+            await append(store, ents(31, 2, term=2))
+            if ops is None:
+                assert sync_threads(store.path), "no group went to the compiled thread"
+            await store.close()
+        assert segments(tmp_path / "py") == segments(tmp_path / "c")
+        for name in segments(tmp_path / "c"):
+            assert written(tmp_path / "py" / name) == written(tmp_path / "c" / name), name
+        store = FileLogStore(tmp_path / "c", segment_size=300)
+        assert keys(store.entries(11, 32)) == keys(ents(11, 20) + ents(31, 2, term=2))
+        await store.close()
+    run(body())
+
+
+def test_a_failed_write_on_the_compiled_thread_fails_the_store(tmp_path, caplog):
+    """pwrite failing in SyncWorker (here: the segment's descriptor made
+    read-only behind the store's back) fails the group with a StorageError
+    naming the OS error, and the store takes no more writes."""
     async def body():
         store = FileLogStore(tmp_path)
         await append(store, ents(1, 3))
-        [thread] = flush_threads(store.path)
+        await append(store, ents(4, 1))
+        assert sync_threads(store.path)
+        seg = tmp_path / segments(tmp_path)[0]
+        ro = os.open(seg, os.O_RDONLY)
+        os.dup2(ro, store._fd)
+        os.close(ro)
+        got = []
+        done = asyncio.get_running_loop().create_future()
+        store.append(ents(5, 1), lambda err: (got.append(err), done.set_result(None)))
+        with caplog.at_level(logging.ERROR, logger="raftcore.storage.file"):
+            await asyncio.wait_for(done, GUARD)
+        assert isinstance(got[0], StorageError) and os.strerror(errno.EBADF) in str(got[0])
+        late = []
+        store.append(ents(6, 1), late.append)
+        assert len(late) == 1 and isinstance(late[0], StorageError)
         await store.close()
-        assert not thread.is_alive()
-        store = FileLogStore(tmp_path, executor=inline_executor)
-        await append(store, ents(4, 3))
-        await store.save_vote(Vote(1, 1))
-        assert flush_threads(store.path) == []
+        store = FileLogStore(tmp_path)
+        assert keys(store.entries(1, 4)) == keys(ents(1, 4))
         await store.close()
     run(body())
 
@@ -708,13 +772,16 @@ def test_a_store_dropped_without_close_ends_its_flush_thread(tmp_path):
     async def body():
         store = FileLogStore(tmp_path)
         await append(store, ents(1, 3))
+        await append(store, ents(4, 1))
         [thread] = flush_threads(store.path)
+        [syncer] = sync_threads(store.path)
         del store
         gc.collect()
         await blocking(thread.join, GUARD)
-        assert not thread.is_alive()
+        await blocking(syncer.join, GUARD)
+        assert not thread.is_alive() and not syncer.is_alive()
         store = FileLogStore(tmp_path)      # and the directory lock was released
-        assert keys(store.entries(1, 3)) == keys(ents(1, 3))
+        assert keys(store.entries(1, 4)) == keys(ents(1, 4))
         await store.close()
     run(body())
 
