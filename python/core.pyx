@@ -172,6 +172,33 @@ cdef class _AppendAnswer:
 
 
 @cython.freelist(16)
+cdef class FlushedReply:
+    """Stands in for the future of an AppendEntries answer that waits for
+    the log flush, for a transport that passed `reply` to
+    try_append_entries_now: the answer goes to reply(response, None) or
+    reply(None, error), once, synchronously, from the flush's completion
+    (a future's done callbacks would run one loop iteration later)."""
+    cdef object reply
+    cdef bint answered
+
+    def __init__(self, reply) -> None:
+        self.reply = reply
+
+    def done(self) -> bool:
+        return self.answered
+
+    def set_result(self, value) -> None:
+        if not self.answered:
+            self.answered = True
+            self.reply(value, None)
+
+    def set_exception(self, exc) -> None:
+        if not self.answered:
+            self.answered = True
+            self.reply(None, exc)
+
+
+@cython.freelist(16)
 cdef class _FlushDone:
     """The on_flushed callback of one append: reports (term, index) durable."""
     cdef RaftCore core
@@ -684,13 +711,15 @@ cdef class RaftCore:
             return await self._answer_when_flushed(resp)
         return resp
 
-    cpdef try_append_entries_now(self, AppendEntriesRequest req):
+    cpdef try_append_entries_now(self, AppendEntriesRequest req, reply=None):
         """The synchronous fast path of handle_append_entries, for a caller in
         this process: returns the response, a future of it (the log is not
         flushed yet: a transport replies from the future's done callback,
-        with no task), or None when the node cannot answer without
-        awaiting (busy, or the request changes its vote); None means nothing
-        was done and the caller should use handle_append_entries."""
+        with no task) or, if `reply` is given, a FlushedReply that calls
+        reply(response, error) once the log is flushed; or None when the
+        node cannot answer without awaiting (busy, or the request changes
+        its vote); None means nothing was done and the caller should use
+        handle_append_entries."""
         cdef Engine e = self.engine
         cdef AppendEntriesResponse resp
         if req is None:
@@ -704,6 +733,10 @@ cdef class RaftCore:
         if self.stopped:
             self.check_running()    # the commands failed (storage): raise, answer nothing
         if resp.success and e.flushed < resp.matched:
+            if reply is not None:
+                waiter = FlushedReply(reply)
+                self._flush_waiters.append((resp.matched, waiter, resp))
+                return waiter
             return self._answer_when_flushed(resp)
         return resp
 

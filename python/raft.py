@@ -257,11 +257,14 @@ class Raft:
         """Handles an AppendEntries request from the leader (called by a transport)."""
         return await self._core.handle_append_entries(req)
 
-    def append_entries_nowait(self, req):
+    def append_entries_nowait(self, req, reply=None):
         """In-process fast path of append_entries for a caller in the same
         event loop: the response, an awaitable of it, or None when the node
-        cannot answer without awaiting (then call append_entries)."""
-        return self._core.try_append_entries_now(req)
+        cannot answer without awaiting (then call append_entries). With
+        `reply`, an answer that waits for the log flush goes to
+        reply(response, error), called once from the flush's completion,
+        and what is returned in its place only has done()."""
+        return self._core.try_append_entries_now(req, reply)
 
     async def install_snapshot(self, req):
         """Handles one InstallSnapshotRequest chunk (called by a transport)."""

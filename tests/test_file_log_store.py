@@ -192,15 +192,23 @@ def test_a_version_1_directory_is_read_and_upgraded(tmp_path):
     async def body():
         e = await three_groups(tmp_path)
         seg = tmp_path / segments(tmp_path)[0]
-        data = bytearray(written(seg))
-        off, size, rtype = records(seg)[0]
-        assert rtype == R_HEADER
-        header = msgpack.unpackb(data[off + 9:off + size])
-        assert header[0] == 2
-        old = frame(R_HEADER, msgpack.packb([1] + header[1:]))
-        assert len(old) == size
-        data[off:off + size] = old
-        seg.write_bytes(bytes(data))
+        data = written(seg)
+        # Rewritten as version 1 wrote it: a header of five fields, groups
+        # each ended by a marker (group number, group length), no zeros after.
+        old, group = b"", b""
+        for off, size, rtype in records(seg):
+            rec = data[off:off + size]
+            if rtype == R_HEADER:
+                header = msgpack.unpackb(rec[9:])
+                assert header[0] == 2 and len(header) == 6
+                rec = frame(R_HEADER, msgpack.packb([1] + header[1:5]))
+            if rtype == R_MARKER:
+                gnum = struct.unpack_from("<Q", rec, 9)[0]
+                rec = frame(R_MARKER, struct.pack("<QI", gnum, len(group)))
+                old, group = old + group + rec, b""
+            else:
+                group += rec
+        seg.write_bytes(old)
         (tmp_path / "FORMAT").write_text("raftcore-filelog version 1\n")
         store = FileLogStore(tmp_path)
         assert (tmp_path / "FORMAT").read_text() == "raftcore-filelog version 2\n"
@@ -343,8 +351,8 @@ def test_flipped_byte_in_a_committed_batch_names_file_and_offset(tmp_path):
 
 def test_damage_in_an_older_segment_is_corruption(tmp_path):
     async def body():
-        store = FileLogStore(tmp_path, segment_size=60)
-        for i in range(1, 13, 3):
+        store = FileLogStore(tmp_path, segment_size=150)
+        for i in range(1, 25, 3):
             await append(store, ents(i, 3))
         await store.close()
         segs = segments(tmp_path)
@@ -353,7 +361,11 @@ def test_damage_in_an_older_segment_is_corruption(tmp_path):
         # Cutting an older segment's tail is damage, not a torn write:
         # newer segments show it had been written completely.
         data = written(first)
-        for size in (len(data) - 3, 0):
+        # Also a cut at a group boundary, which no checksum sees: the next
+        # segment's header records how long this one was.
+        ends = [off + size for off, size, t in records(first) if t == R_MARKER]
+        assert len(ends) >= 2
+        for size in (len(data) - 3, 0, ends[-2]):
             first.write_bytes(data[:size])
             with pytest.raises(StorageError, match=re.escape(segs[0])):
                 FileLogStore(tmp_path)

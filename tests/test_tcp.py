@@ -380,7 +380,7 @@ class NowaitFakeRaft(FakeRaft):
         self.defer: set = set()
         self.later: set = set()
 
-    def append_entries_nowait(self, req):
+    def append_entries_nowait(self, req, reply=None):
         if req.term in self.defer:
             return None
         if req.term in self.later:

@@ -91,7 +91,7 @@ class RecordingRaft:
         self._record("append_entries", req.term)
         return AppendEntriesResponse(req.term, True, req.prev_log_index)
 
-    def append_entries_nowait(self, req):
+    def append_entries_nowait(self, req, reply=None):
         self._record("append_entries_nowait", req.term)
         return AppendEntriesResponse(req.term, True, req.prev_log_index)
 

@@ -121,6 +121,7 @@ from typing import Any, Awaitable, Callable, Mapping, Optional
 import msgpack
 
 from raftcore.codec import decode_message, encode_message
+from raftcore.core import FlushedReply
 from raftcore.errors import CodecError, ConfigError, NetworkError, Timeout
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotRequest, InstallSnapshotResponse,
@@ -862,9 +863,12 @@ class RaftServer:
         self._port = 0
         self._conns: set[_ServerConn] = set()
         self._handlers: set[asyncio.Task] = set()
-        # AppendEntries answers waiting for the node's flush (futures the
-        # node resolves; replied from their done callback).
+        # AppendEntries answers waiting for the node's flush: futures the
+        # node resolves (replied from their done callback), and how many
+        # the node will hand to _flushed_reply (see _dispatch).
         self._answers: set[asyncio.Future] = set()
+        self._flushed_replies = 0
+        self._replies_drained: Optional[asyncio.Future] = None   # close() waits on it
         self._append = raft.append_entries
         self._append_nowait = getattr(raft, "append_entries_nowait", None)
         # Request type -> handler run in a task of its own (AppendEntries has
@@ -945,6 +949,9 @@ class RaftServer:
         if self._answers:
             # wait, not gather: cancelling close() must not cancel the node's futures.
             await asyncio.wait(list(self._answers))
+        if self._flushed_replies:
+            self._replies_drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._replies_drained)
         await asyncio.gather(*(_wait_closed(c.writer) for c in conns), return_exceptions=True)
         await self._server.wait_closed()
 
@@ -1069,7 +1076,7 @@ class RaftServer:
             # connection still waits to start: requests reach the node in order.
             if nowait is not None and not conn.unstarted:
                 try:
-                    r = nowait(msg)
+                    r = nowait(msg, functools.partial(self._flushed_reply, conn, rid))
                 except Exception as exc:
                     conn.reply_error(rid, exc)
                     return None
@@ -1077,6 +1084,11 @@ class RaftServer:
                     self._spawn(conn, self._handle(conn, rid, self._append, msg))
                 elif type(r) is AppendEntriesResponse:
                     conn.reply(rid, r)
+                elif type(r) is FlushedReply:
+                    # Waiting for the flush: the node calls _flushed_reply
+                    # from the flush's completion, in the same loop iteration.
+                    conn.handling += 1
+                    self._flushed_replies += 1
                 elif asyncio.isfuture(r):
                     # Waiting for the flush: reply from the future's callback
                     # (no task, no extra loop iteration once it resolves).
@@ -1131,6 +1143,24 @@ class RaftServer:
                     conn.reply_error(rid, exc)
         finally:
             self._answers.discard(fut)
+            self._handled(conn)
+
+    def _flushed_reply(self, conn: _ServerConn, rid: int, resp: Any,
+                       exc: Optional[BaseException]) -> None:
+        """The node's answer to an AppendEntries that waited for its flush."""
+        try:
+            if exc is not None:
+                log.debug("append of request %s from %s failed: %r", rid, conn.peer, exc)
+                conn.reply_error(rid, exc)
+            else:
+                conn.reply(rid, resp)
+        except Exception:   # never into the node's flush completion
+            log.error("replying to request %s from %s failed", rid, conn.peer, exc_info=True)
+        finally:
+            self._flushed_replies -= 1
+            drained = self._replies_drained
+            if not self._flushed_replies and drained is not None and not drained.done():
+                drained.set_result(None)
             self._handled(conn)
 
     def _handled(self, conn: _ServerConn) -> None:

@@ -24,7 +24,8 @@ Records. Every record is framed as::
 
 with a msgpack payload (codec.encode_* layouts) except for the commit marker.
 Record types: HEADER (first record of every segment: format version, segment
-number, index of its first entry, purged log id, committed log id), ENTRIES
+number, index of its first entry, purged log id, committed log id, and from
+version 2 the byte length of the previous segment's groups), ENTRIES
 (one appended batch), TRUNCATE (index), PURGE (log id), COMMITTED (log id),
 MARKER (group number within the segment, byte length of the group).
 
@@ -705,6 +706,9 @@ class FileLogStore(LogStore):
                 continue
             seg = _Segment(seq, path, good_end, allocated)
             seg.groups = len(groups)
+            # Before the header's other checks: a lost end of the segment
+            # before is the precise diagnosis.
+            self._check_previous_end(path, seq, groups[0][0])
             for gi, group in enumerate(groups):
                 for ri, (rtype, payload, off) in enumerate(group):
                     try:
@@ -751,10 +755,16 @@ class FileLogStore(LogStore):
 
     def _replay_header(self, ix: Optional[_Index], committed: Optional[LogId], seq: int,
                        h: Any) -> tuple:
-        version, hseq, start, purged, hcommitted = h
+        version = h[0]
         if version not in READABLE_VERSIONS:
             raise StorageError(f"segment format version {version}, expected one of "
                                f"{READABLE_VERSIONS}")
+        if version == 1:
+            version, hseq, start, purged, hcommitted = h
+        else:
+            version, hseq, start, purged, hcommitted, prev_size = h
+            if type(prev_size) is not int or prev_size < 0:
+                raise StorageError(f"the header's previous segment size is {prev_size!r}")
         if hseq != seq:
             raise StorageError(f"the header says segment {hseq}, the file name says {seq}")
         purged = decode_log_id(purged)
@@ -765,6 +775,29 @@ class FileLogStore(LogStore):
                 f"the header says the segment starts at index {start} with purged {purged}; "
                 f"the segments before end at {ix.next_index - 1} with purged {ix.purged}")
         return ix, committed
+
+    def _check_previous_end(self, path: str, seq: int, first_record: tuple) -> None:
+        """A segment's header records how many bytes of groups the segment
+        before it held when it was closed: a cut at a group boundary of an
+        older segment (which no checksum sees) is refused, not replayed as
+        a log with a hole. (A header that cannot say is reported by the replay.)"""
+        if not self._segments or self._segments[-1].seq != seq - 1:
+            return      # the first segment, or the one before was purged
+        rtype, payload, _off = first_record
+        try:
+            h = _unpack(payload)
+            prev_size = h[5] if rtype == R_HEADER and h[0] != 1 else None
+        except Exception:
+            return
+        if type(prev_size) is not int:
+            return
+        prev = self._segments[-1]
+        if prev.size != prev_size:
+            raise StorageError(
+                f"{prev.path} holds {prev.size} bytes of batches, but {path} records that it "
+                f"held {prev_size} when it was closed: flushed data is lost; refusing to open a "
+                "log with a hole (restore this node's directory or rebuild the node from its "
+                "peers)")
 
     def _parse_segment(self, path: str, data: memoryview, last: bool) -> tuple[list, int]:
         """The complete groups of a segment, as lists of (type, payload,
@@ -1113,11 +1146,12 @@ class FileLogStore(LogStore):
         active = self._segments[-1] if self._segments else None
         if active is None or active.size >= self.segment_size:
             seq = active.seq + 1 if active is not None else 1
+            prev_size = active.size if active is not None else 0
             active = _Segment(seq, self._p(_seg_name(seq)))
             start, purged, committed = self._taken
             parts.append(frame(R_HEADER, self._packer.pack(
                 [FORMAT_VERSION, seq, start, encode_log_id(purged),
-                 encode_log_id(committed)])))
+                 encode_log_id(committed), prev_size])))
             self._segments.append(active)
             group.roll = True
         group.segment = active
