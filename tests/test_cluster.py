@@ -15,9 +15,12 @@ import pytest
 import uvloop
 
 from raftcore import Config, LogId, Node, Raft, ServerState
+from raftcore.core import FlushedReply
 from raftcore.errors import ConfigError, Fatal, ForwardToLeader, NotAllowed, Timeout
+from raftcore.messages import AppendEntriesRequest
 from raftcore.network import LocalRouter
 from raftcore.storage import MemLogStore, MemStateMachine
+from raftcore.types import ENTRY_NORMAL, Entry
 
 from cluster_harness import converge, stable_leader, wait_all_applied, wait_any_leader
 
@@ -685,3 +688,55 @@ async def test_restarted_follower_keeps_its_log_and_catches_up():
         assert all(f2.state_machine.get(f"r{i}") == -i for i in range(100))
         marker = await converge(c.all())
         assert_identical(c.all(), marker)
+
+
+class GatedMemLogStore(MemLogStore):
+    """A MemLogStore whose flushes are held while `held` is a list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = None
+
+    def append(self, entries, on_flushed) -> None:
+        if self.held is None:
+            return super().append(entries, on_flushed)
+        super().append(entries, lambda err: None)      # stored now, reported later
+        self.held.append(on_flushed)
+
+    def release(self) -> None:
+        held, self.held = self.held, None
+        for cb in held:
+            cb(None)
+
+
+@cluster_test
+async def test_an_append_answer_waiting_for_the_flush_goes_to_reply_once():
+    """append_entries_nowait(req, reply): an answer that must wait for the
+    log flush is handed to reply(response, None) from the flush's
+    completion, once; one still waiting when the node stops gets the error."""
+    store = GatedMemLogStore()
+    router = LocalRouter()
+    node = await Raft.create(2, Config(seed=3), router.network(2), store, MemStateMachine())
+    router.add(2, node)
+    try:
+        first = await node.append_entries(AppendEntriesRequest(
+            1, 1, 0, 0, [Entry(1, 1, ENTRY_NORMAL, b"a")], 0, 1))
+        assert first.success and first.matched == 1
+        store.held = []
+        replies = []
+        waiter = node.append_entries_nowait(
+            AppendEntriesRequest(1, 1, 1, 1, [Entry(1, 2, ENTRY_NORMAL, b"b")], 0, 2),
+            lambda resp, exc: replies.append((resp, exc)))
+        assert type(waiter) is FlushedReply and not waiter.done() and replies == []
+        store.release()
+        assert waiter.done() and len(replies) == 1
+        resp, exc = replies[0]
+        assert exc is None and resp.success and resp.matched == 2
+        store.held = []
+        waiter = node.append_entries_nowait(
+            AppendEntriesRequest(1, 1, 1, 2, [Entry(1, 3, ENTRY_NORMAL, b"c")], 0, 3),
+            lambda resp, exc: replies.append((resp, exc)))
+        assert type(waiter) is FlushedReply
+    finally:
+        await node.shutdown()
+    assert len(replies) == 2 and replies[1][0] is None and isinstance(replies[1][1], Fatal)
