@@ -17,6 +17,7 @@ import math
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -201,9 +202,9 @@ async def stop_process(proc) -> None:
             await proc.wait()
 
 
-def fsync_latency_us(directory: str, rounds: int = 50) -> float:
-    """p50 of a 4 KiB write + fsync in `directory`: the disk's cost of one
-    durable flush, measured in the same run as the file-store rows."""
+def fsync_samples_us(directory: str, rounds: int = 200) -> list[float]:
+    """Durations (us) of `rounds` 4 KiB writes, each followed by fsync, to a
+    new file in `directory`: the disk's cost of one durable flush."""
     path = os.path.join(directory, "fsync-probe")
     times = []
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -213,12 +214,11 @@ def fsync_latency_us(directory: str, rounds: int = 50) -> float:
             t = time.perf_counter()
             os.write(fd, block)
             os.fsync(fd)
-            times.append(time.perf_counter() - t)
+            times.append((time.perf_counter() - t) * 1e6)
     finally:
         os.close(fd)
         os.unlink(path)
-    times.sort()
-    return times[len(times) // 2] * 1e6
+    return times
 
 
 #: One call in this many is timed for the latency figures (see run_cluster).

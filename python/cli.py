@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from typing import Optional, Sequence
 
@@ -110,15 +111,22 @@ def _bench(args) -> int:
         print(f"raftcore bench: {exc}", file=sys.stderr)
         return 2
 
+    probe_dir = None
+    if args.store == "file":
+        import tempfile
+        probe_dir = args.dir or tempfile.gettempdir()
+        # Before and after the rows, like the floor: one figure for the
+        # disk's state over the whole run, not one moment of it.
+        fsync_before = bench.fsync_samples_us(probe_dir)
     rows = uvloop.run(bench.run_all(args.clients, args.ops, args.batch, args.payload,
                                     floor=not args.no_floor,
                                     show_progress=not args.no_progress and not args.json,
                                     transport=args.transport, store=args.store,
                                     workdir=args.dir))
     fsync_us = None
-    if args.store == "file":
-        import tempfile
-        fsync_us = bench.fsync_latency_us(args.dir or tempfile.gettempdir())
+    if probe_dir is not None:
+        fsync_after = bench.fsync_samples_us(probe_dir)
+        fsync_us = statistics.median(fsync_before + fsync_after)
     pso, pso_error = None, None
     if args.compare_pysyncobj:
         if not args.json:
@@ -150,7 +158,10 @@ def _bench(args) -> int:
         print(f"raftcore bench: {where}, {store} ({bench.machine_description()})")
         print(bench.format_table(rows))
         if fsync_us is not None:
-            print(f"fsync of this disk (4 KiB write + fsync, p50): {fsync_us:,.0f} us")
+            print(f"fsync of this disk (4 KiB write + fsync, p50 of {len(fsync_before)} before "
+                  f"and {len(fsync_after)} after the rows): {fsync_us:,.0f} us "
+                  f"(p50 before {statistics.median(fsync_before):,.0f}, after "
+                  f"{statistics.median(fsync_after):,.0f})")
         if pso is not None:
             print(f"PySyncObj {pso.version}: 3 processes on loopback, {pso.mode}, "
                   f"window {pso.window:,}: {pso.writes_per_s:,.0f} writes/s "
