@@ -20,7 +20,7 @@ class ClientWriteResponse:
     @property
     def log_id(self) -> LogId: ...
 
-class FlushedReply:
+class ReplyCallback:
     """An AppendEntries answer waiting for the log flush, delivered to a
     reply(response, error) callback (see RaftCore.try_append_entries_now)."""
     def __init__(self, reply: Callable[[Optional[AppendEntriesResponse],

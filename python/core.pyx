@@ -15,10 +15,12 @@ Concurrency model (one thread, one event loop):
 - Client writes are queued and moved into the engine as one batch per event
   loop iteration (a call_soon callback), so writers that run together share
   one append and one AppendEntries per follower.
-- RPCs: a NetworkClient may offer `append_entries_nowait`, which a peer in
-  the same process answers synchronously when it is idle (LocalRouter). A
-  write then commits and applies without any task switch besides waking its
-  client. Otherwise each RPC runs in a task of its own (pipelined).
+- RPCs: a NetworkClient may offer `append_entries_nowait(req, reply)`,
+  which a peer in the same process answers synchronously when it is idle
+  (LocalRouter), and which TcpNetwork sends at once, handing the answer to
+  `reply` as the reply frame is read. A write then commits and applies
+  without any task switch besides waking its client. Otherwise each RPC
+  runs in a task of its own (pipelined).
 - Compiled: this module is Cython. The per-write path (taking a batch,
   executing commands, answering clients) runs as C calls, and steps the
   engine through engine.pxd; what is off that path stays plain methods.
@@ -172,13 +174,15 @@ cdef class _AppendAnswer:
 
 
 @cython.freelist(16)
-cdef class FlushedReply:
-    """Stands in for the future of an AppendEntries answer that waits for
-    the log flush, for a transport that passed `reply` to
-    try_append_entries_now: the answer goes to reply(response, None) or
-    reply(None, error), once, synchronously, from the flush's completion
-    (a future's done callbacks would run one loop iteration later)."""
-    cdef object reply
+cdef class ReplyCallback:
+    """Stands in for the future of an answer that comes later: the answer
+    goes to reply(value, None) or reply(None, error), once, synchronously,
+    when it is set (a future's done callbacks would run one loop iteration
+    later). Used both ways on the AppendEntries fast path: a follower's
+    answer that waits for its log flush (try_append_entries_now with
+    `reply`) and a leader's request waiting for its reply frame (a
+    NetworkClient's append_entries_nowait with `reply`)."""
+    cdef public object reply
     cdef bint answered
 
     def __init__(self, reply) -> None:
@@ -196,6 +200,22 @@ cdef class FlushedReply:
         if not self.answered:
             self.answered = True
             self.reply(None, exc)
+
+
+@cython.freelist(16)
+cdef class _AppendReply:
+    """The reply callback of an AppendEntries sent by append_entries_nowait."""
+    cdef RaftCore core
+    cdef object target
+    cdef AppendEntriesRequest req
+
+    def __init__(self, RaftCore core, target, AppendEntriesRequest req) -> None:
+        self.core = core
+        self.target = target
+        self.req = req
+
+    def __call__(self, resp, exc) -> None:
+        self.core._append_replied(self.target, self.req, resp, exc)
 
 
 @cython.freelist(16)
@@ -715,7 +735,7 @@ cdef class RaftCore:
         """The synchronous fast path of handle_append_entries, for a caller in
         this process: returns the response, a future of it (the log is not
         flushed yet: a transport replies from the future's done callback,
-        with no task) or, if `reply` is given, a FlushedReply that calls
+        with no task) or, if `reply` is given, a ReplyCallback that calls
         reply(response, error) once the log is flushed; or None when the
         node cannot answer without awaiting (busy, or the request changes
         its vote); None means nothing was done and the caller should use
@@ -734,7 +754,7 @@ cdef class RaftCore:
             self.check_running()    # the commands failed (storage): raise, answer nothing
         if resp.success and e.flushed < resp.matched:
             if reply is not None:
-                waiter = FlushedReply(reply)
+                waiter = ReplyCallback(reply)
                 self._flush_waiters.append((resp.matched, waiter, resp))
                 return waiter
             return self._answer_when_flushed(resp)
@@ -1074,10 +1094,12 @@ cdef class RaftCore:
             self._spawn(self._send_append(client, target, req))
             return
         try:
-            r = nowait(req)
+            r = nowait(req, _AppendReply(self, target, req))
         except Exception as exc:
             self._append_failed(target, req, exc)
             return
+        if type(r) is ReplyCallback:
+            return      # the answer goes to _append_replied
         if r is None:
             self._spawn(self._send_append(client, target, req))
         elif type(r) is AppendEntriesResponse:
@@ -1120,6 +1142,17 @@ cdef class RaftCore:
         exc = fut.exception()
         resp = fut.result() if exc is None else None
         if type(resp) is not AppendEntriesResponse:
+            self._append_failed(target, req, exc or RaftError(
+                f"node {target} answered an AppendEntries with {type(resp).__name__}"))
+            return
+        self._take_append_answer(target, req, resp)
+        self._run_sync()
+
+    cdef void _append_replied(self, target, AppendEntriesRequest req, resp, exc):
+        """The answer of a request sent by append_entries_nowait with a reply callback."""
+        if self.stopped:
+            return
+        if exc is not None or type(resp) is not AppendEntriesResponse:
             self._append_failed(target, req, exc or RaftError(
                 f"node {target} answered an AppendEntries with {type(resp).__name__}"))
             return

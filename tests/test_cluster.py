@@ -15,7 +15,7 @@ import pytest
 import uvloop
 
 from raftcore import Config, LogId, Node, Raft, ServerState
-from raftcore.core import FlushedReply
+from raftcore.core import ReplyCallback
 from raftcore.errors import ConfigError, Fatal, ForwardToLeader, NotAllowed, Timeout
 from raftcore.messages import AppendEntriesRequest
 from raftcore.network import LocalRouter
@@ -727,7 +727,7 @@ async def test_an_append_answer_waiting_for_the_flush_goes_to_reply_once():
         waiter = node.append_entries_nowait(
             AppendEntriesRequest(1, 1, 1, 1, [Entry(1, 2, ENTRY_NORMAL, b"b")], 0, 2),
             lambda resp, exc: replies.append((resp, exc)))
-        assert type(waiter) is FlushedReply and not waiter.done() and replies == []
+        assert type(waiter) is ReplyCallback and not waiter.done() and replies == []
         store.release()
         assert waiter.done() and len(replies) == 1
         resp, exc = replies[0]
@@ -736,7 +736,7 @@ async def test_an_append_answer_waiting_for_the_flush_goes_to_reply_once():
         waiter = node.append_entries_nowait(
             AppendEntriesRequest(1, 1, 1, 2, [Entry(1, 3, ENTRY_NORMAL, b"c")], 0, 3),
             lambda resp, exc: replies.append((resp, exc)))
-        assert type(waiter) is FlushedReply
+        assert type(waiter) is ReplyCallback
     finally:
         await node.shutdown()
     assert len(replies) == 2 and replies[1][0] is None and isinstance(replies[1][1], Fatal)

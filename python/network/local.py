@@ -108,10 +108,11 @@ class LocalRouter:
         return resp
 
 
-    def _deliver_nowait(self, src: int, dst: int, req: Any) -> Any:
+    def _deliver_nowait(self, src: int, dst: int, req: Any, reply: Any = None) -> Any:
         """Delivers an AppendEntries synchronously when the target can answer
         without awaiting: returns the response, an awaitable of it, or None
-        (nothing delivered; use _deliver)."""
+        (nothing delivered; use _deliver). `reply` is not used: an answer
+        that comes later is returned as an awaitable."""
         if self._delay:
             return None
         nowait = self._nowait.get(dst)

@@ -121,7 +121,7 @@ from typing import Any, Awaitable, Callable, Mapping, Optional
 import msgpack
 
 from raftcore.codec import decode_message, encode_message
-from raftcore.core import FlushedReply
+from raftcore.core import ReplyCallback
 from raftcore.errors import CodecError, ConfigError, NetworkError, Timeout
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotRequest, InstallSnapshotResponse,
@@ -151,6 +151,7 @@ _HEADER = struct.Struct(">IB")
 _HEADER_SIZE = _HEADER.size
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack
+_unpack_header_from = _HEADER.unpack_from
 # A writer whose transport buffers more than this waits for it to drain.
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
 # Frames up to this size are sent as one joined buffer, larger ones as two.
@@ -370,12 +371,13 @@ class TcpClient(NetworkClient):
     def append_entries(self, req: AppendEntriesRequest):
         return self._repl.call(req, AppendEntriesResponse)
 
-    def append_entries_nowait(self, req: AppendEntriesRequest):
+    def append_entries_nowait(self, req: AppendEntriesRequest, reply: Any = None):
         """The runtime's fast path: when connected, the request is written
-        now (not one task switch later) and the reply's future is returned;
-        None when not connected (the runtime then calls append_entries,
-        which connects)."""
-        return self._repl.call_nowait(req, AppendEntriesResponse)
+        now (not one task switch later) and the reply's future is returned,
+        or with `reply` a ReplyCallback: reply(response, error) is then
+        called as the reply frame is read; None when not connected (the
+        runtime then calls append_entries, which connects)."""
+        return self._repl.call_nowait(req, AppendEntriesResponse, reply)
 
     def vote(self, req: VoteRequest):
         return self._repl.call(req, VoteResponse)
@@ -421,18 +423,109 @@ class _Unreachable(NetworkClient):
 _NONE = type(None)
 
 
+class _ReplyReader(asyncio.StreamReader):
+    """The reader of a client connection. Until start() it is a plain
+    StreamReader (the shared-secret handshake reads from it). From then on it
+    cuts reply frames out of the bytes as they arrive -- in the protocol's
+    data_received -- and hands each body to on_frame at once: no task wakes
+    per reply. on_frame returns a reason to close the connection, or None;
+    on_end(reason, warn) is called once when the connection ends (or a frame
+    is malformed). Relies on StreamReader's _buffer, _eof and _exception
+    (the bytes and the end that came before start)."""
+
+    def __init__(self, limit: int, max_frame: int) -> None:
+        super().__init__(limit=limit)
+        self._max_frame = max_frame
+        self._on_frame: Optional[Callable[[bytes], Optional[str]]] = None
+        self._on_end: Optional[Callable[[str, bool], None]] = None
+        self._rest = bytearray()        # the start of a frame not complete yet
+        self._stopped = False
+
+    def start(self, on_frame: Callable[[bytes], Optional[str]],
+              on_end: Callable[[str, bool], None]) -> None:
+        self._on_frame, self._on_end = on_frame, on_end
+        early = bytes(self._buffer)
+        self._buffer.clear()
+        if early:
+            self._take(early)
+        if self._exception is not None:
+            self._end(f"connection error: {self._exception}", False)
+        elif self._eof:
+            self._ended_by_peer()
+
+    def stop(self) -> None:
+        """No more frames are handed over (the connection is closed)."""
+        self._stopped = True
+
+    def feed_data(self, data: bytes) -> None:
+        if self._on_frame is None:
+            super().feed_data(data)
+        elif not self._stopped:
+            self._take(data)
+
+    def feed_eof(self) -> None:
+        if self._on_frame is None:
+            super().feed_eof()
+        else:
+            self._ended_by_peer()
+
+    def set_exception(self, exc: BaseException) -> None:
+        if self._on_frame is None:
+            super().set_exception(exc)
+        else:
+            self._end(f"connection error: {exc}", False)
+
+    def _take(self, data: bytes) -> None:
+        rest = self._rest
+        rest += data
+        pos, end = 0, len(rest)
+        while end - pos >= _HEADER_SIZE and not self._stopped:
+            size, version = _unpack_header_from(rest, pos)
+            if version != WIRE_VERSION:
+                return self._end(f"reply of unknown wire version {version}", True)
+            if size > self._max_frame or size < 1:
+                return self._end(f"reply frame of {size} bytes (max_frame_size "
+                                 f"{self._max_frame})", True)
+            stop = pos + _HEADER_SIZE + size - 1
+            if stop > end:
+                break
+            body = bytes(rest[pos + _HEADER_SIZE:stop])
+            pos = stop
+            reason = self._on_frame(body)
+            if reason is not None:
+                return self._end(reason, True)
+        del rest[:pos]
+
+    def _ended_by_peer(self) -> None:
+        rest = len(self._rest)
+        if not rest:
+            self._end("closed by the peer", False)
+        elif rest < _HEADER_SIZE:
+            self._end("truncated frame header", True)
+        else:
+            size = _unpack_header_from(self._rest, 0)[0]
+            self._end(f"truncated reply frame ({rest - _HEADER_SIZE} of {size - 1} body bytes "
+                      "before the connection closed)", True)
+
+    def _end(self, reason: str, warn: bool) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._rest = bytearray()
+        self._on_end(reason, warn)
+
+
 class _Conn:
-    """One open client connection: its streams, its reader task and the calls
-    awaiting a reply on it, by request id."""
+    """One open client connection: its streams and the calls awaiting a
+    reply on it, by request id."""
 
-    __slots__ = ("reader", "writer", "transport", "pending", "task", "closed")
+    __slots__ = ("reader", "writer", "transport", "pending", "closed")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
+    def __init__(self, reader: _ReplyReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader        # hands replies over as they arrive: no reader task
         self.writer = writer
         self.transport = writer.transport
         self.pending: dict[int, asyncio.Future] = {}
-        self.task: Optional[asyncio.Task] = None
         self.closed = False
 
 
@@ -492,19 +585,39 @@ class _Channel:
             raise NetworkError(f"connection to {self._who()} failed: {exc}") from None
         return conn
 
-    def call_nowait(self, msg: Any, expect: type) -> Any:
+    def call_nowait(self, msg: Any, expect: type, reply: Any = None) -> Any:
         """Sends `msg` right away when connected (and not backed up) and
         returns the reply's future; None otherwise (use call). The caller
-        reads the reply from a done callback (no task per request); a reply
-        of another type than `expect` closes the connection, and the caller
-        must treat it as a failed request."""
+        reads the reply from a done callback (no task per request) or, if
+        it passes `reply`, gets a ReplyCallback instead and reply(value,
+        error) is called as the reply frame is read. A reply of another type
+        than `expect` closes the connection, and the caller must treat it
+        as a failed request."""
         conn = self._conn
         if (conn is None or self._queued
                 or conn.transport.get_write_buffer_size() > _WRITE_HIGH_WATER):
             return None
+        if reply is not None:
+            slot = ReplyCallback(None)
+            rid, _, timer = self._send(conn, msg, slot)
+            slot.reply = functools.partial(self._called_back, conn, rid, timer, msg, expect, reply)
+            return slot
         rid, fut, timer = self._send(conn, msg)
         fut.add_done_callback(functools.partial(self._replied, conn, rid, timer, msg, expect))
         return fut
+
+    def _called_back(self, conn: _Conn, rid: int, timer: Any, msg: Any, expect: type,
+                     reply: Any, value: Any, exc: Optional[BaseException]) -> None:
+        timer.cancel()
+        if exc is None and type(value) is not expect:
+            reason = f"replied to a {type(msg).__name__} with a {type(value).__name__}"
+            exc = NetworkError(f"{self._who()} {reason}")
+            self._protocol_error(conn, reason)
+        try:
+            reply(value, exc)
+        except Exception:   # the caller's bug: never into the reading of replies
+            log.error("the reply callback of request %s to %s raised", rid, self._who(),
+                      exc_info=True)
 
     def _replied(self, conn: _Conn, rid: int, timer: Any, msg: Any, expect: type,
                  fut: asyncio.Future) -> None:
@@ -516,8 +629,9 @@ class _Channel:
             self._protocol_error(conn, f"replied to a {type(msg).__name__} with a "
                                        f"{type(fut.result()).__name__}")
 
-    def _send(self, conn: _Conn, msg: Any) -> tuple:
-        """Frames and writes one request; (request id, reply future, timeout handle)."""
+    def _send(self, conn: _Conn, msg: Any, slot: Any = None) -> tuple:
+        """Frames and writes one request; (request id, reply future -- `slot`
+        if given --, timeout handle)."""
         self._next_id = rid = self._next_id + 1
         try:
             body = self._packer.pack([rid, encode_message(msg)])
@@ -542,7 +656,7 @@ class _Channel:
         # Registered once written: a write that raised leaves no orphan
         # behind (the reply cannot be read before this returns).
         loop = self._loop
-        fut = loop.create_future()
+        fut = loop.create_future() if slot is None else slot
         conn.pending[rid] = fut
         return rid, fut, loop.call_later(self._net.rpc_timeout, self._expire, conn, rid)
 
@@ -593,9 +707,13 @@ class _Channel:
                 kw["ssl"] = self._ssl
                 kw["ssl_handshake_timeout"] = self._connect_timeout
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self._host, self._port, limit=_READ_LIMIT, **kw),
+                reader = _ReplyReader(_READ_LIMIT, self._max_frame)
+                protocol = asyncio.StreamReaderProtocol(reader)
+                transport, _ = await asyncio.wait_for(
+                    self._loop.create_connection(lambda: protocol, self._host, self._port,
+                                                 **kw),
                     self._connect_timeout)
+                writer = asyncio.StreamWriter(transport, protocol, reader, self._loop)
             except asyncio.TimeoutError:
                 self._failed(f"connect timed out after {self._connect_timeout}s")
                 raise NetworkError(f"cannot connect to {self._who()}: {self._last_error}") \
@@ -627,8 +745,9 @@ class _Channel:
                 writer.transport.abort()
                 raise NetworkError(f"the client of {self._who()} is closed")
             conn = _Conn(reader, writer)
-            conn.task = self._loop.create_task(self._read_loop(conn))
             self._conn = conn
+            reader.start(functools.partial(self._reply_frame, conn),
+                         functools.partial(self._reader_ended, conn))
             log.debug("connected to %s", self._who())
             return conn
         finally:
@@ -647,85 +766,48 @@ class _Channel:
 
     # ----------------------------------------------------------- replies
 
-    async def _read_loop(self, conn: _Conn) -> None:
-        reader = conn.reader
-        readexactly = reader.readexactly
-        pending = conn.pending
-        max_frame = self._max_frame
-        reason = "closed by the peer"
-        warn = False
+    def _reply_frame(self, conn: _Conn, body: bytes) -> Optional[str]:
+        """One reply frame's body: settles the call it answers. Returns a
+        reason to close the connection, or None."""
         try:
-            while True:
+            obj = _unpackb(body)
+        except Exception as exc:
+            return f"reply frame is not msgpack ({exc})"
+        if type(obj) is not list or not 2 <= len(obj) <= 3 or type(obj[0]) is not int:
+            return "reply frame is not [request_id, message]"
+        pending = conn.pending
+        if len(obj) == 2:
+            if obj[1] is None:
+                resp = None          # the reply of a handler returning nothing
+            else:
                 try:
-                    header = await readexactly(_HEADER_SIZE)
-                except asyncio.IncompleteReadError as exc:
-                    if exc.partial:
-                        reason, warn = "truncated frame header", True
-                    break
-                size, version = _unpack_header(header)
-                if version != WIRE_VERSION:
-                    reason, warn = f"reply of unknown wire version {version}", True
-                    break
-                if size > max_frame or size < 1:
-                    reason, warn = f"reply frame of {size} bytes (max_frame_size {max_frame})", True
-                    break
-                try:
-                    body = await readexactly(size - 1)
-                except asyncio.IncompleteReadError as exc:
-                    reason = (f"truncated reply frame ({len(exc.partial)} of {size - 1} body "
-                              "bytes before the connection closed)")
-                    warn = True
-                    break
-                try:
-                    obj = _unpackb(body)
+                    resp = decode_message(obj[1])
                 except Exception as exc:
-                    reason, warn = f"reply frame is not msgpack ({exc})", True
-                    break
-                if type(obj) is not list or not 2 <= len(obj) <= 3 or type(obj[0]) is not int:
-                    reason, warn = "reply frame is not [request_id, message]", True
-                    break
-                if len(obj) == 2:
-                    if obj[1] is None:
-                        resp = None          # the reply of a handler returning nothing
-                    else:
-                        try:
-                            resp = decode_message(obj[1])
-                        except Exception as exc:
-                            reason, warn = f"malformed reply message: {exc}", True
-                            break
-                    # Taken out of `pending` only now: if the reply could
-                    # not be read, closing the connection fails the call.
-                    fut = pending.pop(obj[0], None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(resp)
-                else:
-                    if obj[1] is not None or type(obj[2]) is not str:
-                        reason, warn = "malformed error reply", True
-                        break
-                    fut = pending.pop(obj[0], None)
-                    if fut is not None and not fut.done():
-                        fut.set_exception(NetworkError(
-                            f"{self._who()} failed to handle the request: {obj[2]}"))
-                if fut is None:
-                    log.debug("dropped a late reply from %s (request %s)", self._who(), obj[0])
-                self._backoff = 0.0
-        except asyncio.CancelledError:
-            reason = "client closed"
-            raise
-        except (ConnectionError, OSError, _ssl.SSLError) as exc:
-            reason = f"connection error: {exc}"
-        except Exception as exc:  # a bug of ours: log it, drop the connection
-            reason = f"internal error: {exc!r}"
-            log.error("reading replies from %s failed", self._who(), exc_info=True)
-        finally:
-            if warn:
-                log.warning("closing the connection to %s: %s", self._who(), reason)
-            self._lost(conn, reason)
+                    return f"malformed reply message: {exc}"
+            # Taken out of `pending` only now: if the reply could not be
+            # read, closing the connection fails the call.
+            fut = pending.pop(obj[0], None)
+            if fut is not None and not fut.done():
+                fut.set_result(resp)
+        else:
+            if obj[1] is not None or type(obj[2]) is not str:
+                return "malformed error reply"
+            fut = pending.pop(obj[0], None)
+            if fut is not None and not fut.done():
+                fut.set_exception(NetworkError(
+                    f"{self._who()} failed to handle the request: {obj[2]}"))
+        if fut is None:
+            log.debug("dropped a late reply from %s (request %s)", self._who(), obj[0])
+        self._backoff = 0.0
+        return None
+
+    def _reader_ended(self, conn: _Conn, reason: str, warn: bool) -> None:
+        if warn:
+            log.warning("closing the connection to %s: %s", self._who(), reason)
+        self._lost(conn, reason)
 
     def _protocol_error(self, conn: _Conn, reason: str) -> None:
         log.warning("closing the connection to %s: %s", self._who(), reason)
-        if conn.task is not None:
-            conn.task.cancel()
         self._lost(conn, reason)
 
     def _lost(self, conn: _Conn, reason: str) -> None:
@@ -733,6 +815,7 @@ class _Channel:
         if conn.closed:
             return
         conn.closed = True
+        conn.reader.stop()
         if self._conn is conn:
             self._conn = None
             if not self._closed:
@@ -759,13 +842,6 @@ class _Channel:
         conn = self._conn
         if conn is None:
             return
-        task = conn.task
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
         self._lost(conn, "client closed")
         await _wait_closed(conn.writer)
 
@@ -1084,7 +1160,7 @@ class RaftServer:
                     self._spawn(conn, self._handle(conn, rid, self._append, msg))
                 elif type(r) is AppendEntriesResponse:
                     conn.reply(rid, r)
-                elif type(r) is FlushedReply:
+                elif type(r) is ReplyCallback:
                     # Waiting for the flush: the node calls _flushed_reply
                     # from the flush's completion, in the same loop iteration.
                     conn.handling += 1
