@@ -282,6 +282,7 @@ cdef class RaftCore:
     cdef dict _clients                        # target -> (Node, NetworkClient)
     cdef object _clients_for                  # the membership _clients was checked against
     cdef dict _nowait                         # target -> append_entries_nowait or None
+    cdef set _nowait_reply                    # targets whose append_entries_nowait takes reply
     cdef set _tasks
     cdef object _wakeup, _timer
     cdef double _timer_at
@@ -361,6 +362,7 @@ cdef class RaftCore:
         self._clients = {}
         self._clients_for = None
         self._nowait = {}
+        self._nowait_reply = set()
         self._tasks = set()
         self._wakeup = None
         self._timer = None
@@ -1067,7 +1069,12 @@ cdef class RaftCore:
             node = m.nodes.get(target) if m is not None else None
             entry = (node, self.network.client(target, node))
             self._clients[target] = entry
-            self._nowait[target] = getattr(entry[1], "append_entries_nowait", None)
+            nowait = getattr(entry[1], "append_entries_nowait", None)
+            self._nowait[target] = nowait
+            if nowait is not None and _takes_reply(nowait):
+                self._nowait_reply.add(target)
+            else:
+                self._nowait_reply.discard(target)
         return entry[1]
 
     def _revalidate_clients(self) -> None:
@@ -1080,6 +1087,7 @@ cdef class RaftCore:
             if target not in nodes or nodes[target] != node:
                 del self._clients[target]
                 self._nowait.pop(target, None)
+                self._nowait_reply.discard(target)
                 self._spawn(_close_quietly(c, self.log))
 
     def _spawn(self, coro) -> None:
@@ -1094,7 +1102,10 @@ cdef class RaftCore:
             self._spawn(self._send_append(client, target, req))
             return
         try:
-            r = nowait(req, _AppendReply(self, target, req))
+            if target in self._nowait_reply:
+                r = nowait(req, _AppendReply(self, target, req))
+            else:
+                r = nowait(req)
         except Exception as exc:
             self._append_failed(target, req, exc)
             return
@@ -1352,6 +1363,16 @@ async def _close_quietly(client: Any, log: logging.Logger) -> None:
 def _resolve(fut: asyncio.Future, value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+def _takes_reply(nowait) -> bool:
+    """Whether a NetworkClient's append_entries_nowait takes the reply
+    callback (a second argument); one written for (req) alone is called so."""
+    try:
+        inspect.signature(nowait).bind(None, None)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _fail(fut: asyncio.Future, exc: BaseException) -> None:

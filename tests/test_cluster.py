@@ -93,8 +93,9 @@ def members(n: int) -> dict:
     return {i: Node(f"n{i}") for i in range(1, n + 1)}
 
 
-async def start_cluster(n: int, seed: int, *, init_all: bool = False, **cfg) -> Cluster:
-    router = LocalRouter(seed=seed)
+async def start_cluster(n: int, seed: int, *, init_all: bool = False, router=None,
+                        **cfg) -> Cluster:
+    router = router or LocalRouter(seed=seed)
     nodes = {}
     cluster = Cluster(router, nodes)
     try:
@@ -740,3 +741,23 @@ async def test_an_append_answer_waiting_for_the_flush_goes_to_reply_once():
     finally:
         await node.shutdown()
     assert len(replies) == 2 and replies[1][0] is None and isinstance(replies[1][1], Fatal)
+
+
+class OneArgumentRouter(LocalRouter):
+    """A transport whose append_entries_nowait takes the request alone (as
+    one written before the reply callback existed)."""
+
+    def _deliver_nowait(self, src, dst, req):
+        self.one_argument_calls = getattr(self, "one_argument_calls", 0) + 1
+        return super()._deliver_nowait(src, dst, req)
+
+
+@cluster_test
+async def test_a_transport_whose_nowait_takes_no_reply_callback_still_replicates():
+    async with running_cluster(3, 31, router=OneArgumentRouter(seed=31)) as c:
+        leader = await wait_any_leader(list(c.nodes.values()))
+        for i in range(50):
+            await leader.client_write(["set", f"k{i}", i])
+        await wait_all_applied(list(c.nodes.values()), leader.metrics.last_applied.index)
+        assert c.router.one_argument_calls > 0
+        assert all(r.state_machine.data["k49"] == 49 for r in c.nodes.values())
