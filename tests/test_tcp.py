@@ -32,6 +32,7 @@ from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta,
                                TransferLeaderRequest, VoteRequest, VoteResponse)
 from raftcore.network import RaftServer, TcpNetwork
+import raftcore.network.tcp as tcp_module
 from raftcore.network.tcp import WIRE_VERSION, parse_address
 from raftcore.storage import MemLogStore, MemStateMachine
 from raftcore.types import ENTRY_NORMAL, Entry
@@ -420,6 +421,40 @@ async def test_requests_reach_the_node_in_arrival_order_on_the_fast_path_too():
             replies.extend((rid, msg[1], msg[3]) for rid, msg in unpacker)
         assert sorted(replies[:3]) == [(1, 1, 1), (2, 2, 2), (3, 3, 3)]
         assert replies[3:] == [(5, 5, 50), (4, 4, 40)]
+        writer.close()
+    finally:
+        await server.close()
+
+
+@tcp_test
+async def test_a_peer_with_too_many_requests_in_hand_is_read_no_further_until_there_is_room():
+    """Backpressure: once a connection has _MAX_HANDLING_PER_CONN requests in
+    hand, the server stops reading it; requests sent after that wait in the
+    socket, and all are answered once the held ones finish."""
+    fake = FakeRaft()
+    server = await RaftServer.start(fake, HOST, 0)
+    try:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        cap = tcp_module._MAX_HANDLING_PER_CONN
+        gate = fake.gate(1)
+        # `cap` requests that wait on the gate, then 5 more of another term.
+        writer.write(b"".join(frame(request_body(i, ae(1, i))) for i in range(cap)))
+        writer.write(b"".join(frame(request_body(cap + i, ae(2, i))) for i in range(5)))
+        await fake.until(lambda: len(fake.arrived) == cap, "the capped requests")
+        # The loop runs while the other 5 sit unread (nothing to wait on
+        # but a few loop iterations: the node must not see them).
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert fake.arrived.count(2) == 0 and len(fake.arrived) == cap
+        gate.set_result(None)
+        await fake.until(lambda: fake.finished.count(2) == 5, "the requests held back")
+        replies = set()
+        unpacker = msgpack.Unpacker(raw=False)
+        while len(replies) < cap + 5:
+            size, _ = struct.unpack(">IB", await reader.readexactly(5))
+            unpacker.feed(await reader.readexactly(size - 1))
+            replies.update(rid for rid, _msg in unpacker)
+        assert replies == set(range(cap + 5))
         writer.close()
     finally:
         await server.close()

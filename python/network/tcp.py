@@ -423,51 +423,71 @@ class _Unreachable(NetworkClient):
 _NONE = type(None)
 
 
-class _ReplyReader(asyncio.StreamReader):
-    """The reader of a client connection. Until start() it is a plain
-    StreamReader (the shared-secret handshake reads from it). From then on it
-    cuts reply frames out of the bytes as they arrive -- in the protocol's
-    data_received -- and hands each body to on_frame at once: no task wakes
-    per reply. on_frame returns a reason to close the connection, or None;
-    on_end(reason, warn) is called once when the connection ends (or a frame
-    is malformed). Relies on StreamReader's _buffer, _eof and _exception
-    (the bytes and the end that came before start)."""
+class _FrameReader(asyncio.StreamReader):
+    """The reader of a connection, client or server side. Until start() it
+    is a plain StreamReader (the shared-secret handshake reads from it).
+    From then on it cuts frames out of the bytes as they arrive -- in the
+    protocol's data_received -- and hands each body to on_frame at once: no
+    task wakes per frame. on_frame returns a reason to close the connection,
+    or None; on_end(reason, warn) is called once when the connection ends or
+    a frame is malformed (reason None: closed cleanly by the peer). hold()
+    stops handing frames over and pauses reading (backpressure) until
+    release(). Relies on StreamReader's _buffer, _eof, _exception and
+    _transport (what came before start, and the transport to pause)."""
 
-    def __init__(self, limit: int, max_frame: int) -> None:
+    def __init__(self, limit: int, max_frame: int, kind: str) -> None:
         super().__init__(limit=limit)
         self._max_frame = max_frame
+        self._kind = kind               # "reply " or "": names frames in reasons
         self._on_frame: Optional[Callable[[bytes], Optional[str]]] = None
-        self._on_end: Optional[Callable[[str, bool], None]] = None
-        self._rest = bytearray()        # the start of a frame not complete yet
+        self._on_end: Optional[Callable[[Optional[str], bool], None]] = None
+        self._rest = bytearray()        # bytes not handed over yet
         self._stopped = False
+        self._held = False
+        self._peer_done = False         # the peer closed (seen once what came is handed over)
+        self._taking = False            # in _take: an on_frame that calls back in returns
 
     def start(self, on_frame: Callable[[bytes], Optional[str]],
-              on_end: Callable[[str, bool], None]) -> None:
+              on_end: Callable[[Optional[str], bool], None]) -> None:
         self._on_frame, self._on_end = on_frame, on_end
-        early = bytes(self._buffer)
+        self._rest += self._buffer
         self._buffer.clear()
-        if early:
-            self._take(early)
         if self._exception is not None:
             self._end(f"connection error: {self._exception}", False)
-        elif self._eof:
-            self._ended_by_peer()
+            return
+        self._peer_done = self._eof
+        self._take()
 
     def stop(self) -> None:
         """No more frames are handed over (the connection is closed)."""
         self._stopped = True
 
+    def hold(self) -> None:
+        if not self._held:
+            self._held = True
+            if self._transport is not None:
+                self._transport.pause_reading()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            if self._transport is not None and not self._stopped:
+                self._transport.resume_reading()
+            self._take()
+
     def feed_data(self, data: bytes) -> None:
         if self._on_frame is None:
             super().feed_data(data)
         elif not self._stopped:
-            self._take(data)
+            self._rest += data
+            self._take()
 
     def feed_eof(self) -> None:
         if self._on_frame is None:
             super().feed_eof()
         else:
-            self._ended_by_peer()
+            self._peer_done = True
+            self._take()
 
     def set_exception(self, exc: BaseException) -> None:
         if self._on_frame is None:
@@ -475,39 +495,51 @@ class _ReplyReader(asyncio.StreamReader):
         else:
             self._end(f"connection error: {exc}", False)
 
-    def _take(self, data: bytes) -> None:
-        rest = self._rest
-        rest += data
+    def _take(self) -> None:
+        """Hands over every complete frame (unless held or stopped)."""
+        if self._taking:
+            return      # the loop below goes on with what is there
+        self._taking = True
+        rest, kind = self._rest, self._kind
         pos, end = 0, len(rest)
-        while end - pos >= _HEADER_SIZE and not self._stopped:
-            size, version = _unpack_header_from(rest, pos)
-            if version != WIRE_VERSION:
-                return self._end(f"reply of unknown wire version {version}", True)
-            if size > self._max_frame or size < 1:
-                return self._end(f"reply frame of {size} bytes (max_frame_size "
-                                 f"{self._max_frame})", True)
-            stop = pos + _HEADER_SIZE + size - 1
-            if stop > end:
-                break
-            body = bytes(rest[pos + _HEADER_SIZE:stop])
-            pos = stop
-            reason = self._on_frame(body)
-            if reason is not None:
-                return self._end(reason, True)
-        del rest[:pos]
+        try:
+            while end - pos >= _HEADER_SIZE and not self._stopped and not self._held:
+                size, version = _unpack_header_from(rest, pos)
+                if version != WIRE_VERSION:
+                    return self._end(f"{kind}frame of unknown wire version {version} (this "
+                                     f"node speaks {WIRE_VERSION})", True)
+                if size > self._max_frame:
+                    return self._end(f"{kind}frame of {size} bytes exceeds max_frame_size "
+                                     f"{self._max_frame}", True)
+                if size < 1:
+                    return self._end(f"empty {kind}frame", True)
+                stop = pos + _HEADER_SIZE + size - 1
+                if stop > end:
+                    break
+                body = bytes(rest[pos + _HEADER_SIZE:stop])
+                pos = stop
+                reason = self._on_frame(body)
+                if reason is not None:
+                    return self._end(reason, True)
+        finally:
+            del rest[:pos]
+            self._taking = False
+        if self._peer_done and not self._held:
+            self._ended_by_peer()
 
     def _ended_by_peer(self) -> None:
-        rest = len(self._rest)
+        rest, kind = len(self._rest), self._kind
         if not rest:
-            self._end("closed by the peer", False)
+            self._end(None, False)
         elif rest < _HEADER_SIZE:
-            self._end("truncated frame header", True)
+            self._end(f"truncated {kind}frame header ({rest} of {_HEADER_SIZE} bytes before "
+                      "the connection closed)", True)
         else:
             size = _unpack_header_from(self._rest, 0)[0]
-            self._end(f"truncated reply frame ({rest - _HEADER_SIZE} of {size - 1} body bytes "
+            self._end(f"truncated {kind}frame ({rest - _HEADER_SIZE} of {size - 1} body bytes "
                       "before the connection closed)", True)
 
-    def _end(self, reason: str, warn: bool) -> None:
+    def _end(self, reason: Optional[str], warn: bool) -> None:
         if self._stopped:
             return
         self._stopped = True
@@ -521,7 +553,7 @@ class _Conn:
 
     __slots__ = ("reader", "writer", "transport", "pending", "closed")
 
-    def __init__(self, reader: _ReplyReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: _FrameReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader        # hands replies over as they arrive: no reader task
         self.writer = writer
         self.transport = writer.transport
@@ -707,7 +739,7 @@ class _Channel:
                 kw["ssl"] = self._ssl
                 kw["ssl_handshake_timeout"] = self._connect_timeout
             try:
-                reader = _ReplyReader(_READ_LIMIT, self._max_frame)
+                reader = _FrameReader(_READ_LIMIT, self._max_frame, "reply ")
                 protocol = asyncio.StreamReaderProtocol(reader)
                 transport, _ = await asyncio.wait_for(
                     self._loop.create_connection(lambda: protocol, self._host, self._port,
@@ -801,10 +833,10 @@ class _Channel:
         self._backoff = 0.0
         return None
 
-    def _reader_ended(self, conn: _Conn, reason: str, warn: bool) -> None:
+    def _reader_ended(self, conn: _Conn, reason: Optional[str], warn: bool) -> None:
         if warn:
             log.warning("closing the connection to %s: %s", self._who(), reason)
-        self._lost(conn, reason)
+        self._lost(conn, reason or "closed by the peer")
 
     def _protocol_error(self, conn: _Conn, reason: str) -> None:
         log.warning("closing the connection to %s: %s", self._who(), reason)
@@ -873,7 +905,7 @@ class _ServerConn:
     """One accepted connection."""
 
     __slots__ = ("writer", "transport", "peer", "packer", "closed", "unstarted", "handling",
-                 "room", "task")
+                 "room", "task", "reader", "ended")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -885,6 +917,8 @@ class _ServerConn:
         self.handling = 0           # handler tasks not finished
         self.room: Optional[asyncio.Future] = None   # set when `handling` drops below the cap
         self.task: Optional[asyncio.Task] = None
+        self.reader: Optional[_FrameReader] = None
+        self.ended: Optional[asyncio.Future] = None  # the reader's end: a reason or None
 
     def reply(self, rid: int, resp: Any) -> None:
         # uvloop may have closed the transport (a reset) before the reading
@@ -987,8 +1021,8 @@ class RaftServer:
         self = cls(raft, ssl, max_frame_size, services)
         self._secret = secret
         self._auth_timeout = auth_timeout
-        self._server = await asyncio.start_server(self._serve, host, port, ssl=ssl,
-                                                  limit=_READ_LIMIT)
+        self._server = await asyncio.get_running_loop().create_server(
+            self._protocol, host, port, ssl=ssl)
         self._port = self._server.sockets[0].getsockname()[1]
         log.info("serving node %s on %s:%s%s", getattr(raft, "id", "?"), host, self.port,
                  (" (TLS)" if ssl is not None else "")
@@ -1033,91 +1067,104 @@ class RaftServer:
 
     # ------------------------------------------------------------ serving
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _protocol(self) -> asyncio.StreamReaderProtocol:
+        """A new connection's protocol: its reader cuts frames as they arrive."""
+        return asyncio.StreamReaderProtocol(
+            _FrameReader(_READ_LIMIT, self._max_frame, ""), self._serve)
+
+    async def _serve(self, reader: _FrameReader, writer: asyncio.StreamWriter) -> None:
         conn = _ServerConn(writer)
         if self._closed:
             writer.transport.abort()
             return
         conn.task = asyncio.current_task()
         self._conns.add(conn)
-        readexactly = reader.readexactly
-        max_frame = self._max_frame
-        dispatch = self._dispatch
-        services = self._services
-        transport = conn.transport
+        conn.reader = reader
         reason = None
         try:
             if self._secret is not None:
                 reason = await self._authenticate(conn, reader)
                 if reason is not None:
                     return
-            while True:
-                try:
-                    header = await readexactly(_HEADER_SIZE)
-                except asyncio.IncompleteReadError as exc:
-                    if exc.partial:
-                        reason = (f"truncated frame header ({len(exc.partial)} of {_HEADER_SIZE} "
-                                  "bytes before the connection closed)")
-                    break
-                size, version = _unpack_header(header)
-                if version != WIRE_VERSION:
-                    reason = f"unknown wire version {version} (this node speaks {WIRE_VERSION})"
-                    break
-                if size > max_frame or size < 1:
-                    reason = f"frame of {size} bytes exceeds max_frame_size {max_frame}" \
-                        if size > max_frame else "empty frame"
-                    break
-                try:
-                    body = await readexactly(size - 1)
-                except asyncio.IncompleteReadError as exc:
-                    reason = (f"truncated frame ({len(exc.partial)} of {size - 1} body bytes "
-                              "before the connection closed)")
-                    break
-                try:
-                    obj = _unpackb(body)
-                except Exception as exc:
-                    reason = f"frame body is not msgpack ({exc or type(exc).__name__})"
-                    break
-                if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not int:
-                    reason = "frame body is not [request_id, message]"
-                    break
-                msg = obj[1]
-                if (services is not None and type(msg) is list and msg
-                        and type(msg[0]) is int and msg[0] >= SERVICE_TYPE_MIN):
-                    handler = services.get(msg[0])
-                    if handler is None:
-                        reason = f"unknown service message type {msg[0]}"
-                        break
-                    self._spawn(conn, self._handle(conn, rid=obj[0], handler=handler, msg=msg,
-                                                   raw=True))
-                else:
-                    try:
-                        msg = decode_message(msg)
-                    except Exception as exc:
-                        reason = f"malformed message: {exc}"
-                        break
-                    reason = dispatch(conn, obj[0], msg)
-                    if reason is not None:
-                        break
-                if conn.handling >= _MAX_HANDLING_PER_CONN:
-                    conn.room = asyncio.get_running_loop().create_future()
-                    await conn.room
-                if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
-                    await writer.drain()
+            ended = conn.ended = asyncio.get_running_loop().create_future()
+            reader.start(functools.partial(self._request_frame, conn),
+                         functools.partial(self._conn_ended, conn))
+            reason = await ended
         except asyncio.CancelledError:
             if not self._closed:
                 raise
         except (ConnectionError, OSError, _ssl.SSLError) as exc:
             log.debug("connection from %s failed: %s", conn.peer, exc)
-        except Exception:  # a bug of ours: log it, drop this connection only
-            log.error("serving the connection from %s failed", conn.peer, exc_info=True)
         finally:
+            reader.stop()
             if reason is not None:
                 log.warning("closing the connection from %s: %s", conn.peer, reason)
             conn.closed = True
             self._conns.discard(conn)
             if not self._closed:
                 writer.close()
+
+    def _conn_ended(self, conn: _ServerConn, reason: Optional[str], warn: bool) -> None:
+        """The reader's end of `conn`: _serve logs `reason` (None: closed cleanly)."""
+        if reason is not None and not warn:
+            log.debug("connection from %s failed: %s", conn.peer, reason)
+            reason = None
+        if not conn.ended.done():
+            conn.ended.set_result(reason)
+
+    def _request_frame(self, conn: _ServerConn, body: bytes) -> Optional[str]:
+        """One request frame's body: steps the node for it. Returns a reason
+        to close the connection, or None."""
+        try:
+            obj = _unpackb(body)
+        except Exception as exc:
+            return f"frame body is not msgpack ({exc or type(exc).__name__})"
+        if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not int:
+            return "frame body is not [request_id, message]"
+        msg = obj[1]
+        services = self._services
+        try:
+            if (services is not None and type(msg) is list and msg
+                    and type(msg[0]) is int and msg[0] >= SERVICE_TYPE_MIN):
+                handler = services.get(msg[0])
+                if handler is None:
+                    return f"unknown service message type {msg[0]}"
+                self._spawn(conn, self._handle(conn, rid=obj[0], handler=handler, msg=msg,
+                                               raw=True))
+            else:
+                try:
+                    msg = decode_message(msg)
+                except Exception as exc:
+                    return f"malformed message: {exc}"
+                reason = self._dispatch(conn, obj[0], msg)
+                if reason is not None:
+                    return reason
+        except Exception as exc:  # a bug of ours: log it, drop this connection only
+            log.error("serving the connection from %s failed", conn.peer, exc_info=True)
+            return f"internal error: {exc!r}"
+        if (conn.handling >= _MAX_HANDLING_PER_CONN
+                or conn.transport.get_write_buffer_size() > _WRITE_HIGH_WATER):
+            # Backpressure: no more requests from this peer until there is room.
+            conn.reader.hold()
+            self._spawn_waiter(conn)
+        return None
+
+    def _spawn_waiter(self, conn: _ServerConn) -> None:
+        t = asyncio.get_running_loop().create_task(self._release_when_room(conn))
+        self._handlers.add(t)
+        t.add_done_callback(self._handlers.discard)
+
+    async def _release_when_room(self, conn: _ServerConn) -> None:
+        try:
+            while conn.handling >= _MAX_HANDLING_PER_CONN and not conn.closed:
+                conn.room = asyncio.get_running_loop().create_future()
+                await conn.room
+            if conn.transport.get_write_buffer_size() > _WRITE_HIGH_WATER and not conn.closed:
+                await conn.writer.drain()
+        except (ConnectionError, OSError, _ssl.SSLError):
+            return
+        if not conn.closed:
+            conn.reader.release()
 
     async def _authenticate(self, conn: _ServerConn,
                             reader: asyncio.StreamReader) -> Optional[str]:
