@@ -45,13 +45,18 @@ Pipelining. A client sends every RPC on its connection as soon as it is
 made (an AppendEntries from the runtime's `append_entries_nowait` fast path is
 written before the call returns), each under a fresh request id; replies are
 matched to waiting calls by id, so any number of requests are in flight at
-once and the server may answer them in any order. The server steps the node
-for each request in arrival order (an AppendEntries the node can take without
-awaiting is answered right in the reading loop; anything else runs in a task
-of its own, started in arrival order) and keeps reading while a request waits
-(for a flush, a vote save, ...). A frame is built and parsed per message --
-an AppendEntries carries its whole batch of entries in one frame, encoded by
-one msgpack call.
+once and the server may answer them in any order. Both sides cut frames out
+of the bytes as they arrive, in the protocol's data_received (_FrameReader),
+with no reader task to wake: a reply settles its call at once (the runtime's
+fast path passes a callback, not a future), and the server steps the node for
+each request in arrival order (an AppendEntries the node can take without
+awaiting is answered at once, one that waits for the log flush from the
+flush's completion; anything else runs in a task of its own, started in
+arrival order) and keeps reading while a request waits (for a flush, a vote
+save, ...), up to _MAX_HANDLING_PER_CONN requests in hand per connection,
+past which it stops reading that peer until there is room. A frame is built
+and parsed per message -- an AppendEntries carries its whole batch of
+entries in one frame, encoded by one msgpack call.
 
 Failures. A connection that fails, or a connect that fails, makes the peer
 "backing off": the next attempt is allowed after 200 ms, doubling up to 1 s
