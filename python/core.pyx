@@ -158,22 +158,6 @@ cdef class _Slot:
 
 
 @cython.freelist(16)
-cdef class _AppendAnswer:
-    """The done callback of an AppendEntries reply future (no task per request)."""
-    cdef RaftCore core
-    cdef object target
-    cdef AppendEntriesRequest req
-
-    def __init__(self, RaftCore core, target, AppendEntriesRequest req) -> None:
-        self.core = core
-        self.target = target
-        self.req = req
-
-    def __call__(self, fut) -> None:
-        self.core._append_answered(self.target, self.req, fut)
-
-
-@cython.freelist(16)
 cdef class ReplyCallback:
     """Stands in for the future of an answer that comes later: the answer
     goes to reply(value, None) or reply(None, error), once, synchronously,
@@ -203,8 +187,10 @@ cdef class ReplyCallback:
 
 
 @cython.freelist(16)
-cdef class _AppendReply:
-    """The reply callback of an AppendEntries sent by append_entries_nowait."""
+cdef class _AppendAnswer:
+    """Where the answer of an AppendEntries sent by append_entries_nowait
+    goes: called as reply(response, error), or given the reply's future
+    (from_future, its done callback); no task per request either way."""
     cdef RaftCore core
     cdef object target
     cdef AppendEntriesRequest req
@@ -215,6 +201,14 @@ cdef class _AppendReply:
         self.req = req
 
     def __call__(self, resp, exc) -> None:
+        self.core._append_replied(self.target, self.req, resp, exc)
+
+    def from_future(self, fut) -> None:
+        if fut.cancelled():
+            resp, exc = None, asyncio.CancelledError()
+        else:
+            exc = fut.exception()
+            resp = fut.result() if exc is None else None
         self.core._append_replied(self.target, self.req, resp, exc)
 
 
@@ -1103,7 +1097,7 @@ cdef class RaftCore:
             return
         try:
             if target in self._nowait_reply:
-                r = nowait(req, _AppendReply(self, target, req))
+                r = nowait(req, _AppendAnswer(self, target, req))
             else:
                 r = nowait(req)
         except Exception as exc:
@@ -1116,7 +1110,7 @@ cdef class RaftCore:
         elif type(r) is AppendEntriesResponse:
             self._take_append_answer(target, req, r)
         elif isinstance(r, _Future):
-            r.add_done_callback(_AppendAnswer(self, target, req))
+            r.add_done_callback(_AppendAnswer(self, target, req).from_future)
         else:
             self._spawn(self._await_append(target, req, r))
 
@@ -1143,24 +1137,8 @@ cdef class RaftCore:
         else:
             self.engine.handle_append_failure(target, req, self.loop.time())
 
-    cdef void _append_answered(self, target, AppendEntriesRequest req, fut):
-        """The reply future of a request sent by append_entries_nowait is done."""
-        if self.stopped:
-            return
-        if fut.cancelled():
-            self._append_failed(target, req, asyncio.CancelledError())
-            return
-        exc = fut.exception()
-        resp = fut.result() if exc is None else None
-        if type(resp) is not AppendEntriesResponse:
-            self._append_failed(target, req, exc or RaftError(
-                f"node {target} answered an AppendEntries with {type(resp).__name__}"))
-            return
-        self._take_append_answer(target, req, resp)
-        self._run_sync()
-
     cdef void _append_replied(self, target, AppendEntriesRequest req, resp, exc):
-        """The answer of a request sent by append_entries_nowait with a reply callback."""
+        """The answer of a request sent by append_entries_nowait (see _AppendAnswer)."""
         if self.stopped:
             return
         if exc is not None or type(resp) is not AppendEntriesResponse:
