@@ -745,7 +745,7 @@ async def test_an_append_answer_waiting_for_the_flush_goes_to_reply_once():
 
 class OneArgumentRouter(LocalRouter):
     """A transport whose append_entries_nowait takes the request alone (as
-    one written before the reply callback existed)."""
+    LocalRouter's does, and any written before the reply callback existed)."""
 
     def _deliver_nowait(self, src, dst, req):
         self.one_argument_calls = getattr(self, "one_argument_calls", 0) + 1

@@ -108,11 +108,12 @@ class LocalRouter:
         return resp
 
 
-    def _deliver_nowait(self, src: int, dst: int, req: Any, reply: Any = None) -> Any:
+    def _deliver_nowait(self, src: int, dst: int, req: Any) -> Any:
         """Delivers an AppendEntries synchronously when the target can answer
         without awaiting: returns the response, an awaitable of it, or None
-        (nothing delivered; use _deliver). `reply` is not used: an answer
-        that comes later is returned as an awaitable."""
+        (nothing delivered; use _deliver). It takes no reply callback: an
+        answer here is nearly always immediate, and one that comes later is
+        returned as an awaitable."""
         if self._delay:
             return None
         nowait = self._nowait.get(dst)

@@ -258,7 +258,7 @@ class SimNetwork(LocalRouter):
         self.paused: dict[int, asyncio.Event] = {}
         self.filters: list = []
 
-    def _deliver_nowait(self, src, dst, req, reply=None):
+    def _deliver_nowait(self, src, dst, req):
         return None           # always the asynchronous path: latency applies
 
     async def _hop(self, a: int, b: int) -> None:
