@@ -9,7 +9,8 @@ import sys
 
 import raftcore
 
-COMPILED = ["engine", "core", "types", "messages", "log", "membership", "progress", "quorum", "codec"]
+COMPILED = ["engine", "core", "types", "messages", "log", "membership", "progress", "quorum", "codec",
+            "storage.sync_worker"]
 EXT = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
@@ -30,7 +31,8 @@ def test_stubs_and_py_typed_ship_with_the_package():
     pkg = pathlib.Path(raftcore.__file__).parent
     assert (pkg / "py.typed").exists()
     for name in COMPILED:
-        assert (pkg / f"{name}.pyi").exists(), f"missing stub {name}.pyi"
+        stub = name.replace(".", "/") + ".pyi"
+        assert (pkg / stub).exists(), f"missing stub {stub}"
 
 
 def test_import_fails_loudly_without_the_compiled_engine(tmp_path):
