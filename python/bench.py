@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
 from raftcore.config import Config
+from raftcore.errors import ForwardToLeader
 from raftcore.model import Node, ServerState
 from raftcore.network.local import LocalRouter
 from raftcore.raft import Raft
@@ -221,6 +222,10 @@ def fsync_samples_us(directory: str, rounds: int = 200) -> list[float]:
     return times
 
 
+class BenchmarkError(RuntimeError):
+    """A row could not be measured (its figures would be wrong)."""
+
+
 #: One call in this many is timed for the latency figures (see run_cluster).
 LATENCY_SAMPLE = 16
 
@@ -260,17 +265,28 @@ async def run_cluster(clients: int, ops_per_client: int, batch: int = 1,
     reporter = None
     if progress is not None:
         reporter = asyncio.ensure_future(progress.follow(done, clients * ops_per_client))
-    gc.collect()
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(k) for k in range(clients)))
-    dt = time.perf_counter() - t0
-    if reporter is not None:
-        reporter.cancel()
-        progress.finish()
+    try:
+        gc.collect()
+        t0 = time.perf_counter()
+        try:
+            await asyncio.gather(*(client(k) for k in range(clients)))
+        except ForwardToLeader as exc:
+            raise BenchmarkError(
+                f"the benchmark leader lost its leadership during the {clients}-client row "
+                f"({exc}): a follower heard no heartbeat for an election timeout, which on an "
+                f"overloaded machine (load average {os.getloadavg()[0]:.1f}) can happen; the "
+                "row is not measured, rerun it on a quieter machine") from None
+        dt = time.perf_counter() - t0
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+            progress.finish()
+        await cluster.close()
     total_ops = clients * ops_per_client
     entries = total_ops * batch
-    assert leader.state_machine.applied_normal == entries, "the leader did not apply every write"
-    await cluster.close()
+    if leader.state_machine.applied_normal != entries:
+        raise BenchmarkError(f"the leader applied {leader.state_machine.applied_normal} "
+                             f"entries, not the {entries} written")
     s = sorted(lat)
     return BenchRow(
         clients=clients, ops=entries, batch=batch, seconds=dt,

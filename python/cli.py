@@ -118,11 +118,15 @@ def _bench(args) -> int:
         # Before and after the rows, like the floor: one figure for the
         # disk's state over the whole run, not one moment of it.
         fsync_before = bench.fsync_samples_us(probe_dir)
-    rows = uvloop.run(bench.run_all(args.clients, args.ops, args.batch, args.payload,
-                                    floor=not args.no_floor,
-                                    show_progress=not args.no_progress and not args.json,
-                                    transport=args.transport, store=args.store,
-                                    workdir=args.dir))
+    try:
+        rows = uvloop.run(bench.run_all(args.clients, args.ops, args.batch, args.payload,
+                                        floor=not args.no_floor,
+                                        show_progress=not args.no_progress and not args.json,
+                                        transport=args.transport, store=args.store,
+                                        workdir=args.dir))
+    except bench.BenchmarkError as exc:
+        print(f"raftcore bench: {exc}", file=sys.stderr)
+        return 1
     fsync_us = None
     if probe_dir is not None:
         fsync_after = bench.fsync_samples_us(probe_dir)

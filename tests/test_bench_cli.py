@@ -181,3 +181,34 @@ def test_latency_is_sampled_once_every_latency_sample_calls_per_client(capsys):
     assert row["ops"] == 2 * ops
     assert sum(row["latency_hist"]["counts"]) == 2 * 3
     assert 0 < row["p50_us"] <= row["p99_us"]
+
+
+# ------------------------------------------------------------ a lost leader
+
+def test_a_row_whose_leader_loses_leadership_is_a_clear_error(monkeypatch, capsys):
+    """An election during a row (an overloaded machine) makes client_write
+    raise ForwardToLeader: the run stops with a message saying so, exit
+    status 1, the cluster closed; no traceback, no figures."""
+    from raftcore.errors import ForwardToLeader
+    real = bench.start_cluster
+    clusters = []
+
+    async def start(*args, **kwargs):
+        c = await real(*args, **kwargs)
+        clusters.append(c)
+        write, calls = c.leader.client_write, [0]
+
+        def losing(payload):
+            calls[0] += 1
+            if calls[0] == 50:
+                raise ForwardToLeader(2, None)
+            return write(payload)
+        c.leader.client_write = losing
+        return c
+    monkeypatch.setattr(bench, "start_cluster", start)
+    rc = cli.main(["bench", "--clients", "4", "--ops", "100", "--no-floor", "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 1 and "lost its leadership during the 4-client row" in out.err, out
+    assert "Traceback" not in out.err and "put/s" not in out.out
+    [c] = clusters
+    assert c.leader.metrics.state.name == "SHUTDOWN"
