@@ -29,6 +29,9 @@ class ReplyCallback:
     def set_result(self, value: Optional[AppendEntriesResponse]) -> None: ...
     def set_exception(self, exc: BaseException) -> None: ...
 
+def takes_reply(nowait: Callable[..., Any]) -> bool:
+    """Whether an append_entries_nowait takes the reply callback (a second argument)."""
+
 class RaftCore:
     id: Any
     config: Config

@@ -1065,7 +1065,7 @@ cdef class RaftCore:
             self._clients[target] = entry
             nowait = getattr(entry[1], "append_entries_nowait", None)
             self._nowait[target] = nowait
-            if nowait is not None and _takes_reply(nowait):
+            if nowait is not None and takes_reply(nowait):
                 self._nowait_reply.add(target)
             else:
                 self._nowait_reply.discard(target)
@@ -1343,9 +1343,10 @@ def _resolve(fut: asyncio.Future, value: Any) -> None:
         fut.set_result(value)
 
 
-def _takes_reply(nowait) -> bool:
-    """Whether a NetworkClient's append_entries_nowait takes the reply
-    callback (a second argument); one written for (req) alone is called so."""
+def takes_reply(nowait) -> bool:
+    """Whether an append_entries_nowait (a NetworkClient's, or a Raft's that a
+    transport serves) takes the reply callback, a second argument; one
+    written for (req) alone is called so."""
     try:
         inspect.signature(nowait).bind(None, None)
     except (TypeError, ValueError):

@@ -989,3 +989,44 @@ def test_cluster_restarted_from_its_directories_keeps_acknowledged_writes(tmp_pa
         finally:
             await stop_nodes(nodes)
     uvloop.run(asyncio.wait_for(body(), 60))
+
+
+def test_a_store_used_from_one_event_loop_then_another_reports_every_flush(tmp_path):
+    """The compiled thread reports to the loop that started it; a store that
+    moves on to a new loop (asyncio.run twice) gets a new one."""
+    store = FileLogStore(tmp_path)
+
+    async def write(first):
+        await asyncio.wait_for(append(store, ents(first, 2)), GUARD)
+    asyncio.run(write(1))       # a new segment: the Python thread
+    asyncio.run(write(3))       # the compiled thread, on this loop
+    asyncio.run(write(5))       # and on this one
+    asyncio.run(store.close())
+    store = FileLogStore(tmp_path)
+    assert keys(store.entries(1, 6)) == keys(ents(1, 6))
+    asyncio.run(store.close())
+
+
+def test_no_descriptor_for_the_compiled_thread_fails_the_store_instead_of_stalling(
+        tmp_path, monkeypatch, caplog):
+    """If the compiled thread cannot be started (here: no eventfd, as when
+    the process is out of descriptors), the group's on_flushed gets a
+    StorageError, later writes are refused, and close() returns."""
+    async def body():
+        store = FileLogStore(tmp_path)
+        await append(store, ents(1, 1))            # a new segment: the Python thread
+
+        def no_fd(*args):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        monkeypatch.setattr(os, "eventfd", no_fd)
+        got = []
+        done = asyncio.get_running_loop().create_future()
+        store.append(ents(2, 1), lambda err: (got.append(err), done.set_result(None)))
+        with caplog.at_level(logging.ERROR, logger="raftcore.storage.file"):
+            await asyncio.wait_for(done, GUARD)
+        assert isinstance(got[0], StorageError) and os.strerror(errno.EMFILE) in str(got[0])
+        late = []
+        store.append(ents(3, 1), late.append)
+        assert len(late) == 1 and isinstance(late[0], StorageError)
+        await asyncio.wait_for(store.close(), GUARD)
+    run(body())

@@ -460,6 +460,61 @@ async def test_a_peer_with_too_many_requests_in_hand_is_read_no_further_until_th
         await server.close()
 
 
+async def _until(pred, what: str) -> None:
+    """Waits (a few ms at a time, GUARD at most) for a condition the code
+    under test offers no event for."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GUARD
+    while not pred():
+        assert loop.time() < deadline, f"no {what} within {GUARD}s"
+        await asyncio.sleep(0.005)
+
+
+@tcp_test
+async def test_close_returns_while_a_peer_that_reads_nothing_holds_back_its_connection():
+    """A peer that stops reading fills the server's send buffer; the server
+    stops reading it (backpressure) and waits for the buffer to drain.
+    close() must not wait for that drain."""
+    async def big(msg):
+        return b"x" * (1 << 20)
+    server = await RaftServer.start(FakeRaft(), HOST, 0, services={64: big})
+    reader, writer = await asyncio.open_connection(HOST, server.port)
+    try:
+        writer.write(b"".join(frame(msgpack.packb([i, [64]])) for i in range(40)))
+        high = tcp_module._WRITE_HIGH_WATER
+        await _until(lambda: any(c.transport.get_write_buffer_size() > high
+                                 for c in server._conns), "a full send buffer")
+        writer.write(frame(msgpack.packb([99, [64]])))      # read with the buffer full
+        await _until(lambda: any(c.waiter is not None for c in server._conns),
+                     "connection held back")
+        await asyncio.wait_for(server.close(), GUARD)
+    finally:
+        writer.transport.abort()
+        await server.close()
+
+
+class OneArgumentNowaitRaft(FakeRaft):
+    """A node whose append_entries_nowait takes the request alone and
+    answers a flushed append with a future."""
+
+    def append_entries_nowait(self, req):
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(AppendEntriesResponse(req.term, True, req.prev_log_index))
+        return fut
+
+
+@tcp_test
+async def test_a_node_whose_nowait_takes_no_reply_callback_is_served():
+    server = await RaftServer.start(OneArgumentNowaitRaft(), HOST, 0)
+    client = TcpNetwork(rpc_timeout=GUARD).client(1, Node(f"{HOST}:{server.port}"))
+    try:
+        for t in (1, 2, 3):
+            assert (await client.append_entries(ae(t, 10 * t))).matched == 10 * t
+    finally:
+        await client.close()
+        await server.close()
+
+
 @tcp_test
 async def test_snapshot_chunks_travel_on_a_connection_of_their_own():
     async with fake_server() as (server, fake, node):

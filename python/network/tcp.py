@@ -126,7 +126,7 @@ from typing import Any, Awaitable, Callable, Mapping, Optional
 import msgpack
 
 from raftcore.codec import decode_message, encode_message
-from raftcore.core import ReplyCallback
+from raftcore.core import ReplyCallback, takes_reply
 from raftcore.errors import CodecError, ConfigError, NetworkError, Timeout
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotRequest, InstallSnapshotResponse,
@@ -835,7 +835,8 @@ class _Channel:
                     f"{self._who()} failed to handle the request: {obj[2]}"))
         if fut is None:
             log.debug("dropped a late reply from %s (request %s)", self._who(), obj[0])
-        self._backoff = 0.0
+        if not conn.closed:     # (a reply of the wrong type has just closed it)
+            self._backoff = 0.0
         return None
 
     def _reader_ended(self, conn: _Conn, reason: Optional[str], warn: bool) -> None:
@@ -910,7 +911,7 @@ class _ServerConn:
     """One accepted connection."""
 
     __slots__ = ("writer", "transport", "peer", "packer", "closed", "unstarted", "handling",
-                 "room", "task", "reader", "ended")
+                 "room", "task", "reader", "ended", "waiter")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -924,6 +925,7 @@ class _ServerConn:
         self.task: Optional[asyncio.Task] = None
         self.reader: Optional[_FrameReader] = None
         self.ended: Optional[asyncio.Future] = None  # the reader's end: a reason or None
+        self.waiter: Optional[asyncio.Task] = None   # releases the held reader (backpressure)
 
     def reply(self, rid: int, resp: Any) -> None:
         # uvloop may have closed the transport (a reset) before the reading
@@ -986,6 +988,9 @@ class RaftServer:
         self._replies_drained: Optional[asyncio.Future] = None   # close() waits on it
         self._append = raft.append_entries
         self._append_nowait = getattr(raft, "append_entries_nowait", None)
+        # One written for (req) alone answers a flushed append with a future.
+        self._nowait_reply = self._append_nowait is not None and \
+            takes_reply(self._append_nowait)
         # Request type -> handler run in a task of its own (AppendEntries has
         # its own path, see _dispatch).
         self._handlers_by_type = {
@@ -1102,6 +1107,8 @@ class RaftServer:
             log.debug("connection from %s failed: %s", conn.peer, exc)
         finally:
             reader.stop()
+            if conn.waiter is not None:
+                conn.waiter.cancel()
             if reason is not None:
                 log.warning("closing the connection from %s: %s", conn.peer, reason)
             conn.closed = True
@@ -1155,9 +1162,9 @@ class RaftServer:
         return None
 
     def _spawn_waiter(self, conn: _ServerConn) -> None:
-        t = asyncio.get_running_loop().create_task(self._release_when_room(conn))
-        self._handlers.add(t)
-        t.add_done_callback(self._handlers.discard)
+        # Not one of _handlers (which close() waits for): a peer that never
+        # reads would keep a drain waiting for good. _serve cancels it.
+        conn.waiter = asyncio.get_running_loop().create_task(self._release_when_room(conn))
 
     async def _release_when_room(self, conn: _ServerConn) -> None:
         try:
@@ -1168,6 +1175,7 @@ class RaftServer:
                 await conn.writer.drain()
         except (ConnectionError, OSError, _ssl.SSLError):
             return
+        conn.waiter = None
         if not conn.closed:
             conn.reader.release()
 
@@ -1204,7 +1212,10 @@ class RaftServer:
             # connection still waits to start: requests reach the node in order.
             if nowait is not None and not conn.unstarted:
                 try:
-                    r = nowait(msg, functools.partial(self._flushed_reply, conn, rid))
+                    if self._nowait_reply:
+                        r = nowait(msg, functools.partial(self._flushed_reply, conn, rid))
+                    else:
+                        r = nowait(msg)
                 except Exception as exc:
                     conn.reply_error(rid, exc)
                     return None

@@ -448,8 +448,8 @@ class _FlushThread:
 class _GroupSyncer:
     """A SyncWorker on a thread of its own, reporting to an event loop: a
     finished job calls store._group_written(fd, error) there. Holds the
-    store only weakly, so a store dropped without close() can be collected
-    (and stop it)."""
+    store only weakly between jobs, so a store dropped without close() can
+    be collected (and stop it)."""
 
     def __init__(self, store: "FileLogStore", loop: asyncio.AbstractEventLoop) -> None:
         if hasattr(os, "eventfd"):
@@ -458,14 +458,26 @@ class _GroupSyncer:
             self._read_fd, self._write_fd = os.pipe()
             os.set_blocking(self._read_fd, False)
         self._store = weakref.ref(store)
-        self._loop = loop
+        self.loop = loop
         self._fd = -1
         self._pinned: Optional["FileLogStore"] = None
-        self._worker = SyncWorker(self._write_fd)
-        self.thread = threading.Thread(target=self._worker.run, name=f"raftcore-sync {store.path}",
-                                       daemon=True)
-        self.thread.start()
-        loop.add_reader(self._read_fd, self._completed)
+        self._watched = False
+        self.thread: Optional[threading.Thread] = None
+        try:
+            self._worker = SyncWorker(self._write_fd)
+            self.thread = threading.Thread(target=self._worker.run,
+                                           name=f"raftcore-sync {store.path}", daemon=True)
+            self.thread.start()
+            loop.add_reader(self._read_fd, self._completed)
+            self._watched = True
+        except BaseException:
+            self.stop(join=True)
+            raise
+
+    @property
+    def busy(self) -> bool:
+        """A job is in the thread's hands (its fd must stay open)."""
+        return self._pinned is not None
 
     def submit(self, fd: int, data: bytes, offset: int) -> None:
         self._fd = fd
@@ -487,20 +499,24 @@ class _GroupSyncer:
     def stop(self, join: bool) -> None:
         """Ends the thread once its job in hand is done (event loop thread,
         or any thread from a store's __del__ with join False)."""
-        self._worker.stop()
-        if join:
-            self.thread.join()
+        if self.thread is not None:
+            self._worker.stop()
+            if join:
+                self.thread.join()
+        if not self._watched:
+            self._close_fds()
+            return
         try:
             if join:
-                self._loop.remove_reader(self._read_fd)
+                self.loop.remove_reader(self._read_fd)
                 self._close_fds()
             else:
-                self._loop.call_soon_threadsafe(self._remove_and_close)
+                self.loop.call_soon_threadsafe(self._remove_and_close)
         except RuntimeError:        # the loop is closed: nothing watches the fd
             self._close_fds()
 
     def _remove_and_close(self) -> None:
-        self._loop.remove_reader(self._read_fd)
+        self.loop.remove_reader(self._read_fd)
         self._close_fds()
 
     def _close_fds(self) -> None:
@@ -1045,6 +1061,18 @@ class FileLogStore(LogStore):
         # Next iteration: what else is appended in this one joins the group.
         loop.call_soon(self._start_group)
 
+    def _group_syncer(self, loop: asyncio.AbstractEventLoop) -> _GroupSyncer:
+        """The compiled thread, reporting to `loop` (a new one if the store
+        moved to another event loop: nothing would read the old one's fd)."""
+        syncer = self._syncer
+        if syncer is not None and syncer.loop is not loop:
+            self._syncer = None
+            syncer.stop(join=True)      # idle: no group is in flight
+            syncer = None
+        if syncer is None:
+            syncer = self._syncer = _GroupSyncer(self, loop)
+        return syncer
+
     def _flush_thread(self) -> _FlushThread:
         if self._thread is None:
             self._thread = _FlushThread(f"raftcore-flush {self.path}")
@@ -1075,15 +1103,20 @@ class FileLogStore(LogStore):
                     [s.path for s in group.delete])
             loop = asyncio.get_running_loop()
             seg = group.segment
-            if self._fast_sync and not group.roll and not group.delete and \
-                    group.offset + len(group.data) <= seg.allocated:
-                if self._syncer is None:
-                    self._syncer = _GroupSyncer(self, loop)
-                self._syncer.submit(self._fd, group.data, group.offset)
-            elif self._own_thread:
-                self._flush_thread().submit(loop, self._write_group, args, self._group_written)
-            else:
-                self._flush_task = loop.create_task(self._write_in_executor(args))
+            try:
+                if self._fast_sync and not group.roll and not group.delete and \
+                        group.offset + len(group.data) <= seg.allocated:
+                    self._group_syncer(loop).submit(self._fd, group.data, group.offset)
+                elif self._own_thread:
+                    self._flush_thread().submit(loop, self._write_group, args,
+                                                self._group_written)
+                else:
+                    self._flush_task = loop.create_task(self._write_in_executor(args))
+            except Exception as exc:    # no descriptor or thread to be had: fail, never stall
+                self._in_flight = None
+                self._fail(StorageError(f"FileLogStore {self.path}: cannot start writing the "
+                                        f"log: {exc}; the store takes no more writes"),
+                           group, exc)
             return
         self._maybe_idle()
 
@@ -1287,6 +1320,11 @@ class FileLogStore(LogStore):
             syncer = getattr(self, "_syncer", None)
             if syncer is not None:
                 syncer.stop(join=False)
+                if syncer.busy:
+                    # Its thread may still write to the segment: the fd is
+                    # left open (closed, its number could be reused by another
+                    # file, which would take the write).
+                    self._fd = None
             self._release()
 
     def _check_open(self) -> None:
