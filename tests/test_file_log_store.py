@@ -751,6 +751,20 @@ def test_plain_groups_are_written_by_the_compiled_thread_with_the_same_bytes(tmp
     run(body())
 
 
+async def fails_for_good(store, caplog, index: int, reason: str) -> None:
+    """An append at `index` is reported failed with a StorageError naming
+    `reason`, and the next one is refused at once."""
+    got = []
+    done = asyncio.get_running_loop().create_future()
+    store.append(ents(index, 1), lambda err: (got.append(err), done.set_result(None)))
+    with caplog.at_level(logging.ERROR, logger="raftcore.storage.file"):
+        await asyncio.wait_for(done, GUARD)
+    assert isinstance(got[0], StorageError) and reason in str(got[0]), got
+    late = []
+    store.append(ents(index + 1, 1), late.append)
+    assert len(late) == 1 and isinstance(late[0], StorageError)
+
+
 def test_a_failed_write_on_the_compiled_thread_fails_the_store(tmp_path, caplog):
     """pwrite failing in SyncWorker (here: the segment's descriptor made
     read-only behind the store's back) fails the group with a StorageError
@@ -764,15 +778,7 @@ def test_a_failed_write_on_the_compiled_thread_fails_the_store(tmp_path, caplog)
         ro = os.open(seg, os.O_RDONLY)
         os.dup2(ro, store._fd)
         os.close(ro)
-        got = []
-        done = asyncio.get_running_loop().create_future()
-        store.append(ents(5, 1), lambda err: (got.append(err), done.set_result(None)))
-        with caplog.at_level(logging.ERROR, logger="raftcore.storage.file"):
-            await asyncio.wait_for(done, GUARD)
-        assert isinstance(got[0], StorageError) and os.strerror(errno.EBADF) in str(got[0])
-        late = []
-        store.append(ents(6, 1), late.append)
-        assert len(late) == 1 and isinstance(late[0], StorageError)
+        await fails_for_good(store, caplog, 5, os.strerror(errno.EBADF))
         await store.close()
         store = FileLogStore(tmp_path)
         assert keys(store.entries(1, 4)) == keys(ents(1, 4))
@@ -1019,14 +1025,6 @@ def test_no_descriptor_for_the_compiled_thread_fails_the_store_instead_of_stalli
         def no_fd(*args):
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
         monkeypatch.setattr(os, "eventfd", no_fd)
-        got = []
-        done = asyncio.get_running_loop().create_future()
-        store.append(ents(2, 1), lambda err: (got.append(err), done.set_result(None)))
-        with caplog.at_level(logging.ERROR, logger="raftcore.storage.file"):
-            await asyncio.wait_for(done, GUARD)
-        assert isinstance(got[0], StorageError) and os.strerror(errno.EMFILE) in str(got[0])
-        late = []
-        store.append(ents(3, 1), late.append)
-        assert len(late) == 1 and isinstance(late[0], StorageError)
+        await fails_for_good(store, caplog, 2, os.strerror(errno.EMFILE))
         await asyncio.wait_for(store.close(), GUARD)
     run(body())
