@@ -980,12 +980,10 @@ class RaftServer:
         self._port = 0
         self._conns: set[_ServerConn] = set()
         self._handlers: set[asyncio.Task] = set()
-        # AppendEntries answers waiting for the node's flush: futures the
-        # node resolves (replied from their done callback), and how many
-        # the node will hand to _flushed_reply (see _dispatch).
-        self._answers: set[asyncio.Future] = set()
-        self._flushed_replies = 0
-        self._replies_drained: Optional[asyncio.Future] = None   # close() waits on it
+        # AppendEntries answers waiting for the node's flush, which come to
+        # _answer_later (see _dispatch); close() waits for them.
+        self._answers_due = 0
+        self._answers_drained: Optional[asyncio.Future] = None
         self._append = raft.append_entries
         self._append_nowait = getattr(raft, "append_entries_nowait", None)
         # One written for (req) alone answers a flushed append with a future.
@@ -1066,12 +1064,9 @@ class RaftServer:
         # fails them); they are never cancelled half-way.
         if self._handlers:
             await asyncio.gather(*list(self._handlers), return_exceptions=True)
-        if self._answers:
-            # wait, not gather: cancelling close() must not cancel the node's futures.
-            await asyncio.wait(list(self._answers))
-        if self._flushed_replies:
-            self._replies_drained = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._replies_drained)
+        if self._answers_due:
+            self._answers_drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._answers_drained)
         await asyncio.gather(*(_wait_closed(c.writer) for c in conns), return_exceptions=True)
         await self._server.wait_closed()
 
@@ -1213,7 +1208,7 @@ class RaftServer:
             if nowait is not None and not conn.unstarted:
                 try:
                     if self._nowait_reply:
-                        r = nowait(msg, functools.partial(self._flushed_reply, conn, rid))
+                        r = nowait(msg, functools.partial(self._answer_later, conn, rid))
                     else:
                         r = nowait(msg)
                 except Exception as exc:
@@ -1223,17 +1218,15 @@ class RaftServer:
                     self._spawn(conn, self._handle(conn, rid, self._append, msg))
                 elif type(r) is AppendEntriesResponse:
                     conn.reply(rid, r)
-                elif type(r) is ReplyCallback:
-                    # Waiting for the flush: the node calls _flushed_reply
-                    # from the flush's completion, in the same loop iteration.
+                elif type(r) is ReplyCallback or asyncio.isfuture(r):
+                    # Waiting for the flush: the node calls _answer_later from
+                    # the flush's completion (in the same loop iteration), or
+                    # resolves a future (a node that takes no callback).
                     conn.handling += 1
-                    self._flushed_replies += 1
-                elif asyncio.isfuture(r):
-                    # Waiting for the flush: reply from the future's callback
-                    # (no task, no extra loop iteration once it resolves).
-                    conn.handling += 1
-                    self._answers.add(r)
-                    r.add_done_callback(functools.partial(self._reply_when_done, conn, rid))
+                    self._answers_due += 1
+                    if type(r) is not ReplyCallback:
+                        r.add_done_callback(functools.partial(self._answer_from_future, conn,
+                                                              rid))
                 else:
                     self._spawn(conn, self._finish(conn, rid, r), started=True)
             else:
@@ -1265,40 +1258,33 @@ class RaftServer:
             pending = _raise(exc)
         await self._finish(conn, rid, pending, raw)
 
-    def _reply_when_done(self, conn: _ServerConn, rid: int, fut: asyncio.Future) -> None:
-        try:
-            if fut.cancelled():
-                conn.reply_error(rid, asyncio.CancelledError())
-            elif fut.exception() is not None:
-                log.debug("handler of request %s from %s raised %r", rid, conn.peer,
-                          fut.exception())
-                conn.reply_error(rid, fut.exception())
-            else:
-                try:
-                    conn.reply(rid, fut.result())
-                except Exception as exc:  # a handler returning a non-message is our bug
-                    log.error("cannot encode the reply to request %s from %s: %s", rid,
-                              conn.peer, exc)
-                    conn.reply_error(rid, exc)
-        finally:
-            self._answers.discard(fut)
-            self._handled(conn)
+    def _answer_from_future(self, conn: _ServerConn, rid: int, fut: asyncio.Future) -> None:
+        if fut.cancelled():
+            self._answer_later(conn, rid, None, asyncio.CancelledError())
+        else:
+            exc = fut.exception()
+            self._answer_later(conn, rid, None if exc else fut.result(), exc)
 
-    def _flushed_reply(self, conn: _ServerConn, rid: int, resp: Any,
-                       exc: Optional[BaseException]) -> None:
+    def _answer_later(self, conn: _ServerConn, rid: int, resp: Any,
+                      exc: Optional[BaseException]) -> None:
         """The node's answer to an AppendEntries that waited for its flush."""
         try:
             if exc is not None:
                 log.debug("append of request %s from %s failed: %r", rid, conn.peer, exc)
                 conn.reply_error(rid, exc)
             else:
-                conn.reply(rid, resp)
+                try:
+                    conn.reply(rid, resp)
+                except Exception as err:  # a node answering a non-message is our bug
+                    log.error("cannot encode the reply to request %s from %s: %s", rid,
+                              conn.peer, err)
+                    conn.reply_error(rid, err)
         except Exception:   # never into the node's flush completion
             log.error("replying to request %s from %s failed", rid, conn.peer, exc_info=True)
         finally:
-            self._flushed_replies -= 1
-            drained = self._replies_drained
-            if not self._flushed_replies and drained is not None and not drained.done():
+            self._answers_due -= 1
+            drained = self._answers_drained
+            if not self._answers_due and drained is not None and not drained.done():
                 drained.set_result(None)
             self._handled(conn)
 

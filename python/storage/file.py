@@ -557,7 +557,7 @@ class FileLogStore(LogStore):
         self._own_thread = executor is None      # log writes on a _FlushThread
         # Plain groups on the GIL-free SyncWorker: with the real file system
         # only (a test's ops see every call).
-        self._fast_sync = self._own_thread and type(ops or FileOps()) is FileOps
+        self._fast_sync = self._own_thread and (ops is None or type(ops) is FileOps)
         self._ops = ops or FileOps()
         self._closed = False
         self._failed: Optional[StorageError] = None
@@ -703,11 +703,11 @@ class FileLogStore(LogStore):
             path = self._p(name)
             last = k == len(segs) - 1
             data = memoryview(self._ops.read_file(path))
-            groups, good_end = self._parse_segment(path, data, last)
+            groups, good_end, torn = self._parse_segment(path, data, last)
             allocated = len(data)
-            if not _zeros_from(data, good_end):
-                # A torn tail (logged by _parse_segment): cut, so that no
-                # part of it is read after a later group's marker.
+            if torn:
+                # Cut (_parse_segment logged it), so that no part of it is
+                # read after a later group's marker.
                 self._ops.truncate(path, good_end)
                 allocated = good_end
             if not groups:
@@ -815,10 +815,12 @@ class FileLogStore(LogStore):
                 "log with a hole (restore this node's directory or rebuild the node from its "
                 "peers)")
 
-    def _parse_segment(self, path: str, data: memoryview, last: bool) -> tuple[list, int]:
+    def _parse_segment(self, path: str, data: memoryview,
+                       last: bool) -> tuple[list, int, bool]:
         """The complete groups of a segment, as lists of (type, payload,
-        offset), and the offset where they end. Cuts (reports) a torn tail
-        of the last segment; raises StorageError on corruption."""
+        offset), the offset where they end, and whether a torn tail of the
+        last segment follows them (reported here, to be cut); raises
+        StorageError on corruption."""
         groups: list = []
         pending: list = []
         pos = group_start = 0
@@ -846,7 +848,7 @@ class FileLogStore(LogStore):
                 pending.append((rtype, payload, pos))
             pos = nxt
         if not pending and _zeros_from(data, pos):
-            return groups, pos      # the rest is allocated space (or nothing)
+            return groups, pos, False   # the rest is allocated space (or nothing)
         # Something follows the last complete group: torn tail or corruption.
         bad = pos if pos < end else group_start
         committed_at = self._find_marker(data, pos + 1, gseq) if pos < end else None
@@ -868,7 +870,7 @@ class FileLogStore(LogStore):
             "FileLogStore %s: cut a torn tail from %s: %d bytes from offset %d, a batch that "
             "was never completely written (no commit marker), so never reported flushed",
             self.path, path, end - group_start, group_start)
-        return groups, group_start
+        return groups, group_start, True
 
     @staticmethod
     def _find_marker(data: memoryview, start: int, min_seq: int) -> Optional[int]:
