@@ -31,8 +31,10 @@ import subprocess
 import msgpack
 import pytest
 
+from raftcore import kv
 from raftcore.codec import decode_message
 from raftcore.config import Config
+from raftcore.errors import ConfigError
 from raftcore.kv import KV_GET, LEASE, OK, Client
 from raftcore.messages import VoteRequest
 from raftcore.network.tcp import SERVICE_TYPE_MIN, WIRE_VERSION
@@ -51,6 +53,35 @@ _FRAME_HEAD = struct.Struct(">IB")
 #: Debian's faketime wrapper (package faketime), which preloads libfaketime.
 FAKETIME = shutil.which("faketime")
 
+
+
+# ================================================================ settings
+
+@pytest.mark.parametrize("value", [-0.1, float("inf"), float("nan"), "0.5", True, None])
+def test_config_refuses_a_clock_drift_bound_that_is_not_a_finite_ratio(value):
+    with pytest.raises(ConfigError, match=r"Config\.max_clock_drift must be a finite number >= 0"):
+        Config(max_clock_drift=value)
+
+
+def test_config_refuses_a_margin_that_leaves_no_lease():
+    assert Config(max_clock_drift=0).max_clock_drift == 0
+    with pytest.raises(ConfigError, match=r"lease_drift_margin \(0\.1\) must be below "
+                                          r"election_timeout_min / \(1 \+ max_clock_drift\) "
+                                          r"\(0\.1\)"):
+        Config(election_timeout_min=0.15, max_clock_drift=0.5, lease_drift_margin=0.1)
+
+
+def test_kv_sets_the_clock_drift_bound_from_its_command_line(capsys):
+    base = ["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001"]
+    assert kv.parse_args(base).config.max_clock_drift == DRIFT
+    assert kv.parse_args(base + ["--max-clock-drift", "0.25"]).config.max_clock_drift == 0.25
+    assert kv.main(base + ["--max-clock-drift", "-1"]) == 2
+    assert "max_clock_drift must be a finite number >= 0" in capsys.readouterr().err
+    assert kv.main(base + ["--max-clock-drift", "fast"]) == 2
+    assert "--max-clock-drift: invalid float value: 'fast'" in capsys.readouterr().err
+
+
+# =============================================================== processes
 
 def frame(obj) -> bytes:
     body = msgpack.packb(obj, use_bin_type=True)
