@@ -22,9 +22,10 @@ nothing sleeps for a fixed time and nothing asserts on timing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import glob
 import os
-import shutil
 import struct
 import subprocess
 
@@ -50,8 +51,13 @@ DRIFT = Config().max_clock_drift
 NODE_ARGS = ["--heartbeat", "0.05", "--election-timeout", "2.0,2.8", "--snapshot-every", "0",
              "--log-level", "INFO"]
 _FRAME_HEAD = struct.Struct(">IB")
-#: Debian's faketime wrapper (package faketime), which preloads libfaketime.
-FAKETIME = shutil.which("faketime")
+#: libfaketime (Debian's package libfaketime, which `faketime` installs),
+#: preloaded into each node. Not through the `faketime` wrapper: that runs the
+#: node as its child, so killing it would leave the node running.
+LIBFAKETIME = next(iter(sorted(
+    glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
+    + glob.glob("/usr/lib/faketime/libfaketimeMT.so.1")
+    + glob.glob("/usr/local/lib/faketime/libfaketimeMT.so.1"))), None)
 
 
 
@@ -125,6 +131,8 @@ class Links:
         self.cut_off = None
         self._servers: list[asyncio.AbstractServer] = []
         self._open: set[tuple] = set()
+        self._carriers: set[asyncio.Task] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         for i in self.listen:
@@ -142,11 +150,19 @@ class Links:
     async def close(self) -> None:
         for s in self._servers:
             s.close()
-        for link in list(self._open):
-            for w in link[2:]:
-                w.close()
+        for w in self._writers:
+            w.close()
+        await asyncio.gather(*self._carriers, return_exceptions=True)
 
     async def _carry(self, dest: int, reader, writer) -> None:
+        self._carriers.add(asyncio.current_task())
+        self._writers.add(writer)
+        try:
+            await self._carry_from(dest, reader, writer)
+        finally:
+            self._carriers.discard(asyncio.current_task())
+
+    async def _carry_from(self, dest: int, reader, writer) -> None:
         try:
             head = await reader.readexactly(_FRAME_HEAD.size)
             body = await reader.readexactly(_FRAME_HEAD.unpack(head)[0] - 1)
@@ -159,6 +175,7 @@ class Links:
         except (OSError, asyncio.IncompleteReadError):
             writer.close()
             return
+        self._writers.add(up_writer)
         link = (sender, dest, writer, up_writer)
         self._open.add(link)
         up_writer.write(head + body)
@@ -172,6 +189,7 @@ class Links:
                 p.cancel()
             writer.close()
             up_writer.close()
+            await asyncio.gather(*pumps, return_exceptions=True)
 
 
 async def _pump(reader, writer) -> None:
@@ -197,11 +215,13 @@ class DriftCluster:
         peers = ",".join(f"{j}={a}" for j, a in self.links.addrs.items())
         with open(self.tmp / f"n{i}.log", "ab") as out:
             self.procs[i] = subprocess.Popen(
-                [FAKETIME, "-m", "-f", f"+0 x{rate:.6f}",
-                 *node_cmd("--id", str(i), "--dir", str(self.tmp / f"n{i}"), "--peers", peers,
-                           "--listen", self.direct[i], *NODE_ARGS, *extra)],
+                node_cmd("--id", str(i), "--dir", str(self.tmp / f"n{i}"), "--peers", peers,
+                         "--listen", self.direct[i], *NODE_ARGS, *extra),
                 stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp,
-                env=dict(os.environ, FAKETIME_DONT_FAKE_MONOTONIC="0"))
+                # Every clock of the node, the monotonic one included, runs
+                # `rate` times as fast as real time from its start on.
+                env=dict(os.environ, LD_PRELOAD=LIBFAKETIME, FAKETIME=f"+0 x{rate:.6f}",
+                         FAKETIME_DONT_FAKE_MONOTONIC="0"))
 
     def logs(self, lines: int = 25) -> str:
         out = []
@@ -220,6 +240,11 @@ class DriftCluster:
                 p.kill()
         for p in self.procs.values():
             p.wait()
+            # libfaketime's per-process shared memory and semaphore, which a
+            # killed process leaves behind.
+            for name in (f"faketime_shm_{p.pid}", f"sem.faketime_sem_{p.pid}"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join("/dev/shm", name))
         await self.links.close()
 
 
@@ -227,7 +252,7 @@ async def _lease_read_from_a_cut_off_leader(tmp_path, leader_rate: float,
                                             follower_rate: float) -> list:
     """Node 1's answer to a lease read of k once nodes 2 and 3 stored k = "new"
     behind its back (see the module docstring)."""
-    assert FAKETIME, "these tests need libfaketime: apt-get install faketime"
+    assert LIBFAKETIME, "these tests need libfaketime: apt-get install faketime"
     async with DriftCluster(tmp_path) as c:
         for i in (2, 3):
             c.start(i, follower_rate)
