@@ -60,7 +60,6 @@ LIBFAKETIME = next(iter(sorted(
     + glob.glob("/usr/local/lib/faketime/libfaketimeMT.so.1"))), None)
 
 
-
 # ================================================================ settings
 
 @pytest.mark.parametrize("value", [-0.1, float("inf"), float("nan"), "0.5", True, None])
@@ -202,7 +201,7 @@ async def _pump(reader, writer) -> None:
 
 
 class DriftCluster:
-    """`raftcore kv` nodes 1..3, each under faketime at its own clock rate,
+    """`raftcore kv` nodes 1..3, each with libfaketime at its own clock rate,
     connected through Links; kills whatever still runs on exit."""
 
     def __init__(self, tmp_path) -> None:
