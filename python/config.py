@@ -1,6 +1,7 @@
 """Config: the tunables of a Raft node, validated on construction."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -54,10 +55,21 @@ class Config:
     max_write_batch: int = 4096
     #: An RPC with no answer after this long counts as lost.
     rpc_timeout: float = 1.0
-    #: The leader lease (LEASE_READ) ends this much before
-    #: election_timeout_min after the last quorum-acknowledged send, to cover
-    #: clocks that run at slightly different rates on different nodes.
+    #: The leader lease (LEASE_READ) also ends this much earlier, for what
+    #: max_clock_drift does not cover: the resolution of the event loop's
+    #: clock, and the time between reading it and acting on it.
     lease_drift_margin: float = 0.015
+    #: The bound the leader lease rests on: no node's clock runs more than
+    #: (1 + max_clock_drift) times as fast as another's. A follower refuses
+    #: votes for election_timeout_min by its own clock after hearing from the
+    #: leader, so the leader trusts its lease for election_timeout_min /
+    #: (1 + max_clock_drift) - lease_drift_margin by its clock, counted from
+    #: the send of the latest heartbeat a quorum acknowledged. 0.5 is far
+    #: above what crystal clocks (parts per million) and NTP's slewing (at
+    #: most 500 ppm) do, and with the default timeouts it keeps the lease
+    #: longer than a heartbeat interval. Clocks that may drift more than this
+    #: bound make lease reads stale: then raise it, or read with READ_INDEX.
+    max_clock_drift: float = 0.5
     #: A leader that has not heard from a quorum for an election timeout
     #: steps down (and stops taking writes).
     check_quorum: bool = True
@@ -87,6 +99,12 @@ class Config:
             v = getattr(self, f.name)
             if f.name in ("cluster_name", "seed"):
                 continue
+            if f.name == "max_clock_drift":
+                if (not isinstance(v, (int, float)) or isinstance(v, bool)
+                        or not 0 <= v < math.inf):
+                    raise ConfigError("Config.max_clock_drift must be a finite number >= 0 "
+                                      f"(a ratio of clock rates), got {v!r}")
+                continue
             if f.name == "snapshot_policy":
                 if not isinstance(v, SnapshotPolicy):
                     raise ConfigError("Config.snapshot_policy must be a SnapshotPolicy "
@@ -113,11 +131,12 @@ class Config:
             raise ConfigError(
                 f"Config.election_timeout_min ({self.election_timeout_min}) must be below "
                 f"election_timeout_max ({self.election_timeout_max})")
-        if self.lease_drift_margin >= self.election_timeout_min:
+        lease_bound = self.election_timeout_min / (1 + self.max_clock_drift)
+        if self.lease_drift_margin >= lease_bound:
             raise ConfigError(
                 f"Config.lease_drift_margin ({self.lease_drift_margin}) must be below "
-                f"election_timeout_min ({self.election_timeout_min}): the lease is "
-                "election_timeout_min minus this margin")
+                f"election_timeout_min / (1 + max_clock_drift) ({lease_bound:.6g}): the "
+                "lease is that minus this margin")
         if self.heartbeat_interval >= self.election_timeout_min:
             raise ConfigError(
                 f"Config.heartbeat_interval ({self.heartbeat_interval}) must be below "

@@ -315,6 +315,7 @@ cdef class RaftCore:
             rng=self._rng.random,
             now=loop.time(),
             lease_margin=config.lease_drift_margin,
+            max_clock_drift=config.max_clock_drift,
             check_quorum=config.check_quorum,
             pre_vote=config.enable_pre_vote,
             keep_logs=config.max_in_snapshot_log_to_keep,

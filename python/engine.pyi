@@ -34,7 +34,8 @@ class Engine:
     def __init__(self, node_id: Any, *, heartbeat_interval: float, election_timeout_min: float,
                  election_timeout_max: float, max_payload_entries: int, max_payload_bytes: int,
                  max_inflight: int, rng: Callable[[], float], now: float = 0.0,
-                 lease_margin: float = 0.0, check_quorum: bool = False, pre_vote: bool = False,
+                 lease_margin: float = 0.0, max_clock_drift: float = 0.0,
+                 check_quorum: bool = False, pre_vote: bool = False,
                  keep_logs: int = 0) -> None: ...
     def inject_bug(self, name: str) -> None: ...
     def take_commands(self) -> list[Command]: ...
@@ -72,6 +73,9 @@ class Engine:
     hb_seq: int
     term_start_index: int
     vote_refuse_until: float
+    #: How long after the send time of a round a quorum answered the leader
+    #: trusts its lease: election_timeout_min / (1 + max_clock_drift) - lease_margin.
+    lease_duration: float
     transfer_to: Optional[Any]
     prevoting: bool
     snapshot_meta: Optional[Any]

@@ -980,6 +980,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leader heartbeat interval (default 0.05)")
     p.add_argument("--election-timeout", type=_timeouts, default=None, metavar="MIN,MAX",
                    help="election timeout range in seconds (default 0.15,0.3)")
+    p.add_argument("--max-clock-drift", type=float, default=None, metavar="RATIO",
+                   help="bound on clock rate differences between nodes that lease reads "
+                        "rest on: no clock runs more than 1+RATIO times as fast as another "
+                        "(default 0.5)")
     p.add_argument("--snapshot-every", type=_non_negative_int, default=5000, metavar="N",
                    help="build a snapshot every N applied entries; 0: never (default 5000)")
     p.add_argument("--keep-logs", type=_non_negative_int, default=1000, metavar="N",
@@ -1020,6 +1024,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         kw["heartbeat_interval"] = args.heartbeat
     if args.election_timeout is not None:
         kw["election_timeout_min"], kw["election_timeout_max"] = args.election_timeout
+    if args.max_clock_drift is not None:
+        kw["max_clock_drift"] = args.max_clock_drift
     try:
         args.config = Config(**kw)
     except ConfigError as exc:

@@ -232,7 +232,8 @@ class Raft:
         with wait().applied_index_at_least(log_id.index)).
 
         READ_INDEX confirms with a round trip to a quorum; LEASE_READ uses
-        the leader lease when it holds and falls back to READ_INDEX. Raises
+        the leader lease when it holds (safe while clock rates differ by no
+        more than Config.max_clock_drift) and falls back to READ_INDEX. Raises
         ForwardToLeader on a node that is not the leader, Timeout if a
         quorum does not answer within two election timeouts."""
         if not isinstance(policy, ReadPolicy):

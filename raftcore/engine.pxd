@@ -61,7 +61,9 @@ cdef class Engine:
     cdef readonly long long hb_seq
     cdef double seq_times[SEQ_RING]
     cdef QuorumTracker seq_quorum
-    cdef double lease_margin
+    # how long after the send time of a round a quorum answered the lease
+    # holds: election_timeout_min / (1 + max_clock_drift) - lease_margin
+    cdef readonly double lease_duration
     cdef bint check_quorum
     cdef readonly long long term_start_index   # leader: index of its blank entry
     cdef double leader_since

@@ -33,6 +33,7 @@ Safety rules kept here:
   from the first conflict, and never below its commit index.
 """
 cimport cython
+from libc.math cimport INFINITY
 from raftcore.types cimport LogId, Vote, Entry, make_entry, BLANK, NORMAL, MEMBERSHIP
 from raftcore.log cimport RaftLog
 from raftcore.membership cimport Membership
@@ -67,8 +68,8 @@ cdef class Engine:
     def __init__(self, node_id, *, double heartbeat_interval, double election_timeout_min,
                  double election_timeout_max, long long max_payload_entries,
                  long long max_payload_bytes, int max_inflight, rng, double now=0.0,
-                 double lease_margin=0.0, bint check_quorum=False, bint pre_vote=False,
-                 long long keep_logs=0):
+                 double lease_margin=0.0, double max_clock_drift=0.0,
+                 bint check_quorum=False, bint pre_vote=False, long long keep_logs=0):
         if not election_timeout_min < election_timeout_max:
             raise ValueError("election_timeout_min must be below election_timeout_max")
         self.id = node_id
@@ -94,9 +95,15 @@ cdef class Engine:
         self.rng = rng
         self.elect_enabled = True
         self.heartbeat_enabled = True
-        if not 0.0 <= lease_margin < election_timeout_min:
-            raise ValueError("lease_margin must be within [0, election_timeout_min)")
-        self.lease_margin = lease_margin
+        if not 0.0 <= max_clock_drift < INFINITY:
+            raise ValueError("max_clock_drift must be a finite ratio >= 0")
+        # Followers refuse votes for election_timeout_min by their clocks
+        # after hearing from us; a clock up to (1 + max_clock_drift) times
+        # faster than ours ends that sooner, by our clock.
+        self.lease_duration = election_timeout_min / (1.0 + max_clock_drift) - lease_margin
+        if not (lease_margin >= 0.0 and self.lease_duration > 0.0):
+            raise ValueError("lease_margin must be within [0, election_timeout_min / "
+                             "(1 + max_clock_drift))")
         self.check_quorum = check_quorum
         self.pre_vote = pre_vote
         self.hb_seq = 0
@@ -743,7 +750,7 @@ cdef class Engine:
     cdef bint _lease_valid(self, double now):
         if self.transfer_to is not None or self.lease_forfeited:
             return False
-        return now < self._quorum_contact_time() + self.election_min - self.lease_margin
+        return now < self._quorum_contact_time() + self.lease_duration
 
     cdef bint _quorum_silent(self, double now):
         cdef double t = self._quorum_contact_time()

@@ -334,6 +334,37 @@ def test_leader_whose_lease_holds_refuses_votes_without_adopting_the_higher_term
 
 
 @isolated
+def test_lease_is_election_timeout_min_over_one_plus_the_clock_drift_bound_less_the_margin():
+    # Followers refuse votes for election_timeout_min (1.0) by their own
+    # clocks; one running 1.5 times as fast as the leader's (max_clock_drift
+    # 0.5) stops refusing after 1 / 1.5 by the leader's clock.
+    leader, followers = cluster(M3, max_clock_drift=0.5, lease_margin=0.05)
+    lease = 1.0 / 1.5 - 0.05
+    assert leader.lease_duration == lease
+    leader.take_commands()
+    # cluster() had a quorum acknowledge the round sent at t = 0.
+    assert leader.lease_read(lease - 1e-6) == leader.committed
+    assert leader.lease_read(lease) == -1
+    # Past the lease a read is confirmed by a new round (ReadIndex): a
+    # heartbeat to each follower, and nothing confirmed until a quorum answers.
+    index, seq = leader.read_index(lease)
+    heartbeats = sends(leader.take_commands())
+    assert sorted(heartbeats) == [2, 3] and leader.confirmed_seq < seq
+    deliver_append(leader, followers[2], only(heartbeats[2]), now=lease + 0.1)
+    assert leader.confirmed_seq >= seq and index == leader.committed
+    # The confirming round renews the lease, counted from its send.
+    assert leader.lease_read(2 * lease - 1e-6) == index
+    assert leader.lease_read(2 * lease) == -1
+
+
+@pytest.mark.parametrize("drift, margin", [(-0.1, 0.0), (float("inf"), 0.0),
+                                           (float("nan"), 0.0), (0.5, 1.0 / 1.5)])
+def test_engine_refuses_a_negative_drift_bound_or_a_margin_that_leaves_no_lease(drift, margin):
+    with pytest.raises(ValueError, match="max_clock_drift|lease_margin"):
+        h.make_engine(1, max_clock_drift=drift, lease_margin=margin)
+
+
+@isolated
 def test_follower_that_heard_from_the_leader_within_the_minimum_election_timeout_refuses_votes():
     f = restored(2, M3, terms=[1], vote=Vote(1, 1, True), committed=1)
     assert f.handle_append_entries(AER(1, 1, 1, 1, [], 1), 0.2) == AEResp(1, True, 1)
