@@ -10,9 +10,9 @@ leader gives up and closes it. The leader must stream one snapshot at a time
 (none other while the held one is open), cancel the held one, and bring
 node 3 up with exactly one more, logging "sent snapshot" only for that one.
 
-Node 1 initializes the cluster and leads; nodes 2 and 3 have long election
-timeouts so that neither campaigns during the test (no election moves the
-leadership or the term while streams are counted). Every wait is a condition
+Node 1 initializes the cluster and leads; all three have long election
+timeouts, so that no election moves the leadership or the term while streams
+are counted. Every wait is a condition
 polled with a guard (test_kv_process's `until`) or a future the proxy sets;
 nothing sleeps for synchronization, and nothing asserts on timing.
 """
@@ -34,6 +34,9 @@ from test_kv_process import (GUARD, HOST, NODE_ARGS, KvCluster, kv_test, node_cm
 
 #: Nodes 2 and 3 never start an election while the test runs.
 QUIET = ["--election-timeout", "10,20"]
+#: The leader steps down (check-quorum) only after this long without a
+#: quorum: well above what a loaded machine's pauses take.
+STEADY = ["--election-timeout", "2,4"]
 
 _HEADER = struct.Struct(">IB")     # the transport's frame header: size, wire version
 
@@ -148,7 +151,7 @@ class ProxiedCluster(KvCluster):
                               for i, a in self.addrs.items())
 
     def start(self, i: int, init: bool = False) -> None:
-        extra = [] if i == 1 else list(QUIET)
+        extra = list(STEADY) if i == 1 else list(QUIET)
         if i == 3:
             extra += ["--listen", self.addrs[3]]
         with open(self.log_path(i), "ab") as out:
@@ -169,6 +172,13 @@ def _snapshot_events(log: str) -> list[str]:
         elif "sent snapshot" in line and line.endswith(" to 3"):
             kinds.append("sent")
     return kinds
+
+
+async def _settled(fut: asyncio.Future, what: str, c: KvCluster) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(fut), GUARD)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"no {what} within {GUARD}s\n{c.logs()}") from None
 
 
 async def _write(client: Client, first: int, n: int) -> None:
@@ -196,16 +206,21 @@ async def _stalled_snapshot_stream(c: ProxiedCluster) -> None:
         proxy.cut()
         behind = (await status_of(c.addrs[3]))["applied"]
         written = 20
-        while (await status_of(c.addrs[1]))["purged"] <= behind:
+
+        async def purged_past_node_3():
+            nonlocal written
+            if (await status_of(c.addrs[1]))["purged"] > behind:
+                return True
             await _write(client, written, 50)
             written += 50
+        await until(purged_past_node_3, "the leader to purge what node 3 lacks", c)
         leader_log_at = len(c.log_text(1))
         node3_log_at = len(c.log_text(3))
 
         # Heal; the first snapshot stream's connection stalls.
         proxy.heal(stall_first_snapshot=True)
-        await asyncio.wait_for(proxy.stalled, GUARD)
-        await asyncio.wait_for(proxy.stalled_closed, GUARD)     # the leader cancelled it
+        await _settled(proxy.stalled, "a snapshot stream on the proxied path", c)
+        await _settled(proxy.stalled_closed, "the leader to cancel the stalled stream", c)
         target = (await status_of(c.addrs[1]))["applied"]
         await until(lambda: node_3_applied(target), "node 3 to catch up", c)
 
