@@ -12,7 +12,10 @@ takes with take_commands() and executes in order:
     ("send_vote", target, VoteRequest)
     ("apply", [Entry, ...])                apply to the state machine, in order
     ("send_transfer", target, TransferLeaderRequest)
-    ("send_snapshot", target)              stream the current snapshot to target
+    ("send_snapshot", target)              stream the current snapshot to target;
+                                           report handle_snapshot_response or
+                                           handle_snapshot_failure (no other
+                                           stream to target is asked for before)
     ("install_snapshot", SnapshotMeta, drop_from)
                                            install the received snapshot, durably,
                                            first deleting local entries >= drop_from
