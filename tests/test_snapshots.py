@@ -332,6 +332,8 @@ class StallingNetwork(Network):
         self.most_open = 0
         self.answers_from_3 = 0
         self._answer_waiters: list = []
+        #: The next chunk is not delivered but answered with a higher term.
+        self.answer_higher_term = False
 
     def client(self, target, node):
         c = self.inner.client(target, node)
@@ -359,6 +361,10 @@ class StallingNetwork(Network):
                 gate = asyncio.get_running_loop().create_future()
                 self.held.put_nowait(gate)
                 await gate
+            if self.answer_higher_term:
+                self.answer_higher_term = False
+                self.streams_open -= 1
+                return InstallSnapshotResponse(req.term + 1)
             resp = await inner.install_snapshot(req)
         except BaseException:
             self.streams_open -= 1
@@ -432,5 +438,29 @@ async def test_a_stalled_snapshot_stream_is_the_only_one_until_cancelled_then_on
         # Logged once, for the snapshot node 3 took, after it took it.
         assert len(sent) == 1 and len(installed) == 1 and installed[0] < sent[0], messages
         assert nodes.rafts[3].state_machine.data == leader.state_machine.data
+    finally:
+        await nodes.close()
+
+
+@run
+async def test_a_snapshot_answered_with_a_higher_term_is_not_logged_as_sent():
+    nodes = Nodes(enable_pre_vote=True)
+    net = StallingNetwork(nodes.router)
+    try:
+        with LogWatch("raftcore.node", logging.INFO) as logs:
+            await nodes.start(1, network=net)
+            leader = await nodes.cluster()
+            nodes.router.isolate(3)
+            await write_many(leader, 800)
+            await leader.wait(GUARD).metrics(
+                lambda m: m.purged is not None and m.purged.index > 100,
+                "the leader purged what node 3 lacks")
+            net.answer_higher_term = True
+            nodes.router.restore(3)
+            await logs.wait("node 1 stepped down")
+        messages = logs.messages()
+        stepped_down = next(i for i, m in enumerate(messages) if "node 1 stepped down" in m)
+        assert any("node 1 sending snapshot" in m for m in messages[:stepped_down]), messages
+        assert not any("sent snapshot" in m for m in messages[:stepped_down]), messages
     finally:
         await nodes.close()
