@@ -15,6 +15,7 @@ from raftcore.config import SnapshotPolicy
 from raftcore.engine import Engine
 from raftcore.errors import Timeout
 from raftcore.membership import Membership
+from raftcore.messages import AppendEntriesResponse as AEResp
 from raftcore.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta
 from raftcore.network import LocalRouter
 from raftcore.network.base import Network, NetworkClient
@@ -290,6 +291,19 @@ def test_heartbeats_refused_while_a_snapshot_is_in_flight_start_no_second_stream
         cmds = _heartbeat_to_3(leader, f3, 0.2 + i)
         assert _snapshot_sends(cmds) == [], cmds
     assert leader.progress_of(3).state == 2     # SNAPSHOT, until the stream reports
+
+
+@h.isolated
+def test_a_heartbeat_accepted_while_a_snapshot_is_in_flight_records_the_match_only():
+    leader, _, _ = _leader_streaming_to_3()
+    leader.trigger_heartbeat(1.0)
+    req = h.only(h.sends(leader.take_commands())[3])
+    assert req.prev_log_index == 20 and req.entries == []
+    leader.handle_append_response(3, req, AEResp(req.term, True, 20), 1.0)
+    # Nothing else goes to node 3 until the stream reports.
+    assert h.sends(leader.take_commands()).get(3) is None
+    p = leader.progress_of(3)
+    assert p.matched == 20 and p.state == 2
 
 
 @h.isolated
