@@ -1179,42 +1179,65 @@ cdef class RaftCore:
 
     async def _send_snapshot(self, target: int) -> None:
         """Streams the current snapshot to target in chunks, on its own task
-        (heartbeats and replication to others go on)."""
+        (heartbeats and replication to others go on). The engine asks for
+        one stream per follower and waits for its outcome; a chunk that gets
+        no answer (the network gives up on it within rpc_timeout, a stalled
+        connection included) ends the stream as failed, and the engine starts
+        a new one once the follower answers again."""
         snap = self.sm.get_current_snapshot()
         term = self.engine.vote.term
         size = self.config.snapshot_max_chunk_size
+        offset = 0
         try:
             if snap is None or snap.meta.last_log_index < self.engine.log.purged_index:
                 # The log was dropped up to what the state machine holds
                 # without a snapshot of it: take one now.
                 snap = await self.build_snapshot()
             client = self._client(target)
+            self.log.info("node %s sending snapshot %s up to %s to %s", self.id,
+                          snap.meta.snapshot_id, snap.meta.last_log_id, target)
             data = snap.data
-            offset = 0
             while True:
                 chunk = data[offset:offset + size]
                 done = offset + len(chunk) >= len(data)
                 req = InstallSnapshotRequest(term, self.id, snap.meta, offset, chunk, done)
                 resp = await client.install_snapshot(req)
-                if resp.term > term or done or self.stopped:
+                if resp.term != term or done or self.stopped or self.engine.vote.term != term:
                     break
                 offset += len(chunk)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if not self.stopped:
-                self.log.debug("sending snapshot to %s failed: %s", target, exc)
-                self.engine.handle_snapshot_failure(target, self.loop.time())
-                self._run_sync()
+            # (A stream of an earlier term reports nothing: the engine may
+            # have started another one since.)
+            if not self.stopped and self.engine.vote.term == term:
+                self.log.info("node %s: the snapshot stream to %s failed at offset %s: %s; "
+                              "a new one starts once it answers again", self.id, target,
+                              offset, exc)
+                self._snapshot_failed(target)
             return
         if self.stopped:
             return
-        if not self._plausible_answer(target, resp.term):
-            self.engine.handle_snapshot_failure(target, self.loop.time())
-            self._run_sync()
+        if resp.term > term:
+            if self._plausible_answer(target, resp.term):
+                # A newer term: the engine steps down.
+                self.engine.handle_snapshot_response(target, req, resp, self.loop.time())
+                self._run_sync()
+            elif self.engine.vote.term == term:
+                self._snapshot_failed(target)
+            return
+        if self.engine.vote.term != term:
+            return      # no longer the leader of `term`: nothing to report
+        if resp.term < term:
+            # Below the term it was sent in: not an answer to trust.
+            self._snapshot_failed(target)
             return
         self.log.info("node %s sent snapshot %s to %s", self.id, snap.meta.snapshot_id, target)
         self.engine.handle_snapshot_response(target, req, resp, self.loop.time())
+        self._run_sync()
+
+    cdef void _snapshot_failed(self, target):
+        self.engine.handle_snapshot_failure(target, self.loop.time())
         self._run_sync()
 
     def build_snapshot(self) -> asyncio.Future:

@@ -12,7 +12,10 @@ takes with take_commands() and executes in order:
     ("send_vote", target, VoteRequest)
     ("apply", [Entry, ...])                apply to the state machine, in order
     ("send_transfer", target, TransferLeaderRequest)
-    ("send_snapshot", target)              stream the current snapshot to target
+    ("send_snapshot", target)              stream the current snapshot to target;
+                                           report handle_snapshot_response or
+                                           handle_snapshot_failure (no other
+                                           stream to target is asked for before)
     ("install_snapshot", SnapshotMeta, drop_from)
                                            install the received snapshot, durably,
                                            first deleting local entries >= drop_from
@@ -432,6 +435,8 @@ cdef class Engine:
         cdef Progress p = self._progress_for_answer(target, req.term, resp.term)
         if p is None:
             return
+        if p.state == SNAPSHOT:
+            p.snapshot_done()
         self._record_match(p, req.meta.last_log_index)
         if self.state == S_LEADER:
             self._send_while_open(p)
@@ -566,6 +571,10 @@ cdef class Engine:
             if self.transfer_to == target:
                 self._maybe_send_transfer()
             return
+        if p.state == SNAPSHOT:
+            # The follower lacks what the snapshot on its way brings; only
+            # that snapshot's outcome decides what to send next.
+            return
         if req.prev_log_index <= p.matched:
             # Refused before an earlier request (reordered) made the log
             # match: what it carried was not taken. Resend from the match,
@@ -594,8 +603,8 @@ cdef class Engine:
         if self.state != S_LEADER or req.term != self.vote.term:
             return
         p = self.progress.get(target)
-        if p is None or not req.entries:
-            return
+        if p is None or not req.entries or p.state == SNAPSHOT:
+            return      # (a request sent before the snapshot started: it waits for that)
         p.failed()      # resend from the matching point, at the next heartbeat
 
     # --------------------------------------------------------------- views
@@ -964,10 +973,13 @@ cdef class Engine:
         if self.seq_quorum is not None:
             self.seq_quorum.update(self.id, self.hb_seq)
         for p in self.progress.values():
-            if p.state == PROBE and p.next_index <= self.log.last_index():
+            if p.state == PROBE and p.next_index <= self.log.last_index() and \
+                    p.next_index > self.log.purged_index:
                 # Probing (or resuming after a lost request): once per
                 # heartbeat, resend from the next index. A duplicate of a
-                # probe still out is harmless.
+                # probe still out is harmless. (A follower that needs the
+                # snapshot gets the plain heartbeat: its answer starts the
+                # snapshot, so none is streamed to a node that is down.)
                 p.probe_sent = False
                 self._send_entries(p)
                 continue

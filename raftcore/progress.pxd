@@ -22,3 +22,4 @@ cdef class Progress:
     cdef void failed(self)
     cdef void free_upto(self, long long index)
     cdef void snapshot_started(self, long long last_index)
+    cdef void snapshot_done(self)

@@ -46,12 +46,18 @@ cdef class Progress:
 
     cdef void snapshot_started(self, long long last_index):
         """A snapshot up to last_index is on its way: send nothing else until
-        it is answered (acked() or failed())."""
+        it is answered (snapshot_done() or failed())."""
         self.state = SNAPSHOT
         self.probe_sent = False
         self.inflight_count = 0
         self.inflight_start = 0
         self.next_index = last_index + 1
+
+    cdef void snapshot_done(self):
+        """The follower installed (or already had) the snapshot: find the
+        matching point again, from the answer that reports it (acked)."""
+        self.state = PROBE
+        self.probe_sent = False
 
     cdef void free_upto(self, long long index):
         while self.inflight_count and self.inflight[self.inflight_start] <= index:
@@ -64,7 +70,11 @@ cdef class Progress:
         cdef bint advanced = matched > self.matched
         if advanced:
             self.matched = matched
-        if self.state == PROBE or self.state == SNAPSHOT:
+        if self.state == SNAPSHOT:
+            # Only the snapshot's own outcome (snapshot_done, failed) ends
+            # this state: one stream at a time to a follower.
+            return advanced
+        if self.state == PROBE:
             # The matching point is known: stream from right after it. (An
             # answer to a heartbeat proves a match only up to `matched`; what
             # the follower holds beyond it is unknown, so resend from there.)

@@ -8,13 +8,16 @@ GUARD = 10.0        # failure guard for a record that should come promptly
 
 
 class LogWatch:
-    """Collects WARNING+ records of the transport's logger; `await wait(text)`
-    returns the first record containing `text` (already seen or to come)."""
+    """Collects WARNING+ records of the transport's logger (or `level`+
+    records of `logger` and its children); `await wait(text)` returns the
+    first record containing `text` (already seen or to come)."""
 
-    def __init__(self) -> None:
+    def __init__(self, logger: str = LOGGER, level: int = logging.WARNING) -> None:
         self.records: list[logging.LogRecord] = []
         self._waiters: list[tuple[str, asyncio.Future]] = []
-        self.handler = logging.Handler(logging.WARNING)
+        self._logger = logger
+        self._min_level = level
+        self.handler = logging.Handler(level)
         self.handler.emit = self._emit
 
     def _emit(self, record: logging.LogRecord) -> None:
@@ -28,15 +31,15 @@ class LogWatch:
         return [r.getMessage() for r in self.records]
 
     def __enter__(self) -> "LogWatch":
-        logger = logging.getLogger(LOGGER)
+        logger = logging.getLogger(self._logger)
         self._level = logger.level
-        if logger.getEffectiveLevel() > logging.WARNING:
-            logger.setLevel(logging.WARNING)
+        if logger.getEffectiveLevel() > self._min_level:
+            logger.setLevel(self._min_level)
         logger.addHandler(self.handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        logger = logging.getLogger(LOGGER)
+        logger = logging.getLogger(self._logger)
         logger.removeHandler(self.handler)
         logger.setLevel(self._level)
 

@@ -541,6 +541,52 @@ async def test_snapshot_chunks_travel_on_a_connection_of_their_own():
 
 
 @tcp_test
+async def test_a_call_waiting_for_room_on_a_connection_the_peer_stopped_reading_times_out():
+    """A peer that accepts and reads nothing: the send buffer fills, and a
+    call that waits for room ends with Timeout instead of waiting for good."""
+    held = []
+    server = await asyncio.start_server(lambda r, w: held.append(w), HOST, 0)
+    net = TcpNetwork(rpc_timeout=0.2, connect_timeout=GUARD)
+    client = net.client(1, Node(f"{HOST}:{server.sockets[0].getsockname()[1]}"))
+    big = [Entry(1, 1, ENTRY_NORMAL, b"x" * (5 << 20))]
+    try:
+        with pytest.raises(Timeout, match="no reply"):
+            await client.append_entries(ae(1))         # connected; never answered
+        calls = [client.append_entries(AppendEntriesRequest(1, 1, 0, 0, big, 0))
+                 for _ in range(6)]
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), GUARD)
+        assert all(isinstance(r, Timeout) for r in results), results
+        assert any("no room to send" in str(r) for r in results), results
+    finally:
+        await client.close()
+        for w in held:
+            w.transport.abort()
+        server.close()
+
+
+@tcp_test
+async def test_a_snapshot_chunk_with_no_answer_drops_its_connection_and_the_next_opens_one():
+    async with fake_server() as (server, fake, node):
+        net = TcpNetwork(rpc_timeout=GUARD)
+        client = net.client(1, node)
+        meta = SnapshotMeta(1, 10, Membership([[1, 2]], {1: Node("a"), 2: Node("b")}), "s-1")
+        try:
+            assert (await client.append_entries(ae(1, 1))).matched == 1
+            fake.gate(2)                        # the first stream's chunk: never answered
+            net.rpc_timeout = 0.05
+            with pytest.raises(Timeout, match="rpc_timeout"):
+                await client.install_snapshot(InstallSnapshotRequest(2, 1, meta, 0, b"d", True))
+            # The stalled snapshot connection is gone; replication's stays.
+            await _until(lambda: server.connections == 1, "the snapshot connection closed")
+            net.rpc_timeout = GUARD
+            resp = await client.install_snapshot(InstallSnapshotRequest(3, 1, meta, 0, b"d", True))
+            assert resp.term == 3 and server.connections == 2
+            assert (await client.append_entries(ae(4, 4))).matched == 4
+        finally:
+            await client.close()
+
+
+@tcp_test
 async def test_transfer_leader_request_is_acknowledged():
     async with fake_server() as (server, fake, node):
         client = TcpNetwork(rpc_timeout=GUARD).client(1, node)

@@ -358,7 +358,9 @@ class TcpClient(NetworkClient):
     Replication (AppendEntries, Vote, TransferLeader) shares one pipelined
     connection, the `_repl` channel; snapshot chunks go over a second one,
     `_snap`, opened on first use, so a large snapshot never sits in front of
-    heartbeats.
+    heartbeats. A chunk with no answer within rpc_timeout drops the snapshot
+    connection: the stream it belonged to is over, and the next one starts
+    on a fresh connection instead of behind the stalled one's unsent bytes.
     """
 
     __slots__ = ("target", "addr", "_net", "_host", "_port", "_repl", "_snap")
@@ -394,7 +396,7 @@ class TcpClient(NetworkClient):
         snap = self._snap
         if snap is None:
             snap = self._snap = _Channel(self._net, self.target, self._host, self._port,
-                                         self.addr, "snapshot ")
+                                         self.addr, "snapshot ", drop_on_timeout=True)
         return snap.call(req, InstallSnapshotResponse)
 
     async def close(self) -> None:
@@ -571,9 +573,10 @@ class _Channel:
     time, reconnecting with back-off after failures."""
 
     def __init__(self, net: TcpNetwork, target: int, host: str, port: int, addr: str,
-                 kind: str = "") -> None:
+                 kind: str = "", drop_on_timeout: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
         self._kind = kind            # "" or "snapshot ": names the connection in messages
+        self._drop_on_timeout = drop_on_timeout   # a call timing out drops the connection
         self._target = target
         self._host = host
         self._port = port
@@ -617,7 +620,15 @@ class _Channel:
         if conn is None:
             return await self._connect()
         try:
-            await conn.writer.drain()
+            # Bounded: a peer that stopped reading must not hold the call
+            # past rpc_timeout (the runtime relies on every RPC ending).
+            await asyncio.wait_for(conn.writer.drain(), self._net.rpc_timeout)
+        except asyncio.TimeoutError:
+            reason = (f"no room to send to {self._who()} within rpc_timeout "
+                      f"{self._net.rpc_timeout}s: the connection is stalled")
+            if self._drop_on_timeout:
+                self._drop(conn, reason)
+            raise Timeout(reason) from None
         except (ConnectionError, OSError) as exc:
             raise NetworkError(f"connection to {self._who()} failed: {exc}") from None
         return conn
@@ -718,6 +729,18 @@ class _Channel:
             fut.set_exception(Timeout(
                 f"no reply from {self._who()} within rpc_timeout {self._net.rpc_timeout}s; "
                 "the request may or may not have been handled (a late reply is dropped)"))
+            if self._drop_on_timeout:
+                self._drop(conn, f"no reply within rpc_timeout {self._net.rpc_timeout}s")
+
+    def _drop(self, conn: _Conn, reason: str) -> None:
+        """Aborts `conn` now, its unsent bytes discarded, and fails the calls
+        waiting on it; the next call connects afresh, with no back-off (this
+        connection stalled; the peer may well take a new one)."""
+        log.debug("dropping the connection to %s: %s", self._who(), reason)
+        if self._conn is conn:
+            self._conn = None
+        conn.transport.abort()
+        self._lost(conn, reason)
 
     # -------------------------------------------------------- connecting
 
