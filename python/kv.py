@@ -906,26 +906,47 @@ class Client:
 # ---------------------------------------------------------------- the program
 
 def _parse_peers(text: str) -> dict[int, str]:
+    """--peers ID=HOST:PORT,...: id -> address; ArgumentTypeError naming the
+    bad part (an item, an id, a host, a port, a repeated id or address)."""
     peers: dict[int, str] = {}
+    seen: dict[tuple[str, int], int] = {}
     for item in text.split(","):
         item = item.strip()
         if not item:
             continue
-        node_id, sep, addr = item.partition("=")
-        if not sep or not node_id.strip().isdigit():
-            raise argparse.ArgumentTypeError(
-                f"--peers: {item!r} is not ID=HOST:PORT (e.g. 1=127.0.0.1:7001)")
-        nid = int(node_id)
-        try:
-            parse_address(addr.strip())
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"--peers: node {nid}: {exc}") from None
+        nid, addr = _parse_peer(item)
         if nid in peers:
-            raise argparse.ArgumentTypeError(f"--peers: node {nid} is listed twice")
-        peers[nid] = addr.strip()
+            raise argparse.ArgumentTypeError(f"node {nid} is listed twice")
+        host, port = parse_address(addr)
+        other = seen.setdefault((host.lower(), port), nid)
+        if other != nid:
+            raise argparse.ArgumentTypeError(
+                f"nodes {other} and {nid} have the same address {addr}; each node "
+                "needs its own HOST:PORT")
+        peers[nid] = addr
     if not peers:
-        raise argparse.ArgumentTypeError("--peers: no ID=HOST:PORT given")
+        raise argparse.ArgumentTypeError("no ID=HOST:PORT given")
     return peers
+
+
+def _parse_peer(item: str) -> tuple[int, str]:
+    """(id, address) of one ID=HOST:PORT of --peers."""
+    node_id, sep, addr = item.partition("=")
+    node_id, addr = node_id.strip(), addr.strip()
+    if not sep:
+        raise argparse.ArgumentTypeError(
+            f"{item!r} is not ID=HOST:PORT (no '='; e.g. 1=127.0.0.1:7001)")
+    if not (node_id.isascii() and node_id.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"{item!r} is not ID=HOST:PORT: the id {node_id!r} is not an integer >= 0")
+    nid = int(node_id)
+    try:
+        parse_address(addr)
+    except ValueError as exc:
+        hint = ("; separate the nodes with ',' (1=HOST:PORT,2=HOST:PORT)"
+                if any(c in addr for c in ";= ") else "")
+        raise argparse.ArgumentTypeError(f"node {nid}: {exc}{hint}") from None
+    return nid, addr
 
 
 def _address(text: str) -> str:

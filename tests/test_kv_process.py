@@ -20,6 +20,7 @@ node, after every kill and restart.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import os
@@ -314,6 +315,49 @@ def test_the_command_exits_2_on_a_bad_argument(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=GUARD)
     assert r.returncode == 2, r
     assert "--id 9 is not one of the nodes in --peers" in r.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    # ';' for ',': the whole rest is taken for node 1's host and named.
+    ("1=h:7101;2=h:7102", "node 1: node address 'h:7101;2=h:7102': host 'h:7101;2=h' "
+                          "is not an IP address or a host name (it contains ':;='); separate "
+                          "the nodes with ','"),
+    ("1=127.0.0.1:7001,2=127.0.0.1:7001",
+     "nodes 1 and 2 have the same address 127.0.0.1:7001"),
+    ("1=Node-A:7001,2=node-a:7001", "nodes 1 and 2 have the same address node-a:7001"),
+    ("1=127.0.0.1:70o1", "node 1: node address '127.0.0.1:70o1': port '70o1' is not "
+                         "a number"),
+    ("1=127.0.0.1:0", "node 1: node address '127.0.0.1:0': port 0 is out of range"),
+    ("1=127.0.0.1:7001,2127.0.0.1:7002", "'2127.0.0.1:7002' is not ID=HOST:PORT "
+                                         "(no '='"),
+    ("x=127.0.0.1:7001", "'x=127.0.0.1:7001' is not ID=HOST:PORT: the id 'x' is not "
+                         "an integer >= 0"),
+    ("1=my host:7001", "host 'my host' is not an IP address or a host name (it contains ' ')"),
+    ("1=[h]:7001", "host 'h' is not an IP address"),
+    (",", "no ID=HOST:PORT given"),
+])
+def test_peers_flag_errors_name_the_bad_part(text, message):
+    with pytest.raises(argparse.ArgumentTypeError) as err:
+        kv._parse_peers(text)
+    assert message in str(err.value)
+
+
+def test_peers_flag_accepts_names_and_addresses():
+    assert kv._parse_peers(" 1=127.0.0.1:7001, 2=[::1]:7001,3=node-3.example:7001,"
+                           "4=db_4:7001,5=localhost.:7001,") == {
+        1: "127.0.0.1:7001", 2: "[::1]:7001", 3: "node-3.example:7001", 4: "db_4:7001",
+        5: "localhost.:7001"}
+
+
+def test_the_command_names_the_bad_part_of_peers_and_exits_2(tmp_path):
+    r = subprocess.run(node_cmd("--id", "1", "--dir", str(tmp_path / "n1"), "--peers",
+                                "1=127.0.0.1:7101;2=127.0.0.1:7102", "--init"),
+                       capture_output=True, text=True, cwd=tmp_path, timeout=GUARD)
+    assert r.returncode == 2, r
+    assert "argument --peers: node 1: node address '127.0.0.1:7101;2=127.0.0.1:7102'" \
+        in r.stderr, r.stderr
+    assert "separate the nodes with ','" in r.stderr
+    assert not (tmp_path / "n1").exists()      # refused before anything was created
 
 
 # ========================================================== state machine

@@ -797,7 +797,9 @@ def test_parse_address():
     assert parse_address("127.0.0.1:7001") == ("127.0.0.1", 7001)
     assert parse_address("[::1]:7001") == ("::1", 7001)
     assert parse_address("node-1.example:80") == ("node-1.example", 80)
-    for bad in ("", "7001", ":7001", "h:", "h:x", "h:0", "h:65536", None):
+    assert parse_address("::1:7001") == ("::1", 7001)
+    for bad in ("", "7001", ":7001", "h:", "h:x", "h:0", "h:65536", None, "h:7101;2=h:7102",
+                "a b:1", "[h]:1", "-h:1", "h..x:1", "h:١٢"):
         with pytest.raises(ValueError):
             parse_address(bad)
 

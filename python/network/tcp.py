@@ -117,7 +117,9 @@ import asyncio
 import functools
 import hashlib
 import hmac
+import ipaddress
 import logging
+import re
 import secrets
 import ssl as _ssl
 import struct
@@ -278,18 +280,43 @@ def _unpackb(body: bytes) -> Any:
 
 
 def parse_address(addr: str) -> tuple[str, int]:
-    """(host, port) of "host:port" or "[ipv6]:port"; ValueError if malformed."""
+    """(host, port) of "host:port" or "[ipv6]:port"; ValueError naming the
+    bad part if malformed (the host must be an IP address or a DNS name)."""
     if not isinstance(addr, str):
         raise ValueError(f"a node address must be a string 'host:port', got {addr!r}")
     host, sep, port_s = addr.rpartition(":")
-    if not sep or not host or not port_s.isdigit():
+    if not sep or not host:
         raise ValueError(f"node address {addr!r} is not of the form 'host:port'")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    if not (port_s.isascii() and port_s.isdigit()):
+        raise ValueError(f"node address {addr!r}: port {port_s!r} is not a number "
+                         "(expected 'host:port')")
     port = int(port_s)
     if not 0 < port < 65536:
         raise ValueError(f"node address {addr!r}: port {port} is out of range")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    _check_host(host, addr, bracketed)
     return host, port
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _check_host(host: str, addr: str, ipv6_only: bool) -> None:
+    # Refused here rather than by a resolver later ("Name or service not
+    # known"), which would not say which part of the address is wrong.
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    labels = (host[:-1] if host.endswith(".") else host).split(".")
+    if ipv6_only or len(host) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in labels):
+        odd = "".join(sorted({c for c in host if not (c.isascii() and c.isalnum())
+                              and c not in ".-_"}))
+        raise ValueError(f"node address {addr!r}: host {host!r} is not an IP address or a "
+                         "host name" + (f" (it contains {odd!r})" if odd else ""))
 
 
 def _check_ssl(ssl: Any) -> None:
