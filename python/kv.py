@@ -1005,6 +1005,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build a snapshot every N applied entries; 0: never (default 5000)")
     p.add_argument("--keep-logs", type=_non_negative_int, default=1000, metavar="N",
                    help="entries kept in the log below the newest snapshot (default 1000)")
+    p.add_argument("--no-pre-vote", action="store_true",
+                   help="campaign without asking first whether a quorum would vote (by "
+                        "default a node that rejoins cannot raise the term and depose a "
+                        "leader that a majority still follows)")
+    p.add_argument("--no-check-quorum", action="store_true",
+                   help="a leader that hears from no quorum for an election timeout keeps "
+                        "leading (by default it steps down)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -1036,6 +1043,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "snapshot_policy": (SnapshotPolicy.logs_since_last(args.snapshot_every)
                             if args.snapshot_every else SnapshotPolicy.never()),
         "max_in_snapshot_log_to_keep": args.keep_logs,
+        "enable_pre_vote": not args.no_pre_vote,
+        "check_quorum": not args.no_check_quorum,
     }
     if args.heartbeat is not None:
         kw["heartbeat_interval"] = args.heartbeat

@@ -82,6 +82,9 @@ class Raft:
             raise ConfigError(f"node_id must be a non-negative int, got {node_id!r}")
         if not isinstance(config, Config):
             raise ConfigError(f"config must be a raftcore.Config, got {type(config).__name__}")
+        configure = getattr(network, "configure", None)    # (a Network need not subclass)
+        if configure is not None:
+            configure(config)
         core = RaftCore(node_id, config, network, log_store, state_machine,
                         asyncio.get_running_loop(), executor)
         await core.load()

@@ -360,6 +360,14 @@ def test_the_command_names_the_bad_part_of_peers_and_exits_2(tmp_path):
     assert not (tmp_path / "n1").exists()      # refused before anything was created
 
 
+def test_pre_vote_and_check_quorum_are_on_unless_turned_off():
+    base = ["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001"]
+    config = kv.parse_args(base).config
+    assert config.enable_pre_vote and config.check_quorum
+    config = kv.parse_args(base + ["--no-pre-vote", "--no-check-quorum"]).config
+    assert not config.enable_pre_vote and not config.check_quorum
+
+
 # ========================================================== state machine
 
 def session_entry(index: int, cid, seq: int, acked: int, cmd: list) -> Entry:
@@ -635,6 +643,54 @@ async def _purged_past(c: KvCluster, index: int) -> bool:
 def test_kill_9_under_writes_loses_no_acknowledged_write_and_applies_each_once(tmp_path, victim):
     with KvCluster(tmp_path) as c:
         _crash(c, victim)
+
+
+@kv_test
+async def _follower_restart(c: KvCluster) -> None:
+    c.start_all()
+    client = Client(list(c.addrs.values()), timeout=GUARD)
+    try:
+        leader = await wait_leader(c)
+        term = (await status_of(c.addrs[leader]))["term"]
+        follower = min(i for i in c.ids if i != leader)
+        for n in range(20):
+            await client.set(f"before-{n}", n)
+        c.kill(follower)
+        for n in range(20):
+            await client.set(f"while-down-{n}", n)
+        # Down long enough for the leader's reconnect back-off to grow (to
+        # 1 s uncapped, past the follower's election timeout).
+        gone = f"node {follower} at {c.addrs[follower]} still unreachable"
+        await until(lambda: _logged(c, leader, gone, 4),
+                    f"the leader to fail to reconnect to node {follower} 4 more times", c)
+        target = (await status_of(c.addrs[leader]))["committed"]
+        c.start(follower)                 # the same command, the same directory
+
+        async def caught_up():
+            s = await status_of(c.addrs[follower])
+            return s if s is not None and s["applied"] >= target else None
+        await until(caught_up, f"node {follower} to rejoin and apply up to {target}", c)
+        for n in range(20):
+            await client.set(f"after-{n}", n)
+        st = await statuses(c)
+        for i, s in st.items():
+            assert (s["leader"], s["term"]) == (leader, term), (
+                f"node {i} reports leader {s['leader']} in term {s['term']}, the cluster had "
+                f"leader {leader} in term {term} before node {follower} restarted\n{c.logs()}")
+        assert st[leader]["state"] == "LEADER"
+        await wait_converged(c, {**{f"{p}-{n}": n for p in ("before", "while-down", "after")
+                                    for n in range(20)}}, applied_commands=60)
+    finally:
+        await client.close()
+
+
+async def _logged(c: KvCluster, i: int, line: str, times: int) -> bool:
+    return c.log_text(i).count(line) >= times
+
+
+def test_a_restarted_follower_rejoins_without_deposing_the_leader(tmp_path):
+    with KvCluster(tmp_path, extra=["--log-level", "DEBUG"]) as c:
+        _follower_restart(c)
 
 
 @kv_test
