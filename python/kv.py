@@ -220,6 +220,7 @@ class KvStateMachine(MemStateMachine):
         self._executor = executor
         self._file_lock = threading.Lock()     # snapshot file writes, in executor threads
         self._file_index = -1                  # log index of the snapshot on disk
+        self._file_meta: Optional[SnapshotMeta] = None   # and its meta
         if self.path is not None:
             self._load_file()
 
@@ -391,6 +392,12 @@ class KvStateMachine(MemStateMachine):
                 raise StorageError(f"KvStateMachine: writing the snapshot {final} failed: "
                                    f"{exc}") from exc
             self._file_index = meta.last_log_index
+            self._file_meta = meta
+
+    def durable_snapshot(self) -> Optional[SnapshotMeta]:
+        """The snapshot in the file (none without a path): what a restart
+        loads, so the node may purge its log up to it."""
+        return self._file_meta
 
     def _load_file(self) -> None:
         path = self.path
@@ -431,6 +438,7 @@ class KvStateMachine(MemStateMachine):
             raise StorageError(f"{final}: undecodable snapshot: {exc}") from exc
         self._load(meta, data)
         self._file_index = meta.last_log_index
+        self._file_meta = meta
         log.info("loaded snapshot %s up to %s from %s", meta.snapshot_id, meta.last_log_id,
                  final)
 
