@@ -375,12 +375,15 @@ class Trigger:
 
     def snapshot(self) -> "asyncio.Future":
         """Builds a snapshot now (off the event loop where the state machine
-        allows); the log is then purged per max_in_snapshot_log_to_keep.
+        allows); the log is then purged per max_in_snapshot_log_to_keep,
+        behind the newest snapshot the state machine reports durable
+        (StateMachine.durable_snapshot).
         Returns a future of the Snapshot; awaiting it is optional."""
         return self._core.build_snapshot()
 
     def purge_log(self, upto: int) -> None:
         """Deletes log entries up to `upto`, never past the newest snapshot
+        reported durable (or, with a log store that is not persistent, built)
         or the last applied entry."""
         core = self._core
         core.step(core.engine.purge_log, upto)
