@@ -922,10 +922,9 @@ def _parse_peers(text: str) -> dict[int, str]:
         item = item.strip()
         if not item:
             continue
-        nid, addr = _parse_peer(item)
+        nid, addr, (host, port) = _parse_peer(item)
         if nid in peers:
             raise argparse.ArgumentTypeError(f"node {nid} is listed twice")
-        host, port = parse_address(addr)
         other = seen.setdefault((host.lower(), port), nid)
         if other != nid:
             raise argparse.ArgumentTypeError(
@@ -937,8 +936,8 @@ def _parse_peers(text: str) -> dict[int, str]:
     return peers
 
 
-def _parse_peer(item: str) -> tuple[int, str]:
-    """(id, address) of one ID=HOST:PORT of --peers."""
+def _parse_peer(item: str) -> tuple[int, str, tuple[str, int]]:
+    """(id, address, (host, port)) of one ID=HOST:PORT of --peers."""
     node_id, sep, addr = item.partition("=")
     node_id, addr = node_id.strip(), addr.strip()
     if not sep:
@@ -949,12 +948,12 @@ def _parse_peer(item: str) -> tuple[int, str]:
             f"{item!r} is not ID=HOST:PORT: the id {node_id!r} is not an integer >= 0")
     nid = int(node_id)
     try:
-        parse_address(addr)
+        host_port = parse_address(addr)
     except ValueError as exc:
         hint = ("; separate the nodes with ',' (1=HOST:PORT,2=HOST:PORT)"
                 if any(c in addr for c in ";= ") else "")
         raise argparse.ArgumentTypeError(f"node {nid}: {exc}{hint}") from None
-    return nid, addr
+    return nid, addr, host_port
 
 
 def _address(text: str) -> str:
