@@ -303,6 +303,11 @@ class WriteStream:
      "--secret-file: cannot read /nonexistent"),
     (["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001", "--election-timeout", "0.3,0.2"],
      "election_timeout_min (0.3) must be below election_timeout_max"),
+    (["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001", "--election-timeout", "150,300"],
+     "Config.election_timeout_min is in seconds; 150.0 s is over the 50 s limit "
+     "(milliseconds? 150.0 ms is 0.15)"),
+    (["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001", "--heartbeat", "nan"],
+     "Config.heartbeat_interval must be a finite number, got nan"),
 ])
 def test_bad_arguments_are_usage_errors(args, message, capsys):
     assert kv.main(args) == 2
