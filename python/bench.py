@@ -77,6 +77,12 @@ class ProgressStateMachine(StateMachine):
     def get_current_snapshot(self):
         return getattr(self, "_snapshot", None)
 
+    def durable_snapshot(self):
+        # The benchmark's stores are thrown away after the run, never
+        # restarted from: purge as far as the snapshot, as with MemLogStore.
+        snap = self.get_current_snapshot()
+        return snap.meta if snap is not None else None
+
     async def install_snapshot(self, meta, data):
         from raftcore.storage.base import Snapshot
         self.applied_normal = int(data)

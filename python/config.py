@@ -8,6 +8,14 @@ from typing import Optional
 from raftcore.errors import ConfigError
 
 
+#: Config fields that are durations in seconds.
+SECONDS_FIELDS = ("heartbeat_interval", "election_timeout_min", "election_timeout_max",
+                  "rpc_timeout", "lease_drift_margin")
+#: Longest duration accepted (etcd's cap on its election timeout): a larger
+#: one is milliseconds typed as seconds far more often than a real setting.
+MAX_SECONDS = 50.0
+
+
 @dataclass(frozen=True)
 class SnapshotPolicy:
     """When a node builds a snapshot on its own (openraft's SnapshotPolicy)."""
@@ -29,7 +37,8 @@ class SnapshotPolicy:
 
 @dataclass(frozen=True)
 class Config:
-    """Runtime settings of one node. Times are in seconds.
+    """Runtime settings of one node. Times are in seconds (at most MAX_SECONDS;
+    non-finite values are refused).
 
     Names and defaults follow openraft's Config where it has the field.
     """
@@ -120,6 +129,12 @@ class Config:
                 continue
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise ConfigError(f"Config.{f.name} must be a number, got {v!r}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"Config.{f.name} must be a finite number, got {v!r}")
+            if f.name in SECONDS_FIELDS and v > MAX_SECONDS:
+                raise ConfigError(
+                    f"Config.{f.name} is in seconds; {v!r} s is over the {MAX_SECONDS:g} s "
+                    f"limit (milliseconds? {v!r} ms is {v / 1000!r})")
             if v <= 0:
                 raise ConfigError(f"Config.{f.name} must be positive, got {v!r}")
         for f in ("max_payload_entries", "max_payload_bytes", "max_inflight",

@@ -270,6 +270,7 @@ cdef class RaftCore:
     # snapshots
     cdef long long _snap_every                # build a snapshot every N entries (-1: never)
     cdef object _building                     # a build under way
+    cdef bint _warned_log_kept                # warned once that no snapshot is durable
     cdef object _snap_rx                      # (snapshot id, bytearray) being received
     cdef dict _snap_ready                     # snapshot id -> received bytes
     # network
@@ -352,6 +353,7 @@ cdef class RaftCore:
         every = config.snapshot_policy.logs_since_last_snapshot
         self._snap_every = -1 if every is None else min(every, 2**62)
         self._building = None
+        self._warned_log_kept = False
         self._snap_rx = None
         self._snap_ready = {}
         self._clients = {}
@@ -402,7 +404,14 @@ cdef class RaftCore:
             raise StorageError(
                 f"node {self.id}: the log is purged up to {purged} but the state machine's "
                 f"snapshot covers only {meta.last_log_id if meta else 'nothing'}; the "
-                "entries in between are lost")
+                "entries in between are lost. The state machine did not keep, across the "
+                "restart, a snapshot its node purged the log behind: a StateMachine must "
+                "write a snapshot durably before durable_snapshot() reports it, and load "
+                "it when created again (see raftcore.storage.StateMachine). To bring the "
+                "node back: fix the state machine, then replace this node's storage with "
+                "empty storage and have the leader send it a snapshot (remove the node "
+                "from the cluster and add it back), or restore its log store together with "
+                "the state machine's snapshot files from the same moment")
         if applied is not None and purged is not None and applied.index < purged.index:
             raise StorageError(
                 f"node {self.id}: the state machine applied only up to {applied} but the log "
@@ -985,8 +994,8 @@ cdef class RaftCore:
         self._applied_term = last.term
         self._applied_index = last.index
         if self._snap_every >= 0 and self._building is None:
-            snap = self.engine.snapshot_meta
-            since = last.index - (snap.last_log_index if snap is not None else 0)
+            snap = self.snapshot
+            since = last.index - (snap.index if snap is not None else 0)
             if since >= self._snap_every:
                 self.build_snapshot()
         waiters = self._client_waiters
@@ -1255,11 +1264,34 @@ cdef class RaftCore:
                               snap.meta.snapshot_id, snap.meta.last_log_id)
                 if self.snapshot is None or self.snapshot.index < snap.meta.last_log_index:
                     self.snapshot = snap.meta.last_log_id
-                self.engine.snapshot_built(snap.meta)
+                durable = self._purgeable_snapshot(snap.meta)
+                if durable is not None:
+                    self.engine.snapshot_built(durable)
                 self._run_sync()
             return snap
         finally:
             self._building = None
+
+    def _purgeable_snapshot(self, built):
+        """The snapshot the log may be purged behind: `built` when the log
+        store forgets everything on a restart anyway, else the newest one
+        the state machine reports durable (warned about once when it lags)."""
+        if not getattr(self.log_store, "persistent", True):
+            return built
+        report = getattr(self.sm, "durable_snapshot", None)
+        durable = report() if report is not None else None
+        if (durable is None or durable.last_log_index < built.last_log_index) \
+                and not self._warned_log_kept:
+            self._warned_log_kept = True
+            self.log.warning(
+                "node %s: the log is not purged past %s: %s reports %s as durable "
+                "(durable_snapshot()), so the log store keeps every later entry; a state "
+                "machine that writes its snapshots durably should report them there (see "
+                "raftcore.storage.StateMachine). Not repeated.", self.id,
+                durable.last_log_id if durable is not None else "its start",
+                type(self.sm).__name__,
+                f"only {durable.last_log_id}" if durable is not None else "no snapshot")
+        return durable
 
     # ------------------------------------------------------------- timers
 

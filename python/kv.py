@@ -220,6 +220,7 @@ class KvStateMachine(MemStateMachine):
         self._executor = executor
         self._file_lock = threading.Lock()     # snapshot file writes, in executor threads
         self._file_index = -1                  # log index of the snapshot on disk
+        self._file_meta: Optional[SnapshotMeta] = None   # and its meta
         if self.path is not None:
             self._load_file()
 
@@ -391,6 +392,12 @@ class KvStateMachine(MemStateMachine):
                 raise StorageError(f"KvStateMachine: writing the snapshot {final} failed: "
                                    f"{exc}") from exc
             self._file_index = meta.last_log_index
+            self._file_meta = meta
+
+    def durable_snapshot(self) -> Optional[SnapshotMeta]:
+        """The snapshot in the file (none without a path): what a restart
+        loads, so the node may purge its log up to it."""
+        return self._file_meta
 
     def _load_file(self) -> None:
         path = self.path
@@ -431,6 +438,7 @@ class KvStateMachine(MemStateMachine):
             raise StorageError(f"{final}: undecodable snapshot: {exc}") from exc
         self._load(meta, data)
         self._file_index = meta.last_log_index
+        self._file_meta = meta
         log.info("loaded snapshot %s up to %s from %s", meta.snapshot_id, meta.last_log_id,
                  final)
 
@@ -906,26 +914,46 @@ class Client:
 # ---------------------------------------------------------------- the program
 
 def _parse_peers(text: str) -> dict[int, str]:
+    """--peers ID=HOST:PORT,...: id -> address; ArgumentTypeError naming the
+    bad part (an item, an id, a host, a port, a repeated id or address)."""
     peers: dict[int, str] = {}
+    seen: dict[tuple[str, int], int] = {}
     for item in text.split(","):
         item = item.strip()
         if not item:
             continue
-        node_id, sep, addr = item.partition("=")
-        if not sep or not node_id.strip().isdigit():
-            raise argparse.ArgumentTypeError(
-                f"--peers: {item!r} is not ID=HOST:PORT (e.g. 1=127.0.0.1:7001)")
-        nid = int(node_id)
-        try:
-            parse_address(addr.strip())
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"--peers: node {nid}: {exc}") from None
+        nid, addr, (host, port) = _parse_peer(item)
         if nid in peers:
-            raise argparse.ArgumentTypeError(f"--peers: node {nid} is listed twice")
-        peers[nid] = addr.strip()
+            raise argparse.ArgumentTypeError(f"node {nid} is listed twice")
+        other = seen.setdefault((host.lower(), port), nid)
+        if other != nid:
+            raise argparse.ArgumentTypeError(
+                f"nodes {other} and {nid} have the same address {addr}; each node "
+                "needs its own HOST:PORT")
+        peers[nid] = addr
     if not peers:
-        raise argparse.ArgumentTypeError("--peers: no ID=HOST:PORT given")
+        raise argparse.ArgumentTypeError("no ID=HOST:PORT given")
     return peers
+
+
+def _parse_peer(item: str) -> tuple[int, str, tuple[str, int]]:
+    """(id, address, (host, port)) of one ID=HOST:PORT of --peers."""
+    node_id, sep, addr = item.partition("=")
+    node_id, addr = node_id.strip(), addr.strip()
+    if not sep:
+        raise argparse.ArgumentTypeError(
+            f"{item!r} is not ID=HOST:PORT (no '='; e.g. 1=127.0.0.1:7001)")
+    if not (node_id.isascii() and node_id.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"{item!r} is not ID=HOST:PORT: the id {node_id!r} is not an integer >= 0")
+    nid = int(node_id)
+    try:
+        host_port = parse_address(addr)
+    except ValueError as exc:
+        hint = ("; separate the nodes with ',' (1=HOST:PORT,2=HOST:PORT)"
+                if any(c in addr for c in ";= ") else "")
+        raise argparse.ArgumentTypeError(f"node {nid}: {exc}{hint}") from None
+    return nid, addr, host_port
 
 
 def _address(text: str) -> str:
@@ -988,6 +1016,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build a snapshot every N applied entries; 0: never (default 5000)")
     p.add_argument("--keep-logs", type=_non_negative_int, default=1000, metavar="N",
                    help="entries kept in the log below the newest snapshot (default 1000)")
+    p.add_argument("--no-pre-vote", action="store_true",
+                   help="campaign without asking first whether a quorum would vote (by "
+                        "default a node that rejoins cannot raise the term and depose a "
+                        "leader that a majority still follows)")
+    p.add_argument("--no-check-quorum", action="store_true",
+                   help="a leader that hears from no quorum for an election timeout keeps "
+                        "leading (by default it steps down)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -1019,6 +1054,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "snapshot_policy": (SnapshotPolicy.logs_since_last(args.snapshot_every)
                             if args.snapshot_every else SnapshotPolicy.never()),
         "max_in_snapshot_log_to_keep": args.keep_logs,
+        "enable_pre_vote": not args.no_pre_vote,
+        "check_quorum": not args.no_check_quorum,
     }
     if args.heartbeat is not None:
         kw["heartbeat_interval"] = args.heartbeat

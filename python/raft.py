@@ -82,6 +82,9 @@ class Raft:
             raise ConfigError(f"node_id must be a non-negative int, got {node_id!r}")
         if not isinstance(config, Config):
             raise ConfigError(f"config must be a raftcore.Config, got {type(config).__name__}")
+        configure = getattr(network, "configure", None)    # (a Network need not subclass)
+        if configure is not None:
+            configure(config)
         core = RaftCore(node_id, config, network, log_store, state_machine,
                         asyncio.get_running_loop(), executor)
         await core.load()
@@ -373,12 +376,15 @@ class Trigger:
 
     def snapshot(self) -> "asyncio.Future":
         """Builds a snapshot now (off the event loop where the state machine
-        allows); the log is then purged per max_in_snapshot_log_to_keep.
+        allows); the log is then purged per max_in_snapshot_log_to_keep,
+        behind the newest snapshot the state machine reports durable
+        (StateMachine.durable_snapshot).
         Returns a future of the Snapshot; awaiting it is optional."""
         return self._core.build_snapshot()
 
     def purge_log(self, upto: int) -> None:
         """Deletes log entries up to `upto`, never past the newest snapshot
+        reported durable (or, with a log store that is not persistent, built)
         or the last applied entry."""
         core = self._core
         core.step(core.engine.purge_log, upto)

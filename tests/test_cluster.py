@@ -368,6 +368,34 @@ def test_bad_config_values_raise_config_error():
     assert make_config(1).heartbeat_interval == HEARTBEAT
 
 
+@pytest.mark.parametrize("field", ["heartbeat_interval", "election_timeout_min",
+                                   "election_timeout_max", "rpc_timeout", "lease_drift_margin",
+                                   "max_payload_bytes"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_config_refuses_non_finite_values_naming_the_field(field, value):
+    with pytest.raises(ConfigError, match=rf"Config\.{field} must be a finite number, "
+                                          rf"got {value!r}"):
+        Config(**{field: value})
+
+
+@pytest.mark.parametrize("kw, field, ms", [
+    ({"election_timeout_min": 150, "election_timeout_max": 300}, "election_timeout_min", 150),
+    ({"election_timeout_max": 300}, "election_timeout_max", 300),
+    ({"heartbeat_interval": 100.0, "election_timeout_min": 150, "election_timeout_max": 300},
+     "heartbeat_interval", 100.0),
+    ({"rpc_timeout": 1000}, "rpc_timeout", 1000),
+])
+def test_config_refuses_timeouts_that_cannot_be_seconds_naming_the_unit(kw, field, ms):
+    with pytest.raises(ConfigError) as err:
+        Config(**kw)
+    msg = str(err.value)
+    assert msg.startswith(f"Config.{field} is in seconds; {ms!r} s is over the 50 s limit"), msg
+    assert f"{ms!r} ms is {ms / 1000!r}" in msg, msg
+    # Long but plausible settings (a WAN cluster) are accepted.
+    assert Config(heartbeat_interval=1.0, election_timeout_min=10.0, election_timeout_max=20.0,
+                  rpc_timeout=30.0).election_timeout_max == 20.0
+
+
 @cluster_test
 async def test_create_rejects_bad_arguments():
     router = LocalRouter()

@@ -20,6 +20,7 @@ node, after every kill and restart.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import os
@@ -302,6 +303,11 @@ class WriteStream:
      "--secret-file: cannot read /nonexistent"),
     (["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001", "--election-timeout", "0.3,0.2"],
      "election_timeout_min (0.3) must be below election_timeout_max"),
+    (["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001", "--election-timeout", "150,300"],
+     "Config.election_timeout_min is in seconds; 150.0 s is over the 50 s limit "
+     "(milliseconds? 150.0 ms is 0.15)"),
+    (["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001", "--heartbeat", "nan"],
+     "Config.heartbeat_interval must be a finite number, got nan"),
 ])
 def test_bad_arguments_are_usage_errors(args, message, capsys):
     assert kv.main(args) == 2
@@ -314,6 +320,57 @@ def test_the_command_exits_2_on_a_bad_argument(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=GUARD)
     assert r.returncode == 2, r
     assert "--id 9 is not one of the nodes in --peers" in r.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    # ';' for ',': the whole rest is taken for node 1's host and named.
+    ("1=h:7101;2=h:7102", "node 1: node address 'h:7101;2=h:7102': host 'h:7101;2=h' "
+                          "is not an IP address or a host name (it contains ':;='); separate "
+                          "the nodes with ','"),
+    ("1=127.0.0.1:7001,2=127.0.0.1:7001",
+     "nodes 1 and 2 have the same address 127.0.0.1:7001"),
+    ("1=Node-A:7001,2=node-a:7001", "nodes 1 and 2 have the same address node-a:7001"),
+    ("1=127.0.0.1:70o1", "node 1: node address '127.0.0.1:70o1': port '70o1' is not "
+                         "a number"),
+    ("1=127.0.0.1:0", "node 1: node address '127.0.0.1:0': port 0 is out of range"),
+    ("1=127.0.0.1:7001,2127.0.0.1:7002", "'2127.0.0.1:7002' is not ID=HOST:PORT "
+                                         "(no '='"),
+    ("x=127.0.0.1:7001", "'x=127.0.0.1:7001' is not ID=HOST:PORT: the id 'x' is not "
+                         "an integer >= 0"),
+    ("1=my host:7001", "host 'my host' is not an IP address or a host name (it contains ' ')"),
+    ("1=[h]:7001", "host 'h' is not an IP address"),
+    (",", "no ID=HOST:PORT given"),
+])
+def test_peers_flag_errors_name_the_bad_part(text, message):
+    with pytest.raises(argparse.ArgumentTypeError) as err:
+        kv._parse_peers(text)
+    assert message in str(err.value)
+
+
+def test_peers_flag_accepts_names_and_addresses():
+    assert kv._parse_peers(" 1=127.0.0.1:7001, 2=[::1]:7001,3=node-3.example:7001,"
+                           "4=db_4:7001,5=localhost.:7001,") == {
+        1: "127.0.0.1:7001", 2: "[::1]:7001", 3: "node-3.example:7001", 4: "db_4:7001",
+        5: "localhost.:7001"}
+
+
+def test_the_command_names_the_bad_part_of_peers_and_exits_2(tmp_path):
+    r = subprocess.run(node_cmd("--id", "1", "--dir", str(tmp_path / "n1"), "--peers",
+                                "1=127.0.0.1:7101;2=127.0.0.1:7102", "--init"),
+                       capture_output=True, text=True, cwd=tmp_path, timeout=GUARD)
+    assert r.returncode == 2, r
+    assert "argument --peers: node 1: node address '127.0.0.1:7101;2=127.0.0.1:7102'" \
+        in r.stderr, r.stderr
+    assert "separate the nodes with ','" in r.stderr
+    assert not (tmp_path / "n1").exists()      # refused before anything was created
+
+
+def test_pre_vote_and_check_quorum_are_on_unless_turned_off():
+    base = ["--id", "1", "--dir", "d", "--listen", "127.0.0.1:7001"]
+    config = kv.parse_args(base).config
+    assert config.enable_pre_vote and config.check_quorum
+    config = kv.parse_args(base + ["--no-pre-vote", "--no-check-quorum"]).config
+    assert not config.enable_pre_vote and not config.check_quorum
 
 
 # ========================================================== state machine
@@ -591,6 +648,54 @@ async def _purged_past(c: KvCluster, index: int) -> bool:
 def test_kill_9_under_writes_loses_no_acknowledged_write_and_applies_each_once(tmp_path, victim):
     with KvCluster(tmp_path) as c:
         _crash(c, victim)
+
+
+@kv_test
+async def _follower_restart(c: KvCluster) -> None:
+    c.start_all()
+    client = Client(list(c.addrs.values()), timeout=GUARD)
+    try:
+        leader = await wait_leader(c)
+        term = (await status_of(c.addrs[leader]))["term"]
+        follower = min(i for i in c.ids if i != leader)
+        for n in range(20):
+            await client.set(f"before-{n}", n)
+        c.kill(follower)
+        for n in range(20):
+            await client.set(f"while-down-{n}", n)
+        # Down long enough for the leader's reconnect back-off to grow (to
+        # 1 s uncapped, past the follower's election timeout).
+        gone = f"node {follower} at {c.addrs[follower]} still unreachable"
+        await until(lambda: _logged(c, leader, gone, 4),
+                    f"the leader to fail to reconnect to node {follower} 4 more times", c)
+        target = (await status_of(c.addrs[leader]))["committed"]
+        c.start(follower)                 # the same command, the same directory
+
+        async def caught_up():
+            s = await status_of(c.addrs[follower])
+            return s if s is not None and s["applied"] >= target else None
+        await until(caught_up, f"node {follower} to rejoin and apply up to {target}", c)
+        for n in range(20):
+            await client.set(f"after-{n}", n)
+        st = await statuses(c)
+        for i, s in st.items():
+            assert (s["leader"], s["term"]) == (leader, term), (
+                f"node {i} reports leader {s['leader']} in term {s['term']}, the cluster had "
+                f"leader {leader} in term {term} before node {follower} restarted\n{c.logs()}")
+        assert st[leader]["state"] == "LEADER"
+        await wait_converged(c, {**{f"{p}-{n}": n for p in ("before", "while-down", "after")
+                                    for n in range(20)}}, applied_commands=60)
+    finally:
+        await client.close()
+
+
+async def _logged(c: KvCluster, i: int, line: str, times: int) -> bool:
+    return c.log_text(i).count(line) >= times
+
+
+def test_a_restarted_follower_rejoins_without_deposing_the_leader(tmp_path):
+    with KvCluster(tmp_path, extra=["--log-level", "DEBUG"]) as c:
+        _follower_restart(c)
 
 
 @kv_test

@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 
+from raftcore.kv import KvStateMachine
 from raftcore.storage import FileLogStore, MemLogStore, MemStateMachine
 from raftcore.testing.storage_suite import (LOG_STORE_CHECKS, STATE_MACHINE_CHECKS,
                                             LogStoreFactory, StateMachineFactory, SuiteFailure,
@@ -71,6 +72,45 @@ class AsyncMemStateMachine(MemStateMachine):
     async def apply(self, entries):
         await asyncio.sleep(0)
         return super().apply(entries)
+
+
+def kv_factory(tmp_path) -> StateMachineFactory:
+    """KvStateMachine with a snapshot directory: a restart reads the file."""
+    n = itertools.count()
+    return StateMachineFactory(lambda: KvStateMachine(tmp_path / f"sm{next(n)}"),
+                               reopen=lambda old: KvStateMachine(old.path))
+
+
+@pytest.mark.parametrize("check", SM_FNS, ids=SM_IDS)
+def test_kv_state_machine_with_snapshot_files(check, tmp_path):
+    run(check(kv_factory(tmp_path)))
+
+
+class MemoryOnlySnapshots(MemStateMachine):
+    """Reports its snapshots durable but keeps them in memory: the state
+    machine whose node could not restart once its log was purged."""
+
+    def durable_snapshot(self):
+        snap = self.get_current_snapshot()
+        return snap.meta if snap is not None else None
+
+
+def test_a_state_machine_keeping_snapshots_in_memory_fails_the_durability_check():
+    # A restarted process makes a new object: the snapshot is gone.
+    factory = StateMachineFactory(MemoryOnlySnapshots, reopen=lambda old: MemoryOnlySnapshots())
+    with pytest.raises(SuiteFailure) as err:
+        run(run_state_machine_suite(factory))
+    msg = str(err.value)
+    assert msg.startswith(f"1 of {len(SM_FNS)} state machine checks failed:\n"
+                          "--- durable_snapshot_survives_restart: "), msg
+    assert "durable_snapshot() reported LogId(1, 11), but after a restart " \
+           "get_current_snapshot() returns None" in msg, msg
+    # Without reopen the claim cannot be checked, and the check says so.
+    with pytest.raises(SuiteFailure, match=r"durable_snapshot_survives_restart: .*give "
+                                           r"StateMachineFactory\(reopen=\.\.\.\)"):
+        run(run_state_machine_suite(MemoryOnlySnapshots))
+    # MemStateMachine itself claims nothing and passes.
+    run(run_state_machine_suite(MemStateMachine))
 
 
 def test_whole_suites_pass_through_the_runners(tmp_path):

@@ -25,7 +25,7 @@ import uvloop
 from log_watch import LogWatch
 from raftcore import Config, Node, Raft, ServerState
 from raftcore.codec import encode_message
-from raftcore.errors import Fatal, ForwardToLeader, NetworkError, Timeout
+from raftcore.errors import ConfigError, Fatal, ForwardToLeader, NetworkError, Timeout
 from raftcore.config import SnapshotPolicy
 from raftcore.membership import Membership
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
@@ -843,7 +843,9 @@ def test_parse_address():
     assert parse_address("127.0.0.1:7001") == ("127.0.0.1", 7001)
     assert parse_address("[::1]:7001") == ("::1", 7001)
     assert parse_address("node-1.example:80") == ("node-1.example", 80)
-    for bad in ("", "7001", ":7001", "h:", "h:x", "h:0", "h:65536", None):
+    assert parse_address("::1:7001") == ("::1", 7001)
+    for bad in ("", "7001", ":7001", "h:", "h:x", "h:0", "h:65536", None, "h:7101;2=h:7102",
+                "a b:1", "[h]:1", "-h:1", "h..x:1", "h:١٢"):
         with pytest.raises(ValueError):
             parse_address(bad)
 
@@ -873,6 +875,49 @@ async def test_rpc_to_a_down_peer_fails_fast_while_backing_off():
             coro.send(None)
     finally:
         await client.close()
+
+
+@tcp_test
+async def test_reconnect_backoff_is_capped_at_the_nodes_heartbeat():
+    """However often a peer fails, the wait before the next connect stays
+    within the heartbeat interval of the node using the network: a peer that
+    comes back hears a heartbeat long before its election timeout."""
+    config = make_config(1)
+    net = TcpNetwork(rpc_timeout=GUARD)
+    assert net.backoff_max == tcp_module.BACKOFF_MAX
+    raft = await Raft.create(1, config, net, MemLogStore(), MemStateMachine())
+    await raft.shutdown()
+    assert net.backoff_max == config.heartbeat_interval < config.election_timeout_min
+    async with fake_server() as (server, fake, node):
+        pass                             # the port is free again: nobody listens
+    client = net.client(2, node)
+    channel = client._repl
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(8):               # uncapped, the back-off would reach 1 s
+            with pytest.raises(NetworkError, match="cannot connect"):
+                await channel._open()    # one connect attempt, as after each back-off
+            # Backing off, for no longer than the cap.
+            assert channel._retry_at > loop.time()
+            assert channel._backoff <= config.heartbeat_interval
+        assert channel._backoff == config.heartbeat_interval
+    finally:
+        await client.close()
+
+
+@tcp_test
+async def test_an_explicit_reconnect_backoff_must_be_below_the_election_timeout():
+    config = make_config(1)
+    with pytest.raises(ConfigError, match=r"reconnect_backoff_max \(0\.3\) must be below "
+                                          r"election_timeout_min \(0\.3\)"):
+        await Raft.create(1, config, TcpNetwork(reconnect_backoff_max=0.3), MemLogStore(),
+                          MemStateMachine())
+    net = TcpNetwork(reconnect_backoff_max=0.1)
+    raft = await Raft.create(1, config, net, MemLogStore(), MemStateMachine())
+    await raft.shutdown()
+    assert net.backoff_max == 0.1           # given explicitly: kept
+    with pytest.raises(ConfigError, match="reconnect_backoff_max must be a positive number"):
+        TcpNetwork(reconnect_backoff_max=0)
 
 
 @tcp_test

@@ -46,3 +46,9 @@ class Network(abc.ABC):
     @abc.abstractmethod
     def client(self, target: int, node: Any) -> NetworkClient:
         """A client sending to `target`, reachable at `node` (a Node)."""
+
+    def configure(self, config: Any) -> None:
+        """Raft.create calls this with the node's Config before the node
+        sends anything, so that the transport fits its timing to the node's
+        (TcpNetwork keeps its reconnect back-off below the election
+        timeout). The default does nothing."""

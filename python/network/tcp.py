@@ -60,7 +60,11 @@ entries in one frame, encoded by one msgpack call.
 
 Failures. A connection that fails, or a connect that fails, makes the peer
 "backing off": the next attempt is allowed after 200 ms, doubling up to 1 s
-while attempts keep failing, and reset once a reply arrives. Until then an RPC
+while attempts keep failing, and reset once a reply arrives. The node's
+Config caps both at its heartbeat interval (TcpNetwork.configure, called by
+Raft.create): a peer that comes back is reconnected by the second heartbeat
+after, well within election_timeout_min, so a restarted follower is not left
+to time out and campaign. Until then an RPC
 to the peer raises NetworkError at once instead of waiting. An RPC without a
 reply within `rpc_timeout` raises raftcore.errors.Timeout; its reply, should
 it come later, is dropped. The client never cancels anything on the server: a
@@ -117,7 +121,9 @@ import asyncio
 import functools
 import hashlib
 import hmac
+import ipaddress
 import logging
+import re
 import secrets
 import ssl as _ssl
 import struct
@@ -278,18 +284,43 @@ def _unpackb(body: bytes) -> Any:
 
 
 def parse_address(addr: str) -> tuple[str, int]:
-    """(host, port) of "host:port" or "[ipv6]:port"; ValueError if malformed."""
+    """(host, port) of "host:port" or "[ipv6]:port"; ValueError naming the
+    bad part if malformed (the host must be an IP address or a DNS name)."""
     if not isinstance(addr, str):
         raise ValueError(f"a node address must be a string 'host:port', got {addr!r}")
     host, sep, port_s = addr.rpartition(":")
-    if not sep or not host or not port_s.isdigit():
+    if not sep or not host:
         raise ValueError(f"node address {addr!r} is not of the form 'host:port'")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    if not (port_s.isascii() and port_s.isdigit()):
+        raise ValueError(f"node address {addr!r}: port {port_s!r} is not a number "
+                         "(expected 'host:port')")
     port = int(port_s)
     if not 0 < port < 65536:
         raise ValueError(f"node address {addr!r}: port {port} is out of range")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    _check_host(host, addr, bracketed)
     return host, port
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _check_host(host: str, addr: str, ipv6_only: bool) -> None:
+    # Refused here rather than by a resolver later ("Name or service not
+    # known"), which would not say which part of the address is wrong.
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    labels = (host[:-1] if host.endswith(".") else host).split(".")
+    if ipv6_only or len(host) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in labels):
+        odd = "".join(sorted({c for c in host if not (c.isascii() and c.isalnum())
+                              and c not in ".-_"}))
+        raise ValueError(f"node address {addr!r}: host {host!r} is not an IP address or a "
+                         "host name" + (f" (it contains {odd!r})" if odd else ""))
 
 
 def _check_ssl(ssl: Any) -> None:
@@ -322,12 +353,16 @@ class TcpNetwork(Network):
         to it, that both hold the secret before any RPC is sent (see
         "Shared secret" in the module docstring); the peers' RaftServers
         must be started with the same secret.
+    reconnect_backoff_max: longest wait before connecting again to a peer
+        that failed; None: BACKOFF_MAX, lowered by configure() to the
+        node's heartbeat interval. Must be below election_timeout_min.
     """
 
     def __init__(self, ssl: Optional[_ssl.SSLContext] = None, *, rpc_timeout: float = 1.0,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
                  connect_timeout: Optional[float] = None,
-                 secret: Optional[bytes] = None) -> None:
+                 secret: Optional[bytes] = None,
+                 reconnect_backoff_max: Optional[float] = None) -> None:
         self.secret = check_secret(secret)
         _check_ssl(ssl)
         _check_positive("rpc_timeout", rpc_timeout)
@@ -339,6 +374,25 @@ class TcpNetwork(Network):
         self.rpc_timeout = rpc_timeout
         self.max_frame_size = max_frame_size
         self.connect_timeout = connect_timeout
+        if reconnect_backoff_max is not None:
+            _check_positive("reconnect_backoff_max", reconnect_backoff_max)
+        self._backoff_given = reconnect_backoff_max is not None
+        #: Reconnect back-off cap, read by each connection at each failure.
+        self.backoff_max = reconnect_backoff_max if self._backoff_given else BACKOFF_MAX
+
+    def configure(self, config: Any) -> None:
+        """Fits the reconnect back-off to a node's Config (Raft.create calls
+        this): capped at its heartbeat interval, the lowest of every node
+        sharing this network; an explicit reconnect_backoff_max must be
+        below election_timeout_min."""
+        if self._backoff_given:
+            if self.backoff_max >= config.election_timeout_min:
+                raise ConfigError(
+                    f"TcpNetwork reconnect_backoff_max ({self.backoff_max}) must be below "
+                    f"election_timeout_min ({config.election_timeout_min}): a peer that comes "
+                    "back would wait that long for a heartbeat and start an election")
+            return
+        self.backoff_max = min(self.backoff_max, config.heartbeat_interval)
 
     def client(self, target: int, node: Any) -> "NetworkClient":
         addr = getattr(node, "addr", None)
@@ -815,12 +869,13 @@ class _Channel:
 
     def _failed(self, reason: str) -> None:
         """Starts or extends the back-off after a failed connect or a lost connection."""
+        cap = self._net.backoff_max
         if self._backoff == 0.0:
             log.info("%s unreachable: %s; retrying with back-off", self._who(), reason)
-            self._backoff = BACKOFF_INITIAL
+            self._backoff = min(BACKOFF_INITIAL, cap)
         else:
             log.debug("%s still unreachable: %s", self._who(), reason)
-            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            self._backoff = min(self._backoff * 2, cap)
         self._last_error = reason
         self._retry_at = self._loop.time() + self._backoff
 

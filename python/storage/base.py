@@ -48,7 +48,14 @@ class LogStore(abc.ABC):
     - save_vote() returns only once the vote is durable.
     - A store never calls back into the node from inside a call other than
       through on_flushed.
+    - `persistent` says whether the log outlives the process. A store that
+      keeps nothing once its process ends (MemLogStore) sets it to False:
+      the node then purges it up to any snapshot, since on a restart it
+      forgets more than the state machine could.
     """
+
+    #: True when the log survives a restart of the process (see above).
+    persistent: bool = True
 
     @abc.abstractmethod
     async def read_vote(self) -> Optional[Vote]:
@@ -102,6 +109,22 @@ class StateMachine(abc.ABC):
     function: a plain one is called inline on the write path (no task
     switch), so it must be quick and never block; one that does I/O should
     be `async def`.
+
+    Snapshots and the log (the durability contract). A node purges its log
+    only up to a snapshot the state machine reports, through
+    durable_snapshot(), as durable: written so that after a restart of the
+    process the new state machine object returns it (or a newer one) from
+    get_current_snapshot() and applied_state(). A snapshot must be durable
+    before it is reported there, because the entries it covers may then be
+    deleted from the log store for good. The default reports nothing, and
+    the log of a persistent log store is then never purged (a warning says
+    so): a state machine that keeps its snapshots in memory only stays
+    correct, its node re-applying the whole log after a restart. A state
+    machine that writes its snapshots to disk implements durable_snapshot()
+    and loads its newest snapshot when it is created again.
+    install_snapshot() returns only once the installed snapshot is durable
+    (the node then drops its log up to it). Check an implementation with
+    raftcore.testing.storage_suite (give StateMachineFactory a `reopen`).
     """
 
     @abc.abstractmethod
@@ -124,6 +147,14 @@ class StateMachine(abc.ABC):
     @abc.abstractmethod
     def get_current_snapshot(self) -> Optional[Snapshot]:
         """The newest snapshot built or installed, or None."""
+
+    def durable_snapshot(self) -> Optional[SnapshotMeta]:
+        """The newest snapshot that survives a restart of the process (see
+        the class docstring), or None: the node never purges its log past
+        it. Called after each snapshot build; it must be quick and not block
+        (report what is already known to be written). The default, None,
+        keeps the whole log of a persistent log store."""
+        return None
 
     @abc.abstractmethod
     async def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:

@@ -22,7 +22,12 @@ _snapshot_ids = itertools.count(1)
 
 
 class MemLogStore(LogStore):
-    """A log and vote held in memory; flushed as soon as appended."""
+    """A log and vote held in memory; flushed as soon as appended. Not
+    persistent: a node purges it up to any snapshot (a simulated restart
+    that keeps the object keeps MemStateMachine's snapshot too, see
+    MemStateMachine.restarted)."""
+
+    persistent = False
 
     def __init__(self) -> None:
         self._vote: Optional[Vote] = None
@@ -93,6 +98,11 @@ class MemStateMachine(StateMachine):
 
     Read with get(key) after ensure_linearizable (or on any node, for a
     possibly stale read).
+
+    Snapshots are kept in memory only: durable_snapshot() reports none, so a
+    node pairing it with a persistent log store (FileLogStore) keeps its
+    whole log and re-applies it after a restart; with MemLogStore the log is
+    purged up to each snapshot.
     """
 
     def __init__(self) -> None:

@@ -232,6 +232,12 @@ class SimStateMachine(MemStateMachine):
             self.checker.applied(self.node_id, e)
         return super().apply(entries)
 
+    def durable_snapshot(self):
+        # A simulated crash keeps the current snapshot (restarted()), as a
+        # snapshot store on disk would: the log may be purged behind it.
+        snap = self._snapshot
+        return snap.meta if snap is not None else None
+
     def restarted(self) -> "SimStateMachine":
         sm = SimStateMachine(self.node_id, self.checker)
         if self._snapshot is not None:

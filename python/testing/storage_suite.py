@@ -37,8 +37,9 @@ from the store (vote, log, a conflicting tail overwritten, a log ahead of or
 behind the state machine); membership recovered from the log or, once purged
 from it, from the state machine; the optional committed log id. State
 machines: applying single and multiple entries, blank and membership entries
-(None responses), mixed batches, applied_state, and that batching does not
-change responses.
+(None responses), mixed batches, applied_state, that batching does not
+change responses, and the durability contract: a snapshot reported by
+durable_snapshot() is there after a restart (`reopen`).
 
 The "initial state" and "membership recovered" checks start a real node
 (`Raft.create` on a LocalRouter, with ticks off so nothing moves) on the
@@ -117,10 +118,16 @@ def _default_command(i: int) -> Any:
 class StateMachineFactory:
     """Makes fresh state machines for the suite; `command(i)` makes the
     payload of the i-th normal entry (default: MemStateMachine's
-    ``["set", key, value]``)."""
+    ``["set", key, value]``); `reopen(old)`, when given, makes the state
+    machine a restarted process would make over what `old` persisted (as
+    the application creates it on start-up). Without `reopen`, a machine
+    that reports a durable snapshot fails the durability check: the suite
+    cannot see it survive a restart."""
 
     new: Callable[[], Union[StateMachine, Awaitable[StateMachine]]]
     command: Callable[[int], Any] = _default_command
+    reopen: Optional[Callable[[StateMachine],
+                              Union[StateMachine, Awaitable[StateMachine]]]] = None
 
     async def make(self) -> StateMachine:
         return await _maybe_await(self.new())
@@ -130,10 +137,11 @@ def _log_factory(f: Any) -> LogStoreFactory:
     return f if isinstance(f, LogStoreFactory) else LogStoreFactory(f)
 
 
-def _sm_factory(f: Any, command: Optional[Callable] = None) -> StateMachineFactory:
+def _sm_factory(f: Any, command: Optional[Callable] = None,
+                reopen: Optional[Callable] = None) -> StateMachineFactory:
     if isinstance(f, StateMachineFactory):
         return f
-    return StateMachineFactory(f, command or _default_command)
+    return StateMachineFactory(f, command or _default_command, reopen)
 
 
 # ------------------------------------------------------------------ helpers
@@ -864,6 +872,44 @@ async def sm_check_snapshot_of_nothing_is_refused_or_empty(f: StateMachineFactor
     assert sm.get_current_snapshot() is None
 
 
+async def sm_check_durable_snapshot_survives_restart(f: StateMachineFactory) -> None:
+    """The contract that lets a node purge its log: a snapshot the machine
+    reports in durable_snapshot() (after building one, and after installing
+    one) is found again by a restarted machine (`reopen`), in
+    get_current_snapshot() and applied_state(). A machine that keeps its
+    snapshots in memory only must report None (its node then keeps the whole
+    log of a persistent log store)."""
+    m = _m(1, 2, 3)
+    src = await f.make()
+    await _apply(src, [_membership(1, 1, m)] +
+                 [Entry(1, i, ENTRY_NORMAL, f.command(i)) for i in range(2, 12)])
+    snap = await src.build_snapshot(_inline)
+    dst = await f.make()
+    await dst.install_snapshot(snap.meta, snap.data)
+    for sm, how in ((src, "built"), (dst, "installed")):
+        durable = sm.durable_snapshot()
+        if durable is None:
+            continue
+        where = f"after a snapshot up to {snap.meta.last_log_id} was {how}"
+        assert durable.last_log_index <= snap.meta.last_log_index, \
+            f"{where}, durable_snapshot() reports {durable.last_log_id}, past it"
+        assert f.reopen is not None, (
+            f"{where}, durable_snapshot() reports {durable.last_log_id} as surviving a "
+            "restart; give StateMachineFactory(reopen=...) so the suite can check it does")
+        again = await _maybe_await(f.reopen(sm))
+        current = again.get_current_snapshot()
+        assert current is not None and \
+            current.meta.last_log_index >= durable.last_log_index, (
+                f"{where}, durable_snapshot() reported {durable.last_log_id}, but after a "
+                f"restart get_current_snapshot() returns "
+                f"{current.meta.last_log_id if current else None}: a node that purged its "
+                "log behind that snapshot could not restart")
+        applied, membership = await again.applied_state()
+        assert applied is not None and applied.index >= durable.last_log_index, \
+            f"{where}: after a restart applied_state() is {applied}"
+        assert membership == m, f"{where}: after a restart the membership is {membership}"
+
+
 STATE_MACHINE_CHECKS: list[tuple[str, Callable[[StateMachineFactory], Awaitable[None]]]] = [
     (fn.__name__[len("sm_check_"):], fn) for fn in (
         sm_check_initial_applied_state,
@@ -876,6 +922,7 @@ STATE_MACHINE_CHECKS: list[tuple[str, Callable[[StateMachineFactory], Awaitable[
         sm_check_membership_recovered_from_state_machine,
         sm_check_snapshot_build_transfer_install,
         sm_check_snapshot_of_nothing_is_refused_or_empty,
+        sm_check_durable_snapshot_survives_restart,
     )
 ]
 
@@ -910,7 +957,10 @@ async def run_log_store_suite(factory: Union[LogStoreFactory, Callable],
 
 
 async def run_state_machine_suite(factory: Union[StateMachineFactory, Callable],
-                                  command: Optional[Callable[[int], Any]] = None) -> None:
+                                  command: Optional[Callable[[int], Any]] = None,
+                                  reopen: Optional[Callable] = None) -> None:
     """Runs every state machine check; raises SuiteFailure listing the failed
-    ones. `command(i)` makes the payload of the i-th normal entry."""
-    await _run_all(STATE_MACHINE_CHECKS, _sm_factory(factory, command), "state machine")
+    ones. `command(i)` makes the payload of the i-th normal entry; `reopen`
+    as in StateMachineFactory."""
+    await _run_all(STATE_MACHINE_CHECKS, _sm_factory(factory, command, reopen),
+                   "state machine")
