@@ -131,6 +131,11 @@ class Raft:
         """Proposes `cmd`; returns once it is committed and applied here
         (a coroutine: ``await raft.client_write(cmd)``).
 
+        `cmd` must be a msgpack-able value that decodes back to itself, of
+        at most Config.max_command_bytes encoded; otherwise InvalidCommand
+        is raised and nothing is written. Every node, this one included,
+        applies what the encoding decodes to (a tuple arrives as a list).
+
         Raises ForwardToLeader (with the leader's id and Node when known) on
         a node that is not the leader. If the caller cancels the call, the
         write may still commit: cancellation only stops waiting for it.
@@ -142,7 +147,7 @@ class Raft:
     async def client_write_many(self, cmds: list) -> list[ClientWriteResponse]:
         """Proposes the commands as one batch; returns their responses in
         order once all are applied. Same errors and cancellation as
-        client_write."""
+        client_write; one invalid command refuses the whole batch."""
         if not isinstance(cmds, list):
             cmds = list(cmds)
         if not cmds:

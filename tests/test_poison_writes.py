@@ -1,0 +1,170 @@
+"""Commands that cannot travel are refused at the door (client_write), to
+their caller alone, before they enter the log: a value msgpack cannot
+encode, one that does not decode back (a map keyed by a tuple), one over
+Config.max_command_bytes. Every node applies what the encoding decodes to.
+
+The clusters write through FileLogStore (which encodes every entry) and over
+TcpNetwork (which encodes every AppendEntries): before the door check, such a
+command stopped the leader's store or stalled replication for good.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+
+import pytest
+import uvloop
+
+from raftcore import Config
+from raftcore.errors import ConfigError, InvalidCommand
+from raftcore.storage.file import FileLogStore
+from cluster_harness import (TEST_GUARD, Cluster, RecordingRouter, converge, members,
+                             stable_leader)
+from test_tcp import TcpCluster, assert_same_everywhere, tcp_test, write_many
+from test_tcp import stable_leader as tcp_stable_leader
+
+BAD_COMMANDS = {
+    "a datetime.date": (["set", "when", datetime.date(2024, 1, 1)], "datetime.date"),
+    "a map keyed by a tuple": (["set", "m", {(1, 2): 3}], "unhashable type: 'list'"),
+    "an int above 64 bits": (["set", "n", 2**70], "out of range"),
+    "a lone surrogate": (["set", "s", "\ud800"], "surrogates not allowed"),
+}
+
+
+class file_cluster:
+    """async with file_cluster(tmp_path, 3, seed) as c: nodes on FileLogStores."""
+
+    def __init__(self, tmp_path, n: int, seed: int, **cfg) -> None:
+        self.tmp, self.n = tmp_path, n
+        self.cluster = Cluster(RecordingRouter(seed=seed), seed, cfg)
+        self.stores: list[FileLogStore] = []
+
+    async def __aenter__(self) -> Cluster:
+        c = self.cluster
+        try:
+            for i in range(1, self.n + 1):
+                self.stores.append(await FileLogStore.open(self.tmp / f"n{i}"))
+                await c.add_node(i, log_store=self.stores[-1])
+            await c[1].initialize(members(range(1, self.n + 1)))
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return c
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            await self.cluster.shutdown()
+        finally:
+            for s in self.stores:
+                await s.close()
+
+
+def run(body, *args) -> None:
+    """Runs an async test body on a fresh uvloop loop, with a whole-test guard."""
+    uvloop.run(asyncio.wait_for(body(*args), TEST_GUARD))
+
+
+@contextlib.asynccontextmanager
+async def leading(tmp_path, seed: int, **cfg):
+    """A 3-node FileLogStore cluster that has committed a write, and its leader."""
+    async with file_cluster(tmp_path, 3, seed, **cfg) as c:
+        await converge(c.all())
+        yield c, await stable_leader(c.all())
+
+
+@pytest.mark.parametrize("name", sorted(BAD_COMMANDS))
+def test_a_command_that_cannot_travel_is_refused_and_the_cluster_goes_on(tmp_path, name):
+    run(_refused_and_goes_on, tmp_path, *BAD_COMMANDS[name])
+
+
+async def _refused_and_goes_on(tmp_path, cmd, why: str) -> None:
+    async with leading(tmp_path, seed=11) as (c, leader):
+        last = leader.metrics.last_log_index
+        with pytest.raises(InvalidCommand, match="msgpack") as err:
+            await leader.client_write(cmd)
+        assert why in str(err.value)
+        # Refused before the log: nothing appended, the node still leads,
+        # and the next writes commit everywhere.
+        assert leader.metrics.last_log_index == last
+        assert (await leader.client_write(["set", "after", 1])).index == last + 1
+        index = await converge(c.all())
+        assert await stable_leader(c.all()) is leader
+        for r in c.all():
+            assert r.metrics.last_applied_index == index
+            assert r.state_machine.data["after"] == 1
+            assert cmd[1] not in r.state_machine.data
+
+
+def test_one_bad_command_refuses_its_whole_batch_and_nothing_else(tmp_path):
+    run(_bad_batch, tmp_path)
+
+
+async def _bad_batch(tmp_path) -> None:
+    async with leading(tmp_path, seed=12) as (c, leader):
+        last = leader.metrics.last_log_index
+        alone = asyncio.ensure_future(leader.client_write(["set", "alone", 1]))
+        with pytest.raises(InvalidCommand, match=r"command 1 of the batch.*datetime\.date"):
+            await leader.client_write_many([["set", "a", 1],
+                                            ["set", "b", datetime.date(2024, 1, 1)]])
+        assert (await alone).index == last + 1
+        assert leader.metrics.last_log_index == last + 1
+        assert "a" not in leader.state_machine.data
+
+
+def test_every_node_applies_the_decoded_command_the_leader_included(tmp_path):
+    run(_decoded_everywhere, tmp_path)
+
+
+async def _decoded_everywhere(tmp_path) -> None:
+    async with leading(tmp_path, seed=13) as (c, leader):
+        await leader.client_write(("set", "t", (1, (2, 3))))
+        await converge(c.all())
+        for r in c.all():
+            value = r.state_machine.data["t"]
+            assert value == [1, [2, 3]] and type(value) is list, (r.id, value)
+
+
+def test_a_command_over_max_command_bytes_is_refused(tmp_path):
+    run(_too_large, tmp_path)
+
+
+async def _too_large(tmp_path) -> None:
+    async with leading(tmp_path, seed=14) as (c, leader):
+        cap = leader.config.max_command_bytes
+        assert cap == Config().max_command_bytes == 1536 * 1024
+        last = leader.metrics.last_log_index
+        with pytest.raises(InvalidCommand, match="max_command_bytes"):
+            await leader.client_write(b"x" * cap)             # + its header: over
+        with pytest.raises(InvalidCommand, match="max_command_bytes"):
+            await leader.client_write(["set", "big", "x" * cap])
+        with pytest.raises(InvalidCommand, match="command 1 of the batch.*max_command_bytes"):
+            await leader.client_write_many([b"small", b"x" * (20 * 1024 * 1024)])
+        assert leader.metrics.last_log_index == last
+        # Bytes of cap - 5 encode to exactly cap (msgpack's bin 32 header is 5 bytes).
+        resp = await leader.client_write(b"y" * (cap - 5))
+        assert resp.index == last + 1
+
+
+def test_max_command_bytes_is_validated():
+    with pytest.raises(ConfigError, match="max_command_bytes"):
+        Config(max_command_bytes=0)
+    with pytest.raises(ConfigError, match="max_command_bytes"):
+        Config(max_command_bytes=1.5)
+    assert Config(max_command_bytes=100).max_command_bytes == 100
+
+
+@tcp_test
+async def test_over_tcp_a_refused_command_leaves_replication_going():
+    async with TcpCluster() as c:
+        await c.start(3, seed=21, max_command_bytes=64 * 1024)
+        nodes = c.all()
+        leader = await tcp_stable_leader(nodes)
+        for cmd, _ in BAD_COMMANDS.values():
+            with pytest.raises(InvalidCommand):
+                await leader.client_write(cmd)
+        with pytest.raises(InvalidCommand, match="max_command_bytes"):
+            await leader.client_write(["set", "big", b"x" * (64 * 1024)])
+        top = await write_many(nodes, clients=4, per_client=20, tag="after")
+        await assert_same_everywhere(nodes, top)
+        assert await tcp_stable_leader(nodes) is leader
