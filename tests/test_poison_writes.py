@@ -12,17 +12,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import struct
 
+import msgpack
 import pytest
 import uvloop
 
-from raftcore import Config
-from raftcore.errors import ConfigError, InvalidCommand
+from raftcore import Config, Node, kv
+from raftcore.codec import decode_message, encode_message
+from raftcore.errors import ConfigError, InvalidCommand, NetworkError
+from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse, VoteRequest,
+                               VoteResponse)
+from raftcore.network import TcpNetwork
+from raftcore.network.tcp import WIRE_VERSION
+from raftcore.kv import Client, KvError
+from raftcore.types import ENTRY_NORMAL, Entry
 from raftcore.storage.file import FileLogStore
 from cluster_harness import (TEST_GUARD, Cluster, RecordingRouter, converge, members,
                              stable_leader)
-from test_tcp import TcpCluster, assert_same_everywhere, tcp_test, write_many
+from test_tcp import GUARD, HOST, TcpCluster, assert_same_everywhere, tcp_test, write_many
 from test_tcp import stable_leader as tcp_stable_leader
+from test_kv_process import GUARD as KV_GUARD
+from test_kv_process import KvCluster, kv_test, wait_converged, wait_leader
 
 BAD_COMMANDS = {
     "a datetime.date": (["set", "when", datetime.date(2024, 1, 1)], "datetime.date"),
@@ -168,3 +179,136 @@ async def test_over_tcp_a_refused_command_leaves_replication_going():
         top = await write_many(nodes, clients=4, per_client=20, tag="after")
         await assert_same_everywhere(nodes, top)
         assert await tcp_stable_leader(nodes) is leader
+
+
+# ------------------------------------------------- heartbeats and large frames
+
+#: A frame above this many bytes is held: its peer reads no more of that
+#: connection once its header has come, as a link busy with it would.
+HOLD_ABOVE = 1024 * 1024
+
+
+class HoldingPeer:
+    """A peer that answers AppendEntries and Vote requests at once, except
+    that a connection bringing a frame over HOLD_ABOVE bytes is read no
+    further from that frame on (`holding` is set): whatever was written
+    behind it on that connection stays unread."""
+
+    def __init__(self) -> None:
+        self.holding = asyncio.Event()
+        self.answered: list[str] = []
+        self.transports: list[asyncio.Transport] = []
+
+    def protocol(self) -> asyncio.Protocol:
+        return _HoldingConnection(self)
+
+    def close(self) -> None:
+        for t in self.transports:
+            t.abort()
+
+
+class _HoldingConnection(asyncio.Protocol):
+    def __init__(self, peer: HoldingPeer) -> None:
+        self.peer = peer
+        self.buf = bytearray()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.peer.transports.append(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 5:
+            size, _ = struct.unpack_from(">IB", self.buf)
+            if size > HOLD_ABOVE:
+                self.transport.pause_reading()
+                self.peer.holding.set()
+                return
+            if len(self.buf) < 4 + size:
+                return
+            rid, msg = msgpack.unpackb(bytes(self.buf[5:4 + size]), raw=False)
+            del self.buf[:4 + size]
+            self.answer(rid, decode_message(msg))
+
+    def answer(self, rid: int, req) -> None:
+        if type(req) is VoteRequest:
+            resp = VoteResponse(req.term, True, 2)
+            self.peer.answered.append("vote")
+        else:
+            resp = AppendEntriesResponse(req.term, True, req.prev_log_index, 0, 0)
+            self.peer.answered.append("heartbeat" if not req.entries else "append")
+        body = msgpack.packb([rid, encode_message(resp)], use_bin_type=True)
+        self.transport.write(struct.pack(">IB", len(body) + 1, WIRE_VERSION) + body)
+
+
+@tcp_test
+async def test_a_heartbeat_and_a_vote_are_answered_while_a_large_append_is_held():
+    peer = HoldingPeer()
+    server = await asyncio.get_running_loop().create_server(peer.protocol, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    client = TcpNetwork(rpc_timeout=GUARD).client(2, Node(f"{HOST}:{port}"))
+    try:
+        # 20 MB: more than the socket buffers take, so most of it waits in
+        # the sender, as it does on a slow link.
+        big = AppendEntriesRequest(1, 1, 0, 0, [Entry(1, 1, ENTRY_NORMAL, b"x" * 20_000_000)], 0)
+        append = asyncio.ensure_future(client.append_entries(big))
+        await asyncio.wait_for(peer.holding.wait(), GUARD)
+        # The guard only turns a heartbeat stuck behind the frame into a failure.
+        heartbeat = await asyncio.wait_for(
+            client.append_entries(AppendEntriesRequest(1, 1, 0, 0, [], 0)), GUARD)
+        vote = await asyncio.wait_for(client.vote(VoteRequest(2, 1, 0, 0)), GUARD)
+        assert heartbeat.success and vote.granted
+        assert peer.answered == ["heartbeat", "vote"]
+        # The runtime's fast path takes the same connection.
+        fast = client.append_entries_nowait(AppendEntriesRequest(2, 1, 0, 0, [], 0))
+        assert fast is not None and (await asyncio.wait_for(fast, GUARD)).success
+        assert not append.done()
+    finally:
+        await client.close()
+        peer.close()
+        server.close()
+        await server.wait_closed()
+    with pytest.raises(NetworkError):
+        await append
+
+
+# ------------------------------------------------------------ raftcore kv
+
+def test_kv_refuses_a_value_the_node_cannot_hold_or_take_to_that_request_alone(tmp_path):
+    with KvCluster(tmp_path, extra=["--max-command-bytes", "65536"]) as c:
+        _kv_refusals(c)
+
+
+@kv_test
+async def _kv_refusals(c: KvCluster) -> None:
+    c.start_all()
+    client = Client(list(c.addrs.values()), timeout=KV_GUARD)
+    try:
+        lid = await wait_leader(c)
+        assert await client.set("a", 1) is None
+        retries, closed = client.retries, c.log_text(lid).count("closing the connection")
+        # Encodes on the client, but its tuple key arrives as a list, which
+        # no node can hold: the request is answered with an error at once.
+        with pytest.raises(KvError, match=r"cannot be decoded \(unhashable type: 'list'\)"):
+            await client.set("m", {(1, 2): 3})
+        with pytest.raises(KvError, match="max_command_bytes"):
+            await client.set("big", b"x" * 65536)
+        with pytest.raises(KvError, match="datetime.date"):
+            await client.set("when", datetime.date(2024, 1, 1))
+        assert client.retries == retries
+        # The same connection goes on serving this client.
+        assert await client.set("a", 2) == 1
+        assert await client.set("fits", b"y" * 60_000) is None
+        assert c.log_text(lid).count("closing the connection") == closed, c.logs()
+        await wait_converged(c, {"a": 2, "fits": b"y" * 60_000}, applied_commands=3)
+    finally:
+        await client.close()
+
+
+def test_kv_max_command_bytes_must_be_positive():
+    with pytest.raises(SystemExit):
+        kv.parse_args(["--id", "1", "--dir", "d", "--listen", "127.0.0.1:1",
+                       "--max-command-bytes", "0"])
+    args = kv.parse_args(["--id", "1", "--dir", "d", "--listen", "127.0.0.1:1",
+                          "--max-command-bytes", "4096"])
+    assert args.config.max_command_bytes == 4096
