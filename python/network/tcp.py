@@ -364,7 +364,7 @@ class TcpClient(NetworkClient):
     AppendEntries with entries go over one pipelined connection, the
     `_repl` channel; heartbeats, votes and TransferLeader over another,
     `_ctl`, so that they never wait behind a large append; snapshot chunks
-    over a third, `_snap`. `_ctl` and `_snap` are opened on first use.
+    over a third, `_snap`, made on first use. A channel connects when first used.
     """
 
     __slots__ = ("target", "addr", "_net", "_host", "_port", "_repl", "_ctl", "_snap")
@@ -376,20 +376,13 @@ class TcpClient(NetworkClient):
         self._host = host
         self._port = port
         self._repl = _Channel(net, target, host, port, self.addr)
-        self._ctl: Optional[_Channel] = None
+        self._ctl = _Channel(net, target, host, port, self.addr, "control ")
         self._snap: Optional[_Channel] = None
-
-    def _control(self) -> "_Channel":
-        ctl = self._ctl
-        if ctl is None:
-            ctl = self._ctl = _Channel(self._net, self.target, self._host, self._port,
-                                       self.addr, "control ")
-        return ctl
 
     # Plain functions returning the call's coroutine: one frame less per RPC.
     def append_entries(self, req: AppendEntriesRequest):
         if not req.entries:
-            return self._control().call(req, AppendEntriesResponse)
+            return self._ctl.call(req, AppendEntriesResponse)
         return self._repl.call(req, AppendEntriesResponse)
 
     def append_entries_nowait(self, req: AppendEntriesRequest, reply: Any = None):
@@ -399,14 +392,14 @@ class TcpClient(NetworkClient):
         called as the reply frame is read; None when not connected (the
         runtime then calls append_entries, which connects)."""
         if not req.entries:
-            return self._control().call_nowait(req, AppendEntriesResponse, reply)
+            return self._ctl.call_nowait(req, AppendEntriesResponse, reply)
         return self._repl.call_nowait(req, AppendEntriesResponse, reply)
 
     def vote(self, req: VoteRequest):
-        return self._control().call(req, VoteResponse)
+        return self._ctl.call(req, VoteResponse)
 
     def transfer_leader(self, req: TransferLeaderRequest):
-        return self._control().call(req, _NONE)
+        return self._ctl.call(req, _NONE)
 
     def install_snapshot(self, req: InstallSnapshotRequest):
         snap = self._snap
@@ -417,8 +410,7 @@ class TcpClient(NetworkClient):
 
     async def close(self) -> None:
         await self._repl.close()
-        if self._ctl is not None:
-            await self._ctl.close()
+        await self._ctl.close()
         if self._snap is not None:
             await self._snap.close()
 
