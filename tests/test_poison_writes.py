@@ -30,7 +30,8 @@ from raftcore.types import ENTRY_NORMAL, Entry
 from raftcore.storage.file import FileLogStore
 from cluster_harness import (TEST_GUARD, Cluster, RecordingRouter, converge, members,
                              stable_leader)
-from test_tcp import GUARD, HOST, TcpCluster, assert_same_everywhere, tcp_test, write_many
+from test_tcp import (GUARD, HOST, TcpCluster, assert_same_everywhere, fake_server, frame,
+                      request_body, tcp_test, write_many)
 from test_tcp import stable_leader as tcp_stable_leader
 from test_kv_process import GUARD as KV_GUARD
 from test_kv_process import KvCluster, kv_test, wait_converged, wait_leader
@@ -270,6 +271,32 @@ async def test_a_heartbeat_and_a_vote_are_answered_while_a_large_append_is_held(
         await server.wait_closed()
     with pytest.raises(NetworkError):
         await append
+
+
+@tcp_test
+async def test_a_request_python_cannot_hold_is_answered_with_an_error_on_a_live_connection():
+    async with fake_server() as (server, fake, node):
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        try:
+            # An AppendEntries whose payload is a map keyed by a list: valid
+            # msgpack, but no Python dict can hold it.
+            msg = encode_message(AppendEntriesRequest(1, 1, 0, 0, [Entry(1, 1, ENTRY_NORMAL)], 0))
+            msg[-1][3] = {"k": 1}
+            body = msgpack.packb([7, msg], use_bin_type=True).replace(b"\xa1k", b"\x91\x01")
+            writer.write(frame(body) + frame(request_body(8, AppendEntriesRequest(2, 1, 0, 0,
+                                                                                   [], 0))))
+            replies = [await read_reply(reader), await read_reply(reader)]
+            assert replies[0][0] == 7 and replies[0][1] is None
+            assert "cannot be decoded (unhashable type: 'list')" in replies[0][2]
+            assert replies[1][0] == 8 and decode_message(replies[1][1]).success
+            assert fake.arrived == [2] and server.connections == 1
+        finally:
+            writer.close()
+
+
+async def read_reply(reader: asyncio.StreamReader) -> list:
+    size, _ = struct.unpack(">IB", await asyncio.wait_for(reader.readexactly(5), GUARD))
+    return msgpack.unpackb(await reader.readexactly(size - 1), raw=False)
 
 
 # ------------------------------------------------------------ raftcore kv

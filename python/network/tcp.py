@@ -77,8 +77,10 @@ Limits. Frames larger than `max_frame_size` are refused on both sides. A frame
 that is too large, truncated, of an unknown version, not msgpack, or not a
 well-formed message of the expected kind closes that one connection, with the
 reason logged at WARNING on the logger "raftcore.network.tcp"; the server
-keeps serving every other connection. Nothing a peer sends can raise out of
-the server.
+keeps serving every other connection. A request frame of valid msgpack that
+Python cannot hold (a map keyed by a list, as a tuple key arrives) is the
+sender's bad value, not a broken stream: it is answered with an error frame
+and the connection goes on. Nothing a peer sends can raise out of the server.
 
 TLS: pass an `ssl.SSLContext` to each side (`ssl.PROTOCOL_TLS_SERVER` /
 `ssl.PROTOCOL_TLS_CLIENT`); for mutual TLS give the server context
