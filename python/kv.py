@@ -474,7 +474,7 @@ class KvService:
             resp = await self.raft.client_write([SESSION_CMD, cid, seq, acked, cmd])
         except ForwardToLeader as e:
             return self._redirect(e)
-        except InvalidCommand as e:    # too large: refused on every node alike
+        except InvalidCommand as e:    # over max_command_bytes: no node takes it
             return [ERROR, str(e)]
         except RaftError as e:         # shut down or failed: another node may serve it
             return [UNAVAILABLE, f"{type(e).__name__}: {e}"]
