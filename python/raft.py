@@ -5,10 +5,12 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterable, Mapping, Optional
 
+import msgpack
+
 from raftcore.config import Config
 from raftcore.core import ClientWriteResponse, RaftCore
 from raftcore.engine import LEADER
-from raftcore.errors import ConfigError, ForwardToLeader, NotAllowed, Timeout
+from raftcore.errors import ConfigError, ForwardToLeader, InvalidCommand, NotAllowed, Timeout
 from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
 from raftcore.model import Node, ReadPolicy, ServerState
@@ -113,6 +115,7 @@ class Raft:
                 raise ConfigError(f"member ids must be ints, got {k!r}")
             if not isinstance(v, Node):
                 raise ConfigError(f"member {k}: expected a raftcore.Node, got {v!r}")
+        _check_nodes(members)
         membership = Membership([set(members)], dict(members))
         core = self._core
         # The first membership entry is made durable before this node votes
@@ -163,13 +166,16 @@ class Raft:
         With `blocking`, returns once the learner is within
         Config.replication_lag_threshold entries of the leader's log (or
         raises Timeout after `timeout` seconds). Returns the response of the
-        membership entry, or None if the node was already this learner."""
+        membership entry, or None if the node was already this learner.
+        InvalidCommand if the Node cannot go into the log (its data is not a
+        msgpack value)."""
         core = self._core
         self._leader_or_forward()
         m = core.engine.membership
         if node_id in m.voter_ids:
             raise NotAllowed(f"node {node_id} is already a voter of {m!r}")
         ChangeMembers.add_nodes({node_id: node}).apply(m.voter_ids, {})   # validates
+        _check_nodes({node_id: node})
         resp = None
         if m.nodes.get(node_id) != node:
             async with self._membership_change():
@@ -209,6 +215,7 @@ class Raft:
                 m = m2
             old_voters = m.configs[0]
             new_voters, nodes = changes.apply(old_voters, m.nodes)
+            _check_nodes(nodes)
             if new_voters == old_voters:
                 return await core.propose_membership(Membership([new_voters], nodes))
             await core.propose_membership(
@@ -305,6 +312,23 @@ class Raft:
     async def shutdown(self) -> None:
         """Stops the node: pending writes fail with Fatal, timers and RPCs stop."""
         await self._core.shutdown()
+
+
+def _check_nodes(nodes: Mapping[int, Any]) -> None:
+    """InvalidCommand unless every Node can go into the log: a membership
+    entry is stored and replicated with msgpack like any command, and one
+    that cannot be encoded would stop the node's log store."""
+    for node_id, node in nodes.items():
+        if node is None:
+            continue
+        try:
+            if type(node.addr) is not str:
+                raise TypeError(f"addr must be a str, got {type(node.addr).__name__}")
+            msgpack.unpackb(msgpack.packb(node.data, use_bin_type=True), raw=False,
+                            strict_map_key=False)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidCommand(f"node {node_id}: its Node cannot go into the log ({exc}); "
+                                 "a Node's addr is a str and its data a msgpack value") from None
 
 
 class Wait:

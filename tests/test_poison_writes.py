@@ -26,6 +26,7 @@ from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse, Vote
 from raftcore.network import TcpNetwork
 from raftcore.network.tcp import WIRE_VERSION
 from raftcore.kv import Client, KvError
+from raftcore.member_changes import ChangeMembers
 from raftcore.types import ENTRY_NORMAL, Entry
 from raftcore.storage.file import FileLogStore
 from cluster_harness import (TEST_GUARD, Cluster, RecordingRouter, converge, members,
@@ -156,6 +157,32 @@ async def _too_large(tmp_path) -> None:
         # Bytes of cap - 5 encode to exactly cap (msgpack's bin 32 header is 5 bytes).
         resp = await leader.client_write(b"y" * (cap - 5))
         assert resp.index == last + 1
+
+
+def test_a_node_whose_data_cannot_go_into_the_log_is_refused(tmp_path):
+    run(_bad_node, tmp_path)
+
+
+async def _bad_node(tmp_path) -> None:
+    async with leading(tmp_path, seed=15) as (c, leader):
+        last, before = leader.metrics.last_log_index, leader.metrics.membership
+        with pytest.raises(InvalidCommand, match=r"node 4: .*datetime\.date"):
+            await leader.add_learner(4, Node("n4", datetime.date(2024, 1, 1)), blocking=False)
+        with pytest.raises(InvalidCommand, match=r"node 5: .*unhashable type: 'list'"):
+            await leader.change_membership(ChangeMembers.add_voters({5: Node("n5", {(1, 2): 1})}))
+        with pytest.raises(InvalidCommand, match=r"node 6: .*addr must be a str"):
+            await leader.add_learner(6, Node(6), blocking=False)
+        assert leader.metrics.last_log_index == last
+        assert leader.metrics.membership == before
+        # The membership path itself goes on.
+        await leader.add_learner(4, Node("n4", {"zone": "a"}), blocking=False)
+        index = await converge(c.all())
+        for r in c.all():
+            assert r.metrics.last_applied_index == index
+            assert r.metrics.membership.nodes[4].data == {"zone": "a"}
+        fresh = await c.add_node(9)
+        with pytest.raises(InvalidCommand, match=r"node 9: .*set"):
+            await fresh.initialize({9: Node("n9", {1, 2})})
 
 
 def test_max_command_bytes_is_validated():
