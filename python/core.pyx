@@ -266,7 +266,7 @@ cdef class RaftCore:
     cdef Py_ssize_t _open_writes              # writes queued or in the log, unanswered
     cdef Py_ssize_t _max_pending, _max_write_batch
     cdef Py_ssize_t _max_command              # Config.max_command_bytes
-    cdef object _command_packer
+    cdef object _command_packer, _exact_packer
     cdef object _write_room
     cdef object _client_waiters               # deque: [first index, term, futures]
     cdef list _metric_waiters                 # (predicate, future)
@@ -349,6 +349,7 @@ cdef class RaftCore:
         self._max_write_batch = min(config.max_write_batch, 2**62)
         self._max_command = min(config.max_command_bytes, 2**62)
         self._command_packer = msgpack.Packer(use_bin_type=True)
+        self._exact_packer = msgpack.Packer(use_bin_type=True, strict_types=True)
         self._write_room = None
         self._client_waiters = deque()
         self._metric_waiters = []
@@ -560,21 +561,39 @@ cdef class RaftCore:
         # the common payload is not encoded twice.
         if type(payload) is bytes and len(<bytes>payload) + 5 <= self._max_command:
             return payload
+        packed = self._pack_exact(payload)
+        if packed is not None:
+            # Its decoding would be an equal copy: not worth making.
+            self._check_size(packed)
+            return payload
         try:
             packed = self._command_packer.pack(payload)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidCommand(f"the command cannot be encoded with msgpack ({exc}); a "
                                  "command is made of None, bool, int (64-bit), float, str, "
                                  "bytes, lists and maps") from None
-        if len(packed) > self._max_command:
-            raise InvalidCommand(f"the command is {len(packed)} bytes encoded, over "
-                                 f"Config.max_command_bytes ({self._max_command})")
+        self._check_size(packed)
         try:
             return msgpack.unpackb(packed, raw=False, strict_map_key=False)
         except (TypeError, ValueError) as exc:
             raise InvalidCommand(f"the command does not decode from its msgpack encoding "
                                  f"({exc}); a map key that is a tuple decodes as a list, "
                                  "which cannot be a key") from None
+
+    cdef object _pack_exact(self, payload):
+        """The encoding of a command made of exact list, dict, str, bytes,
+        int, float, bool and None only (no tuple, no subclass): one that
+        decodes to an equal value of the same types. None for any other."""
+        try:
+            return self._exact_packer.pack(payload)
+        except (TypeError, ValueError, OverflowError):
+            return None
+
+    cdef int _check_size(self, bytes packed) except -1:
+        if len(packed) > self._max_command:
+            raise InvalidCommand(f"the command is {len(packed)} bytes encoded, over "
+                                 f"Config.max_command_bytes ({self._max_command})")
+        return 0
 
     cdef list _admit_all(self, list payloads):
         cdef Py_ssize_t i
