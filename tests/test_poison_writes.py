@@ -372,3 +372,11 @@ def test_kv_max_command_bytes_must_be_positive():
     args = kv.parse_args(["--id", "1", "--dir", "d", "--listen", "127.0.0.1:1",
                           "--max-command-bytes", "4096"])
     assert args.config.max_command_bytes == 4096
+
+
+def test_bench_measures_a_payload_above_the_default_command_cap(capsys):
+    from raftcore import cli
+
+    assert cli.main(["bench", "--clients", "1", "--ops", "4", "--payload", "2000000",
+                     "--no-floor", "--no-progress", "--json"]) == 0
+    assert '"clients": 1' in capsys.readouterr().out
