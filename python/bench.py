@@ -242,7 +242,9 @@ async def run_cluster(clients: int, ops_per_client: int, batch: int = 1,
                       workdir: str = "") -> BenchRow:
     """One benchmark row: `clients` tasks each making `ops_per_client` calls
     (client_write, or client_write_many of `batch` payloads)."""
-    config = Config(seed=7, max_pending_writes=max(65536, clients * batch * 2))
+    # A --payload above the default command cap is measured, not refused.
+    config = Config(seed=7, max_pending_writes=max(65536, clients * batch * 2),
+                    max_command_bytes=max(Config.max_command_bytes, len(payload) + 5))
     cluster = await start_cluster(config, transport, store, workdir)
     leader = cluster.leader
     # Every LATENCY_SAMPLE-th call of each client is timed: reading the clock

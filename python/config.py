@@ -57,6 +57,10 @@ class Config:
     max_payload_bytes: int = 4 * 1024 * 1024
     #: AppendEntries requests in flight to one follower (pipelining window).
     max_inflight: int = 64
+    #: Largest command client_write accepts, in msgpack-encoded bytes (etcd
+    #: refuses requests above 1.5 MiB): a larger one is refused with
+    #: InvalidCommand instead of holding up replication.
+    max_command_bytes: int = 1536 * 1024
     #: Client writes that may wait in the leader for a batch; more writers
     #: wait for room instead of memory growing without bound.
     max_pending_writes: int = 65536
@@ -139,7 +143,7 @@ class Config:
                 raise ConfigError(f"Config.{f.name} must be positive, got {v!r}")
         for f in ("max_payload_entries", "max_payload_bytes", "max_inflight",
                   "max_pending_writes", "max_write_batch", "replication_lag_threshold",
-                  "snapshot_max_chunk_size"):
+                  "snapshot_max_chunk_size", "max_command_bytes"):
             if not isinstance(getattr(self, f), int):
                 raise ConfigError(f"Config.{f} must be an integer, got {getattr(self, f)!r}")
         if self.election_timeout_min >= self.election_timeout_max:

@@ -41,8 +41,10 @@ import random
 from collections import deque
 from typing import Any, Callable, Optional
 
-from raftcore.errors import (Fatal, ForwardToLeader, OutcomeUnknown, RaftError, StorageError,
-                             Timeout)
+import msgpack
+
+from raftcore.errors import (Fatal, ForwardToLeader, InvalidCommand, OutcomeUnknown, RaftError,
+                             StorageError, Timeout)
 from raftcore.messages import InstallSnapshotRequest
 
 _Future = asyncio.Future
@@ -263,6 +265,8 @@ cdef class RaftCore:
     cdef bint _flush_scheduled
     cdef Py_ssize_t _open_writes              # writes queued or in the log, unanswered
     cdef Py_ssize_t _max_pending, _max_write_batch
+    cdef Py_ssize_t _max_command              # Config.max_command_bytes
+    cdef object _command_packer, _exact_packer
     cdef object _write_room
     cdef object _client_waiters               # deque: [first index, term, futures]
     cdef list _metric_waiters                 # (predicate, future)
@@ -345,6 +349,9 @@ cdef class RaftCore:
         self._open_writes = 0
         self._max_pending = min(config.max_pending_writes, 2**62)
         self._max_write_batch = min(config.max_write_batch, 2**62)
+        self._max_command = min(config.max_command_bytes, 2**62)
+        self._command_packer = msgpack.Packer(use_bin_type=True)
+        self._exact_packer = msgpack.Packer(use_bin_type=True, strict_types=True)
         self._write_room = None
         self._client_waiters = deque()
         self._metric_waiters = []
@@ -524,6 +531,7 @@ cdef class RaftCore:
     # --------------------------------------------------------------- writes
 
     async def client_write(self, payload):
+        payload = self._admit(payload)
         self._check_writable()
         if self._open_writes >= self._max_pending:
             await self._wait_for_room(1)
@@ -538,6 +546,7 @@ cdef class RaftCore:
 
     async def client_write_many(self, list payloads):
         cdef Py_ssize_t n = len(payloads)
+        payloads = self._admit_all(payloads)
         self._check_writable()
         if self._open_writes + n > self._max_pending:
             await self._wait_for_room(n)
@@ -549,6 +558,63 @@ cdef class RaftCore:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_writes)
         return await batch.future
+
+    cdef object _admit(self, payload):
+        """The command as every node will apply it: what its msgpack encoding
+        decodes to (a tuple becomes a list), the form the log store, the
+        transport and a restart give it. InvalidCommand if it has no
+        encoding, does not decode, or is over max_command_bytes: refused
+        here, it never reaches the log, where it would stop the node (a
+        store that cannot write it) or replication (a frame that cannot be
+        built or read)."""
+        # Bytes decode to equal bytes and cost 5 bytes of header at most:
+        # the common payload is not encoded twice.
+        if type(payload) is bytes and len(<bytes>payload) + 5 <= self._max_command:
+            return payload
+        packed = self._pack_exact(payload)
+        if packed is not None:
+            # Its decoding would be an equal copy: not worth making.
+            self._check_size(packed)
+            return payload
+        try:
+            packed = self._command_packer.pack(payload)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidCommand(f"the command cannot be encoded with msgpack ({exc}); a "
+                                 "command is made of None, bool, int (64-bit), float, str, "
+                                 "bytes, lists and maps") from None
+        self._check_size(packed)
+        try:
+            return msgpack.unpackb(packed, raw=False, strict_map_key=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidCommand(f"the command does not decode from its msgpack encoding "
+                                 f"({exc}); a map key that is a tuple decodes as a list, "
+                                 "which cannot be a key") from None
+
+    cdef object _pack_exact(self, payload):
+        """The encoding of a command made of exact list, dict, str, bytes,
+        int, float, bool and None only (no tuple, no subclass): one that
+        decodes to an equal value of the same types. None for any other."""
+        try:
+            return self._exact_packer.pack(payload)
+        except (TypeError, ValueError, OverflowError):
+            return None
+
+    cdef int _check_size(self, bytes packed) except -1:
+        if len(packed) > self._max_command:
+            raise InvalidCommand(f"the command is {len(packed)} bytes encoded, over "
+                                 f"Config.max_command_bytes ({self._max_command})")
+        return 0
+
+    cdef list _admit_all(self, list payloads):
+        cdef Py_ssize_t i
+        cdef list admitted = [None] * len(payloads)
+        for i in range(len(payloads)):
+            try:
+                admitted[i] = self._admit(payloads[i])
+            except InvalidCommand as exc:
+                raise InvalidCommand(f"command {i} of the batch: {exc}; nothing of the batch "
+                                     "was written") from None
+        return admitted
 
     cdef _check_writable(self):
         if self._fatal is not None or self.stopped:

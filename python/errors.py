@@ -58,3 +58,10 @@ class Fatal(RaftError):
 
 class CodecError(RaftError, ValueError):
     """Bytes or values that do not decode to a valid raftcore message or record."""
+
+
+class InvalidCommand(RaftError, ValueError):
+    """A command refused before it entered the log: it is not a msgpack-able
+    value that decodes back to itself (say a datetime, or a map whose key is
+    a tuple), or it is larger than Config.max_command_bytes. Nothing was
+    written; the same command will be refused again."""

@@ -82,8 +82,8 @@ import msgpack
 
 from raftcore.codec import decode_snapshot_meta, encode_snapshot_meta
 from raftcore.config import Config, SnapshotPolicy
-from raftcore.errors import (ConfigError, ForwardToLeader, NotAllowed, RaftError, StorageError,
-                             Timeout)
+from raftcore.errors import (ConfigError, ForwardToLeader, InvalidCommand, NotAllowed, RaftError,
+                             StorageError, Timeout)
 from raftcore.messages import SnapshotMeta
 from raftcore.model import Node, ReadPolicy
 from raftcore.network.tcp import (DEFAULT_MAX_FRAME_SIZE, SERVICE_TYPE_MIN, WIRE_VERSION,
@@ -482,6 +482,8 @@ class KvService:
             resp = await self.raft.client_write([SESSION_CMD, cid, seq, acked, cmd])
         except ForwardToLeader as e:
             return self._redirect(e)
+        except InvalidCommand as e:    # over max_command_bytes: no node takes it
+            return [ERROR, str(e)]
         except RaftError as e:         # shut down or failed: another node may serve it
             return [UNAVAILABLE, f"{type(e).__name__}: {e}"]
         status, value = resp.data
@@ -1023,6 +1025,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check-quorum", action="store_true",
                    help="a leader that hears from no quorum for an election timeout keeps "
                         "leading (by default it steps down)")
+    p.add_argument("--max-command-bytes", type=_non_negative_int, default=None, metavar="N",
+                   help="largest write accepted, in encoded bytes (default 1572864, 1.5 MiB)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -1063,6 +1067,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         kw["election_timeout_min"], kw["election_timeout_max"] = args.election_timeout
     if args.max_clock_drift is not None:
         kw["max_clock_drift"] = args.max_clock_drift
+    if args.max_command_bytes is not None:
+        kw["max_command_bytes"] = args.max_command_bytes
     try:
         args.config = Config(**kw)
     except ConfigError as exc:

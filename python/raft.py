@@ -5,10 +5,12 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterable, Mapping, Optional
 
+import msgpack
+
 from raftcore.config import Config
 from raftcore.core import ClientWriteResponse, RaftCore
 from raftcore.engine import LEADER
-from raftcore.errors import ConfigError, ForwardToLeader, NotAllowed, Timeout
+from raftcore.errors import ConfigError, ForwardToLeader, InvalidCommand, NotAllowed, Timeout
 from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
 from raftcore.model import Node, ReadPolicy, ServerState
@@ -116,6 +118,7 @@ class Raft:
                 raise ConfigError(f"member ids must be ints, got {k!r}")
             if not isinstance(v, Node):
                 raise ConfigError(f"member {k}: expected a raftcore.Node, got {v!r}")
+        _check_nodes(members)
         membership = Membership([set(members)], dict(members))
         core = self._core
         # The first membership entry is made durable before this node votes
@@ -134,6 +137,11 @@ class Raft:
         """Proposes `cmd`; returns once it is committed and applied here
         (a coroutine: ``await raft.client_write(cmd)``).
 
+        `cmd` must be a msgpack-able value that decodes back to itself, of
+        at most Config.max_command_bytes encoded; otherwise InvalidCommand
+        is raised and nothing is written. Every node, this one included,
+        applies what the encoding decodes to (a tuple arrives as a list).
+
         Raises ForwardToLeader (with the leader's id and Node when known) on
         a node that is not the leader. If the caller cancels the call, the
         write may still commit: cancellation only stops waiting for it.
@@ -145,7 +153,7 @@ class Raft:
     async def client_write_many(self, cmds: list) -> list[ClientWriteResponse]:
         """Proposes the commands as one batch; returns their responses in
         order once all are applied. Same errors and cancellation as
-        client_write."""
+        client_write; one invalid command refuses the whole batch."""
         if not isinstance(cmds, list):
             cmds = list(cmds)
         if not cmds:
@@ -161,13 +169,16 @@ class Raft:
         With `blocking`, returns once the learner is within
         Config.replication_lag_threshold entries of the leader's log (or
         raises Timeout after `timeout` seconds). Returns the response of the
-        membership entry, or None if the node was already this learner."""
+        membership entry, or None if the node was already this learner.
+        InvalidCommand if the Node cannot go into the log (its data is not a
+        msgpack value)."""
         core = self._core
         self._leader_or_forward()
         m = core.engine.membership
         if node_id in m.voter_ids:
             raise NotAllowed(f"node {node_id} is already a voter of {m!r}")
         ChangeMembers.add_nodes({node_id: node}).apply(m.voter_ids, {})   # validates
+        _check_nodes({node_id: node})
         resp = None
         if m.nodes.get(node_id) != node:
             async with self._membership_change():
@@ -207,6 +218,7 @@ class Raft:
                 m = m2
             old_voters = m.configs[0]
             new_voters, nodes = changes.apply(old_voters, m.nodes)
+            _check_nodes(nodes)
             if new_voters == old_voters:
                 return await core.propose_membership(Membership([new_voters], nodes))
             await core.propose_membership(
@@ -304,6 +316,23 @@ class Raft:
     async def shutdown(self) -> None:
         """Stops the node: pending writes fail with Fatal, timers and RPCs stop."""
         await self._core.shutdown()
+
+
+def _check_nodes(nodes: Mapping[int, Any]) -> None:
+    """InvalidCommand unless every Node can go into the log: a membership
+    entry is stored and replicated with msgpack like any command, and one
+    that cannot be encoded would stop the node's log store."""
+    for node_id, node in nodes.items():
+        if node is None:
+            continue
+        try:
+            if type(node.addr) is not str:
+                raise TypeError(f"addr must be a str, got {type(node.addr).__name__}")
+            msgpack.unpackb(msgpack.packb(node.data, use_bin_type=True), raw=False,
+                            strict_map_key=False)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidCommand(f"node {node_id}: its Node cannot go into the log ({exc}); "
+                                 "a Node's addr is a str and its data a msgpack value") from None
 
 
 class Wait:

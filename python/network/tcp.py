@@ -37,9 +37,15 @@ and an exception it raises is answered with an error frame. A service type
 without a handler closes the connection like any unknown message.
 
 Connections. A client keeps one connection per peer for replication
-(AppendEntries, Vote, TransferLeader) and opens a second one, on first use,
-for snapshot chunks (InstallSnapshot), so that a snapshot being streamed never
-delays heartbeats and appends. Each has its own back-off.
+(AppendEntries carrying entries), a second one for control (heartbeats --
+AppendEntries without entries --, Vote, TransferLeader), and opens a third,
+on first use, for snapshot chunks (InstallSnapshot). Bytes on one connection
+arrive in the order they were written, so a heartbeat written behind a
+frame of megabytes of entries, or a snapshot chunk, would wait for all of
+it: on a connection of its own it is never queued behind one, and a leader
+sending large appends is not deposed for missing heartbeats. A heartbeat
+overtaking an append is harmless: it only claims the entries the follower
+has already acknowledged. Each connection has its own back-off.
 
 Pipelining. A client sends every RPC on its connection as soon as it is
 made (an AppendEntries from the runtime's `append_entries_nowait` fast path is
@@ -75,8 +81,10 @@ Limits. Frames larger than `max_frame_size` are refused on both sides. A frame
 that is too large, truncated, of an unknown version, not msgpack, or not a
 well-formed message of the expected kind closes that one connection, with the
 reason logged at WARNING on the logger "raftcore.network.tcp"; the server
-keeps serving every other connection. Nothing a peer sends can raise out of
-the server.
+keeps serving every other connection. A request frame of valid msgpack that
+Python cannot hold (a map keyed by a list, as a tuple key arrives) is the
+sender's bad value, not a broken stream: it is answered with an error frame
+and the connection goes on. Nothing a peer sends can raise out of the server.
 
 TLS: pass an `ssl.SSLContext` to each side (`ssl.PROTOCOL_TLS_SERVER` /
 `ssl.PROTOCOL_TLS_CLIENT`); for mutual TLS give the server context
@@ -409,15 +417,16 @@ class TcpNetwork(Network):
 class TcpClient(NetworkClient):
     """Sends one node's RPCs to one peer over TCP.
 
-    Replication (AppendEntries, Vote, TransferLeader) shares one pipelined
-    connection, the `_repl` channel; snapshot chunks go over a second one,
-    `_snap`, opened on first use, so a large snapshot never sits in front of
-    heartbeats. A chunk with no answer within rpc_timeout drops the snapshot
+    AppendEntries with entries go over one pipelined connection, the
+    `_repl` channel; heartbeats, votes and TransferLeader over another,
+    `_ctl`, so that they never wait behind a large append; snapshot chunks
+    over a third, `_snap`, made on first use. A channel connects when first
+    used. A chunk with no answer within rpc_timeout drops the snapshot
     connection: the stream it belonged to is over, and the next one starts
     on a fresh connection instead of behind the stalled one's unsent bytes.
     """
 
-    __slots__ = ("target", "addr", "_net", "_host", "_port", "_repl", "_snap")
+    __slots__ = ("target", "addr", "_net", "_host", "_port", "_repl", "_ctl", "_snap")
 
     def __init__(self, net: TcpNetwork, target: int, host: str, port: int) -> None:
         self.target = target
@@ -426,10 +435,13 @@ class TcpClient(NetworkClient):
         self._host = host
         self._port = port
         self._repl = _Channel(net, target, host, port, self.addr)
+        self._ctl = _Channel(net, target, host, port, self.addr, "control ")
         self._snap: Optional[_Channel] = None
 
     # Plain functions returning the call's coroutine: one frame less per RPC.
     def append_entries(self, req: AppendEntriesRequest):
+        if not req.entries:
+            return self._ctl.call(req, AppendEntriesResponse)
         return self._repl.call(req, AppendEntriesResponse)
 
     def append_entries_nowait(self, req: AppendEntriesRequest, reply: Any = None):
@@ -438,13 +450,15 @@ class TcpClient(NetworkClient):
         or with `reply` a ReplyCallback: reply(response, error) is then
         called as the reply frame is read; None when not connected (the
         runtime then calls append_entries, which connects)."""
+        if not req.entries:
+            return self._ctl.call_nowait(req, AppendEntriesResponse, reply)
         return self._repl.call_nowait(req, AppendEntriesResponse, reply)
 
     def vote(self, req: VoteRequest):
-        return self._repl.call(req, VoteResponse)
+        return self._ctl.call(req, VoteResponse)
 
     def transfer_leader(self, req: TransferLeaderRequest):
-        return self._repl.call(req, _NONE)
+        return self._ctl.call(req, _NONE)
 
     def install_snapshot(self, req: InstallSnapshotRequest):
         snap = self._snap
@@ -455,6 +469,7 @@ class TcpClient(NetworkClient):
 
     async def close(self) -> None:
         await self._repl.close()
+        await self._ctl.close()
         if self._snap is not None:
             await self._snap.close()
 
@@ -1202,6 +1217,8 @@ class RaftServer:
         to close the connection, or None."""
         try:
             obj = _unpackb(body)
+        except TypeError as exc:
+            return self._refuse_undecodable(conn, body, exc)
         except Exception as exc:
             return f"frame body is not msgpack ({exc or type(exc).__name__})"
         if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not int:
@@ -1232,6 +1249,24 @@ class RaftServer:
             # Backpressure: no more requests from this peer until there is room.
             conn.reader.hold()
             self._spawn_waiter(conn)
+        return None
+
+    def _refuse_undecodable(self, conn: _ServerConn, body: bytes,
+                            exc: TypeError) -> Optional[str]:
+        """A frame of well-formed msgpack that Python cannot hold (a map
+        whose key is a list or a map: `unhashable type`): the sender's bad
+        value, not a broken stream. Its request gets an error answer and the
+        connection goes on; a frame that is no request closes it."""
+        try:
+            obj = msgpack.unpackb(body, raw=False, strict_map_key=False, object_pairs_hook=list)
+        except Exception:
+            return f"frame body is not msgpack ({exc})"
+        if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not int:
+            return "frame body is not [request_id, message]"
+        log.info("refusing request %s from %s: it cannot be decoded (%s)", obj[0], conn.peer, exc)
+        conn.reply_error(obj[0], CodecError(
+            f"the request cannot be decoded ({exc}): a map key that is a tuple, list or map "
+            "on the sender arrives as a list or map, which cannot be a key"))
         return None
 
     def _spawn_waiter(self, conn: _ServerConn) -> None:
