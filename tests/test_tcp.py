@@ -549,9 +549,12 @@ async def test_a_call_waiting_for_room_on_a_connection_the_peer_stopped_reading_
     net = TcpNetwork(rpc_timeout=0.2, connect_timeout=GUARD)
     client = net.client(1, Node(f"{HOST}:{server.sockets[0].getsockname()[1]}"))
     big = [Entry(1, 1, ENTRY_NORMAL, b"x" * (5 << 20))]
+    small = AppendEntriesRequest(1, 1, 0, 0, [Entry(1, 1, ENTRY_NORMAL, b"x")], 0)
     try:
         with pytest.raises(Timeout, match="no reply"):
-            await client.append_entries(ae(1))         # connected; never answered
+            # An append with entries (a heartbeat would take the control
+            # connection): the replication connection is up, never answered.
+            await client.append_entries(small)
         calls = [client.append_entries(AppendEntriesRequest(1, 1, 0, 0, big, 0))
                  for _ in range(6)]
         results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), GUARD)
