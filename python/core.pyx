@@ -41,8 +41,8 @@ import random
 from collections import deque
 from typing import Any, Callable, Optional
 
-from raftcore.errors import (Fatal, ForwardToLeader, OutcomeUnknown, RaftError, StorageError,
-                             Timeout)
+from raftcore.errors import (Fatal, ForwardToLeader, NoSpace, OutcomeUnknown, RaftError,
+                             StorageError, Timeout)
 from raftcore.messages import InstallSnapshotRequest
 
 _Future = asyncio.Future
@@ -246,6 +246,8 @@ cdef class RaftCore:
     cdef public bint stopped
     cdef public bint changing_membership     # a change_membership/add_learner is under way
     cdef public object _fatal
+    cdef public object no_space               # NoSpace while the disk is full, else None
+    cdef bint _log_full, _vote_full           # the log store holds writes; a vote waits
     # executor state
     cdef bint _busy
     cdef object _deferred                     # deque: commands waiting for the core task
@@ -329,6 +331,11 @@ cdef class RaftCore:
         self.stopped = False
         self.changing_membership = False
         self._fatal = None
+        self.no_space = None
+        self._log_full = self._vote_full = False
+        listen = getattr(log_store, "set_space_listener", None)
+        if listen is not None:
+            listen(self._log_space)
         # executor state
         self._busy = False
         self._deferred = deque()
@@ -545,6 +552,8 @@ cdef class RaftCore:
             self.check_running()
         if self.engine.state != S_LEADER:
             raise ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
+        if self.no_space is not None:
+            raise NoSpace(str(self.no_space))
 
     async def _wait_for_room(self, Py_ssize_t n):
         # Writers wait while the leader holds max_pending_writes unanswered
@@ -641,13 +650,16 @@ cdef class RaftCore:
     cdef void _take_pending_writes(self):
         """Queued writes go into the log on a leader, back to their writers
         with the leader's address elsewhere."""
-        if self.engine.state == S_LEADER:
+        if self.engine.state == S_LEADER and self.no_space is None:
             self._take_write_batch()
         else:
             self._reject_pending_writes()
 
     cdef void _reject_pending_writes(self):
-        err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
+        if self.engine.state == S_LEADER and self.no_space is not None:
+            err = NoSpace(str(self.no_space))
+        else:
+            err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
         futs = self._pending_futs
         self._pending_payloads = []
         self._pending_futs = []
@@ -872,7 +884,7 @@ cdef class RaftCore:
                     cmd = deferred.popleft()
                     kind = cmd[0]
                     if kind == "save_vote":
-                        await self.log_store.save_vote(cmd[1])
+                        await self._save_vote(cmd[1])
                         self._command_done()
                     elif kind == "apply" and self._sm_async:
                         responses = await self.sm.apply(cmd[1])
@@ -913,6 +925,69 @@ cdef class RaftCore:
             self._busy = False
         self._after_round()
 
+    async def _save_vote(self, vote) -> None:
+        """Saves the vote. On a full disk it is tried again until space is
+        freed, and nothing after it runs meanwhile: a vote counts (and the
+        commands that follow it act) only once it is durable."""
+        delay = 0.05
+        while True:
+            try:
+                await self.log_store.save_vote(vote)
+                break
+            except NoSpace as exc:
+                if not self._vote_full:
+                    self._vote_full = True
+                    self._space_changed(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            if self.stopped:
+                return
+        if self._vote_full:
+            self._vote_full = False
+            self._space_changed(None)
+
+    def _log_space(self, err) -> None:
+        """The log store's space listener: it holds writes for lack of disk
+        space (err), or they went through (None)."""
+        self._log_full = err is not None
+        self._space_changed(err)
+
+    def _space_changed(self, err) -> None:
+        """Enters the disk-full condition on `err`; leaves it once neither
+        the log nor a vote waits for space (as etcd's NOSPACE alarm)."""
+        if self.stopped:
+            return
+        engine = self.engine
+        if err is not None and self.no_space is None:
+            self.no_space = NoSpace(f"node {self.id} takes no writes: its disk is full ({err}); "
+                                    "free space on its disk and it resumes by itself")
+            engine.storage_full = True
+            self.log.error("node %s: disk full: it takes no writes, gives no votes and does "
+                           "not campaign until space is freed", self.id)
+            self._reject_pending_writes()
+            self._hand_over_leadership()
+        elif err is None and self.no_space is not None and not (self._log_full or
+                                                                self._vote_full):
+            self.no_space = None
+            engine.storage_full = False
+            self.log.warning("node %s: disk space is available again; it resumes", self.id)
+        if self._metric_waiters:
+            self.check_metric_waiters()
+
+    def _hand_over_leadership(self) -> None:
+        """A leader on a full disk asks the most caught-up voter to take
+        over (again after a transfer that timed out)."""
+        engine = self.engine
+        if engine.state != S_LEADER or engine.transfer_to is not None:
+            return
+        matched = engine.replication() or {}
+        voters = [(m, i) for i, m in matched.items() if engine.membership.is_voter(i)]
+        if not voters:
+            return      # a single voter: nobody to hand over to
+        target = max(voters)[1]
+        self.log.warning("node %s: disk full; hands leadership to node %s", self.id, target)
+        self.step(engine.transfer_leader, target, self.loop.time())
+
     cdef void _command_done(self):
         self._cmds_done += 1
         waiters = self._exec_waiters
@@ -951,7 +1026,7 @@ cdef class RaftCore:
         self._command_done()
 
     cdef void _on_flushed(self, err, long long term, long long index):
-        if err is not None:
+        if err is not None and not self.stopped:
             self._die(StorageError(f"the log store failed to flush up to index {index}: {err}"))
             return
         if self.stopped:
@@ -1221,6 +1296,9 @@ cdef class RaftCore:
         self.check_running()
         if self._building is None:
             self._building = self.loop.create_task(self._build_snapshot())
+            # A build started by the snapshot policy has nobody awaiting it:
+            # its failure is logged by _build_snapshot, not left unretrieved.
+            self._building.add_done_callback(_retrieve)
         return self._building
 
     async def _build_snapshot(self):
@@ -1234,6 +1312,11 @@ cdef class RaftCore:
                 self.engine.snapshot_built(snap.meta)
                 self._run_sync()
             return snap
+        except Exception as exc:
+            # The node goes on with the snapshot it has (on a full disk: until
+            # space is freed, when the next build succeeds).
+            self.log.error("node %s: building a snapshot failed: %s", self.id, exc)
+            raise
         finally:
             self._building = None
 
@@ -1288,6 +1371,8 @@ cdef class RaftCore:
             if engine.state != S_LEADER and self._pending_futs:
                 self._reject_pending_writes()
         self._arm_timer()
+        if self.no_space is not None and engine.state == S_LEADER and engine.transfer_to is None:
+            self._hand_over_leadership()
         if self._read_waiters:
             self._check_read_waiters()
         if self._metric_waiters:
@@ -1352,6 +1437,11 @@ def takes_reply(nowait) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _fail(fut: asyncio.Future, exc: BaseException) -> None:

@@ -44,6 +44,13 @@ class StorageError(RaftError):
     """The log store or state machine failed; the node stops rather than lose data."""
 
 
+class NoSpace(StorageError):
+    """The node's disk is full (ENOSPC or a quota): its log store holds its
+    writes and retries them by itself, nothing written is lost or damaged.
+    The node takes no client writes until space is freed (writes go to
+    another leader meanwhile); free space on the disk and it resumes."""
+
+
 class NetworkError(RaftError):
     """A peer could not be reached; the RPC may or may not have been delivered."""
 

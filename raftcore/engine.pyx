@@ -210,7 +210,7 @@ cdef class Engine:
             if now >= self.heartbeat_deadline and self.heartbeat_enabled:
                 self._broadcast_heartbeat()
         elif now >= self.election_deadline:
-            if self.elect_enabled and self._can_campaign():
+            if self.elect_enabled and self._can_campaign() and not self.storage_full:
                 self._campaign()
             else:
                 self._reset_election_deadline()
@@ -229,6 +229,9 @@ cdef class Engine:
                              "only voters can be elected")
         if self.state == S_LEADER:
             return
+        if self.storage_full:
+            raise NotAllowed(f"node {self.id} cannot save a vote (its disk is full); "
+                             "free space on the disk first")
         self._start_election(False)
 
     def trigger_heartbeat(self, double now):
@@ -343,7 +346,8 @@ cdef class Engine:
         self.now = now
         if req.term != self.vote.term or req.leader_id != self.leader_id:
             return
-        if not self._can_campaign() or self.log.last_index() < req.last_log_index:
+        if not self._can_campaign() or self.log.last_index() < req.last_log_index \
+                or self.storage_full:
             return
         self._start_election(True)
 
@@ -447,7 +451,9 @@ cdef class Engine:
         in the output, and the runtime sends the response only after it."""
         self.now = now
         cdef bint granted = False
-        if req.term < self.vote.term:
+        if req.term < self.vote.term or self.storage_full:
+            # storage_full: a vote counts only once saved, and it cannot be;
+            # not even the term is adopted (saving it would fail too).
             return VoteResponse(self.vote.term, False, self.id)
         if not req.transfer and req.candidate_id != self.leader_id and (
                 now < self.vote_refuse_until

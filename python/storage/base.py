@@ -89,6 +89,15 @@ class LogStore(abc.ABC):
         """The last saved commit point, if the store keeps one."""
         return None
 
+    def set_space_listener(self, listener: Optional[Callable[[Optional[BaseException]],
+                                                             None]]) -> None:
+        """Optional: a store that can run out of disk space without failing
+        calls listener(NoSpace error) when it starts holding writes back for
+        lack of space (it retries them by itself; their on_flushed waits),
+        and listener(None) once they went through. Its save_vote raises
+        raftcore.errors.NoSpace, leaving the saved vote as it was. The
+        default (a store that never runs out) never calls it."""
+
     async def close(self) -> None:
         """Releases resources; further calls are errors."""
 
