@@ -938,6 +938,9 @@ cdef class RaftCore:
                 if not self._vote_full:
                     self._vote_full = True
                     self._space_changed(exc)
+            # The engine steps on meanwhile (a new leader, a new term): its
+            # state is reported, though its commands wait for this vote.
+            self._after_round()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
             if self.stopped:

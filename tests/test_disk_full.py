@@ -158,14 +158,15 @@ def test_a_full_disk_holds_the_log_writes_and_they_go_through_once_space_is_free
         events = SpaceEvents(store)
         await append(store, ents(1, 3))
         await store.save_vote(Vote(1, 1))
+        before = ents(1, 3)
         if where == "new segment":
-            await append(store, ents(4, 5, size=1000))     # past segment_size: the next rolls
-            first = 9
-            batch = ents(first, 2)
+            before += ents(4, 5, size=1000)
+            await append(store, before[3:])     # past segment_size: the next group rolls
+            batch = ents(9, 2)
         else:
-            first = 4
             # Past the 4096 bytes allocated: the group needs more space.
-            batch = ents(first, 5, size=1000)
+            batch = ents(4, 5, size=1000)
+        first = batch[0].index
         ops.full = True
         flushes = Flushes(2)
         store.append(batch, flushes.cb)
@@ -192,9 +193,9 @@ def test_a_full_disk_holds_the_log_writes_and_they_go_through_once_space_is_free
         await store.close()
         last = first + len(batch) + 1
         store = FileLogStore(tmp_path)
-        assert keys(store.entries(1, last)) == keys(store.entries(1, last))
-        assert [e.index for e in store.entries(1, last)] == list(range(1, last + 1))
-        assert keys(store.entries(first, first + len(batch) - 1)) == keys(batch)
+        assert keys(store.entries(1, last)) == keys(
+            before + batch + ents(first + len(batch), 1) + ents(last, 1))
+        assert (await store.get_log_state()).last_log_id.index == last
         assert await store.read_vote() == Vote(2, 2)
         await store.close()
     run(body())
@@ -452,21 +453,32 @@ def test_kv_init_on_a_2mb_disk_works_and_says_when_the_disk_is_full(tmp_path, tm
                 assert await client.set("a", 1) is None
                 assert await client.get("a") == 1
                 disk.fill()
-                short = Client(addr, timeout=3.0, attempt_timeout=0.5)
+                # Writes until one finds the disk full: that one is held.
+                n = 0
+                while True:
+                    held = asyncio.ensure_future(client.set(f"b{n}", n))
+                    await asyncio.wait({held}, timeout=1.0)
+                    if not held.done():
+                        break
+                    n += 1
+                await until(lambda: _full(addr), "the node to report its disk full", c)
+                short = Client(addr, timeout=5.0, attempt_timeout=2.0)
                 try:
-                    with pytest.raises(Timeout, match="disk is full"):
-                        while True:     # the first write that finds it full may hang
-                            await short.set("b", 2)
+                    with pytest.raises(Timeout, match="NoSpace: node 1 takes no writes: its "
+                                                      "disk is full"):
+                        await short.set("c", 3)
                     # Reads still work.
                     assert await short.get("a") == 1
+                    assert await short.get(f"b{n - 1}") == (n - 1 if n else None)
                 finally:
                     await short.close()
                 st = await status_of(addr)
                 assert st["disk_full"] and st["state"] == "LEADER", st
                 disk.free()
                 await until(lambda: _not_full(addr), "the node to resume", c)
+                assert await asyncio.wait_for(held, KV_GUARD) is None    # the held write
+                assert await client.get(f"b{n}") == n
                 assert await client.set("c", 3) is None
-                assert await client.get("b") in (None, 2)
                 assert await client.get("c") == 3
             finally:
                 await client.close()
@@ -475,6 +487,11 @@ def test_kv_init_on_a_2mb_disk_works_and_says_when_the_disk_is_full(tmp_path, tm
         text = c.log_text(1)
         assert "Traceback" not in text, text
         assert "disk full" in text
+
+
+async def _full(addr):
+    st = await status_of(addr)
+    return st is not None and st["disk_full"]
 
 
 async def _not_full(addr):
