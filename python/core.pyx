@@ -42,7 +42,7 @@ from collections import deque
 from typing import Any, Callable, Optional
 
 from raftcore.errors import (Fatal, ForwardToLeader, NoSpace, OutcomeUnknown, RaftError,
-                             StorageError, Timeout)
+                             StorageError, Timeout, is_space_error)
 from raftcore.messages import InstallSnapshotRequest
 
 _Future = asyncio.Future
@@ -247,7 +247,8 @@ cdef class RaftCore:
     cdef public bint changing_membership     # a change_membership/add_learner is under way
     cdef public object _fatal
     cdef public object no_space               # NoSpace while the disk is full, else None
-    cdef bint _log_full, _vote_full           # the log store holds writes; a vote waits
+    cdef bint _log_full, _waiting_for_space   # the log store holds writes; a vote or
+    #                                           snapshot install waits for space
     # executor state
     cdef bint _busy
     cdef object _deferred                     # deque: commands waiting for the core task
@@ -332,7 +333,7 @@ cdef class RaftCore:
         self.changing_membership = False
         self._fatal = None
         self.no_space = None
-        self._log_full = self._vote_full = False
+        self._log_full = self._waiting_for_space = False
         listen = getattr(log_store, "set_space_listener", None)
         if listen is not None:
             listen(self._log_space)
@@ -897,7 +898,8 @@ cdef class RaftCore:
                             # Past the snapshot, what was dropped conflicted
                             # with the leader's log: not committed.
                             self._fail_truncated_writes(meta.last_log_index + 1)
-                        await self.sm.install_snapshot(meta, self._snap_ready.pop(meta.snapshot_id))
+                        data = self._snap_ready.pop(meta.snapshot_id)
+                        await self._store_when_space(self.sm.install_snapshot, meta, data)
                         self._fail_writes_upto(meta.last_log_index, OutcomeUnknown(
                             f"node {self.id} installed a snapshot up to index "
                             f"{meta.last_log_index} before applying this write; it may or "
@@ -926,17 +928,48 @@ cdef class RaftCore:
         self._after_round()
 
     async def _save_vote(self, vote) -> None:
-        """Saves the vote. On a full disk it is tried again until space is
-        freed, and nothing after it runs meanwhile: a vote counts (and the
-        commands that follow it act) only once it is durable."""
+        try:
+            await self.log_store.save_vote(vote)
+            return
+        except Exception as exc:
+            if not is_space_error(exc):
+                raise
+            error = exc
+        engine = self.engine
+        if engine.state == S_CANDIDATE and engine.vote == vote and not engine.output and \
+                all(c[0] == "send_vote" for c in self._deferred):
+            # This node's vote for itself cannot be saved: call the election
+            # off before a request leaves (its in-memory term would otherwise
+            # answer, and depose, the leader). What waits on these commands
+            # fails; the vote as saved is what is saved again until space is
+            # freed (a probe: later votes are saved after it, in order).
+            saved = await self.log_store.read_vote() or Vote(0, None, False)
+            if engine.vote == vote and engine.abandon_campaign(saved):
+                self.log.warning("node %s: cannot save its vote (disk full); no election",
+                                 self.id)
+                self._cmds_done += len(self._deferred)
+                self._deferred.clear()
+                waiters, self._exec_waiters = self._exec_waiters, deque()
+                for _, fut in waiters:
+                    _fail(fut, NoSpace(f"node {self.id}: its disk is full: {error}"))
+                vote = saved
+        await self._store_when_space(self.log_store.save_vote, vote)
+
+    async def _store_when_space(self, save, *args) -> None:
+        """await save(*args) (a vote save, a snapshot install). On a full disk
+        it is tried again until space is freed, and nothing after it runs
+        meanwhile: a vote counts, an installed snapshot replaces the log, and
+        the commands that follow act, only once it is durable."""
         delay = 0.05
         while True:
             try:
-                await self.log_store.save_vote(vote)
+                await save(*args)
                 break
-            except NoSpace as exc:
-                if not self._vote_full:
-                    self._vote_full = True
+            except Exception as exc:
+                if not is_space_error(exc):
+                    raise
+                if not self._waiting_for_space:
+                    self._waiting_for_space = True
                     self._space_changed(exc)
             # The engine steps on meanwhile (a new leader, a new term): its
             # state is reported, though its commands wait for this vote.
@@ -945,8 +978,8 @@ cdef class RaftCore:
             delay = min(delay * 2, 1.0)
             if self.stopped:
                 return
-        if self._vote_full:
-            self._vote_full = False
+        if self._waiting_for_space:
+            self._waiting_for_space = False
             self._space_changed(None)
 
     def _log_space(self, err) -> None:
@@ -970,7 +1003,7 @@ cdef class RaftCore:
             self._reject_pending_writes()
             self._hand_over_leadership()
         elif err is None and self.no_space is not None and not (self._log_full or
-                                                                self._vote_full):
+                                                                self._waiting_for_space):
             self.no_space = None
             engine.storage_full = False
             self.log.warning("node %s: disk space is available again; it resumes", self.id)

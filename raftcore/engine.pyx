@@ -351,6 +351,21 @@ cdef class Engine:
             return
         self._start_election(True)
 
+    def abandon_campaign(self, Vote saved):
+        """The runtime cannot save this candidate's vote for itself (its disk
+        is full) and none of its vote requests has left: the election is
+        called off, and the node is a follower again under `saved`, the vote
+        it last saved. Returns False (changing nothing) if it is no
+        candidate."""
+        if self.state != S_CANDIDATE or self.vote.node_id != self.id:
+            return False
+        self.vote = saved
+        self.state = self._follower_state()
+        self.leader_id = None
+        self._clear_leader_state()
+        self._reset_election_deadline()
+        return True
+
     # -------------------------------------------------------------- storage
 
     cpdef log_flushed(self, long long term, long long index):

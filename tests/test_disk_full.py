@@ -24,8 +24,9 @@ import uvloop
 
 import engine_harness as h     # tests/engine_harness.py, on the path through conftest.py
 from raftcore import Config, Node, Raft, ServerState
-from raftcore.engine import FOLLOWER
-from raftcore.errors import ForwardToLeader, NoSpace, NotAllowed, Timeout
+from raftcore.config import SnapshotPolicy
+from raftcore.engine import CANDIDATE, FOLLOWER
+from raftcore.errors import ForwardToLeader, NoSpace, NotAllowed, StorageError, Timeout
 from raftcore.kv import Client
 from raftcore.messages import VoteRequest, VoteResponse
 from raftcore.network import LocalRouter
@@ -307,6 +308,11 @@ def test_an_engine_that_cannot_save_a_vote_refuses_votes_and_does_not_campaign()
     assert e.take_commands()[-1] == ("save_vote", Vote(2, 3, False))
     e.tick(e.next_deadline())
     assert e.take_commands()[0] == ("save_vote", Vote(3, 2, False))
+    # That vote cannot be saved: the election is called off, back to the saved vote.
+    assert e.state == CANDIDATE
+    assert e.abandon_campaign(Vote(2, 3, False))
+    assert e.state == FOLLOWER and e.vote == Vote(2, 3, False) and e.take_commands() == []
+    assert not e.abandon_campaign(Vote(2, 3, False))     # no candidate: nothing to call off
 
 
 # ========================================================= a cluster in process
@@ -489,6 +495,18 @@ def test_kv_init_on_a_2mb_disk_works_and_says_when_the_disk_is_full(tmp_path, tm
         assert "disk full" in text
 
 
+async def write_until_full(c: KvCluster, client: Client, node: int) -> None:
+    """Writes values large enough to use up what the node's log had
+    preallocated (4 MiB) until it reports its disk full; the others have
+    room for them all."""
+    big = "x" * (256 * 1024)
+    for n in range(40):
+        if (await status_of(c.addrs[node]) or {}).get("disk_full"):
+            return
+        await client.set(f"big{n}", big)
+    assert await until(lambda: _full(c.addrs[node]), f"node {node} to report its disk full", c)
+
+
 async def _full(addr):
     st = await status_of(addr)
     return st is not None and st["disk_full"]
@@ -501,7 +519,7 @@ async def _not_full(addr):
 
 def test_a_kv_node_whose_disk_fills_hands_over_and_catches_up_when_space_is_freed(
         tmp_path, tmpfs):
-    disks = {i: tmpfs(f"n{i}", "16m") for i in (1, 2, 3)}
+    disks = {i: tmpfs(f"n{i}", "64m") for i in (1, 2, 3)}
     with KvCluster(tmp_path) as c:
         c.start_all()
 
@@ -511,12 +529,7 @@ def test_a_kv_node_whose_disk_fills_hands_over_and_catches_up_when_space_is_free
                 full = await wait_leader(c)
                 assert await client.set("before", 1) is None
                 disks[full].fill()
-                # Values large enough to use up the preallocated segment.
-                big = "x" * 65536
-                n = 0
-                while not (await status_of(c.addrs[full]) or {}).get("disk_full"):
-                    await client.set(f"big{n}", big)
-                    n += 1
+                await write_until_full(c, client, full)
                 # Writes go on through the others; leadership left the full node.
                 for k in range(20):
                     await client.set(f"after{k}", k)
@@ -540,3 +553,155 @@ def test_a_kv_node_whose_disk_fills_hands_over_and_catches_up_when_space_is_free
             assert c.terminate(i) == 0, c.logs()
         for i in c.ids:
             assert "Traceback" not in c.log_text(i), c.log_text(i)
+
+
+def test_a_kv_node_restarted_on_a_full_disk_stays_up_and_catches_up_when_space_is_freed(
+        tmp_path, tmpfs):
+    disks = {i: tmpfs(f"n{i}", "64m") for i in (1, 2, 3)}
+    with KvCluster(tmp_path) as c:
+        c.start_all()
+
+        async def body():
+            client = Client(list(c.addrs.values()), timeout=KV_GUARD)
+            try:
+                lead = await wait_leader(c)
+                victim = next(i for i in c.ids if i != lead)
+                for k in range(10):
+                    await client.set(f"a{k}", k)
+                assert c.terminate(victim) == 0, c.logs()
+                disks[victim].fill()
+                c.start(victim)
+                # Writes it has to store: it cannot, and reports it.
+                await write_until_full(c, client, victim)
+                for k in range(20):
+                    await client.set(f"after{k}", k)
+                assert c.procs[victim].poll() is None, c.logs()
+                lead = await wait_leader(c)
+                assert lead != victim
+                target = (await status_of(c.addrs[lead]))["applied"]
+                disks[victim].free()
+
+                async def caught_up():
+                    s = await status_of(c.addrs[victim])
+                    return s is not None and not s["disk_full"] and s["applied"] >= target
+                await until(caught_up, f"node {victim} to resume and catch up", c)
+                for k in range(20):
+                    assert await client.get(f"after{k}", stale=True,
+                                            node=c.addrs[victim]) == k
+            finally:
+                await client.close()
+        kv_run(body())
+        for i in c.ids:
+            assert c.terminate(i) == 0, c.logs()
+        for i in c.ids:
+            assert "Traceback" not in c.log_text(i), c.log_text(i)
+
+
+class FullDiskStateMachine(MemStateMachine):
+    """Its snapshot installs fail as a state machine writing a file fails
+    on a full disk (a StorageError raised from ENOSPC) while `full` is set."""
+
+    full = False
+    failed_installs = 0
+
+    async def install_snapshot(self, meta, data):
+        if self.full:
+            self.failed_installs += 1
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as exc:
+                raise StorageError(f"writing snapshot {meta.snapshot_id} failed: {exc}") \
+                    from exc
+        await super().install_snapshot(meta, data)
+
+
+def test_a_snapshot_install_that_finds_the_disk_full_waits_for_space_then_completes(tmp_path):
+    async def body():
+        router = LocalRouter(seed=5)
+        nodes = {}
+        config = dict(snapshot_policy=SnapshotPolicy.logs_since_last(20),
+                      max_in_snapshot_log_to_keep=0)
+        for i in (1, 2, 3):
+            nodes[i] = await Raft.create(i, Config(heartbeat_interval=0.03,
+                                                   election_timeout_min=0.3,
+                                                   election_timeout_max=0.6, seed=50 + i,
+                                                   **config),
+                                         router.network(i),
+                                         FileLogStore(tmp_path / f"n{i}", segment_size=1024),
+                                         FullDiskStateMachine())
+            router.add(i, nodes[i])
+        try:
+            await nodes[1].initialize({i: Node(f"n{i}") for i in nodes})
+            leader = await leader_among(nodes)
+            lagging = next(r for r in nodes.values() if r.id != leader.id)
+            router.isolate(lagging.id)
+            others = {i: r for i, r in nodes.items() if i != lagging.id}
+            last = None
+            for k in range(60):
+                last = await write_until_done(others, ["set", f"k{k}", k])
+            # The log behind the snapshot is gone: the lagging node needs it.
+            await leader.wait(GUARD).metrics(
+                lambda m: m.purged is not None and m.purged.index > lagging.metrics.last_log_index,
+                "the leader to purge what the lagging node misses")
+            lagging.state_machine.full = True
+            router.restore(lagging.id)
+            await lagging.wait(GUARD).metrics(lambda m: m.disk_full, "disk full")
+            assert lagging.state_machine.failed_installs >= 1
+            assert lagging.metrics.state != ServerState.LEADER
+            lagging.state_machine.full = False
+            await lagging.wait(GUARD).metrics(lambda m: not m.disk_full, "space freed")
+            await lagging.wait(GUARD).applied_index_at_least(last.index)
+            assert lagging.state_machine.data.get("k59") == 59
+        finally:
+            for r in nodes.values():
+                await r.shutdown()
+            for r in nodes.values():
+                await r.log_store.close()
+    run(body())
+
+
+def test_a_node_restarted_on_a_full_disk_calls_off_its_election_and_deposes_nobody(tmp_path):
+    async def body():
+        router = LocalRouter(seed=9)
+        nodes = {}
+
+        async def start(i, ops=None):
+            nodes[i] = await Raft.create(i, cfg(90 + i), router.network(i),
+                                         FileLogStore(tmp_path / f"n{i}", ops=ops),
+                                         MemStateMachine())
+            router.add(i, nodes[i])
+        for i in (1, 2, 3):
+            await start(i)
+        try:
+            await nodes[1].initialize({i: Node(f"n{i}") for i in nodes})
+            leader = await leader_among(nodes)
+            await leader.client_write(["set", "a", 1])
+            term = leader.metrics.current_term
+            victim = next(i for i in nodes if i != leader.id)
+            await nodes[victim].shutdown()
+            await nodes[victim].log_store.close()
+            router.remove(victim)
+            ops = SpaceOps("write")
+            ops.full = True
+            router.isolate(victim)          # hears from nobody: its election timer fires
+            await start(victim, ops)
+            node = nodes[victim]
+            await asyncio.wait_for(ops.failed, GUARD)   # its vote save failed, and again
+            m = await node.wait(GUARD).metrics(lambda m: m.disk_full, "disk full")
+            assert m.state == ServerState.FOLLOWER and m.current_term == term, m
+            router.restore(victim)
+            await node.wait(GUARD).metrics(lambda m: m.current_leader == leader.id,
+                                           "following the leader")
+            resp = await leader.client_write(["set", "b", 2])
+            assert leader.metrics.state == ServerState.LEADER
+            assert leader.metrics.current_term == term, "the full node deposed the leader"
+            ops.full = False
+            await node.wait(GUARD).metrics(lambda m: not m.disk_full, "space freed")
+            await node.wait(GUARD).applied_index_at_least(resp.index)
+            assert node.state_machine.data == {"a": 1, "b": 2}
+        finally:
+            for r in nodes.values():
+                await r.shutdown()
+            for r in nodes.values():
+                await r.log_store.close()
+    run(body())

@@ -90,7 +90,7 @@ import msgpack
 
 from raftcore.codec import (decode_entries, decode_log_id, decode_vote, encode_entries,
                             encode_log_id, encode_vote)
-from raftcore.errors import NoSpace, StorageError
+from raftcore.errors import NoSpace, StorageError, is_space_error
 from raftcore.storage.base import FlushCallback, LogState, LogStore
 from raftcore.storage.sync_worker import SyncWorker
 from raftcore.types import Entry, LogId, Vote
@@ -114,7 +114,6 @@ PREALLOCATE = 4 * 1024 * 1024
 #: doubling up to _SPACE_RETRY_MAX.
 _SPACE_RETRY_MIN = 0.05
 _SPACE_RETRY_MAX = 1.0
-_SPACE_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e)
 
 R_HEADER = 1
 R_ENTRIES = 2
@@ -186,12 +185,6 @@ def _zeros_from(data: memoryview, pos: int) -> bool:
     """Whether data holds only zero bytes from pos on (True at the end)."""
     n = len(data) - pos
     return n <= 0 or data[pos:].tobytes() == bytes(n)
-
-
-def is_space_error(exc: Optional[BaseException]) -> bool:
-    """Whether exc says the disk (or the user's quota) is full: a write that
-    can succeed once space is freed, unlike other I/O errors."""
-    return isinstance(exc, OSError) and exc.errno in _SPACE_ERRNOS
 
 
 def _unpack(payload: Any) -> Any:
