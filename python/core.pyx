@@ -928,6 +928,7 @@ cdef class RaftCore:
         self._after_round()
 
     async def _save_vote(self, vote) -> None:
+        """Saves the vote; on a full disk waits (as _store_when_space) until it can."""
         try:
             await self.log_store.save_vote(vote)
             return
@@ -972,7 +973,7 @@ cdef class RaftCore:
                     self._waiting_for_space = True
                     self._space_changed(exc)
             # The engine steps on meanwhile (a new leader, a new term): its
-            # state is reported, though its commands wait for this vote.
+            # state is reported, though its commands wait for this save.
             self._after_round()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -998,8 +999,9 @@ cdef class RaftCore:
             self.no_space = NoSpace(f"node {self.id} takes no writes: its disk is full ({err}); "
                                     "free space on its disk and it resumes by itself")
             engine.storage_full = True
-            self.log.error("node %s: disk full: it takes no writes, gives no votes and does "
-                           "not campaign until space is freed", self.id)
+            # WARNING: the store logs the error itself (a FileLogStore at ERROR).
+            self.log.warning("node %s: disk full: it takes no writes, gives no votes and "
+                             "does not campaign until space is freed: %s", self.id, err)
             self._reject_pending_writes()
             self._hand_over_leadership()
         elif err is None and self.no_space is not None and not (self._log_full or

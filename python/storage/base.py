@@ -137,7 +137,10 @@ class StateMachine(abc.ABC):
     @abc.abstractmethod
     async def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Replaces the whole state with the snapshot's and keeps it as the
-        current snapshot; returns once that is durable."""
+        current snapshot; returns once that is durable. An error raised from
+        ENOSPC or EDQUOT (raftcore.errors.is_space_error) is taken for a full
+        disk: the node calls it again until it succeeds, so it must be
+        repeatable; any other error stops the node."""
 
     def check_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Raises StorageError if `data` is not a snapshot this state machine
