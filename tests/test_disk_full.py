@@ -459,16 +459,20 @@ def test_kv_init_on_a_2mb_disk_works_and_says_when_the_disk_is_full(tmp_path, tm
                 assert await client.set("a", 1) is None
                 assert await client.get("a") == 1
                 disk.fill()
-                # Writes until one finds the disk full: that one is held.
+                # Writes until the node reports its disk full: the last one
+                # is held (the client retries it meanwhile).
                 n = 0
                 while True:
                     held = asyncio.ensure_future(client.set(f"b{n}", n))
-                    await asyncio.wait({held}, timeout=1.0)
+
+                    async def done_or_full():
+                        return held.done() or await _full(addr)
+                    await until(done_or_full, "a write to complete or the disk to fill", c)
                     if not held.done():
                         break
+                    assert held.result() is None
                     n += 1
-                await until(lambda: _full(addr), "the node to report its disk full", c)
-                short = Client(addr, timeout=5.0, attempt_timeout=2.0)
+                short = Client(addr, timeout=10.0, attempt_timeout=5.0)
                 try:
                     with pytest.raises(Timeout, match="NoSpace: node 1 takes no writes: its "
                                                       "disk is full"):
