@@ -48,6 +48,9 @@ class RaftCore:
     purged: Optional[LogId]
     stopped: bool
     changing_membership: bool
+    #: A NoSpace error while the node's disk is full (it takes no writes,
+    #: gives no votes, does not campaign), else None.
+    no_space: Optional[Exception]
     def __init__(self, node_id: Any, config: Config, network: Any, log_store: Any,
                  state_machine: Any, loop: asyncio.AbstractEventLoop,
                  executor: Optional[Callable[..., Awaitable[Any]]] = ...) -> None: ...

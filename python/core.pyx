@@ -43,8 +43,8 @@ from typing import Any, Callable, Optional
 
 import msgpack
 
-from raftcore.errors import (Fatal, ForwardToLeader, InvalidCommand, OutcomeUnknown, RaftError,
-                             StorageError, Timeout)
+from raftcore.errors import (Fatal, ForwardToLeader, InvalidCommand, NoSpace, OutcomeUnknown,
+                             RaftError, StorageError, Timeout, is_space_error)
 from raftcore.messages import InstallSnapshotRequest
 
 _Future = asyncio.Future
@@ -248,6 +248,9 @@ cdef class RaftCore:
     cdef public bint stopped
     cdef public bint changing_membership     # a change_membership/add_learner is under way
     cdef public object _fatal
+    cdef public object no_space               # NoSpace while the disk is full, else None
+    cdef bint _log_full, _waiting_for_space   # the log store holds writes; a vote or
+    #                                           snapshot install waits for space
     # executor state
     cdef bint _busy
     cdef object _deferred                     # deque: commands waiting for the core task
@@ -335,6 +338,11 @@ cdef class RaftCore:
         self.stopped = False
         self.changing_membership = False
         self._fatal = None
+        self.no_space = None
+        self._log_full = self._waiting_for_space = False
+        listen = getattr(log_store, "set_space_listener", None)
+        if listen is not None:
+            listen(self._log_space)
         # executor state
         self._busy = False
         self._deferred = deque()
@@ -621,6 +629,8 @@ cdef class RaftCore:
             self.check_running()
         if self.engine.state != S_LEADER:
             raise ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
+        if self.no_space is not None:
+            raise NoSpace(str(self.no_space))
 
     async def _wait_for_room(self, Py_ssize_t n):
         # Writers wait while the leader holds max_pending_writes unanswered
@@ -717,13 +727,16 @@ cdef class RaftCore:
     cdef void _take_pending_writes(self):
         """Queued writes go into the log on a leader, back to their writers
         with the leader's address elsewhere."""
-        if self.engine.state == S_LEADER:
+        if self.engine.state == S_LEADER and self.no_space is None:
             self._take_write_batch()
         else:
             self._reject_pending_writes()
 
     cdef void _reject_pending_writes(self):
-        err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
+        if self.engine.state == S_LEADER and self.no_space is not None:
+            err = NoSpace(str(self.no_space))
+        else:
+            err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
         futs = self._pending_futs
         self._pending_payloads = []
         self._pending_futs = []
@@ -948,7 +961,7 @@ cdef class RaftCore:
                     cmd = deferred.popleft()
                     kind = cmd[0]
                     if kind == "save_vote":
-                        await self.log_store.save_vote(cmd[1])
+                        await self._save_vote(cmd[1])
                         self._command_done()
                     elif kind == "apply" and self._sm_async:
                         responses = await self.sm.apply(cmd[1])
@@ -961,7 +974,8 @@ cdef class RaftCore:
                             # Past the snapshot, what was dropped conflicted
                             # with the leader's log: not committed.
                             self._fail_truncated_writes(meta.last_log_index + 1)
-                        await self.sm.install_snapshot(meta, self._snap_ready.pop(meta.snapshot_id))
+                        data = self._snap_ready.pop(meta.snapshot_id)
+                        await self._store_when_space(self.sm.install_snapshot, meta, data)
                         self._fail_writes_upto(meta.last_log_index, OutcomeUnknown(
                             f"node {self.id} installed a snapshot up to index "
                             f"{meta.last_log_index} before applying this write; it may or "
@@ -988,6 +1002,105 @@ cdef class RaftCore:
         finally:
             self._busy = False
         self._after_round()
+
+    async def _save_vote(self, vote) -> None:
+        """Saves the vote; on a full disk waits (as _store_when_space) until it can."""
+        try:
+            await self.log_store.save_vote(vote)
+            return
+        except Exception as exc:
+            if not is_space_error(exc):
+                raise
+            error = exc
+        engine = self.engine
+        if engine.state == S_CANDIDATE and engine.vote == vote and not engine.output and \
+                all(c[0] == "send_vote" for c in self._deferred):
+            # This node's vote for itself cannot be saved: call the election
+            # off before a request leaves (its in-memory term would otherwise
+            # answer, and depose, the leader). What waits on these commands
+            # fails; the vote as saved is what is saved again until space is
+            # freed (a probe: later votes are saved after it, in order).
+            saved = await self.log_store.read_vote() or Vote(0, None, False)
+            if engine.vote == vote and engine.abandon_campaign(saved):
+                self.log.warning("node %s: cannot save its vote (disk full); no election",
+                                 self.id)
+                self._cmds_done += len(self._deferred)
+                self._deferred.clear()
+                waiters, self._exec_waiters = self._exec_waiters, deque()
+                for _, fut in waiters:
+                    _fail(fut, NoSpace(f"node {self.id}: its disk is full: {error}"))
+                vote = saved
+        await self._store_when_space(self.log_store.save_vote, vote)
+
+    async def _store_when_space(self, save, *args) -> None:
+        """await save(*args) (a vote save, a snapshot install). On a full disk
+        it is tried again until space is freed, and nothing after it runs
+        meanwhile: a vote counts, an installed snapshot replaces the log, and
+        the commands that follow act, only once it is durable."""
+        delay = 0.05
+        while True:
+            try:
+                await save(*args)
+                break
+            except Exception as exc:
+                if not is_space_error(exc):
+                    raise
+                if not self._waiting_for_space:
+                    self._waiting_for_space = True
+                    self._space_changed(exc)
+            # The engine steps on meanwhile (a new leader, a new term): its
+            # state is reported, though its commands wait for this save.
+            self._after_round()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            if self.stopped:
+                return
+        if self._waiting_for_space:
+            self._waiting_for_space = False
+            self._space_changed(None)
+
+    def _log_space(self, err) -> None:
+        """The log store's space listener: it holds writes for lack of disk
+        space (err), or they went through (None)."""
+        self._log_full = err is not None
+        self._space_changed(err)
+
+    def _space_changed(self, err) -> None:
+        """Enters the disk-full condition on `err`; leaves it once neither
+        the log nor a vote waits for space (as etcd's NOSPACE alarm)."""
+        if self.stopped:
+            return
+        engine = self.engine
+        if err is not None and self.no_space is None:
+            self.no_space = NoSpace(f"node {self.id} takes no writes: its disk is full ({err}); "
+                                    "free space on its disk and it resumes by itself")
+            engine.storage_full = True
+            # WARNING: the store logs the error itself (a FileLogStore at ERROR).
+            self.log.warning("node %s: disk full: it takes no writes, gives no votes and "
+                             "does not campaign until space is freed: %s", self.id, err)
+            self._reject_pending_writes()
+            self._hand_over_leadership()
+        elif err is None and self.no_space is not None and not (self._log_full or
+                                                                self._waiting_for_space):
+            self.no_space = None
+            engine.storage_full = False
+            self.log.warning("node %s: disk space is available again; it resumes", self.id)
+        if self._metric_waiters:
+            self.check_metric_waiters()
+
+    def _hand_over_leadership(self) -> None:
+        """A leader on a full disk asks the most caught-up voter to take
+        over (again after a transfer that timed out)."""
+        engine = self.engine
+        if engine.state != S_LEADER or engine.transfer_to is not None:
+            return
+        matched = engine.replication() or {}
+        voters = [(m, i) for i, m in matched.items() if engine.membership.is_voter(i)]
+        if not voters:
+            return      # a single voter: nobody to hand over to
+        target = max(voters)[1]
+        self.log.warning("node %s: disk full; hands leadership to node %s", self.id, target)
+        self.step(engine.transfer_leader, target, self.loop.time())
 
     cdef void _command_done(self):
         self._cmds_done += 1
@@ -1027,7 +1140,7 @@ cdef class RaftCore:
         self._command_done()
 
     cdef void _on_flushed(self, err, long long term, long long index):
-        if err is not None:
+        if err is not None and not self.stopped:
             self._die(StorageError(f"the log store failed to flush up to index {index}: {err}"))
             return
         if self.stopped:
@@ -1320,6 +1433,9 @@ cdef class RaftCore:
         self.check_running()
         if self._building is None:
             self._building = self.loop.create_task(self._build_snapshot())
+            # A build started by the snapshot policy has nobody awaiting it:
+            # its failure is logged by _build_snapshot, not left unretrieved.
+            self._building.add_done_callback(_retrieve)
         return self._building
 
     async def _build_snapshot(self):
@@ -1335,6 +1451,11 @@ cdef class RaftCore:
                     self.engine.snapshot_built(durable)
                 self._run_sync()
             return snap
+        except Exception as exc:
+            # The node goes on with the snapshot it has (on a full disk: until
+            # space is freed, when the next build succeeds).
+            self.log.error("node %s: building a snapshot failed: %s", self.id, exc)
+            raise
         finally:
             self._building = None
 
@@ -1410,6 +1531,8 @@ cdef class RaftCore:
             if engine.state != S_LEADER and self._pending_futs:
                 self._reject_pending_writes()
         self._arm_timer()
+        if self.no_space is not None and engine.state == S_LEADER and engine.transfer_to is None:
+            self._hand_over_leadership()
         if self._read_waiters:
             self._check_read_waiters()
         if self._metric_waiters:
@@ -1474,6 +1597,11 @@ def takes_reply(nowait) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _fail(fut: asyncio.Future, exc: BaseException) -> None:

@@ -31,6 +31,10 @@ class Engine:
     heartbeat_deadline: float
     elect_enabled: bool
     heartbeat_enabled: bool
+    #: Set by the runtime while it cannot save a vote (disk full): the
+    #: engine neither campaigns nor grants votes.
+    storage_full: bool
+    def abandon_campaign(self, saved: Vote) -> bool: ...
     def __init__(self, node_id: Any, *, heartbeat_interval: float, election_timeout_min: float,
                  election_timeout_max: float, max_payload_entries: int, max_payload_bytes: int,
                  max_inflight: int, rng: Callable[[], float], now: float = 0.0,

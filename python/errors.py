@@ -1,7 +1,10 @@
 """Exceptions raised by raftcore. Every message says what went wrong and what to do."""
 from __future__ import annotations
 
+import errno
 from typing import Any, Optional
+
+_SPACE_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e)
 
 
 class RaftError(Exception):
@@ -42,6 +45,25 @@ class OutcomeUnknown(RaftError):
 
 class StorageError(RaftError):
     """The log store or state machine failed; the node stops rather than lose data."""
+
+
+class NoSpace(StorageError):
+    """The node's disk is full (ENOSPC or a quota): its log store holds its
+    writes and retries them by itself, nothing written is lost or damaged.
+    The node takes no client writes until space is freed (writes go to
+    another leader meanwhile); free space on the disk and it resumes."""
+
+
+def is_space_error(exc: Optional[BaseException]) -> bool:
+    """Whether exc, or an error it was raised from, says the disk (or the
+    user's quota) is full: a write that can succeed once space is freed,
+    unlike other I/O errors."""
+    while exc is not None:
+        if isinstance(exc, NoSpace) or (isinstance(exc, OSError) and
+                                        exc.errno in _SPACE_ERRNOS):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 class NetworkError(RaftError):

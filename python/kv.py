@@ -389,6 +389,10 @@ class KvStateMachine(MemStateMachine):
                 os.replace(tmp, final)
                 _fsync_dir(self.path)
             except OSError as exc:
+                try:
+                    os.unlink(tmp)      # gives its space back; the last snapshot stays
+                except OSError:
+                    pass
                 raise StorageError(f"KvStateMachine: writing the snapshot {final} failed: "
                                    f"{exc}") from exc
             self._file_index = meta.last_log_index
@@ -531,6 +535,7 @@ class KvService:
             "snapshot": m.snapshot.index if m.snapshot is not None else None,
             "purged": m.purged.index if m.purged is not None else 0,
             "members": members,
+            "disk_full": m.disk_full,
             "keys": len(self.sm.data),
             "sessions": len(self.sm.sessions),
             "applied_commands": self.sm.applied_commands,

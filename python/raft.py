@@ -37,6 +37,9 @@ class RaftMetrics:
     membership: Optional[Membership]
     #: Leader only: follower id -> highest index known flushed there.
     replication: Optional[dict]
+    #: The node's disk is full: it takes no writes, gives no votes and does
+    #: not campaign until space is freed (it resumes by itself).
+    disk_full: bool = False
 
     @property
     def last_applied_index(self) -> int:
@@ -58,6 +61,7 @@ def build_metrics(core: RaftCore) -> RaftMetrics:
         purged=core.purged,
         membership=e.membership,
         replication=e.replication(),
+        disk_full=core.no_space is not None,
     )
 
 

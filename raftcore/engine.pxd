@@ -55,6 +55,8 @@ cdef class Engine:
     cdef object rng
     cdef public bint elect_enabled
     cdef public bint heartbeat_enabled
+    # the runtime cannot save a vote (disk full): no campaign, no vote given
+    cdef public bint storage_full
     # leader lease and read confirmation: every request carries the number
     # of the heartbeat round it belongs to (seq); a round is confirmed once a
     # quorum answered a request of it or a later one.

@@ -220,7 +220,7 @@ cdef class Engine:
             if now >= self.heartbeat_deadline and self.heartbeat_enabled:
                 self._broadcast_heartbeat()
         elif now >= self.election_deadline:
-            if self.elect_enabled and self._can_campaign():
+            if self.elect_enabled and self._can_campaign() and not self.storage_full:
                 self._campaign()
             else:
                 self._reset_election_deadline()
@@ -239,6 +239,9 @@ cdef class Engine:
                              "only voters can be elected")
         if self.state == S_LEADER:
             return
+        if self.storage_full:
+            raise NotAllowed(f"node {self.id} cannot save a vote (its disk is full); "
+                             "free space on the disk first")
         self._start_election(False)
 
     def trigger_heartbeat(self, double now):
@@ -353,9 +356,25 @@ cdef class Engine:
         self.now = now
         if req.term != self.vote.term or req.leader_id != self.leader_id:
             return
-        if not self._can_campaign() or self.log.last_index() < req.last_log_index:
+        if not self._can_campaign() or self.log.last_index() < req.last_log_index \
+                or self.storage_full:
             return
         self._start_election(True)
+
+    def abandon_campaign(self, Vote saved):
+        """The runtime cannot save this candidate's vote for itself (its disk
+        is full) and none of its vote requests has left: the election is
+        called off, and the node is a follower again under `saved`, the vote
+        it last saved. Returns False (changing nothing) if it is no
+        candidate."""
+        if self.state != S_CANDIDATE or self.vote.node_id != self.id:
+            return False
+        self.vote = saved
+        self.state = self._follower_state()
+        self.leader_id = None
+        self._clear_leader_state()
+        self._reset_election_deadline()
+        return True
 
     # -------------------------------------------------------------- storage
 
@@ -459,7 +478,9 @@ cdef class Engine:
         in the output, and the runtime sends the response only after it."""
         self.now = now
         cdef bint granted = False
-        if req.term < self.vote.term:
+        if req.term < self.vote.term or self.storage_full:
+            # storage_full: a vote counts only once saved, and it cannot be;
+            # not even the term is adopted (saving it would fail too).
             return VoteResponse(self.vote.term, False, self.id)
         if not req.transfer and req.candidate_id != self.leader_id and (
                 now < self.vote_refuse_until

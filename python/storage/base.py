@@ -96,6 +96,15 @@ class LogStore(abc.ABC):
         """The last saved commit point, if the store keeps one."""
         return None
 
+    def set_space_listener(self, listener: Optional[Callable[[Optional[BaseException]],
+                                                             None]]) -> None:
+        """Optional: a store that can run out of disk space without failing
+        calls listener(NoSpace error) when it starts holding writes back for
+        lack of space (it retries them by itself; their on_flushed waits),
+        and listener(None) once they went through. Its save_vote raises
+        raftcore.errors.NoSpace, leaving the saved vote as it was. The
+        default (a store that never runs out) never calls it."""
+
     async def close(self) -> None:
         """Releases resources; further calls are errors."""
 
@@ -159,7 +168,10 @@ class StateMachine(abc.ABC):
     @abc.abstractmethod
     async def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Replaces the whole state with the snapshot's and keeps it as the
-        current snapshot; returns once that is durable."""
+        current snapshot; returns once that is durable. An error raised from
+        ENOSPC or EDQUOT (raftcore.errors.is_space_error) is taken for a full
+        disk: the node calls it again until it succeeds, so it must be
+        repeatable; any other error stops the node."""
 
     def check_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Raises StorageError if `data` is not a snapshot this state machine

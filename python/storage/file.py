@@ -90,7 +90,7 @@ import msgpack
 
 from raftcore.codec import (decode_entries, decode_log_id, decode_vote, encode_entries,
                             encode_log_id, encode_vote)
-from raftcore.errors import StorageError
+from raftcore.errors import NoSpace, StorageError, is_space_error
 from raftcore.storage.base import FlushCallback, LogState, LogStore
 from raftcore.storage.sync_worker import SyncWorker
 from raftcore.types import Entry, LogId, Vote
@@ -107,8 +107,13 @@ READABLE_VERSIONS = (1, 2)
 FORMAT_NAME = "raftcore-filelog"
 
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
-#: Segment files grow by this much at a time (at most to segment_size).
+#: Segment files grow by this much at a time (at most to segment_size), or
+#: by only what a group needs when the disk has less room than that.
 PREALLOCATE = 4 * 1024 * 1024
+#: A group held for lack of disk space is retried after this many seconds,
+#: doubling up to _SPACE_RETRY_MAX.
+_SPACE_RETRY_MIN = 0.05
+_SPACE_RETRY_MAX = 1.0
 
 R_HEADER = 1
 R_ENTRIES = 2
@@ -581,6 +586,12 @@ class FileLogStore(LogStore):
         self._syncer: Optional[_GroupSyncer] = None
         self._flush_task: Optional[asyncio.Task] = None   # with an executor: the write's task
         self._idle_waiters: list = []            # close() waiting for the writes to end
+        # Disk full: the group in flight is held (it stays _in_flight, so
+        # nothing overtakes it) and rewritten whole when the timer fires.
+        self._no_space: Optional[NoSpace] = None
+        self._space_retry: Optional[asyncio.TimerHandle] = None
+        self._space_delay = _SPACE_RETRY_MIN
+        self._space_listener: Optional[Callable] = None
         self._vote_lock = asyncio.Lock()
         self._packer = msgpack.Packer(use_bin_type=True)
         try:
@@ -1038,6 +1049,10 @@ class FileLogStore(LogStore):
             try:
                 await self._off_loop(self._replace_vote, data)
             except OSError as exc:
+                if is_space_error(exc):
+                    raise NoSpace(f"FileLogStore {self.path}: the disk is full, the vote "
+                                  f"cannot be saved ({exc.strerror}); the saved vote is "
+                                  "unchanged; free space on the disk") from exc
                 raise StorageError(f"FileLogStore {self.path}: saving the vote failed: "
                                    f"{exc}") from exc
             self._vote = vote
@@ -1045,7 +1060,11 @@ class FileLogStore(LogStore):
     def _replace_vote(self, data: bytes) -> None:
         ops = self._ops
         tmp = self._p(VOTE_TMP)
-        ops.write_file(tmp, data)
+        try:
+            ops.write_file(tmp, data)
+        except OSError:
+            self._remove_quietly(tmp)      # gives back its space; open() would remove it
+            raise
         ops.rename(tmp, self._p(VOTE_FILE))
         ops.fsync(self._dir_fd)
 
@@ -1101,26 +1120,30 @@ class FileLogStore(LogStore):
                 self._notify(group.callbacks, None)
                 continue
             self._in_flight = group
-            args = (self._fd, group.data, group.segment, group.offset, group.roll,
-                    [s.path for s in group.delete])
-            loop = asyncio.get_running_loop()
-            seg = group.segment
-            try:
-                if self._fast_sync and not group.roll and not group.delete and \
-                        group.offset + len(group.data) <= seg.allocated:
-                    self._group_syncer(loop).submit(self._fd, group.data, group.offset)
-                elif self._own_thread:
-                    self._flush_thread().submit(loop, self._write_group, args,
-                                                self._group_written)
-                else:
-                    self._flush_task = loop.create_task(self._write_in_executor(args))
-            except Exception as exc:    # no descriptor or thread to be had: fail, never stall
-                self._in_flight = None
-                self._fail(StorageError(f"FileLogStore {self.path}: cannot start writing the "
-                                        f"log: {exc}; the store takes no more writes"),
-                           group, exc)
+            self._submit(group)
             return
         self._maybe_idle()
+
+    def _submit(self, group: _Group) -> None:
+        """Starts writing the group in flight (event loop thread)."""
+        args = (self._fd, group.data, group.segment, group.offset, group.roll,
+                [s.path for s in group.delete])
+        loop = asyncio.get_running_loop()
+        seg = group.segment
+        try:
+            if self._fast_sync and not group.roll and not group.delete and \
+                    group.offset + len(group.data) <= seg.allocated:
+                self._group_syncer(loop).submit(self._fd, group.data, group.offset)
+            elif self._own_thread:
+                self._flush_thread().submit(loop, self._write_group, args,
+                                            self._group_written)
+            else:
+                self._flush_task = loop.create_task(self._write_in_executor(args))
+        except Exception as exc:    # no descriptor or thread to be had: fail, never stall
+            self._in_flight = None
+            self._fail(StorageError(f"FileLogStore {self.path}: cannot start writing the "
+                                    f"log: {exc}; the store takes no more writes"),
+                       group, exc)
 
     async def _write_in_executor(self, args: tuple) -> None:
         try:
@@ -1141,6 +1164,9 @@ class FileLogStore(LogStore):
 
     def _group_written(self, fd: Optional[int], exc: Optional[BaseException]) -> None:
         """The group in flight is durable (exc None) or failed (event loop thread)."""
+        if is_space_error(exc) and not self._closed:
+            self._hold_for_space(exc)
+            return
         group, self._in_flight = self._in_flight, None
         if exc is not None:
             self._fail(StorageError(
@@ -1148,6 +1174,8 @@ class FileLogStore(LogStore):
                 "no more writes"), group, exc)
             return
         self._fd = fd
+        if self._no_space is not None:
+            self._space_freed()
         if group.delete:
             del self._segments[:len(group.delete)]
         if self._buf:
@@ -1161,8 +1189,56 @@ class FileLogStore(LogStore):
             self._notify(group.callbacks, None)
             self._start_group()
 
+    def _hold_for_space(self, exc: OSError) -> None:
+        """The disk is full: nothing of the group in flight counts as written
+        (a partial write is rewritten whole, a new segment was removed);
+        keep it in flight and write it again later (event loop thread)."""
+        if self._no_space is None:
+            self._no_space = NoSpace(
+                f"FileLogStore {self.path}: the disk is full ({exc.strerror}); the log's "
+                "writes are held and retried until space is freed")
+            self._no_space.__cause__ = exc
+            log.error("%s", self._no_space)
+            self._tell_space(self._no_space)
+        loop = asyncio.get_running_loop()
+        self._space_retry = loop.call_later(self._space_delay, self._retry_for_space)
+        self._space_delay = min(self._space_delay * 2, _SPACE_RETRY_MAX)
+        self._maybe_idle()
+
+    def _retry_for_space(self) -> None:
+        self._space_retry = None
+        self._submit(self._in_flight)
+
+    def _space_freed(self) -> None:
+        self._no_space = None
+        self._space_delay = _SPACE_RETRY_MIN
+        log.warning("FileLogStore %s: disk space is available again; the held log writes "
+                    "went through", self.path)
+        self._tell_space(None)
+
+    def _tell_space(self, err: Optional[NoSpace]) -> None:
+        if self._space_listener is not None:
+            try:
+                self._space_listener(err)
+            except Exception:
+                log.exception("FileLogStore %s: the space listener raised", self.path)
+
+    def set_space_listener(self, listener: Optional[Callable[[Optional[BaseException]],
+                                                             None]]) -> None:
+        self._space_listener = listener
+
+    @property
+    def no_space(self) -> Optional[NoSpace]:
+        """The NoSpace error while writes are held for lack of disk space, else None."""
+        return self._no_space
+
+    def _idle(self) -> bool:
+        """No write under way (a group held for space waits on a timer only)."""
+        return not self._start_scheduled and (self._in_flight is None or
+                                              self._space_retry is not None)
+
     def _maybe_idle(self) -> None:
-        if self._idle_waiters and not self._start_scheduled and self._in_flight is None:
+        if self._idle_waiters and self._idle():
             waiters, self._idle_waiters = self._idle_waiters, []
             for fut in waiters:
                 if not fut.done():
@@ -1220,6 +1296,10 @@ class FileLogStore(LogStore):
                 ops.fsync(self._dir_fd)
             except BaseException:
                 ops.close(new_fd)
+                # Never reported written: gone, the group is written again
+                # into a new file (on open, recovery would remove it as torn).
+                seg.allocated = 0
+                self._remove_quietly(seg.path)
                 raise
             if fd is not None:
                 ops.close(fd)
@@ -1241,8 +1321,20 @@ class FileLogStore(LogStore):
         if end <= seg.allocated:
             return
         target = max(end, min(end + PREALLOCATE, self.segment_size))
-        self._ops.allocate(fd, seg.allocated, target - seg.allocated)
+        try:
+            self._ops.allocate(fd, seg.allocated, target - seg.allocated)
+        except OSError as exc:
+            if not is_space_error(exc) or target == end:
+                raise
+            target = end     # little space left: only what this group needs
+            self._ops.allocate(fd, seg.allocated, target - seg.allocated)
         seg.allocated = target
+
+    def _remove_quietly(self, path: str) -> None:
+        try:
+            self._ops.unlink(path)
+        except OSError:
+            pass
 
     def _unlink_durably(self, path: str) -> None:
         # One directory fsync per deleted segment, oldest first: on a file
@@ -1278,19 +1370,33 @@ class FileLogStore(LogStore):
         if self._closed:
             return
         while True:
-            while self._start_scheduled or self._in_flight is not None:
+            while not self._idle():
                 fut = asyncio.get_running_loop().create_future()
                 self._idle_waiters.append(fut)
                 await fut
             async with self._vote_lock:     # a vote save in flight uses the directory fd
                 if self._closed:
                     return
-                if self._start_scheduled or self._in_flight is not None:
+                if not self._idle():
                     continue    # written to while the vote save ended: flush that too
                 self._closed = True
+                self._drop_held_writes()
                 self._stop_thread()
                 self._release()
                 return
+
+    def _drop_held_writes(self) -> None:
+        """Closing on a full disk: what is held was never written (a torn
+        part of it is cut on open); its on_flushed get the NoSpace error."""
+        if self._space_retry is None:
+            return
+        self._space_retry.cancel()
+        self._space_retry = None
+        group, self._in_flight = self._in_flight, None
+        callbacks = group.callbacks + self._buf_callbacks
+        self._buf_callbacks = []
+        self._buf = []
+        self._notify(callbacks, self._no_space)
 
     def _stop_thread(self) -> None:
         thread, self._thread = self._thread, None

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from raftcore.config import Config, SnapshotPolicy
-from raftcore.errors import ForwardToLeader, NetworkError, RaftError
+from raftcore.errors import ForwardToLeader, NetworkError, NoSpace, RaftError
 from raftcore.member_changes import ChangeMembers
 from raftcore.model import Node, ReadPolicy
 from raftcore.network.local import LocalRouter
@@ -56,7 +56,7 @@ from raftcore.types import ENTRY_BLANK
 FAULT_KINDS = ("isolate", "partition", "one_way", "ring", "drop", "duplicate", "crash",
                "crash_leader", "crash_new_leader", "lose_blanks", "power_loss",
                "pause", "elect", "snapshot", "purge", "transfer", "add_learner", "promote",
-               "remove_voter", "figure8")
+               "remove_voter", "figure8", "disk_full")
 
 #: Known-bad behaviours a test can switch on to show the checks catch them.
 BUGS = ("commit_prev_term", "double_vote", "unconfirmed_reads", "ack_before_flush")
@@ -122,6 +122,19 @@ class SimDisk(LogStore):
         self.flush_scheduled = False
         self.crashed = False
         self.ack_before_flush = ack_before_flush
+        # A full disk holds flushes (retried) and refuses vote saves.
+        self.full = False
+        self.space_reported = False
+        self.space_listener = None
+
+    def set_space_listener(self, listener):
+        self.space_listener = listener
+
+    def fill(self) -> None:
+        self.full = True
+
+    def free(self) -> None:
+        self.full = False
 
     def _base(self) -> int:
         return self.purged.index if self.purged is not None else 0
@@ -131,6 +144,8 @@ class SimDisk(LogStore):
 
     async def save_vote(self, vote):
         await asyncio.sleep(self.rng.uniform(0.0002, 0.002))
+        if self.full:
+            raise NoSpace("simulated full disk: the vote cannot be saved")
         if not self.crashed:
             self.vote = vote
             self.durable["vote"] = vote
@@ -189,6 +204,12 @@ class SimDisk(LogStore):
         self.flush_scheduled = False
         if self.crashed:
             return
+        if self.full:
+            if not self.space_reported and self.space_listener is not None:
+                self.space_reported = True
+                self.space_listener(NoSpace("simulated full disk"))
+            self._schedule_flush()      # retried until space is freed
+            return
         d = self.durable
         for op in self.pending:
             if op[0] == "append":
@@ -203,6 +224,9 @@ class SimDisk(LogStore):
                     d["purged"] = op[1]
         self.pending = []
         callbacks, self.waiting = self.waiting, []
+        if self.space_reported:
+            self.space_reported = False
+            self.space_listener(None)
         for cb in callbacks:
             cb(None)
 
@@ -671,6 +695,14 @@ class Simulation:
             self.rafts[n].runtime_config.tick(False)
             self.log(f"pause {n}")
             self.later(rng.uniform(0.1, 1.0), lambda: self.resume(n))
+        elif kind == "disk_full":
+            if not live:
+                return False
+            n = rng.choice(live)
+            disk = self.disks[n]
+            disk.fill()
+            self.log(f"disk full {n}")
+            self.later(rng.uniform(0.2, 2.0), lambda: (disk.free(), self.log(f"disk freed {n}")))
         elif kind == "figure8":
             await self.figure8(rng)
             return False        # counted as it started: a run may end in the middle of it
@@ -965,6 +997,8 @@ class Simulation:
         self.net.filters.clear()
         for n in list(self.net.paused):
             self.resume(n)
+        for disk in self.disks.values():
+            disk.free()
         for n in sorted(self.down):
             await self.restart(n)
         self.log("healed everything")
