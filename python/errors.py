@@ -58,3 +58,8 @@ class Fatal(RaftError):
 
 class CodecError(RaftError, ValueError):
     """Bytes or values that do not decode to a valid raftcore message or record."""
+
+
+class ClusterMismatch(RaftError):
+    """A request from a node of another cluster (another cluster id), or a
+    store that belongs to another cluster than the one a node was told."""

@@ -10,7 +10,7 @@ A Raft needs no peer address until it has a membership, so the natural order
 is: create the Raft, start its server (port 0 picks a free port, read it back
 from `server.port`), then initialize the cluster with the addresses.
 
-Wire format, version 1. Every frame is
+Wire format, version 2. Every frame is
 
     length   4 bytes, big-endian: the number of bytes that follow it
     version  1 byte: WIRE_VERSION
@@ -23,7 +23,10 @@ and a body is one of
     [request_id, None, reason]     the server's handler raised: `reason` is its text
 
 where `message` is what `raftcore.codec.encode_message` makes of an RPC
-message, and `request_id` is an integer the client chose. Requests carry
+message, and `request_id` is an integer the client chose. Version 2 added
+the identity field to every message (a request's cluster id, a response's
+storage incarnation); a node answers a request of another cluster with an
+error frame only. Requests carry
 AppendEntries, Vote, InstallSnapshot or TransferLeader; replies carry the
 matching response type (TransferLeader has none: `[request_id, None]`).
 
@@ -139,7 +142,7 @@ __all__ = ["TcpNetwork", "TcpClient", "RaftServer", "WIRE_VERSION", "DEFAULT_MAX
 log = logging.getLogger("raftcore.network.tcp")
 
 #: The version byte of every frame this module writes and the only one it reads.
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 #: Largest frame (version byte + body) accepted or sent. It must exceed the
 #: largest AppendEntries a node sends: Config.max_payload_bytes (4 MiB by
 #: default) of byte payloads plus per-entry overhead, or one oversized entry
