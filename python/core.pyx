@@ -41,8 +41,8 @@ import random
 from collections import deque
 from typing import Any, Callable, Optional
 
-from raftcore.errors import (ClusterMismatch, Fatal, ForwardToLeader, NotAllowed, OutcomeUnknown,
-                             RaftError, StorageError, Timeout)
+from raftcore.errors import (ClusterMismatch, Fatal, ForwardToLeader, OutcomeUnknown, RaftError,
+                             StorageError, Timeout)
 from raftcore.messages import InstallSnapshotRequest
 from raftcore.storage.base import new_identity_token
 
@@ -491,7 +491,8 @@ cdef class RaftCore:
 
     async def _admit(self, cluster_id, sender) -> None:
         """Lets a request of cluster `cluster_id` from `sender` through, adopting
-        the id on first contact (durably, before answering anything); a request
+        the id on first contact (durably, before answering anything, if the
+        store keeps an identity); a request
         of another cluster is refused with ClusterMismatch and answered with
         nothing else."""
         if self.engine.cluster_id is None:

@@ -532,7 +532,8 @@ class KvService:
             "identity_stale": m.identity_stale,
             "stale_members": sorted(m.stale_members),
             "recorded_incarnations": [] if m.membership is None else [
-                [i, getattr(n, "incarnation", None)] for i, n in sorted(m.membership.nodes.items())],
+                [i, getattr(n, "incarnation", None)]
+                for i, n in sorted(m.membership.nodes.items())],
         }]
 
 

@@ -91,9 +91,9 @@ cdef class Engine:
     cdef public object incarnation         # this node's storage incarnation (None: not kept)
     cdef dict pins                         # member id -> incarnation recorded in `pins_of`
     cdef Membership pins_of                # the membership `pins` was read from
-    cdef dict learned                      # leader: unpinned member id -> incarnation it answered with
+    cdef dict learned                      # leader: unrecorded member -> incarnation it answered
     cdef dict seen                         # leader: member id -> incarnation of its last answer
-    cdef readonly set stale_members        # leader: members answering under an unrecorded incarnation
+    cdef readonly set stale_members        # leader: members answering under another incarnation
 
     cdef void _follow(self, long long term, leader_id, double now)
     cdef void _purge_upto(self, long long upto)

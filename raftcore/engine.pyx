@@ -301,6 +301,7 @@ cdef class Engine:
                 "yet); wait for it to commit before the next change")
         cdef long long index = self.log.last_index() + 1
         membership = self._with_incarnations(membership)
+        self.learned = {}       # recorded now (or no longer members)
         self._append_local([make_entry(self.vote.term, index, MEMBERSHIP, membership)])
         self._replicate_all()
         return index
@@ -418,7 +419,8 @@ cdef class Engine:
         meta = req.meta
         si = meta.last_log_index
         if si <= self.committed:
-            return InstallSnapshotResponse(self.vote.term, self.incarnation)     # already have all of it
+            # Already have all of it.
+            return InstallSnapshotResponse(self.vote.term, self.incarnation)
         cdef long long drop_from = 0
         if self.log.term_at(si) == meta.last_log_term:
             keep = True
@@ -495,7 +497,8 @@ cdef class Engine:
             req.last_log_term == my_last_term and req.last_log_index >= self.log.last_index()))
         if req.pre_vote:
             # Would we vote in req.term? Answer without changing anything.
-            return VoteResponse(self.vote.term, req.term > self.vote.term and up_to_date, self.id, self.incarnation)
+            return VoteResponse(self.vote.term, req.term > self.vote.term and up_to_date, self.id,
+                                self.incarnation)
         if req.term > self.vote.term:
             self._become_follower(Vote(req.term, None, False), None)
         cdef bint free_to_vote = (self.vote.node_id is None or self.vote.node_id == req.candidate_id
@@ -1141,9 +1144,10 @@ cdef class Engine:
         pins = self._pins()
         if not self.learned and (self.incarnation is None or self.id in pins):
             return
-        if all_known and len(pins) + len(self.learned) + (self.id not in pins) \
-                < len(self.membership.nodes):
-            return
+        if all_known:
+            for node_id in self.membership.nodes:
+                if node_id not in pins and node_id not in self.learned and node_id != self.id:
+                    return
         if (self.membership.is_joint or self.transfer_to is not None
                 or self.committed < self.term_start_index
                 or self._last_membership_index() > self.committed):

@@ -15,7 +15,7 @@ cdef class AppendEntriesResponse:
     cdef readonly long long matched        # success: the follower's log matches up to here
     cdef readonly long long conflict_index # failure: first index the leader should try
     cdef readonly long long conflict_term  # failure: term of the follower's entry at prev (0: none)
-    cdef readonly object incarnation       # the answering node's storage incarnation (None: not kept)
+    cdef readonly object incarnation       # the answering node's storage incarnation (or None)
 
 
 cdef class VoteRequest:

@@ -248,3 +248,37 @@ async def test_node_restarted_on_empty_storage_does_not_count_until_removed_and_
         assert resp.index > 0
     finally:
         await nodes.close()
+
+
+@cluster_test
+async def test_tcp_hello_turns_away_a_peer_of_another_cluster_before_any_request():
+    from log_watch import LogWatch
+    from raftcore.errors import NetworkError
+    from raftcore.messages import VoteResponse
+    from raftcore.network import RaftServer, TcpNetwork
+
+    raft = await Raft.create(1, make_config(1), TcpNetwork(rpc_timeout=2.0), MemLogStore(),
+                             MemStateMachine())
+    server = await RaftServer.start(raft, "127.0.0.1", 0)
+    node = Node(f"127.0.0.1:{server.port}")
+    try:
+        await raft.initialize({1: node})
+        cid = raft.metrics.cluster_id
+        stranger = TcpNetwork(rpc_timeout=2.0)
+        client = stranger.client(1, node)
+        with LogWatch() as w:
+            with pytest.raises(NetworkError, match=f"belongs to cluster {cid}, this node to "
+                                                   "cluster other"):
+                await client.vote(VoteRequest(1, 9, 0, 0, False, False, "other"))
+            await w.wait("the peer belongs to cluster other, this node to cluster")
+        await client.close()
+        # A peer of this cluster gets through the hello, and its request is answered.
+        friend = TcpNetwork(rpc_timeout=2.0).client(1, node)
+        try:
+            resp = await friend.vote(VoteRequest(0, 9, 0, 0, False, False, cid))
+            assert type(resp) is VoteResponse and not resp.granted
+        finally:
+            await friend.close()
+    finally:
+        await raft.shutdown()
+        await server.close()

@@ -155,14 +155,14 @@ def test_node_whose_storage_the_membership_does_not_record_never_votes_or_campai
     with pytest.raises(NotAllowed, match="wiped or replaced"):
         e.trigger_elect(0.0)
     # Removed and added back: the new record is not pinned yet, the node may vote.
-    e.restore(Vote(1, None), None, [Entry(1, 1, ENTRY_MEMBERSHIP, pinned({1: "a", 2: "b", 3: None}))],
-              1, 1)
+    readded = pinned({1: "a", 2: "b", 3: None})
+    e.restore(Vote(1, None), None, [Entry(1, 1, ENTRY_MEMBERSHIP, readded)], 1, 1)
     assert not e.identity_stale
     assert e.handle_vote_request(VoteRequest(5, 1, 1, 1), 0.0).granted
 
 
 @isolated
-def test_leader_replicates_from_scratch_to_a_member_that_restarted_on_empty_storage_and_reports_it():
+def test_leader_replicates_from_scratch_to_a_member_restarted_on_empty_storage_and_reports_it():
     m = pinned({1: "a", 2: "b", 3: "c"})
     es = {i: node(i, m, inc) for i, inc in ((1, "a"), (2, "b"), (3, "c"))}
     leader = es[1]

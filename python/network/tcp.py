@@ -77,6 +77,20 @@ reason logged at WARNING on the logger "raftcore.network.tcp"; the server
 keeps serving every other connection. Nothing a peer sends can raise out of
 the server.
 
+Cluster hello. A client that knows its node's cluster id (from the requests
+it sends: every request carries it) opens each connection, after the
+shared-secret handshake if any, with
+
+    client -> server   ["raftcore-hello", 1, cluster_id]
+    server -> client   ["raftcore-hello", 1, its cluster_id or None]
+
+and sends nothing more if the server belongs to another cluster: the connect
+fails (NetworkError, back-off, a WARNING), and the server closes the
+connection with a WARNING too. A server without a cluster id yet answers
+None and the connection goes on (it adopts the id from the first request).
+Every request still carries the id and is checked by the node; the hello
+only turns a peer of another cluster away before any request is sent.
+
 TLS: pass an `ssl.SSLContext` to each side (`ssl.PROTOCOL_TLS_SERVER` /
 `ssl.PROTOCOL_TLS_CLIENT`); for mutual TLS give the server context
 `verify_mode = ssl.CERT_REQUIRED` and a CA, and the client context a
@@ -188,6 +202,11 @@ _AUTH_SERVER_LABEL = b"raftcore-auth/%d wire/%d server->client proof\x00" % (
 # cannot make the server buffer more than this.
 _AUTH_MAX_FRAME = 256
 
+# Cluster hello (see the module docstring).
+HELLO_MAGIC = "raftcore-hello"
+_HELLO_VERSION = 1
+_MAX_CLUSTER_ID = 64
+
 
 class AuthError(Exception):
     """A handshake that failed; the text says why."""
@@ -276,6 +295,43 @@ async def client_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamW
         raise AuthError("the server's proof does not match: it holds a different secret")
 
 
+def _hello_frame(cluster_id: Optional[str]) -> bytes:
+    body = msgpack.packb([HELLO_MAGIC, _HELLO_VERSION, cluster_id], use_bin_type=True)
+    return _pack_header(len(body) + 1, WIRE_VERSION) + body
+
+
+def _hello_cluster_id(obj: Any) -> Any:
+    """The cluster id of a well-formed hello (None or a string); raises
+    ValueError for anything else."""
+    if type(obj) is not list or len(obj) != 3 or obj[0] != HELLO_MAGIC:
+        raise ValueError("not a cluster hello")
+    cid = obj[2]
+    if obj[1] != _HELLO_VERSION or not (
+            cid is None or (type(cid) is str and 0 < len(cid) <= _MAX_CLUSTER_ID)):
+        raise ValueError(f"malformed cluster hello {obj!r:.200}")
+    return cid
+
+
+async def client_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       cluster_id: str) -> Optional[str]:
+    """Sends this node's cluster id and returns the server's (None if it has
+    none yet). Raises AuthError if the answer is not a hello."""
+    writer.write(_hello_frame(cluster_id))
+    try:
+        size, version = _unpack_header(await reader.readexactly(_HEADER_SIZE))
+        if version != WIRE_VERSION or not 1 <= size <= _AUTH_MAX_FRAME:
+            raise AuthError(f"expected the cluster hello, got a frame of wire version "
+                            f"{version} and {size} bytes")
+        body = await reader.readexactly(size - 1)
+    except asyncio.IncompleteReadError:
+        raise AuthError("the server closed the connection instead of answering the "
+                        "cluster hello") from None
+    try:
+        return _hello_cluster_id(_unpackb(body))
+    except Exception as exc:
+        raise AuthError(f"expected the cluster hello: {exc}") from None
+
+
 def _unpackb(body: bytes) -> Any:
     return msgpack.unpackb(body, raw=False, strict_map_key=False)
 
@@ -342,6 +398,9 @@ class TcpNetwork(Network):
         self.rpc_timeout = rpc_timeout
         self.max_frame_size = max_frame_size
         self.connect_timeout = connect_timeout
+        #: The cluster id of the requests this network sends (learned from
+        #: them), announced in the hello of every new connection.
+        self.cluster_id: Optional[str] = None
 
     def client(self, target: int, node: Any) -> "NetworkClient":
         addr = getattr(node, "addr", None)
@@ -604,6 +663,9 @@ class _Channel:
     async def call(self, msg: Any, expect: type) -> Any:
         conn = self._conn
         if conn is None or conn.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+            cid = getattr(msg, "cluster_id", None)
+            if cid is not None:
+                self._net.cluster_id = cid      # for the hello of the connection to come
             # Wait for a connection or for the send buffer to drain; while a
             # caller waits here call_nowait declines, so requests go out in
             # the order they were made.
@@ -781,6 +843,8 @@ class _Channel:
                         log.warning("cannot connect to %s: %s", self._who(), reason)
                     self._failed(reason)
                     raise NetworkError(f"cannot connect to {self._who()}: {reason}") from None
+            if self._net.cluster_id is not None:
+                await self._hello(reader, writer, self._net.cluster_id)
             if self._closed:
                 writer.transport.abort()
                 raise NetworkError(f"the client of {self._who()} is closed")
@@ -792,6 +856,31 @@ class _Channel:
             return conn
         finally:
             self._connecting = None
+
+    async def _hello(self, reader: _FrameReader, writer: asyncio.StreamWriter,
+                     cluster_id: str) -> None:
+        """Announces the cluster id; a server of another cluster fails the connect."""
+        try:
+            theirs = await asyncio.wait_for(client_hello(reader, writer, cluster_id),
+                                            self._connect_timeout)
+        except BaseException as exc:
+            writer.transport.abort()
+            if isinstance(exc, asyncio.TimeoutError):
+                reason = f"no answer to the cluster hello within {self._connect_timeout}s"
+            elif isinstance(exc, (AuthError, OSError, _ssl.SSLError)):
+                reason = f"cluster hello failed: {exc}"
+            else:
+                raise
+            self._failed(reason)
+            raise NetworkError(f"cannot connect to {self._who()}: {reason}") from None
+        if theirs is not None and theirs != cluster_id:
+            writer.transport.abort()
+            reason = (f"it belongs to cluster {theirs}, this node to cluster {cluster_id} "
+                      "(another cluster's node at that address?)")
+            if self._backoff == 0.0:
+                log.warning("cannot connect to %s: %s", self._who(), reason)
+            self._failed(reason)
+            raise NetworkError(f"cannot connect to {self._who()}: {reason}")
 
     def _failed(self, reason: str) -> None:
         """Starts or extends the back-off after a failed connect or a lost connection."""
@@ -1130,6 +1219,8 @@ class RaftServer:
         except Exception as exc:
             return f"frame body is not msgpack ({exc or type(exc).__name__})"
         if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not int:
+            if type(obj) is list and obj and obj[0] == HELLO_MAGIC:
+                return self._hello(conn, obj)
             return "frame body is not [request_id, message]"
         msg = obj[1]
         services = self._services
@@ -1157,6 +1248,20 @@ class RaftServer:
             # Backpressure: no more requests from this peer until there is room.
             conn.reader.hold()
             self._spawn_waiter(conn)
+        return None
+
+    def _hello(self, conn: _ServerConn, obj: list) -> Optional[str]:
+        """Answers a cluster hello with this node's cluster id; a reason to
+        close the connection if the peer belongs to another cluster."""
+        try:
+            theirs = _hello_cluster_id(obj)
+        except ValueError as exc:
+            return str(exc)
+        mine = getattr(getattr(self._raft, "metrics", None), "cluster_id", None)
+        conn.writer.write(_hello_frame(mine))
+        if theirs is not None and mine is not None and theirs != mine:
+            return (f"the peer belongs to cluster {theirs}, this node to cluster {mine} "
+                    "(a node of another cluster, or one pointed at another cluster's storage)")
         return None
 
     def _spawn_waiter(self, conn: _ServerConn) -> None:
