@@ -914,14 +914,20 @@ cdef class Engine:
             if p is None:
                 p = Progress(node_id, next_index, self.max_inflight)
             self.progress[node_id] = p
+        self._recount_commit_quorum()
+        # Read/lease confirmation restarts with the new voter sets.
+        self.seq_quorum = QuorumTracker(self.membership.configs)
+        self.seq_quorum.update(self.id, self.hb_seq)
+
+    cdef void _recount_commit_quorum(self):
+        """The commit quorum from what each follower holds, leaving out the
+        members answering from other storage than the membership records."""
+        cdef Progress p
         self.quorum = QuorumTracker(self.membership.configs)
         self.quorum.update(self.id, self.flushed)
         for p in self.progress.values():
             if p.matched and p.node_id not in self.stale_members:
                 self.quorum.update(p.node_id, p.matched)
-        # Read/lease confirmation restarts with the new voter sets.
-        self.seq_quorum = QuorumTracker(self.membership.configs)
-        self.seq_quorum.update(self.id, self.hb_seq)
 
     cdef void _append_local(self, list entries):
         cdef Entry e
@@ -1093,14 +1099,14 @@ cdef class Engine:
     cdef bint _answer_counts(self, target, incarnation):
         """Leader: notes the incarnation `target` answered with. False if its
         answer must not count: the membership records another one."""
-        cdef bint rebuild = False
+        cdef bint recount = False
         if target in self.seen and self.seen[target] != incarnation and target in self.progress:
             # The target restarted on other storage: what it acknowledged
             # before is gone. Replicate to it as to a new node (its old match
             # would have the leader resend past its log end for ever).
             self.progress[target] = Progress(target, self.log.last_index() + 1,
                                              self.max_inflight)
-            rebuild = True
+            recount = True
         self.seen[target] = incarnation
         pinned = self._pins().get(target)
         cdef bint counts = pinned is None or pinned == incarnation
@@ -1110,9 +1116,11 @@ cdef class Engine:
             self.stale_members.discard(target)
         elif target not in self.stale_members:
             self.stale_members.add(target)
-            rebuild = True
-        if rebuild:
-            self._rebuild_replication()     # the quorum forgets its acknowledgements
+            recount = True
+        if recount:
+            # Commit forgets its acknowledgements. (The heartbeat rounds it
+            # answered stay counted: it did answer them; the next ones do not.)
+            self._recount_commit_quorum()
         return counts
 
     cdef Membership _with_incarnations(self, Membership m):
@@ -1165,6 +1173,10 @@ cdef class Engine:
             changed = True
         self.learned = {}
         if changed:
+            # Same voters: the heartbeat rounds they answered still count
+            # (a fresh tracker would look like a silent quorum to check_quorum).
+            seq_quorum = self.seq_quorum
             self._append_local([make_entry(self.vote.term, self.log.last_index() + 1, MEMBERSHIP,
                                            Membership(self.membership.configs, nodes))])
+            self.seq_quorum = seq_quorum
             self._replicate_all()

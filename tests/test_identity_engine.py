@@ -205,3 +205,39 @@ def test_leader_replicates_from_scratch_to_a_member_restarted_on_empty_storage_a
     flush_all(leader)
     pump(es, {1: leader.take_commands()}, down={2})
     assert leader.committed == index
+
+
+@isolated
+def test_leader_that_finds_a_member_on_new_storage_keeps_its_quorum_contact():
+    # check_quorum: a leader steps down once no quorum answered for an
+    # election timeout. Finding that node 3 came back on new storage must not
+    # make it forget that node 2 answered a moment ago.
+    m = pinned({1: "a", 2: "b", 3: "c"})
+    es = {i: node(i, m, inc, check_quorum=True) for i, inc in ((1, "a"), (2, "b"), (3, "c"))}
+    leader = es[1]
+    pump(es, {1: elect(leader, {2: "b", 3: "c"})})
+    for _ in range(8):          # leading for four seconds, twice election_timeout_max
+        heartbeat(leader, es)
+    es[3] = h.make_engine(3)
+    es[3].incarnation = "c-new"
+    heartbeat(leader, es, down={2})     # node 2 misses one round; node 3 answers it
+    assert leader.stale_members == {3}
+    heartbeat(leader, es)
+    assert leader.state == LEADER
+
+
+@isolated
+def test_recording_incarnations_keeps_the_heartbeat_rounds_the_voters_answered():
+    # Lease reads and check_quorum count on the rounds a quorum answered; an
+    # entry that only records incarnations keeps the voters, and those counts.
+    m = pinned({1: "a", 2: None, 3: None})
+    es = {i: node(i, m, inc) for i, inc in ((1, "a"), (2, "b"), (3, "c"))}
+    leader = es[1]
+    pump(es, {1: elect(leader, {2: "b", 3: "c"})}, down={3})
+    confirmed = leader.confirmed_seq
+    assert confirmed > 0
+    leader.tick(leader.heartbeat_deadline)      # records node 2's incarnation
+    appended = [e for c in leader.take_commands() if c[0] == "append" for e in c[1]]
+    assert [e.kind for e in appended] == [ENTRY_MEMBERSHIP]
+    assert recorded(leader)[2] == "b"
+    assert leader.confirmed_seq == confirmed
