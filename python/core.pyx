@@ -43,9 +43,10 @@ from typing import Any, Callable, Optional
 
 import msgpack
 
-from raftcore.errors import (Fatal, ForwardToLeader, InvalidCommand, NoSpace, OutcomeUnknown,
-                             RaftError, StorageError, Timeout, is_space_error)
+from raftcore.errors import (ClusterMismatch, Fatal, ForwardToLeader, InvalidCommand, NoSpace,
+                             OutcomeUnknown, RaftError, StorageError, Timeout, is_space_error)
 from raftcore.messages import InstallSnapshotRequest
+from raftcore.storage.base import new_identity_token
 
 _Future = asyncio.Future
 
@@ -293,6 +294,12 @@ cdef class RaftCore:
     cdef long long _seen_term
     cdef object _seen_leader
     cdef object _core_task
+    # identity
+    cdef bint _keeps_identity                 # the log store keeps a cluster id and incarnation
+    cdef object _identity_lock                # serializes saving the cluster id
+    cdef dict _refusals_logged                # (sender, cluster id) -> when last logged
+    cdef bint _seen_self_stale
+    cdef object _seen_stale_members
 
     def __init__(self, node_id, config, network, log_store, state_machine, loop,
                  executor=None) -> None:
@@ -383,6 +390,11 @@ cdef class RaftCore:
         self._seen_term = -1
         self._seen_leader = None
         self._core_task = None
+        self._keeps_identity = False
+        self._identity_lock = asyncio.Lock()
+        self._refusals_logged = {}
+        self._seen_self_stale = False
+        self._seen_stale_members = set()
 
     @property
     def last_applied(self):
@@ -401,8 +413,11 @@ cdef class RaftCore:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def load(self) -> None:
-        """Restores the engine from the log store and state machine."""
+    async def load(self, cluster_id=None) -> None:
+        """Restores the engine from the log store and state machine.
+        `cluster_id`: the cluster the node must belong to (ClusterMismatch
+        if the store belongs to another; adopted by a store without one)."""
+        await self._load_identity(cluster_id)
         vote = await self.log_store.read_vote()
         state = await self.log_store.get_log_state()
         purged = state.last_purged_log_id
@@ -458,6 +473,69 @@ cdef class RaftCore:
         self._seen_state = self.engine.state
         self._seen_term = self.engine.vote.term
         self._seen_leader = self.engine.leader_id
+
+    async def _load_identity(self, expected) -> None:
+        identity = await self.log_store.read_identity()
+        if identity is None:
+            self.log.info("node %s: its log store keeps no identity; cluster and storage "
+                          "identity checks are off for it", self.id)
+            self.engine.cluster_id = expected
+            return
+        self._keeps_identity = True
+        self.engine.incarnation = identity.incarnation
+        self.engine.cluster_id = identity.cluster_id
+        if expected is not None and identity.cluster_id not in (None, expected):
+            raise ClusterMismatch(
+                f"node {self.id}: its log store belongs to cluster {identity.cluster_id}, not "
+                f"to cluster {expected}; refusing to start on another cluster's storage")
+        if expected is not None and identity.cluster_id is None:
+            await self._adopt_cluster(expected, "its configuration")
+
+    async def _adopt_cluster(self, cluster_id, source) -> None:
+        """Makes `cluster_id` this node's, durably, unless it has one already."""
+        async with self._identity_lock:
+            if self.engine.cluster_id is not None:
+                return
+            if self._keeps_identity:
+                await self.log_store.save_cluster_id(cluster_id)
+            self.engine.cluster_id = cluster_id
+        self.log.info("node %s joined cluster %s (learned from %s)", self.id, cluster_id, source)
+
+    async def cluster_id_for_initialize(self, cluster_id) -> None:
+        """Before initialize: gives a fresh node its cluster id (`cluster_id`,
+        or the one it has, or a new one), durably."""
+        e = self.engine
+        if e.last_log_index != 0 or e.purged_log_id is not None or e.vote.term != 0:
+            return      # not fresh: engine.initialize refuses it, saying why
+        mine = e.cluster_id
+        if cluster_id is not None and mine is not None and cluster_id != mine:
+            raise ClusterMismatch(f"node {self.id} already belongs to cluster {mine}; it "
+                                  f"cannot initialize cluster {cluster_id}")
+        if mine is None:
+            await self._adopt_cluster(cluster_id or new_identity_token(), "initialize")
+
+    async def _admit(self, cluster_id, sender) -> None:
+        """Lets a request of cluster `cluster_id` from `sender` through, adopting
+        the id on first contact (durably, before answering anything, if the
+        store keeps an identity); a request
+        of another cluster is refused with ClusterMismatch and answered with
+        nothing else."""
+        if self.engine.cluster_id is None:
+            await self._adopt_cluster(cluster_id, f"node {sender}")
+        if cluster_id == self.engine.cluster_id:
+            return
+        msg = (f"node {self.id} belongs to cluster {self.engine.cluster_id} and refuses a "
+               f"request from node {sender} of cluster {cluster_id}")
+        now = self.loop.time()
+        key = (sender, cluster_id)
+        last = self._refusals_logged.get(key)
+        if last is None or now - last >= 10.0:     # once per peer and id every 10 s
+            if len(self._refusals_logged) > 1000:
+                self._refusals_logged.clear()     # a peer sending ever new ids
+            self._refusals_logged[key] = now
+            self.log.warning("%s (a node of another cluster, or pointed at another "
+                             "cluster's storage)", msg)
+        raise ClusterMismatch(msg)
 
     def _purge_on_start(self, point: LogId, purged, entries):
         """The log does not reach, or conflicts at, what the state machine
@@ -678,6 +756,7 @@ cdef class RaftCore:
     async def propose_membership(self, membership) -> Any:
         """Appends a membership entry; returns once it is applied here."""
         self.check_running()
+        await self._pins_committed()
         index = self.engine.change_membership(membership, self.loop.time())
         # Registered before the commands run: a one-node cluster commits and
         # applies the entry while they run.
@@ -686,6 +765,27 @@ cdef class RaftCore:
         self._client_waiters.append([index, self.engine.vote.term, [fut]])
         self._run_sync()
         return await fut
+
+    async def _pins_committed(self) -> None:
+        """Waits (an election timeout at most) for a pending membership entry
+        that only records incarnations (same voters as the committed one):
+        a change proposed meanwhile would be refused as a second change."""
+        e = self.engine
+        deadline = self.loop.time() + self.config.election_timeout_max
+        while e.state == S_LEADER and self.loop.time() < deadline:
+            pending = e.membership_index
+            committed = e.committed_membership
+            if (pending <= e.committed or committed is None
+                    or committed.configs != e.membership.configs):
+                return
+            fut = self.loop.create_future()
+            self.add_metric_waiter(lambda m: m.committed >= pending or m.state != S_LEADER, fut)
+            try:
+                await asyncio.wait_for(fut, deadline - self.loop.time())
+            except asyncio.TimeoutError:
+                return      # change_membership then says what is pending
+            finally:
+                self.remove_metric_waiter(fut)
 
     async def read_log_id(self, lease: bool) -> LogId:
         """Leader: the read point of a linearizable read, once leadership is
@@ -765,6 +865,8 @@ cdef class RaftCore:
     async def handle_vote(self, req):
         self.check_running()
         self._check_request_term(req.term)
+        if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
+            await self._admit(req.cluster_id, req.candidate_id)
         resp = self.engine.handle_vote_request(req, self.loop.time())
         await self.run_commands()
         return resp
@@ -772,6 +874,8 @@ cdef class RaftCore:
     async def handle_transfer_leader(self, req) -> None:
         self.check_running()
         self._check_request_term(req.term)
+        if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
+            await self._admit(req.cluster_id, req.leader_id)
         self.engine.handle_transfer_leader(req, self.loop.time())
         await self.run_commands()
 
@@ -779,6 +883,8 @@ cdef class RaftCore:
         """One chunk of a snapshot; the last one installs it."""
         self.check_running()
         self._check_request_term(req.term)
+        if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
+            await self._admit(req.cluster_id, req.leader_id)
         if req.term >= self.engine.vote.term:
             self._receive_chunk(req)
         resp = self.engine.handle_install_snapshot(req, self.loop.time())
@@ -810,6 +916,8 @@ cdef class RaftCore:
     async def handle_append_entries(self, req):
         self.check_running()
         self._check_request_term(req.term)
+        if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
+            await self._admit(req.cluster_id, req.leader_id)
         resp = self.engine.handle_append_entries(req, self.loop.time())
         await self.run_commands()
         if resp.success and self.engine.flushed < resp.matched:
@@ -831,7 +939,9 @@ cdef class RaftCore:
             raise TypeError("try_append_entries_now needs an AppendEntriesRequest, got None")
         if (self.stopped or self._busy or self._deferred or req.term != e.vote.term
                 or e.leader_id != req.leader_id or e.vote.node_id is None
-                or (e.state != S_FOLLOWER and e.state != S_LEARNER)):
+                or (e.state != S_FOLLOWER and e.state != S_LEARNER)
+                or (req.cluster_id is not e.cluster_id and req.cluster_id is not None
+                    and req.cluster_id != e.cluster_id)):
             return None
         resp = e.handle_append_entries(req, self.loop.time())
         self._run_sync()
@@ -863,7 +973,8 @@ cdef class RaftCore:
         if self.engine.vote.term != resp.term:
             # A newer leader truncated the log meanwhile: the match claimed
             # in resp may no longer hold, so do not claim it.
-            return AppendEntriesResponse(self.engine.vote.term, False, 0, 0, 0)
+            return AppendEntriesResponse(self.engine.vote.term, False, 0, 0, 0,
+                                         self.engine.incarnation)
         return resp
 
     # ---------------------------------------------------------- executing
@@ -1388,7 +1499,8 @@ cdef class RaftCore:
             while True:
                 chunk = data[offset:offset + size]
                 done = offset + len(chunk) >= len(data)
-                req = InstallSnapshotRequest(term, self.id, snap.meta, offset, chunk, done)
+                req = InstallSnapshotRequest(term, self.id, snap.meta, offset, chunk, done,
+                                             self.engine.cluster_id)
                 resp = await client.install_snapshot(req)
                 if resp.term != term or done or self.stopped or self.engine.vote.term != term:
                     break
@@ -1521,6 +1633,10 @@ cdef class RaftCore:
         cdef Engine engine = self.engine
         if engine.membership is not self._clients_for:
             self._revalidate_clients()
+            if engine.identity_stale != self._seen_self_stale:
+                self._log_identity_stale()
+        if engine.stale_members != self._seen_stale_members:
+            self._log_stale_members()
         if (engine.state != self._seen_state or engine.vote.term != self._seen_term
                 or engine.leader_id != self._seen_leader):
             self._log_transition((self._seen_state, self._seen_term, self._seen_leader),
@@ -1537,6 +1653,30 @@ cdef class RaftCore:
             self._check_read_waiters()
         if self._metric_waiters:
             self.check_metric_waiters()
+
+    def _log_identity_stale(self) -> None:
+        e = self.engine
+        self._seen_self_stale = e.identity_stale
+        if self._seen_self_stale:
+            self.log.warning(
+                "node %s runs on storage incarnation %s, but the membership records %s for "
+                "it: its storage was wiped or replaced since it joined, so it may have "
+                "forgotten its vote and entries it acknowledged. It does not vote or campaign, "
+                "and its acknowledgements do not count, until it is removed from the cluster "
+                "and added back", self.id, e.incarnation, e.recorded_incarnation(self.id))
+        else:
+            self.log.info("node %s: the membership now records its storage incarnation %s",
+                          self.id, e.incarnation)
+
+    def _log_stale_members(self) -> None:
+        e = self.engine
+        for m in sorted(e.stale_members - self._seen_stale_members):
+            self.log.warning(
+                "node %s (leader): node %s answers from other storage than the incarnation %s "
+                "the membership records for it (wiped or replaced): its votes and "
+                "acknowledgements do not count; it needs replacing (remove it and add it back)",
+                self.id, m, e.recorded_incarnation(m))
+        self._seen_stale_members = set(e.stale_members)
 
     def _log_transition(self, old: tuple, new: tuple) -> None:
         state, term, leader = new

@@ -35,6 +35,12 @@ class Engine:
     #: engine neither campaigns nor grants votes.
     storage_full: bool
     def abandon_campaign(self, saved: Vote) -> bool: ...
+    cluster_id: Optional[str]
+    incarnation: Optional[str]
+    stale_members: set[Any]
+    @property
+    def identity_stale(self) -> bool: ...
+    def recorded_incarnation(self, node_id: Any) -> Optional[str]: ...
     def __init__(self, node_id: Any, *, heartbeat_interval: float, election_timeout_min: float,
                  election_timeout_max: float, max_payload_entries: int, max_payload_bytes: int,
                  max_inflight: int, rng: Callable[[], float], now: float = 0.0,

@@ -87,3 +87,8 @@ class InvalidCommand(RaftError, ValueError):
     value that decodes back to itself (say a datetime, or a map whose key is
     a tuple), or it is larger than Config.max_command_bytes. Nothing was
     written; the same command will be refused again."""
+
+
+class ClusterMismatch(RaftError):
+    """A request from a node of another cluster (another cluster id), or a
+    store that belongs to another cluster than the one a node was told."""

@@ -540,6 +540,15 @@ class KvService:
             "sessions": len(self.sm.sessions),
             "applied_commands": self.sm.applied_commands,
             "deduplicated": self.sm.deduplicated,
+            "cluster_id": m.cluster_id,
+            "incarnation": m.incarnation,
+            # Its storage was wiped or replaced: it does not vote until
+            # removed and added back (see the README, "Operating a cluster").
+            "identity_stale": m.identity_stale,
+            "stale_members": sorted(m.stale_members),
+            "recorded_incarnations": [] if m.membership is None else [
+                [i, getattr(n, "incarnation", None)]
+                for i, n in sorted(m.membership.nodes.items())],
         }]
 
 
@@ -1125,6 +1134,7 @@ async def run_node(args: argparse.Namespace) -> int:
         server = await RaftServer.start(raft, host, port, services=service.handlers(),
                                         secret=args.secret)
         log.info("node %s serving on %s (data in %s)", args.id, args.listen, args.dir)
+        _check_peers_against_disk(args, raft.metrics.membership)
         if args.init:
             members = {i: Node(a) for i, a in sorted(args.peers.items())}
             try:
@@ -1132,7 +1142,9 @@ async def run_node(args: argparse.Namespace) -> int:
                 log.info("node %s initialized the cluster %s", args.id,
                          ", ".join(f"{i}={a}" for i, a in members.items()))
             except NotAllowed:
-                log.info("node %s is already initialized; --init ignored", args.id)
+                log.warning("node %s is already initialized; --init ignored: it belongs to "
+                            "cluster %s (%s)", args.id, raft.metrics.cluster_id,
+                            _describe_membership(raft.metrics.membership))
         if await _until_stopped(stop, raft):
             log.error("node %s stopped on an error (see above); exiting", args.id)
             status = 1
@@ -1149,6 +1161,27 @@ async def run_node(args: argparse.Namespace) -> int:
         await store.close()
     log.info("node %s stopped", args.id)
     return status
+
+
+def _describe_membership(m: Any) -> str:
+    if m is None:
+        return "no membership in its log yet"
+    voters = " + ".join("{" + ", ".join(map(str, sorted(c))) + "}" for c in m.configs)
+    nodes = ", ".join(f"{i}={getattr(n, 'addr', '')}" for i, n in sorted(m.nodes.items()))
+    return f"voters {voters}, nodes {nodes}"
+
+
+def _check_peers_against_disk(args: argparse.Namespace, membership: Any) -> None:
+    """The membership on disk wins over --peers (so that a restart after a
+    membership change works); a disagreement is worth a warning."""
+    if args.peers is None or membership is None:
+        return
+    on_disk = {i: getattr(n, "addr", "") for i, n in membership.nodes.items()}
+    if on_disk != args.peers or set(membership.voter_ids) != set(args.peers):
+        log.warning("node %s: --peers %s disagrees with the membership in its log (%s); "
+                    "the membership in the log is used", args.id,
+                    ",".join(f"{i}={a}" for i, a in sorted(args.peers.items())),
+                    _describe_membership(membership))
 
 
 async def _until_stopped(stop: asyncio.Event, raft: Any) -> bool:

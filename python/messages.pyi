@@ -10,8 +10,10 @@ class AppendEntriesRequest:
     entries: list[Entry]
     leader_commit: int
     seq: int
+    cluster_id: Optional[str]
     def __init__(self, term: int, leader_id: Any, prev_log_term: int, prev_log_index: int,
-                 entries: list[Entry], leader_commit: int, seq: int = 0) -> None: ...
+                 entries: list[Entry], leader_commit: int, seq: int = 0,
+                 cluster_id: Optional[str] = None) -> None: ...
     @property
     def last_index(self) -> int: ...
 
@@ -21,8 +23,9 @@ class AppendEntriesResponse:
     matched: int
     conflict_index: int
     conflict_term: int
+    incarnation: Optional[str]
     def __init__(self, term: int, success: bool, matched: int = 0, conflict_index: int = 0,
-                 conflict_term: int = 0) -> None: ...
+                 conflict_term: int = 0, incarnation: Optional[str] = None) -> None: ...
 
 class VoteRequest:
     term: int
@@ -31,20 +34,26 @@ class VoteRequest:
     last_log_index: int
     pre_vote: bool
     transfer: bool
+    cluster_id: Optional[str]
     def __init__(self, term: int, candidate_id: Any, last_log_term: int,
-                 last_log_index: int, pre_vote: bool = False, transfer: bool = False) -> None: ...
+                 last_log_index: int, pre_vote: bool = False, transfer: bool = False,
+                 cluster_id: Optional[str] = None) -> None: ...
 
 class VoteResponse:
     term: int
     granted: bool
     voter_id: Optional[Any]
-    def __init__(self, term: int, granted: bool, voter_id: Any = None) -> None: ...
+    incarnation: Optional[str]
+    def __init__(self, term: int, granted: bool, voter_id: Any = None,
+                 incarnation: Optional[str] = None) -> None: ...
 
 class TransferLeaderRequest:
     term: int
     leader_id: Any
     last_log_index: int
-    def __init__(self, term: int, leader_id: Any, last_log_index: int) -> None: ...
+    cluster_id: Optional[str]
+    def __init__(self, term: int, leader_id: Any, last_log_index: int,
+                 cluster_id: Optional[str] = None) -> None: ...
 
 class SnapshotMeta:
     last_log_term: int
@@ -63,9 +72,11 @@ class InstallSnapshotRequest:
     offset: int
     data: bytes
     done: bool
+    cluster_id: Optional[str]
     def __init__(self, term: int, leader_id: Any, meta: SnapshotMeta, offset: int, data: bytes,
-                 done: bool) -> None: ...
+                 done: bool, cluster_id: Optional[str] = None) -> None: ...
 
 class InstallSnapshotResponse:
     term: int
-    def __init__(self, term: int) -> None: ...
+    incarnation: Optional[str]
+    def __init__(self, term: int, incarnation: Optional[str] = None) -> None: ...

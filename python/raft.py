@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Iterable, Mapping, Optional
 
@@ -40,6 +41,16 @@ class RaftMetrics:
     #: The node's disk is full: it takes no writes, gives no votes and does
     #: not campaign until space is freed (it resumes by itself).
     disk_full: bool = False
+    #: The cluster this node belongs to (None: not initialized nor contacted yet).
+    cluster_id: Optional[str] = None
+    #: This node's storage incarnation (None: its log store keeps none).
+    incarnation: Optional[str] = None
+    #: The membership records another incarnation for this node: its storage
+    #: was wiped or replaced; it does not vote until removed and added back.
+    identity_stale: bool = False
+    #: Leader only: members answering from other storage than the membership
+    #: records (wiped or replaced); they need replacing.
+    stale_members: frozenset = frozenset()
 
     @property
     def last_applied_index(self) -> int:
@@ -62,6 +73,10 @@ def build_metrics(core: RaftCore) -> RaftMetrics:
         membership=e.membership,
         replication=e.replication(),
         disk_full=core.no_space is not None,
+        cluster_id=e.cluster_id,
+        incarnation=e.incarnation,
+        identity_stale=e.identity_stale,
+        stale_members=frozenset(e.stale_members),
     )
 
 
@@ -78,11 +93,16 @@ class Raft:
 
     @classmethod
     async def create(cls, node_id: int, config: Config, network: Any, log_store: Any,
-                     state_machine: Any, *, executor: Optional[Callable] = None) -> "Raft":
+                     state_machine: Any, *, executor: Optional[Callable] = None,
+                     cluster_id: Optional[str] = None) -> "Raft":
         """Loads the node's state from its stores and starts its runtime.
 
         `executor(fn, *args)` runs blocking work and returns an awaitable;
         by default the event loop's thread pool (a simulation runs it inline).
+        `cluster_id`, when the caller knows the cluster the node belongs to:
+        raises ClusterMismatch if the log store belongs to another one (a
+        store without one adopts it). Otherwise the node learns its cluster
+        id at initialize or from the first node that contacts it.
         """
         if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id < 0:
             raise ConfigError(f"node_id must be a non-negative int, got {node_id!r}")
@@ -93,7 +113,7 @@ class Raft:
             configure(config)
         core = RaftCore(node_id, config, network, log_store, state_machine,
                         asyncio.get_running_loop(), executor)
-        await core.load()
+        await core.load(cluster_id)
         core.start()
         return cls(core)
 
@@ -107,11 +127,19 @@ class Raft:
     def config(self) -> Config:
         return self._core.config
 
-    async def initialize(self, members: Mapping[int, Node] | Iterable[int]) -> None:
+    async def initialize(self, members: Mapping[int, Node] | Iterable[int], *,
+                         cluster_id: Optional[str] = None) -> None:
         """Makes this fresh node the first member of a cluster of `members`
         (id -> Node, or ids alone). Raises NotAllowed on a node that already
-        has a log or a vote. Calling it on every node of the new cluster with
-        the same members is allowed."""
+        has a log or a vote.
+
+        The node makes the cluster's id (or takes `cluster_id`); the others
+        adopt it when it first contacts them, and refuse any other cluster's
+        requests from then on. Initialize one node; to initialize every node
+        of the new cluster instead, give them all the same members and the
+        same `cluster_id` (nodes of different cluster ids refuse each other).
+        The membership records this node's storage incarnation; the leader
+        records the others' from their first answers."""
         self._core.check_running()
         if not isinstance(members, Mapping):
             members = {i: Node() for i in members}
@@ -123,8 +151,13 @@ class Raft:
             if not isinstance(v, Node):
                 raise ConfigError(f"member {k}: expected a raftcore.Node, got {v!r}")
         _check_nodes(members)
-        membership = Membership([set(members)], dict(members))
         core = self._core
+        await core.cluster_id_for_initialize(cluster_id)
+        members = dict(members)
+        me = members.get(self.id)
+        if me is not None and core.engine.incarnation is not None:
+            members[self.id] = dataclasses.replace(me, incarnation=core.engine.incarnation)
+        membership = Membership([set(members)], members)
         # The first membership entry is made durable before this node votes
         # for itself: a crash in between must not leave a vote without the
         # log it was for (the node could then never be initialized again).

@@ -9,10 +9,13 @@ half-built message.
 Layouts (all lists):
   entry batch    flat [term, index, kind, payload, term, index, ...]
                  (a membership payload is encoded with encode_membership)
-  membership     [[voter ids of each set], [[id, addr, data], ...]]
+  membership     [[voter ids of each set], [[id, addr, data(, incarnation)], ...]]
+                 (the incarnation only once the membership records one)
   vote           [term, node_id or None, committed]
   log id         [term, index] or None
-  message        [type, fields...] with type one of MSG_*
+  message        [type, fields..., identity] with type one of MSG_*; the last
+                 field is the sender's cluster id in a request and the
+                 answering node's incarnation in a response (None: not known)
 """
 from raftcore.types cimport Entry, LogId, Vote, make_entry, BLANK, NORMAL, MEMBERSHIP
 from raftcore.membership cimport Membership
@@ -68,6 +71,21 @@ cdef inline object _node_id(object v, str what):
     return v
 
 
+#: Longest cluster id or incarnation accepted (both are short random tokens).
+MAX_IDENTITY_LENGTH = 64
+
+
+cdef inline object _identity(object v, str what):
+    if v is None:
+        return None
+    if type(v) is not str:
+        raise CodecError(f"{what} must be a string or None, got {type(v).__name__}")
+    if not 0 < len(<str>v) <= MAX_IDENTITY_LENGTH:
+        raise CodecError(f"{what} must have 1 to {MAX_IDENTITY_LENGTH} characters, "
+                         f"got {len(<str>v)}")
+    return v
+
+
 cdef inline list _list(object v, str what, Py_ssize_t n=-1):
     if type(v) is not list:
         raise CodecError(f"{what} must be a list, got {type(v).__name__}")
@@ -84,8 +102,10 @@ def encode_membership(Membership m):
         n = m.nodes[node_id]
         if n is None:
             nodes.append([node_id, "", None])
-        else:
+        elif getattr(n, "incarnation", None) is None:
             nodes.append([node_id, n.addr, n.data])
+        else:
+            nodes.append([node_id, n.addr, n.data, n.incarnation])
     return [[sorted(c) for c in m.configs], nodes]
 
 
@@ -101,11 +121,14 @@ def decode_membership(obj):
     Node = _node_class()
     nodes = {}
     for item in _list(top[1], "membership nodes"):
-        rec = _list(item, "membership node", 3)
+        rec = _list(item, "membership node")
+        if not 3 <= len(rec) <= 4:
+            raise CodecError(f"membership node must have 3 or 4 items, got {len(rec)}")
         addr = rec[1]
         if type(addr) is not str:
             raise CodecError(f"node address must be a string, got {type(addr).__name__}")
-        nodes[_int(rec[0], "node id")] = Node(addr, rec[2])
+        incarnation = _identity(rec[3], "node incarnation") if len(rec) == 4 else None
+        nodes[_int(rec[0], "node id")] = Node(addr, rec[2], incarnation)
     try:
         return Membership(configs, nodes)
     except ValueError as exc:
@@ -204,27 +227,28 @@ cpdef list encode_message(object msg):
     if type(msg) is AppendEntriesRequest:
         a = <AppendEntriesRequest>msg
         return [MSG_APPEND_ENTRIES, a.term, a.leader_id, a.prev_log_term, a.prev_log_index,
-                a.leader_commit, encode_entries(a.entries)]
+                a.leader_commit, encode_entries(a.entries), a.cluster_id]
     if type(msg) is AppendEntriesResponse:
         ar = <AppendEntriesResponse>msg
         return [MSG_APPEND_ENTRIES_RESPONSE, ar.term, ar.success, ar.matched,
-                ar.conflict_index, ar.conflict_term]
+                ar.conflict_index, ar.conflict_term, ar.incarnation]
     if type(msg) is VoteRequest:
         v = <VoteRequest>msg
         return [MSG_VOTE, v.term, v.candidate_id, v.last_log_term, v.last_log_index,
-                v.pre_vote, v.transfer]
+                v.pre_vote, v.transfer, v.cluster_id]
     if type(msg) is VoteResponse:
         vr = <VoteResponse>msg
-        return [MSG_VOTE_RESPONSE, vr.term, vr.granted, vr.voter_id]
+        return [MSG_VOTE_RESPONSE, vr.term, vr.granted, vr.voter_id, vr.incarnation]
     if type(msg) is TransferLeaderRequest:
         tl = <TransferLeaderRequest>msg
-        return [MSG_TRANSFER_LEADER, tl.term, tl.leader_id, tl.last_log_index]
+        return [MSG_TRANSFER_LEADER, tl.term, tl.leader_id, tl.last_log_index, tl.cluster_id]
     if type(msg) is InstallSnapshotRequest:
         isr = <InstallSnapshotRequest>msg
         return [MSG_INSTALL_SNAPSHOT, isr.term, isr.leader_id, encode_snapshot_meta(isr.meta),
-                isr.offset, isr.data, isr.done]
+                isr.offset, isr.data, isr.done, isr.cluster_id]
     if type(msg) is InstallSnapshotResponse:
-        return [MSG_INSTALL_SNAPSHOT_RESPONSE, (<InstallSnapshotResponse>msg).term]
+        return [MSG_INSTALL_SNAPSHOT_RESPONSE, (<InstallSnapshotResponse>msg).term,
+                (<InstallSnapshotResponse>msg).incarnation]
     raise CodecError(f"cannot encode a {type(msg).__name__}: not a raftcore message")
 
 
@@ -235,45 +259,49 @@ cpdef object decode_message(object obj):
     cdef list m = <list>obj
     t = m[0]
     if t == MSG_APPEND_ENTRIES:
-        _list(m, "AppendEntries", 7)
+        _list(m, "AppendEntries", 8)
         req = AppendEntriesRequest(
             _term(m[1], "term"), _node_id(m[2], "leader_id"), _term(m[3], "prev_log_term"),
-            _int(m[4], "prev_log_index"), decode_entries(m[6]), _int(m[5], "leader_commit"))
+            _int(m[4], "prev_log_index"), decode_entries(m[6]), _int(m[5], "leader_commit"),
+            0, _identity(m[7], "cluster id"))
         if req.entries and (<Entry>req.entries[0]).index != req.prev_log_index + 1:
             raise CodecError("AppendEntries entries must start right after prev_log_index")
         return req
     if t == MSG_APPEND_ENTRIES_RESPONSE:
-        _list(m, "AppendEntriesResponse", 6)
+        _list(m, "AppendEntriesResponse", 7)
         if type(m[2]) is not bool:
             raise CodecError("AppendEntriesResponse.success must be a boolean")
         return AppendEntriesResponse(_term(m[1], "term"), m[2], _int(m[3], "matched"),
-                                     _int(m[4], "conflict_index"), _term(m[5], "conflict_term"))
+                                     _int(m[4], "conflict_index"), _term(m[5], "conflict_term"),
+                                     _identity(m[6], "incarnation"))
     if t == MSG_VOTE:
-        _list(m, "Vote", 7)
+        _list(m, "Vote", 8)
         if type(m[5]) is not bool or type(m[6]) is not bool:
             raise CodecError("Vote.pre_vote and Vote.transfer must be booleans")
         return VoteRequest(_term(m[1], "term"), _node_id(m[2], "candidate_id"),
                            _term(m[3], "last_log_term"), _int(m[4], "last_log_index"),
-                           m[5], m[6])
+                           m[5], m[6], _identity(m[7], "cluster id"))
     if t == MSG_VOTE_RESPONSE:
-        _list(m, "VoteResponse", 4)
+        _list(m, "VoteResponse", 5)
         if type(m[2]) is not bool:
             raise CodecError("VoteResponse.granted must be a boolean")
-        return VoteResponse(_term(m[1], "term"), m[2], _node_id(m[3], "voter_id"))
+        return VoteResponse(_term(m[1], "term"), m[2], _node_id(m[3], "voter_id"),
+                            _identity(m[4], "incarnation"))
     if t == MSG_TRANSFER_LEADER:
-        _list(m, "TransferLeader", 4)
+        _list(m, "TransferLeader", 5)
         return TransferLeaderRequest(_term(m[1], "term"), _node_id(m[2], "leader_id"),
-                                     _int(m[3], "last_log_index"))
+                                     _int(m[3], "last_log_index"), _identity(m[4], "cluster id"))
     if t == MSG_INSTALL_SNAPSHOT:
-        _list(m, "InstallSnapshot", 7)
+        _list(m, "InstallSnapshot", 8)
         if type(m[5]) is not bytes or type(m[6]) is not bool:
             raise CodecError("InstallSnapshot data must be bytes and done a boolean")
         offset = _int(m[4], "offset")
         if offset < 0:
             raise CodecError("InstallSnapshot offset must be >= 0")
         return InstallSnapshotRequest(_term(m[1], "term"), _node_id(m[2], "leader_id"),
-                                      decode_snapshot_meta(m[3]), offset, m[5], m[6])
+                                      decode_snapshot_meta(m[3]), offset, m[5], m[6],
+                                      _identity(m[7], "cluster id"))
     if t == MSG_INSTALL_SNAPSHOT_RESPONSE:
-        _list(m, "InstallSnapshotResponse", 2)
-        return InstallSnapshotResponse(_term(m[1], "term"))
+        _list(m, "InstallSnapshotResponse", 3)
+        return InstallSnapshotResponse(_term(m[1], "term"), _identity(m[2], "incarnation"))
     raise CodecError(f"unknown message type {t!r}")

@@ -90,6 +90,14 @@ cdef class Engine:
     cdef bint pre_vote
     cdef readonly bint prevoting
     cdef set pre_granted
+    # identity (see "Identity" in engine.pyx)
+    cdef public object cluster_id          # stamped on every request this node sends (None: none)
+    cdef public object incarnation         # this node's storage incarnation (None: not kept)
+    cdef dict pins                         # member id -> incarnation recorded in `pins_of`
+    cdef Membership pins_of                # the membership `pins` was read from
+    cdef dict learned                      # leader: unrecorded member -> incarnation it answered
+    cdef dict seen                         # leader: member id -> incarnation of its last answer
+    cdef readonly set stale_members        # leader: members answering under another incarnation
 
     cdef void _follow(self, long long term, leader_id, double now)
     cdef void _purge_upto(self, long long upto)
@@ -114,6 +122,7 @@ cdef class Engine:
     cdef void _start_election(self, bint transfer)
     cdef void _become_leader(self)
     cdef void _rebuild_replication(self)
+    cdef void _recount_commit_quorum(self)
     cdef void _append_local(self, list entries)
     cdef void _membership_appended(self, Entry e)
     cdef void _truncate(self, long long since)
@@ -126,6 +135,11 @@ cdef class Engine:
     cdef void _maybe_commit(self)
     cdef void _step_down_removed(self)
     cdef void _maybe_apply(self)
+    cdef dict _pins(self)
+    cdef bint _self_stale(self)
+    cdef bint _answer_counts(self, target, incarnation)
+    cdef void _maybe_pin(self, bint all_known)
+    cdef Membership _with_incarnations(self, Membership m)
 
     # Stepped by the runtime on every write: C calls from python/core.pyx.
     cpdef list take_commands(self)

@@ -34,7 +34,21 @@ Safety rules kept here:
   counting (Raft paper, Figure 8);
 - a follower never deletes entries that match the leader's; it truncates only
   from the first conflict, and never below its commit index.
+
+Identity. Every request carries `cluster_id` (the runtime refuses another
+cluster's) and every answer this node's storage `incarnation`. The membership
+records each member's incarnation (Node.incarnation): the initializing node
+records its own, and a leader records the others' from their first answers,
+with a membership entry of the same voters (once no other change is
+pending). A member answering under another incarnation than the recorded one
+lost or replaced its storage, so it may have forgotten its vote and entries
+it acknowledged: its votes and acknowledgements do not count (leader:
+`stale_members`), it neither votes nor campaigns once it sees the record
+(`identity_stale`), until it is removed and added back (the new record is
+then taken from its answers).
 """
+import dataclasses
+
 cimport cython
 from libc.math cimport INFINITY
 from raftcore.types cimport LogId, Vote, Entry, make_entry, BLANK, NORMAL, MEMBERSHIP
@@ -119,6 +133,13 @@ cdef class Engine:
         self.lease_forfeited = False
         self.prevoting = False
         self.pre_granted = set()
+        self.cluster_id = None
+        self.incarnation = None
+        self.pins = {}
+        self.pins_of = None
+        self.learned = {}
+        self.seen = {}
+        self.stale_members = set()
         self.snapshot_meta = None
         self.bug_commit_prev_term = False
         self.bug_double_vote = False
@@ -218,6 +239,7 @@ cdef class Engine:
                 self._become_follower(self.vote, None)
                 return
             if now >= self.heartbeat_deadline and self.heartbeat_enabled:
+                self._maybe_pin(False)
                 self._broadcast_heartbeat()
         elif now >= self.election_deadline:
             if self.elect_enabled and self._can_campaign() and not self.storage_full:
@@ -234,6 +256,10 @@ cdef class Engine:
     def trigger_elect(self, double now):
         """Starts an election now (openraft's trigger().elect())."""
         self.now = now
+        if self._self_stale():
+            raise NotAllowed(f"node {self.id} runs on other storage than the membership "
+                             "records for it (wiped or replaced); it cannot be elected until "
+                             "it is removed and added back")
         if not self._can_campaign():
             raise NotAllowed(f"node {self.id} is not a voter of {self.membership!r}; "
                              "only voters can be elected")
@@ -287,6 +313,8 @@ cdef class Engine:
                 f"a membership change is in progress (entry {pending} is not committed "
                 "yet); wait for it to commit before the next change")
         cdef long long index = self.log.last_index() + 1
+        membership = self._with_incarnations(membership)
+        self.learned = {}       # recorded now (or no longer members)
         self._append_local([make_entry(self.vote.term, index, MEMBERSHIP, membership)])
         self._replicate_all()
         return index
@@ -413,14 +441,15 @@ cdef class Engine:
         cdef long long si
         self.now = now
         if req.term < self.vote.term:
-            return InstallSnapshotResponse(self.vote.term)
+            return InstallSnapshotResponse(self.vote.term, self.incarnation)
         self._follow(req.term, req.leader_id, now)
         if not req.done:
-            return InstallSnapshotResponse(self.vote.term)
+            return InstallSnapshotResponse(self.vote.term, self.incarnation)
         meta = req.meta
         si = meta.last_log_index
         if si <= self.committed:
-            return InstallSnapshotResponse(self.vote.term)     # already have all of it
+            # Already have all of it.
+            return InstallSnapshotResponse(self.vote.term, self.incarnation)
         cdef long long drop_from = 0
         if self.log.term_at(si) == meta.last_log_term:
             keep = True
@@ -445,7 +474,7 @@ cdef class Engine:
         self.committed = si
         self.applying = si
         self._maybe_apply()
-        return InstallSnapshotResponse(self.vote.term)
+        return InstallSnapshotResponse(self.vote.term, self.incarnation)
 
     def handle_snapshot_response(self, target, InstallSnapshotRequest req,
                                  InstallSnapshotResponse resp, double now):
@@ -454,6 +483,11 @@ cdef class Engine:
         cdef Progress p = self._progress_for_answer(target, req.term, resp.term)
         if p is None:
             return
+        cdef Progress answered = p
+        self._answer_counts(target, resp.incarnation)
+        p = self.progress.get(target)
+        if p is None or p is not answered:
+            return      # reset meanwhile: the target restarted on new storage
         if p.state == SNAPSHOT:
             p.snapshot_done()
         self._record_match(p, req.meta.last_log_index)
@@ -478,23 +512,27 @@ cdef class Engine:
         in the output, and the runtime sends the response only after it."""
         self.now = now
         cdef bint granted = False
+        if self._self_stale():
+            # This node may have forgotten a vote it cast in req.term.
+            return VoteResponse(self.vote.term, False, self.id, self.incarnation)
         if req.term < self.vote.term or self.storage_full:
             # storage_full: a vote counts only once saved, and it cannot be;
             # not even the term is adopted (saving it would fail too).
-            return VoteResponse(self.vote.term, False, self.id)
+            return VoteResponse(self.vote.term, False, self.id, self.incarnation)
         if not req.transfer and req.candidate_id != self.leader_id and (
                 now < self.vote_refuse_until
                 or (self.state == S_LEADER and self._lease_valid(now))):
             # A leader may be counting on this node for its lease: refuse,
             # and do not even adopt the higher term (so a removed or
             # partitioned node cannot depose a healthy leader).
-            return VoteResponse(self.vote.term, False, self.id)
+            return VoteResponse(self.vote.term, False, self.id, self.incarnation)
         cdef long long my_last_term = self.log.last_term()
         cdef bint up_to_date = (req.last_log_term > my_last_term or (
             req.last_log_term == my_last_term and req.last_log_index >= self.log.last_index()))
         if req.pre_vote:
             # Would we vote in req.term? Answer without changing anything.
-            return VoteResponse(self.vote.term, req.term > self.vote.term and up_to_date, self.id)
+            return VoteResponse(self.vote.term, req.term > self.vote.term and up_to_date, self.id,
+                                self.incarnation)
         if req.term > self.vote.term:
             self._become_follower(Vote(req.term, None, False), None)
         cdef bint free_to_vote = (self.vote.node_id is None or self.vote.node_id == req.candidate_id
@@ -503,13 +541,16 @@ cdef class Engine:
             granted = True
             self._set_vote(Vote(req.term, req.candidate_id, False))
             self._reset_election_deadline()
-        return VoteResponse(self.vote.term, granted, self.id)
+        return VoteResponse(self.vote.term, granted, self.id, self.incarnation)
 
     def handle_vote_response(self, target, VoteRequest req, VoteResponse resp, double now):
         self.now = now
         if resp.term > self.vote.term and not (req.pre_vote and resp.granted):
             self._become_follower(Vote(resp.term, None, False), None)
             return
+        pinned = self._pins().get(target)
+        if pinned is not None and pinned != resp.incarnation:
+            return      # the voter's storage was replaced: it may have voted in this term
         if req.pre_vote:
             if not self.prevoting or req.term != self.vote.term + 1 or not resp.granted:
                 return
@@ -533,7 +574,7 @@ cdef class Engine:
         cdef Entry e
         self.now = now
         if req.term < self.vote.term:
-            return AppendEntriesResponse(self.vote.term, False, 0, 0, 0)
+            return AppendEntriesResponse(self.vote.term, False, 0, 0, 0, self.incarnation)
         if self.state == S_LEADER and req.term == self.vote.term:
             raise RaftError(f"node {self.id} is leader of term {req.term} and received "
                             f"entries from {req.leader_id!r} in the same term: two leaders "
@@ -542,12 +583,14 @@ cdef class Engine:
 
         prev = req.prev_log_index
         if prev > self.log.last_index():
-            return AppendEntriesResponse(self.vote.term, False, 0, self.log.last_index() + 1, 0)
+            return AppendEntriesResponse(self.vote.term, False, 0, self.log.last_index() + 1, 0,
+                                         self.incarnation)
         if prev >= self.log.purged_index:
             my_prev_term = self.log.term_at(prev)
             if my_prev_term != req.prev_log_term:
                 return AppendEntriesResponse(
-                    self.vote.term, False, 0, self.log.first_index_of_term_at(prev), my_prev_term)
+                    self.vote.term, False, 0, self.log.first_index_of_term_at(prev), my_prev_term,
+                    self.incarnation)
 
         # Skip the entries we already hold (matching, or covered by a purge),
         # truncate from the first conflict, append the rest.
@@ -573,7 +616,7 @@ cdef class Engine:
         if req.leader_commit > self.committed and last > self.committed:
             self.committed = min(req.leader_commit, last)
             self._maybe_apply()
-        return AppendEntriesResponse(self.vote.term, True, last, 0, 0)
+        return AppendEntriesResponse(self.vote.term, True, last, 0, 0, self.incarnation)
 
     cpdef handle_append_response(self, target, AppendEntriesRequest req,
                                  AppendEntriesResponse resp, double now):
@@ -582,8 +625,12 @@ cdef class Engine:
         cdef Progress p = self._progress_for_answer(target, req.term, resp.term)
         if p is None:
             return
-        # Any answer in our term shows the target still follows us.
-        self.seq_quorum.update(target, req.seq)
+        if self._answer_counts(target, resp.incarnation):
+            # Any answer in our term shows the target still follows us.
+            self.seq_quorum.update(target, req.seq)
+        p = self.progress.get(target)
+        if p is None:
+            return
         if resp.success:
             self._record_match(p, resp.matched)
             if self.state != S_LEADER:
@@ -591,6 +638,8 @@ cdef class Engine:
             self._send_while_open(p)
             if self.transfer_to == target:
                 self._maybe_send_transfer()
+            if self.learned:
+                self._maybe_pin(True)
             return
         if p.state == SNAPSHOT:
             # The follower lacks what the snapshot on its way brings; only
@@ -745,7 +794,7 @@ cdef class Engine:
 
     cdef void _record_match(self, Progress p, long long matched):
         """The follower holds everything up to `matched`: maybe commit more."""
-        if p.acked(matched) and self.quorum is not None:
+        if p.acked(matched) and self.quorum is not None and p.node_id not in self.stale_members:
             if self.quorum.update(p.node_id, p.matched):
                 self._maybe_commit()
 
@@ -794,7 +843,7 @@ cdef class Engine:
             return
         self.lease_forfeited = True
         self.output.append(("send_transfer", self.transfer_to, TransferLeaderRequest(
-            self.vote.term, self.id, self.log.last_index())))
+            self.vote.term, self.id, self.log.last_index(), self.cluster_id)))
 
     cdef void _set_vote(self, Vote vote):
         if vote != self.vote:
@@ -807,7 +856,8 @@ cdef class Engine:
         return S_LEARNER
 
     cdef bint _can_campaign(self):
-        return self.membership is not None and self.membership.is_voter(self.id)
+        return (self.membership is not None and self.membership.is_voter(self.id)
+                and not self._self_stale())
 
     cdef object _node_of(self, node_id):
         if node_id is None or self.membership is None:
@@ -837,6 +887,9 @@ cdef class Engine:
         self.transfer_to = None
         self.prevoting = False
         self.pre_granted = set()
+        self.learned = {}
+        self.seen = {}
+        self.stale_members = set()
 
     cdef void _campaign(self):
         """Election timeout: a pre-vote round first if enabled, else an election."""
@@ -850,7 +903,7 @@ cdef class Engine:
             self._start_election(False)
             return
         cdef VoteRequest req = VoteRequest(self.vote.term + 1, self.id, self.log.last_term(),
-                                           self.log.last_index(), True, False)
+                                           self.log.last_index(), True, False, self.cluster_id)
         for target in sorted(self.membership.voter_ids):
             if target != self.id:
                 self.output.append(("send_vote", target, req))
@@ -866,7 +919,7 @@ cdef class Engine:
             self._become_leader()
             return
         cdef VoteRequest req = VoteRequest(self.vote.term, self.id, self.log.last_term(),
-                                           self.log.last_index(), False, transfer)
+                                           self.log.last_index(), False, transfer, self.cluster_id)
         for target in sorted(self.membership.voter_ids):
             if target != self.id:
                 self.output.append(("send_vote", target, req))
@@ -899,14 +952,20 @@ cdef class Engine:
             if p is None:
                 p = Progress(node_id, next_index, self.max_inflight)
             self.progress[node_id] = p
-        self.quorum = QuorumTracker(self.membership.configs)
-        self.quorum.update(self.id, self.flushed)
-        for p in self.progress.values():
-            if p.matched:
-                self.quorum.update(p.node_id, p.matched)
+        self._recount_commit_quorum()
         # Read/lease confirmation restarts with the new voter sets.
         self.seq_quorum = QuorumTracker(self.membership.configs)
         self.seq_quorum.update(self.id, self.hb_seq)
+
+    cdef void _recount_commit_quorum(self):
+        """The commit quorum from what each follower holds, leaving out the
+        members answering from other storage than the membership records."""
+        cdef Progress p
+        self.quorum = QuorumTracker(self.membership.configs)
+        self.quorum.update(self.id, self.flushed)
+        for p in self.progress.values():
+            if p.matched and p.node_id not in self.stale_members:
+                self.quorum.update(p.node_id, p.matched)
 
     cdef void _append_local(self, list entries):
         cdef Entry e
@@ -966,7 +1025,7 @@ cdef class Engine:
         cdef long long end = self._batch_end(p.next_index)
         cdef AppendEntriesRequest req = AppendEntriesRequest(
             self.vote.term, self.id, self.log.term_at(prev), prev,
-            self.log.slice(p.next_index, end), self.committed, self.hb_seq)
+            self.log.slice(p.next_index, end), self.committed, self.hb_seq, self.cluster_id)
         p.sent(end)
         self.output.append(("send_append", p.node_id, req))
 
@@ -1011,7 +1070,7 @@ cdef class Engine:
                 prev = self.log.purged_index
             self.output.append(("send_append", p.node_id, AppendEntriesRequest(
                 self.vote.term, self.id, self.log.term_at(prev), prev, [],
-                min(self.committed, prev), self.hb_seq)))
+                min(self.committed, prev), self.hb_seq, self.cluster_id)))
         return self.hb_seq
 
     cdef void _maybe_commit(self):
@@ -1036,7 +1095,7 @@ cdef class Engine:
                 best = p
         if best is not None and best.matched >= self.log.last_index():
             self.output.append(("send_transfer", best.node_id, TransferLeaderRequest(
-                self.vote.term, self.id, self.log.last_index())))
+                self.vote.term, self.id, self.log.last_index(), self.cluster_id)))
         self._become_follower(self.vote, None)
 
     cdef void _maybe_apply(self):
@@ -1047,3 +1106,118 @@ cdef class Engine:
             entries = self.log.slice(self.applying + 1, upto)
             self.applying = upto
             self.output.append(("apply", entries))
+
+    # -------------------------------------------------------------- identity
+
+    @property
+    def identity_stale(self):
+        """True if the membership records another storage incarnation for
+        this node: its storage was wiped or replaced since it joined, so it
+        may have forgotten its vote and what it acknowledged. It neither votes
+        nor campaigns until it is removed and added back."""
+        return self._self_stale()
+
+    def recorded_incarnation(self, node_id):
+        """The incarnation the effective membership records for node_id, or None."""
+        return self._pins().get(node_id)
+
+    cdef dict _pins(self):
+        """Member id -> the incarnation the effective membership records."""
+        if self.pins_of is not self.membership:
+            self.pins = {}
+            if self.membership is not None:
+                for node_id, node in self.membership.nodes.items():
+                    inc = getattr(node, "incarnation", None)
+                    if inc is not None:
+                        self.pins[node_id] = inc
+            self.pins_of = self.membership
+        return self.pins
+
+    cdef bint _self_stale(self):
+        pinned = self._pins().get(self.id)
+        return pinned is not None and pinned != self.incarnation
+
+    cdef bint _answer_counts(self, target, incarnation):
+        """Leader: notes the incarnation `target` answered with. False if its
+        answer must not count: the membership records another one."""
+        cdef bint recount = False
+        if target in self.seen and self.seen[target] != incarnation and target in self.progress:
+            # The target restarted on other storage: what it acknowledged
+            # before is gone. Replicate to it as to a new node (its old match
+            # would have the leader resend past its log end for ever).
+            self.progress[target] = Progress(target, self.log.last_index() + 1,
+                                             self.max_inflight)
+            recount = True
+        self.seen[target] = incarnation
+        pinned = self._pins().get(target)
+        cdef bint counts = pinned is None or pinned == incarnation
+        if pinned is None and incarnation is not None:
+            self.learned[target] = incarnation
+        if counts:
+            self.stale_members.discard(target)
+        elif target not in self.stale_members:
+            self.stale_members.add(target)
+            recount = True
+        if recount:
+            # Commit forgets its acknowledgements. (The heartbeat rounds it
+            # answered stay counted: it did answer them; the next ones do not.)
+            self._recount_commit_quorum()
+        return counts
+
+    cdef Membership _with_incarnations(self, Membership m):
+        """`m` with the incarnations known for its nodes that it does not
+        record: those the effective membership records (a node removed in
+        between is not in it any more) and those members answered with."""
+        known = dict(self.learned)
+        known.update(self._pins())
+        if self.incarnation is not None:
+            known.setdefault(self.id, self.incarnation)
+        nodes = dict(m.nodes)
+        cdef bint changed = False
+        for node_id, node in m.nodes.items():
+            inc = known.get(node_id)
+            if inc is None or getattr(node, "incarnation", 1) is not None \
+                    or not dataclasses.is_dataclass(node):
+                continue
+            nodes[node_id] = dataclasses.replace(node, incarnation=inc)
+            changed = True
+        return Membership(m.configs, nodes) if changed else m
+
+    cdef void _maybe_pin(self, bint all_known):
+        """Leader: records in the membership the incarnations members answered
+        with, once the leader's term has committed an entry and no other
+        membership change is pending. One entry, same voters. With
+        `all_known`, only once every member's is known (one entry for all;
+        the heartbeat records what is known)."""
+        cdef bint changed = False
+        pins = self._pins()
+        if not self.learned and (self.incarnation is None or self.id in pins):
+            return
+        if all_known:
+            for node_id in self.membership.nodes:
+                if node_id not in pins and node_id not in self.learned and node_id != self.id:
+                    return
+        if (self.membership.is_joint or self.transfer_to is not None
+                or self.committed < self.term_start_index
+                or self._last_membership_index() > self.committed):
+            return
+        learned = dict(self.learned)
+        if self.incarnation is not None:
+            learned[self.id] = self.incarnation
+        nodes = dict(self.membership.nodes)
+        for node_id, inc in learned.items():
+            node = nodes.get(node_id)
+            if node_id in pins or not dataclasses.is_dataclass(node) \
+                    or not hasattr(node, "incarnation"):
+                continue
+            nodes[node_id] = dataclasses.replace(node, incarnation=inc)
+            changed = True
+        self.learned = {}
+        if changed:
+            # Same voters: the heartbeat rounds they answered still count
+            # (a fresh tracker would look like a silent quorum to check_quorum).
+            seq_quorum = self.seq_quorum
+            self._append_local([make_entry(self.vote.term, self.log.last_index() + 1, MEMBERSHIP,
+                                           Membership(self.membership.configs, nodes))])
+            self.seq_quorum = seq_quorum
+            self._replicate_all()

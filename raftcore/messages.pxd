@@ -6,6 +6,7 @@ cdef class AppendEntriesRequest:
     cdef readonly list entries
     cdef readonly long long leader_commit
     cdef readonly long long seq            # sender-local: heartbeat round it belongs to (not sent)
+    cdef readonly object cluster_id        # the sender's cluster id (None: not known)
 
 
 cdef class AppendEntriesResponse:
@@ -14,6 +15,7 @@ cdef class AppendEntriesResponse:
     cdef readonly long long matched        # success: the follower's log matches up to here
     cdef readonly long long conflict_index # failure: first index the leader should try
     cdef readonly long long conflict_term  # failure: term of the follower's entry at prev (0: none)
+    cdef readonly object incarnation       # the answering node's storage incarnation (or None)
 
 
 cdef class VoteRequest:
@@ -23,18 +25,21 @@ cdef class VoteRequest:
     cdef readonly long long last_log_index
     cdef readonly bint pre_vote            # a pre-vote: asks "would you vote?", changes nothing
     cdef readonly bint transfer            # asked by a leadership transfer: bypasses the lease
+    cdef readonly object cluster_id
 
 
 cdef class VoteResponse:
     cdef readonly long long term
     cdef readonly bint granted
     cdef readonly object voter_id
+    cdef readonly object incarnation
 
 
 cdef class TransferLeaderRequest:
     cdef readonly long long term
     cdef readonly object leader_id
     cdef readonly long long last_log_index
+    cdef readonly object cluster_id
 
 
 cdef class SnapshotMeta:
@@ -51,7 +56,9 @@ cdef class InstallSnapshotRequest:
     cdef readonly long long offset
     cdef readonly bytes data
     cdef readonly bint done
+    cdef readonly object cluster_id
 
 
 cdef class InstallSnapshotResponse:
     cdef readonly long long term
+    cdef readonly object incarnation

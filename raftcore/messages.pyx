@@ -1,5 +1,10 @@
 """Raft RPC messages. Immutable once built: the in-process router hands the
-same object to the receiver, so neither side may change it after sending."""
+same object to the receiver, so neither side may change it after sending.
+
+Identity: every request carries the sender's cluster id (None while it has
+none) and every response the answering node's storage incarnation (None for
+a store that keeps none); the runtime refuses requests of another cluster and
+the engine checks incarnations against the membership."""
 
 
 cdef class AppendEntriesRequest:
@@ -8,8 +13,9 @@ cdef class AppendEntriesRequest:
 
     def __init__(self, long long term, leader_id, long long prev_log_term,
                  long long prev_log_index, list entries, long long leader_commit,
-                 long long seq=0):
+                 long long seq=0, cluster_id=None):
         self.seq = seq
+        self.cluster_id = cluster_id
         self.term = term
         self.leader_id = leader_id
         self.prev_log_term = prev_log_term
@@ -28,7 +34,8 @@ cdef class AppendEntriesRequest:
         return (self.term == o.term and self.leader_id == o.leader_id
                 and self.prev_log_term == o.prev_log_term
                 and self.prev_log_index == o.prev_log_index
-                and self.entries == o.entries and self.leader_commit == o.leader_commit)
+                and self.entries == o.entries and self.leader_commit == o.leader_commit
+                and self.cluster_id == o.cluster_id)
 
     __hash__ = None
 
@@ -47,7 +54,8 @@ cdef class AppendEntriesResponse:
     made match; on failure the conflict hint lets the leader skip back fast."""
 
     def __init__(self, long long term, bint success, long long matched=0,
-                 long long conflict_index=0, long long conflict_term=0):
+                 long long conflict_index=0, long long conflict_term=0, incarnation=None):
+        self.incarnation = incarnation
         self.term = term
         self.success = success
         self.matched = matched
@@ -60,7 +68,7 @@ cdef class AppendEntriesResponse:
         cdef AppendEntriesResponse o = <AppendEntriesResponse>other
         return (self.term == o.term and self.success == o.success and self.matched == o.matched
                 and self.conflict_index == o.conflict_index
-                and self.conflict_term == o.conflict_term)
+                and self.conflict_term == o.conflict_term and self.incarnation == o.incarnation)
 
     __hash__ = None
 
@@ -75,7 +83,9 @@ cdef class VoteRequest:
     """Candidate -> voter."""
 
     def __init__(self, long long term, candidate_id, long long last_log_term,
-                 long long last_log_index, bint pre_vote=False, bint transfer=False):
+                 long long last_log_index, bint pre_vote=False, bint transfer=False,
+                 cluster_id=None):
+        self.cluster_id = cluster_id
         self.term = term
         self.candidate_id = candidate_id
         self.last_log_term = last_log_term
@@ -90,7 +100,8 @@ cdef class VoteRequest:
         return (self.term == o.term and self.candidate_id == o.candidate_id
                 and self.last_log_term == o.last_log_term
                 and self.last_log_index == o.last_log_index
-                and self.pre_vote == o.pre_vote and self.transfer == o.transfer)
+                and self.pre_vote == o.pre_vote and self.transfer == o.transfer
+                and self.cluster_id == o.cluster_id)
 
     __hash__ = None
 
@@ -103,7 +114,8 @@ cdef class VoteRequest:
 cdef class VoteResponse:
     """Voter -> candidate; granted only once the vote is on disk."""
 
-    def __init__(self, long long term, bint granted, voter_id=None):
+    def __init__(self, long long term, bint granted, voter_id=None, incarnation=None):
+        self.incarnation = incarnation
         self.term = term
         self.granted = granted
         self.voter_id = voter_id
@@ -112,7 +124,8 @@ cdef class VoteResponse:
         if not isinstance(other, VoteResponse):
             return NotImplemented
         cdef VoteResponse o = <VoteResponse>other
-        return self.term == o.term and self.granted == o.granted and self.voter_id == o.voter_id
+        return (self.term == o.term and self.granted == o.granted and self.voter_id == o.voter_id
+                and self.incarnation == o.incarnation)
 
     __hash__ = None
 
@@ -125,7 +138,8 @@ cdef class TransferLeaderRequest:
     """Leader -> the node it hands leadership to: "you have my whole log up
     to last_log_index; campaign now" (Raft's TimeoutNow)."""
 
-    def __init__(self, long long term, leader_id, long long last_log_index):
+    def __init__(self, long long term, leader_id, long long last_log_index, cluster_id=None):
+        self.cluster_id = cluster_id
         self.term = term
         self.leader_id = leader_id
         self.last_log_index = last_log_index
@@ -135,7 +149,7 @@ cdef class TransferLeaderRequest:
             return NotImplemented
         cdef TransferLeaderRequest o = <TransferLeaderRequest>other
         return (self.term == o.term and self.leader_id == o.leader_id
-                and self.last_log_index == o.last_log_index)
+                and self.last_log_index == o.last_log_index and self.cluster_id == o.cluster_id)
 
     __hash__ = None
 
@@ -179,7 +193,8 @@ cdef class InstallSnapshotRequest:
     last one."""
 
     def __init__(self, long long term, leader_id, SnapshotMeta meta, long long offset,
-                 bytes data, bint done):
+                 bytes data, bint done, cluster_id=None):
+        self.cluster_id = cluster_id
         self.term = term
         self.leader_id = leader_id
         self.meta = meta
@@ -194,13 +209,15 @@ cdef class InstallSnapshotRequest:
 
 
 cdef class InstallSnapshotResponse:
-    def __init__(self, long long term):
+    def __init__(self, long long term, incarnation=None):
         self.term = term
+        self.incarnation = incarnation
 
     def __eq__(self, other):
         if not isinstance(other, InstallSnapshotResponse):
             return NotImplemented
-        return self.term == (<InstallSnapshotResponse>other).term
+        return (self.term == (<InstallSnapshotResponse>other).term
+                and self.incarnation == (<InstallSnapshotResponse>other).incarnation)
 
     __hash__ = None
 

@@ -105,7 +105,8 @@ async def start_cluster(n: int, seed: int, *, init_all: bool = False, router=Non
             router.add(i, raft)
             nodes[i] = raft
         for i in (range(1, n + 1) if init_all else (1,)):
-            await nodes[i].initialize(members(n))
+            # Nodes initialized one by one must agree on the cluster id.
+            await nodes[i].initialize(members(n), cluster_id=f"cluster-{seed}")
     except BaseException:
         await cluster.shutdown()
         raise

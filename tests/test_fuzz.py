@@ -103,19 +103,22 @@ def message(draw, max_term: int = 2**63 - 1):
     plausible and extreme field values."""
     kind = draw(st.sampled_from(["ae", "ae", "vote", "snap", "transfer"]))
     term = draw(st.one_of(SMALL, st.integers(0, max_term)))
+    # The sender's cluster id: none yet, or one (this node's or another's).
+    cluster_id = draw(st.one_of(st.none(), st.text(min_size=1, max_size=8)))
     if kind == "ae":
         prev = draw(st.one_of(st.integers(0, 8), st.integers(0, 2**62)))
         return [1, term, draw(NODE_ID), draw(st.integers(0, 6)), prev,
-                draw(st.one_of(st.integers(0, 10), I64)), draw(entries_flat(prev + 1))]
+                draw(st.one_of(st.integers(0, 10), I64)), draw(entries_flat(prev + 1)),
+                cluster_id]
     if kind == "vote":
         return [3, term, draw(NODE_ID), draw(SMALL), draw(st.one_of(SMALL, I64)),
-                draw(st.booleans()), draw(st.booleans())]
+                draw(st.booleans()), draw(st.booleans()), cluster_id]
     if kind == "snap":
         meta = [draw(SMALL), draw(st.one_of(SMALL, I64)),
                 draw(st.one_of(st.none(), membership())), draw(st.text(max_size=8))]
         return [6, term, draw(NODE_ID), meta, draw(st.integers(0, 100)),
-                draw(st.binary(max_size=64)), draw(st.booleans())]
-    return [5, term, draw(NODE_ID), draw(st.one_of(SMALL, I64))]
+                draw(st.binary(max_size=64)), draw(st.booleans()), cluster_id]
+    return [5, term, draw(NODE_ID), draw(st.one_of(SMALL, I64)), cluster_id]
 
 
 def pack_frame(body: bytes, version: int = WIRE_VERSION) -> bytes:

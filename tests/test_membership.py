@@ -60,10 +60,16 @@ class MembershipLog:
 
 
 def membership_entries(raft: Raft) -> list:
-    """(index, voter configurations) of the membership entries in a node's log, in order."""
+    """(index, voter configurations) of the membership entries in a node's log
+    that change the voters, in order. (A leader also appends entries that keep
+    the voters and only record members' storage incarnations, whenever a
+    member first answers: they are left out.)"""
     last = raft.metrics.last_log_index
-    return [(e.index, e.payload.configs) for e in raft.log_store.entries(1, last)
-            if e.kind == ENTRY_MEMBERSHIP]
+    out = []
+    for e in raft.log_store.entries(1, last):
+        if e.kind == ENTRY_MEMBERSHIP and (not out or out[-1][1] != e.payload.configs):
+            out.append((e.index, e.payload.configs))
+    return out
 
 
 def fs(*ids) -> frozenset:

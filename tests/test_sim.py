@@ -133,3 +133,19 @@ def test_command_line_prints_a_summary(capsys):
     assert sim.main(["--seeds", "1", "--duration", "2"]) == 0
     out = capsys.readouterr().out
     assert "seeds run: 1, violations: 0" in out and "faults injected:" in out
+
+
+def test_a_node_restarted_on_empty_storage_is_replaced_and_every_check_stays_green():
+    # "wipe" restarts a member on empty storage under its old id, then
+    # replaces it (remove, add back, promote) before wiping another.
+    settings = sim.SimSettings(duration=5.0, fault_kinds=("wipe", "crash", "partition", "elect"),
+                               fault_interval=0.3)
+    wiped = replaced = 0
+    for seed in range(1, 6):
+        r = sim.run_seed(seed, settings)
+        assert r.ok, f"seed {seed}: {r.violation}\n" + "\n".join(r.trace[-30:])
+        assert r.lin_unknown == 0
+        wiped += r.faults["wipe"]
+        replaced += sum(line.endswith(tuple(f"replaced wiped {i}" for i in range(1, 8)))
+                        for line in r.trace)
+    assert wiped > 0 and replaced > 0, (wiped, replaced)

@@ -10,7 +10,7 @@ A Raft needs no peer address until it has a membership, so the natural order
 is: create the Raft, start its server (port 0 picks a free port, read it back
 from `server.port`), then initialize the cluster with the addresses.
 
-Wire format, version 1. Every frame is
+Wire format, version 2. Every frame is
 
     length   4 bytes, big-endian: the number of bytes that follow it
     version  1 byte: WIRE_VERSION
@@ -23,7 +23,10 @@ and a body is one of
     [request_id, None, reason]     the server's handler raised: `reason` is its text
 
 where `message` is what `raftcore.codec.encode_message` makes of an RPC
-message, and `request_id` is an integer the client chose. Requests carry
+message, and `request_id` is an integer the client chose. Version 2 added
+the identity field to every message (a request's cluster id, a response's
+storage incarnation); a node answers a request of another cluster with an
+error frame only. Requests carry
 AppendEntries, Vote, InstallSnapshot or TransferLeader; replies carry the
 matching response type (TransferLeader has none: `[request_id, None]`).
 
@@ -85,6 +88,20 @@ keeps serving every other connection. A request frame of valid msgpack that
 Python cannot hold (a map keyed by a list, as a tuple key arrives) is the
 sender's bad value, not a broken stream: it is answered with an error frame
 and the connection goes on. Nothing a peer sends can raise out of the server.
+
+Cluster hello. A client that knows its node's cluster id (from the requests
+it sends: every request carries it) opens each connection, after the
+shared-secret handshake if any, with
+
+    client -> server   ["raftcore-hello", 1, cluster_id]
+    server -> client   ["raftcore-hello", 1, its cluster_id or None]
+
+and sends nothing more if the server belongs to another cluster: the connect
+fails (NetworkError, back-off, a WARNING), and the server closes the
+connection with a WARNING too. A server without a cluster id yet answers
+None and the connection goes on (it adopts the id from the first request).
+Every request still carries the id and is checked by the node; the hello
+only turns a peer of another cluster away before any request is sent.
 
 TLS: pass an `ssl.SSLContext` to each side (`ssl.PROTOCOL_TLS_SERVER` /
 `ssl.PROTOCOL_TLS_CLIENT`); for mutual TLS give the server context
@@ -153,7 +170,7 @@ __all__ = ["TcpNetwork", "TcpClient", "RaftServer", "WIRE_VERSION", "DEFAULT_MAX
 log = logging.getLogger("raftcore.network.tcp")
 
 #: The version byte of every frame this module writes and the only one it reads.
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 #: Largest frame (version byte + body) accepted or sent. It must exceed the
 #: largest AppendEntries a node sends: Config.max_payload_bytes (4 MiB by
 #: default) of byte payloads plus per-entry overhead, or one oversized entry
@@ -198,6 +215,11 @@ _AUTH_SERVER_LABEL = b"raftcore-auth/%d wire/%d server->client proof\x00" % (
 # Largest frame read during the handshake: a peer that has not proved itself
 # cannot make the server buffer more than this.
 _AUTH_MAX_FRAME = 256
+
+# Cluster hello (see the module docstring).
+HELLO_MAGIC = "raftcore-hello"
+_HELLO_VERSION = 1
+_MAX_CLUSTER_ID = 64
 
 
 class AuthError(Exception):
@@ -285,6 +307,43 @@ async def client_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamW
     expected = _auth_proof(secret, _AUTH_SERVER_LABEL, server_nonce, client_nonce)
     if not hmac.compare_digest(proof, expected):
         raise AuthError("the server's proof does not match: it holds a different secret")
+
+
+def _hello_frame(cluster_id: Optional[str]) -> bytes:
+    body = msgpack.packb([HELLO_MAGIC, _HELLO_VERSION, cluster_id], use_bin_type=True)
+    return _pack_header(len(body) + 1, WIRE_VERSION) + body
+
+
+def _hello_cluster_id(obj: Any) -> Any:
+    """The cluster id of a well-formed hello (None or a string); raises
+    ValueError for anything else."""
+    if type(obj) is not list or len(obj) != 3 or obj[0] != HELLO_MAGIC:
+        raise ValueError("not a cluster hello")
+    cid = obj[2]
+    if obj[1] != _HELLO_VERSION or not (
+            cid is None or (type(cid) is str and 0 < len(cid) <= _MAX_CLUSTER_ID)):
+        raise ValueError(f"malformed cluster hello {obj!r:.200}")
+    return cid
+
+
+async def client_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       cluster_id: str) -> Optional[str]:
+    """Sends this node's cluster id and returns the server's (None if it has
+    none yet). Raises AuthError if the answer is not a hello."""
+    writer.write(_hello_frame(cluster_id))
+    try:
+        size, version = _unpack_header(await reader.readexactly(_HEADER_SIZE))
+        if version != WIRE_VERSION or not 1 <= size <= _AUTH_MAX_FRAME:
+            raise AuthError(f"expected the cluster hello, got a frame of wire version "
+                            f"{version} and {size} bytes")
+        body = await reader.readexactly(size - 1)
+    except asyncio.IncompleteReadError:
+        raise AuthError("the server closed the connection instead of answering the "
+                        "cluster hello") from None
+    try:
+        return _hello_cluster_id(_unpackb(body))
+    except Exception as exc:
+        raise AuthError(f"expected the cluster hello: {exc}") from None
 
 
 def _unpackb(body: bytes) -> Any:
@@ -401,6 +460,9 @@ class TcpNetwork(Network):
                     "back would wait that long for a heartbeat and start an election")
             return
         self.backoff_max = min(self.backoff_max, config.heartbeat_interval)
+        #: The cluster id of the requests this network sends (learned from
+        #: them), announced in the hello of every new connection.
+        self.cluster_id: Optional[str] = None
 
     def client(self, target: int, node: Any) -> "NetworkClient":
         addr = getattr(node, "addr", None)
@@ -673,6 +735,9 @@ class _Channel:
     async def call(self, msg: Any, expect: type) -> Any:
         conn = self._conn
         if conn is None or conn.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+            cid = getattr(msg, "cluster_id", None)
+            if cid is not None:
+                self._net.cluster_id = cid      # for the hello of the connection to come
             # Wait for a connection or for the send buffer to drain; while a
             # caller waits here call_nowait declines, so requests go out in
             # the order they were made.
@@ -870,6 +935,8 @@ class _Channel:
                         log.warning("cannot connect to %s: %s", self._who(), reason)
                     self._failed(reason)
                     raise NetworkError(f"cannot connect to {self._who()}: {reason}") from None
+            if self._net.cluster_id is not None:
+                await self._hello(reader, writer, self._net.cluster_id)
             if self._closed:
                 writer.transport.abort()
                 raise NetworkError(f"the client of {self._who()} is closed")
@@ -881,6 +948,31 @@ class _Channel:
             return conn
         finally:
             self._connecting = None
+
+    async def _hello(self, reader: _FrameReader, writer: asyncio.StreamWriter,
+                     cluster_id: str) -> None:
+        """Announces the cluster id; a server of another cluster fails the connect."""
+        try:
+            theirs = await asyncio.wait_for(client_hello(reader, writer, cluster_id),
+                                            self._connect_timeout)
+        except BaseException as exc:
+            writer.transport.abort()
+            if isinstance(exc, asyncio.TimeoutError):
+                reason = f"no answer to the cluster hello within {self._connect_timeout}s"
+            elif isinstance(exc, (AuthError, OSError, _ssl.SSLError)):
+                reason = f"cluster hello failed: {exc}"
+            else:
+                raise
+            self._failed(reason)
+            raise NetworkError(f"cannot connect to {self._who()}: {reason}") from None
+        if theirs is not None and theirs != cluster_id:
+            writer.transport.abort()
+            reason = (f"it belongs to cluster {theirs}, this node to cluster {cluster_id} "
+                      "(another cluster's node at that address?)")
+            if self._backoff == 0.0:
+                log.warning("cannot connect to %s: %s", self._who(), reason)
+            self._failed(reason)
+            raise NetworkError(f"cannot connect to {self._who()}: {reason}")
 
     def _failed(self, reason: str) -> None:
         """Starts or extends the back-off after a failed connect or a lost connection."""
@@ -1222,6 +1314,8 @@ class RaftServer:
         except Exception as exc:
             return f"frame body is not msgpack ({exc or type(exc).__name__})"
         if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not int:
+            if type(obj) is list and obj and obj[0] == HELLO_MAGIC:
+                return self._hello(conn, obj)
             return "frame body is not [request_id, message]"
         msg = obj[1]
         services = self._services
@@ -1267,6 +1361,20 @@ class RaftServer:
         conn.reply_error(obj[0], CodecError(
             f"the request cannot be decoded ({exc}): a map key that is a tuple, list or map "
             "on the sender arrives as a list or map, which cannot be a key"))
+        return None
+
+    def _hello(self, conn: _ServerConn, obj: list) -> Optional[str]:
+        """Answers a cluster hello with this node's cluster id; a reason to
+        close the connection if the peer belongs to another cluster."""
+        try:
+            theirs = _hello_cluster_id(obj)
+        except ValueError as exc:
+            return str(exc)
+        mine = getattr(getattr(self._raft, "metrics", None), "cluster_id", None)
+        conn.writer.write(_hello_frame(mine))
+        if theirs is not None and mine is not None and theirs != mine:
+            return (f"the peer belongs to cluster {theirs}, this node to cluster {mine} "
+                    "(a node of another cluster, or one pointed at another cluster's storage)")
         return None
 
     def _spawn_waiter(self, conn: _ServerConn) -> None:

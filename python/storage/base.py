@@ -6,6 +6,7 @@ per entry.
 from __future__ import annotations
 
 import abc
+import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -35,6 +36,22 @@ class LogState:
     last_log_id: Optional[LogId]
 
 
+@dataclass(frozen=True)
+class StoreIdentity:
+    """Who a log store belongs to: the cluster id (None until the node
+    initializes a cluster or first hears from one) and the store's
+    incarnation, a random id made once, when the store's storage is created
+    (a wiped or replaced store has a new one)."""
+
+    cluster_id: Optional[str]
+    incarnation: str
+
+
+def new_identity_token() -> str:
+    """A fresh random cluster id or incarnation (16 hex digits)."""
+    return secrets.token_hex(8)
+
+
 class LogStore(abc.ABC):
     """The Raft log and the vote of one node.
 
@@ -46,6 +63,10 @@ class LogStore(abc.ABC):
     - truncate_after() and purge() keep the log contiguous; a truncation is
       durable before any later append is reported flushed.
     - save_vote() returns only once the vote is durable.
+    - read_identity() returns the same incarnation for as long as the
+      storage exists, and save_cluster_id() returns only once the id is
+      durable. A store that overrides neither keeps no identity: its node
+      then runs without the cluster and incarnation checks.
     - A store never calls back into the node from inside a call other than
       through on_flushed.
     - `persistent` says whether the log outlives the process. A store that
@@ -104,6 +125,16 @@ class LogStore(abc.ABC):
         and listener(None) once they went through. Its save_vote raises
         raftcore.errors.NoSpace, leaving the saved vote as it was. The
         default (a store that never runs out) never calls it."""
+
+    async def read_identity(self) -> Optional[StoreIdentity]:
+        """The store's cluster id and incarnation (made when the storage was
+        created), or None for a store that keeps no identity (the default)."""
+        return None
+
+    async def save_cluster_id(self, cluster_id: str) -> None:
+        """Records the cluster id durably; returns once it is. Called only
+        on a store whose read_identity() returns an identity."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no identity")
 
     async def close(self) -> None:
         """Releases resources; further calls are errors."""

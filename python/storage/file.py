@@ -5,6 +5,9 @@ Directory layout::
     FORMAT                  "raftcore-filelog" and the format version
     LOCK                    flock()ed while a store has the directory open
     vote                    the vote, replaced atomically (vote.tmp, fsync, rename, fsync dir)
+    identity                the cluster id and the store's incarnation (made with the
+                            directory; a new directory is a new incarnation), replaced
+                            atomically like the vote
     seg-000000000001.log    log segments, numbered consecutively; the last one is written
 
 Segment files are allocated ahead of their data (posix_fallocate, in steps of
@@ -91,7 +94,8 @@ import msgpack
 from raftcore.codec import (decode_entries, decode_log_id, decode_vote, encode_entries,
                             encode_log_id, encode_vote)
 from raftcore.errors import NoSpace, StorageError, is_space_error
-from raftcore.storage.base import FlushCallback, LogState, LogStore
+from raftcore.storage.base import (FlushCallback, LogState, LogStore, StoreIdentity,
+                                   new_identity_token)
 from raftcore.storage.sync_worker import SyncWorker
 from raftcore.types import Entry, LogId, Vote
 
@@ -122,9 +126,10 @@ R_PURGE = 4
 R_COMMITTED = 5
 R_MARKER = 6
 R_VOTE = 7
+R_IDENTITY = 8
 _RECORD_NAMES = {R_HEADER: "header", R_ENTRIES: "entries", R_TRUNCATE: "truncate",
                  R_PURGE: "purge", R_COMMITTED: "committed", R_MARKER: "commit marker",
-                 R_VOTE: "vote"}
+                 R_VOTE: "vote", R_IDENTITY: "identity"}
 
 _HEAD = struct.Struct("<II")            # length of (type + payload), crc32
 _LEN_TYPE = struct.Struct("<IB")        # what the crc covers before the payload
@@ -142,6 +147,8 @@ FORMAT_FILE = "FORMAT"
 LOCK_FILE = "LOCK"
 VOTE_FILE = "vote"
 VOTE_TMP = "vote.tmp"
+IDENTITY_FILE = "identity"
+IDENTITY_TMP = "identity.tmp"
 _SEG_RE = re.compile(r"^seg-(\d{12})\.log$")
 
 
@@ -571,6 +578,7 @@ class FileLogStore(LogStore):
         self._fd: Optional[int] = None           # the active (last) segment, for appends
         self._segments: list[_Segment] = []
         self._vote: Optional[Vote] = None
+        self._identity: Optional[StoreIdentity] = None
         self._committed: Optional[LogId] = None
         self._index = _Index(1, None)
         # writer state (event loop thread only)
@@ -635,6 +643,7 @@ class FileLogStore(LogStore):
         segs = sorted((int(m.group(1)), n) for n in names if (m := _SEG_RE.match(n)))
         self._check_format(names, bool(segs))
         self._load_vote(names)
+        self._load_identity(names)
         self._recover(segs)
         ix = self._index
         self._taken = (ix.next_index, ix.purged, self._committed)
@@ -698,6 +707,47 @@ class FileLogStore(LogStore):
             raise
         except Exception as exc:
             raise StorageError(f"{path}: undecodable vote record at offset 0: {exc}") from exc
+
+    def _load_identity(self, names: list) -> None:
+        """Reads the identity file, or makes one (a new incarnation) for a
+        directory without: new storage, or one written before identities."""
+        if IDENTITY_TMP in names:
+            self._ops.unlink(self._p(IDENTITY_TMP))
+        if IDENTITY_FILE not in names:
+            identity = StoreIdentity(None, new_identity_token())
+            self._replace_identity(self._identity_record(identity))
+            self._identity = identity
+            return
+        path = self._p(IDENTITY_FILE)
+        data = memoryview(self._ops.read_file(path))
+        rec = read_frame(data, 0)
+        if rec is None or rec[0] != R_IDENTITY or rec[2] != len(data):
+            raise StorageError(f"{path}: the identity file is damaged (bad checksum or length "
+                               "at offset 0); refusing to open")
+        try:
+            version, cluster_id, incarnation = _unpack(rec[1])
+            if version not in READABLE_VERSIONS:
+                raise StorageError(f"{path}: identity format version {version}, expected one "
+                                   f"of {READABLE_VERSIONS}")
+            if not (cluster_id is None or type(cluster_id) is str) or type(incarnation) is not str:
+                raise StorageError(f"{path}: the cluster id and incarnation must be strings")
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"{path}: undecodable identity record: {exc}") from exc
+        self._identity = StoreIdentity(cluster_id, incarnation)
+
+    @staticmethod
+    def _identity_record(identity: StoreIdentity) -> bytes:
+        return frame(R_IDENTITY, msgpack.packb(
+            [FORMAT_VERSION, identity.cluster_id, identity.incarnation], use_bin_type=True))
+
+    def _replace_identity(self, data: bytes) -> None:
+        ops = self._ops
+        tmp = self._p(IDENTITY_TMP)
+        ops.write_file(tmp, data)
+        ops.rename(tmp, self._p(IDENTITY_FILE))
+        ops.fsync(self._dir_fd)
 
     # -------------------------------------------------------------- recovery
 
@@ -955,6 +1005,22 @@ class FileLogStore(LogStore):
     async def read_vote(self) -> Optional[Vote]:
         self._check_open()
         return self._vote
+
+    async def read_identity(self) -> Optional[StoreIdentity]:
+        self._check_open()
+        return self._identity
+
+    async def save_cluster_id(self, cluster_id: str) -> None:
+        self._check_writable()
+        identity = StoreIdentity(cluster_id, self._identity.incarnation)
+        async with self._vote_lock:     # one directory fd user at a time, as close() expects
+            self._check_writable()
+            try:
+                await self._off_loop(self._replace_identity, self._identity_record(identity))
+            except OSError as exc:
+                raise StorageError(f"FileLogStore {self.path}: saving the cluster id failed: "
+                                   f"{exc}") from exc
+            self._identity = identity
 
     async def get_log_state(self) -> LogState:
         self._check_open()

@@ -13,7 +13,8 @@ import msgpack
 
 from raftcore.errors import NotAllowed, StorageError
 from raftcore.messages import SnapshotMeta
-from raftcore.storage.base import FlushCallback, LogState, LogStore, Snapshot, StateMachine
+from raftcore.storage.base import (FlushCallback, LogState, LogStore, Snapshot, StateMachine,
+                                   StoreIdentity, new_identity_token)
 from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry, LogId, Vote
 
 #: Version of MemStateMachine's snapshot format.
@@ -25,11 +26,15 @@ class MemLogStore(LogStore):
     """A log and vote held in memory; flushed as soon as appended. Not
     persistent: a node purges it up to any snapshot (a simulated restart
     that keeps the object keeps MemStateMachine's snapshot too, see
-    MemStateMachine.restarted)."""
+    MemStateMachine.restarted).
+
+    Each store is new storage: it gets its own incarnation (`incarnation`
+    fixes it, for a simulation that must replay exactly)."""
 
     persistent = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, incarnation: Optional[str] = None) -> None:
+        self._identity = StoreIdentity(None, incarnation or new_identity_token())
         self._vote: Optional[Vote] = None
         self._entries: list[Entry] = []     # _entries[i] has index _purged_index + 1 + i
         self._purged: Optional[LogId] = None
@@ -41,6 +46,12 @@ class MemLogStore(LogStore):
 
     async def read_vote(self) -> Optional[Vote]:
         return self._vote
+
+    async def read_identity(self) -> Optional[StoreIdentity]:
+        return self._identity
+
+    async def save_cluster_id(self, cluster_id: str) -> None:
+        self._identity = StoreIdentity(cluster_id, self._identity.incarnation)
 
     async def save_vote(self, vote: Vote) -> None:
         self._vote = vote

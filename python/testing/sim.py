@@ -23,6 +23,13 @@ continuously:
 At the end every fault heals; within a bounded virtual time there must be one
 leader, converged members, and a write and a read that succeed (liveness).
 
+One fault, "wipe", is an operator's bad day: a node loses its disk and is
+restarted under its old id on empty storage (a new storage incarnation). It
+must not vote or count toward commit; the next "wipe" fault replaces it the
+way an operator would (removes it, adds it back, promotes it again) before
+it wipes another node, so at most one member is wiped at a time. The checker
+forgets the wiped node's vote history (its new storage voted in no term).
+
 Most faults are random. One, "figure8", is a script: it drives the cluster
 through Figure 8 of the Raft paper (see Simulation.figure8), the one schedule
 under which counting an older term's entries toward commit loses a committed
@@ -33,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import random
 import sys
 import time
@@ -46,7 +54,7 @@ from raftcore.model import Node, ReadPolicy
 from raftcore.network.local import LocalRouter
 from raftcore.raft import Raft
 from raftcore.engine import LEADER
-from raftcore.storage.base import LogState, LogStore
+from raftcore.storage.base import LogState, LogStore, StoreIdentity
 from raftcore.storage.mem import MemStateMachine
 from raftcore.testing import lincheck
 from raftcore.testing.virtual_loop import VirtualTimeLoop, inline_executor
@@ -56,7 +64,7 @@ from raftcore.types import ENTRY_BLANK
 FAULT_KINDS = ("isolate", "partition", "one_way", "ring", "drop", "duplicate", "crash",
                "crash_leader", "crash_new_leader", "lose_blanks", "power_loss",
                "pause", "elect", "snapshot", "purge", "transfer", "add_learner", "promote",
-               "remove_voter", "figure8", "disk_full")
+               "remove_voter", "figure8", "disk_full", "wipe")
 
 #: Known-bad behaviours a test can switch on to show the checks catch them.
 BUGS = ("commit_prev_term", "double_vote", "unconfirmed_reads", "ack_before_flush")
@@ -113,7 +121,8 @@ class SimDisk(LogStore):
                  ack_before_flush: bool = False) -> None:
         self.rng = rng
         self.durable = durable if durable is not None else {
-            "vote": None, "entries": [], "purged": None, "committed": None}
+            "vote": None, "entries": [], "purged": None, "committed": None,
+            "identity": StoreIdentity(None, "%016x" % rng.getrandbits(64))}
         self.entries = list(self.durable["entries"])
         self.purged = self.durable["purged"]
         self.vote = self.durable["vote"]
@@ -153,6 +162,15 @@ class SimDisk(LogStore):
     async def get_log_state(self):
         last = self.entries[-1].log_id if self.entries else self.purged
         return LogState(self.purged, last)
+
+    async def read_identity(self):
+        return self.durable["identity"]
+
+    async def save_cluster_id(self, cluster_id):
+        await asyncio.sleep(self.rng.uniform(0.0002, 0.002))
+        if not self.crashed:
+            self.durable["identity"] = dataclasses.replace(self.durable["identity"],
+                                                           cluster_id=cluster_id)
 
     async def read_entries(self, first, last):
         base = self._base()
@@ -359,6 +377,11 @@ class Checker:
     def new_incarnation(self, node: int) -> None:
         self.incarnation[node] = (0, 0)
 
+    def storage_lost(self, node: int) -> None:
+        """The node restarts on new storage: it cast no vote there yet."""
+        self.votes.pop(node, None)
+        self.max_term.pop(node, None)
+
     def observe(self, node: int, raft: Raft, disk: SimDisk) -> None:
         core = raft._core
         if core._fatal is not None:
@@ -430,6 +453,7 @@ class Simulation:
         self.crash_next_leader: Optional[float] = None
         self.known_leader: dict[int, int] = {}      # node -> term it was seen leading
         self.held: set[int] = set()                 # crashed nodes a script keeps down
+        self.wiped: Optional[int] = None            # the member that lost its disk, if any
 
     def log(self, msg: str) -> None:
         self.trace.append(f"{asyncio.get_running_loop().time():9.4f}  {msg}")
@@ -469,7 +493,8 @@ class Simulation:
         loop = asyncio.get_running_loop()
         for i in sorted(self.voter_ids):
             await self.start_node(i)
-        await self.rafts[1].initialize({i: Node(f"sim-{i}") for i in sorted(self.voter_ids)})
+        await self.rafts[1].initialize({i: Node(f"sim-{i}") for i in sorted(self.voter_ids)},
+                                       cluster_id=f"sim-{self.seed}")
         watcher = asyncio.ensure_future(self.watch())
         clients = [asyncio.ensure_future(self.client(c)) for c in range(self.s.clients)]
         faults = asyncio.ensure_future(self.inject_faults())
@@ -703,6 +728,8 @@ class Simulation:
             disk.fill()
             self.log(f"disk full {n}")
             self.later(rng.uniform(0.2, 2.0), lambda: (disk.free(), self.log(f"disk freed {n}")))
+        elif kind == "wipe":
+            return await self.wipe(rng)
         elif kind == "figure8":
             await self.figure8(rng)
             return False        # counted as it started: a run may end in the middle of it
@@ -759,6 +786,48 @@ class Simulation:
             self.background(leader.change_membership(ChangeMembers.remove_voters({n}),
                                                      retain=retain))
         return True
+
+    async def wipe(self, rng: random.Random) -> bool:
+        """Restarts a live member on empty storage under its old id, or, if
+        one was wiped before, replaces that one first."""
+        leader = self.leader_guess()
+        if leader is None:
+            return False
+        if self.wiped is not None:
+            n = self.wiped
+            self.log(f"replace wiped {n}")
+            self.background(self.replace_wiped(leader, n))
+            return False        # counted when it wiped
+        # Only a member whose incarnation the membership records: before
+        # that, a wiped node cannot be told from a new one (the README says so).
+        members = leader.metrics.membership.nodes
+        live = [i for i in sorted(members) if i not in self.down and i in self.rafts
+                and members[i].incarnation is not None]
+        if not live:
+            return False
+        n = rng.choice(live)
+        await self.crash(n)
+        self.checker.storage_lost(n)
+        self.down.discard(n)
+        await self.start_node(n)
+        self.wiped = n
+        self.log(f"wipe {n}: restarted on empty storage")
+        return True
+
+    async def replace_wiped(self, leader: Raft, n: int) -> None:
+        """What an operator does for a node that lost its disk: remove it
+        from the membership, add it back and, if it voted, promote it."""
+        m = leader.metrics.membership
+        was_voter = n in m.voter_ids
+        if was_voter:
+            await leader.change_membership(ChangeMembers.remove_voters({n}))
+        elif n in m.nodes:
+            await leader.change_membership(ChangeMembers.remove_nodes({n}))
+        await leader.add_learner(n, Node(f"sim-{n}"), blocking=False)
+        if was_voter:
+            await leader.change_membership(ChangeMembers.add_voter_ids({n}))
+        self.wiped = None
+        self.log(f"replaced wiped {n}")
 
     # ------------------------------------------------------ Figure 8
 

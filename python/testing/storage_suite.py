@@ -35,7 +35,9 @@ several points; purge at several points (including past the last entry); the
 log state after purges and truncations; the initial state a node recovers
 from the store (vote, log, a conflicting tail overwritten, a log ahead of or
 behind the state machine); membership recovered from the log or, once purged
-from it, from the state machine; the optional committed log id. State
+from it, from the state machine; the optional committed log id; the store's
+identity (an incarnation made with the store, kept across reopens and new
+for a new store, and a durable cluster id). State
 machines: applying single and multiple entries, blank and membership entries
 (None responses), mixed batches, applied_state, that batching does not
 change responses, and the durability contract: a snapshot reported by
@@ -66,7 +68,7 @@ from raftcore.config import Config
 from raftcore.errors import StorageError
 from raftcore.membership import Membership
 from raftcore.model import Node
-from raftcore.storage.base import LogState, LogStore, StateMachine
+from raftcore.storage.base import LogState, LogStore, StateMachine, StoreIdentity
 from raftcore.storage.mem import MemLogStore, MemStateMachine
 from raftcore.types import ENTRY_BLANK, ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry, LogId, Vote
 
@@ -310,6 +312,40 @@ async def check_initial_state(f: LogStoreFactory) -> None:
                 store = await f.cycle(store)
     finally:
         await store.close()
+
+
+async def check_identity(f: LogStoreFactory) -> None:
+    """read_identity gives an incarnation made with the store, the same after
+    a reopen and another for another store; save_cluster_id is durable.
+    Without them a node cannot tell that its storage was wiped or belongs to
+    another cluster."""
+    store = await f.make()
+    other = None
+    try:
+        ident = await store.read_identity()
+        assert ident is not None, (
+            "read_identity returned None: the store keeps no identity, so its node cannot "
+            "tell a wiped disk or another cluster's (implement read_identity and "
+            "save_cluster_id)")
+        assert isinstance(ident.incarnation, str) and ident.incarnation, ident
+        assert ident.cluster_id is None, f"a fresh store has no cluster id, got {ident}"
+        store = await f.cycle(store)
+        got = await store.read_identity()
+        assert got == ident, f"after reopen read_identity returned {got}, before {ident}"
+        await store.save_cluster_id("cluster-1")
+        want = StoreIdentity("cluster-1", ident.incarnation)
+        got = await store.read_identity()
+        assert got == want, f"read_identity returned {got} after save_cluster_id"
+        store = await f.cycle(store)
+        got = await store.read_identity()
+        assert got == want, f"after reopen read_identity returned {got}, expected {want}"
+        other = await f.make()
+        theirs = (await other.read_identity()).incarnation
+        assert theirs != ident.incarnation, f"two stores share the incarnation {theirs}"
+    finally:
+        await store.close()
+        if other is not None:
+            await other.close()
 
 
 async def check_save_and_read_vote(f: LogStoreFactory) -> None:
@@ -707,6 +743,7 @@ async def check_membership_log_newer_than_state_machine(f: LogStoreFactory) -> N
 LOG_STORE_CHECKS: list[tuple[str, Callable[[LogStoreFactory], Awaitable[None]]]] = [
     (fn.__name__[len("check_"):], fn) for fn in (
         check_initial_state,
+        check_identity,
         check_save_and_read_vote,
         check_append_and_read_ranges,
         check_append_refuses_gaps_and_overlaps,

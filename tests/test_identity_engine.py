@@ -1,0 +1,243 @@
+"""Engine rules for node identity: storage incarnations recorded in the
+membership, and what a node whose storage was wiped or replaced may not do.
+
+Driven synchronously, without an event loop (see engine_harness.py); each
+test runs in a forked child (`isolated`).
+"""
+import pytest
+
+import engine_harness as h     # tests/engine_harness.py, on the path through conftest.py
+
+from raftcore.engine import CANDIDATE, LEADER
+from raftcore.errors import NotAllowed
+from raftcore.membership import Membership
+from raftcore.messages import VoteRequest, VoteResponse
+from raftcore.model import Node
+from raftcore.types import ENTRY_MEMBERSHIP, Entry, Vote
+
+isolated = h.isolated
+flush_all = h.flush_all
+
+
+def pinned(incarnations, voters=None):
+    """A membership whose node records hold the given incarnations (None: not recorded)."""
+    return Membership([set(voters or incarnations)],
+                      {i: Node(f"n{i}", incarnation=inc) for i, inc in incarnations.items()})
+
+
+def node(node_id, membership, incarnation, **config):
+    """An engine whose log holds the membership entry (1, 1), committed."""
+    e = h.make_engine(node_id, **config)
+    e.restore(Vote(1, None), None, [Entry(1, 1, ENTRY_MEMBERSHIP, membership)], 1, 1)
+    assert e.take_commands() == []
+    e.incarnation = incarnation
+    return e
+
+
+def elect(candidate, voters, now=0.0):
+    """Campaigns and feeds granted votes from `voters` ({id: incarnation the
+    voter answers with}); returns the commands emitted."""
+    candidate.trigger_elect(now)
+    cmds = candidate.take_commands()
+    req = next(c[2] for c in cmds if c[0] == "send_vote")
+    for voter, inc in voters.items():
+        candidate.handle_vote_response(voter, req, VoteResponse(req.term, True, voter, inc), now)
+        cmds += candidate.take_commands()
+    flush_all(candidate)
+    return cmds + candidate.take_commands()
+
+
+def pump(engines, cmds_by_node, down=(), now=0.0, limit=300):
+    """Delivers every send_append (and its answer) until none is left, each
+    node flushing what it appends at once. Returns the number of requests
+    delivered; more than `limit` means the exchange never settles."""
+    queue = [(src, c) for src, cmds in cmds_by_node.items() for c in cmds]
+    delivered = 0
+    while queue:
+        src, c = queue.pop(0)
+        if c[0] != "send_append":
+            continue
+        if src in down or c[1] in down:
+            engines[src].handle_append_failure(c[1], c[2], now)     # the runtime's report
+            queue += [(src, x) for x in engines[src].take_commands()]
+            continue
+        delivered += 1
+        assert delivered <= limit, "replication never settles: requests keep flowing"
+        sender, receiver = engines[src], engines[c[1]]
+        resp = receiver.handle_append_entries(c[2], now)
+        flush_all(receiver)
+        queue += [(c[1], x) for x in receiver.take_commands()]
+        sender.handle_append_response(c[1], c[2], resp, now)
+        flush_all(sender)
+        queue += [(src, x) for x in sender.take_commands()]
+    return delivered
+
+
+def heartbeat(leader, engines, down=()):
+    leader.tick(leader.heartbeat_deadline)
+    cmds = leader.take_commands()
+    pump(engines, {leader.id: cmds}, down)
+    return cmds
+
+
+def recorded(engine):
+    return {i: n.incarnation for i, n in engine.membership.nodes.items()}
+
+
+@isolated
+def test_leader_records_the_incarnation_each_member_answered_with_in_the_membership():
+    m = pinned({1: "inc-1", 2: None, 3: None})
+    es = {i: node(i, m, f"inc-{i}") for i in (1, 2, 3)}
+    leader = es[1]
+    pump(es, {1: elect(leader, {2: "inc-2", 3: "inc-3"}, now=0.0)}, down={3})
+    assert leader.committed == 2 and recorded(leader)[2] is None
+    # Node 3 is not heard from: the heartbeat records what is known.
+    cmds = heartbeat(leader, es, down={3})
+    appended = [e for c in cmds if c[0] == "append" for e in c[1]]
+    assert len(appended) == 1 and appended[0].kind == ENTRY_MEMBERSHIP
+    assert appended[0].payload.configs == m.configs
+    assert leader.committed == 3
+    assert recorded(leader) == {1: "inc-1", 2: "inc-2", 3: None}
+    # Node 3 answers: its incarnation is recorded at once, in one more entry.
+    heartbeat(leader, es)
+    assert leader.committed == 4
+    for e in es.values():
+        assert recorded(e) == {1: "inc-1", 2: "inc-2", 3: "inc-3"}
+    # Everything is recorded: later heartbeats append nothing.
+    assert not [c for c in heartbeat(leader, es) if c[0] == "append"]
+
+
+@isolated
+def test_acknowledgements_from_a_member_answering_under_another_incarnation_do_not_count():
+    m = pinned({1: "a", 2: "b", 3: "c"})
+    es = {1: node(1, m, "a"), 2: node(2, m, "b"), 3: node(3, m, "c-replaced")}
+    leader = es[1]
+    pump(es, {1: elect(leader, {2: "b"})})
+    assert leader.committed == 2
+    assert leader.stale_members == {3}
+    index = leader.client_write([b"x"], 0.0)
+    flush_all(leader)
+    pump(es, {1: leader.take_commands()}, down={2})
+    assert es[3].last_log_index == index          # node 3 holds and acknowledged it ...
+    assert leader.committed == index - 1          # ... but only node 2's ack commits it
+    heartbeat(leader, es)
+    assert leader.committed == index
+
+
+@isolated
+@pytest.mark.parametrize("pre_vote", [False, True])
+def test_candidate_does_not_count_a_vote_from_a_voter_answering_under_another_incarnation(pre_vote):
+    m = pinned({1: "a", 2: "b", 3: "c"})
+    candidate = node(1, m, "a", pre_vote=pre_vote)
+    candidate.tick(candidate.election_deadline)
+    req = next(c[2] for c in candidate.take_commands() if c[0] == "send_vote")
+    assert req.pre_vote == pre_vote
+    candidate.handle_vote_response(2, req, VoteResponse(req.term, True, 2, "b-wiped"), 0.0)
+    assert not [c for c in candidate.take_commands() if c[0] == "send_vote"]
+    assert candidate.state != LEADER and (pre_vote or candidate.state == CANDIDATE)
+    candidate.handle_vote_response(3, req, VoteResponse(req.term, True, 3, "c"), 0.0)
+    if pre_vote:
+        assert candidate.state == CANDIDATE     # the real election started
+    else:
+        assert candidate.state == LEADER
+
+
+@isolated
+def test_node_whose_storage_the_membership_does_not_record_never_votes_or_campaigns():
+    m = pinned({1: "a", 2: "b", 3: "c"})
+    e = node(3, m, "c-wiped")
+    assert e.identity_stale
+    e.tick(e.election_deadline)
+    assert e.take_commands() == []
+    resp = e.handle_vote_request(VoteRequest(5, 1, 1, 1), 0.0)
+    assert not resp.granted and resp.incarnation == "c-wiped"
+    assert e.take_commands() == [] and e.vote == Vote(1, None)
+    with pytest.raises(NotAllowed, match="wiped or replaced"):
+        e.trigger_elect(0.0)
+    # Removed and added back: the new record is not pinned yet, the node may vote.
+    readded = pinned({1: "a", 2: "b", 3: None})
+    e.restore(Vote(1, None), None, [Entry(1, 1, ENTRY_MEMBERSHIP, readded)], 1, 1)
+    assert not e.identity_stale
+    assert e.handle_vote_request(VoteRequest(5, 1, 1, 1), 0.0).granted
+
+
+@isolated
+def test_leader_replicates_from_scratch_to_a_member_restarted_on_empty_storage_and_reports_it():
+    m = pinned({1: "a", 2: "b", 3: "c"})
+    es = {i: node(i, m, inc) for i, inc in ((1, "a"), (2, "b"), (3, "c"))}
+    leader = es[1]
+    pump(es, {1: elect(leader, {2: "b", 3: "c"})})
+    leader.client_write([b"x", b"y"], 0.0)
+    flush_all(leader)
+    pump(es, {1: leader.take_commands()})
+    assert es[3].last_log_index == leader.last_log_index == leader.committed == 4
+    # Node 3 loses its disk and restarts under its old id: a new incarnation.
+    es[3] = h.make_engine(3)
+    es[3].incarnation = "c-new"
+    heartbeat(leader, es)       # pump's limit fails the test if the leader livelocks
+    assert es[3].last_log_index == leader.last_log_index
+    assert es[3].identity_stale and recorded(es[3])[3] == "c"
+    assert leader.stale_members == {3}
+    # Its acks do not count: with node 2 down nothing commits.
+    index = leader.client_write([b"z"], 0.0)
+    flush_all(leader)
+    pump(es, {1: leader.take_commands()}, down={2})
+    assert es[3].last_log_index == index and leader.committed < index
+    heartbeat(leader, es)
+    assert leader.committed == index
+
+    # Removed, then added back: its new incarnation is recorded and counts.
+    leader.change_membership(pinned({1: "a", 2: "b"}), 0.0)
+    flush_all(leader)
+    pump(es, {1: leader.take_commands()})
+    leader.change_membership(Membership([{1, 2}], {**leader.membership.nodes, 3: Node("n3")}),
+                             0.0)
+    flush_all(leader)
+    pump(es, {1: leader.take_commands()})
+    heartbeat(leader, es)       # node 3 answers ...
+    heartbeat(leader, es)       # ... and the next heartbeat records its incarnation
+    assert recorded(leader)[3] == "c-new"
+    leader.change_membership(Membership([{1, 2, 3}], leader.membership.nodes), 0.0)
+    flush_all(leader)
+    pump(es, {1: leader.take_commands()})
+    assert leader.stale_members == set() and not es[3].identity_stale
+    index = leader.client_write([b"w"], 0.0)
+    flush_all(leader)
+    pump(es, {1: leader.take_commands()}, down={2})
+    assert leader.committed == index
+
+
+@isolated
+def test_leader_that_finds_a_member_on_new_storage_keeps_its_quorum_contact():
+    # check_quorum: a leader steps down once no quorum answered for an
+    # election timeout. Finding that node 3 came back on new storage must not
+    # make it forget that node 2 answered a moment ago.
+    m = pinned({1: "a", 2: "b", 3: "c"})
+    es = {i: node(i, m, inc, check_quorum=True) for i, inc in ((1, "a"), (2, "b"), (3, "c"))}
+    leader = es[1]
+    pump(es, {1: elect(leader, {2: "b", 3: "c"})})
+    for _ in range(8):          # leading for four seconds, twice election_timeout_max
+        heartbeat(leader, es)
+    es[3] = h.make_engine(3)
+    es[3].incarnation = "c-new"
+    heartbeat(leader, es, down={2})     # node 2 misses one round; node 3 answers it
+    assert leader.stale_members == {3}
+    heartbeat(leader, es)
+    assert leader.state == LEADER
+
+
+@isolated
+def test_recording_incarnations_keeps_the_heartbeat_rounds_the_voters_answered():
+    # Lease reads and check_quorum count on the rounds a quorum answered; an
+    # entry that only records incarnations keeps the voters, and those counts.
+    m = pinned({1: "a", 2: None, 3: None})
+    es = {i: node(i, m, inc) for i, inc in ((1, "a"), (2, "b"), (3, "c"))}
+    leader = es[1]
+    pump(es, {1: elect(leader, {2: "b", 3: "c"})}, down={3})
+    confirmed = leader.confirmed_seq
+    assert confirmed > 0
+    leader.tick(leader.heartbeat_deadline)      # records node 2's incarnation
+    appended = [e for c in leader.take_commands() if c[0] == "append" for e in c[1]]
+    assert [e.kind for e in appended] == [ENTRY_MEMBERSHIP]
+    assert recorded(leader)[2] == "b"
+    assert leader.confirmed_seq == confirmed
