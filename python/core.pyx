@@ -514,7 +514,7 @@ cdef class RaftCore:
         if mine is None:
             await self._adopt_cluster(cluster_id or new_identity_token(), "initialize")
 
-    async def _admit(self, cluster_id, sender) -> None:
+    async def _admit_peer(self, cluster_id, sender) -> None:
         """Lets a request of cluster `cluster_id` from `sender` through, adopting
         the id on first contact (durably, before answering anything, if the
         store keeps an identity); a request
@@ -866,7 +866,7 @@ cdef class RaftCore:
         self.check_running()
         self._check_request_term(req.term)
         if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
-            await self._admit(req.cluster_id, req.candidate_id)
+            await self._admit_peer(req.cluster_id, req.candidate_id)
         resp = self.engine.handle_vote_request(req, self.loop.time())
         await self.run_commands()
         return resp
@@ -875,7 +875,7 @@ cdef class RaftCore:
         self.check_running()
         self._check_request_term(req.term)
         if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
-            await self._admit(req.cluster_id, req.leader_id)
+            await self._admit_peer(req.cluster_id, req.leader_id)
         self.engine.handle_transfer_leader(req, self.loop.time())
         await self.run_commands()
 
@@ -884,7 +884,7 @@ cdef class RaftCore:
         self.check_running()
         self._check_request_term(req.term)
         if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
-            await self._admit(req.cluster_id, req.leader_id)
+            await self._admit_peer(req.cluster_id, req.leader_id)
         if req.term >= self.engine.vote.term:
             self._receive_chunk(req)
         resp = self.engine.handle_install_snapshot(req, self.loop.time())
@@ -917,7 +917,7 @@ cdef class RaftCore:
         self.check_running()
         self._check_request_term(req.term)
         if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
-            await self._admit(req.cluster_id, req.leader_id)
+            await self._admit_peer(req.cluster_id, req.leader_id)
         resp = self.engine.handle_append_entries(req, self.loop.time())
         await self.run_commands()
         if resp.success and self.engine.flushed < resp.matched:
