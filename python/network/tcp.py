@@ -446,6 +446,9 @@ class TcpNetwork(Network):
         self._backoff_given = reconnect_backoff_max is not None
         #: Reconnect back-off cap, read by each connection at each failure.
         self.backoff_max = reconnect_backoff_max if self._backoff_given else BACKOFF_MAX
+        #: The cluster id of the requests this network sends (learned from
+        #: them), announced in the hello of every new connection.
+        self.cluster_id: Optional[str] = None
 
     def configure(self, config: Any) -> None:
         """Fits the reconnect back-off to a node's Config (Raft.create calls
@@ -460,9 +463,6 @@ class TcpNetwork(Network):
                     "back would wait that long for a heartbeat and start an election")
             return
         self.backoff_max = min(self.backoff_max, config.heartbeat_interval)
-        #: The cluster id of the requests this network sends (learned from
-        #: them), announced in the hello of every new connection.
-        self.cluster_id: Optional[str] = None
 
     def client(self, target: int, node: Any) -> "NetworkClient":
         addr = getattr(node, "addr", None)
