@@ -38,7 +38,7 @@ from raftcore.config import Config
 from raftcore.errors import ConfigError
 from raftcore.kv import KV_GET, LEASE, OK, Client
 from raftcore.messages import VoteRequest
-from raftcore.network.tcp import SERVICE_TYPE_MIN, WIRE_VERSION
+from raftcore.network.tcp import HELLO_MAGIC, SERVICE_TYPE_MIN, WIRE_VERSION
 
 from test_kv_process import HOST, free_ports, kv_test, node_cmd, status_of, until
 
@@ -108,6 +108,16 @@ async def ask(addr: str, msg: list) -> list:
         writer.close()
 
 
+async def read_frame(reader) -> tuple[bytes, bytes]:
+    head = await reader.readexactly(_FRAME_HEAD.size)
+    return head, await reader.readexactly(_FRAME_HEAD.unpack(head)[0] - 1)
+
+
+def is_hello(body: bytes) -> bool:
+    obj = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    return type(obj) is list and bool(obj) and obj[0] == HELLO_MAGIC
+
+
 def sender_of(body: bytes):
     """The node that sent a request frame's body, None for a client's request:
     every Raft request names its sender (leader_id, or a vote's candidate_id)."""
@@ -163,8 +173,14 @@ class Links:
 
     async def _carry_from(self, dest: int, reader, writer) -> None:
         try:
-            head = await reader.readexactly(_FRAME_HEAD.size)
-            body = await reader.readexactly(_FRAME_HEAD.unpack(head)[0] - 1)
+            head, body = await read_frame(reader)
+            if is_hello(body):
+                # A connection opens with the cluster hello, which names no
+                # sender. The proxy answers it as a node that has no cluster
+                # id yet would (the connection goes on; the node still checks
+                # the id each request carries) and routes on the request after it.
+                writer.write(frame([HELLO_MAGIC, 1, None]))
+                head, body = await read_frame(reader)
             sender = sender_of(body)
             if self.cut_off in (sender, dest):
                 writer.close()

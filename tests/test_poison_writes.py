@@ -314,7 +314,8 @@ async def test_a_request_python_cannot_hold_is_answered_with_an_error_on_a_live_
             # An AppendEntries whose payload is a map keyed by a list: valid
             # msgpack, but no Python dict can hold it.
             msg = encode_message(AppendEntriesRequest(1, 1, 0, 0, [Entry(1, 1, ENTRY_NORMAL)], 0))
-            msg[-1][3] = {"k": 1}
+            entries = next(f for f in msg if type(f) is list)   # [term, index, kind, payload]
+            entries[3] = {"k": 1}
             body = msgpack.packb([7, msg], use_bin_type=True).replace(b"\xa1k", b"\x91\x01")
             writer.write(frame(body) + frame(request_body(8, AppendEntriesRequest(2, 1, 0, 0,
                                                                                    [], 0))))

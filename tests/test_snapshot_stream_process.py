@@ -28,6 +28,7 @@ import msgpack
 from raftcore.codec import decode_message
 from raftcore.kv import Client
 from raftcore.messages import InstallSnapshotRequest
+from raftcore.network.tcp import HELLO_MAGIC
 
 from test_kv_process import (GUARD, HOST, NODE_ARGS, KvCluster, kv_test, node_cmd,
                              status_of, until, wait_leader)
@@ -100,6 +101,12 @@ class StallingProxy:
         self._writers.add(up_writer)
         try:
             first = await _read_frame(reader)
+            if _is_hello(first):
+                # The cluster hello opens the connection: passed through with
+                # its answer; the first request follows it.
+                up_writer.write(first)
+                writer.write(await _read_frame(up_reader))
+                first = await _read_frame(reader)
             if _is_snapshot_chunk(first):
                 self.snapshot_connections += 1
                 if self._stall_armed:
@@ -129,6 +136,11 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes:
     header = await reader.readexactly(_HEADER.size)
     size, _version = _HEADER.unpack(header)
     return header + await reader.readexactly(size - 1)
+
+
+def _is_hello(frame: bytes) -> bool:
+    obj = msgpack.unpackb(frame[_HEADER.size:], raw=False, strict_map_key=False)
+    return type(obj) is list and bool(obj) and obj[0] == HELLO_MAGIC
 
 
 def _is_snapshot_chunk(frame: bytes) -> bool:
