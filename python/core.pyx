@@ -940,8 +940,9 @@ cdef class RaftCore:
         if (self.stopped or self._busy or self._deferred or req.term != e.vote.term
                 or e.leader_id != req.leader_id or e.vote.node_id is None
                 or (e.state != S_FOLLOWER and e.state != S_LEARNER)
-                or (req.cluster_id is not e.cluster_id and req.cluster_id is not None
-                    and req.cluster_id != e.cluster_id)):
+                or (req.cluster_id is not e.cluster_id and req.cluster_id != e.cluster_id)):
+            # (Another cluster id, or none while this node has one: the slow
+            # path adopts it on first contact or refuses it, as for any request.)
             return None
         resp = e.handle_append_entries(req, self.loop.time())
         self._run_sync()
