@@ -675,6 +675,16 @@ class _Problem:
         self.rok = [rok[i] for i in keep]
         self.rval = [rval[i] for i in keep]
         self.completed = [items[i].completed for i in keep]
+        # Completed operations whose checked result pins the value before
+        # them exactly (see the forced step in _search). A successful cas
+        # pins only what it matched: any value == its expected one.
+        class_size: dict[int, int] = {}
+        for c in eq:
+            class_size[c] = class_size.get(c, 0) + 1
+        self.pins = [self.completed[i] and self.chk[i]
+                     and not (self.kind[i] == _CAS and self.rok[i]
+                              and class_size.get(self.ac[i], 0) > 1)
+                     for i in range(len(keep))]
         # Initial values to search from. For an unknown one: each value a
         # cas whose result is not checked expects (such a cas succeeds or
         # fails depending on it), and _ANY for "any other value", which
@@ -768,7 +778,7 @@ def _search(p: _Problem, budget: int, init: int) -> _SearchOutcome:
             match[pos] = ret_node.get(node_item[pos], -1)
 
     kind, a, b, chk, rok, rval = p.kind, p.a, p.b, p.chk, p.rok, p.rval
-    eq, ac = p.eq, p.ac
+    eq, ac, pins = p.eq, p.ac, p.pins
     completed = p.completed
     excluded = p.excluded
 
@@ -860,7 +870,7 @@ def _search(p: _Problem, budget: int, init: int) -> _SearchOutcome:
             x = nxt[0]
             while x != -1 and is_call[x]:
                 j = node_item[x]
-                if completed[j] and chk[j] and step(j, state) == state:
+                if pins[j] and step(j, state) == state:
                     forcing = True
                     break
                 x = nxt[x]
