@@ -110,8 +110,9 @@ returns a :class:`Result`:
   indeterminate); (3) relaxations, each kept only while the result still
   fails: drop a read, make a write indeterminate, stop checking a write's
   result (shown as "result not needed"); (4) dropping indeterminate
-  (unknown-outcome) writes, each kept out only when the rest still fails on
-  its own. That one is not a relaxation, but the sub-history failed with
+  (unknown-outcome) writes, before the relaxations and again after them,
+  each kept out only when the rest still fails on its own. That one is not
+  a relaxation, but the sub-history failed with
   those writes free to take effect or not, so it fails whichever of them
   took effect: the violation does not depend on them. ``minimize`` bounds
   the work (``True``: :data:`DEFAULT_MINIMIZE_BUDGET` search steps per
@@ -155,7 +156,9 @@ linearizability", 2017):
   current value and that leaves it unchanged (a read of it, a failed cas
   that saw it) is linearized at once, as the only choice -- moved there
   from later in any linearization it sees the same value and changes
-  nothing. This removes the blow-up from many concurrent reads.
+  nothing. This removes the blow-up from many concurrent reads. (A
+  successful cas pins only "a value == the expected one": it is forced only
+  when no other value in the history is == to that one.)
 - *Indeterminate operations* have an invocation event and no response event
   (their response is at infinity), so they may be linearized any time after
   their invocation; the search succeeds once every *completed* operation is
