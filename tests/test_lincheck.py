@@ -7,10 +7,11 @@ import itertools
 import random
 import time
 
+import msgpack
 import pytest
 
 from raftcore.storage import MemStateMachine
-from raftcore.testing.lincheck import UNKNOWN, History, Op, check
+from raftcore.testing.lincheck import DEFAULT_BUDGET, UNKNOWN, History, Op, check
 from raftcore.types import ENTRY_NORMAL, Entry
 
 
@@ -251,8 +252,8 @@ def test_timed_out_writes_of_one_value_are_interchangeable():
                   op("r", "read", "a", (), t + 2, t + 3, None)]
         return h
 
-    assert check(history(12), max_states=1000).ok is True
-    assert check(history(13), max_states=1000).ok is False
+    assert check(history(12), budget=1000).ok is True
+    assert check(history(13), budget=1000).ok is False
 
 
 def test_indeterminate_read_is_ignored():
@@ -321,6 +322,87 @@ def test_structured_values_compare_like_msgpack():
     assert check(h).ok is True
 
 
+def _set_then_read(written, seen):
+    return [op("c1", "set", "a", (written,), 0, 1, None), op("c2", "read", "a", (), 2, 3, seen)]
+
+
+@pytest.mark.parametrize("written, seen", [
+    (1, True), (True, 1), (0, False), (1, 1.0), (True, 1.0), ("a", b"a"),
+    ([1, 2], [1, True]), ((1,), (1.0,)), ({"x": 1}, {"x": True}), ({1: "x"}, {True: "x"}),
+    ([1], {0: 1}),
+])
+def test_a_result_of_another_msgpack_value_is_a_violation(written, seen):
+    # Python's == holds for most of these pairs, but a client gets back the
+    # msgpack value that was written: a bool, an int and a float differ.
+    assert check(_set_then_read(written, seen)).ok is False
+    assert check(_set_then_read(written, written)).ok is True
+
+
+@pytest.mark.parametrize("written, seen", [
+    ((1, 2), [1, 2]), ({"x": (1, [2])}, {"x": [1, (2,)]}), (bytearray(b"z"), b"z"),
+    (float("nan"), float("nan")), ([False, 2.5], (False, 2.5)), (-0.0, 0.0),
+])
+def test_a_result_of_the_same_msgpack_value_is_fine(written, seen):
+    assert check(_set_then_read(written, seen)).ok is True
+
+
+@pytest.mark.parametrize("stored, expected", [
+    (True, 1), (1, True), (1, 1.0), (False, 0), (0, None), ([1, 2], (1, 2)),
+    ({"k": [1]}, {"k": (True,)}), (float("nan"), float("nan")), ("1", 1), (b"a", "a"),
+])
+def test_cas_matches_as_memstatemachine_compares(stored, expected):
+    # Whether the real state machine's cas succeeds (Python's == on the
+    # values msgpack decoded), the model agrees; the other answer fails.
+    data: dict = {}
+    run(data, "set", "a", (stored,))
+    answer = run(data, "cas", "a", (expected, "new"))
+    h = [op("c1", "set", "a", (stored,), 0, 1, None),
+         op("c1", "cas", "a", (expected, "new"), 2, 3, answer)]
+    assert check(h).ok is True
+    h[1] = op("c1", "cas", "a", (expected, "new"), 2, 3,
+              [False, stored] if answer[0] else [True, "new"])
+    assert check(h).ok is False
+
+
+def test_cas_on_an_unknown_value_matches_every_equal_value():
+    # The unknown initial value was True (the first read saw it); the cas
+    # expecting 1 then succeeded, as MemStateMachine's == says.
+    h = [op("c1", "read", "a", (), 0, 1, True),
+         op("c1", "cas", "a", (1, "x"), 2, 3, UNKNOWN),
+         op("c1", "read", "a", (), 4, 5, "x")]
+    assert check(h, initial={"a": UNKNOWN}).ok is True
+    h[2] = op("c1", "read", "a", (), 4, 5, True)
+    assert check(h, initial={"a": UNKNOWN}).ok is False
+    assert oracle(h, {"a": UNKNOWN}) is False
+
+
+def test_a_cas_that_rewrites_an_equal_value_is_not_forced_early():
+    # cas(1, True) from True changes nothing, but from 1 it writes True:
+    # here it must come after the set of 1, although it could go first.
+    h = [op("a", "cas", "k", (1, True), 0, 10, [True, True]),
+         op("b", "set", "k", (1,), 1, 2, True),
+         op("c", "read", "k", (), 3, 4, True)]
+    assert oracle(h, {"k": True}) is True
+    assert check(h, initial={"k": True}).ok is True
+    h[2] = op("c", "read", "k", (), 3, 4, 1)
+    assert check(h, initial={"k": True}).ok is oracle(h, {"k": True}) is True
+
+
+def test_mixed_type_values_agree_with_brute_force():
+    # Values that Python's == mixes up and msgpack does not, written, cas'd
+    # and read back through the real MemStateMachine.
+    rng = random.Random(4)
+    values = [1, True, 1.0, 0, False, [1], (True,), {"k": 1}, {"k": True}, "1"]
+    verdicts = []
+    for _ in range(1500):
+        ops, initial = random_small_domain_history(rng, rng.sample(values, rng.randint(2, 5)))
+        expected = oracle(ops, initial)
+        r = check(ops, initial)
+        assert r.ok is expected, (ops, initial, r.explanation)
+        verdicts.append(expected)
+    assert verdicts.count(True) > 300 and verdicts.count(False) > 300
+
+
 # --------------------------------------------------------------------------
 # Keys (P-compositionality) and explanations
 
@@ -387,6 +469,23 @@ def test_witness_is_small_and_fails_on_its_own():
     # The search got through all 41 operations before the stale read.
     assert len(kr.linearization) == 41
     assert check(h, minimize=False).keys["a"].witness == []
+
+
+def test_witness_leaves_out_unknown_outcome_writes_the_failure_does_not_need():
+    # A stale read among 20 timed-out cas that expect one value: each could
+    # follow another, so none is ruled out before the search, and no
+    # relaxation removes them; they are dropped one by one while the rest
+    # still fails.
+    h = [op("c1", "set", "a", ("old",), 0, 1, None)]
+    h += [timed_out(f"t{i}", "cas", "a", ("x", f"y{i}"), 2 + i / 10) for i in range(20)]
+    h += [op("c1", "set", "a", ("new",), 10, 11, "old"), op("c2", "read", "a", (), 12, 13, "old")]
+    r = check(h)
+    assert r.ok is False
+    kr = r.keys["a"]
+    assert kr.witness == [Op("c1", "set", "a", ("new",), 10, 11, UNKNOWN), h[-1]]
+    assert kr.witness_initial is UNKNOWN
+    assert check(kr.witness, initial={"a": UNKNOWN}).ok is False
+    assert "(2 of 23 ops;" in r.explanation
 
 
 def test_minimize_option():
@@ -485,12 +584,55 @@ def test_budget_gives_unknown_never_a_wrong_verdict():
     bad.append(op("r", "read", "a", (), 103, 104, 1))    # 0 was last, then 1?
     good = _many_concurrent_writes(10, 0)
     for budget in (1, 5, 50, 500):
-        assert check(bad, max_states=budget).ok is None
-        assert check(good, max_states=budget).ok in (True, None)
-    r = check(bad, max_states=50)
+        assert check(bad, budget=budget).ok is None
+        assert check(good, budget=budget).ok in (True, None)
+    r = check(bad, budget=50)
     assert r.unknown and not r.failures and "budget" in r.explanation
     assert check(bad).ok is False
     assert check(good).ok is True
+
+
+def dense_history(rng, n_ops, n_clients, p_unknown, n_values):
+    """Many clients on one key writing a few values over and over, most
+    outcomes unknown: each operation takes effect at a random instant inside
+    its interval (one with an unknown outcome: or never)."""
+    free = [rng.uniform(0, 1) for _ in range(n_clients)]
+    plan = []
+    for _ in range(n_ops):
+        c = min(range(n_clients), key=free.__getitem__)
+        call = free[c] + rng.uniform(0, 0.2)
+        ret = call + rng.uniform(0.1, 3.0)
+        kind = rng.choice(["read", "set", "delete", "cas", "read", "set", "cas"])
+        args = {"read": (), "delete": (), "set": (rng.randrange(n_values),),
+                "cas": (rng.choice([None, rng.randrange(n_values)]),
+                        rng.randrange(n_values))}[kind]
+        unknown = rng.random() < p_unknown
+        when = None if unknown and rng.random() < 0.5 else rng.uniform(call, ret)
+        plan.append((f"c{c}", kind, args, call, ret, when, unknown))
+        free[c] = ret
+    data: dict = {}
+    results = {}
+    for i in sorted((i for i, p in enumerate(plan) if p[5] is not None),
+                    key=lambda i: plan[i][5]):
+        results[i] = run(data, plan[i][1], "k", plan[i][2])
+    return [Op(c, kind, "k", args, call, None if unknown else ret, results.get(i), ok=not unknown)
+            for i, (c, kind, args, call, ret, when, unknown) in enumerate(plan)]
+
+
+def test_one_budget_of_search_steps_bounds_the_search():
+    # 100 operations of 30 clients on one key, 60 % of them with unknown
+    # outcome: a configuration costs hundreds of steps here. The budget
+    # given is the one that runs out, and the default one decides it.
+    ops = dense_history(random.Random(13), 100, 30, 0.6, 10)
+    small = check(ops, budget=100_000)
+    assert small.ok is None and small.keys["k"].steps == 100_000
+    assert "the search budget of 100000 steps ran out" in small.explanation
+    r = check(ops)
+    assert r.ok is True, r.explanation
+    assert 100_000 < r.keys["k"].steps <= DEFAULT_BUDGET
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="budget"):
+            check(ops, budget=bad)
 
 
 # --------------------------------------------------------------------------
@@ -498,14 +640,19 @@ def test_budget_gives_unknown_never_a_wrong_verdict():
 # MemStateMachine, so linearizable by construction.
 
 
+def decoded(value):
+    """`value` as a node decodes it from msgpack (tuples become lists)."""
+    return msgpack.unpackb(msgpack.packb(value), strict_map_key=False)
+
+
 def run(data, kind, key, args):
     """One operation on the real MemStateMachine holding `data` (changed in
-    place); a read is a get."""
+    place), with the command as a node decodes it; a read is a get."""
     sm = MemStateMachine()
     sm.data = data
     if kind == "read":
         return sm.get(key)
-    return sm.apply([Entry(1, 1, ENTRY_NORMAL, [kind, key, *args])])[0]
+    return sm.apply([Entry(1, 1, ENTRY_NORMAL, decoded([kind, key, *args]))])[0]
 
 
 def generate(rng, n_ops, keys, n_clients, p_timeout=0.05, cas_weight=2):
@@ -556,11 +703,16 @@ def generate(rng, n_ops, keys, n_clients, p_timeout=0.05, cas_weight=2):
     return ops, written
 
 
+def same_value(x, y):
+    """The same msgpack value: what a client can tell apart."""
+    return msgpack.packb(x) == msgpack.packb(y)
+
+
 def oracle(ops, initial=None):
     """Brute force: try every order (and every subset of the indeterminate
     operations) that respects real time; for small histories only. An
     UNKNOWN initial value: try every value the history mentions, and one it
-    does not."""
+    does not. Results are compared as msgpack values."""
     initial = initial or {}
     for key in {o.key for o in ops}:
         items = [o for o in ops if o.key == key]
@@ -570,7 +722,7 @@ def oracle(ops, initial=None):
                 seen = list(o.args)
                 if o.result is not UNKNOWN:
                     seen.append(o.result[1] if o.kind == "cas" else o.result)
-                values += [v for v in seen if v not in values]
+                values += [v for v in seen if not any(same_value(v, w) for w in values)]
             if not any(oracle(items, {key: v}) for v in values):
                 return False
             continue
@@ -584,13 +736,14 @@ def oracle(ops, initial=None):
                     continue
                 d = dict(data)
                 out = run(d, o.kind, key, o.args)
-                if o.ok and o.result is not UNKNOWN and out != o.result:
+                if o.ok and o.result is not UNKNOWN and not same_value(out, o.result):
                     continue
                 if rec(remaining - {i}, d):
                     return True
             return False
 
-        if not rec(frozenset(range(len(items))), {key: initial[key]} if key in initial else {}):
+        if not rec(frozenset(range(len(items))),
+                   {key: decoded(initial[key])} if key in initial else {}):
             return False
     return True
 
@@ -637,12 +790,12 @@ def test_small_random_histories_agree_with_brute_force():
     assert (failed, passed) == (147, 90)
 
 
-def random_small_domain_history(rng):
-    """A history over values {1, 2, 3} (so writes repeat values and cas
-    expectations often hold), from a random run with some results then
-    replaced at random, some left unchecked and some operations timed out;
-    ties in time are common."""
-    domain = [None, 1, 2, 3][:rng.randint(2, 4)]
+def random_small_domain_history(rng, values=None):
+    """A history over values {1, 2, 3} (or None and `values`), so writes
+    repeat values and cas expectations often hold, from a random run with
+    some results then replaced at random, some left unchecked and some
+    operations timed out; ties in time are common."""
+    domain = [None, 1, 2, 3][:rng.randint(2, 4)] if values is None else [None] + values
     plan = []
     for k in range(rng.randint(1, 8)):
         call = rng.randint(0, 12) if rng.random() < 0.5 else rng.uniform(0, 12)
@@ -712,7 +865,7 @@ def test_concurrent_reads_are_not_tried_in_every_order():
     h.append(op("w", "set", "a", (1,), 0, 10, None))
     h.append(op("x", "read", "a", (), 11, 12, 1))
     h.append(op("x", "read", "a", (), 13, 14, None))
-    r = check(h, max_states=2000)
+    r = check(h, budget=2000)
     assert r.ok is False
     assert r.states < 100
 
@@ -725,6 +878,19 @@ def test_many_clients_on_one_key():
     bad, i = corrupt_read(rng, ops, written, fresh=True)
     r = check(bad)
     assert r.ok is False and r.keys["k"].stuck is bad[i]
+
+
+def test_twenty_thousand_operations_with_unknown_outcomes_are_decided_within_the_budget():
+    rng = random.Random(20000)
+    ops, written = generate(rng, 20000, ["k0", "k1", "k2", "k3"], 10, p_timeout=0.05)
+    assert 900 < sum(1 for o in ops if not o.ok) < 1100
+    r = check(ops)
+    assert r.ok is True, r.explanation
+    assert len(r.keys) == 4
+    bad, i = corrupt_read(random.Random(1), ops, written, fresh=True)
+    r = check(bad)
+    assert r.ok is False and [k.key for k in r.failures] == [bad[i].key]
+    assert bad[i] in r.failures[0].witness
 
 
 def test_two_thousand_operations():

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -132,7 +136,8 @@ def test_settings_reject_an_unknown_fault_kind(capsys):
 def test_command_line_prints_a_summary(capsys):
     assert sim.main(["--seeds", "1", "--duration", "2"]) == 0
     out = capsys.readouterr().out
-    assert "seeds run: 1, violations: 0" in out and "faults injected:" in out
+    assert "seeds run: 1, violations: 0, undecided: 0 seeds (0 keys)" in out
+    assert "faults injected:" in out
 
 
 def test_a_node_restarted_on_empty_storage_is_replaced_and_every_check_stays_green():
@@ -149,3 +154,35 @@ def test_a_node_restarted_on_empty_storage_is_replaced_and_every_check_stays_gre
         replaced += sum(line.endswith(tuple(f"replaced wiped {i}" for i in range(1, 8)))
                         for line in r.trace)
     assert wiped > 0 and replaced > 0, (wiped, replaced)
+
+
+def _raftcore_sim(*args):
+    exe = os.path.join(os.path.dirname(sys.executable), "raftcore")
+    return subprocess.run([exe, "sim", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_command_line_fails_a_seed_whose_linearizability_is_undecided():
+    # A budget of one search step decides no key that has a completed
+    # operation: every seed is undecided, none passes in silence.
+    run = _raftcore_sim("--seeds", "2", "--duration", "1", "--lin-budget", "1")
+    assert run.returncode == 1, run.stdout + run.stderr
+    summary = re.search(r"seeds run: 2, violations: 0, undecided: 2 seeds \((\d+) keys\)",
+                        run.stdout)
+    assert summary and int(summary.group(1)) >= 2, run.stdout
+    assert "seed 1: UNDECIDED: unknown: the search budget ran out" in run.stdout
+    reproduce = ("raftcore sim --seed 2 --nodes 5 --duration 1.0 --fault-interval 0.4 "
+                 "--lin-budget 1")
+    assert f"  reproduce: {reproduce} (or try a larger --lin-budget)" in run.stdout
+    # The reproduce command replays the undecided seed.
+    again = _raftcore_sim(*reproduce.split()[2:])
+    assert again.returncode == 1 and "seed 2: UNDECIDED" in again.stdout, again.stdout
+    # Tolerated on request, still reported.
+    allowed = _raftcore_sim("--seeds", "2", "--duration", "1", "--lin-budget", "1",
+                            "--allow-undecided")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "undecided: 2 seeds" in allowed.stdout
+
+
+def test_command_line_rejects_a_budget_that_is_not_positive():
+    run = _raftcore_sim("--seeds", "1", "--lin-budget", "0")
+    assert run.returncode == 2 and "--lin-budget must be a positive" in run.stderr

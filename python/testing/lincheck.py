@@ -45,9 +45,20 @@ sees; then the recording order breaks the tie. A simulator on virtual time,
 where a response and the next invocation often share one timestamp, should
 therefore record through :class:`History`.
 
-Values are compared the way MemStateMachine compares them (``==``), except
-that lists and tuples with equal items are equal (msgpack turns tuples into
-lists in transit). Keys must be hashable.
+Values. A result is compared with the model's by *msgpack value*: two
+values are the same when msgpack carries them as the same value, since that
+is what a client gets back. ``True``, ``1`` and ``1.0`` are three different
+values (a read that returns ``True`` after ``set(1)`` is a violation); a
+tuple and a list with the same items are the same value (msgpack has one
+array type, and turns tuples into lists in transit); dicts are the same
+when their keys and values are, by this same rule; ``bytearray`` is
+``bytes``; a NaN is the same value as a NaN; other floats compare with
+``==``. A cas matches its expected value the way MemStateMachine's cas
+does, though: with Python's ``==`` on the decoded values, so ``cas(1, x)``
+succeeds on a stored ``True`` or ``1.0`` (and a list equals a tuple, and a
+NaN matches nothing). Values are None, bools, numbers, str, bytes, lists,
+tuples and dicts of them (any other hashable value is compared with
+``==``). Keys must be hashable.
 
 Recording
 ---------
@@ -68,15 +79,13 @@ of a token raises ``ValueError``.
 
 Checking
 --------
-``check(history, initial=None, *, max_states=200_000, minimize=True)``
+``check(history, initial=None, *, budget=DEFAULT_BUDGET, minimize=True)``
 returns a :class:`Result`:
 
 - ``result.ok`` is ``True`` (linearizable), ``False`` (not linearizable: a
   definite verdict) or ``None`` (unknown: the search budget ran out before a
-  verdict). ``bool(result)`` is ``result.ok is True``. The budget is
-  ``max_states`` explored configurations *per key* (and a proportional bound
-  on the work per configuration); running out never produces a verdict,
-  only ``None``.
+  verdict). ``bool(result)`` is ``result.ok is True``. Running out of budget
+  never produces a verdict, only ``None`` (see "Budget" below).
 - ``initial`` maps keys to their values before the history (default: every
   key absent). A value of :data:`UNKNOWN` means "some value, not known"
   (for checking a window cut out of a longer history, say).
@@ -100,12 +109,31 @@ returns a :class:`Result`:
   go, reads spanning its start go, writes spanning it become
   indeterminate); (3) relaxations, each kept only while the result still
   fails: drop a read, make a write indeterminate, stop checking a write's
-  result (shown as "result not needed"). ``minimize`` bounds the work
-  (``True``: 200,000 search states per failing key; an int: that many;
-  ``False``: no shrinking); if it runs out, what was found so far is
-  reported and says so.
+  result (shown as "result not needed"); (4) dropping indeterminate
+  (unknown-outcome) writes, before the relaxations and again after them,
+  each kept out only when the rest still fails on its own. That one is not
+  a relaxation, but the sub-history failed with
+  those writes free to take effect or not, so it fails whichever of them
+  took effect: the violation does not depend on them. ``minimize`` bounds
+  the work (``True``: :data:`DEFAULT_MINIMIZE_BUDGET` search steps per
+  failing key; an int: that many; ``False``: no shrinking); if it runs out,
+  what was found so far is reported and says so.
 - ``result.keys[key]`` is a :class:`KeyResult` for every key;
   ``result.failures`` and ``result.unknown`` list the bad ones.
+
+Budget
+------
+One number bounds the search: ``budget``, in *search steps* per key
+(default :data:`DEFAULT_BUDGET`, 20,000,000: up to about 10 seconds of
+CPU, less on dense histories, where most steps are cheap). A step
+is one turn of the search loop (trying one operation at one
+configuration, or backtracking), one operation looked at while looking for
+a forced step, or one comparison with a remembered configuration, so the
+budget bounds the time spent whatever a configuration costs: on dense
+histories (many concurrent operations, many of them indeterminate) one
+configuration can cost hundreds of steps. ``KeyResult.steps`` and
+``Result.steps`` say what was spent, ``.states`` how many configurations
+were explored. ``raftcore sim --lin-budget`` sets it for the simulator.
 
 Algorithm
 ---------
@@ -128,7 +156,9 @@ linearizability", 2017):
   current value and that leaves it unchanged (a read of it, a failed cas
   that saw it) is linearized at once, as the only choice -- moved there
   from later in any linearization it sees the same value and changes
-  nothing. This removes the blow-up from many concurrent reads.
+  nothing. This removes the blow-up from many concurrent reads. (A
+  successful cas pins only "a value == the expected one": it is forced only
+  when no other value in the history is == to that one.)
 - *Indeterminate operations* have an invocation event and no response event
   (their response is at infinity), so they may be linearized any time after
   their invocation; the search succeeds once every *completed* operation is
@@ -187,9 +217,10 @@ _ARITY = {"read": 0, "set": 1, "delete": 0, "cas": 2}
 _KIND_CODE = {"read": 0, "set": 1, "delete": 2, "cas": 3}
 _READ, _SET, _DELETE, _CAS = 0, 1, 2, 3
 
-DEFAULT_MAX_STATES = 200_000
-DEFAULT_MINIMIZE_STATES = 200_000
-_WORK_PER_STATE = 30
+#: The search budget per key, in search steps (see check()).
+DEFAULT_BUDGET = 20_000_000
+#: The budget for shrinking a failing key to a witness, in search steps.
+DEFAULT_MINIMIZE_BUDGET = 6_000_000
 
 
 @dataclass(frozen=True)
@@ -361,6 +392,7 @@ class KeyResult:
     ops: list[Op]                       # the key's operations, as given
     indices: list[int]                  # their positions in the checked history
     states: int = 0                     # configurations explored
+    steps: int = 0                      # search steps spent (the budget's unit)
     #: ok: a linearization (completed operations, plus the indeterminate ones
     #: that took effect). Not ok: the longest linearizable prefix found.
     linearization: list[Op] = field(default_factory=list)
@@ -389,6 +421,7 @@ class Result:
     keys: dict = field(default_factory=dict)          # key -> KeyResult
     n_ops: int = 0
     states: int = 0
+    steps: int = 0
     explanation: str = ""
 
     @property
@@ -421,18 +454,29 @@ class _Tag:
 
 
 _SEQ_TAG, _MAP_TAG, _SET_TAG = _Tag("seq"), _Tag("map"), _Tag("set")
+_BOOL_TAG, _FLOAT_TAG, _NAN_TAG = _Tag("bool"), _Tag("float"), _Tag("nan")
 
 
-def _freeze(v: Any) -> Any:
-    """A hashable stand-in for `v` with the same equality (lists == tuples)."""
+def _freeze(v: Any, typed: bool) -> Any:
+    """A hashable stand-in for `v`; see "Values" in the module docstring.
+    typed: equal exactly when the values are the same msgpack value (bool,
+    int and float apart; NaN equal to NaN). Not typed: Python's ==, as
+    MemStateMachine's cas compares (True == 1 == 1.0; for values holding a
+    NaN see _holds_nan). Lists and tuples with equal items are equal either
+    way."""
     if isinstance(v, (list, tuple)):
-        return (_SEQ_TAG, tuple(_freeze(x) for x in v))
+        return (_SEQ_TAG, tuple(_freeze(x, typed) for x in v))
     if isinstance(v, dict):
-        return (_MAP_TAG, frozenset((_freeze(k), _freeze(x)) for k, x in v.items()))
+        return (_MAP_TAG, frozenset((_freeze(k, typed), _freeze(x, typed))
+                                    for k, x in v.items()))
     if isinstance(v, (set, frozenset)):
-        return (_SET_TAG, frozenset(_freeze(x) for x in v))
-    if isinstance(v, bytearray):
+        return (_SET_TAG, frozenset(_freeze(x, typed) for x in v))
+    if isinstance(v, (bytearray, memoryview)):
         return bytes(v)
+    if typed and isinstance(v, (bool, float)):
+        if v != v:
+            return _NAN_TAG
+        return (_BOOL_TAG if isinstance(v, bool) else _FLOAT_TAG, v)
     try:
         hash(v)
     except TypeError:
@@ -441,15 +485,41 @@ def _freeze(v: Any) -> Any:
     return v
 
 
+def _holds_nan(v: Any) -> bool:
+    """Whether `v` holds a NaN: no cas matches such a value (NaN != NaN, and
+    msgpack decodes a fresh object, so no identity shortcut applies)."""
+    if isinstance(v, float):
+        return v != v
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return any(_holds_nan(x) for x in v)
+    if isinstance(v, dict):
+        return any(_holds_nan(k) or _holds_nan(x) for k, x in v.items())
+    return False
+
+
 class _Interner:
-    """Maps values to small ints; None is 0."""
+    """Maps values to small ints, one per msgpack value; None is 0."""
 
     def __init__(self) -> None:
         self.ids: dict[Any, int] = {None: 0}
         self.values: list[Any] = [None]
 
+    def cas_classes(self) -> tuple[list[int], set[int]]:
+        """For each value id, the smallest id of a value that a cas counts
+        as equal to it (MemStateMachine's ==); and the ids of the values
+        that no cas matches, not even itself (they hold a NaN)."""
+        first: dict[Any, int] = {}
+        classes, never = [], set()
+        for i, v in enumerate(self.values):
+            if _holds_nan(v):
+                classes.append(i)
+                never.add(i)
+            else:
+                classes.append(first.setdefault(_freeze(v, False), i))
+        return classes, never
+
     def __call__(self, v: Any) -> int:
-        f = _freeze(v)
+        f = _freeze(v, True)
         i = self.ids.get(f)
         if i is None:
             i = self.ids[f] = len(self.values)
@@ -528,23 +598,30 @@ class _Problem:
                     rval[i] = intern(r[1])
                 else:
                     rval[i] = _NO_MATCH
+        init_id = None if initial is UNKNOWN else intern(initial)
+        # A cas matches values equal under ==, not only the very value it
+        # expects: the bookkeeping below is by these classes of values. `ac`:
+        # the class a cas expects (_NO_MATCH: it matches nothing).
+        eq, never = intern.cas_classes()
+        self.eq = eq
+        ac = [_NO_MATCH if x in never and kind[i] == _CAS else eq[x] for i, x in enumerate(a)]
 
-        # Who observes a value v: the operations whose recorded result is
-        # possible only if the value before them was v, and the cas
-        # operations whose result is not checked that expect v.
+        # Who observes a value v (its class): the operations whose recorded
+        # result is possible only if the value before them was v, and the
+        # cas operations whose result is not checked that expect v.
         def observed(j: int) -> Optional[int]:
             if chk[j]:
                 if kind[j] != _CAS:
-                    return rval[j]
+                    return eq[rval[j]]
                 if rok[j]:
-                    return a[j]
-                if rval[j] in (_NO_MATCH, a[j]):
+                    return ac[j]
+                if rval[j] == _NO_MATCH or eq[rval[j]] == ac[j]:
                     return None     # a failed cas cannot show its expected value
-                return rval[j]
-            return a[j] if kind[j] == _CAS else None
+                return eq[rval[j]]
+            return ac[j] if kind[j] == _CAS else None
 
         def written(j: int) -> int:
-            return 0 if kind[j] == _DELETE else (a[j] if kind[j] == _SET else b[j])
+            return 0 if kind[j] == _DELETE else (ac[j] if kind[j] == _SET else eq[b[j]])
 
         observers: dict[int, set[int]] = {}
         for j in range(n):
@@ -556,12 +633,12 @@ class _Problem:
         loose_cas: dict[int, set[int]] = {}
         for j in range(n):
             if kind[j] == _CAS and not chk[j]:
-                loose_cas.setdefault(a[j], set()).add(j)
+                loose_cas.setdefault(ac[j], set()).add(j)
 
         def followers(i: int) -> set[int]:
             f = observers.get(written(i), set())
             if kind[i] == _CAS:
-                f = f | loose_cas.get(a[i], set())
+                f = f | loose_cas.get(ac[i], set())
             return f - {i}
 
         # The search linearizes an indeterminate write only right before a
@@ -575,7 +652,7 @@ class _Problem:
         indet_cas: dict[int, list[int]] = {}
         for i in range(n):
             if not items[i].completed and kind[i] == _CAS:
-                indet_cas.setdefault(a[i], []).append(i)
+                indet_cas.setdefault(ac[i], []).append(i)
         dropped: set[int] = set()
         work = [i for i in range(n) if not items[i].completed]
         while work:
@@ -588,29 +665,41 @@ class _Problem:
                 observers[v].discard(i)
                 work += writers.get(v, ())     # they may have lost their last follower
             if kind[i] == _CAS:
-                loose_cas[a[i]].discard(i)
-                work += indet_cas.get(a[i], ())
+                loose_cas[ac[i]].discard(i)
+                work += indet_cas.get(ac[i], ())
         keep = [i for i in range(n) if i not in dropped]
         renum = {old: new for new, old in enumerate(keep)}
         self.items = [items[i] for i in keep]
         self.kind = [kind[i] for i in keep]
         self.a = [a[i] for i in keep]
+        self.ac = [ac[i] for i in keep]
         self.b = [b[i] for i in keep]
         self.chk = [chk[i] for i in keep]
         self.rok = [rok[i] for i in keep]
         self.rval = [rval[i] for i in keep]
         self.completed = [items[i].completed for i in keep]
+        # Completed operations whose checked result pins the value before
+        # them exactly (see the forced step in _search). A successful cas
+        # pins only what it matched: any value == its expected one.
+        class_size: dict[int, int] = {}
+        for c in eq:
+            class_size[c] = class_size.get(c, 0) + 1
+        self.pins = [self.completed[i] and self.chk[i]
+                     and not (self.kind[i] == _CAS and self.rok[i]
+                              and class_size.get(self.ac[i], 0) > 1)
+                     for i in range(len(keep))]
         # Initial values to search from. For an unknown one: each value a
         # cas whose result is not checked expects (such a cas succeeds or
         # fails depending on it), and _ANY for "any other value", which
         # takes whatever value the first operation to observe it saw.
-        if initial is UNKNOWN:
-            self.excluded = {self.a[i] for i in range(len(keep))
-                             if self.kind[i] == _CAS and not self.chk[i]}
+        if init_id is None:
+            loose = {self.ac[i] for i in range(len(keep))
+                     if self.kind[i] == _CAS and not self.chk[i]}
+            self.excluded = {v for v in range(len(eq)) if eq[v] in loose}
             self.inits = sorted(self.excluded) + [_ANY]
         else:
             self.excluded = set()
-            self.inits = [intern(initial)]
+            self.inits = [init_id]
         self.observers = {v: [renum[j] for j in sorted(js)]
                           for v, js in observers.items() if js}
         self.loose_cas = {v: [renum[j] for j in sorted(js)]
@@ -636,35 +725,37 @@ class _Problem:
 @dataclass
 class _SearchOutcome:
     ok: Optional[bool]
-    states: int
+    states: int         # configurations explored
     chain: Any          # linked cells (item index, value id, parent): the
                         # linearization (ok) or the longest prefix (not ok)
     init: int = 0       # the initial value id it starts from
+    steps: int = 0      # search steps spent (what the budget counts)
 
 
-def _solve(p: _Problem, max_states: int) -> _SearchOutcome:
+def _solve(p: _Problem, budget: int) -> _SearchOutcome:
     """Search from each of p's initial values (several only when the
-    initial value is unknown), within one budget."""
+    initial value is unknown), within one budget of search steps."""
     best: Optional[_SearchOutcome] = None
-    states = 0
+    states = steps = 0
     unknown = False
     for init in p.inits:
-        if states >= max_states:
+        if steps >= budget:
             unknown = True
             break
-        out = _search(p, max_states - states, init)
+        out = _search(p, budget - steps, init)
         states += out.states
+        steps += out.steps
         if out.ok:
-            out.states = states
+            out.states, out.steps = states, steps
             return out
         unknown = unknown or out.ok is None
         if best is None or len(_chain_list(out.chain)) > len(_chain_list(best.chain)):
             best = out
     assert best is not None
-    return _SearchOutcome(None if unknown else False, states, best.chain, best.init)
+    return _SearchOutcome(None if unknown else False, states, best.chain, best.init, steps)
 
 
-def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
+def _search(p: _Problem, budget: int, init: int) -> _SearchOutcome:
     """Wing & Gong / Lowe search over p; see the module docstring."""
     events = p.events
     E = len(events)
@@ -690,6 +781,7 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
             match[pos] = ret_node.get(node_item[pos], -1)
 
     kind, a, b, chk, rok, rval = p.kind, p.a, p.b, p.chk, p.rok, p.rval
+    eq, ac, pins = p.eq, p.ac, p.pins
     completed = p.completed
     excluded = p.excluded
 
@@ -708,8 +800,9 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
                 if v == _NO_MATCH:
                     return _FAIL
                 if rok[i]:
-                    return b[i] if v == b[i] and a[i] not in excluded else _FAIL
-                if v == a[i]:
+                    return (b[i] if v == b[i] and ac[i] != _NO_MATCH and a[i] not in excluded
+                            else _FAIL)
+                if eq[v] == ac[i]:
                     return _FAIL
             if v in excluded:
                 return _FAIL
@@ -720,7 +813,7 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
             return a[i] if (not chk[i] or state == rval[i]) else _FAIL
         if k == _DELETE:
             return 0 if (not chk[i] or state == rval[i]) else _FAIL
-        if state == a[i]:
+        if eq[state] == ac[i]:
             ns, won = b[i], True
         else:
             ns, won = state, False
@@ -756,19 +849,20 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
     best = None
     best_depth = 0
     states = 0
-    # Work (loop turns and dominance-list scans) is bounded too, in
-    # proportion to max_states, so that no history makes one state costly
-    # enough to hang the search.
-    work_left = _WORK_PER_STATE * max_states
+    # The budget counts steps, not configurations: every loop turn, every
+    # operation looked at by the forced-step scan and every remembered
+    # configuration compared with costs one, so that the budget bounds the
+    # time whatever a configuration costs to explore.
+    work_left = budget
     node = nxt[0]
     fresh_config = True     # just arrived at a new configuration
     forcing = False         # node is this configuration's forced step
     while True:
         if remaining == 0:
-            return _SearchOutcome(True, states, cell, init)
+            return _SearchOutcome(True, states, cell, init, budget - work_left)
         work_left -= 1
         if work_left < 0:
-            return _SearchOutcome(None, states, best, init)
+            return _SearchOutcome(None, states, best, init, budget)
         if fresh_config:
             # Partial-order reduction: a completed operation whose checked
             # result pins the value to the current one and that leaves it
@@ -779,11 +873,11 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
             x = nxt[0]
             while x != -1 and is_call[x]:
                 j = node_item[x]
-                if completed[j] and chk[j] and step(j, state) == state:
+                if pins[j] and step(j, state) == state:
                     forcing = True
                     break
                 x = nxt[x]
-            work_left -= 1
+                work_left -= 1
             node = x if forcing else nxt[0]
         if node != -1 and is_call[node]:
             i = node_item[node]
@@ -813,14 +907,14 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
                             x = nxt[x]
                         first_ret = x if x != -1 else E + 1
                     done = cbits | ibits
-                    for j in observers.get(ns, ()):
+                    for j in observers.get(eq[ns], ()):
                         if j != i and call_node[j] < first_ret and not (done >> j) & 1:
                             break
                     else:
                         if kind[i] != _CAS:
                             ns = _FAIL
                         else:
-                            for j in loose_cas.get(a[i], ()):
+                            for j in loose_cas.get(ac[i], ()):
                                 if j != i and call_node[j] < first_ret and not (done >> j) & 1:
                                     break
                             else:
@@ -845,8 +939,6 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
                         used.append(nib)
                 if fresh:
                     states += 1
-                    if states > max_states:
-                        return _SearchOutcome(None, states, best, init)
                     stack.append((node, state, forcing))
                     forcing = False
                     fresh_config = True
@@ -880,7 +972,7 @@ def _search(p: _Problem, max_states: int, init: int) -> _SearchOutcome:
         else:
             # A response whose operation is not linearized yet: backtrack.
             if not stack:
-                return _SearchOutcome(False, states, best, init)
+                return _SearchOutcome(False, states, best, init, budget - work_left)
             first_ret = 0
             node, state, forced = stack.pop()
             i = node_item[node]
@@ -982,27 +1074,28 @@ def _first_true(f: Callable[[int], bool], lo: int, hi: int, start: int) -> int:
     return hi
 
 
-def _minimize(items: list[_Item], initial: Any, max_states: int,
+def _minimize(items: list[_Item], initial: Any, check_budget: int,
               budget: int, hint: Optional[tuple] = None) -> tuple[list[_Item], Any, bool]:
     """A small sub-history of `items` (which fail) that still fails on its
     own, and the initial value it fails from (UNKNOWN: any); spends at most
-    `budget` search states. The flag says whether shrinking ran to the end
-    (else it stopped early: the result is still a failing sub-history)."""
+    `budget` search steps, at most `check_budget` on one check. The flag
+    says whether shrinking ran to the end (else it stopped early: the result
+    is still a failing sub-history)."""
     left = [budget]
     stopped = [False]
-    cap = [max_states]          # per check
-    last = [0]                  # states the last failing check took
+    cap = [check_budget]        # per check
+    last = [0]                  # steps the last failing check took
 
     def fails(cand: list[_Item], init: Any) -> bool:
         if left[0] <= 0:
             stopped[0] = True
             return False
         out = _solve(_Problem(cand, init), min(cap[0], left[0]))
-        left[0] -= out.states
+        left[0] -= out.steps
         if out.ok is None and left[0] <= 0:
             stopped[0] = True
         if out.ok is False:
-            last[0] = out.states
+            last[0] = out.steps
         return out.ok is False
 
     # 1. The shortest failing prefix (linearizability is prefix-closed, so
@@ -1041,6 +1134,9 @@ def _minimize(items: list[_Item], initial: Any, max_states: int,
             return _SKIP
         return replace(it, checked=False)
 
+    def drop(it: _Item) -> Optional[_Item]:
+        return None if not it.completed and it.op.kind != "read" else _SKIP
+
     def build(cur: list[_Item], pick: Callable[[_Item], Optional[_Item]],
               which: Callable[[int], bool]) -> list[_Item]:
         out = []
@@ -1070,8 +1166,15 @@ def _minimize(items: list[_Item], initial: Any, max_states: int,
     # Relaxing can make the search much harder (many writes free to move);
     # a relaxation whose check costs far more than the current witness's
     # is not worth it: cap the checks, and treat running out as "keep".
-    cap[0] = min(max_states, max(5_000, 10 * last[0]))
+    cap[0] = min(check_budget, max(150_000, 10 * last[0]))
+    # Unknown-outcome (indeterminate) writes go first, and again once some
+    # completed writes became indeterminate: a drop is kept only when the
+    # rest still fails on its own (a check that runs out keeps the write).
+    # The sub-history failed with them free to take effect or not, so it
+    # fails whichever of them took effect: the violation does not need them.
+    cur = relax_round(cur, drop)
     cur = relax_round(cur, full)
+    cur = relax_round(cur, drop)
     cur = relax_round(cur, uncheck)
     # What the search actually uses (irrelevant indeterminate writes go).
     return _Problem(cur, initial).items, initial, not stopped[0]
@@ -1094,27 +1197,28 @@ def _item_op(it: _Item) -> Op:
 
 
 def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
-               max_states: int, minimize_states: int) -> KeyResult:
+               budget: int, minimize_budget: int) -> KeyResult:
     items = []
     for gi, op in entries:
         ck, rk = _event_keys(op)
         items.append(_Item(gi, op, op.ok and op.result is not UNKNOWN, bool(op.ok), ck, rk))
     p = _Problem(items, initial)
-    out = _solve(p, max_states)
+    out = _solve(p, budget)
     kr = KeyResult(key, out.ok, [op for _, op in entries], [gi for gi, _ in entries],
-                   out.states)
+                   out.states, out.steps)
     steps = _chain_list(out.chain)
     kr.linearization = [p.items[i].op for i, _ in steps]
     kr.values = [p.value(v) for _, v in steps]
     n_indet = sum(1 for _, op in entries if not op.ok)
     head = f"key {key!r} ({len(entries)} ops, {n_indet} indeterminate)"
     if out.ok is True:
-        kr.explanation = f"{head}: linearizable ({out.states} states explored)"
+        kr.explanation = (f"{head}: linearizable ({out.states} states explored, "
+                          f"{out.steps} steps)")
         return kr
     if out.ok is None:
-        kr.explanation = (f"{head}: unknown -- the search budget of {max_states} states "
-                          f"ran out before a verdict (longest linearizable prefix found: "
-                          f"{len(steps)} ops)")
+        kr.explanation = (f"{head}: unknown -- the search budget of {budget} steps "
+                          f"ran out before a verdict ({out.states} states explored; "
+                          f"longest linearizable prefix found: {len(steps)} ops)")
         return kr
     # Not linearizable.
     done = {i for i, _ in steps}
@@ -1123,8 +1227,8 @@ def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
     kr.stuck = p.items[stuck_i].op
     value_after = p.value(steps[-1][1] if steps else out.init)
     lines = [f"{head}: NOT linearizable"]
-    if minimize_states > 0:
-        w, w_init, complete = _minimize(p.items, initial, max_states, minimize_states,
+    if minimize_budget > 0:
+        w, w_init, complete = _minimize(p.items, initial, budget, minimize_budget,
                                         p.items[stuck_i].ret_key)
         kr.witness = [_item_op(it) for it in w]
         kr.witness_initial = w_init
@@ -1158,22 +1262,26 @@ def _check_key(key: Any, entries: list[tuple[int, Op]], initial: Any,
 
 
 def check(history: Union[History, Iterable[Op]], initial: Optional[dict] = None, *,
-          max_states: int = DEFAULT_MAX_STATES,
+          budget: int = DEFAULT_BUDGET,
           minimize: Union[bool, int] = True) -> Result:
     """Check `history` (a History or Ops) for linearizability against the
     KV model; see the module docstring.
 
     `initial`: values of keys before the history (absent keys: None;
-    UNKNOWN: not known). `max_states`: search budget per key; when it runs
-    out the key's verdict is None (unknown), never a guess. `minimize`: for
-    a failing key, shrink it to a small failing sub-history within this many
-    search states (True: 200,000; False: do not)."""
+    UNKNOWN: not known). `budget`: search steps per key (see "Budget" in
+    the module docstring); when it runs out the key's verdict is None
+    (unknown), never a guess. `minimize`: for a failing key, shrink it to a
+    small failing sub-history within this many search steps (True:
+    DEFAULT_MINIMIZE_BUDGET; False: do not)."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"check: budget must be a positive number of search steps; "
+                         f"got {budget!r}")
     if minimize is True:
-        minimize_states = DEFAULT_MINIMIZE_STATES
+        minimize_budget = DEFAULT_MINIMIZE_BUDGET
     elif minimize is False or minimize is None:
-        minimize_states = 0
+        minimize_budget = 0
     else:
-        minimize_states = int(minimize)
+        minimize_budget = int(minimize)
     ops = history.ops() if isinstance(history, History) else list(history)
     initial = dict(initial or {})
     by_key: dict[Any, list[tuple[int, Op]]] = {}
@@ -1186,13 +1294,14 @@ def check(history: Union[History, Iterable[Op]], initial: Optional[dict] = None,
             raise TypeError(f"history item #{gi}: key {op.key!r} is not hashable") from None
     res = Result(ok=True, n_ops=len(ops))
     for key, entries in by_key.items():
-        kr = _check_key(key, entries, initial.get(key), max_states, minimize_states)
+        kr = _check_key(key, entries, initial.get(key), budget, minimize_budget)
         res.keys[key] = kr
         res.states += kr.states
+        res.steps += kr.steps
     fails, unknown = res.failures, res.unknown
     n_indet = sum(1 for op in ops if not op.ok)
     summary = (f"{len(ops)} ops ({n_indet} indeterminate) on {len(by_key)} keys, "
-               f"{res.states} states explored")
+               f"{res.states} states explored, {res.steps} steps")
     if fails:
         res.ok = False
         parts = [f"NOT linearizable: {len(fails)} of {len(by_key)} keys fail "

@@ -9,8 +9,10 @@ replays a run exactly.
 
 While the cluster runs, clients write, compare-and-set and read
 (linearizable reads) with timeouts; each operation goes into a history that
-raftcore.testing.lincheck checks at the end. Invariants are checked
-continuously:
+raftcore.testing.lincheck checks at the end (a key it cannot decide within
+its budget, --lin-budget, makes the seed undecided: reported with its
+reproduce command, and a failure unless --allow-undecided). Invariants are
+checked continuously:
 
 - election safety: at most one leader per term;
 - state machine safety / log matching / committed entries never change: no
@@ -93,6 +95,8 @@ class SimSettings:
     #: AppendEntries batch sizes to pick from (1 makes every entry its own
     #: message: more partial replication, more Figure 8 situations).
     payload_entries: tuple = (1, 4, 16)
+    #: The linearizability check's search budget per key (lincheck.check).
+    lin_budget: int = lincheck.DEFAULT_BUDGET
 
 
 @dataclass
@@ -104,7 +108,8 @@ class SimResult:
     faults: collections.Counter = field(default_factory=collections.Counter)
     ops: int = 0
     virtual_seconds: float = 0.0
-    lin_unknown: int = 0
+    lin_unknown: int = 0          # keys whose linearizability was not decided
+    undecided: str = ""           # the checker's report on them (no violation found)
 
 
 # --------------------------------------------------------------------- disk
@@ -1130,10 +1135,12 @@ def run_seed(seed: int, settings: Optional[SimSettings] = None) -> SimResult:
         if sim.checker.first is not None:
             result.ok, result.violation = False, sim.checker.first
         if result.ok:
-            lin = lincheck.check(sim.history)
+            lin = lincheck.check(sim.history, budget=settings.lin_budget)
             if lin.ok is False:
                 result.ok = False
                 result.violation = f"not linearizable:\n{lin.explanation}"
+            elif lin.ok is None:
+                result.undecided = lin.explanation
             result.lin_unknown = len(lin.unknown)
     finally:
         tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
@@ -1169,12 +1176,21 @@ def main(argv=None) -> int:
                    help="mean virtual seconds between faults")
     p.add_argument("--log", default="ERROR",
                    help="level of raftcore's own log records to print (default ERROR)")
+    p.add_argument("--lin-budget", type=int, default=lincheck.DEFAULT_BUDGET, metavar="STEPS",
+                   help="search budget of the linearizability check, in search steps per "
+                        f"key (default {lincheck.DEFAULT_BUDGET:,}); a key it cannot decide "
+                        "within it makes its seed undecided")
+    p.add_argument("--allow-undecided", action="store_true",
+                   help="exit 0 even if the linearizability of some seed stays undecided "
+                        "(they are still reported)")
     args = p.parse_args(argv)
     import logging
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("raftcore").setLevel(args.log.upper())
     if args.nodes < 1:
         p.error("--nodes must be at least 1")
+    if args.lin_budget < 1:
+        p.error("--lin-budget must be a positive number of search steps")
     kinds = FAULT_KINDS
     if args.faults:
         kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
@@ -1183,10 +1199,10 @@ def main(argv=None) -> int:
             p.error(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}")
     settings = SimSettings(nodes=args.nodes, duration=args.duration, bugs=tuple(args.bug),
                            fault_kinds=kinds, fault_interval=args.fault_interval,
-                           spares=2 if args.nodes > 1 else 0)
+                           spares=2 if args.nodes > 1 else 0, lin_budget=args.lin_budget)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     faults: collections.Counter = collections.Counter()
-    ops = failed = 0
+    ops = failed = undecided = undecided_keys = 0
     t0 = time.perf_counter()
     for seed in seeds:
         r = run_seed(seed, settings)
@@ -1194,23 +1210,37 @@ def main(argv=None) -> int:
         ops += r.ops
         if not r.ok:
             failed += 1
-            bugs = "".join(f" --bug {b}" for b in args.bug)
             print(f"seed {seed}: VIOLATION: {r.violation}")
-            extra = f" --faults {','.join(kinds)}" if args.faults else ""
-            extra += f" --fault-interval {args.fault_interval}"
-            print(f"  reproduce: raftcore sim --seed {seed} --nodes {args.nodes} "
-                  f"--duration {args.duration}{bugs}{extra}")
+            print(f"  reproduce: {_reproduce_command(seed, args, kinds)}")
             print("  last events:")
             for line in r.trace[-40:]:
                 print("   ", line)
+        elif r.lin_unknown:
+            undecided += 1
+            undecided_keys += r.lin_unknown
+            print(f"seed {seed}: UNDECIDED: {r.undecided}")
+            print(f"  reproduce: {_reproduce_command(seed, args, kinds)} "
+                  f"(or try a larger --lin-budget)")
         elif args.seed is not None:
             for line in r.trace:
                 print("   ", line)
     dt = time.perf_counter() - t0
-    print(f"seeds run: {len(seeds)}, violations: {failed}, operations checked: {ops}, "
-          f"{dt:.1f}s")
+    print(f"seeds run: {len(seeds)}, violations: {failed}, undecided: {undecided} seeds "
+          f"({undecided_keys} keys), operations checked: {ops}, {dt:.1f}s")
     print("faults injected: " + ", ".join(f"{k} {faults[k]}" for k in FAULT_KINDS))
-    return 1 if failed else 0
+    return 1 if failed or (undecided and not args.allow_undecided) else 0
+
+
+def _reproduce_command(seed: int, args: argparse.Namespace, kinds: tuple) -> str:
+    """The command that replays `seed` with the settings of this run."""
+    cmd = (f"raftcore sim --seed {seed} --nodes {args.nodes} --duration {args.duration}"
+           + "".join(f" --bug {b}" for b in args.bug))
+    if args.faults:
+        cmd += f" --faults {','.join(kinds)}"
+    cmd += f" --fault-interval {args.fault_interval}"
+    if args.lin_budget != lincheck.DEFAULT_BUDGET:
+        cmd += f" --lin-budget {args.lin_budget}"
+    return cmd
 
 
 if __name__ == "__main__":
