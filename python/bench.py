@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
 from raftcore.config import Config
-from raftcore.errors import ForwardToLeader
+from raftcore.errors import ForwardToLeader, OutcomeUnknown
 from raftcore.model import Node, ServerState
 from raftcore.network.local import LocalRouter
 from raftcore.raft import Raft
@@ -278,7 +278,7 @@ async def run_cluster(clients: int, ops_per_client: int, batch: int = 1,
         t0 = time.perf_counter()
         try:
             await asyncio.gather(*(client(k) for k in range(clients)))
-        except ForwardToLeader as exc:
+        except (ForwardToLeader, OutcomeUnknown) as exc:
             raise BenchmarkError(
                 f"the benchmark leader lost its leadership during the {clients}-client row "
                 f"({exc}): a follower heard no heartbeat for an election timeout, which on an "

@@ -1083,8 +1083,9 @@ cdef class RaftCore:
                         meta, drop_from = cmd[1], cmd[2]
                         if drop_from:
                             self.log_store.truncate_after(drop_from - 1)
-                            # Past the snapshot, what was dropped conflicted
-                            # with the leader's log: not committed.
+                            # Past the snapshot, the dropped entries are not
+                            # in this leader's log, but a later leader may
+                            # still hold and commit them.
                             self._fail_truncated_writes(meta.last_log_index + 1)
                         data = self._snap_ready.pop(meta.snapshot_id)
                         await self._store_when_space(self.sm.install_snapshot, meta, data)
@@ -1336,9 +1337,15 @@ cdef class RaftCore:
                 w[0] = upto + 1
 
     def _fail_truncated_writes(self, since: int) -> None:
-        """Writes whose entries a newer leader truncated did not commit."""
+        """Answers OutcomeUnknown to writes at indexes >= `since`, whose
+        entries left this node's log: that only shows the current leader
+        lacks them; another node may still hold them and a later leader
+        commit them."""
         waiters = self._client_waiters
-        err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
+        err = OutcomeUnknown(
+            f"node {self.id} dropped this write's entry (from index {since} on) for a newer "
+            "leader's log; another node may still hold it and commit it, so the write may "
+            "or may not take effect")
         while waiters:
             first, term, futs = waiters[-1]
             if first + len(futs) - 1 < since:

@@ -38,9 +38,12 @@ class Timeout(RaftError):
 
 
 class OutcomeUnknown(RaftError):
-    """A write may or may not have been committed: this node's log was
-    replaced by a snapshot before the write was applied here. Retry it only
-    if it is idempotent (or carries a client id and sequence number)."""
+    """A write may or may not have been committed, and this node can no
+    longer tell: its entry was dropped from this node's log for a newer
+    leader's (another node may still hold it and a later leader commit it),
+    or a snapshot replaced the log before the write was applied here. Retry
+    it only if it is idempotent (or carries a client id and sequence number,
+    as `raftcore kv`'s client does)."""
 
 
 class StorageError(RaftError):

@@ -180,8 +180,12 @@ class Raft:
         applies what the encoding decodes to (a tuple arrives as a list).
 
         Raises ForwardToLeader (with the leader's id and Node when known) on
-        a node that is not the leader. If the caller cancels the call, the
-        write may still commit: cancellation only stops waiting for it.
+        a node that is not the leader, or when another entry was committed
+        at the write's index: either way the write did not take effect.
+        Raises OutcomeUnknown when this node can no longer tell (its entry
+        left this node's log, yet another node may commit it): retry only an
+        idempotent write. If the caller cancels the call, the write may still
+        commit: cancellation only stops waiting for it.
         """
         # The runtime's coroutine itself, not one wrapping it: one frame
         # less on every write.

@@ -16,7 +16,7 @@ import pytest
 import uvloop
 
 from raftcore import Config, Node, Raft, ServerState
-from raftcore.errors import ForwardToLeader, Timeout
+from raftcore.errors import ForwardToLeader, OutcomeUnknown, Timeout
 from raftcore.network import LocalRouter
 from raftcore.storage import MemLogStore, MemStateMachine
 
@@ -213,14 +213,15 @@ async def stable_leader(nodes: list, timeout: float = GUARD) -> Raft:
 
 async def write_retry(nodes: list, cmd, timeout: float = GUARD):
     """Writes cmd through whichever of `nodes` leads, retrying on ForwardToLeader
-    (a write refused or failed with ForwardToLeader was not committed)."""
+    (a write refused or failed with ForwardToLeader was not committed) and on
+    OutcomeUnknown (cmd must be safe to apply twice, as a set is)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         leader = await stable_leader(nodes, max(deadline - loop.time(), 0.01))
         try:
             return await leader.client_write(cmd)
-        except ForwardToLeader:
+        except (ForwardToLeader, OutcomeUnknown):
             if loop.time() >= deadline:
                 raise
 

@@ -185,11 +185,14 @@ def test_latency_is_sampled_once_every_latency_sample_calls_per_client(capsys):
 
 # ------------------------------------------------------------ a lost leader
 
-def test_a_row_whose_leader_loses_leadership_is_a_clear_error(monkeypatch, capsys):
+@pytest.mark.parametrize("lost", ["refused", "unknown"])
+def test_a_row_whose_leader_loses_leadership_is_a_clear_error(monkeypatch, capsys, lost):
     """An election during a row (an overloaded machine) makes client_write
-    raise ForwardToLeader: the run stops with a message saying so, exit
-    status 1, the cluster closed; no traceback, no figures."""
-    from raftcore.errors import ForwardToLeader
+    raise ForwardToLeader (or OutcomeUnknown, for a write whose entry the new
+    leader replaced): the run stops with a message saying so, exit status 1,
+    the cluster closed; no traceback, no figures."""
+    from raftcore.errors import ForwardToLeader, OutcomeUnknown
+    error = ForwardToLeader(2, None) if lost == "refused" else OutcomeUnknown("replaced")
     real = bench.start_cluster
     clusters = []
 
@@ -201,7 +204,7 @@ def test_a_row_whose_leader_loses_leadership_is_a_clear_error(monkeypatch, capsy
         def losing(payload):
             calls[0] += 1
             if calls[0] == 50:
-                raise ForwardToLeader(2, None)
+                raise error
             return write(payload)
         c.leader.client_write = losing
         return c

@@ -16,7 +16,7 @@ import uvloop
 
 from raftcore import Config, LogId, Node, Raft, ServerState
 from raftcore.core import ReplyCallback
-from raftcore.errors import ConfigError, Fatal, ForwardToLeader, NotAllowed, Timeout
+from raftcore.errors import ConfigError, Fatal, ForwardToLeader, NotAllowed, OutcomeUnknown, Timeout
 from raftcore.messages import AppendEntriesRequest
 from raftcore.network import LocalRouter
 from raftcore.storage import MemLogStore, MemStateMachine
@@ -473,7 +473,7 @@ async def test_leader_shutdown_elects_new_leader_and_keeps_committed_writes():
                 key = f"w{w}-{n}"
                 try:
                     await old.client_write(["set", key, n])
-                except (Fatal, ForwardToLeader):
+                except (Fatal, ForwardToLeader, OutcomeUnknown):
                     return   # shut down (or, under heavy load, deposed)
                 acked[key] = n
                 n += 1
@@ -557,8 +557,8 @@ async def test_message_loss_then_heal_keeps_acknowledged_writes_and_converges():
                     try:
                         # Under 20% loss a write must still end, committed or refused.
                         await asyncio.wait_for(leader.client_write(cmd), GUARD)
-                    except ForwardToLeader:
-                        continue   # not committed: retry on the current leader
+                    except (ForwardToLeader, OutcomeUnknown):
+                        continue   # not committed, or a set safe to repeat: retry
                     acked[key] = n
                     break
 

@@ -22,7 +22,7 @@ import pytest
 import uvloop
 
 from raftcore import Config, Node, Raft, ServerState
-from raftcore.errors import Fatal, ForwardToLeader, StorageError, Timeout
+from raftcore.errors import Fatal, ForwardToLeader, OutcomeUnknown, StorageError, Timeout
 from raftcore.network import LocalRouter
 from raftcore.storage import FileLogStore, MemStateMachine
 from raftcore.storage.file import (PREALLOCATE, R_ENTRIES, R_HEADER, R_MARKER, R_PURGE,
@@ -953,7 +953,7 @@ def test_cluster_restarted_from_its_directories_keeps_acknowledged_writes(tmp_pa
                         resp = await leader[0].client_write(["set", f"w{w}-{n}", n])
                     except Fatal:
                         return                  # the node stopped under it
-                    except ForwardToLeader:     # not committed; find the new leader
+                    except (ForwardToLeader, OutcomeUnknown):   # a set is safe to repeat
                         if not stopping:
                             leader[0] = await leader_of(nodes)
                         continue
@@ -982,7 +982,7 @@ def test_cluster_restarted_from_its_directories_keeps_acknowledged_writes(tmp_pa
             while marker is None:
                 try:
                     marker = await (await leader_of(nodes)).client_write(["set", "__marker__", 1])
-                except ForwardToLeader:
+                except (ForwardToLeader, OutcomeUnknown):
                     pass
             await asyncio.gather(*(r.wait(GUARD).applied_index_at_least(marker.index)
                                    for r in nodes.values()))

@@ -48,7 +48,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from raftcore import Config, Node, Raft, ServerState
-from raftcore.errors import ForwardToLeader, NetworkError, StorageError
+from raftcore.errors import ForwardToLeader, NetworkError, OutcomeUnknown, StorageError
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta,
                                VoteRequest, VoteResponse)
@@ -349,7 +349,7 @@ def test_fuzzed_frames_never_crash_a_real_one_node_raft():
                 await raft.wait(GUARD).state(ServerState.LEADER)
                 try:
                     return await raft.client_write(["set", "after-fuzz", 1])
-                except ForwardToLeader:
+                except (ForwardToLeader, OutcomeUnknown):
                     continue
         resp = h.run(finish(), guard=3 * GUARD)
         assert raft.state_machine.data["after-fuzz"] == 1, resp

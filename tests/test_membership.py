@@ -19,7 +19,7 @@ from typing import Optional
 import pytest
 
 from raftcore import ChangeMembers, Node, Raft, ServerState
-from raftcore.errors import Fatal, ForwardToLeader, NotAllowed
+from raftcore.errors import Fatal, ForwardToLeader, NotAllowed, OutcomeUnknown
 from raftcore.storage import MemStateMachine
 from raftcore.types import ENTRY_MEMBERSHIP
 
@@ -185,7 +185,7 @@ async def test_grow_3_to_5_and_shrink_to_3_under_continuous_writes():
             while not stop.is_set() and n < 5000:
                 try:
                     await target.client_write(["set", f"w{w}-{n}", n])
-                except ForwardToLeader:
+                except (ForwardToLeader, OutcomeUnknown):      # a set is safe to repeat
                     target = await wait_any_leader(voters)
                     continue
                 acked[f"w{w}-{n}"] = n

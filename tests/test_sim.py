@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -186,3 +187,60 @@ def test_command_line_fails_a_seed_whose_linearizability_is_undecided():
 def test_command_line_rejects_a_budget_that_is_not_positive():
     run = _raftcore_sim("--seeds", "1", "--lin-budget", "0")
     assert run.returncode == 2 and "--lin-budget must be a positive" in run.stderr
+
+
+#: Seeds outside the range above that once failed, with the settings they
+#: failed with.
+REGRESSION_SEEDS = [
+    # A write whose entry a newer leader replaced on its own leader was
+    # answered ForwardToLeader; node 5, still holding it, then won a term and
+    # committed it (not linearizable, and a refused write committed).
+    (7001276, sim.SimSettings(nodes=5, duration=12.0, fault_interval=0.4)),
+    # Node 1 legally led term 4 (its voters had not heard of term 7: node 4
+    # was paused through term 7's election) without an entry committed in
+    # term 7; leader completeness only binds leaders of later terms.
+    (7002281, sim.SimSettings(nodes=5)),
+]
+
+
+@pytest.mark.parametrize("seed, settings", REGRESSION_SEEDS,
+                         ids=[str(seed) for seed, _ in REGRESSION_SEEDS])
+def test_a_seed_that_once_failed_passes(seed, settings):
+    r = sim.run_seed(seed, settings)
+    assert r.ok, f"seed {seed}: {r.violation}\n" + "\n".join(r.trace[-30:])
+
+
+def _engine(term: int, log: dict):
+    """What the leader completeness check reads of an engine: its term and
+    its log (index -> term), nothing purged."""
+    return SimpleNamespace(vote=SimpleNamespace(term=term), last_log_index=max(log),
+                           log=SimpleNamespace(purged_index=0, term_of=log.get))
+
+
+def _raft_at(term: int):
+    return SimpleNamespace(_core=SimpleNamespace(engine=_engine(term, {1: 1})))
+
+
+def test_leader_completeness_binds_leaders_of_terms_after_the_commit_only():
+    rafts = {5: _raft_at(7), 1: _raft_at(4)}
+    checker = sim.Checker([], rafts)
+    checker.applied(5, SimpleNamespace(index=2, term=7, kind=0, payload=["set", "k", 1]))
+    lacking = {1: 1, 2: 4}           # index 2 holds an entry of term 4, not 7's
+    checker._leader_complete(1, _engine(4, lacking))       # elected without hearing of 7
+    rafts[1] = _raft_at(8)
+    with pytest.raises(sim.Violation, match="leader completeness: node 1 leads term 8"):
+        checker._leader_complete(1, _engine(8, lacking))
+
+
+def test_a_write_refused_but_committed_is_a_violation_whichever_is_seen_first():
+    cmd = ["set", "k", "c1-1"]
+    applied_first = sim.Checker([], {1: _raft_at(2)})
+    applied_first.applied(1, SimpleNamespace(index=3, term=2, kind=0, payload=cmd))
+    with pytest.raises(sim.Violation, match="refused write committed: client 1 .* index 3"):
+        applied_first.write_refused(1, cmd)
+
+    refused_first = sim.Checker([], {1: _raft_at(2)})
+    refused_first.write_refused(1, cmd)
+    refused_first.write_refused(1, ["set", "k", "c1-2"])
+    with pytest.raises(sim.Violation, match="refused write committed"):
+        refused_first.applied(1, SimpleNamespace(index=3, term=2, kind=0, payload=cmd))

@@ -25,7 +25,8 @@ import uvloop
 from log_watch import LogWatch
 from raftcore import Config, Node, Raft, ServerState
 from raftcore.codec import encode_message
-from raftcore.errors import ConfigError, Fatal, ForwardToLeader, NetworkError, Timeout
+from raftcore.errors import (ConfigError, Fatal, ForwardToLeader, NetworkError, OutcomeUnknown,
+                             Timeout)
 from raftcore.config import SnapshotPolicy
 from raftcore.membership import Membership
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
@@ -248,7 +249,7 @@ async def write_many(nodes: list, clients: int, per_client: int, tag: str) -> in
         while True:
             try:
                 return await leader[0].client_write(cmd)
-            except ForwardToLeader:
+            except (ForwardToLeader, OutcomeUnknown):      # a set is safe to repeat
                 leader[0] = await stable_leader(nodes)
 
     async def client(c: int) -> int:

@@ -30,7 +30,7 @@ import uvloop
 from log_watch import LogWatch
 from raftcore import Config, Node, Raft
 from raftcore.codec import encode_message
-from raftcore.errors import ConfigError, ForwardToLeader, NetworkError
+from raftcore.errors import ConfigError, ForwardToLeader, NetworkError, OutcomeUnknown
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta,
                                TransferLeaderRequest, VoteRequest, VoteResponse)
@@ -230,7 +230,7 @@ async def write(rafts: list, cmd):
     while True:
         try:
             return await leader.client_write(cmd)
-        except ForwardToLeader:
+        except (ForwardToLeader, OutcomeUnknown):      # a set is safe to repeat
             leader = await wait_for_leader(rafts)
 
 

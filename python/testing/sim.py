@@ -17,7 +17,13 @@ checked continuously:
 - election safety: at most one leader per term;
 - state machine safety / log matching / committed entries never change: no
   two applications of one index differ, across nodes and restarts;
-- leader completeness: a new leader holds every entry applied anywhere;
+- leader completeness: a leader of a term later than every term any node
+  had reached when an entry was first applied holds that entry (a leader of
+  an older term, elected by nodes that had not heard of the newer one, need
+  not: it can commit nothing);
+- no refused write commits: a write answered ForwardToLeader (it did not
+  take effect) never shows up as a committed entry (write payloads are
+  unique);
 - per node: purged <= snapshot <= applied <= committed <= last log index;
   term never decreases and a vote in a term never changes, across restarts;
   commit and applied never decrease within one incarnation.
@@ -50,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from raftcore.config import Config, SnapshotPolicy
-from raftcore.errors import ForwardToLeader, NetworkError, NoSpace, RaftError
+from raftcore.errors import ForwardToLeader, NetworkError, NoSpace, OutcomeUnknown, RaftError
 from raftcore.member_changes import ChangeMembers
 from raftcore.model import Node, ReadPolicy
 from raftcore.network.local import LocalRouter
@@ -353,9 +359,14 @@ class SimNetwork(LocalRouter):
 class Checker:
     """Safety invariants, checked as the simulation runs."""
 
-    def __init__(self, trace: list) -> None:
+    def __init__(self, trace: list, rafts: dict) -> None:
         self.trace = trace
+        self.rafts = rafts                           # node -> its current Raft
         self.committed: dict[int, tuple] = {}        # index -> (term, kind, payload)
+        # index -> a term no earlier than the one its entry was committed in
+        self.committed_by: dict[int, int] = {}
+        self.committed_payloads: dict[str, int] = {}  # repr(payload) -> index
+        self.refused: dict[str, Any] = {}            # repr(payload) -> client
         self.leaders: dict[int, int] = {}            # term -> leader id
         self.votes: dict[int, dict] = {}             # node -> {term: voted for}
         self.max_term: dict[int, int] = {}
@@ -375,9 +386,32 @@ class Checker:
     def applied(self, node: int, e) -> None:
         rec = (e.term, e.kind, repr(e.payload))
         prev = self.committed.setdefault(e.index, rec)
-        if prev != rec:
+        if prev is rec:
+            self.committed_by[e.index] = self._highest_term()
+            self.committed_payloads[rec[2]] = e.index
+            if rec[2] in self.refused:
+                self._refused_but_committed(self.refused[rec[2]], rec[2], e.index)
+        elif prev != rec:
             self.fail(f"state machine safety: node {node} applied {rec} at index {e.index}, "
                       f"another node applied {prev}")
+
+    def _highest_term(self) -> int:
+        # The leader that committed an entry saved its term before it was
+        # elected, so some node (up, or down with its last engine kept) is
+        # at that term or later now.
+        return max(r._core.engine.vote.term for r in self.rafts.values())
+
+    def write_refused(self, client: Any, cmd: Any) -> None:
+        """A client was told its write `cmd` did not take effect."""
+        payload = repr(cmd)
+        self.refused[payload] = client
+        index = self.committed_payloads.get(payload)
+        if index is not None:
+            self._refused_but_committed(client, payload, index)
+
+    def _refused_but_committed(self, client: Any, payload: str, index: int) -> None:
+        self.fail(f"refused write committed: client {client} was told {payload} did not "
+                  f"take effect (ForwardToLeader), yet it is committed at index {index}")
 
     def new_incarnation(self, node: int) -> None:
         self.incarnation[node] = (0, 0)
@@ -426,8 +460,9 @@ class Checker:
         self.incarnation[node] = (e.committed, applied)
 
     def _leader_complete(self, node: int, e) -> None:
+        committed_by = self.committed_by
         for index, (term, _, _) in self.committed.items():
-            if index <= e.log.purged_index:
+            if index <= e.log.purged_index or committed_by[index] >= e.vote.term:
                 continue
             if index > e.last_log_index or e.log.term_of(index) != term:
                 self.fail(f"leader completeness: node {node} leads term {e.vote.term} without "
@@ -442,9 +477,9 @@ class Simulation:
         self.s = settings
         self.rng = random.Random(seed)
         self.trace: list = []
-        self.checker = Checker(self.trace)
-        self.net = SimNetwork(random.Random(self.rng.random()))
         self.rafts: dict[int, Raft] = {}
+        self.checker = Checker(self.trace, self.rafts)
+        self.net = SimNetwork(random.Random(self.rng.random()))
         self.disks: dict[int, SimDisk] = {}
         self.sms: dict[int, SimStateMachine] = {}
         self.down: set[int] = set()
@@ -459,6 +494,7 @@ class Simulation:
         self.known_leader: dict[int, int] = {}      # node -> term it was seen leading
         self.held: set[int] = set()                 # crashed nodes a script keeps down
         self.wiped: Optional[int] = None            # the member that lost its disk, if any
+        self.final_attempts = 0
 
     def log(self, msg: str) -> None:
         self.trace.append(f"{asyncio.get_running_loop().time():9.4f}  {msg}")
@@ -602,8 +638,9 @@ class Simulation:
             resp = await asyncio.wait_for(node.client_write(cmd), self.s.op_timeout)
         except ForwardToLeader:
             self.history.fail(tok)          # never proposed, or its entry was replaced
-        except (asyncio.TimeoutError, RaftError):
-            self.history.indeterminate(tok)
+            self.checker.write_refused(cid, cmd)
+        except (asyncio.TimeoutError, OutcomeUnknown, RaftError):
+            self.history.indeterminate(tok)     # may take effect, even later
         else:
             self.history.complete(tok, resp.data, now=loop.time())
 
@@ -1081,11 +1118,14 @@ class Simulation:
 
     async def final_write_and_read(self, leader: Raft) -> bool:
         loop = asyncio.get_running_loop()
-        tok = self.history.invoke("final", "set", "final", ("done",), now=loop.time())
+        self.final_attempts += 1
+        value = f"done-{self.final_attempts}"      # unique, as every write's payload
+        tok = self.history.invoke("final", "set", "final", (value,), now=loop.time())
         try:
-            resp = await asyncio.wait_for(leader.client_write(["set", "final", "done"]), 1.0)
+            resp = await asyncio.wait_for(leader.client_write(["set", "final", value]), 1.0)
         except ForwardToLeader:
             self.history.fail(tok)
+            self.checker.write_refused("final", ["set", "final", value])
             return False
         except (RaftError, asyncio.TimeoutError):
             self.history.indeterminate(tok)
