@@ -646,8 +646,10 @@ async def test_partitioned_old_leader_cannot_commit_and_steps_down():
         await old.wait(GUARD).metrics(
             lambda m: m.state == FOLLOWER and m.current_leader == new.id,
             f"old leader {old.id} follows new leader {new.id}")
-        # Its uncommitted write was replaced by the new leader's log.
-        with pytest.raises(ForwardToLeader):
+        # Its uncommitted write was replaced by the new leader's log. The old
+        # leader cannot tell whether another node still holds the entry and
+        # a later leader commits it: the write's outcome is unknown to it.
+        with pytest.raises(OutcomeUnknown):
             await asyncio.wait_for(task, GUARD)
 
         marker = await converge(c.all())

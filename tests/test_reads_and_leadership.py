@@ -21,7 +21,7 @@ import asyncio
 import pytest
 
 from raftcore import Node, Raft, ReadPolicy, Vote
-from raftcore.errors import ForwardToLeader, NotAllowed, Timeout
+from raftcore.errors import ForwardToLeader, NotAllowed, OutcomeUnknown, Timeout
 from raftcore.messages import VoteRequest
 from raftcore.storage import MemStateMachine
 
@@ -234,8 +234,9 @@ async def test_check_quorum_isolated_leader_steps_down_and_serves_nothing():
         assert old.state_machine.get("k") == "old" and old.state_machine.get("lost") is None
 
         c.router.heal()
-        # Its uncommitted write is replaced by the new leader's log.
-        with pytest.raises(ForwardToLeader):
+        # Its uncommitted write is replaced by the new leader's log; the old
+        # leader cannot tell whether it is lost for good: outcome unknown.
+        with pytest.raises(OutcomeUnknown):
             await asyncio.wait_for(write, GUARD)
         marker = await converge(c.all())
         for r in c.all():
