@@ -122,6 +122,7 @@ cdef class Engine:
     cdef void _start_election(self, bint transfer)
     cdef void _become_leader(self)
     cdef void _rebuild_replication(self)
+    cdef QuorumTracker _carried_seq_quorum(self)
     cdef void _recount_commit_quorum(self)
     cdef void _append_local(self, list entries)
     cdef void _membership_appended(self, Entry e)

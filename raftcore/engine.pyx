@@ -953,9 +953,29 @@ cdef class Engine:
                 p = Progress(node_id, next_index, self.max_inflight)
             self.progress[node_id] = p
         self._recount_commit_quorum()
-        # Read/lease confirmation restarts with the new voter sets.
-        self.seq_quorum = QuorumTracker(self.membership.configs)
-        self.seq_quorum.update(self.id, self.hb_seq)
+        self.seq_quorum = self._carried_seq_quorum()
+
+    cdef QuorumTracker _carried_seq_quorum(self):
+        """The heartbeat-round tracker (read confirmation, lease, check_quorum)
+        for the voter sets now in force. A voter that stays keeps the rounds
+        it answered: it did answer them, and forgetting them would look like
+        a silent quorum to check_quorum. A voter added answered none as a
+        voter, a removed one no longer counts, and answers under another
+        incarnation than the membership records count for nothing."""
+        cdef QuorumTracker old = self.seq_quorum
+        cdef QuorumTracker carried = QuorumTracker(self.membership.configs)
+        carried.update(self.id, self.hb_seq)
+        if old is None:
+            return carried
+        pins = self._pins()
+        for voter in self.membership.voter_ids:
+            answered = old.value_of(voter)      # None: not a voter before
+            if not answered or voter == self.id:
+                continue
+            pinned = pins.get(voter)
+            if pinned is None or pinned == self.seen.get(voter):
+                carried.update(voter, answered)
+        return carried
 
     cdef void _recount_commit_quorum(self):
         """The commit quorum from what each follower holds, leaving out the
@@ -1214,10 +1234,6 @@ cdef class Engine:
             changed = True
         self.learned = {}
         if changed:
-            # Same voters: the heartbeat rounds they answered still count
-            # (a fresh tracker would look like a silent quorum to check_quorum).
-            seq_quorum = self.seq_quorum
             self._append_local([make_entry(self.vote.term, self.log.last_index() + 1, MEMBERSHIP,
                                            Membership(self.membership.configs, nodes))])
-            self.seq_quorum = seq_quorum
             self._replicate_all()

@@ -364,6 +364,70 @@ def test_engine_refuses_a_negative_drift_bound_or_a_margin_that_leaves_no_lease(
         h.make_engine(1, max_clock_drift=drift, lease_margin=margin)
 
 
+def answered_heartbeats(leader, followers, until, answering):
+    """Ticks the leader through its heartbeat rounds up to `until`; the
+    followers in `answering` answer each at once, the others' are lost."""
+    while leader.heartbeat_deadline <= until:
+        t = leader.heartbeat_deadline
+        leader.tick(t)
+        out = sends(leader.take_commands())
+        for i in answering:
+            deliver_append(leader, followers[i], only(out[i]), now=t)
+
+
+@isolated
+@pytest.mark.parametrize("change", ["learner added", "same voters"])
+def test_check_quorum_still_counts_voters_that_answered_just_before_a_membership_change(change):
+    # check_quorum: a leader steps down once no quorum answered a round sent
+    # within election_timeout_max (2.0). A membership change that keeps the
+    # voters must not make it forget that they answered a moment ago.
+    leader, followers = cluster(M3, check_quorum=True)
+    leader.take_commands()
+    answered_heartbeats(leader, followers, 3.0, answering=[2, 3])
+    answered_heartbeats(leader, followers, 4.5, answering=[])     # answers still on their way
+    new = members({1, 2, 3}, learners=[4]) if change == "learner added" else members({1, 2, 3})
+    leader.change_membership(new, 4.6)
+    leader.tick(4.75)
+    assert leader.state == LEADER
+    # The last answered round was sent at 3.0: the check still fires once it
+    # is election_timeout_max old, not later.
+    leader.tick(5.1)
+    assert leader.state == FOLLOWER
+
+
+@isolated
+@pytest.mark.parametrize("new_voters, leads", [({1, 3, 4}, True), ({1, 2, 4}, False)])
+def test_check_quorum_in_a_joint_configuration_counts_answers_of_a_quorum_of_each_voter_set(
+        new_voters, leads):
+    # Node 3 answers every round, node 2 has been silent since t = 0, node 4
+    # is added and has answered nothing. {1, 3, 4} holds a quorum that
+    # answered; {1, 2, 4} does not (node 3's answers count only in the old set).
+    leader, followers = cluster(M3, check_quorum=True)
+    leader.take_commands()
+    answered_heartbeats(leader, followers, 3.0, answering=[3])
+    leader.change_membership(members({1, 2, 3}, new_voters), 3.1)
+    leader.tick(3.2)
+    assert (leader.state == LEADER) is leads
+
+
+@isolated
+@pytest.mark.parametrize("new, acked, lease", [
+    (members({1, 2, 3}, learners=[4]), [2, 3], True),
+    (members({1, 2, 3}, {1, 2, 4}), [2, 3], True),
+    (members({1, 2, 3}, {1, 4, 5}), [2, 3], False),      # only the leader in the new set answered
+    (members({1, 2, 3}, {1, 2, 4}), [3, 4], False),      # 4 answered as a learner, not as a voter
+])
+def test_lease_after_a_membership_change_counts_only_voters_that_answered_as_voters_of_each_set(
+        new, acked, lease):
+    # The followers in `acked` answered the round sent at t = 0: the lease
+    # holds until 1.0 if they make a quorum of every voter set of the new
+    # membership. Answers of a node that was not a voter promise nothing.
+    leader, _ = cluster(members({1, 2, 3}, learners=[4]), acked=acked)
+    leader.take_commands()
+    leader.change_membership(new, 0.1)
+    assert leader.lease_valid(0.2) is lease
+
+
 @isolated
 def test_follower_that_heard_from_the_leader_within_the_minimum_election_timeout_refuses_votes():
     f = restored(2, M3, terms=[1], vote=Vote(1, 1, True), committed=1)

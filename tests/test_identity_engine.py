@@ -241,3 +241,19 @@ def test_recording_incarnations_keeps_the_heartbeat_rounds_the_voters_answered()
     assert [e.kind for e in appended] == [ENTRY_MEMBERSHIP]
     assert recorded(leader)[2] == "b"
     assert leader.confirmed_seq == confirmed
+
+
+@isolated
+def test_rounds_answered_under_an_incarnation_the_new_membership_does_not_record_stop_counting():
+    # Node 3 answered as "c"; a membership entry recording "x" for it makes
+    # those answers ones from other storage: with node 2 silent, the leader
+    # holds no lease until node 3 answers as "x".
+    m = pinned({1: "a", 2: None, 3: None})
+    es = {i: node(i, m, inc) for i, inc in ((1, "a"), (2, "b"), (3, "c"))}
+    leader = es[1]
+    pump(es, {1: elect(leader, {3: "c"})}, down={2})
+    assert leader.lease_valid(0.1)
+    nodes = {**leader.membership.nodes, 3: Node("n3", incarnation="x")}
+    leader.change_membership(Membership(m.configs, nodes), 0.1)
+    assert recorded(leader)[3] == "x"
+    assert not leader.lease_valid(0.1)
