@@ -29,13 +29,17 @@ CUT = 3
 CAMPAIGNS = 3
 #: Writes the leader acknowledges before the cut, and again during it.
 WRITES = 100
+#: Election timeouts longer than test_kv_process's, so that a leader stalled
+#: by a loaded machine does not lose its lease to node 2 while node 3 is cut
+#: off (which would fail the test for another reason than node 3).
+ELECTION_TIMEOUT = ["--election-timeout", "1.0,1.5"]
 
 
 class ProxiedCluster(KvCluster):
     """A KvCluster whose nodes reach each other through Links."""
 
     def __init__(self, tmp_path) -> None:
-        super().__init__(tmp_path)
+        super().__init__(tmp_path, extra=ELECTION_TIMEOUT)
         self.links = Links(self.addrs)
 
     async def start_links(self) -> None:
