@@ -91,12 +91,14 @@ class KvCluster:
     def log_path(self, i: int):
         return self.tmp / f"n{i}.log"
 
-    def start(self, i: int, init: bool = False) -> None:
+    def start(self, i: int, init: bool = False, args: list[str] = ()) -> None:
+        """Starts node i with the cluster's options and then `args`, its own."""
         assert i not in self.procs, f"node {i} is running"
         with open(self.log_path(i), "ab") as out:
             self.procs[i] = subprocess.Popen(
                 node_cmd("--id", str(i), "--dir", str(self.tmp / f"n{i}"), "--peers",
-                         self.peers, *NODE_ARGS, *self.extra, *(["--init"] if init else [])),
+                         self.peers, *NODE_ARGS, *self.extra, *(["--init"] if init else []),
+                         *args),
                 stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp, env=dict(os.environ))
 
     def start_all(self, init: bool = True) -> None:
