@@ -47,9 +47,16 @@ def test_import_fails_loudly_without_the_compiled_engine(tmp_path):
     assert "compiled engine" in proc.stderr and "pip install" in proc.stderr
 
 
+def raftcore_script() -> str:
+    """The console script installed with the Python running the tests (a
+    venv need not be activated, so PATH may name another install's)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "raftcore")
+    assert os.access(exe, os.X_OK), f"the raftcore console script is not installed at {exe}"
+    return exe
+
+
 def test_bench_command_prints_a_row_per_client_count():
-    exe = shutil.which("raftcore")
-    assert exe, "the raftcore console script is not installed"
+    exe = raftcore_script()
     proc = subprocess.run([exe, "bench", "--clients", "1,3", "--ops", "30", "--json",
                            "--no-floor"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -61,14 +68,14 @@ def test_bench_command_prints_a_row_per_client_count():
 
 
 def test_bench_command_rejects_bad_arguments():
-    exe = shutil.which("raftcore")
+    exe = raftcore_script()
     proc = subprocess.run([exe, "bench", "--clients", "0,x"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "--clients" in proc.stderr
 
 
 def test_bench_runs_over_tcp_processes_with_the_file_store(tmp_path):
-    exe = shutil.which("raftcore")
+    exe = raftcore_script()
     proc = subprocess.run([exe, "bench", "--transport", "tcp", "--store", "file",
                            "--dir", str(tmp_path), "--clients", "1,4", "--ops", "20",
                            "--json", "--no-floor"], capture_output=True, text=True, timeout=180)
