@@ -200,6 +200,11 @@ REGRESSION_SEEDS = [
     # was paused through term 7's election) without an entry committed in
     # term 7; leader completeness only binds leaders of later terms.
     (7002281, sim.SimSettings(nodes=5)),
+    # Wiped node 2 was removed and added back while it was down; node 3 was
+    # wiped next, before node 2 ran again. Node 2's log still recorded its
+    # old incarnation, so it would not vote, and node 3 was stale: no quorum
+    # for ever. A "wipe" fault now waits for the replacement to take effect.
+    (10200272, sim.SimSettings(nodes=3, duration=12.0, fault_interval=0.4)),
 ]
 
 

@@ -34,8 +34,10 @@ leader, converged members, and a write and a read that succeed (liveness).
 One fault, "wipe", is an operator's bad day: a node loses its disk and is
 restarted under its old id on empty storage (a new storage incarnation). It
 must not vote or count toward commit; the next "wipe" fault replaces it the
-way an operator would (removes it, adds it back, promotes it again) before
-it wipes another node, so at most one member is wiped at a time. The checker
+way an operator would (removes it, adds it back, promotes it again). Only
+once the replaced node runs and both it and the leader see the membership
+record its new incarnation does a "wipe" fault wipe another node, so at most
+one member is wiped or stale at a time. The checker
 forgets the wiped node's vote history (its new storage voted in no term).
 
 Most faults are random. One, "figure8", is a script: it drives the cluster
@@ -494,6 +496,7 @@ class Simulation:
         self.known_leader: dict[int, int] = {}      # node -> term it was seen leading
         self.held: set[int] = set()                 # crashed nodes a script keeps down
         self.wiped: Optional[int] = None            # the member that lost its disk, if any
+        self.replacement: Optional[str] = None      # its replacement: "running", "done"
         self.final_attempts = 0
 
     def log(self, msg: str) -> None:
@@ -835,11 +838,14 @@ class Simulation:
         leader = self.leader_guess()
         if leader is None:
             return False
-        if self.wiped is not None:
+        if self.wiped is not None and not self.replaced(leader, self.wiped):
             n = self.wiped
-            self.log(f"replace wiped {n}")
-            self.background(self.replace_wiped(leader, n))
+            if self.replacement is None:
+                self.replacement = "running"
+                self.log(f"replace wiped {n}")
+                self.background(self.replace_wiped(leader, n))
             return False        # counted when it wiped
+        self.wiped, self.replacement = None, None
         # Only a member whose incarnation the membership records: before
         # that, a wiped node cannot be told from a new one (the README says so).
         members = leader.metrics.membership.nodes
@@ -859,17 +865,32 @@ class Simulation:
     async def replace_wiped(self, leader: Raft, n: int) -> None:
         """What an operator does for a node that lost its disk: remove it
         from the membership, add it back and, if it voted, promote it."""
-        m = leader.metrics.membership
-        was_voter = n in m.voter_ids
-        if was_voter:
-            await leader.change_membership(ChangeMembers.remove_voters({n}))
-        elif n in m.nodes:
-            await leader.change_membership(ChangeMembers.remove_nodes({n}))
-        await leader.add_learner(n, Node(f"sim-{n}"), blocking=False)
-        if was_voter:
-            await leader.change_membership(ChangeMembers.add_voter_ids({n}))
-        self.wiped = None
-        self.log(f"replaced wiped {n}")
+        try:
+            m = leader.metrics.membership
+            was_voter = n in m.voter_ids
+            if was_voter:
+                await leader.change_membership(ChangeMembers.remove_voters({n}))
+            elif n in m.nodes:
+                await leader.change_membership(ChangeMembers.remove_nodes({n}))
+            await leader.add_learner(n, Node(f"sim-{n}"), blocking=False)
+            if was_voter:
+                await leader.change_membership(ChangeMembers.add_voter_ids({n}))
+            self.replacement = "done"
+            self.log(f"replaced wiped {n}")
+        finally:
+            if self.replacement == "running":
+                self.replacement = None     # failed: the next "wipe" fault retries
+
+    def replaced(self, leader: Raft, n: int) -> bool:
+        """True once the replacement of wiped node n took effect: n runs and
+        the leader's membership and n's own record n's current incarnation.
+        Before that n may not vote (its log still says it is stale), so
+        wiping another member could leave no quorum."""
+        if n in self.down:
+            return False
+        incarnation = self.rafts[n]._core.engine.incarnation
+        return (self.rafts[n]._core.engine.recorded_incarnation(n) == incarnation
+                and leader._core.engine.recorded_incarnation(n) == incarnation)
 
     # ------------------------------------------------------ Figure 8
 
