@@ -37,12 +37,12 @@ def make_config(seed: int, **kw) -> Config:
                   election_timeout_max=ELECTION_MAX, seed=seed, **kw)
 
 
-def cluster_test(fn):
+def cluster_test(fn, guard: float = TEST_GUARD):
     """Runs an async test body on a fresh uvloop loop, with a whole-test guard."""
     @functools.wraps(fn)
     def wrapper():
         async def guarded():
-            return await asyncio.wait_for(fn(), TEST_GUARD)
+            return await asyncio.wait_for(fn(), guard)
         uvloop.run(guarded())
     return wrapper
 

@@ -13,32 +13,23 @@ import functools
 import logging
 
 import pytest
-import uvloop
 
-from raftcore import ChangeMembers, Config, Node, Raft, ServerState
+from raftcore import ChangeMembers, Node, Raft, ServerState
 from raftcore.errors import ClusterMismatch
 from raftcore.messages import AppendEntriesRequest, VoteRequest
 from raftcore.network import LocalRouter
 from raftcore.storage import FileLogStore, MemLogStore, MemStateMachine
 
-from cluster_harness import stable_leader
+import cluster_harness
+from cluster_harness import make_config, stable_leader
 
 GUARD = 10.0
 TEST_GUARD = 60.0
 
 
-def make_config(seed: int) -> Config:
-    return Config(heartbeat_interval=0.02, election_timeout_min=0.15,
-                  election_timeout_max=0.30, seed=seed)
-
-
-def cluster_test(fn):
-    @functools.wraps(fn)
-    def wrapper():
-        async def guarded():
-            return await asyncio.wait_for(fn(), TEST_GUARD)
-        uvloop.run(guarded())
-    return wrapper
+#: The harness's runner with a longer whole-test guard: these tests restart
+#: nodes on files and wait for several membership changes.
+cluster_test = functools.partial(cluster_harness.cluster_test, guard=TEST_GUARD)
 
 
 class Warnings:
