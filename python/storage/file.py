@@ -692,13 +692,10 @@ class FileLogStore(LogStore):
         if VOTE_FILE not in names:
             return
         path = self._p(VOTE_FILE)
-        data = memoryview(self._ops.read_file(path))
-        rec = read_frame(data, 0)
-        if rec is None or rec[0] != R_VOTE or rec[2] != len(data):
-            raise StorageError(f"{path}: the vote file is damaged (bad checksum or length at "
-                               "offset 0); the node's vote is unknown, refusing to open")
+        body = self._read_single_record(path, R_VOTE, "the vote file is damaged (bad checksum "
+                                        "or length at offset 0); the node's vote is unknown")
         try:
-            version, v = _unpack(rec[1])
+            version, v = _unpack(body)
             if version not in READABLE_VERSIONS:
                 raise StorageError(f"{path}: vote format version {version}, expected one of "
                                    f"{READABLE_VERSIONS}")
@@ -707,6 +704,15 @@ class FileLogStore(LogStore):
             raise
         except Exception as exc:
             raise StorageError(f"{path}: undecodable vote record at offset 0: {exc}") from exc
+
+    def _read_single_record(self, path: str, kind: int, damaged: str):
+        """The body of a file that holds exactly one record of `kind` (the
+        vote, the identity); StorageError naming the file if it does not."""
+        data = memoryview(self._ops.read_file(path))
+        rec = read_frame(data, 0)
+        if rec is None or rec[0] != kind or rec[2] != len(data):
+            raise StorageError(f"{path}: {damaged}; refusing to open")
+        return rec[1]
 
     def _load_identity(self, names: list) -> None:
         """Reads the identity file, or makes one (a new incarnation) for a
@@ -719,13 +725,10 @@ class FileLogStore(LogStore):
             self._identity = identity
             return
         path = self._p(IDENTITY_FILE)
-        data = memoryview(self._ops.read_file(path))
-        rec = read_frame(data, 0)
-        if rec is None or rec[0] != R_IDENTITY or rec[2] != len(data):
-            raise StorageError(f"{path}: the identity file is damaged (bad checksum or length "
-                               "at offset 0); refusing to open")
+        body = self._read_single_record(path, R_IDENTITY, "the identity file is damaged (bad "
+                                        "checksum or length at offset 0)")
         try:
-            version, cluster_id, incarnation = _unpack(rec[1])
+            version, cluster_id, incarnation = _unpack(body)
             if version not in READABLE_VERSIONS:
                 raise StorageError(f"{path}: identity format version {version}, expected one "
                                    f"of {READABLE_VERSIONS}")
