@@ -58,6 +58,7 @@ setup(
     packages=[
         "raftcore",
         "raftcore.storage",
+        "raftcore.storage.wal",
         "raftcore.network",
         "raftcore.testing",
     ],
