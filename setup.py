@@ -61,6 +61,7 @@ setup(
         "raftcore.storage.wal",
         "raftcore.network",
         "raftcore.testing",
+        "raftcore.testing.storage_suite",
     ],
     package_dir={"raftcore": "python"},
     package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"]},
