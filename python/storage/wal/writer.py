@@ -52,11 +52,12 @@ from typing import Any, Awaitable, Callable, Optional
 
 from raftcore.codec import encode_log_id
 from raftcore.errors import NoSpace, StorageError, is_space_error
-from raftcore.storage.wal.index import Segment, deletable
+from raftcore.storage.wal.index import LogIndex, Segment, deletable
 from raftcore.storage.wal.oslayer import FileOps
 from raftcore.storage.wal.records import (FORMAT_VERSION, MARKER, R_HEADER, R_MARKER, frame,
                                           seg_name)
 from raftcore.storage.wal.threads import FlushThread, GroupSyncer, default_executor, settle
+from raftcore.types import LogId
 
 # The store's messages keep the logger name users and tests filter on.
 log = logging.getLogger("raftcore.storage.file")
@@ -78,7 +79,7 @@ class Group:
     def __init__(self) -> None:
         self.data = b""
         self.callbacks: list = []
-        self.segment: Optional[Segment] = None     # where the data goes, at offset
+        self.segment: Optional[Segment] = None      # where the data goes, at offset
         self.offset = 0
         self.roll = False                           # segment is new: create it
         self.delete: list = []
@@ -88,12 +89,23 @@ class GroupCommit:
     """FileLogStore's write half (a base class of it): the buffer, the group
     in flight, the threads, the disk-full hold.
 
-    Owns the attributes set in _init_group_commit; shares with the store
-    the ones the store sets: path, segment_size, _ops, _dir_fd, _fd (the
-    active segment), _segments, _index, _committed, _packer, _closed,
-    _failed. Everything here runs on the event loop thread except
-    _write_group and what it calls (the flush thread or the executor).
+    Owns the attributes set in _init_group_commit; reads (and, for _fd and
+    _segments, updates) the ones declared below, which the store sets.
+    Everything here runs on the event loop thread except _write_group and
+    what it calls (the flush thread or the executor).
     """
+
+    path: str
+    segment_size: int
+    _ops: FileOps
+    _dir_fd: Optional[int]
+    _fd: Optional[int]              # the active (last) segment
+    _segments: list[Segment]
+    _index: LogIndex
+    _committed: Optional[LogId]
+    _closed: bool
+    _failed: Optional[StorageError]
+    _packer: Any                    # a msgpack.Packer
 
     def _init_group_commit(self, executor: Optional[Callable[..., Awaitable]],
                            ops: Any) -> None:
