@@ -43,6 +43,11 @@ class CallLog(FileOps):
         super().close(fd)
 
 
+class FailingRename(FileOps):
+    def rename(self, src, dst):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), src)
+
+
 class FullDisk(FileOps):
     """write_file of a file named `victim` writes half its data, then fails
     with ENOSPC (as a write on a full disk does)."""
@@ -89,6 +94,16 @@ def test_replace_file_that_fails_keeps_the_old_content_and_removes_the_copy(tmp_
     with pytest.raises(OSError) as info:
         replace_file(str(path), b"new content", FullDisk("state.tmp"))
     assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"old content"
+    assert sorted(os.listdir(tmp_path)) == ["state"]
+
+
+def test_replace_file_whose_rename_fails_keeps_the_old_content_and_removes_the_copy(
+        tmp_path):
+    path = tmp_path / "state"
+    path.write_bytes(b"old content")
+    with pytest.raises(OSError):
+        replace_file(str(path), b"new content", FailingRename())
     assert path.read_bytes() == b"old content"
     assert sorted(os.listdir(tmp_path)) == ["state"]
 

@@ -134,16 +134,16 @@ class FileOps:
 
     def replace_file(self, path: str, data: bytes, dir_fd: int) -> None:
         """Replaces `path` with `data` atomically and durably (see the module
-        docstring); `dir_fd` is the open directory holding `path`. On a
-        failure before the rename, the temporary file is removed (giving its
+        docstring); `dir_fd` is the open directory holding `path`. If the
+        write or the rename fails, the temporary file is removed (giving its
         space back) and `path` is unchanged."""
         tmp = path + ".tmp"
         try:
             self.write_file(tmp, data)
+            self.rename(tmp, path)
         except OSError:
             self.remove_quietly(tmp)
             raise
-        self.rename(tmp, path)
         self.fsync(dir_fd)
 
 
