@@ -243,8 +243,6 @@ class FileLogStore(GroupCommit, LogStore):
     def _replace_identity(self, data: bytes) -> None:
         self._ops.replace_file(self._p(IDENTITY_FILE), data, self._dir_fd)
 
-    # -------------------------------------------------------------- recovery
-
     # ---------------------------------------------------------------- reads
 
     async def read_vote(self) -> Optional[Vote]:
@@ -381,7 +379,6 @@ class FileLogStore(GroupCommit, LogStore):
     def no_space(self) -> Optional[NoSpace]:
         """The NoSpace error while writes are held for lack of disk space, else None."""
         return self._no_space
-
 
     # ------------------------------------------------------------ lifecycle
 
