@@ -58,8 +58,10 @@ setup(
     packages=[
         "raftcore",
         "raftcore.storage",
+        "raftcore.storage.wal",
         "raftcore.network",
         "raftcore.testing",
+        "raftcore.testing.storage_suite",
     ],
     package_dir={"raftcore": "python"},
     package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"]},

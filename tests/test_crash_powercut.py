@@ -802,9 +802,10 @@ def test_a_torn_write_zero_filled_from_a_sector_boundary_inside_the_marker_is_cu
     falls inside the group's commit marker. That group was never fsynced, so
     never reported flushed: recovery must cut it as a torn tail (and log it),
     not refuse to start. (Found by the zeros mode above: before the fix in
-    FileLogStore._tail_marker a zeroed group length -- the marker's last
-    field -- left 3 of its 4 fields intact and was taken for damage.) The
-    same with the file's allocated zeros after the group."""
+    Recovery._tail_marker (raftcore.storage.wal.recovery) a zeroed group
+    length -- the marker's last field -- left 3 of its 4 fields intact and
+    was taken for damage.) The same with the file's allocated zeros after
+    the group."""
     data = _store_ending_at_sector_boundary(str(tmp_path), zeroed)
     seg = tmp_path / "seg-000000000001.log"
     torn = data[:-zeroed] + bytes(zeroed)
