@@ -60,6 +60,7 @@ setup(
         "raftcore.storage",
         "raftcore.network",
         "raftcore.testing",
+        "raftcore.kv",
     ],
     package_dir={"raftcore": "python"},
     package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"]},
