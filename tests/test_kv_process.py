@@ -345,12 +345,12 @@ def test_the_command_exits_2_on_a_bad_argument(tmp_path):
 ])
 def test_peers_flag_errors_name_the_bad_part(text, message):
     with pytest.raises(argparse.ArgumentTypeError) as err:
-        kv._parse_peers(text)
+        kv.cli._parse_peers(text)
     assert message in str(err.value)
 
 
 def test_peers_flag_accepts_names_and_addresses():
-    assert kv._parse_peers(" 1=127.0.0.1:7001, 2=[::1]:7001,3=node-3.example:7001,"
+    assert kv.cli._parse_peers(" 1=127.0.0.1:7001, 2=[::1]:7001,3=node-3.example:7001,"
                            "4=db_4:7001,5=localhost.:7001,") == {
         1: "127.0.0.1:7001", 2: "[::1]:7001", 3: "node-3.example:7001", 4: "db_4:7001",
         5: "localhost.:7001"}
