@@ -43,7 +43,7 @@ from raftcore.kv import Client, KvError, KvStateMachine
 from raftcore.messages import SnapshotMeta
 from raftcore.network import RaftServer
 from raftcore.network.tcp import WIRE_VERSION
-from raftcore.types import ENTRY_NORMAL, Entry
+from raftcore.types import ENTRY_NORMAL, Entry, LogId
 
 HOST = "127.0.0.1"
 #: Failure guard of every condition polled below (never a way to wait).
@@ -426,6 +426,22 @@ def test_snapshot_carries_sessions_and_survives_in_its_file(tmp_path):
             assert other.apply([session_entry(3, 7, 1, 1, ["cas", 5, None, [1, 2]])]) == \
                 [["ok", [True, [1, 2]]]]
             assert other.applied_commands == 2
+    uvloop.run(body())
+
+
+def test_restarted_holds_only_the_snapshot_with_its_sessions(tmp_path):
+    async def body():
+        sm = KvStateMachine(tmp_path, max_sessions=3)
+        sm.apply([session_entry(1, "a", 1, 1, ["set", "k", 1])])
+        loop = asyncio.get_running_loop()
+        await sm.build_snapshot(lambda fn, *a: loop.run_in_executor(None, fn, *a))
+        sm.apply([session_entry(2, "a", 2, 2, ["set", "k", 2])])
+        again = sm.restarted()
+        assert type(again) is KvStateMachine
+        assert (again.path, again.max_sessions) == (None, 3)
+        assert again.data == {"k": 1} and again.last_applied == LogId(1, 1)
+        assert again.apply([session_entry(2, "a", 1, 1, ["set", "k", 3])]) == [["ok", None]]
+        assert again.data == {"k": 1} and again.deduplicated == 1
     uvloop.run(body())
 
 

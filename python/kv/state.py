@@ -93,11 +93,10 @@ class KvStateMachine(MemStateMachine):
         executor = kw.get("executor") or (lambda fn, *a: loop.run_in_executor(None, fn, *a))
         return await executor(lambda: cls(path, **kw))
 
-    def restarted(self) -> "KvStateMachine":
-        sm = KvStateMachine(max_sessions=self.max_sessions)
-        if self._snapshot is not None:
-            sm._load(self._snapshot.meta, self._snapshot.data)
-        return sm
+    def _empty_like(self) -> "KvStateMachine":
+        # Without the path: restarted() models a restart in memory, it does
+        # not reread the snapshot file.
+        return KvStateMachine(max_sessions=self.max_sessions)
 
     # ------------------------------------------------------------- apply
 
