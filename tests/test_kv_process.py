@@ -464,6 +464,20 @@ def test_a_damaged_snapshot_file_refuses_to_load(tmp_path):
     assert not (tmp_path / "snapshot.tmp").exists()
 
 
+def test_a_failed_snapshot_write_leaves_no_temporary_file(tmp_path):
+    async def body():
+        sm = KvStateMachine(tmp_path)
+        sm.apply([session_entry(1, "a", 1, 1, ["set", "k", 1])])
+        # A directory in the file's place: the rename over it fails.
+        (tmp_path / "snapshot").mkdir()
+        loop = asyncio.get_running_loop()
+        with pytest.raises(StorageError, match="writing the snapshot .*snapshot failed"):
+            await sm.build_snapshot(lambda fn, *a: loop.run_in_executor(None, fn, *a))
+        assert not (tmp_path / "snapshot.tmp").exists()
+        assert sm.durable_snapshot() is None
+    uvloop.run(body())
+
+
 # ====================================================== the server's hook
 
 def test_raft_server_hands_service_messages_to_their_handlers():

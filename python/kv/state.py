@@ -237,23 +237,9 @@ class KvStateMachine(MemStateMachine):
             # must not replace it.
             if meta.last_log_index < self._file_index:
                 return
-            tmp = final + ".tmp"
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    view = memoryview(blob)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, final)
-                _fsync_dir(self.path)
+                _write_file_atomically(final, blob)
             except OSError as exc:
-                try:
-                    os.unlink(tmp)      # gives its space back; the last snapshot stays
-                except OSError:
-                    pass
                 raise StorageError(f"KvStateMachine: writing the snapshot {final} failed: "
                                    f"{exc}") from exc
             self._file_index = meta.last_log_index
@@ -306,6 +292,31 @@ class KvStateMachine(MemStateMachine):
         self._file_meta = meta
         log.info("loaded snapshot %s up to %s from %s", meta.snapshot_id, meta.last_log_id,
                  final)
+
+
+def _write_file_atomically(final: str, blob: bytes) -> None:
+    """Replaces the file `final` with `blob` so that a crash leaves the old
+    file or the new one, never a mix: written to final.tmp, fsynced, renamed
+    over `final`, then the directory fsynced. On OSError the temporary file
+    is removed (it gives its space back; `final` stays as it was)."""
+    tmp = final + ".tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        _fsync_dir(os.path.dirname(final))
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _fsync_dir(path: str) -> None:
