@@ -351,7 +351,7 @@ def test_peers_flag_errors_name_the_bad_part(text, message):
 
 def test_peers_flag_accepts_names_and_addresses():
     assert kv.cli._parse_peers(" 1=127.0.0.1:7001, 2=[::1]:7001,3=node-3.example:7001,"
-                           "4=db_4:7001,5=localhost.:7001,") == {
+                               "4=db_4:7001,5=localhost.:7001,") == {
         1: "127.0.0.1:7001", 2: "[::1]:7001", 3: "node-3.example:7001", 4: "db_4:7001",
         5: "localhost.:7001"}
 
