@@ -287,6 +287,20 @@ class WriteStream:
         return out
 
 
+# ============================================================ the package
+
+#: What `raftcore.kv` offered as one module, and still offers as a package.
+KV_PUBLIC_NAMES = [
+    "KV_WRITE", "KV_GET", "KV_STATUS", "OK", "REDIRECT", "UNAVAILABLE", "ERROR", "READ_INDEX",
+    "LEASE", "STALE", "SESSION_CMD", "KV_SNAPSHOT_FORMAT", "write_request", "KvError",
+    "KvStateMachine", "KvService", "Client", "build_parser", "parse_args", "main", "run_node"]
+
+
+def test_the_package_exports_every_public_name_of_the_module_it_replaced():
+    missing = [name for name in KV_PUBLIC_NAMES + kv.__all__ if not hasattr(kv, name)]
+    assert missing == []
+
+
 # =============================================================== arguments
 
 @pytest.mark.parametrize("args, message", [
