@@ -22,7 +22,7 @@ import glob
 import os
 
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -55,14 +55,8 @@ def extensions():
 
 
 setup(
-    packages=[
-        "raftcore",
-        "raftcore.storage",
-        "raftcore.storage.wal",
-        "raftcore.network",
-        "raftcore.testing",
-        "raftcore.testing.storage_suite",
-    ],
+    # Every folder of python/ with an __init__.py is a subpackage of raftcore.
+    packages=["raftcore"] + ["raftcore." + p for p in find_packages("python")],
     package_dir={"raftcore": "python"},
     package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"]},
     ext_modules=extensions(),

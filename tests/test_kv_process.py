@@ -43,7 +43,7 @@ from raftcore.kv import Client, KvError, KvStateMachine
 from raftcore.messages import SnapshotMeta
 from raftcore.network import RaftServer
 from raftcore.network.tcp import WIRE_VERSION
-from raftcore.types import ENTRY_NORMAL, Entry
+from raftcore.types import ENTRY_NORMAL, Entry, LogId
 
 HOST = "127.0.0.1"
 #: Failure guard of every condition polled below (never a way to wait).
@@ -287,6 +287,20 @@ class WriteStream:
         return out
 
 
+# ============================================================ the package
+
+#: What `raftcore.kv` offered as one module, and still offers as a package.
+KV_PUBLIC_NAMES = [
+    "KV_WRITE", "KV_GET", "KV_STATUS", "OK", "REDIRECT", "UNAVAILABLE", "ERROR", "READ_INDEX",
+    "LEASE", "STALE", "SESSION_CMD", "KV_SNAPSHOT_FORMAT", "write_request", "KvError",
+    "KvStateMachine", "KvService", "Client", "build_parser", "parse_args", "main", "run_node"]
+
+
+def test_the_package_exports_every_public_name_of_the_module_it_replaced():
+    missing = [name for name in KV_PUBLIC_NAMES + kv.__all__ if not hasattr(kv, name)]
+    assert missing == []
+
+
 # =============================================================== arguments
 
 @pytest.mark.parametrize("args, message", [
@@ -345,13 +359,13 @@ def test_the_command_exits_2_on_a_bad_argument(tmp_path):
 ])
 def test_peers_flag_errors_name_the_bad_part(text, message):
     with pytest.raises(argparse.ArgumentTypeError) as err:
-        kv._parse_peers(text)
+        kv.cli._parse_peers(text)
     assert message in str(err.value)
 
 
 def test_peers_flag_accepts_names_and_addresses():
-    assert kv._parse_peers(" 1=127.0.0.1:7001, 2=[::1]:7001,3=node-3.example:7001,"
-                           "4=db_4:7001,5=localhost.:7001,") == {
+    assert kv.cli._parse_peers(" 1=127.0.0.1:7001, 2=[::1]:7001,3=node-3.example:7001,"
+                               "4=db_4:7001,5=localhost.:7001,") == {
         1: "127.0.0.1:7001", 2: "[::1]:7001", 3: "node-3.example:7001", 4: "db_4:7001",
         5: "localhost.:7001"}
 
@@ -429,6 +443,22 @@ def test_snapshot_carries_sessions_and_survives_in_its_file(tmp_path):
     uvloop.run(body())
 
 
+def test_restarted_holds_only_the_snapshot_with_its_sessions(tmp_path):
+    async def body():
+        sm = KvStateMachine(tmp_path, max_sessions=3)
+        sm.apply([session_entry(1, "a", 1, 1, ["set", "k", 1])])
+        loop = asyncio.get_running_loop()
+        await sm.build_snapshot(lambda fn, *a: loop.run_in_executor(None, fn, *a))
+        sm.apply([session_entry(2, "a", 2, 2, ["set", "k", 2])])
+        again = sm.restarted()
+        assert type(again) is KvStateMachine
+        assert (again.path, again.max_sessions) == (None, 3)
+        assert again.data == {"k": 1} and again.last_applied == LogId(1, 1)
+        assert again.apply([session_entry(2, "a", 1, 1, ["set", "k", 3])]) == [["ok", None]]
+        assert again.data == {"k": 1} and again.deduplicated == 1
+    uvloop.run(body())
+
+
 def test_a_damaged_snapshot_file_refuses_to_load(tmp_path):
     sm = KvStateMachine(tmp_path)
     meta = SnapshotMeta(1, 1, None, "s1")
@@ -446,6 +476,20 @@ def test_a_damaged_snapshot_file_refuses_to_load(tmp_path):
     (tmp_path / "snapshot.tmp").write_bytes(b"half a snapshot")
     assert KvStateMachine(tmp_path).last_applied is None
     assert not (tmp_path / "snapshot.tmp").exists()
+
+
+def test_a_failed_snapshot_write_leaves_no_temporary_file(tmp_path):
+    async def body():
+        sm = KvStateMachine(tmp_path)
+        sm.apply([session_entry(1, "a", 1, 1, ["set", "k", 1])])
+        # A directory in the file's place: the rename over it fails.
+        (tmp_path / "snapshot").mkdir()
+        loop = asyncio.get_running_loop()
+        with pytest.raises(StorageError, match="writing the snapshot .*snapshot failed"):
+            await sm.build_snapshot(lambda fn, *a: loop.run_in_executor(None, fn, *a))
+        assert not (tmp_path / "snapshot.tmp").exists()
+        assert sm.durable_snapshot() is None
+    uvloop.run(body())
 
 
 # ====================================================== the server's hook

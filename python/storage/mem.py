@@ -126,10 +126,16 @@ class MemStateMachine(StateMachine):
         """A new state machine holding only this one's current snapshot: what
         a node finds after a restart when its snapshots are durable but its
         applied state is not."""
-        sm = MemStateMachine()
+        sm = self._empty_like()
         if self._snapshot is not None:
             sm._load(self._snapshot.meta, self._snapshot.data)
         return sm
+
+    def _empty_like(self) -> "MemStateMachine":
+        """A new, empty state machine configured like this one, for
+        restarted() to load the snapshot into; a subclass whose constructor
+        takes arguments overrides it."""
+        return MemStateMachine()
 
     @staticmethod
     def set_cmd(key: Any, value: Any) -> list:

@@ -293,11 +293,8 @@ class SimStateMachine(MemStateMachine):
         snap = self._snapshot
         return snap.meta if snap is not None else None
 
-    def restarted(self) -> "SimStateMachine":
-        sm = SimStateMachine(self.node_id, self.checker)
-        if self._snapshot is not None:
-            sm._load(self._snapshot.meta, self._snapshot.data)
-        return sm
+    def _empty_like(self) -> "SimStateMachine":
+        return SimStateMachine(self.node_id, self.checker)
 
 
 # ------------------------------------------------------------------ network

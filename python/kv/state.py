@@ -1,0 +1,327 @@
+"""KvStateMachine: the key-value map with client sessions (exactly-once
+writes) and durable snapshot files."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import struct
+import threading
+import zlib
+from typing import Any, Callable, Optional
+
+import msgpack
+
+from raftcore.codec import decode_snapshot_meta, encode_snapshot_meta
+from raftcore.errors import ConfigError, NotAllowed, StorageError
+from raftcore.kv.protocol import SESSION_CMD, check_client_id, check_command
+from raftcore.messages import SnapshotMeta
+from raftcore.storage.base import Snapshot
+from raftcore.storage.mem import MemStateMachine
+from raftcore.types import LogId
+
+log = logging.getLogger("raftcore.kv")
+
+#: Version of KvStateMachine's snapshot data (what travels to followers).
+KV_SNAPSHOT_FORMAT = 1
+#: Snapshot file: magic, version, crc32 of the body, body length, then the
+#: body: msgpack [encoded SnapshotMeta, data].
+_SNAP_MAGIC = b"RCKVSNAP"
+_SNAP_HEAD = struct.Struct(">8sIII")
+_SNAP_FILE = "snapshot"
+_snapshot_ids = itertools.count(1)
+
+
+class _Session:
+    """What the state machine keeps of one client: the responses of its
+    writes at or above `floor` (the client has the answers below it)."""
+
+    __slots__ = ("floor", "responses")
+
+    def __init__(self, floor: int = 0, responses: Optional[dict] = None) -> None:
+        self.floor = floor
+        self.responses: dict[int, Any] = responses if responses is not None else {}
+
+
+class KvStateMachine(MemStateMachine):
+    """MemStateMachine's key-value map plus client sessions (exactly-once
+    writes) and, with `path`, durable snapshots.
+
+    Commands: MemStateMachine's (["set", k, v], ["delete", k], ["cas", k,
+    expected, new]) and ["session", client_id, seq, acked_below, cmd], which
+    applies `cmd` once per (client_id, seq) and answers ["ok", result],
+    ["error", reason] (a malformed cmd) or ["stale", reason] (a seq below
+    what the client acknowledged: not applied).
+
+    path: a directory for snapshots, or None to keep them in memory only.
+        A snapshot is written to a temporary file, fsynced and renamed over
+        the previous one before build_snapshot or install_snapshot returns,
+        so the node may purge its log up to it. Open with
+        `await KvStateMachine.open(path)` to load the newest snapshot.
+    executor(fn, *args) -> awaitable runs blocking file work; default: the
+        event loop's thread pool (install_snapshot uses it; build_snapshot
+        uses the one the runtime passes).
+    max_sessions: clients whose sessions are kept (least recently active
+        dropped first).
+    """
+
+    def __init__(self, path: Optional[str | os.PathLike] = None, *,
+                 executor: Optional[Callable] = None, max_sessions: int = 100_000) -> None:
+        super().__init__()
+        if not isinstance(max_sessions, int) or max_sessions <= 0:
+            raise ConfigError(f"max_sessions must be a positive int, got {max_sessions!r}")
+        self.path = os.fspath(path) if path is not None else None
+        self.max_sessions = max_sessions
+        #: client id -> _Session, least recently active first.
+        self.sessions: dict[Any, _Session] = {}
+        #: Commands applied to the map (a deduplicated retry is not counted).
+        self.applied_commands = 0
+        #: Session writes answered from the session instead of applied again.
+        self.deduplicated = 0
+        self._executor = executor
+        self._file_lock = threading.Lock()     # snapshot file writes, in executor threads
+        self._file_index = -1                  # log index of the snapshot on disk
+        self._file_meta: Optional[SnapshotMeta] = None   # and its meta
+        if self.path is not None:
+            self._load_file()
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike, **kw: Any) -> "KvStateMachine":
+        """Creates the state machine off the event loop (reading the snapshot)."""
+        loop = asyncio.get_running_loop()
+        executor = kw.get("executor") or (lambda fn, *a: loop.run_in_executor(None, fn, *a))
+        return await executor(lambda: cls(path, **kw))
+
+    def _empty_like(self) -> "KvStateMachine":
+        # Without the path: restarted() models a restart in memory, it does
+        # not reread the snapshot file.
+        return KvStateMachine(max_sessions=self.max_sessions)
+
+    # ------------------------------------------------------------- apply
+
+    def _apply_normal(self, data: dict, p: Any) -> Any:
+        # MemStateMachine.apply walks the entries; a client command here is
+        # either a session command or a plain one.
+        if isinstance(p, (list, tuple)) and p and p[0] == SESSION_CMD:
+            return self._apply_session(p)
+        self.applied_commands += 1
+        return self._apply_command(data, p)
+
+    def _apply_session(self, p: Any) -> list:
+        # Everything here is a function of the log alone: every node answers
+        # and deduplicates the same way.
+        if len(p) != 5:
+            return ["error", f"a session command is [session, client_id, seq, acked_below, "
+                             f"cmd], got {len(p)} items"]
+        _, cid, seq, acked, cmd = p
+        why = check_client_id(cid)
+        if why is None and (type(seq) is not int or seq < 1 or type(acked) is not int
+                            or not 0 <= acked <= seq):
+            why = f"seq must be an int >= 1 and acked_below an int in [0, seq], got " \
+                  f"{seq!r:.40} and {acked!r:.40}"
+        if why is not None:
+            return ["error", why]
+        sessions = self.sessions
+        s = sessions.pop(cid, None)
+        if s is None:
+            s = _Session()
+            if len(sessions) >= self.max_sessions:
+                del sessions[next(iter(sessions))]
+        sessions[cid] = s              # most recently active last
+        if seq < s.floor:
+            resp = ["stale", f"write {seq} of client {cid!r:.80} is older than what the "
+                             f"client acknowledged ({s.floor}); it was not applied again"]
+        else:
+            resp = s.responses.get(seq)
+            if resp is not None:
+                self.deduplicated += 1
+            else:
+                why = check_command(cmd)
+                if why is not None:
+                    resp = ["error", why]
+                else:
+                    resp = ["ok", self._run_command(self.data, cmd)]
+                    self.applied_commands += 1
+                s.responses[seq] = resp
+        if acked > s.floor:
+            s.floor = acked
+            responses = s.responses
+            for k in [k for k in responses if k < acked]:
+                del responses[k]
+        return resp
+
+    # --------------------------------------------------------- snapshots
+
+    def _state(self) -> dict:
+        """The state to snapshot, captured now (values are never mutated in
+        place, sessions' response maps are)."""
+        return {
+            "format": KV_SNAPSHOT_FORMAT,
+            "items": list(self.data.items()),
+            "sessions": [[cid, s.floor, list(s.responses.items())]
+                         for cid, s in self.sessions.items()],
+            "applied_commands": self.applied_commands,
+            "deduplicated": self.deduplicated,
+        }
+
+    async def build_snapshot(self, executor: Callable) -> Snapshot:
+        if self.last_applied is None:
+            raise NotAllowed("nothing is applied yet; there is nothing to snapshot")
+        state = self._state()
+        last, membership = self.last_applied, self.last_membership
+        meta = SnapshotMeta(last.term, last.index, membership,
+                            f"{last.term}-{last.index}-{next(_snapshot_ids)}")
+        data = await executor(self._encode_and_save, meta, state)
+        snap = Snapshot(meta, data)
+        if self._snapshot is None or \
+                self._snapshot.meta.last_log_index <= meta.last_log_index:
+            self._snapshot = snap
+        return snap
+
+    def _encode_and_save(self, meta: SnapshotMeta, state: dict) -> bytes:
+        data = msgpack.packb(state, use_bin_type=True)
+        if self.path is not None:
+            self._save_file(meta, data)
+        return data
+
+    async def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        self._load(meta, data)           # validates before anything is written
+        if self.path is not None:
+            executor = self._executor
+            if executor is None:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, self._save_file, meta, data)
+            else:
+                await executor(self._save_file, meta, data)
+
+    def _parse(self, meta: SnapshotMeta, data: bytes) -> tuple:
+        """(items, sessions, applied_commands, deduplicated) of the snapshot;
+        StorageError if it cannot be read."""
+        try:
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+            found = obj.get("format") if isinstance(obj, dict) else None
+            if found != KV_SNAPSHOT_FORMAT:
+                raise ValueError(f"format {found!r:.40}, expected {KV_SNAPSHOT_FORMAT}")
+            items = {k: v for k, v in obj["items"]}
+            sessions = {cid: _Session(floor, {seq: r for seq, r in responses})
+                        for cid, floor, responses in obj["sessions"]}
+            applied_commands, deduplicated = obj["applied_commands"], obj["deduplicated"]
+            if type(applied_commands) is not int or type(deduplicated) is not int:
+                raise ValueError("applied_commands or deduplicated is not an int")
+        except Exception as exc:
+            raise StorageError(f"KvStateMachine cannot read snapshot {meta.snapshot_id}: "
+                               f"{exc}") from exc
+        return items, sessions, applied_commands, deduplicated
+
+    def _load(self, meta: SnapshotMeta, data: bytes) -> None:
+        items, sessions, applied_commands, deduplicated = self._parse(meta, data)
+        self.data = items
+        self.sessions = sessions
+        self.applied_commands = applied_commands
+        self.deduplicated = deduplicated
+        self.last_applied = LogId(meta.last_log_term, meta.last_log_index)
+        self.last_membership = meta.membership
+        self._snapshot = Snapshot(meta, data)
+
+    # ------------------------------------------------------ snapshot file
+
+    def _save_file(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Makes the snapshot durable as DIR/snapshot (executor thread)."""
+        body = msgpack.packb([encode_snapshot_meta(meta), data], use_bin_type=True)
+        blob = _SNAP_HEAD.pack(_SNAP_MAGIC, KV_SNAPSHOT_FORMAT, zlib.crc32(body),
+                               len(body)) + body
+        final = os.path.join(self.path, _SNAP_FILE)
+        with self._file_lock:
+            # A build that finishes after a newer snapshot was installed
+            # must not replace it.
+            if meta.last_log_index < self._file_index:
+                return
+            try:
+                _write_file_atomically(final, blob)
+            except OSError as exc:
+                raise StorageError(f"KvStateMachine: writing the snapshot {final} failed: "
+                                   f"{exc}") from exc
+            self._file_index = meta.last_log_index
+            self._file_meta = meta
+
+    def durable_snapshot(self) -> Optional[SnapshotMeta]:
+        """The snapshot in the file (none without a path): what a restart
+        loads, so the node may purge its log up to it."""
+        return self._file_meta
+
+    def _load_file(self) -> None:
+        path = self.path
+        try:
+            os.makedirs(path, exist_ok=True)
+            tmp = os.path.join(path, _SNAP_FILE + ".tmp")
+            if os.path.exists(tmp):
+                # Never renamed into place: never reported durable.
+                log.info("removing %s left by an interrupted snapshot write", tmp)
+                os.unlink(tmp)
+            final = os.path.join(path, _SNAP_FILE)
+            try:
+                with open(final, "rb") as f:
+                    blob = f.read()
+            except FileNotFoundError:
+                return
+        except OSError as exc:
+            raise StorageError(f"KvStateMachine: cannot read snapshots in {path}: {exc}") \
+                from exc
+        head = _SNAP_HEAD.size
+        if len(blob) < head:
+            raise StorageError(f"{final}: truncated snapshot file ({len(blob)} bytes)")
+        magic, version, crc, size = _SNAP_HEAD.unpack_from(blob)
+        if magic != _SNAP_MAGIC:
+            raise StorageError(f"{final} is not a raftcore kv snapshot file")
+        if version != KV_SNAPSHOT_FORMAT:
+            raise StorageError(f"{final}: snapshot format version {version}, this raftcore "
+                               f"reads version {KV_SNAPSHOT_FORMAT}")
+        body = blob[head:]
+        if len(body) != size or zlib.crc32(body) != crc:
+            raise StorageError(
+                f"{final}: the snapshot file is damaged (length or checksum mismatch at "
+                f"offset {head}); the log may be purged up to it, so the node refuses to start")
+        try:
+            meta_obj, data = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            meta = decode_snapshot_meta(meta_obj)
+        except Exception as exc:
+            raise StorageError(f"{final}: undecodable snapshot: {exc}") from exc
+        self._load(meta, data)
+        self._file_index = meta.last_log_index
+        self._file_meta = meta
+        log.info("loaded snapshot %s up to %s from %s", meta.snapshot_id, meta.last_log_id,
+                 final)
+
+
+def _write_file_atomically(final: str, blob: bytes) -> None:
+    """Replaces the file `final` with `blob` so that a crash leaves the old
+    file or the new one, never a mix: written to final.tmp, fsynced, renamed
+    over `final`, then the directory fsynced. On OSError the temporary file
+    is removed (it gives its space back; `final` stays as it was)."""
+    tmp = final + ".tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        _fsync_dir(os.path.dirname(final))
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
