@@ -19,6 +19,7 @@ from raftcore.kv.protocol import SESSION_CMD, check_client_id, check_command
 from raftcore.messages import SnapshotMeta
 from raftcore.storage.base import Snapshot
 from raftcore.storage.mem import MemStateMachine
+from raftcore.storage.wal.oslayer import replace_file
 from raftcore.types import LogId
 
 log = logging.getLogger("raftcore.kv")
@@ -238,7 +239,7 @@ class KvStateMachine(MemStateMachine):
             if meta.last_log_index < self._file_index:
                 return
             try:
-                _write_file_atomically(final, blob)
+                replace_file(final, blob)
             except OSError as exc:
                 raise StorageError(f"KvStateMachine: writing the snapshot {final} failed: "
                                    f"{exc}") from exc
@@ -293,35 +294,3 @@ class KvStateMachine(MemStateMachine):
         log.info("loaded snapshot %s up to %s from %s", meta.snapshot_id, meta.last_log_id,
                  final)
 
-
-def _write_file_atomically(final: str, blob: bytes) -> None:
-    """Replaces the file `final` with `blob` so that a crash leaves the old
-    file or the new one, never a mix: written to final.tmp, fsynced, renamed
-    over `final`, then the directory fsynced. On OSError the temporary file
-    is removed (it gives its space back; `final` stays as it was)."""
-    tmp = final + ".tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        _fsync_dir(os.path.dirname(final))
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
