@@ -60,6 +60,8 @@ setup(
         "raftcore.storage",
         "raftcore.network",
         "raftcore.testing",
+        "raftcore.testing.sim",
+        "raftcore.testing.lincheck",
     ],
     package_dir={"raftcore": "python"},
     package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"]},
