@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import pytest
-import uvloop
 
+from async_runner import run_guarded
 from raftcore.errors import StorageError
 from raftcore.storage import FileLogStore
 from raftcore.storage.file import FileOps
@@ -612,7 +612,7 @@ def run_seed(seed: int, mode: str, epochs: int = 4, flush_thread: bool = False) 
     level = logger.level
     logger.setLevel(logging.CRITICAL)       # the store logs every cut it sees
     try:
-        uvloop.run(asyncio.wait_for(stream.run(epochs), 120))
+        run_guarded(stream.run(epochs), 120)
     finally:
         logger.setLevel(level)
     return stream
@@ -742,7 +742,7 @@ def test_a_missing_fsync_is_caught(disk):
         stream = Stream(seed, "strict")
         stream.fs_class = disk
         try:
-            uvloop.run(asyncio.wait_for(stream.run(2), 120))
+            run_guarded(stream.run(2), 120)
         except AssertionError as exc:
             caught = str(exc)
             break

@@ -19,8 +19,8 @@ from __future__ import annotations
 from raftcore.kv import Client
 
 from proxy import Links
-from test_kv_process import (GUARD, KvCluster, WriteStream, kv_test, status_of, statuses, until,
-                             wait_converged, wait_leader)
+from kv_harness import (GUARD, KvCluster, WriteStream, kv_test, status_of, statuses, until,
+                        wait_converged, wait_leader)
 
 #: The node cut off and healed.
 CUT = 3

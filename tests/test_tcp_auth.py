@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -28,6 +27,7 @@ import pytest
 import uvloop
 
 from log_watch import LogWatch
+from async_runner import async_test
 from raftcore import Config, Node, Raft
 from raftcore.codec import encode_message
 from raftcore.errors import ConfigError, ForwardToLeader, NetworkError, OutcomeUnknown
@@ -47,17 +47,7 @@ SECRET = b"correct horse battery staple, 32b"
 def auth_test(fn):
     """Runs an async test body on a fresh uvloop loop with a whole-test guard;
     fails if the loop's exception handler was called."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        errors = []
-
-        async def guarded():
-            asyncio.get_running_loop().set_exception_handler(
-                lambda loop, ctx: errors.append(ctx))
-            return await asyncio.wait_for(fn(*args, **kwargs), TEST_GUARD)
-        uvloop.run(guarded())
-        assert not errors, f"unhandled errors in the event loop: {errors}"
-    return wrapper
+    return async_test(TEST_GUARD, loop_errors_fail=True)(fn)
 
 
 # ------------------------------------------------------------------ helpers
