@@ -625,9 +625,10 @@ def run_seed(seed: int, mode: str, epochs: int = 4, flush_thread: bool = False) 
 #: like torn, or a file's new size survives with its data only up to a sector
 #: boundary and zeros after it; unordered: any subset of the unsynced
 #: directory changes, as a file system without ordered metadata could keep.
-#: (Deleting several purged segments under one directory fsync used to leave a
-#: gap in the segment numbers there, run_seed(177, "unordered"); each deletion
-#: is now made durable on its own, oldest first.)
+#: (Under "unordered", deleting several purged segments under one directory
+#: fsync could leave a gap in the segment numbers, as run_seed(177,
+#: "unordered") shows; so each deletion is made durable on its own, oldest
+#: first.)
 MODES = ["strict", "torn", "zeros", "unordered"]
 SEEDS_PER_TEST = 25
 
