@@ -250,6 +250,15 @@ async def converge(nodes: list) -> int:
     return resp.index
 
 
+async def leader_after_a_write(c: Cluster) -> tuple[Raft, int]:
+    """Waits for a leader all nodes follow, writes a=1 through it and waits
+    until every node applied that; returns the leader and its term."""
+    leader = await stable_leader(c.all())
+    base = await leader.client_write(["set", "a", 1])
+    await wait_all_applied(c.all(), base.index)
+    return leader, leader.metrics.current_term
+
+
 async def stays(raft: Raft, pred, window: float, msg: str) -> None:
     """Asserts pred(metrics) holds throughout an observation window of
     `window` seconds (metrics are checked at every state change)."""

@@ -349,6 +349,14 @@ async def write_until_done(nodes, payload, exclude=()):
             continue
 
 
+async def shut_down(nodes: dict) -> None:
+    """Shuts every node down, then closes its log store."""
+    for r in nodes.values():
+        await r.shutdown()
+    for r in nodes.values():
+        await r.log_store.close()
+
+
 def test_a_leader_whose_disk_fills_hands_over_and_the_node_resumes_when_space_is_freed(
         tmp_path):
     async def body():
@@ -387,10 +395,7 @@ def test_a_leader_whose_disk_fills_hands_over_and_the_node_resumes_when_space_is
             assert "refused" not in new.state_machine.data
             await asyncio.wait_for(asyncio.gather(pending, return_exceptions=True), GUARD)
         finally:
-            for r in nodes.values():
-                await r.shutdown()
-            for r in nodes.values():
-                await r.log_store.close()
+            await shut_down(nodes)
     run(body())
 
 
@@ -654,10 +659,7 @@ def test_a_snapshot_install_that_finds_the_disk_full_waits_for_space_then_comple
             await lagging.wait(GUARD).applied_index_at_least(last.index)
             assert lagging.state_machine.data.get("k59") == 59
         finally:
-            for r in nodes.values():
-                await r.shutdown()
-            for r in nodes.values():
-                await r.log_store.close()
+            await shut_down(nodes)
     run(body())
 
 
@@ -701,8 +703,5 @@ def test_a_node_restarted_on_a_full_disk_calls_off_its_election_and_deposes_nobo
             await node.wait(GUARD).applied_index_at_least(resp.index)
             assert node.state_machine.data == {"a": 1, "b": 2}
         finally:
-            for r in nodes.values():
-                await r.shutdown()
-            for r in nodes.values():
-                await r.log_store.close()
+            await shut_down(nodes)
     run(body())
