@@ -3,6 +3,12 @@ test_membership, test_reads_and_leadership, ...): a router that records vote
 requests, a cluster that shuts down every node it made, and conditions to
 wait on.
 
+Every test body is a coroutine run on a fresh uvloop event loop by a plain
+sync test function (`cluster_test`). Tests synchronize only on conditions:
+`raft.wait(...)`, or the vote requests the recording router saw. Timeouts
+given to them are failure guards. Where a test shows that something does
+NOT happen, it says so and watches an explicit observation window.
+
 Tests import it by name: conftest.py puts this folder on sys.path (pytest
 runs with --import-mode=importlib, which does not).
 """

@@ -8,11 +8,7 @@ restart), a leader ignoring higher terms during its lease, transfer votes
 bypassing both, leadership transfer, pre-vote, check-quorum, and the
 elect switch and trigger.
 
-Every test body is a coroutine run on a fresh uvloop event loop by a plain
-sync test function (`cluster_test`). Tests synchronize only on conditions:
-`raft.wait(...)`, or the vote requests the recording router saw. Timeouts
-given to them are failure guards. Where a test shows that something does
-NOT happen, it says so and watches an explicit observation window.
+Tests run and synchronize as cluster_harness's docstring says.
 """
 from __future__ import annotations
 
