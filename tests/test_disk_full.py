@@ -542,6 +542,21 @@ def run_on_three_64m_disks(tmp_path, tmpfs, body) -> None:
             assert "Traceback" not in c.log_text(i), c.log_text(i)
 
 
+async def freed_and_caught_up(c: KvCluster, client: Client, disks: dict, node: int,
+                              lead: int) -> None:
+    """Frees `node`'s full disk; waits until it resumes and applied all that
+    leader `lead` had, and checks it serves the keys after0..after19."""
+    target = (await status_of(c.addrs[lead]))["applied"]
+    disks[node].free()
+
+    async def caught_up():
+        s = await status_of(c.addrs[node])
+        return s is not None and not s["disk_full"] and s["applied"] >= target
+    await until(caught_up, f"node {node} to resume and catch up", c)
+    for k in range(20):
+        assert await client.get(f"after{k}", stale=True, node=c.addrs[node]) == k
+
+
 def test_a_kv_node_whose_disk_fills_hands_over_and_catches_up_when_space_is_freed(
         tmp_path, tmpfs):
     async def body(c, client, disks, full):
@@ -555,15 +570,7 @@ def test_a_kv_node_whose_disk_fills_hands_over_and_catches_up_when_space_is_free
         assert lead != full
         st = await status_of(c.addrs[full])
         assert st["disk_full"] and st["state"] != "LEADER", st
-        target = (await status_of(c.addrs[lead]))["applied"]
-        disks[full].free()
-
-        async def caught_up():
-            s = await status_of(c.addrs[full])
-            return s is not None and not s["disk_full"] and s["applied"] >= target
-        await until(caught_up, f"node {full} to resume and catch up", c)
-        for k in range(20):
-            assert await client.get(f"after{k}", stale=True, node=c.addrs[full]) == k
+        await freed_and_caught_up(c, client, disks, full, lead)
     run_on_three_64m_disks(tmp_path, tmpfs, body)
 
 
@@ -583,16 +590,7 @@ def test_a_kv_node_restarted_on_a_full_disk_stays_up_and_catches_up_when_space_i
         assert c.procs[victim].poll() is None, c.logs()
         lead = await wait_leader(c)
         assert lead != victim
-        target = (await status_of(c.addrs[lead]))["applied"]
-        disks[victim].free()
-
-        async def caught_up():
-            s = await status_of(c.addrs[victim])
-            return s is not None and not s["disk_full"] and s["applied"] >= target
-        await until(caught_up, f"node {victim} to resume and catch up", c)
-        for k in range(20):
-            assert await client.get(f"after{k}", stale=True,
-                                    node=c.addrs[victim]) == k
+        await freed_and_caught_up(c, client, disks, victim, lead)
     run_on_three_64m_disks(tmp_path, tmpfs, body)
 
 
