@@ -2,7 +2,7 @@
 was wiped (kill -9, rm -rf, restarted with the README command) must not
 silently rejoin; a restart with other --peers or a second --init is logged.
 
-Uses test_kv_process's KvCluster (processes killed on exit whatever
+Uses kv_harness's KvCluster (processes killed on exit whatever
 happens); every wait polls a condition with a failure guard.
 """
 from __future__ import annotations

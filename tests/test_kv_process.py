@@ -32,7 +32,6 @@ import sys
 
 import msgpack
 import pytest
-import uvloop
 
 from raftcore import kv
 from raftcore.errors import ConfigError, StorageError
@@ -42,9 +41,10 @@ from raftcore.network import RaftServer
 from raftcore.network.tcp import WIRE_VERSION
 from raftcore.types import ENTRY_NORMAL, Entry
 
-from kv_harness import (GUARD, HOST, PHASE, KvCluster, WriteStream, all_up, free_ports, kv_test,
-                        node_cmd, serving, status_of, statuses, until, wait_converged,
-                        wait_leader)
+from async_runner import run_guarded
+from kv_harness import (GUARD, HOST, PHASE, TEST_GUARD, KvCluster, WriteStream, all_up,
+                        free_ports, kv_test, node_cmd, serving, status_of, statuses, until,
+                        wait_converged, wait_leader)
 
 # =============================================================== arguments
 
@@ -185,7 +185,7 @@ def test_snapshot_carries_sessions_and_survives_in_its_file(tmp_path):
             assert other.apply([session_entry(3, 7, 1, 1, ["cas", 5, None, [1, 2]])]) == \
                 [["ok", [True, [1, 2]]]]
             assert other.applied_commands == 2
-    uvloop.run(body())
+    run_guarded(body(), TEST_GUARD)
 
 
 def test_a_damaged_snapshot_file_refuses_to_load(tmp_path):
@@ -252,7 +252,7 @@ def test_raft_server_hands_service_messages_to_their_handlers():
             writer.close()
         finally:
             await server.close()
-    uvloop.run(body())
+    run_guarded(body(), TEST_GUARD)
 
 
 # ============================================================== processes

@@ -24,10 +24,9 @@ import struct
 
 import msgpack
 import pytest
-import uvloop
 
 from log_watch import LogWatch
-from async_runner import async_test
+from async_runner import async_test, run_guarded
 from raftcore import Config, Node, Raft
 from raftcore.codec import encode_message
 from raftcore.errors import ConfigError, ForwardToLeader, NetworkError, OutcomeUnknown
@@ -196,7 +195,7 @@ def test_a_bad_secret_is_a_config_error(bad):
     async def start():
         await RaftServer.start(RecordingRaft(), HOST, 0, secret=bad)
     with pytest.raises(ConfigError, match="secret"):
-        uvloop.run(start())
+        run_guarded(start(), TEST_GUARD)
 
 
 async def wait_for_leader(rafts: list) -> Raft:
