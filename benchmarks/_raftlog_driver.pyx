@@ -1,6 +1,6 @@
 # A follower's append of a batch to the compiled RaftLog, for the
 # micro-benchmarks. RaftLog's methods are cdef-only (the engine calls them
-# from C), so this small module, compiled by benchmarks/_build.py against
+# from C), so this small module, compiled by benchmarks/conftest.py against
 # the installed raftcore, calls them the way Engine.handle_append_entries
 # does: skip the entries already held, truncate at the first conflict,
 # append the rest.

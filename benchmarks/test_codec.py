@@ -8,7 +8,8 @@ Run: pytest benchmarks/
 import msgpack
 import pytest
 
-from raftcore.codec import MAX_TERM, MSG_APPEND_ENTRIES, decode_message, encode_message
+from raftcore.codec import (MAX_IDENTITY_LENGTH, MAX_TERM, MSG_APPEND_ENTRIES, decode_message,
+                            encode_message)
 from raftcore.errors import CodecError
 from raftcore.messages import AppendEntriesRequest
 from raftcore.types import ENTRY_BLANK, ENTRY_NORMAL, Entry
@@ -25,7 +26,7 @@ def py_encode_append_entries(req):
     for e in req.entries:
         flat += (e.term, e.index, e.kind, e.payload)
     return [MSG_APPEND_ENTRIES, req.term, req.leader_id, req.prev_log_term,
-            req.prev_log_index, req.leader_commit, flat]
+            req.prev_log_index, req.leader_commit, flat, req.cluster_id]
 
 
 def _int(v, what):
@@ -51,6 +52,17 @@ def _list(v, what, n=-1):
     return v
 
 
+def _identity(v, what):
+    if v is None:
+        return None
+    if type(v) is not str:
+        raise CodecError(f"{what} must be a string or None, got {type(v).__name__}")
+    if not 0 < len(v) <= MAX_IDENTITY_LENGTH:
+        raise CodecError(f"{what} must have 1 to {MAX_IDENTITY_LENGTH} characters, "
+                         f"got {len(v)}")
+    return v
+
+
 def py_decode_entries(flat):
     f = _list(flat, "entries")
     if len(f) % 4:
@@ -73,7 +85,7 @@ def py_decode_entries(flat):
 
 
 def py_decode_append_entries(obj):
-    m = _list(obj, "AppendEntries", 7)
+    m = _list(obj, "AppendEntries", 8)
     if m[0] != MSG_APPEND_ENTRIES:
         raise CodecError(f"not an AppendEntries message: type {m[0]!r}")
     leader_id = m[2]
@@ -81,7 +93,7 @@ def py_decode_append_entries(obj):
         raise CodecError("leader_id must be an integer node id or None")
     req = AppendEntriesRequest(_term(m[1], "term"), leader_id, _term(m[3], "prev_log_term"),
                                _int(m[4], "prev_log_index"), py_decode_entries(m[6]),
-                               _int(m[5], "leader_commit"))
+                               _int(m[5], "leader_commit"), 0, _identity(m[7], "cluster id"))
     if req.entries and req.entries[0].index != req.prev_log_index + 1:
         raise CodecError("AppendEntries entries must start right after prev_log_index")
     return req
@@ -92,7 +104,7 @@ def py_decode_append_entries(obj):
 def _request(n):
     prev = 1000
     entries = [Entry(5, prev + 1 + i, ENTRY_NORMAL, b"x" * 16) for i in range(n)]
-    return AppendEntriesRequest(5, 1, 5, prev, entries, prev - 3)
+    return AppendEntriesRequest(5, 1, 5, prev, entries, prev - 3, cluster_id="cluster-1")
 
 
 IMPLS = {

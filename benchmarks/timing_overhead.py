@@ -1,6 +1,7 @@
 """What timing every call costs a benchmark client: the asyncio floor
-(raftcore.bench.run_floor's loop) with no bookkeeping, with every call timed
-into a latency array, and with one call in 16 timed, in one process.
+(raftcore.bench.run_floor's loop, with its leader task) with no bookkeeping,
+with every call timed into a latency array, and with one call in 16 timed,
+in one process.
 
     python benchmarks/timing_overhead.py
 """
@@ -12,6 +13,8 @@ from array import array
 
 import uvloop
 
+from raftcore.bench import floor_leader
+
 
 async def floor(clients: int, ops: int, sample_every: int) -> float:
     """Round trips/s; sample_every 0: no timing, N: every N-th call timed."""
@@ -20,15 +23,6 @@ async def floor(clients: int, ops: int, sample_every: int) -> float:
     wake = asyncio.Event()
     lat = array("q", bytes(8 * clients * ops))
     perf = time.perf_counter_ns
-
-    async def leader() -> None:
-        while True:
-            await wake.wait()
-            wake.clear()
-            batch = pending[:]
-            pending.clear()
-            for fut in batch:
-                fut.set_result(None)
 
     async def client(k: int) -> None:
         base = k * ops
@@ -43,7 +37,7 @@ async def floor(clients: int, ops: int, sample_every: int) -> float:
             if timed:
                 lat[base + i] = perf() - t
 
-    lt = asyncio.ensure_future(leader())
+    lt = asyncio.ensure_future(floor_leader(pending, wake))
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(clients)))
     dt = time.perf_counter() - t0

@@ -17,7 +17,6 @@ import math
 import os
 import resource
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -303,21 +302,24 @@ async def run_cluster(clients: int, ops_per_client: int, batch: int = 1,
         latency_hist=latency_histogram(s))
 
 
+async def floor_leader(pending: list, wake: asyncio.Event) -> None:
+    """The floor's leader task: each time it is woken, resolves every future
+    the clients put in `pending` (runs until cancelled)."""
+    while True:
+        await wake.wait()
+        wake.clear()
+        batch = pending[:]
+        pending.clear()
+        for fut in batch:
+            fut.set_result(None)
+
+
 async def run_floor(clients: int, ops_per_client: int) -> float:
     """Round trips per second of the asyncio floor: each client puts a future
     in a list and wakes a leader task, which resolves all waiting futures."""
     loop = asyncio.get_running_loop()
     pending: list = []
     wake = asyncio.Event()
-
-    async def leader() -> None:
-        while True:
-            await wake.wait()
-            wake.clear()
-            batch = pending[:]
-            pending.clear()
-            for fut in batch:
-                fut.set_result(None)
 
     async def client() -> None:
         for _ in range(ops_per_client):
@@ -326,7 +328,7 @@ async def run_floor(clients: int, ops_per_client: int) -> float:
             wake.set()
             await fut
 
-    lt = asyncio.ensure_future(leader())
+    lt = asyncio.ensure_future(floor_leader(pending, wake))
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     dt = time.perf_counter() - t0

@@ -8,31 +8,31 @@ import sys
 from typing import Optional, Sequence
 
 
-def _int_list(text: str) -> list[int]:
+def _converted(text: str, convert, expected: str):
+    """convert(text); an argparse error saying `expected` if it does not convert."""
     try:
-        values = [int(x) for x in text.split(",") if x.strip()]
+        return convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def _int_list(text: str) -> list[int]:
+    values = _converted(text, lambda t: [int(x) for x in t.split(",") if x.strip()],
+                        "comma-separated integers")
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
 
 
 def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    v = _converted(text, int, "an integer")
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
 
 
 def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    v = _converted(text, float, "a number of seconds")
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return v

@@ -2,28 +2,11 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any, Optional
 
 from raftcore import engine as _engine
+from raftcore.node import Node
 
-
-@dataclass(frozen=True)
-class Node:
-    """How to reach a cluster member: an address ("host:port") and optional app data.
-
-    `incarnation` is recorded by the cluster, not given by the application:
-    the id of the member's storage (LogStore.read_identity), pinned by the
-    leader once the member answered. A member that later answers with another
-    incarnation lost or replaced its storage (see the README's "Operating a
-    cluster")."""
-
-    addr: str = ""
-    data: Any = field(default=None, compare=False)
-    incarnation: Optional[str] = field(default=None, compare=False)
-
-    def __str__(self) -> str:
-        return self.addr
+__all__ = ["Node", "ServerState", "ReadPolicy"]
 
 
 class ServerState(enum.IntEnum):

@@ -24,6 +24,7 @@ from raftcore.messages cimport (
     SnapshotMeta, InstallSnapshotRequest, InstallSnapshotResponse)
 
 from raftcore.errors import CodecError
+from raftcore.node import Node
 
 MSG_APPEND_ENTRIES = 1
 MSG_APPEND_ENTRIES_RESPONSE = 2
@@ -32,18 +33,6 @@ MSG_VOTE_RESPONSE = 4
 MSG_TRANSFER_LEADER = 5
 MSG_INSTALL_SNAPSHOT = 6
 MSG_INSTALL_SNAPSHOT_RESPONSE = 7
-
-cdef object _Node = None
-
-
-cdef object _node_class():
-    # raftcore.model imports the engine; import it on first use.
-    global _Node
-    if _Node is None:
-        from raftcore.model import Node
-        _Node = Node
-    return _Node
-
 
 cdef inline long long _int(object v, str what) except? -1:
     if type(v) is not int:
@@ -118,7 +107,6 @@ def decode_membership(obj):
         for i in ids:
             _int(i, "voter id")
         configs.append(ids)
-    Node = _node_class()
     nodes = {}
     for item in _list(top[1], "membership nodes"):
         rec = _list(item, "membership node")

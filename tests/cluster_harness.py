@@ -1,6 +1,13 @@
-"""Shared helpers of the LocalRouter cluster tests (test_membership,
-test_reads_and_leadership): a router that records vote requests, a cluster
-that shuts down every node it made, and conditions to wait on.
+"""Shared helpers of the LocalRouter cluster tests (test_cluster,
+test_membership, test_reads_and_leadership, ...): a router that records vote
+requests, a cluster that shuts down every node it made, and conditions to
+wait on.
+
+Every test body is a coroutine run on a fresh uvloop event loop by a plain
+sync test function (`cluster_test`). Tests synchronize only on conditions:
+`raft.wait(...)`, or the vote requests the recording router saw. Timeouts
+given to them are failure guards. Where a test shows that something does
+NOT happen, it says so and watches an explicit observation window.
 
 Tests import it by name: conftest.py puts this folder on sys.path (pytest
 runs with --import-mode=importlib, which does not).
@@ -8,17 +15,17 @@ runs with --import-mode=importlib, which does not).
 from __future__ import annotations
 
 import asyncio
-import functools
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import pytest
-import uvloop
 
 from raftcore import Config, Node, Raft, ServerState
 from raftcore.errors import ForwardToLeader, OutcomeUnknown, Timeout
 from raftcore.network import LocalRouter
 from raftcore.storage import MemLogStore, MemStateMachine
+
+from async_runner import async_test
 
 HEARTBEAT = 0.02
 ELECTION_MIN = 0.15
@@ -30,6 +37,7 @@ TEST_GUARD = 20.0
 
 LEADER = ServerState.LEADER
 FOLLOWER = ServerState.FOLLOWER
+CANDIDATE = ServerState.CANDIDATE
 
 
 def make_config(seed: int, **kw) -> Config:
@@ -39,12 +47,7 @@ def make_config(seed: int, **kw) -> Config:
 
 def cluster_test(fn, guard: float = TEST_GUARD):
     """Runs an async test body on a fresh uvloop loop, with a whole-test guard."""
-    @functools.wraps(fn)
-    def wrapper():
-        async def guarded():
-            return await asyncio.wait_for(fn(), guard)
-        uvloop.run(guarded())
-    return wrapper
+    return async_test(guard)(fn)
 
 
 # ----------------------------------------------------------------- helpers
@@ -103,9 +106,10 @@ class RecordingRouter(LocalRouter):
 
 
 class Cluster:
-    """Nodes on one RecordingRouter, each with its own MemLogStore/MemStateMachine."""
+    """Nodes on one router (a RecordingRouter unless a test brings its own),
+    each with its own MemLogStore/MemStateMachine."""
 
-    def __init__(self, router: RecordingRouter, seed: int, cfg: dict) -> None:
+    def __init__(self, router: LocalRouter, seed: int, cfg: dict) -> None:
         self.router = router
         self.seed = seed
         self.cfg = cfg
@@ -114,6 +118,10 @@ class Cluster:
 
     def __getitem__(self, node_id: int) -> Raft:
         return self.nodes[node_id]
+
+    @property
+    def ids(self) -> list:
+        return sorted(self.nodes)
 
     def all(self) -> list:
         return [self.nodes[i] for i in sorted(self.nodes)]
@@ -152,18 +160,28 @@ def members(ids) -> dict:
 
 class running_cluster:
     """async with running_cluster(3, seed, **config) as c: ... (node 1 is
-    initialized with members 1..n; every node is shut down on exit)."""
+    initialized with members 1..n, or every node with init_all; every node
+    is shut down on exit). `router`: the router to use instead of a
+    RecordingRouter."""
 
-    def __init__(self, n: int, seed: int, **cfg) -> None:
+    def __init__(self, n: int, seed: int, *, init_all: bool = False,
+                 router: Optional[LocalRouter] = None, **cfg) -> None:
         self.n = n
-        self.cluster = Cluster(RecordingRouter(seed=seed), seed, cfg)
+        self.init_all = init_all
+        self.cluster = Cluster(router or RecordingRouter(seed=seed), seed, cfg)
 
     async def __aenter__(self) -> Cluster:
         c = self.cluster
+        ids = range(1, self.n + 1)
         try:
-            for i in range(1, self.n + 1):
+            for i in ids:
                 await c.add_node(i)
-            await c[1].initialize(members(range(1, self.n + 1)))
+            if self.init_all:
+                # Nodes initialized one by one must agree on the cluster id.
+                for i in ids:
+                    await c[i].initialize(members(ids), cluster_id=f"cluster-{c.seed}")
+            else:
+                await c[1].initialize(members(ids))
         except BaseException:
             await c.shutdown()
             raise
@@ -236,6 +254,15 @@ async def converge(nodes: list) -> int:
     resp = await write_retry(nodes, ["set", "__marker__", "converged"])
     await wait_all_applied(nodes, resp.index)
     return resp.index
+
+
+async def leader_after_a_write(c: Cluster) -> tuple[Raft, int]:
+    """Waits for a leader all nodes follow, writes a=1 through it and waits
+    until every node applied that; returns the leader and its term."""
+    leader = await stable_leader(c.all())
+    base = await leader.client_write(["set", "a", 1])
+    await wait_all_applied(c.all(), base.index)
+    return leader, leader.metrics.current_term
 
 
 async def stays(raft: Raft, pred, window: float, msg: str) -> None:

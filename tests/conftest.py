@@ -1,4 +1,5 @@
-"""Lets test modules import their shared helpers (cluster_harness) by name:
+"""Lets test modules import their shared helpers (async_runner, cluster_harness,
+kv_harness, proxy, ...) by name:
 with --import-mode=importlib pytest does not put this folder on sys.path."""
 import pathlib
 import sys

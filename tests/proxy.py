@@ -76,6 +76,13 @@ class Links:
         """The nodes reconnect on their own (they retry with back-off)."""
         self.cut_off = None
 
+    async def held(self, dest: int, body: bytes, reader: asyncio.StreamReader) -> bool:
+        """Called with the first request (`body`) of each connection to node
+        `dest`: False carries the connection on. A test that stalls a path
+        overrides it to read from `reader` instead and return True once done
+        (the connection is then closed, nothing having reached the node)."""
+        return False
+
     async def close(self) -> None:
         for s in self._servers:
             s.close()
@@ -102,6 +109,9 @@ class Links:
                 writer.write(frame([HELLO_MAGIC, 1, None]))
                 head, body = await read_frame(reader)
             sender = sender_of(body)
+            if await self.held(dest, body, reader):
+                writer.close()
+                return
             host, port = self.listen[dest].rsplit(":", 1)
             up_reader, up_writer = await asyncio.open_connection(host, int(port))
         except (OSError, asyncio.IncompleteReadError):

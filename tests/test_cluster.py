@@ -9,12 +9,10 @@ never a means of waiting for a state.
 from __future__ import annotations
 
 import asyncio
-import functools
 
 import pytest
-import uvloop
 
-from raftcore import Config, LogId, Node, Raft, ServerState
+from raftcore import Config, LogId, Node, Raft
 from raftcore.core import ReplyCallback
 from raftcore.errors import ConfigError, Fatal, ForwardToLeader, NotAllowed, OutcomeUnknown, Timeout
 from raftcore.messages import AppendEntriesRequest
@@ -22,111 +20,18 @@ from raftcore.network import LocalRouter
 from raftcore.storage import MemLogStore, MemStateMachine
 from raftcore.types import ENTRY_NORMAL, Entry
 
-from cluster_harness import converge, stable_leader, wait_all_applied, wait_any_leader
+import cluster_harness
+from cluster_harness import (CANDIDATE, ELECTION_MAX, ELECTION_MIN, FOLLOWER, GUARD, HEARTBEAT,
+                             LEADER, converge, make_config, members, running_cluster,
+                             stable_leader, wait_all_applied, wait_any_leader)
 
-# Short timings keep the suite fast. A follower times out after 150-300 ms
-# without a leader: ample head room over the 20 ms heartbeat on a loaded
-# machine, so the stable-leader tests do not see spurious elections.
-HEARTBEAT = 0.02
-ELECTION_MIN = 0.15
-ELECTION_MAX = 0.30
-#: Failure guard for conditions that should hold within a few elections.
-GUARD = 5.0
-#: Whole-test guard: a hang fails the test instead of the suite.
+#: Whole-test guard, longer than the harness's: the ten-thousand-writes test
+#: needs it on a loaded machine.
 TEST_GUARD = 45.0
-
-LEADER = ServerState.LEADER
-FOLLOWER = ServerState.FOLLOWER
-CANDIDATE = ServerState.CANDIDATE
-
-
-def make_config(seed: int, **kw) -> Config:
-    return Config(heartbeat_interval=HEARTBEAT, election_timeout_min=ELECTION_MIN,
-                  election_timeout_max=ELECTION_MAX, seed=seed, **kw)
 
 
 def cluster_test(fn):
-    """Runs an async test body on a fresh uvloop loop, with a whole-test guard."""
-    @functools.wraps(fn)
-    def wrapper():
-        async def guarded():
-            return await asyncio.wait_for(fn(), TEST_GUARD)
-        uvloop.run(guarded())
-    return wrapper
-
-
-# ----------------------------------------------------------------- helpers
-
-class Cluster:
-    """N nodes on one LocalRouter, each with its own MemLogStore/MemStateMachine."""
-
-    def __init__(self, router: LocalRouter, nodes: dict) -> None:
-        self.router = router
-        self.nodes = nodes          # id -> Raft
-
-    def __getitem__(self, node_id: int) -> Raft:
-        return self.nodes[node_id]
-
-    @property
-    def ids(self) -> list:
-        return sorted(self.nodes)
-
-    def others(self, *exclude: Raft) -> list:
-        ex = {r.id for r in exclude}
-        return [self.nodes[i] for i in self.ids if i not in ex]
-
-    def all(self) -> list:
-        return [self.nodes[i] for i in self.ids]
-
-    async def shutdown(self) -> None:
-        errors = []
-        for r in self.all():
-            try:
-                await r.shutdown()
-            except Exception as exc:  # report, but shut the other nodes down too
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-
-
-def members(n: int) -> dict:
-    return {i: Node(f"n{i}") for i in range(1, n + 1)}
-
-
-async def start_cluster(n: int, seed: int, *, init_all: bool = False, router=None,
-                        **cfg) -> Cluster:
-    router = router or LocalRouter(seed=seed)
-    nodes = {}
-    cluster = Cluster(router, nodes)
-    try:
-        for i in range(1, n + 1):
-            raft = await Raft.create(i, make_config(seed * 100 + i, **cfg), router.network(i),
-                                     MemLogStore(), MemStateMachine())
-            router.add(i, raft)
-            nodes[i] = raft
-        for i in (range(1, n + 1) if init_all else (1,)):
-            # Nodes initialized one by one must agree on the cluster id.
-            await nodes[i].initialize(members(n), cluster_id=f"cluster-{seed}")
-    except BaseException:
-        await cluster.shutdown()
-        raise
-    return cluster
-
-
-class running_cluster:
-    """async with running_cluster(3, seed) as c: ...  (always shuts every node down)"""
-
-    def __init__(self, n: int, seed: int, **kw) -> None:
-        self.args = (n, seed)
-        self.kw = kw
-        self.cluster = None
-
-    async def __aenter__(self) -> Cluster:
-        self.cluster = await start_cluster(*self.args, **self.kw)
-        return self.cluster
-
-    async def __aexit__(self, *exc) -> None:
-        await self.cluster.shutdown()
+    return cluster_harness.cluster_test(fn, guard=TEST_GUARD)
 
 
 def log_of(raft: Raft, first: int, upto: int) -> list:
@@ -172,7 +77,7 @@ async def test_single_node_initialize_leads_and_applies():
         assert await r.client_write_many([]) == []
 
         with pytest.raises(NotAllowed, match="already initialized"):
-            await r.initialize(members(1))
+            await r.initialize(members([1]))
         with pytest.raises(NotAllowed):
             await r.initialize({1: Node("n1"), 2: Node("n2")})
         # The refused initialize changed nothing.
@@ -200,7 +105,7 @@ async def test_three_node_initialize_elects_exactly_one_agreed_leader():
         assert all(r.state_machine.get("x") == 1 for r in c.all())
         for r in c.all():
             with pytest.raises(NotAllowed):
-                await r.initialize(members(3))
+                await r.initialize(members([1, 2, 3]))
 
 
 @cluster_test
@@ -706,10 +611,7 @@ async def test_restarted_follower_keeps_its_log_and_catches_up():
         c.router.remove(f.id)
         more = await leader.client_write_many([["set", f"r{i}", -i] for i in range(100)])
 
-        f2 = await Raft.create(f.id, make_config(1600 + f.id), c.router.network(f.id),
-                               log_store, sm)
-        c.nodes[f.id] = f2
-        c.router.add(f.id, f2)
+        f2 = await c.add_node(f.id, log_store, sm)
         m = f2.metrics
         # It restarts from its stores: its log, vote and membership are back.
         assert m.last_log_index >= first[-1].index

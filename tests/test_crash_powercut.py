@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import pytest
-import uvloop
 
+from async_runner import run_guarded
 from raftcore.errors import StorageError
 from raftcore.storage import FileLogStore
 from raftcore.storage.file import FileOps
@@ -612,7 +612,7 @@ def run_seed(seed: int, mode: str, epochs: int = 4, flush_thread: bool = False) 
     level = logger.level
     logger.setLevel(logging.CRITICAL)       # the store logs every cut it sees
     try:
-        uvloop.run(asyncio.wait_for(stream.run(epochs), 120))
+        run_guarded(stream.run(epochs), 120)
     finally:
         logger.setLevel(level)
     return stream
@@ -625,9 +625,10 @@ def run_seed(seed: int, mode: str, epochs: int = 4, flush_thread: bool = False) 
 #: like torn, or a file's new size survives with its data only up to a sector
 #: boundary and zeros after it; unordered: any subset of the unsynced
 #: directory changes, as a file system without ordered metadata could keep.
-#: (Deleting several purged segments under one directory fsync used to leave a
-#: gap in the segment numbers there, run_seed(177, "unordered"); each deletion
-#: is now made durable on its own, oldest first.)
+#: (Under "unordered", deleting several purged segments under one directory
+#: fsync could leave a gap in the segment numbers, as run_seed(177,
+#: "unordered") shows; so each deletion is made durable on its own, oldest
+#: first.)
 MODES = ["strict", "torn", "zeros", "unordered"]
 SEEDS_PER_TEST = 25
 
@@ -742,7 +743,7 @@ def test_a_missing_fsync_is_caught(disk):
         stream = Stream(seed, "strict")
         stream.fs_class = disk
         try:
-            uvloop.run(asyncio.wait_for(stream.run(2), 120))
+            run_guarded(stream.run(2), 120)
         except AssertionError as exc:
             caught = str(exc)
             break

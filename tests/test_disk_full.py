@@ -20,9 +20,9 @@ import subprocess
 import threading
 
 import pytest
-import uvloop
 
 import engine_harness as h     # tests/engine_harness.py, on the path through conftest.py
+from async_runner import run_guarded
 from raftcore import Config, Node, Raft, ServerState
 from raftcore.config import SnapshotPolicy
 from raftcore.engine import CANDIDATE, FOLLOWER
@@ -39,7 +39,7 @@ ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def run(coro):
-    return uvloop.run(asyncio.wait_for(coro, 120))
+    return run_guarded(coro, 120)
 
 
 def ents(first: int, n: int, size: int = 8) -> list:
@@ -349,6 +349,14 @@ async def write_until_done(nodes, payload, exclude=()):
             continue
 
 
+async def shut_down(nodes: dict) -> None:
+    """Shuts every node down, then closes its log store."""
+    for r in nodes.values():
+        await r.shutdown()
+    for r in nodes.values():
+        await r.log_store.close()
+
+
 def test_a_leader_whose_disk_fills_hands_over_and_the_node_resumes_when_space_is_freed(
         tmp_path):
     async def body():
@@ -387,17 +395,14 @@ def test_a_leader_whose_disk_fills_hands_over_and_the_node_resumes_when_space_is
             assert "refused" not in new.state_machine.data
             await asyncio.wait_for(asyncio.gather(pending, return_exceptions=True), GUARD)
         finally:
-            for r in nodes.values():
-                await r.shutdown()
-            for r in nodes.values():
-                await r.log_store.close()
+            await shut_down(nodes)
     run(body())
 
 
 # ======================================================= real processes, tmpfs
 
-from test_kv_process import (KvCluster, node_cmd, status_of, until,  # noqa: E402
-                             wait_leader, GUARD as KV_GUARD)
+from kv_harness import (KvCluster, serving, status_of, until,  # noqa: E402
+                        wait_leader, GUARD as KV_GUARD)
 
 
 class Tmpfs:
@@ -443,7 +448,7 @@ def tmpfs(tmp_path, request):
 
 
 def kv_run(coro):
-    uvloop.run(asyncio.wait_for(coro, 180))
+    run_guarded(coro, 180)
 
 
 def test_kv_init_on_a_2mb_disk_works_and_says_when_the_disk_is_full(tmp_path, tmpfs):
@@ -521,84 +526,72 @@ async def _not_full(addr):
     return st is not None and not st["disk_full"]
 
 
-def test_a_kv_node_whose_disk_fills_hands_over_and_catches_up_when_space_is_freed(
-        tmp_path, tmpfs):
+def run_on_three_64m_disks(tmp_path, tmpfs, body) -> None:
+    """Runs `await body(c, client, disks, leader)` on a serving 3-node kv
+    cluster whose nodes each have a 64 MiB tmpfs (disks: id -> Tmpfs), then
+    checks that every node exits cleanly and logged no traceback."""
     disks = {i: tmpfs(f"n{i}", "64m") for i in (1, 2, 3)}
     with KvCluster(tmp_path) as c:
-        c.start_all()
-
-        async def body():
-            client = Client(list(c.addrs.values()), timeout=KV_GUARD)
-            try:
-                full = await wait_leader(c)
-                assert await client.set("before", 1) is None
-                disks[full].fill()
-                await write_until_full(c, client, full)
-                # Writes go on through the others; leadership left the full node.
-                for k in range(20):
-                    await client.set(f"after{k}", k)
-                lead = await wait_leader(c)
-                assert lead != full
-                st = await status_of(c.addrs[full])
-                assert st["disk_full"] and st["state"] != "LEADER", st
-                target = (await status_of(c.addrs[lead]))["applied"]
-                disks[full].free()
-
-                async def caught_up():
-                    s = await status_of(c.addrs[full])
-                    return s is not None and not s["disk_full"] and s["applied"] >= target
-                await until(caught_up, f"node {full} to resume and catch up", c)
-                for k in range(20):
-                    assert await client.get(f"after{k}", stale=True, node=c.addrs[full]) == k
-            finally:
-                await client.close()
-        kv_run(body())
+        async def session():
+            async with serving(c) as (client, leader):
+                await body(c, client, disks, leader)
+        kv_run(session())
         for i in c.ids:
             assert c.terminate(i) == 0, c.logs()
         for i in c.ids:
             assert "Traceback" not in c.log_text(i), c.log_text(i)
+
+
+async def freed_and_caught_up(c: KvCluster, client: Client, disks: dict, node: int,
+                              lead: int) -> None:
+    """Frees `node`'s full disk; waits until it resumes and applied all that
+    leader `lead` had, and checks it serves the keys after0..after19."""
+    target = (await status_of(c.addrs[lead]))["applied"]
+    disks[node].free()
+
+    async def caught_up():
+        s = await status_of(c.addrs[node])
+        return s is not None and not s["disk_full"] and s["applied"] >= target
+    await until(caught_up, f"node {node} to resume and catch up", c)
+    for k in range(20):
+        assert await client.get(f"after{k}", stale=True, node=c.addrs[node]) == k
+
+
+def test_a_kv_node_whose_disk_fills_hands_over_and_catches_up_when_space_is_freed(
+        tmp_path, tmpfs):
+    async def body(c, client, disks, full):
+        assert await client.set("before", 1) is None
+        disks[full].fill()
+        await write_until_full(c, client, full)
+        # Writes go on through the others; leadership left the full node.
+        for k in range(20):
+            await client.set(f"after{k}", k)
+        lead = await wait_leader(c)
+        assert lead != full
+        st = await status_of(c.addrs[full])
+        assert st["disk_full"] and st["state"] != "LEADER", st
+        await freed_and_caught_up(c, client, disks, full, lead)
+    run_on_three_64m_disks(tmp_path, tmpfs, body)
 
 
 def test_a_kv_node_restarted_on_a_full_disk_stays_up_and_catches_up_when_space_is_freed(
         tmp_path, tmpfs):
-    disks = {i: tmpfs(f"n{i}", "64m") for i in (1, 2, 3)}
-    with KvCluster(tmp_path) as c:
-        c.start_all()
-
-        async def body():
-            client = Client(list(c.addrs.values()), timeout=KV_GUARD)
-            try:
-                lead = await wait_leader(c)
-                victim = next(i for i in c.ids if i != lead)
-                for k in range(10):
-                    await client.set(f"a{k}", k)
-                assert c.terminate(victim) == 0, c.logs()
-                disks[victim].fill()
-                c.start(victim)
-                # Writes it has to store: it cannot, and reports it.
-                await write_until_full(c, client, victim)
-                for k in range(20):
-                    await client.set(f"after{k}", k)
-                assert c.procs[victim].poll() is None, c.logs()
-                lead = await wait_leader(c)
-                assert lead != victim
-                target = (await status_of(c.addrs[lead]))["applied"]
-                disks[victim].free()
-
-                async def caught_up():
-                    s = await status_of(c.addrs[victim])
-                    return s is not None and not s["disk_full"] and s["applied"] >= target
-                await until(caught_up, f"node {victim} to resume and catch up", c)
-                for k in range(20):
-                    assert await client.get(f"after{k}", stale=True,
-                                            node=c.addrs[victim]) == k
-            finally:
-                await client.close()
-        kv_run(body())
-        for i in c.ids:
-            assert c.terminate(i) == 0, c.logs()
-        for i in c.ids:
-            assert "Traceback" not in c.log_text(i), c.log_text(i)
+    async def body(c, client, disks, lead):
+        victim = next(i for i in c.ids if i != lead)
+        for k in range(10):
+            await client.set(f"a{k}", k)
+        assert c.terminate(victim) == 0, c.logs()
+        disks[victim].fill()
+        c.start(victim)
+        # Writes it has to store: it cannot, and reports it.
+        await write_until_full(c, client, victim)
+        for k in range(20):
+            await client.set(f"after{k}", k)
+        assert c.procs[victim].poll() is None, c.logs()
+        lead = await wait_leader(c)
+        assert lead != victim
+        await freed_and_caught_up(c, client, disks, victim, lead)
+    run_on_three_64m_disks(tmp_path, tmpfs, body)
 
 
 class FullDiskStateMachine(MemStateMachine):
@@ -664,10 +657,7 @@ def test_a_snapshot_install_that_finds_the_disk_full_waits_for_space_then_comple
             await lagging.wait(GUARD).applied_index_at_least(last.index)
             assert lagging.state_machine.data.get("k59") == 59
         finally:
-            for r in nodes.values():
-                await r.shutdown()
-            for r in nodes.values():
-                await r.log_store.close()
+            await shut_down(nodes)
     run(body())
 
 
@@ -711,8 +701,5 @@ def test_a_node_restarted_on_a_full_disk_calls_off_its_election_and_deposes_nobo
             await node.wait(GUARD).applied_index_at_least(resp.index)
             assert node.state_machine.data == {"a": 1, "b": 2}
         finally:
-            for r in nodes.values():
-                await r.shutdown()
-            for r in nodes.values():
-                await r.log_store.close()
+            await shut_down(nodes)
     run(body())

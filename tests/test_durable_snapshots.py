@@ -8,8 +8,8 @@ import asyncio
 import logging
 
 import pytest
-import uvloop
 
+from async_runner import run_guarded
 from raftcore import Config, LogId, Node, Raft, ServerState
 from raftcore.config import SnapshotPolicy
 from raftcore.errors import StorageError
@@ -29,7 +29,7 @@ def config() -> Config:
 
 
 def run(coro) -> None:
-    uvloop.run(asyncio.wait_for(coro, 60))
+    run_guarded(coro, 60)
 
 
 async def start(store, sm, init: bool = False) -> Raft:

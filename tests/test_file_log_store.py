@@ -19,8 +19,8 @@ import threading
 
 import msgpack
 import pytest
-import uvloop
 
+from async_runner import run_guarded
 from raftcore import Config, Node, Raft, ServerState
 from raftcore.errors import Fatal, ForwardToLeader, OutcomeUnknown, StorageError, Timeout
 from raftcore.network import LocalRouter
@@ -994,7 +994,7 @@ def test_cluster_restarted_from_its_directories_keeps_acknowledged_writes(tmp_pa
             assert logs[0] == logs[1] == logs[2]
         finally:
             await stop_nodes(nodes)
-    uvloop.run(asyncio.wait_for(body(), 60))
+    run_guarded(body(), 60)
 
 
 def test_a_store_used_from_one_event_loop_then_another_reports_every_flush(tmp_path):

@@ -47,6 +47,7 @@ import uvloop
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from async_runner import run_guarded
 from raftcore import Config, Node, Raft, ServerState
 from raftcore.errors import ForwardToLeader, NetworkError, OutcomeUnknown, StorageError
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
@@ -401,7 +402,7 @@ def test_a_request_with_the_largest_term_does_not_wrap_the_nodes_term():
                 lambda m: m.state == ServerState.LEADER or m.current_term < top,
                 "leader again, or a term that went back")
             assert m.current_term >= top, f"term went from {top} to {m.current_term}"
-    uvloop.run(asyncio.wait_for(body(), 3 * GUARD))
+    run_guarded(body(), 3 * GUARD)
 
 
 def test_a_request_term_far_above_the_nodes_own_is_refused_not_adopted():
@@ -424,7 +425,7 @@ def test_a_request_term_far_above_the_nodes_own_is_refused_not_adopted():
             near = term + 2**32
             resp = await client.append_entries(AppendEntriesRequest(near, 5, 0, 0, [], 0))
             assert resp.term == near == raft.metrics.current_term      # adopted
-    uvloop.run(asyncio.wait_for(body(), 3 * GUARD))
+    run_guarded(body(), 3 * GUARD)
 
 
 def test_a_snapshot_the_state_machine_cannot_read_is_refused_and_the_node_goes_on():
@@ -446,7 +447,7 @@ def test_a_snapshot_the_state_machine_cannot_read_is_refused_and_the_node_goes_o
             assert m.last_applied == before.last_applied and m.snapshot == before.snapshot
             assert raft.state_machine.data == {"k": 1}
             assert (await client.vote(VoteRequest(0, 9, 0, 0))).term >= before.current_term
-    uvloop.run(asyncio.wait_for(body(), 3 * GUARD))
+    run_guarded(body(), 3 * GUARD)
 
 
 # ================================================================ WAL files

@@ -2,7 +2,7 @@
 was wiped (kill -9, rm -rf, restarted with the README command) must not
 silently rejoin; a restart with other --peers or a second --init is logged.
 
-Uses test_kv_process's KvCluster (processes killed on exit whatever
+Uses kv_harness's KvCluster (processes killed on exit whatever
 happens); every wait polls a condition with a failure guard.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import subprocess
 
 from raftcore.kv import Client
 
-from test_kv_process import (GUARD, HOST, NODE_ARGS, KvCluster, free_ports, kv_test, node_cmd,
-                             statuses, until, wait_leader)
+from kv_harness import (GUARD, HOST, NODE_ARGS, KvCluster, free_ports, kv_test, node_cmd,
+                        serving, statuses, until)
 
 
 def recorded_all(st: dict | None, ids) -> bool:
@@ -24,10 +24,7 @@ def recorded_all(st: dict | None, ids) -> bool:
 
 @kv_test
 async def _wiped(c: KvCluster) -> None:
-    c.start_all()
-    client = Client(list(c.addrs.values()), timeout=GUARD)
-    try:
-        leader = await wait_leader(c)
+    async with serving(c) as (client, leader):
         for k in range(5):
             await client.set(f"k{k}", k)
 
@@ -79,8 +76,6 @@ async def _wiped(c: KvCluster) -> None:
             if "disagrees with the membership" in line or "--init ignored" in line:
                 assert "WARNING" in line and f"nodes 1={c.addrs[1]}" in line, line
         assert await client.get("after") == 1
-    finally:
-        await client.close()
 
 
 def test_a_node_restarted_on_a_wiped_directory_does_not_silently_rejoin(tmp_path):
@@ -109,10 +104,7 @@ async def _foreign(c: KvCluster) -> None:
         assert b.wait(GUARD) == 0
 
     # Cluster A; its node 3 is given a copy of B's directory.
-    c.start_all()
-    client = Client(list(c.addrs.values()), timeout=GUARD)
-    try:
-        leader = await wait_leader(c)
+    async with serving(c) as (client, leader):
         a_cluster = (await statuses(c, [leader]))[leader]["cluster_id"]
         assert a_cluster != b_cluster
         victim = 3 if leader != 3 else 2
@@ -130,8 +122,6 @@ async def _foreign(c: KvCluster) -> None:
         st = (await statuses(c, [victim]))[victim]
         assert st["cluster_id"] == b_cluster
         assert await client.get("b-only", node=c.addrs[leader]) is None
-    finally:
-        await client.close()
 
 
 def test_a_node_on_another_clusters_directory_refuses_and_is_refused(tmp_path):

@@ -36,7 +36,7 @@ from raftcore.errors import ConfigError
 from raftcore.kv import KV_GET, LEASE, OK, Client
 
 from proxy import Links, frame, read_frame
-from test_kv_process import HOST, free_ports, kv_test, node_cmd, status_of, until
+from kv_harness import HOST, free_ports, kv_test, node_cmd, status_of, until
 
 #: The bound the tests check, the default one.
 DRIFT = Config().max_clock_drift

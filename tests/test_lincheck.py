@@ -27,18 +27,22 @@ def timed_out(client, kind, key, args, call):
 # Sequential histories
 
 
+#: One client operation after another, each kind once at least.
+SEQUENTIAL = [
+    op("c1", "read", "a", (), 0, 1, None),
+    op("c1", "set", "a", (1,), 2, 3, None),
+    op("c2", "read", "a", (), 4, 5, 1),
+    op("c2", "set", "a", (2,), 6, 7, 1),
+    op("c1", "cas", "a", (2, 3), 8, 9, [True, 3]),
+    op("c1", "cas", "a", (2, 4), 10, 11, [False, 3]),
+    op("c2", "delete", "a", (), 12, 13, 3),
+    op("c2", "delete", "a", (), 14, 15, None),
+    op("c1", "read", "a", (), 16, 17, None),
+]
+
+
 def test_sequential_history_is_linearizable():
-    h = [
-        op("c1", "read", "a", (), 0, 1, None),
-        op("c1", "set", "a", (1,), 2, 3, None),
-        op("c2", "read", "a", (), 4, 5, 1),
-        op("c2", "set", "a", (2,), 6, 7, 1),
-        op("c1", "cas", "a", (2, 3), 8, 9, [True, 3]),
-        op("c1", "cas", "a", (2, 4), 10, 11, [False, 3]),
-        op("c2", "delete", "a", (), 12, 13, 3),
-        op("c2", "delete", "a", (), 14, 15, None),
-        op("c1", "read", "a", (), 16, 17, None),
-    ]
+    h = SEQUENTIAL
     r = check(h)
     assert r.ok is True and bool(r)
     kr = r.keys["a"]
@@ -55,15 +59,7 @@ def test_sequential_history_is_linearizable():
     (6, None),              # delete claims nothing was there
 ])
 def test_sequential_history_with_one_wrong_result_is_not(index, bad):
-    h = [
-        op("c1", "read", "a", (), 0, 1, None),
-        op("c1", "set", "a", (1,), 2, 3, None),
-        op("c2", "read", "a", (), 4, 5, 1),
-        op("c2", "set", "a", (2,), 6, 7, 1),
-        op("c1", "cas", "a", (2, 3), 8, 9, [True, 3]),
-        op("c1", "cas", "a", (2, 4), 10, 11, [False, 3]),
-        op("c2", "delete", "a", (), 12, 13, 3),
-    ]
+    h = SEQUENTIAL[:7]
     h[index] = Op(h[index].client, h[index].kind, "a", h[index].args,
                   h[index].call, h[index].ret, bad)
     r = check(h)

@@ -5,11 +5,7 @@ vote; change_membership goes through a joint configuration and then the
 uniform one; one change at a time; a leader removed from the voters hands
 over and steps down; a removed node cannot disrupt the cluster.
 
-Every test body is a coroutine run on a fresh uvloop event loop by a plain
-sync test function (`cluster_test`). Tests synchronize only on conditions:
-`raft.wait(...)`, or the vote requests the recording router saw. Timeouts
-given to them are failure guards. Where a test shows that something does
-NOT happen, it says so and watches an explicit observation window.
+Tests run and synchronize as cluster_harness's docstring says.
 """
 from __future__ import annotations
 
@@ -555,14 +551,21 @@ async def test_node_operations_add_set_and_remove_nodes():
         assert n6.metrics.last_log_index < w.index
 
 
+async def leader_and_learner_4(c) -> tuple[Raft, Raft]:
+    """Adds node 4 as a learner of the 3-node cluster `c` and waits until
+    every node applied a write made after it; returns (leader, node 4)."""
+    leader = await stable_leader(c.all())
+    n4 = await c.add_node(4)
+    await leader.add_learner(4, Node("n4"))
+    base = (await leader.client_write(["set", "base", 0])).index
+    await wait_all_applied(c.all(), base)
+    return leader, n4
+
+
 @cluster_test
 async def test_uncommitted_membership_is_in_force_and_reverts_when_truncated():
     async with running_cluster(3, seed=113) as c:
-        old = await stable_leader(c.all())
-        n4 = await c.add_node(4)
-        await old.add_learner(4, Node("n4"))
-        base = (await old.client_write(["set", "base", 0])).index
-        await wait_all_applied(c.all(), base)
+        old, n4 = await leader_and_learner_4(c)
         before = old.metrics.membership
         assert before.voter_ids == fs(1, 2, 3) and before.learner_ids == fs(4)
 
@@ -599,11 +602,7 @@ async def test_uncommitted_membership_is_in_force_and_reverts_when_truncated():
 @cluster_test
 async def test_change_interrupted_by_leader_change_is_completed_by_next_change():
     async with running_cluster(3, seed=115) as c:
-        old = await stable_leader(c.all())
-        n4 = await c.add_node(4)
-        await old.add_learner(4, Node("n4"))
-        base = (await old.client_write(["set", "base", 0])).index
-        await wait_all_applied(c.all(), base)
+        old, n4 = await leader_and_learner_4(c)
         rest = c.others(old)
         # Every answer to the leader is lost: the joint entry reaches all the
         # others, but the leader never learns that it could commit it.

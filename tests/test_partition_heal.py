@@ -12,15 +12,15 @@ healed its answers carry that term to the leader, which steps down.
 
 Node 3 hears nothing while cut off, so it surely campaigns each election
 timeout: the control does not depend on timing. Every wait polls a status or
-a log condition (test_kv_process's `until`); nothing asserts on timing.
+a log condition (kv_harness's `until`); nothing asserts on timing.
 """
 from __future__ import annotations
 
 from raftcore.kv import Client
 
 from proxy import Links
-from test_kv_process import (GUARD, KvCluster, WriteStream, kv_test, status_of, statuses, until,
-                             wait_converged, wait_leader)
+from kv_harness import (GUARD, KvCluster, WriteStream, kv_test, status_of, statuses, until,
+                        wait_converged, wait_leader)
 
 #: The node cut off and healed.
 CUT = 3
@@ -29,7 +29,7 @@ CUT = 3
 CAMPAIGNS = 3
 #: Writes the leader acknowledges before the cut, and again during it.
 WRITES = 100
-#: Election timeouts longer than test_kv_process's, so that a leader stalled
+#: Election timeouts longer than kv_harness's NODE_ARGS, so that a leader stalled
 #: by a loaded machine does not lose its lease to node 2 while node 3 is cut
 #: off (which would fail the test for another reason than node 3).
 ELECTION_TIMEOUT = ["--election-timeout", "1.0,1.5"]

@@ -23,14 +23,14 @@ import struct
 
 import msgpack
 import pytest
-import uvloop
 
+from async_runner import run_guarded
 from raftcore import Config, Node, ServerState, kv
 from raftcore.codec import decode_message, encode_message
 from raftcore.errors import ConfigError, InvalidCommand, NetworkError
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse, VoteRequest,
                                VoteResponse)
-from raftcore.kv import Client, KvError
+from raftcore.kv import KvError
 from raftcore.member_changes import ChangeMembers
 from raftcore.network import TcpNetwork
 from raftcore.network.tcp import WIRE_VERSION
@@ -41,8 +41,7 @@ from cluster_harness import (TEST_GUARD, Cluster, RecordingRouter, converge, mem
 from test_tcp import (GUARD, HOST, TcpCluster, assert_same_everywhere, fake_server, frame,
                       request_body, tcp_test, write_many)
 from test_tcp import stable_leader as tcp_stable_leader
-from test_kv_process import GUARD as KV_GUARD
-from test_kv_process import KvCluster, kv_test, wait_converged, wait_leader
+from kv_harness import KvCluster, kv_test, serving, wait_converged
 
 BAD_COMMANDS = {
     "a datetime.date": (["set", "when", datetime.date(2024, 1, 1)], "datetime.date"),
@@ -82,7 +81,7 @@ class file_cluster:
 
 def run(body, *args) -> None:
     """Runs an async test body on a fresh uvloop loop, with a whole-test guard."""
-    uvloop.run(asyncio.wait_for(body(*args), TEST_GUARD))
+    run_guarded(body(*args), TEST_GUARD)
 
 
 @contextlib.asynccontextmanager
@@ -342,10 +341,7 @@ def test_kv_refuses_a_value_the_node_cannot_hold_or_take_to_that_request_alone(t
 
 @kv_test
 async def _kv_refusals(c: KvCluster) -> None:
-    c.start_all()
-    client = Client(list(c.addrs.values()), timeout=KV_GUARD)
-    try:
-        lid = await wait_leader(c)
+    async with serving(c) as (client, lid):
         assert await client.set("a", 1) is None
         retries, closed = client.retries, c.log_text(lid).count("closing the connection")
         # Encodes on the client, but its tuple key arrives as a list, which
@@ -362,8 +358,6 @@ async def _kv_refusals(c: KvCluster) -> None:
         assert await client.set("fits", b"y" * 60_000) is None
         assert c.log_text(lid).count("closing the connection") == closed, c.logs()
         await wait_converged(c, {"a": 2, "fits": b"y" * 60_000}, applied_commands=3)
-    finally:
-        await client.close()
 
 
 def test_kv_max_command_bytes_must_be_positive():

@@ -8,11 +8,7 @@ restart), a leader ignoring higher terms during its lease, transfer votes
 bypassing both, leadership transfer, pre-vote, check-quorum, and the
 elect switch and trigger.
 
-Every test body is a coroutine run on a fresh uvloop event loop by a plain
-sync test function (`cluster_test`). Tests synchronize only on conditions:
-`raft.wait(...)`, or the vote requests the recording router saw. Timeouts
-given to them are failure guards. Where a test shows that something does
-NOT happen, it says so and watches an explicit observation window.
+Tests run and synchronize as cluster_harness's docstring says.
 """
 from __future__ import annotations
 
@@ -27,7 +23,7 @@ from raftcore.storage import MemStateMachine
 
 from cluster_harness import (  # tests/conftest.py puts it on sys.path
     ELECTION_MIN, ELECTION_MAX, GUARD, LEADER, FOLLOWER, cluster_test, converge,
-    running_cluster, stable_leader, stays, wait_all_applied)
+    leader_after_a_write, running_cluster, stable_leader, stays, wait_all_applied)
 
 READ_INDEX = ReadPolicy.READ_INDEX
 LEASE_READ = ReadPolicy.LEASE_READ
@@ -249,11 +245,8 @@ async def test_check_quorum_isolated_leader_steps_down_and_serves_nothing():
 @cluster_test
 async def test_vote_refused_while_a_leader_is_heard_and_leader_ignores_higher_terms():
     async with running_cluster(3, seed=206) as c:
-        leader = await stable_leader(c.all())
+        leader, t = await leader_after_a_write(c)
         f, g = c.others(leader)
-        base = await leader.client_write(["set", "a", 1])
-        await wait_all_applied(c.all(), base.index)
-        t = leader.metrics.current_term
         # A quorum round just now: the followers heard from the leader and
         # the leader's lease holds.
         await leader.ensure_linearizable(READ_INDEX)
@@ -288,11 +281,8 @@ async def test_vote_refused_while_a_leader_is_heard_and_leader_ignores_higher_te
 @cluster_test
 async def test_restarted_node_refuses_votes_for_election_timeout_min():
     async with running_cluster(3, seed=207) as c:
-        leader = await stable_leader(c.all())
+        leader, t = await leader_after_a_write(c)
         f, g = c.others(leader)
-        base = await leader.client_write(["set", "a", 1])
-        await wait_all_applied(c.all(), base.index)
-        t = leader.metrics.current_term
         store = f.log_store
         await f.shutdown()
         c.router.remove(f.id)
@@ -400,11 +390,8 @@ async def test_transfer_to_isolated_node_times_out_and_leader_resumes():
 @cluster_test
 async def test_pre_vote_isolated_follower_does_not_raise_its_term():
     async with running_cluster(3, seed=210, enable_pre_vote=True) as c:
-        leader = await stable_leader(c.all())
+        leader, t = await leader_after_a_write(c)
         f = c.others(leader)[0]
-        base = await leader.client_write(["set", "a", 1])
-        await wait_all_applied(c.all(), base.index)
-        t = leader.metrics.current_term
 
         c.router.isolate(f.id)
         n0 = len(c.router.votes)
@@ -433,11 +420,8 @@ async def test_pre_vote_isolated_follower_does_not_raise_its_term():
 @cluster_test
 async def test_without_pre_vote_isolated_follower_raises_the_term():
     async with running_cluster(3, seed=211) as c:
-        leader = await stable_leader(c.all())
+        leader, t = await leader_after_a_write(c)
         f = c.others(leader)[0]
-        base = await leader.client_write(["set", "a", 1])
-        await wait_all_applied(c.all(), base.index)
-        t = leader.metrics.current_term
 
         c.router.isolate(f.id)
         n0 = len(c.router.votes)

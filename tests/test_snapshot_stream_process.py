@@ -1,7 +1,7 @@
 """A follower cut off until the leader purged past it, then healed through a
 path that stalls the first snapshot stream, across `raftcore kv` processes.
 
-A TCP proxy run by the test stands between the cluster and node 3 (node 3's
+A TCP proxy run by the test (tests/proxy.py's Links) stands between the cluster and node 3 (node 3's
 address in the membership is the proxy's; node 3 listens elsewhere). It can
 cut the path (every connection closed, new ones closed at once) and, once
 healed, hold the first connection that starts with an InstallSnapshot: what
@@ -13,14 +13,13 @@ node 3 up with exactly one more, logging "sent snapshot" only for that one.
 Node 1 initializes the cluster and leads; all three have long election
 timeouts, so that no election moves the leadership or the term while streams
 are counted. Every wait is a condition
-polled with a guard (test_kv_process's `until`) or a future the proxy sets;
+polled with a guard (kv_harness's `until`) or a future the proxy sets;
 nothing sleeps for synchronization, and nothing asserts on timing.
 """
 from __future__ import annotations
 
 import asyncio
 import os
-import struct
 import subprocess
 
 import msgpack
@@ -28,10 +27,10 @@ import msgpack
 from raftcore.codec import decode_message
 from raftcore.kv import Client
 from raftcore.messages import InstallSnapshotRequest
-from raftcore.network.tcp import HELLO_MAGIC
 
-from test_kv_process import (GUARD, HOST, NODE_ARGS, KvCluster, kv_test, node_cmd,
-                             status_of, until, wait_leader)
+from proxy import Links
+from kv_harness import (GUARD, NODE_ARGS, KvCluster, kv_test, node_cmd,
+                        status_of, until, wait_leader)
 
 #: Nodes 2 and 3 never start an election while the test runs.
 QUIET = ["--election-timeout", "10,20"]
@@ -39,20 +38,14 @@ QUIET = ["--election-timeout", "10,20"]
 #: quorum: well above what a loaded machine's pauses take.
 STEADY = ["--election-timeout", "2,4"]
 
-_HEADER = struct.Struct(">IB")     # the transport's frame header: size, wire version
+class StallingLinks(Links):
+    """Links to node 3 alone (see the module docstring): once healed with
+    stall_first_snapshot, the first connection that starts with an
+    InstallSnapshot is held: what comes on it is read and dropped."""
 
-
-class StallingProxy:
-    """Forwards TCP to `target_port`; see the module docstring."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._server: asyncio.AbstractServer | None = None
-        self._cut = False
+    def __init__(self, node_3_listens_at: str) -> None:
+        super().__init__({3: node_3_listens_at})
         self._stall_armed = False
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task] = set()
         #: Connections that started with an InstallSnapshot since heal().
         self.snapshot_connections = 0
         loop = asyncio.get_running_loop()
@@ -60,69 +53,18 @@ class StallingProxy:
         self.stalled = loop.create_future()
         self.stalled_closed = loop.create_future()
 
-    async def start(self) -> "StallingProxy":
-        self._server = await asyncio.start_server(self._accepted, HOST, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def cut(self) -> None:
-        self._cut = True
-        for w in list(self._writers):
-            w.transport.abort()
-
-    def heal(self, stall_first_snapshot: bool) -> None:
-        self._cut = False
+    def heal(self, stall_first_snapshot: bool = False) -> None:
+        super().heal()
         self._stall_armed = stall_first_snapshot
         self.snapshot_connections = 0
 
-    async def close(self) -> None:
-        self.cut()
-        self._server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        t = asyncio.get_running_loop().create_task(self._serve(reader, writer))
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._cut:
-            writer.transport.abort()
-            return
-        self._writers.add(writer)
-        try:
-            up_reader, up_writer = await asyncio.open_connection(HOST, self.target_port)
-        except OSError:
-            writer.transport.abort()
-            self._writers.discard(writer)
-            return
-        self._writers.add(up_writer)
-        try:
-            first = await _read_frame(reader)
-            if _is_hello(first):
-                # The cluster hello opens the connection: passed through with
-                # its answer; the first request follows it.
-                up_writer.write(first)
-                writer.write(await _read_frame(up_reader))
-                first = await _read_frame(reader)
-            if _is_snapshot_chunk(first):
-                self.snapshot_connections += 1
-                if self._stall_armed:
-                    self._stall_armed = False
-                    await self._hold(reader)
-                    return
-            up_writer.write(first)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            for w in (writer, up_writer):
-                w.transport.abort()
-                self._writers.discard(w)
-
-    async def _hold(self, reader: asyncio.StreamReader) -> None:
+    async def held(self, dest: int, body: bytes, reader: asyncio.StreamReader) -> bool:
+        if not _is_snapshot_chunk(body):
+            return False
+        self.snapshot_connections += 1
+        if not self._stall_armed:
+            return False
+        self._stall_armed = False
         self.stalled.set_result(None)
         try:
             while await reader.read(1 << 16):
@@ -130,36 +72,19 @@ class StallingProxy:
         except OSError:
             pass
         self.stalled_closed.set_result(None)
+        return True
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> bytes:
-    header = await reader.readexactly(_HEADER.size)
-    size, _version = _HEADER.unpack(header)
-    return header + await reader.readexactly(size - 1)
-
-
-def _is_hello(frame: bytes) -> bool:
-    obj = msgpack.unpackb(frame[_HEADER.size:], raw=False, strict_map_key=False)
-    return type(obj) is list and bool(obj) and obj[0] == HELLO_MAGIC
-
-
-def _is_snapshot_chunk(frame: bytes) -> bool:
-    rid_and_msg = msgpack.unpackb(frame[_HEADER.size:], raw=False, strict_map_key=False)
+def _is_snapshot_chunk(body: bytes) -> bool:
+    rid_and_msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
     return isinstance(decode_message(rid_and_msg[1]), InstallSnapshotRequest)
-
-
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    while data := await src.read(1 << 16):
-        dst.write(data)
-        await dst.drain()
-    dst.transport.abort()
 
 
 class ProxiedCluster(KvCluster):
     """Three `raftcore kv` nodes; the others reach node 3 through `proxy_port`."""
 
-    def route_3_through(self, proxy_port: int) -> None:
-        self.peers = ",".join(f"{i}={HOST}:{proxy_port}" if i == 3 else f"{i}={a}"
+    def route_3_through(self, proxy_addr: str) -> None:
+        self.peers = ",".join(f"{i}={proxy_addr}" if i == 3 else f"{i}={a}"
                               for i, a in self.addrs.items())
 
     def start(self, i: int, init: bool = False) -> None:
@@ -200,8 +125,9 @@ async def _write(client: Client, first: int, n: int) -> None:
 
 @kv_test
 async def _stalled_snapshot_stream(c: ProxiedCluster) -> None:
-    proxy = await StallingProxy(int(c.addrs[3].rsplit(":", 1)[1])).start()
-    c.route_3_through(proxy.port)
+    proxy = StallingLinks(c.addrs[3])
+    await proxy.start()
+    c.route_3_through(proxy.addrs[3])
     client = Client(c.addrs[1], timeout=GUARD)
     try:
         c.start_all()
@@ -215,7 +141,7 @@ async def _stalled_snapshot_stream(c: ProxiedCluster) -> None:
         await until(lambda: node_3_applied(leader["applied"]), "node 3 to replicate", c)
 
         # Cut node 3 off until the leader's log no longer holds what it lacks.
-        proxy.cut()
+        proxy.cut(3)
         behind = (await status_of(c.addrs[3]))["applied"]
         written = 20
 

@@ -4,12 +4,11 @@ log, restarting from a snapshot plus the log tail."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 
-import uvloop
 
+from async_runner import async_test
 from raftcore import Config, Node, Raft, ServerState
 from raftcore.config import SnapshotPolicy
 from raftcore.engine import Engine
@@ -37,10 +36,7 @@ def config(seed: int, **kw) -> Config:
 
 
 def run(fn):
-    @functools.wraps(fn)
-    def wrapper():
-        uvloop.run(asyncio.wait_for(fn(), 45))
-    return wrapper
+    return async_test(45)(fn)
 
 
 class Nodes:
@@ -414,6 +410,20 @@ class StallingClient(NetworkClient):
         return await self.net.chunk(self.inner, req)
 
 
+async def purged_past_node_3(nodes: Nodes, net) -> Raft:
+    """Starts the cluster with node 1 sending through `net`, cuts node 3 off
+    and writes until the leader purged entries node 3 lacks (so its next
+    contact with node 3 needs a snapshot); returns the leader."""
+    await nodes.start(1, network=net)
+    leader = await nodes.cluster()
+    nodes.router.isolate(3)
+    await write_many(leader, 800)
+    await leader.wait(GUARD).metrics(
+        lambda m: m.purged is not None and m.purged.index > 100,
+        "the leader purged what node 3 lacks")
+    return leader
+
+
 @run
 async def test_a_stalled_snapshot_stream_is_the_only_one_until_cancelled_then_one_more():
     # (Pre-vote: node 3, cut off, then leaves the term and the leader alone.)
@@ -421,13 +431,7 @@ async def test_a_stalled_snapshot_stream_is_the_only_one_until_cancelled_then_on
     net = StallingNetwork(nodes.router)
     try:
         with LogWatch("raftcore.node", logging.INFO) as logs:
-            await nodes.start(1, network=net)
-            leader = await nodes.cluster()
-            nodes.router.isolate(3)
-            await write_many(leader, 800)
-            await leader.wait(GUARD).metrics(
-                lambda m: m.purged is not None and m.purged.index > 100,
-                "the leader purged what node 3 lacks")
+            leader = await purged_past_node_3(nodes, net)
             net.stalling = True
             nodes.router.restore(3)
             stalled = await asyncio.wait_for(net.held.get(), GUARD)
@@ -462,13 +466,7 @@ async def test_a_snapshot_answered_with_a_higher_term_is_not_logged_as_sent():
     net = StallingNetwork(nodes.router)
     try:
         with LogWatch("raftcore.node", logging.INFO) as logs:
-            await nodes.start(1, network=net)
-            leader = await nodes.cluster()
-            nodes.router.isolate(3)
-            await write_many(leader, 800)
-            await leader.wait(GUARD).metrics(
-                lambda m: m.purged is not None and m.purged.index > 100,
-                "the leader purged what node 3 lacks")
+            await purged_past_node_3(nodes, net)
             net.answer_higher_term = True
             nodes.router.restore(3)
             await logs.wait("node 1 stepped down")

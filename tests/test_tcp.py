@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import functools
 import ipaddress
 import logging
 import ssl
@@ -20,9 +19,9 @@ import struct
 
 import msgpack
 import pytest
-import uvloop
 
 from log_watch import LogWatch
+from async_runner import async_test
 from raftcore import Config, Node, Raft, ServerState
 from raftcore.codec import encode_message
 from raftcore.errors import (ConfigError, Fatal, ForwardToLeader, NetworkError, OutcomeUnknown,
@@ -56,17 +55,7 @@ def make_config(seed: int, **kw) -> Config:
 def tcp_test(fn):
     """Runs an async test body on a fresh uvloop loop, with a whole-test guard;
     fails if the loop's exception handler was called."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        errors = []
-
-        async def guarded():
-            asyncio.get_running_loop().set_exception_handler(
-                lambda loop, ctx: errors.append(ctx))
-            return await asyncio.wait_for(fn(*args, **kwargs), TEST_GUARD)
-        uvloop.run(guarded())
-        assert not errors, f"unhandled errors in the event loop: {errors}"
-    return wrapper
+    return async_test(TEST_GUARD, loop_errors_fail=True)(fn)
 
 
 # ----------------------------------------------------------------- helpers

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -25,9 +24,9 @@ import struct
 
 import msgpack
 import pytest
-import uvloop
 
 from log_watch import LogWatch
+from async_runner import async_test, run_guarded
 from raftcore import Config, Node, Raft
 from raftcore.codec import encode_message
 from raftcore.errors import ConfigError, ForwardToLeader, NetworkError, OutcomeUnknown
@@ -47,17 +46,7 @@ SECRET = b"correct horse battery staple, 32b"
 def auth_test(fn):
     """Runs an async test body on a fresh uvloop loop with a whole-test guard;
     fails if the loop's exception handler was called."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        errors = []
-
-        async def guarded():
-            asyncio.get_running_loop().set_exception_handler(
-                lambda loop, ctx: errors.append(ctx))
-            return await asyncio.wait_for(fn(*args, **kwargs), TEST_GUARD)
-        uvloop.run(guarded())
-        assert not errors, f"unhandled errors in the event loop: {errors}"
-    return wrapper
+    return async_test(TEST_GUARD, loop_errors_fail=True)(fn)
 
 
 # ------------------------------------------------------------------ helpers
@@ -206,7 +195,7 @@ def test_a_bad_secret_is_a_config_error(bad):
     async def start():
         await RaftServer.start(RecordingRaft(), HOST, 0, secret=bad)
     with pytest.raises(ConfigError, match="secret"):
-        uvloop.run(start())
+        run_guarded(start(), TEST_GUARD)
 
 
 async def wait_for_leader(rafts: list) -> Raft:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from raftcore.errors import ForwardToLeader, OutcomeUnknown
 from raftcore.model import Node
 from raftcore.testing import sim, virtual_loop

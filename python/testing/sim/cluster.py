@@ -1,0 +1,262 @@
+"""Simulation: the cluster under test, its nodes' lives (start, crash,
+restart, heal) and the end-of-run liveness check. Clients, faults and the
+Figure 8 script are mixins in their own modules."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+from typing import Any, Optional
+
+from raftcore.config import Config, SnapshotPolicy
+from raftcore.errors import ForwardToLeader, RaftError
+from raftcore.engine import LEADER
+from raftcore.model import Node
+from raftcore.raft import Raft
+from raftcore.testing import lincheck
+from raftcore.testing.sim.checker import Checker
+from raftcore.testing.sim.disk import SimDisk
+from raftcore.testing.sim.faults import FaultInjection
+from raftcore.testing.sim.figure8 import Figure8
+from raftcore.testing.sim.network import SimNetwork
+from raftcore.testing.sim.settings import SimSettings, Violation
+from raftcore.testing.sim.state_machine import SimStateMachine
+from raftcore.testing.sim.workload import ClientWorkload
+from raftcore.testing.virtual_loop import inline_executor
+
+
+class Simulation(ClientWorkload, FaultInjection, Figure8):
+    def __init__(self, seed: int, settings: SimSettings) -> None:
+        self.seed = seed
+        self.s = settings
+        self.rng = random.Random(seed)
+        self.trace: list = []
+        self.rafts: dict[int, Raft] = {}
+        self.checker = Checker(self.trace, self.rafts)
+        self.net = SimNetwork(random.Random(self.rng.random()))
+        self.disks: dict[int, SimDisk] = {}
+        self.sms: dict[int, SimStateMachine] = {}
+        self.down: set[int] = set()
+        self.history = lincheck.History()
+        self.faults: collections.Counter = collections.Counter()
+        self.stop = False
+        self.ops = 0
+        self.voter_ids = set(range(1, settings.nodes + 1))
+        self.all_ids = list(range(1, settings.nodes + settings.spares + 1))
+        self.started: set[int] = set()
+        self.crash_next_leader: Optional[float] = None
+        self.known_leader: dict[int, int] = {}      # node -> term it was seen leading
+        self.held: set[int] = set()                 # crashed nodes a script keeps down
+        self.wiped: Optional[int] = None            # the member that lost its disk, if any
+        self.replacement: Optional[str] = None      # its replacement: "running", "done"
+        self.final_attempts = 0
+
+    def log(self, msg: str) -> None:
+        self.trace.append(f"{asyncio.get_running_loop().time():9.4f}  {msg}")
+
+    def config(self, node_id: int, **overrides: Any) -> Config:
+        settings = dict(heartbeat_interval=0.05, election_timeout_min=0.15,
+                        election_timeout_max=0.3, seed=self.rng.randrange(2**32),
+                        snapshot_policy=SnapshotPolicy.logs_since_last(60),
+                        max_in_snapshot_log_to_keep=self.rng.choice([0, 5, 20]),
+                        snapshot_max_chunk_size=256,
+                        max_payload_entries=self.rng.choice(self.s.payload_entries),
+                        enable_pre_vote=self.rng.random() < 0.5, rpc_timeout=0.5)
+        settings.update(overrides)
+        return Config(**settings)
+
+    async def start_node(self, i: int, durable: Optional[dict] = None,
+                         sm: Optional[SimStateMachine] = None, **config: Any) -> Raft:
+        """Starts node i (on its durable state, after a crash); `config`
+        overrides some of the Config it would get."""
+        disk = SimDisk(random.Random(self.rng.random()), durable,
+                       ack_before_flush="ack_before_flush" in self.s.bugs)
+        sm = sm or SimStateMachine(i, self.checker)
+        raft = await Raft.create(i, self.config(i, **config), self.net.network(i), disk, sm,
+                                 executor=inline_executor)
+        for bug in self.s.bugs:
+            if bug != "ack_before_flush":
+                raft._core.engine.inject_bug(bug)
+        self.rafts[i], self.disks[i], self.sms[i] = raft, disk, sm
+        self.net.add(i, raft)
+        self.checker.new_incarnation(i)
+        self.started.add(i)
+        return raft
+
+    # ---------------------------------------------------------- the run
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i in sorted(self.voter_ids):
+            await self.start_node(i)
+        await self.rafts[1].initialize({i: Node(f"sim-{i}") for i in sorted(self.voter_ids)},
+                                       cluster_id=f"sim-{self.seed}")
+        watcher = asyncio.ensure_future(self.watch())
+        clients = [asyncio.ensure_future(self.client(c)) for c in range(self.s.clients)]
+        faults = asyncio.ensure_future(self.inject_faults())
+        # Faults and load last `duration`, or until the first violation:
+        # what follows one is its fallout, and a cluster whose safety broke
+        # may keep its nodes busy for nothing.
+        over = loop.create_future()
+
+        def end() -> None:
+            if not over.done():
+                over.set_result(None)
+
+        self.checker.on_violation = end
+        timer = loop.call_later(self.s.duration, end)
+        try:
+            await over
+            timer.cancel()
+            self.stop = True
+            faults.cancel()
+            await asyncio.gather(faults, return_exceptions=True)
+            self.raise_first_violation()
+            await asyncio.gather(*clients)
+            await self.heal_all()
+            await self.check_liveness()
+            self.raise_first_violation()
+            self.check_watcher(watcher)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            for i, r in list(self.rafts.items()):
+                if i not in self.down:
+                    await r.shutdown()
+        self.virtual_seconds = loop.time()
+
+    def raise_first_violation(self) -> None:
+        if self.checker.first is not None:
+            raise Violation(self.checker.first)
+
+    def check_watcher(self, watcher: asyncio.Future) -> None:
+        if watcher.done() and watcher.exception() is not None:
+            raise watcher.exception()
+
+    async def watch(self) -> None:
+        while True:
+            for i, r in list(self.rafts.items()):
+                if i not in self.down:
+                    self.checker.observe(i, r, self.disks[i])
+                    e = r._core.engine
+                    if e.state == LEADER and self.known_leader.get(i) != e.vote.term:
+                        self.known_leader[i] = e.vote.term
+                        if self.crash_next_leader is not None and not self.stop:
+                            delay, self.crash_next_leader = self.crash_next_leader, None
+                            self.later(delay, lambda i=i: asyncio.ensure_future(
+                                self.crash_and_restart(i)))
+            await asyncio.sleep(0.001)
+
+    # -------------------------------------------------------- clients
+
+    def live(self) -> list[Raft]:
+        return [self.rafts[i] for i in sorted(self.rafts) if i not in self.down]
+
+    def leader_guess(self) -> Optional[Raft]:
+        for r in self.live():
+            if r._core.engine.state == LEADER:
+                return r
+        return None
+
+    def background(self, coro) -> None:
+        async def guarded():
+            try:
+                await asyncio.wait_for(coro, 3.0)
+            except (RaftError, asyncio.TimeoutError) as exc:
+                self.log(f"membership change ended: {type(exc).__name__}: {exc}")
+        asyncio.ensure_future(guarded())
+
+    def later(self, delay: float, fn) -> None:
+        asyncio.get_running_loop().call_later(delay, fn)
+
+    def heal_links(self) -> None:
+        self.net._cut.clear()
+        self.log("heal links")
+
+    def resume(self, n: int) -> None:
+        ev = self.net.paused.pop(n, None)
+        if ev is not None:
+            ev.set()
+        if n in self.rafts and n not in self.down:
+            self.rafts[n].runtime_config.tick(True)
+        self.log(f"resume {n}")
+
+    async def crash(self, n: int) -> None:
+        self.down.add(n)
+        self.net.remove(n)
+        self.disks[n].crash()
+        await self.rafts[n].shutdown()
+        self.log(f"crash {n}")
+
+    async def crash_and_restart(self, n: int) -> None:
+        if n in self.down:
+            return
+        await self.crash(n)
+        self.later(self.rng.uniform(0.05, 0.5), lambda: asyncio.ensure_future(self.restart(n)))
+
+    async def restart(self, n: int, **config: Any) -> None:
+        if n not in self.down or n in self.held:
+            return      # up already, or a script keeps it down
+        self.down.discard(n)
+        durable = self.disks[n].durable
+        await self.start_node(n, durable, self.sms[n].restarted(), **config)
+        self.log(f"restart {n}")
+
+    async def heal_all(self) -> None:
+        self.net.heal()
+        self.net.dup_rate = 0.0
+        self.net.blank_loss = 0.0
+        self.net.filters.clear()
+        for n in list(self.net.paused):
+            self.resume(n)
+        for disk in self.disks.values():
+            disk.free()
+        for n in sorted(self.down):
+            await self.restart(n)
+        self.log("healed everything")
+
+    # -------------------------------------------------------- liveness
+
+    async def final_write_and_read(self, leader: Raft) -> bool:
+        loop = asyncio.get_running_loop()
+        self.final_attempts += 1
+        value = f"done-{self.final_attempts}"      # unique, as every write's payload
+        tok = self.history.invoke("final", "set", "final", (value,), now=loop.time())
+        try:
+            resp = await asyncio.wait_for(leader.client_write(["set", "final", value]), 1.0)
+        except ForwardToLeader:
+            self.history.fail(tok)
+            self.checker.write_refused("final", ["set", "final", value])
+            return False
+        except (RaftError, asyncio.TimeoutError):
+            self.history.indeterminate(tok)
+            return False
+        self.history.complete(tok, resp.data, now=loop.time())
+        try:
+            await asyncio.wait_for(leader.ensure_linearizable(), 1.0)
+        except (RaftError, asyncio.TimeoutError):
+            return False
+        return True
+
+    async def check_liveness(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.s.heal_within
+        leader = None
+        while loop.time() < deadline:
+            self.raise_first_violation()
+            leader = self.leader_guess()
+            if leader is not None and await self.final_write_and_read(leader):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise Violation(f"liveness: no leader could write and read within "
+                            f"{self.s.heal_within}s of healing")
+        members = sorted(leader.metrics.membership.nodes)
+        target = leader.metrics.last_applied_index
+        for i in members:
+            try:
+                await self.rafts[i].wait(self.s.heal_within).applied_index_at_least(target)
+            except RaftError as exc:
+                raise Violation(f"liveness: member {i} did not catch up to {target}: {exc}")
+        self.log(f"liveness ok: leader {leader.id}, members {members} at {target}")
+
