@@ -205,6 +205,10 @@ REGRESSION_SEEDS = [
     # old incarnation, so it would not vote, and node 3 was stale: no quorum
     # for ever. A "wipe" fault now waits for the replacement to take effect.
     (10200272, sim.SimSettings(nodes=3, duration=12.0, fault_interval=0.4)),
+    # Node 1 initialized, won term 1 and was wiped before its initial
+    # membership reached any other node: no node held a membership, so none
+    # could campaign. A "wipe" fault now needs the membership committed.
+    (11000236, sim.SimSettings(nodes=5, duration=12.0, fault_interval=0.4)),
 ]
 
 

@@ -198,9 +198,14 @@ class FaultInjection:
                 self.background(self.replace_wiped(leader, n))
             return False        # counted when it wiped
         self.wiped, self.replacement = None, None
-        # Only a member whose incarnation the membership records: before
-        # that, a wiped node cannot be told from a new one (the README says so).
-        members = leader.metrics.membership.nodes
+        # Only a member whose incarnation a committed membership records:
+        # before that, a wiped node cannot be told from a new one (the README
+        # says so), and a wiped leader may take the only copy of an
+        # uncommitted membership with it, leaving no node that may campaign.
+        committed = leader._core.engine.committed_membership()
+        if committed is None:
+            return False
+        members = committed.nodes
         live = [i for i in sorted(members) if i not in self.down and i in self.rafts
                 and members[i].incarnation is not None]
         if not live:
