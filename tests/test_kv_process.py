@@ -42,6 +42,7 @@ from raftcore.errors import ConfigError, StorageError, Timeout
 from raftcore.kv import Client, KvError, KvStateMachine
 from raftcore.messages import SnapshotMeta
 from raftcore.network import RaftServer
+from raftcore.network.base import RaftNode
 from raftcore.network.tcp import WIRE_VERSION
 from raftcore.types import ENTRY_NORMAL, Entry
 
@@ -451,7 +452,7 @@ def test_a_damaged_snapshot_file_refuses_to_load(tmp_path):
 # ====================================================== the server's hook
 
 def test_raft_server_hands_service_messages_to_their_handlers():
-    class NoRaft:
+    class NoRaft(RaftNode):
         id = 0
 
         async def append_entries(self, req):
