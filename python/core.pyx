@@ -49,6 +49,7 @@ from raftcore.errors import (ClusterMismatch, Fatal, ForwardToLeader, InvalidCom
                              OutcomeUnknown, RaftError, StorageError, Timeout, is_space_error)
 from raftcore.messages import InstallSnapshotRequest
 from raftcore.network.base import ReplyCallback
+from raftcore.peers import PeerClients
 from raftcore.storage.base import new_identity_token
 
 _Future = asyncio.Future
@@ -248,9 +249,8 @@ cdef class RaftCore:
     cdef object _snap_rx                      # (snapshot id, bytearray) being received
     cdef dict _snap_ready                     # snapshot id -> received bytes
     # network
-    cdef dict _clients                        # target -> (Node, NetworkClient)
-    cdef object _clients_for                  # the membership _clients was checked against
-    cdef dict _nowait                         # target -> its client's append_entries_nowait
+    cdef object _peers                        # PeerClients: a NetworkClient per peer
+    cdef object _clients_for                  # the membership _peers last followed
     cdef set _tasks
     cdef object _wakeup, _timer
     cdef double _timer_at
@@ -343,10 +343,9 @@ cdef class RaftCore:
         self._warned_log_kept = False
         self._snap_rx = None
         self._snap_ready = {}
-        self._clients = {}
-        self._clients_for = None
-        self._nowait = {}
         self._tasks = set()
+        self._peers = PeerClients(network, self.log, self._spawn)
+        self._clients_for = None
         self._wakeup = None
         self._timer = None
         self._timer_at = 0.0
@@ -532,8 +531,7 @@ cdef class RaftCore:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for _, c in self._clients.values():
-            await _close_quietly(c, self.log)
+        await self._peers.close()
         self.log.info("node %s shut down", self.id)
 
     def check_running(self) -> None:
@@ -1327,26 +1325,13 @@ cdef class RaftCore:
     cdef object _client(self, target):
         if self.engine.membership is not self._clients_for:
             self._revalidate_clients()
-        entry = self._clients.get(target)
-        if entry is None:
-            m = self.engine.membership
-            node = m.nodes.get(target) if m is not None else None
-            entry = (node, self.network.client(target, node))
-            self._clients[target] = entry
-            self._nowait[target] = entry[1].append_entries_nowait
-        return entry[1]
+        return self._peers.client(target, self.engine.membership)
 
     def _revalidate_clients(self) -> None:
-        """The membership changed: close the clients of nodes that left it or
-        whose address changed (a new one is made on next use)."""
-        m = self.engine.membership
-        self._clients_for = m
-        nodes = m.nodes if m is not None else {}
-        for target, (node, c) in list(self._clients.items()):
-            if target not in nodes or nodes[target] != node:
-                del self._clients[target]
-                self._nowait.pop(target, None)
-                self._spawn(_close_quietly(c, self.log))
+        """The membership changed: the clients of nodes that left it or whose
+        address changed are closed (a new one is made on next use)."""
+        self._clients_for = self.engine.membership
+        self._peers.follow(self._clients_for)
 
     def _spawn(self, coro) -> None:
         t = self.loop.create_task(coro)
@@ -1354,21 +1339,12 @@ cdef class RaftCore:
         t.add_done_callback(self._tasks.discard)
 
     cdef void _send_append_now(self, target, AppendEntriesRequest req):
-        client = self._client(target)
-        try:
-            taken = self._nowait[target](req, _AppendAnswer(self, target, req))
-        except Exception as exc:
-            self._append_failed(target, req, exc)
-            return
-        if taken is True:
-            return      # the answer goes to _append_replied
-        if taken is not False:
-            # A transport's bug: said loudly, and the request counts as failed.
-            self.log.error("%s.append_entries_nowait returned %r; it must return True (taken: "
-                           "reply is called) or False (declined)", type(client).__name__, taken)
-            self.engine.handle_append_failure(target, req, self.loop.time())
-            return
-        self._spawn(self._send_append(client, target, req))
+        if self.engine.membership is not self._clients_for:
+            self._revalidate_clients()
+        declined_by = self._peers.send_append_now(target, self.engine.membership, req,
+                                                  _AppendAnswer(self, target, req))
+        if declined_by is not None:
+            self._spawn(self._send_append(declined_by, target, req))
 
     async def _send_append(self, client, target: int, req: AppendEntriesRequest) -> None:
         try:
@@ -1667,13 +1643,6 @@ cdef class RaftCore:
             else:
                 keep.append((pred, fut))
         self._metric_waiters = keep
-
-
-async def _close_quietly(client: Any, log: logging.Logger) -> None:
-    try:
-        await client.close()
-    except Exception:  # a failing close must not stop the node
-        log.debug("closing a network client failed", exc_info=True)
 
 
 def _resolve(fut: asyncio.Future, value: Any) -> None:
