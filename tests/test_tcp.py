@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import ssl
 import struct
+import types
 from typing import Optional
 
 import msgpack
@@ -35,6 +36,7 @@ from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                TransferLeaderRequest, VoteRequest, VoteResponse)
 from raftcore.network import RaftServer, TcpNetwork
 from raftcore.network.base import RaftNode
+from raftcore.network.channel import Channel
 import raftcore.network.framing as framing_module
 import raftcore.network.server as server_module
 import raftcore.network.tcp as tcp_module
@@ -1160,3 +1162,32 @@ def test_mutual_tls_requires_a_client_certificate(certs):
                 await with_cert.close()
                 await without.close()
     body()
+
+
+@tcp_test
+async def test_the_channel_carries_plain_values_without_raft_messages():
+    """framing and channel know no Raft: a Channel with identity encode/decode
+    calls a server's service with plain msgpack values (as a kv client
+    would), pipelined, and a failing service raises NetworkError."""
+    async def echo(msg):
+        return {"echo": msg[1:]}
+
+    async def fail(msg):
+        raise ValueError("no such key")
+
+    server = await RaftServer.start(FakeRaft(), HOST, 0, services={70: echo, 71: fail})
+    settings = types.SimpleNamespace(rpc_timeout=GUARD, connect_timeout=GUARD,
+                                     max_frame_size=1 << 20, ssl=None, secret=None,
+                                     cluster_id=None, backoff_max=1.0)
+    plain = lambda value: value     # noqa: E731
+    channel = Channel(settings, "kv", HOST, server.port, f"{HOST}:{server.port}",
+                      encode=plain, decode=plain)
+    try:
+        replies = await asyncio.gather(*(channel.call([70, i, b"x"], None) for i in range(5)))
+        assert replies == [{"echo": [i, b"x"]} for i in range(5)]
+        with pytest.raises(NetworkError, match="ValueError: no such key"):
+            await channel.call([71], None)
+        assert (await channel.call([70], None)) == {"echo": []}
+    finally:
+        await channel.close()
+        await server.close()

@@ -2,13 +2,18 @@
 reconnection and back-off (the client side of raftcore.network.tcp: see its
 docstring, "Connections", "Pipelining" and "Failures").
 
-A Channel sends messages of raftcore.codec (encode_message/decode_message)
-as `[request_id, message]` frames over one FrameConnection at a time,
-matches replies to calls by request id, and fails every call still waiting
-when the connection is lost. Its settings come from `net`, any object with
-the attributes rpc_timeout, connect_timeout, max_frame_size, ssl, secret,
-cluster_id (None, or announced in a cluster hello) and backoff_max
-(TcpNetwork is one); rpc_timeout and backoff_max are read at each use.
+A Channel sends `[request_id, encode(msg)]` frames over one FrameConnection
+at a time, matches replies (`[request_id, value]`, or `[request_id, None,
+reason]` for a handler's error) to calls by request id, and fails every call
+still waiting when the connection is lost. It knows no Raft: encode and
+decode default to raftcore.codec's encode_message / decode_message, and an
+application passes its own (identity functions for plain msgpack values,
+with expect=None to take a reply of any type). Its settings come from `net`,
+any object with the attributes rpc_timeout, connect_timeout,
+max_frame_size, ssl, secret (None: no handshake), cluster_id (None, or
+announced in a cluster hello) and backoff_max (TcpNetwork is one);
+rpc_timeout and backoff_max are read at each use. `target` only names the
+peer in messages.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import asyncio
 import functools
 import logging
 import ssl as _ssl
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import msgpack
 
@@ -24,8 +29,8 @@ from raftcore.codec import decode_message, encode_message
 from raftcore.errors import CodecError, NetworkError, Timeout
 from raftcore.network.auth import AuthError, client_handshake, client_hello
 from raftcore.network.base import ReplyCallback
-from raftcore.network.framing import (FrameConnection, open_frame_connection, unpackb,
-                                      wait_closed)
+from raftcore.network.framing import (WRITE_HIGH_WATER, FrameConnection, open_frame_connection,
+                                      unpackb, wait_closed)
 
 __all__ = ["Channel", "BACKOFF_INITIAL", "BACKOFF_MAX"]
 
@@ -55,9 +60,13 @@ class Channel:
     """A pipelined request/reply stream to one peer, over one connection at a
     time, reconnecting with back-off after failures."""
 
-    def __init__(self, net: TcpNetwork, target: int, host: str, port: int, addr: str,
-                 kind: str = "", drop_on_timeout: bool = False) -> None:
+    def __init__(self, net: Any, target: Any, host: str, port: int, addr: str,
+                 kind: str = "", drop_on_timeout: bool = False,
+                 encode: Callable[[Any], Any] = encode_message,
+                 decode: Callable[[Any], Any] = decode_message) -> None:
         self._loop = asyncio.get_running_loop()
+        self._encode = encode
+        self._decode = decode
         self._kind = kind            # "" or "snapshot ": names the connection in messages
         self._drop_on_timeout = drop_on_timeout   # a call timing out drops the connection
         self._target = target
@@ -84,7 +93,7 @@ class Channel:
 
     # ------------------------------------------------------------- calls
 
-    async def call(self, msg: Any, expect: type) -> Any:
+    async def call(self, msg: Any, expect: Optional[type]) -> Any:
         conn = self._conn
         if conn is None or conn.frames.backed_up():
             cid = getattr(msg, "cluster_id", None)
@@ -119,24 +128,25 @@ class Channel:
             raise NetworkError(f"connection to {self._who()} failed: {exc}") from None
         return conn
 
-    def call_nowait(self, msg: Any, expect: type, reply: Any) -> bool:
+    def call_nowait(self, msg: Any, expect: Optional[type], reply: Any) -> bool:
         """Sends `msg` right away when connected (and not backed up): True,
         and reply(value, None) or reply(None, error) is called once, as the
         reply frame is read (or the call fails); False otherwise, nothing
         sent (use call). A reply of another type than `expect` closes the
         connection and is given to reply as a NetworkError."""
         conn = self._conn
-        if conn is None or self._queued or conn.frames.backed_up():
+        if (conn is None or self._queued
+                or conn.transport.get_write_buffer_size() > WRITE_HIGH_WATER):
             return False
         slot = ReplyCallback(None)
         rid, _, timer = self._send(conn, msg, slot)
         slot.reply = functools.partial(self._called_back, conn, rid, timer, msg, expect, reply)
         return True
 
-    def _called_back(self, conn: _Conn, rid: int, timer: Any, msg: Any, expect: type,
+    def _called_back(self, conn: _Conn, rid: int, timer: Any, msg: Any, expect: Optional[type],
                      reply: Any, value: Any, exc: Optional[BaseException]) -> None:
         timer.cancel()
-        if exc is None and type(value) is not expect:
+        if exc is None and expect is not None and type(value) is not expect:
             reason = f"replied to a {type(msg).__name__} with a {type(value).__name__}"
             exc = NetworkError(f"{self._who()} {reason}")
             value = None
@@ -152,7 +162,7 @@ class Channel:
         if given --, timeout handle)."""
         self._next_id = rid = self._next_id + 1
         try:
-            body = self._packer.pack([rid, encode_message(msg)])
+            body = self._packer.pack([rid, self._encode(msg)])
         except (TypeError, ValueError, OverflowError) as exc:
             raise CodecError(f"cannot encode {type(msg).__name__} for {self._who()}: {exc}; "
                              "entry payloads must be msgpack-able values") from None
@@ -174,7 +184,7 @@ class Channel:
         return rid, fut, loop.call_later(self._net.rpc_timeout, self._expire, conn, rid)
 
     async def _reply(self, conn: _Conn, rid: int, fut: asyncio.Future, timer: Any, msg: Any,
-                     expect: type) -> Any:
+                     expect: Optional[type]) -> Any:
         try:
             resp = await fut
         except BaseException:
@@ -182,7 +192,7 @@ class Channel:
             raise
         finally:
             timer.cancel()
-        if type(resp) is not expect:
+        if expect is not None and type(resp) is not expect:
             reason = f"replied to a {type(msg).__name__} with a {type(resp).__name__}"
             self._protocol_error(conn, reason)
             raise NetworkError(f"{self._who()} {reason}")
@@ -325,7 +335,7 @@ class Channel:
                 resp = None          # the reply of a handler returning nothing
             else:
                 try:
-                    resp = decode_message(obj[1])
+                    resp = self._decode(obj[1])
                 except Exception as exc:
                     return f"malformed reply message: {exc}"
             # Taken out of `pending` only now: if the reply could not be

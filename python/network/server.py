@@ -22,8 +22,9 @@ from raftcore.messages import (AppendEntriesRequest, InstallSnapshotRequest,
 from raftcore.network.auth import (AUTH_TIMEOUT, HELLO_MAGIC, check_secret, hello_cluster_id,
                                    hello_frame, server_handshake)
 from raftcore.network.base import RaftNode
-from raftcore.network.framing import (DEFAULT_MAX_FRAME_SIZE, SERVICE_TYPE_MIN, FrameConnection,
-                                      check_positive, check_ssl, unpackb, wait_closed)
+from raftcore.network.framing import (DEFAULT_MAX_FRAME_SIZE, SERVICE_TYPE_MIN, WRITE_HIGH_WATER,
+                                      FrameConnection, check_positive, check_ssl, unpackb,
+                                      wait_closed)
 
 __all__ = ["RaftServer"]
 
@@ -42,7 +43,6 @@ _check_positive = check_positive
 
 async def _raise(exc: BaseException) -> Any:
     raise exc
-
 
 
 class _ServerConn:
@@ -293,7 +293,7 @@ class RaftServer:
             log.error("serving the connection from %s failed", conn.peer, exc_info=True)
             return f"internal error: {exc!r}"
         if (conn.handling >= _MAX_HANDLING_PER_CONN
-                or conn.frames.backed_up()):
+                or conn.transport.get_write_buffer_size() > WRITE_HIGH_WATER):
             # Backpressure: no more requests from this peer until there is room.
             conn.frames.hold()
             self._spawn_waiter(conn)
@@ -409,7 +409,8 @@ class RaftServer:
 
     def _answer_later(self, conn: _ServerConn, rid: int, resp: Any,
                       exc: Optional[BaseException]) -> None:
-        """The node's answer to an AppendEntries that waited for its flush."""
+        """The node's answer to an AppendEntries its fast path took (given
+        at once, or from the log flush's completion)."""
         try:
             if exc is not None:
                 log.debug("append of request %s from %s failed: %r", rid, conn.peer, exc)
