@@ -793,3 +793,16 @@ async def test_a_transport_breaking_the_fast_path_contract_is_named_in_the_log()
             record = await watch.wait("LocalClient.append_entries_nowait returned None")
             assert "it must return True" in record.getMessage()
             assert c.router.broken_calls > 0
+
+
+@cluster_test
+async def test_raft_append_entries_nowait_is_the_documented_fast_path_not_an_instance_shadow():
+    async with running_cluster(1, 41) as c:
+        raft = c[1]
+        assert "append_entries_nowait" not in vars(raft)
+        assert "raftcore.network.base" in type(raft).append_entries_nowait.__doc__
+        # What a transport calls: the contract's (req, reply) -> bool.
+        replies = []
+        assert raft.append_entries_nowait(
+            AppendEntriesRequest(1, 2, 0, 0, [], 0), lambda r, e: replies.append((r, e))) \
+            in (True, False)
