@@ -10,6 +10,8 @@ in the `reply` to call.
 import logging
 from typing import Any
 
+from raftcore.network.base import hand_over
+
 
 cdef class PeerClients:
     """The NetworkClient of each peer a node has talked to, made by
@@ -58,22 +60,9 @@ cdef class PeerClients:
         if nowait is None:
             self.client(target, membership)
             nowait = self._nowait[target]
-        try:
-            taken = nowait(req, reply)
-        except Exception as exc:
-            reply(None, exc)
+        if hand_over(nowait, req, reply, self._clients[target][1]):
             return None
-        if taken is True:
-            return None
-        client = self._clients[target][1]
-        if taken is False:
-            return client
-        # A transport's bug: said loudly, and the request counts as failed.
-        self.log.error("%s.append_entries_nowait returned %r; it must return True (taken: "
-                       "reply is called) or False (declined)", type(client).__name__, taken)
-        reply(None, TypeError(f"{type(client).__name__}.append_entries_nowait returned "
-                              f"{taken!r}, not True or False"))
-        return None
+        return self._clients[target][1]
 
     async def close(self) -> None:
         """Closes every client."""

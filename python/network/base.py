@@ -29,7 +29,10 @@ beside the coroutine, with one contract (`Reply`, `AppendNowait`):
 calls the NetworkClient's fast path for every AppendEntries; a server calls
 the node's for every AppendEntries it receives and awaits the node's
 `append_entries` only when it declines. A transport that has no fast path
-keeps the default (always False).
+keeps the default (always False). Callers go through
+`hand_over(nowait, req, reply, owner) -> bool`, which turns a raise into
+reply(None, error) and refuses (logged, reply given a TypeError) a return
+value other than True or False.
 
 ReplyCallback (compiled, raftcore.network.reply) adapts `reply` to code that
 settles futures: it has done(), set_result() and set_exception(), and hands
@@ -42,9 +45,10 @@ from typing import Any, Callable, Optional
 
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse, VoteRequest,
                                VoteResponse)
-from raftcore.network.reply import ReplyCallback
+from raftcore.network.reply import ReplyCallback, hand_over
 
-__all__ = ["Network", "NetworkClient", "RaftNode", "Reply", "AppendNowait", "ReplyCallback"]
+__all__ = ["Network", "NetworkClient", "RaftNode", "Reply", "AppendNowait", "ReplyCallback",
+           "hand_over"]
 
 #: reply(response, None) or reply(None, error): where the answer of a request
 #: taken by an append_entries_nowait goes (see the module docstring).

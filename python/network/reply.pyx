@@ -1,11 +1,37 @@
 # cython: annotation_typing=False
-"""ReplyCallback: the future-like slot of the AppendEntries fast path.
+"""The compiled part of the AppendEntries fast path's contract
+(raftcore.network.base re-exports it): hand_over, which every caller of an
+append_entries_nowait goes through, and ReplyCallback.
 
 Compiled because both ends of every replicated batch go through it (the
-follower's flush wait, the leader's reply frame); it belongs to the
-transport contract (raftcore.network.base re-exports it), not the runtime.
+leader's send, the follower's answer); it belongs to the transport
+contract, not the runtime.
 """
 cimport cython
+
+import logging
+
+_log = logging.getLogger("raftcore.network")
+
+
+def hand_over(nowait, req, reply, owner) -> bool:
+    """Calls `nowait(req, reply)` (the append_entries_nowait of `owner`) and
+    holds it to the contract: False if it declined (send the request the
+    ordinary way); True if it took the request, or failed, reply then
+    having been given the error (it raised, or broke the contract by
+    returning something else than True or False: a bug logged at ERROR)."""
+    try:
+        taken = nowait(req, reply)
+    except Exception as exc:
+        reply(None, exc)
+        return True
+    if taken is True or taken is False:
+        return taken
+    reason = (f"{type(owner).__name__}.append_entries_nowait returned {taken!r}; it must "
+              "return True (taken: reply is called) or False (declined)")
+    _log.error("%s", reason)
+    reply(None, TypeError(reason))
+    return True
 
 
 @cython.freelist(16)

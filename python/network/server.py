@@ -21,7 +21,7 @@ from raftcore.messages import (AppendEntriesRequest, InstallSnapshotRequest,
                                TransferLeaderRequest, VoteRequest)
 from raftcore.network.auth import (AUTH_TIMEOUT, HELLO_MAGIC, check_secret, hello_cluster_id,
                                    hello_frame, server_handshake)
-from raftcore.network.base import RaftNode
+from raftcore.network.base import RaftNode, hand_over
 from raftcore.network.framing import (DEFAULT_MAX_FRAME_SIZE, SERVICE_TYPE_MIN, WRITE_HIGH_WATER,
                                       FrameConnection, check_positive, check_ssl, unpackb,
                                       wait_closed)
@@ -392,17 +392,8 @@ class RaftServer:
         # In hand before the call: the answer may come before it returns.
         conn.handling += 1
         self._answers_due += 1
-        try:
-            taken = self._append_nowait(msg, functools.partial(self._answer_later, conn, rid))
-        except Exception as exc:
-            self._answer_later(conn, rid, None, exc)
-            return True
-        if taken is True:
-            return True
-        if taken is not False:
-            self._answer_later(conn, rid, None, TypeError(
-                f"{type(self._raft).__name__}.append_entries_nowait returned {taken!r}; it "
-                "must return True (taken: reply is called) or False (declined)"))
+        if hand_over(self._append_nowait, msg, functools.partial(self._answer_later, conn, rid),
+                     self._raft):
             return True
         self._answer_done(conn)
         return False
