@@ -13,22 +13,17 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-import struct
 from typing import Any, Optional
 
 import msgpack
 
 from raftcore.errors import ConfigError
-from raftcore.network.framing import WIRE_VERSION, frame, unpackb
+from raftcore.network.framing import HEADER_SIZE, WIRE_VERSION, frame, unpack_header, unpackb
 
 __all__ = ["AUTH_MAGIC", "AUTH_TIMEOUT", "HELLO_MAGIC", "AuthError", "check_secret",
            "client_handshake", "server_handshake", "client_hello", "hello_frame",
            "hello_cluster_id"]
 
-_HEADER = struct.Struct(">IB")
-_HEADER_SIZE = _HEADER.size
-_unpack_header = _HEADER.unpack
-_unpackb = unpackb
 
 #: Seconds a server gives a new connection to complete the shared-secret
 #: handshake (RaftServer.start's auth_timeout default).
@@ -90,8 +85,8 @@ async def _read_auth(reader: asyncio.StreamReader, step: str, nfields: int) -> l
     """Reads handshake frame `step` and returns its `nfields` fields (nonces
     and proofs, each _AUTH_NONCE bytes); AuthError if anything else comes."""
     try:
-        header = await reader.readexactly(_HEADER_SIZE)
-        size, version = _unpack_header(header)
+        header = await reader.readexactly(HEADER_SIZE)
+        size, version = unpack_header(header)
         if version != WIRE_VERSION:
             raise AuthError(f"expected the handshake {step}, got a frame of wire version "
                              f"{version}")
@@ -102,7 +97,7 @@ async def _read_auth(reader: asyncio.StreamReader, step: str, nfields: int) -> l
     except asyncio.IncompleteReadError:
         raise _AuthClosed(f"the connection closed before the handshake {step}") from None
     try:
-        obj = _unpackb(body)
+        obj = unpackb(body)
     except Exception:
         obj = None
     if type(obj) is not list or len(obj) < 3 or obj[0] != AUTH_MAGIC:
@@ -162,7 +157,7 @@ async def client_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     none yet). Raises AuthError if the answer is not a hello."""
     writer.write(hello_frame(cluster_id))
     try:
-        size, version = _unpack_header(await reader.readexactly(_HEADER_SIZE))
+        size, version = unpack_header(await reader.readexactly(HEADER_SIZE))
         if version != WIRE_VERSION or not 1 <= size <= _AUTH_MAX_FRAME:
             raise AuthError(f"expected the cluster hello, got a frame of wire version "
                             f"{version} and {size} bytes")
@@ -171,7 +166,7 @@ async def client_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         raise AuthError("the server closed the connection instead of answering the "
                         "cluster hello") from None
     try:
-        return hello_cluster_id(_unpackb(body))
+        return hello_cluster_id(unpackb(body))
     except Exception as exc:
         raise AuthError(f"expected the cluster hello: {exc}") from None
 

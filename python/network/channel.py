@@ -40,8 +40,6 @@ log = logging.getLogger("raftcore.network.tcp")
 BACKOFF_INITIAL = 0.2
 BACKOFF_MAX = 1.0
 
-_unpackb = unpackb
-
 
 class _Conn:
     """One open client connection and the calls awaiting a reply on it, by
@@ -324,7 +322,7 @@ class Channel:
         """One reply frame's body: settles the call it answers. Returns a
         reason to close the connection, or None."""
         try:
-            obj = _unpackb(body)
+            obj = unpackb(body)
         except Exception as exc:
             return f"reply frame is not msgpack ({exc})"
         if type(obj) is not list or not 2 <= len(obj) <= 3 or type(obj[0]) is not int:

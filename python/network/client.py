@@ -23,8 +23,6 @@ __all__ = ["TcpNetwork", "TcpClient", "parse_address"]
 
 log = logging.getLogger("raftcore.network.tcp")
 
-_check_ssl = check_ssl
-_check_positive = check_positive
 _NONE = type(None)
 
 
@@ -68,7 +66,6 @@ def _check_host(host: str, addr: str, ipv6_only: bool) -> None:
                          "host name" + (f" (it contains {odd!r})" if odd else ""))
 
 
-
 class TcpNetwork(Network):
     """The Network of one node over TCP: `client(target, node)` reaches
     Node("host:port").
@@ -96,18 +93,18 @@ class TcpNetwork(Network):
                  secret: Optional[bytes] = None,
                  reconnect_backoff_max: Optional[float] = None) -> None:
         self.secret = check_secret(secret)
-        _check_ssl(ssl)
-        _check_positive("rpc_timeout", rpc_timeout)
-        _check_positive("max_frame_size", max_frame_size, integer=True)
+        check_ssl(ssl)
+        check_positive("rpc_timeout", rpc_timeout)
+        check_positive("max_frame_size", max_frame_size, integer=True)
         if connect_timeout is None:
             connect_timeout = rpc_timeout
-        _check_positive("connect_timeout", connect_timeout)
+        check_positive("connect_timeout", connect_timeout)
         self.ssl = ssl
         self.rpc_timeout = rpc_timeout
         self.max_frame_size = max_frame_size
         self.connect_timeout = connect_timeout
         if reconnect_backoff_max is not None:
-            _check_positive("reconnect_backoff_max", reconnect_backoff_max)
+            check_positive("reconnect_backoff_max", reconnect_backoff_max)
         self._backoff_given = reconnect_backoff_max is not None
         #: Reconnect back-off cap, read by each connection at each failure.
         self.backoff_max = reconnect_backoff_max if self._backoff_given else BACKOFF_MAX

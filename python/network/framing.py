@@ -36,7 +36,8 @@ import msgpack
 from raftcore.errors import ConfigError
 
 __all__ = ["WIRE_VERSION", "DEFAULT_MAX_FRAME_SIZE", "SERVICE_TYPE_MIN", "HEADER_SIZE",
-           "FrameConnection", "open_frame_connection", "frame", "unpackb", "wait_closed"]
+           "WRITE_HIGH_WATER", "FrameConnection", "open_frame_connection", "frame",
+           "unpack_header", "unpackb", "wait_closed"]
 
 #: The version byte of every frame this module writes and the only one it reads.
 WIRE_VERSION = 2
@@ -54,6 +55,8 @@ _HEADER = struct.Struct(">IB")
 HEADER_SIZE = _HEADER.size
 _pack_header = _HEADER.pack
 _unpack_header_from = _HEADER.unpack_from
+#: (length, version) of a frame header's HEADER_SIZE bytes.
+unpack_header = _HEADER.unpack
 # A writer whose transport buffers more than this waits for it to drain.
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 # Frames up to this size are sent as one joined buffer, larger ones as two.

@@ -36,10 +36,6 @@ _MAX_HANDLING_PER_CONN = 1024
 # Longest handler error text sent back to the caller.
 _MAX_REASON = 2000
 
-_unpackb = unpackb
-_check_ssl = check_ssl
-_check_positive = check_positive
-
 
 async def _raise(exc: BaseException) -> Any:
     raise exc
@@ -136,8 +132,8 @@ class RaftServer:
         self._closed = False
 
     @classmethod
-    async def start(cls, raft: RaftNode, host: str, port: int, ssl: Optional[_ssl.SSLContext] = None,
-                    *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    async def start(cls, raft: RaftNode, host: str, port: int,
+                    ssl: Optional[_ssl.SSLContext] = None, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
                     services: Optional[Mapping[int, Callable[[list], Awaitable[Any]]]] = None,
                     secret: Optional[bytes] = None, auth_timeout: float = AUTH_TIMEOUT,
                     ) -> "RaftServer":
@@ -148,9 +144,9 @@ class RaftServer:
         # must prove it holds it within auth_timeout seconds, or it is closed
         # before any of its frames reaches the node.
         secret = check_secret(secret)
-        _check_positive("auth_timeout", auth_timeout)
-        _check_ssl(ssl)
-        _check_positive("max_frame_size", max_frame_size, integer=True)
+        check_positive("auth_timeout", auth_timeout)
+        check_ssl(ssl)
+        check_positive("max_frame_size", max_frame_size, integer=True)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
             raise ConfigError(f"port must be an integer in [0, 65535], got {port!r}")
         if services is not None:
@@ -262,7 +258,7 @@ class RaftServer:
         """One request frame's body: steps the node for it. Returns a reason
         to close the connection, or None."""
         try:
-            obj = _unpackb(body)
+            obj = unpackb(body)
         except TypeError as exc:
             return self._refuse_undecodable(conn, body, exc)
         except Exception as exc:
