@@ -58,7 +58,8 @@ setup(
     # Every folder of python/ with an __init__.py is a subpackage of raftcore.
     packages=["raftcore"] + ["raftcore." + p for p in find_packages("python")],
     package_dir={"raftcore": "python"},
-    package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"]},
+    package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"],
+                  "raftcore.network": ["*.pyi"]},
     ext_modules=extensions(),
     zip_safe=False,
 )

@@ -15,12 +15,14 @@ Concurrency model (one thread, one event loop):
 - Client writes are queued and moved into the engine as one batch per event
   loop iteration (a call_soon callback), so writers that run together share
   one append and one AppendEntries per follower.
-- RPCs: a NetworkClient may offer `append_entries_nowait(req, reply)`,
-  which a peer in the same process answers synchronously when it is idle
-  (LocalRouter), and which TcpNetwork sends at once, handing the answer to
-  `reply` as the reply frame is read. A write then commits and applies
-  without any task switch besides waking its client. Otherwise each RPC
-  runs in a task of its own (pipelined).
+- RPCs: every AppendEntries first goes to the NetworkClient's
+  `append_entries_nowait(req, reply)` (the fast path declared in
+  raftcore.network.base), which a peer in the same process answers
+  synchronously when it is idle (LocalRouter), and which TcpNetwork sends at
+  once, handing the answer to `reply` as the reply frame is read. A write
+  then commits and applies without any task switch besides waking its
+  client. Declined, and for every other RPC, the request runs in a task of
+  its own (pipelined).
 - Compiled: this module is Cython. The per-write path (taking a batch,
   executing commands, answering clients) runs as C calls, and steps the
   engine through engine.pxd; what is off that path stays plain methods.
@@ -46,6 +48,8 @@ import msgpack
 from raftcore.errors import (ClusterMismatch, Fatal, ForwardToLeader, InvalidCommand, NoSpace,
                              OutcomeUnknown, RaftError, StorageError, Timeout, is_space_error)
 from raftcore.messages import InstallSnapshotRequest
+from raftcore.network.base import ReplyCallback
+from raftcore.peers import PeerClients
 from raftcore.storage.base import new_identity_token
 
 _Future = asyncio.Future
@@ -161,39 +165,10 @@ cdef class _Slot:
 
 
 @cython.freelist(16)
-cdef class ReplyCallback:
-    """Stands in for the future of an answer that comes later: the answer
-    goes to reply(value, None) or reply(None, error), once, synchronously,
-    when it is set (a future's done callbacks would run one loop iteration
-    later). Used both ways on the AppendEntries fast path: a follower's
-    answer that waits for its log flush (try_append_entries_now with
-    `reply`) and a leader's request waiting for its reply frame (a
-    NetworkClient's append_entries_nowait with `reply`)."""
-    cdef public object reply
-    cdef bint answered
-
-    def __init__(self, reply) -> None:
-        self.reply = reply
-
-    def done(self) -> bool:
-        return self.answered
-
-    def set_result(self, value) -> None:
-        if not self.answered:
-            self.answered = True
-            self.reply(value, None)
-
-    def set_exception(self, exc) -> None:
-        if not self.answered:
-            self.answered = True
-            self.reply(None, exc)
-
-
-@cython.freelist(16)
 cdef class _AppendAnswer:
-    """Where the answer of an AppendEntries sent by append_entries_nowait
-    goes: called as reply(response, error), or given the reply's future
-    (from_future, its done callback); no task per request either way."""
+    """The `reply` of an AppendEntries handed to a NetworkClient's
+    append_entries_nowait: called once as reply(response, error), with no
+    task per request."""
     cdef RaftCore core
     cdef object target
     cdef AppendEntriesRequest req
@@ -204,14 +179,6 @@ cdef class _AppendAnswer:
         self.req = req
 
     def __call__(self, resp, exc) -> None:
-        self.core._append_replied(self.target, self.req, resp, exc)
-
-    def from_future(self, fut) -> None:
-        if fut.cancelled():
-            resp, exc = None, asyncio.CancelledError()
-        else:
-            exc = fut.exception()
-            resp = fut.result() if exc is None else None
         self.core._append_replied(self.target, self.req, resp, exc)
 
 
@@ -282,10 +249,8 @@ cdef class RaftCore:
     cdef object _snap_rx                      # (snapshot id, bytearray) being received
     cdef dict _snap_ready                     # snapshot id -> received bytes
     # network
-    cdef dict _clients                        # target -> (Node, NetworkClient)
-    cdef object _clients_for                  # the membership _clients was checked against
-    cdef dict _nowait                         # target -> append_entries_nowait or None
-    cdef set _nowait_reply                    # targets whose append_entries_nowait takes reply
+    cdef object _peers                        # PeerClients: a NetworkClient per peer
+    cdef object _clients_for                  # the membership _peers last followed
     cdef set _tasks
     cdef object _wakeup, _timer
     cdef double _timer_at
@@ -378,11 +343,9 @@ cdef class RaftCore:
         self._warned_log_kept = False
         self._snap_rx = None
         self._snap_ready = {}
-        self._clients = {}
-        self._clients_for = None
-        self._nowait = {}
-        self._nowait_reply = set()
         self._tasks = set()
+        self._peers = PeerClients(network, self.log, self._spawn)
+        self._clients_for = None
         self._wakeup = None
         self._timer = None
         self._timer_at = 0.0
@@ -568,8 +531,7 @@ cdef class RaftCore:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for _, c in self._clients.values():
-            await _close_quietly(c, self.log)
+        await self._peers.close()
         self.log.info("node %s shut down", self.id)
 
     def check_running(self) -> None:
@@ -924,15 +886,15 @@ cdef class RaftCore:
             return await self._answer_when_flushed(resp)
         return resp
 
-    cpdef try_append_entries_now(self, AppendEntriesRequest req, reply=None):
-        """The synchronous fast path of handle_append_entries, for a caller in
-        this process: returns the response, a future of it (the log is not
-        flushed yet: a transport replies from the future's done callback,
-        with no task) or, if `reply` is given, a ReplyCallback that calls
-        reply(response, error) once the log is flushed; or None when the
-        node cannot answer without awaiting (busy, or the request changes
-        its vote); None means nothing was done and the caller should use
-        handle_append_entries."""
+    cpdef bint try_append_entries_now(self, AppendEntriesRequest req, reply) except -1:
+        """The synchronous fast path of handle_append_entries (a Raft's
+        append_entries_nowait; the contract is raftcore.network.base's):
+        False when the node cannot answer without awaiting (busy, or the
+        request changes its vote), nothing done, and the caller uses
+        handle_append_entries; True once the request is taken, its answer
+        given to reply(response, None) now or, if it waits for the log
+        flush, from the flush's completion (reply(None, error) if the node
+        stops first)."""
         cdef Engine e = self.engine
         cdef AppendEntriesResponse resp
         if req is None:
@@ -943,18 +905,16 @@ cdef class RaftCore:
                 or (req.cluster_id is not e.cluster_id and req.cluster_id != e.cluster_id)):
             # (Another cluster id, or none while this node has one: the slow
             # path adopts it on first contact or refuses it, as for any request.)
-            return None
+            return False
         resp = e.handle_append_entries(req, self.loop.time())
         self._run_sync()
         if self.stopped:
             self.check_running()    # the commands failed (storage): raise, answer nothing
         if resp.success and e.flushed < resp.matched:
-            if reply is not None:
-                waiter = ReplyCallback(reply)
-                self._flush_waiters.append((resp.matched, waiter, resp))
-                return waiter
-            return self._answer_when_flushed(resp)
-        return resp
+            self._flush_waiters.append((resp.matched, ReplyCallback(reply), resp))
+        else:
+            reply(resp, None)
+        return True
 
     async def wait_flushed(self, index: int) -> None:
         """Returns once the local log is durable up to `index`."""
@@ -1365,32 +1325,13 @@ cdef class RaftCore:
     cdef object _client(self, target):
         if self.engine.membership is not self._clients_for:
             self._revalidate_clients()
-        entry = self._clients.get(target)
-        if entry is None:
-            m = self.engine.membership
-            node = m.nodes.get(target) if m is not None else None
-            entry = (node, self.network.client(target, node))
-            self._clients[target] = entry
-            nowait = getattr(entry[1], "append_entries_nowait", None)
-            self._nowait[target] = nowait
-            if nowait is not None and takes_reply(nowait):
-                self._nowait_reply.add(target)
-            else:
-                self._nowait_reply.discard(target)
-        return entry[1]
+        return self._peers.client(target, self.engine.membership)
 
     def _revalidate_clients(self) -> None:
-        """The membership changed: close the clients of nodes that left it or
-        whose address changed (a new one is made on next use)."""
-        m = self.engine.membership
-        self._clients_for = m
-        nodes = m.nodes if m is not None else {}
-        for target, (node, c) in list(self._clients.items()):
-            if target not in nodes or nodes[target] != node:
-                del self._clients[target]
-                self._nowait.pop(target, None)
-                self._nowait_reply.discard(target)
-                self._spawn(_close_quietly(c, self.log))
+        """The membership changed: the clients of nodes that left it or whose
+        address changed are closed (a new one is made on next use)."""
+        self._clients_for = self.engine.membership
+        self._peers.follow(self._clients_for)
 
     def _spawn(self, coro) -> None:
         t = self.loop.create_task(coro)
@@ -1398,36 +1339,16 @@ cdef class RaftCore:
         t.add_done_callback(self._tasks.discard)
 
     cdef void _send_append_now(self, target, AppendEntriesRequest req):
-        client = self._client(target)
-        nowait = self._nowait[target]
-        if nowait is None:
-            self._spawn(self._send_append(client, target, req))
-            return
-        try:
-            if target in self._nowait_reply:
-                r = nowait(req, _AppendAnswer(self, target, req))
-            else:
-                r = nowait(req)
-        except Exception as exc:
-            self._append_failed(target, req, exc)
-            return
-        if type(r) is ReplyCallback:
-            return      # the answer goes to _append_replied
-        if r is None:
-            self._spawn(self._send_append(client, target, req))
-        elif type(r) is AppendEntriesResponse:
-            self._take_append_answer(target, req, r)
-        elif isinstance(r, _Future):
-            r.add_done_callback(_AppendAnswer(self, target, req).from_future)
-        else:
-            self._spawn(self._await_append(target, req, r))
+        if self.engine.membership is not self._clients_for:
+            self._revalidate_clients()
+        declined_by = self._peers.send_append_now(target, self.engine.membership, req,
+                                                  _AppendAnswer(self, target, req))
+        if declined_by is not None:
+            self._spawn(self._send_append(declined_by, target, req))
 
     async def _send_append(self, client, target: int, req: AppendEntriesRequest) -> None:
-        await self._await_append(target, req, client.append_entries(req))
-
-    async def _await_append(self, target: int, req: AppendEntriesRequest, pending) -> None:
         try:
-            resp = await pending
+            resp = await client.append_entries(req)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -1724,27 +1645,9 @@ cdef class RaftCore:
         self._metric_waiters = keep
 
 
-async def _close_quietly(client: Any, log: logging.Logger) -> None:
-    try:
-        await client.close()
-    except Exception:  # a failing close must not stop the node
-        log.debug("closing a network client failed", exc_info=True)
-
-
 def _resolve(fut: asyncio.Future, value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
-
-
-def takes_reply(nowait) -> bool:
-    """Whether an append_entries_nowait (a NetworkClient's, or a Raft's that a
-    transport serves) takes the reply callback, a second argument; one
-    written for (req) alone is called so."""
-    try:
-        inspect.signature(nowait).bind(None, None)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def _retrieve(task: asyncio.Task) -> None:

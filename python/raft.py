@@ -15,6 +15,7 @@ from raftcore.errors import ConfigError, ForwardToLeader, InvalidCommand, NotAll
 from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
 from raftcore.model import Node, ReadPolicy, ServerState
+from raftcore.network.base import AppendNowait, RaftNode
 from raftcore.types import LogId, Vote
 
 __all__ = ["Raft", "RaftMetrics", "ClientWriteResponse", "Wait", "Trigger", "RuntimeConfig"]
@@ -80,16 +81,13 @@ def build_metrics(core: RaftCore) -> RaftMetrics:
     )
 
 
-class Raft:
+class Raft(RaftNode):
     """One Raft node. Create with `await Raft.create(...)`."""
 
     def __init__(self, core: RaftCore) -> None:
         self._core = core
         self.trigger = Trigger(core)
         self.runtime_config = RuntimeConfig(core)
-        # The in-process replication handler is the runtime's compiled
-        # method itself: one call per delivery instead of two.
-        self.append_entries_nowait = core.try_append_entries_now
 
     @classmethod
     async def create(cls, node_id: int, config: Config, network: Any, log_store: Any,
@@ -314,14 +312,16 @@ class Raft:
         """Handles an AppendEntries request from the leader (called by a transport)."""
         return await self._core.handle_append_entries(req)
 
-    def append_entries_nowait(self, req, reply=None):
-        """In-process fast path of append_entries for a caller in the same
-        event loop: the response, an awaitable of it, or None when the node
-        cannot answer without awaiting (then call append_entries). With
-        `reply`, an answer that waits for the log flush goes to
-        reply(response, error), called once from the flush's completion,
-        and what is returned in its place only has done()."""
-        return self._core.try_append_entries_now(req, reply)
+    @property
+    def append_entries_nowait(self) -> AppendNowait:
+        """The fast path of append_entries, for a transport in the same event
+        loop: `append_entries_nowait(req, reply) -> bool` as
+        raftcore.network.base declares it (False: the node cannot answer
+        without awaiting, call append_entries; True: reply(response, error)
+        is called once, now or from the log flush's completion). It is the
+        runtime's compiled method itself, so a delivery is one C call; a
+        transport looks it up once per node."""
+        return self._core.try_append_entries_now
 
     async def install_snapshot(self, req):
         """Handles one InstallSnapshotRequest chunk (called by a transport)."""

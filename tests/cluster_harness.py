@@ -71,12 +71,12 @@ class RecordingRouter(LocalRouter):
         self.votes: list[VoteRecord] = []
         self._waiters: list = []
 
-    async def _deliver(self, src, dst, handler_name, req):
+    async def deliver(self, src, dst, handler_name, req):
         if handler_name != "vote":
-            return await super()._deliver(src, dst, handler_name, req)
+            return await super().deliver(src, dst, handler_name, req)
         resp = None
         try:
-            resp = await super()._deliver(src, dst, handler_name, req)
+            resp = await super().deliver(src, dst, handler_name, req)
             return resp
         finally:
             self.votes.append(VoteRecord(src, dst, req, resp))

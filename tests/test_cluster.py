@@ -9,11 +9,11 @@ never a means of waiting for a state.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
 from raftcore import Config, LogId, Node, Raft
-from raftcore.core import ReplyCallback
 from raftcore.errors import ConfigError, Fatal, ForwardToLeader, NotAllowed, OutcomeUnknown, Timeout
 from raftcore.messages import AppendEntriesRequest
 from raftcore.network import LocalRouter
@@ -24,6 +24,7 @@ import cluster_harness
 from cluster_harness import (CANDIDATE, ELECTION_MAX, ELECTION_MIN, FOLLOWER, GUARD, HEARTBEAT,
                              LEADER, converge, make_config, members, running_cluster,
                              stable_leader, wait_all_applied, wait_any_leader)
+from log_watch import LogWatch
 
 #: Whole-test guard, longer than the harness's: the ten-thousand-writes test
 #: needs it on a loaded machine.
@@ -645,9 +646,10 @@ class GatedMemLogStore(MemLogStore):
 
 @cluster_test
 async def test_an_append_answer_waiting_for_the_flush_goes_to_reply_once():
-    """append_entries_nowait(req, reply): an answer that must wait for the
-    log flush is handed to reply(response, None) from the flush's
-    completion, once; one still waiting when the node stops gets the error."""
+    """append_entries_nowait(req, reply) takes the request (True); an answer
+    that must wait for the log flush is handed to reply(response, None)
+    from the flush's completion, once; one still waiting when the node
+    stops gets the error."""
     store = GatedMemLogStore()
     router = LocalRouter()
     node = await Raft.create(2, Config(seed=3), router.network(2), store, MemStateMachine())
@@ -658,39 +660,51 @@ async def test_an_append_answer_waiting_for_the_flush_goes_to_reply_once():
         assert first.success and first.matched == 1
         store.held = []
         replies = []
-        waiter = node.append_entries_nowait(
+        taken = node.append_entries_nowait(
             AppendEntriesRequest(1, 1, 1, 1, [Entry(1, 2, ENTRY_NORMAL, b"b")], 0, 2),
             lambda resp, exc: replies.append((resp, exc)))
-        assert type(waiter) is ReplyCallback and not waiter.done() and replies == []
+        assert taken is True and replies == []
         store.release()
-        assert waiter.done() and len(replies) == 1
+        assert len(replies) == 1
         resp, exc = replies[0]
         assert exc is None and resp.success and resp.matched == 2
         store.held = []
-        waiter = node.append_entries_nowait(
+        taken = node.append_entries_nowait(
             AppendEntriesRequest(1, 1, 1, 2, [Entry(1, 3, ENTRY_NORMAL, b"c")], 0, 3),
             lambda resp, exc: replies.append((resp, exc)))
-        assert type(waiter) is ReplyCallback
+        assert taken is True and len(replies) == 1
     finally:
         await node.shutdown()
     assert len(replies) == 2 and replies[1][0] is None and isinstance(replies[1][1], Fatal)
 
 
-class OneArgumentRouter(LocalRouter):
-    """A transport whose append_entries_nowait takes the request alone (as
-    LocalRouter's does, and any written before the reply callback existed)."""
+class BrokenContractRouter(LocalRouter):
+    """A transport whose fast path breaks the contract of
+    raftcore.network.base: it returns None (neither True nor False) for
+    every AppendEntries, and never calls reply."""
 
-    def _deliver_nowait(self, src, dst, req):
-        self.one_argument_calls = getattr(self, "one_argument_calls", 0) + 1
-        return super()._deliver_nowait(src, dst, req)
+    def deliver_nowait(self, src, dst, req, reply):
+        self.broken_calls = getattr(self, "broken_calls", 0) + 1
+        return None
 
 
 @cluster_test
-async def test_a_transport_whose_nowait_takes_no_reply_callback_still_replicates():
-    async with running_cluster(3, 31, router=OneArgumentRouter(seed=31)) as c:
-        leader = await wait_any_leader(list(c.nodes.values()))
-        for i in range(50):
-            await leader.client_write(["set", f"k{i}", i])
-        await wait_all_applied(list(c.nodes.values()), leader.metrics.last_applied.index)
-        assert c.router.one_argument_calls > 0
-        assert all(r.state_machine.data["k49"] == 49 for r in c.nodes.values())
+async def test_a_transport_breaking_the_fast_path_contract_is_named_in_the_log():
+    with LogWatch("raftcore", logging.ERROR) as watch:
+        async with running_cluster(3, 31, router=BrokenContractRouter(seed=31)) as c:
+            record = await watch.wait("LocalClient.append_entries_nowait returned None")
+            assert "it must return True" in record.getMessage()
+            assert c.router.broken_calls > 0
+
+
+@cluster_test
+async def test_raft_append_entries_nowait_is_the_documented_fast_path_not_an_instance_shadow():
+    async with running_cluster(1, 41) as c:
+        raft = c[1]
+        assert "append_entries_nowait" not in vars(raft)
+        assert "raftcore.network.base" in type(raft).append_entries_nowait.__doc__
+        # What a transport calls: the contract's (req, reply) -> bool.
+        replies = []
+        assert raft.append_entries_nowait(
+            AppendEntriesRequest(1, 2, 0, 0, [], 0), lambda r, e: replies.append((r, e))) \
+            in (True, False)

@@ -54,6 +54,7 @@ from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta,
                                VoteRequest, VoteResponse)
 from raftcore.network import RaftServer, TcpNetwork
+from raftcore.network.base import RaftNode
 from raftcore.network.tcp import WIRE_VERSION
 from raftcore.storage import FileLogStore, MemLogStore, MemStateMachine
 from raftcore.storage.file import R_MARKER
@@ -184,7 +185,7 @@ SINGLE = st.one_of(
 PAYLOAD = st.lists(SINGLE, min_size=1, max_size=4).map(b"".join)
 
 
-class StubRaft:
+class StubRaft(RaftNode):
     """Answers every request; counts them."""
 
     def __init__(self) -> None:

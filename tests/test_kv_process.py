@@ -38,6 +38,7 @@ from raftcore.errors import ConfigError, StorageError
 from raftcore.kv import Client, KvError, KvStateMachine
 from raftcore.messages import SnapshotMeta
 from raftcore.network import RaftServer
+from raftcore.network.base import RaftNode
 from raftcore.network.tcp import WIRE_VERSION
 from raftcore.types import ENTRY_NORMAL, Entry, LogId
 
@@ -254,7 +255,7 @@ def test_a_failed_snapshot_write_leaves_no_temporary_file(tmp_path):
 # ====================================================== the server's hook
 
 def test_raft_server_hands_service_messages_to_their_handlers():
-    class NoRaft:
+    class NoRaft(RaftNode):
         id = 0
 
         async def append_entries(self, req):

@@ -38,6 +38,7 @@ from raftcore.storage.file import FileLogStore
 from raftcore.types import ENTRY_NORMAL, Entry
 from cluster_harness import (TEST_GUARD, Cluster, RecordingRouter, converge, members,
                              stable_leader, write_retry)
+from test_tcp import nowait_future
 from test_tcp import (GUARD, HOST, TcpCluster, assert_same_everywhere, fake_server, frame,
                       request_body, tcp_test, write_many)
 from test_tcp import stable_leader as tcp_stable_leader
@@ -293,7 +294,7 @@ async def test_a_heartbeat_and_a_vote_are_answered_while_a_large_append_is_held(
         assert heartbeat.success and vote.granted
         assert peer.answered == ["heartbeat", "vote"]
         # The runtime's fast path takes the same connection.
-        fast = client.append_entries_nowait(AppendEntriesRequest(2, 1, 0, 0, [], 0))
+        fast = nowait_future(client, AppendEntriesRequest(2, 1, 0, 0, [], 0))
         assert fast is not None and (await asyncio.wait_for(fast, GUARD)).success
         assert not append.done()
     finally:

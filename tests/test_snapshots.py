@@ -389,11 +389,12 @@ class StallingClient(NetworkClient):
         self.net = net
         self.inner = inner
 
-    def append_entries_nowait(self, req):
-        resp = self.inner.append_entries_nowait(req)
-        if resp is not None:
-            self.net.answered()
-        return resp
+    def append_entries_nowait(self, req, reply):
+        def answered(resp, exc):
+            if exc is None:
+                self.net.answered()
+            reply(resp, exc)
+        return self.inner.append_entries_nowait(req, answered)
 
     async def append_entries(self, req):
         resp = await self.inner.append_entries(req)

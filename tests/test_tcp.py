@@ -16,6 +16,8 @@ import ipaddress
 import logging
 import ssl
 import struct
+import types
+from typing import Optional
 
 import msgpack
 import pytest
@@ -32,6 +34,10 @@ from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta,
                                TransferLeaderRequest, VoteRequest, VoteResponse)
 from raftcore.network import RaftServer, TcpNetwork
+from raftcore.network.base import RaftNode
+from raftcore.network.channel import Channel
+import raftcore.network.framing as framing_module
+import raftcore.network.server as server_module
 import raftcore.network.tcp as tcp_module
 from raftcore.network.tcp import WIRE_VERSION, parse_address
 from raftcore.storage import MemLogStore, MemStateMachine
@@ -73,7 +79,23 @@ def request_body(rid: int, msg) -> bytes:
     return msgpack.packb([rid, encode_message(msg)], use_bin_type=True)
 
 
-class FakeRaft:
+def nowait_future(client, req) -> Optional[asyncio.Future]:
+    """client.append_entries_nowait(req, reply) with reply settling a future:
+    the future, or None if the fast path declined."""
+    fut = asyncio.get_running_loop().create_future()
+
+    def reply(resp, exc):
+        assert not fut.done(), "reply called twice"
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(resp)
+    taken = client.append_entries_nowait(req, reply)
+    assert type(taken) is bool
+    return fut if taken else None
+
+
+class FakeRaft(RaftNode):
     """Answers RPCs under the test's control. A request whose term has a gate
     waits for it; `arrived`/`finished`/`cancelled` record terms in order."""
 
@@ -347,10 +369,10 @@ async def test_client_fast_path_sends_at_once_when_connected():
         client = TcpNetwork(rpc_timeout=GUARD).client(1, node)
         try:
             # Not connected yet: the fast path declines, append_entries connects.
-            assert client.append_entries_nowait(ae(1, 1)) is None
+            assert nowait_future(client, ae(1, 1)) is None
             assert (await client.append_entries(ae(1, 1))).matched == 1
             fake.gate(2)
-            pending = [client.append_entries_nowait(ae(t, t)) for t in (2, 3)]
+            pending = [nowait_future(client, ae(t, t)) for t in (2, 3)]
             assert all(p is not None for p in pending)
             await fake.until(lambda: fake.arrived == [1, 2, 3], "fast-path requests")
             fake.gates[2].set_result(None)
@@ -358,28 +380,32 @@ async def test_client_fast_path_sends_at_once_when_connected():
             assert server.connections == 1
         finally:
             await client.close()
-        assert client.append_entries_nowait(ae(4)) is None
+        assert nowait_future(client, ae(4)) is None
 
 
 class NowaitFakeRaft(FakeRaft):
     """A FakeRaft with the synchronous fast path a real node offers:
     `append_entries_nowait` answers at once, except for terms in `defer`
-    (None: "use append_entries") and in `later` (an awaitable of the answer)."""
+    (declined: "use append_entries") and in `later` (answered once the
+    term's gate opens, as a flush would)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.defer: set = set()
         self.later: set = set()
 
-    def append_entries_nowait(self, req, reply=None):
+    def append_entries_nowait(self, req, reply):
         if req.term in self.defer:
-            return None
+            return False
         if req.term in self.later:
-            return self.append_entries(req)
+            task = asyncio.ensure_future(self.append_entries(req))
+            task.add_done_callback(lambda t: reply(t.result(), None))
+            return True
         self.arrived.append(req.term)
         self.finished.append(req.term)
         self._changed()
-        return AppendEntriesResponse(req.term, True, req.prev_log_index)
+        reply(AppendEntriesResponse(req.term, True, req.prev_log_index), None)
+        return True
 
 
 @tcp_test
@@ -425,7 +451,7 @@ async def test_a_peer_with_too_many_requests_in_hand_is_read_no_further_until_th
     server = await RaftServer.start(fake, HOST, 0)
     try:
         reader, writer = await asyncio.open_connection(HOST, server.port)
-        cap = tcp_module._MAX_HANDLING_PER_CONN
+        cap = server_module._MAX_HANDLING_PER_CONN
         gate = fake.gate(1)
         # `cap` requests that wait on the gate, then 5 more of another term.
         writer.write(b"".join(frame(request_body(i, ae(1, i))) for i in range(cap)))
@@ -471,7 +497,7 @@ async def test_close_returns_while_a_peer_that_reads_nothing_holds_back_its_conn
     reader, writer = await asyncio.open_connection(HOST, server.port)
     try:
         writer.write(b"".join(frame(msgpack.packb([i, [64]])) for i in range(40)))
-        high = tcp_module._WRITE_HIGH_WATER
+        high = framing_module.WRITE_HIGH_WATER
         await _until(lambda: any(c.transport.get_write_buffer_size() > high
                                  for c in server._conns), "a full send buffer")
         writer.write(frame(msgpack.packb([99, [64]])))      # read with the buffer full
@@ -483,23 +509,24 @@ async def test_close_returns_while_a_peer_that_reads_nothing_holds_back_its_conn
         await server.close()
 
 
-class OneArgumentNowaitRaft(FakeRaft):
-    """A node whose append_entries_nowait takes the request alone and
-    answers a flushed append with a future."""
+class BadNowaitRaft(FakeRaft):
+    """A node whose append_entries_nowait breaks the contract: it returns
+    the response instead of True/False."""
 
-    def append_entries_nowait(self, req):
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(AppendEntriesResponse(req.term, True, req.prev_log_index))
-        return fut
+    def append_entries_nowait(self, req, reply):
+        return AppendEntriesResponse(req.term, True, req.prev_log_index)
 
 
 @tcp_test
-async def test_a_node_whose_nowait_takes_no_reply_callback_is_served():
-    server = await RaftServer.start(OneArgumentNowaitRaft(), HOST, 0)
+async def test_a_node_whose_nowait_breaks_the_contract_gets_an_error_answer_naming_it():
+    server = await RaftServer.start(BadNowaitRaft(), HOST, 0)
     client = TcpNetwork(rpc_timeout=GUARD).client(1, Node(f"{HOST}:{server.port}"))
     try:
-        for t in (1, 2, 3):
-            assert (await client.append_entries(ae(t, 10 * t))).matched == 10 * t
+        for t in (1, 2):
+            with pytest.raises(NetworkError, match="BadNowaitRaft.append_entries_nowait "
+                                                   "returned AppendEntriesResponse"):
+                await client.append_entries(ae(t, 10 * t))
+        assert server.connections == 1      # the connection goes on
     finally:
         await client.close()
         await server.close()
@@ -707,9 +734,8 @@ async def test_bad_reply_closes_the_client_connection_and_fails_the_call(case):
 
 @tcp_test
 async def test_wrong_reply_type_on_the_fast_path_closes_the_connection():
-    """append_entries_nowait hands back the reply's future: a reply of the
-    wrong type still closes the connection, and the future carries it for
-    the caller to refuse (the runtime treats it as a failed request)."""
+    """A reply of the wrong type on the fast path closes the connection and
+    reaches `reply` as a NetworkError (the runtime's failed request)."""
     async def serve(reader, writer):
         for reply in (AppendEntriesResponse(1, True, 1, 0, 0), VoteResponse(1, True, 2)):
             size, _ = struct.unpack(">IB", await reader.readexactly(5))
@@ -725,12 +751,13 @@ async def test_wrong_reply_type_on_the_fast_path_closes_the_connection():
                 1, Node(f"{HOST}:{server.sockets[0].getsockname()[1]}"))
             try:
                 assert (await client.append_entries(ae(1, 1))).matched == 1
-                fut = client.append_entries_nowait(ae(2, 2))
-                assert asyncio.isfuture(fut)
-                assert type(await fut) is VoteResponse
+                fut = nowait_future(client, ae(2, 2))
+                with pytest.raises(NetworkError, match="replied to a AppendEntriesRequest "
+                                                       "with a VoteResponse"):
+                    await fut
                 record = await watch.wait("replied to a AppendEntriesRequest with a VoteResponse")
                 assert "closing the connection to node 1" in record.getMessage()
-                assert client.append_entries_nowait(ae(3, 3)) is None     # not connected
+                assert nowait_future(client, ae(3, 3)) is None     # not connected
             finally:
                 await client.close()
     finally:
@@ -1124,3 +1151,32 @@ def test_mutual_tls_requires_a_client_certificate(certs):
                 await with_cert.close()
                 await without.close()
     body()
+
+
+@tcp_test
+async def test_the_channel_carries_plain_values_without_raft_messages():
+    """framing and channel know no Raft: a Channel with identity encode/decode
+    calls a server's service with plain msgpack values (as a kv client
+    would), pipelined, and a failing service raises NetworkError."""
+    async def echo(msg):
+        return {"echo": msg[1:]}
+
+    async def fail(msg):
+        raise ValueError("no such key")
+
+    server = await RaftServer.start(FakeRaft(), HOST, 0, services={70: echo, 71: fail})
+    settings = types.SimpleNamespace(rpc_timeout=GUARD, connect_timeout=GUARD,
+                                     max_frame_size=1 << 20, ssl=None, secret=None,
+                                     cluster_id=None, backoff_max=1.0)
+    plain = lambda value: value     # noqa: E731
+    channel = Channel(settings, "kv", HOST, server.port, f"{HOST}:{server.port}",
+                      encode=plain, decode=plain)
+    try:
+        replies = await asyncio.gather(*(channel.call([70, i, b"x"], None) for i in range(5)))
+        assert replies == [{"echo": [i, b"x"]} for i in range(5)]
+        with pytest.raises(NetworkError, match="ValueError: no such key"):
+            await channel.call([71], None)
+        assert (await channel.call([70], None)) == {"echo": []}
+    finally:
+        await channel.close()
+        await server.close()

@@ -27,6 +27,7 @@ import pytest
 
 from log_watch import LogWatch
 from async_runner import async_test, run_guarded
+from test_tcp import nowait_future
 from raftcore import Config, Node, Raft
 from raftcore.codec import encode_message
 from raftcore.errors import ConfigError, ForwardToLeader, NetworkError, OutcomeUnknown
@@ -34,6 +35,7 @@ from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
                                InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta,
                                TransferLeaderRequest, VoteRequest, VoteResponse)
 from raftcore.network import RaftServer, TcpNetwork
+from raftcore.network.base import RaftNode
 from raftcore.network.tcp import WIRE_VERSION
 from raftcore.storage import MemLogStore, MemStateMachine
 
@@ -51,7 +53,7 @@ def auth_test(fn):
 
 # ------------------------------------------------------------------ helpers
 
-class RecordingRaft:
+class RecordingRaft(RaftNode):
     """A stub node: answers every RPC and records (kind, term) of each call,
     so a test can tell whether anything reached it."""
 
@@ -80,9 +82,10 @@ class RecordingRaft:
         self._record("append_entries", req.term)
         return AppendEntriesResponse(req.term, True, req.prev_log_index)
 
-    def append_entries_nowait(self, req, reply=None):
+    def append_entries_nowait(self, req, reply):
         self._record("append_entries_nowait", req.term)
-        return AppendEntriesResponse(req.term, True, req.prev_log_index)
+        reply(AppendEntriesResponse(req.term, True, req.prev_log_index), None)
+        return True
 
     async def vote(self, req):
         self._record("vote", req.term)
@@ -163,7 +166,7 @@ async def test_every_rpc_kind_works_with_the_shared_secret_on_both_connections()
                 assert (await client.vote(vote(3))).term == 3
                 assert (await client.append_entries(ae(4))).matched == 0
                 # The fast path is open once the connection is authenticated.
-                pending = client.append_entries_nowait(ae(5))
+                pending = nowait_future(client, ae(5))
                 assert pending is not None and (await pending).term == 5
                 assert await client.transfer_leader(TransferLeaderRequest(6, 1, 0)) is None
                 # InstallSnapshot opens the second (snapshot) connection: it

@@ -14,8 +14,7 @@ import random
 from typing import Any, Optional
 
 from raftcore.errors import NetworkError
-from raftcore.messages import AppendEntriesResponse
-from raftcore.network.base import Network, NetworkClient
+from raftcore.network.base import Network, NetworkClient, Reply
 
 
 class LocalRouter:
@@ -27,11 +26,16 @@ class LocalRouter:
     Faults: isolate(node) / restore(node); cut(src, dst) drops src->dst only;
     set_drop_rate(p) loses a fraction of messages (requests and responses);
     set_delay(seconds) delays each delivery. heal() clears all faults.
+
+    Extending: a subclass overrides deliver() (every request the awaited
+    way) and deliver_nowait() (the AppendEntries fast path; return False to
+    send everything through deliver()), calling super() to deliver, and may
+    use node() and passes() (the fault check).
     """
 
     def __init__(self, seed: Optional[int] = None) -> None:
         self._nodes: dict[int, Any] = {}
-        self._nowait: dict[int, Any] = {}     # node -> its append_entries_nowait, or None
+        self._nowait: dict[int, Any] = {}     # node -> its append_entries_nowait
         self._isolated: set[int] = set()
         self._cut: set[tuple[int, int]] = set()
         self._drop_rate = 0.0
@@ -47,7 +51,7 @@ class LocalRouter:
 
     def add(self, node_id: int, raft: Any) -> None:
         self._nodes[node_id] = raft
-        self._nowait[node_id] = getattr(raft, "append_entries_nowait", None)
+        self._nowait[node_id] = raft.append_entries_nowait
 
     def remove(self, node_id: int) -> None:
         self._nodes.pop(node_id, None)
@@ -83,76 +87,75 @@ class LocalRouter:
         self._drop_rate = 0.0
         self._delay = 0.0
 
-    def _passes(self, src: int, dst: int) -> bool:
+    def passes(self, src: int, dst: int) -> bool:
+        """Whether a message from src to dst gets through the injected faults
+        (isolation, cuts, the drop rate: drawn once per call)."""
         if src in self._isolated or dst in self._isolated or (src, dst) in self._cut:
             return False
         if self._drop_rate and self._rng.random() < self._drop_rate:
             return False
         return True
 
-    async def _deliver(self, src: int, dst: int, handler_name: str, req: Any) -> Any:
+    def node(self, node_id: int) -> Any:
+        """The node added as `node_id`, or None."""
+        return self._nodes.get(node_id)
+
+    # -- delivery: the extension points of subclasses (latency, loss,
+    #    recording, ...); an override calls super() to deliver.
+    async def deliver(self, src: int, dst: int, handler_name: str, req: Any) -> Any:
+        """Carries one request from src to dst: awaits the target's handler
+        `handler_name` ("append_entries", "vote", "install_snapshot",
+        "transfer_leader") and returns its response, or raises NetworkError
+        if the request or its response is lost."""
         if self._delay:
             await asyncio.sleep(self._delay)
         target = self._nodes.get(dst)
         if target is None:
             self.dropped += 1
             raise NetworkError(f"node {dst} is not connected to the router")
-        if not self._passes(src, dst):
+        if not self.passes(src, dst):
             self.dropped += 1
             raise NetworkError(f"message {src}->{dst} lost (fault injected)")
         resp = await getattr(target, handler_name)(req)
-        if not self._passes(dst, src):
+        if not self.passes(dst, src):
             self.dropped += 1
             raise NetworkError(f"response {dst}->{src} lost (fault injected)")
         self.delivered += 1
         return resp
 
-
-    def _deliver_nowait(self, src: int, dst: int, req: Any) -> Any:
-        """Delivers an AppendEntries synchronously when the target can answer
-        without awaiting: returns the response, an awaitable of it, or None
-        (nothing delivered; use _deliver). It takes no reply callback: an
-        answer here is nearly always immediate, and one that comes later is
-        returned as an awaitable."""
+    def deliver_nowait(self, src: int, dst: int, req: Any, reply: Reply) -> bool:
+        """The AppendEntries fast path from src to dst (the contract of
+        raftcore.network.base): hands `req` to the target's
+        append_entries_nowait, which answers through `reply`, now when it
+        is idle. False (declined: deliver() carries it) under a delay, or
+        when the target cannot answer without awaiting. An override that
+        returns False sends every AppendEntries through deliver()."""
         if self._delay:
-            return None
+            return False
         nowait = self._nowait.get(dst)
         if nowait is None:
-            if dst not in self._nodes:
+            self.dropped += 1
+            raise NetworkError(f"node {dst} is not connected to the router")
+        if self._isolated or self._cut or self._drop_rate:
+            if not self.passes(src, dst):
                 self.dropped += 1
-                raise NetworkError(f"node {dst} is not connected to the router")
-            return None
-        faulty = self._isolated or self._cut or self._drop_rate
-        if faulty and not self._passes(src, dst):
-            self.dropped += 1
-            raise NetworkError(f"message {src}->{dst} lost (fault injected)")
-        resp = nowait(req)
-        if resp is None:
-            return None
-        if type(resp) is not AppendEntriesResponse:
-            if isinstance(resp, asyncio.Future):
-                # Read its outcome even if the caller's task never starts
-                # (its node shut down first): no "exception never retrieved".
-                resp.add_done_callback(_retrieve)
-            return self._response_after(src, dst, resp)
-        if faulty and not self._passes(dst, src):
-            self.dropped += 1
-            raise NetworkError(f"response {dst}->{src} lost (fault injected)")
-        self.delivered += 1
-        return resp
+                raise NetworkError(f"message {src}->{dst} lost (fault injected)")
+            # The answer crosses the faults too, whenever it comes.
+            reply = functools.partial(self._answer_through_faults, src, dst, reply)
+            return nowait(req, reply)
+        if nowait(req, reply):
+            self.delivered += 1
+            return True
+        return False
 
-    async def _response_after(self, src: int, dst: int, pending: Any) -> Any:
-        resp = await pending
-        if not self._passes(dst, src):
+    def _answer_through_faults(self, src: int, dst: int, reply: Reply, resp: Any,
+                               exc: Optional[BaseException]) -> None:
+        if exc is None and not self.passes(dst, src):
             self.dropped += 1
-            raise NetworkError(f"response {dst}->{src} lost (fault injected)")
-        self.delivered += 1
-        return resp
-
-
-def _retrieve(fut: asyncio.Future) -> None:
-    if not fut.cancelled():
-        fut.exception()
+            exc, resp = NetworkError(f"response {dst}->{src} lost (fault injected)"), None
+        elif exc is None:
+            self.delivered += 1
+        reply(resp, exc)
 
 
 class LocalNetwork(Network):
@@ -173,18 +176,18 @@ class LocalClient(NetworkClient):
         self._router = router
         self._src = src
         self._dst = dst
-        # The router's synchronous delivery with this link's ends bound in
-        # (a C-level partial: no Python frame of its own per delivery).
-        self.append_entries_nowait = functools.partial(router._deliver_nowait, src, dst)
+        # The router's fast path with this link's ends bound in (a C-level
+        # partial: no Python frame of its own per delivery).
+        self.append_entries_nowait = functools.partial(router.deliver_nowait, src, dst)
 
     async def append_entries(self, req):
-        return await self._router._deliver(self._src, self._dst, "append_entries", req)
+        return await self._router.deliver(self._src, self._dst, "append_entries", req)
 
     async def install_snapshot(self, req):
-        return await self._router._deliver(self._src, self._dst, "install_snapshot", req)
+        return await self._router.deliver(self._src, self._dst, "install_snapshot", req)
 
     async def transfer_leader(self, req):
-        return await self._router._deliver(self._src, self._dst, "transfer_leader", req)
+        return await self._router.deliver(self._src, self._dst, "transfer_leader", req)
 
     async def vote(self, req):
-        return await self._router._deliver(self._src, self._dst, "vote", req)
+        return await self._router.deliver(self._src, self._dst, "vote", req)

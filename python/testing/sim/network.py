@@ -32,8 +32,8 @@ class SimNetwork(LocalRouter):
         self.paused: dict[int, asyncio.Event] = {}
         self.filters: list = []
 
-    def _deliver_nowait(self, src, dst, req):
-        return None           # always the asynchronous path: latency applies
+    def deliver_nowait(self, src, dst, req, reply):
+        return False          # always the asynchronous path: latency applies
 
     async def _hop(self, a: int, b: int) -> None:
         await asyncio.sleep(self._rng.uniform(0.0002, 0.004))
@@ -42,10 +42,10 @@ class SimNetwork(LocalRouter):
             if ev is not None:
                 await ev.wait()
 
-    async def _deliver(self, src, dst, handler_name, req):
+    async def deliver(self, src, dst, handler_name, req):
         await self._hop(src, dst)
-        target = self._nodes.get(dst)
-        if (target is None or not self._passes(src, dst)
+        target = self.node(dst)
+        if (target is None or not self.passes(src, dst)
                 or (self.blank_loss and _carries_blank(req)
                     and self._rng.random() < self.blank_loss)
                 or any(f(src, dst, handler_name, req) for f in self.filters)):
@@ -55,7 +55,7 @@ class SimNetwork(LocalRouter):
             asyncio.ensure_future(self._duplicate(target, handler_name, req))
         resp = await getattr(target, handler_name)(req)
         await self._hop(dst, src)
-        if not self._passes(dst, src):
+        if not self.passes(dst, src):
             self.dropped += 1
             raise NetworkError(f"response {dst}->{src} lost")
         self.delivered += 1
