@@ -216,7 +216,7 @@ def test_restarted_holds_only_the_snapshot_with_its_sessions(tmp_path):
         assert again.data == {"k": 1} and again.last_applied == LogId(1, 1)
         assert again.apply([session_entry(2, "a", 1, 1, ["set", "k", 3])]) == [["ok", None]]
         assert again.data == {"k": 1} and again.deduplicated == 1
-    uvloop.run(body())
+    run_guarded(body(), GUARD)
 
 
 def test_a_damaged_snapshot_file_refuses_to_load(tmp_path):
@@ -249,7 +249,7 @@ def test_a_failed_snapshot_write_leaves_no_temporary_file(tmp_path):
             await sm.build_snapshot(lambda fn, *a: loop.run_in_executor(None, fn, *a))
         assert not (tmp_path / "snapshot.tmp").exists()
         assert sm.durable_snapshot() is None
-    uvloop.run(body())
+    run_guarded(body(), GUARD)
 
 
 # ====================================================== the server's hook
