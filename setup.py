@@ -62,7 +62,8 @@ setup(
         "raftcore.testing",
     ],
     package_dir={"raftcore": "python"},
-    package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"]},
+    package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"],
+                  "raftcore.testing": ["*.pyi"]},
     ext_modules=extensions(),
     zip_safe=False,
 )

@@ -83,9 +83,6 @@ cdef class Engine:
     # snapshots
     cdef readonly SnapshotMeta snapshot_meta   # the newest snapshot this node holds
     cdef long long keep_logs                   # entries kept below a snapshot when purging
-    # Known-bad behaviours, switched on only by tests that prove the
-    # simulator catches them (inject_bug); all False in normal operation.
-    cdef bint bug_commit_prev_term, bug_double_vote, bug_unconfirmed_reads
     # pre-vote
     cdef bint pre_vote
     cdef readonly bint prevoting
@@ -134,6 +131,10 @@ cdef class Engine:
     cdef long long _batch_end(self, long long first)
     cdef long long _broadcast_heartbeat(self)
     cdef void _maybe_commit(self)
+    # The rules raftcore.testing.faulty_engine breaks on purpose (to show the
+    # simulator catches it): override them there, nowhere else.
+    cdef bint _commits_by_counting(self, long long index)
+    cdef bint _free_to_vote(self, candidate_id)
     cdef void _step_down_removed(self)
     cdef void _maybe_apply(self)
     cdef dict _pins(self)

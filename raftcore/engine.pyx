@@ -2,32 +2,17 @@
 
 Events come in as method calls (client writes, RPC requests and responses,
 "log flushed up to X", timer ticks carrying the current time); the engine
-updates its state and appends commands to `self.output`, which the runtime
-takes with take_commands() and executes in order:
-
-    ("save_vote", Vote)                    persist before anything after it
-    ("append", [Entry, ...])               write to the local log; report flush
-    ("truncate", since_index)              delete local entries >= since_index
-    ("send_append", target, AppendEntriesRequest)
-    ("send_vote", target, VoteRequest)
-    ("apply", [Entry, ...])                apply to the state machine, in order
-    ("send_transfer", target, TransferLeaderRequest)
-    ("send_snapshot", target)              stream the current snapshot to target;
-                                           report handle_snapshot_response or
-                                           handle_snapshot_failure (no other
-                                           stream to target is asked for before)
-    ("install_snapshot", SnapshotMeta, drop_from)
-                                           install the received snapshot, durably,
-                                           first deleting local entries >= drop_from
-                                           (0: keep the log)
-    ("purge", LogId)                       delete local entries up to LogId
+updates its state and appends commands (raftcore.commands: SaveVote, Append,
+Truncate, SendAppend, SendVote, Apply, SendTransfer, SendSnapshot,
+InstallSnapshot, Purge; each documented there) to `self.output`, which the
+runtime takes with take_commands() and executes in order.
 
 The runtime owns the clock and the randomness: times are plain floats
 (seconds, from the event loop) and `rng` is a callable returning a float in
 [0, 1), from a generator the runtime seeds.
 
 Safety rules kept here:
-- a vote is emitted as save_vote before the response that grants it or the
+- a vote is emitted as SaveVote before the response that grants it or the
   requests that ask for it (the runtime executes commands in order);
 - an entry counts towards commit only once flushed (the leader's own log
   included), and only entries of the leader's own term are committed by
@@ -59,6 +44,9 @@ from raftcore.progress cimport Progress, PROBE, REPLICATE, SNAPSHOT
 from raftcore.messages cimport (
     AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse, TransferLeaderRequest,
     SnapshotMeta, InstallSnapshotRequest, InstallSnapshotResponse)
+from raftcore.commands cimport (
+    new_save_vote, new_append, new_truncate, new_send_append, new_send_vote, new_apply,
+    new_send_transfer, new_send_snapshot, new_install_snapshot, new_purge)
 
 from raftcore.errors import ForwardToLeader, NotAllowed, RaftError
 
@@ -141,9 +129,6 @@ cdef class Engine:
         self.seen = {}
         self.stale_members = set()
         self.snapshot_meta = None
-        self.bug_commit_prev_term = False
-        self.bug_double_vote = False
-        self.bug_unconfirmed_reads = False
         if keep_logs < 0:
             raise ValueError("keep_logs must be >= 0")
         self.keep_logs = keep_logs
@@ -152,21 +137,6 @@ cdef class Engine:
         self.heartbeat_deadline = now
 
     # ------------------------------------------------------------------ output
-
-    def inject_bug(self, str name):
-        """TEST ONLY: switches on a known-bad behaviour so that a test can show
-        the simulator's checks catch it. Names: "commit_prev_term" (count a
-        previous term's entries toward commit), "double_vote" (grant a second
-        vote in one term), "unconfirmed_reads" (serve reads without
-        confirming leadership)."""
-        if name == "commit_prev_term":
-            self.bug_commit_prev_term = True
-        elif name == "double_vote":
-            self.bug_double_vote = True
-        elif name == "unconfirmed_reads":
-            self.bug_unconfirmed_reads = True
-        else:
-            raise ValueError(f"unknown bug {name!r}")
 
     cpdef list take_commands(self):
         """Returns the commands emitted since the last call, in order."""
@@ -329,8 +299,6 @@ cdef class Engine:
         self.now = now
         self._check_proposable()
         cdef long long seq = self._broadcast_heartbeat()
-        if self.bug_unconfirmed_reads:
-            return self.committed, 0
         return self._read_point(), seq
 
     def lease_read(self, double now):
@@ -338,8 +306,6 @@ cdef class Engine:
         trip needed), else -1. Raises ForwardToLeader elsewhere."""
         self.now = now
         self._check_proposable()
-        if self.bug_unconfirmed_reads:
-            return self.committed
         if self._lease_valid(now):
             return self._read_point()
         return -1
@@ -460,9 +426,9 @@ cdef class Engine:
                 # replaces even committed entries, all of which it includes.
                 drop_from = self.log.purged_index + 1
                 self.log.truncate(drop_from)
-        self.output.append(("install_snapshot", meta, drop_from))
+        self.output.append(new_install_snapshot(meta, drop_from))
         self.snapshot_meta = meta
-        self.output.append(("purge", LogId(meta.last_log_term, si)))
+        self.output.append(new_purge(LogId(meta.last_log_term, si)))
         if keep:
             self.log.purge(si, meta.last_log_term)
         else:
@@ -508,7 +474,7 @@ cdef class Engine:
     # ------------------------------------------------------------- election
 
     def handle_vote_request(self, VoteRequest req, double now):
-        """Returns the VoteResponse; a granted vote is preceded by save_vote
+        """Returns the VoteResponse; a granted vote is preceded by SaveVote
         in the output, and the runtime sends the response only after it."""
         self.now = now
         cdef bint granted = False
@@ -535,9 +501,7 @@ cdef class Engine:
                                 self.incarnation)
         if req.term > self.vote.term:
             self._become_follower(Vote(req.term, None, False), None)
-        cdef bint free_to_vote = (self.vote.node_id is None or self.vote.node_id == req.candidate_id
-                                  or self.bug_double_vote)
-        if free_to_vote and up_to_date and self.state != S_LEADER:
+        if self._free_to_vote(req.candidate_id) and up_to_date and self.state != S_LEADER:
             granted = True
             self._set_vote(Vote(req.term, req.candidate_id, False))
             self._reset_election_deadline()
@@ -761,7 +725,7 @@ cdef class Engine:
         cdef long long term = self.log.term_at(upto)
         self.log.purge(upto, term)
         self._rebase_membership(upto, None)
-        self.output.append(("purge", LogId(term, upto)))
+        self.output.append(new_purge(LogId(term, upto)))
 
     cdef void _rebase_membership(self, long long index, base):
         """Membership entries up to `index` are gone from the log: keep the
@@ -842,13 +806,17 @@ cdef class Engine:
         if p is None or p.matched < self.log.last_index():
             return
         self.lease_forfeited = True
-        self.output.append(("send_transfer", self.transfer_to, TransferLeaderRequest(
+        self.output.append(new_send_transfer(self.transfer_to, TransferLeaderRequest(
             self.vote.term, self.id, self.log.last_index(), self.cluster_id)))
+
+    cdef bint _free_to_vote(self, candidate_id):
+        """One vote per term: none cast yet in this term, or for this candidate."""
+        return self.vote.node_id is None or self.vote.node_id == candidate_id
 
     cdef void _set_vote(self, Vote vote):
         if vote != self.vote:
             self.vote = vote
-            self.output.append(("save_vote", vote))
+            self.output.append(new_save_vote(vote))
 
     cdef int _follower_state(self):
         if self.membership is not None and self.membership.is_voter(self.id):
@@ -906,7 +874,7 @@ cdef class Engine:
                                            self.log.last_index(), True, False, self.cluster_id)
         for target in sorted(self.membership.voter_ids):
             if target != self.id:
-                self.output.append(("send_vote", target, req))
+                self.output.append(new_send_vote(target, req))
 
     cdef void _start_election(self, bint transfer):
         self._set_vote(Vote(self.vote.term + 1, self.id, False))
@@ -922,7 +890,7 @@ cdef class Engine:
                                            self.log.last_index(), False, transfer, self.cluster_id)
         for target in sorted(self.membership.voter_ids):
             if target != self.id:
-                self.output.append(("send_vote", target, req))
+                self.output.append(new_send_vote(target, req))
 
     cdef void _become_leader(self):
         self._set_vote(Vote(self.vote.term, self.id, True))
@@ -993,7 +961,7 @@ cdef class Engine:
         for e in entries:
             if e.kind == MEMBERSHIP:
                 self._membership_appended(e)
-        self.output.append(("append", entries))
+        self.output.append(new_append(entries))
 
     cdef void _membership_appended(self, Entry e):
         # A membership entry is in force as soon as it is in the log.
@@ -1009,7 +977,7 @@ cdef class Engine:
         self.log.truncate(since)
         if self.flushed >= since:
             self.flushed = since - 1
-        self.output.append(("truncate", since))
+        self.output.append(new_truncate(since))
         # A truncated membership entry is no longer in force: revert.
         if self.membership_log and self.membership_log[-1][0] >= since:
             while self.membership_log and self.membership_log[-1][0] >= since:
@@ -1040,14 +1008,14 @@ cdef class Engine:
             # The entries the follower needs are purged: send the snapshot
             # (the runtime builds one first if the state machine has none).
             p.snapshot_started(self.log.purged_index)
-            self.output.append(("send_snapshot", p.node_id))
+            self.output.append(new_send_snapshot(p.node_id))
             return
         cdef long long end = self._batch_end(p.next_index)
         cdef AppendEntriesRequest req = AppendEntriesRequest(
             self.vote.term, self.id, self.log.term_at(prev), prev,
             self.log.slice(p.next_index, end), self.committed, self.hb_seq, self.cluster_id)
         p.sent(end)
-        self.output.append(("send_append", p.node_id, req))
+        self.output.append(new_send_append(p.node_id, req))
 
     cdef long long _batch_end(self, long long first):
         """Last index of a batch starting at `first`, capped by entry count and bytes."""
@@ -1088,7 +1056,7 @@ cdef class Engine:
             prev = p.matched
             if prev < self.log.purged_index:
                 prev = self.log.purged_index
-            self.output.append(("send_append", p.node_id, AppendEntriesRequest(
+            self.output.append(new_send_append(p.node_id, AppendEntriesRequest(
                 self.vote.term, self.id, self.log.term_at(prev), prev, [],
                 min(self.committed, prev), self.hb_seq, self.cluster_id)))
         return self.hb_seq
@@ -1097,14 +1065,17 @@ cdef class Engine:
         cdef long long candidate = self.quorum.accepted
         if candidate <= self.committed:
             return
-        # Figure 8: only an entry of the current term is committed by counting.
-        if self.log.term_at(candidate) != self.vote.term and not self.bug_commit_prev_term:
+        if not self._commits_by_counting(candidate):
             return
         self.committed = candidate
         self._maybe_apply()
         if not self.membership.is_voter(self.id) and \
                 self._last_membership_index() <= self.committed:
             self._step_down_removed()
+
+    cdef bint _commits_by_counting(self, long long index):
+        # Figure 8: only an entry of the current term is committed by counting.
+        return self.log.term_at(index) == self.vote.term
 
     cdef void _step_down_removed(self):
         """The committed membership no longer has this leader as a voter:
@@ -1114,7 +1085,7 @@ cdef class Engine:
             if self.membership.is_voter(p.node_id) and (best is None or p.matched > best.matched):
                 best = p
         if best is not None and best.matched >= self.log.last_index():
-            self.output.append(("send_transfer", best.node_id, TransferLeaderRequest(
+            self.output.append(new_send_transfer(best.node_id, TransferLeaderRequest(
                 self.vote.term, self.id, self.log.last_index(), self.cluster_id)))
         self._become_follower(self.vote, None)
 
@@ -1125,7 +1096,7 @@ cdef class Engine:
         if upto > self.applying:
             entries = self.log.slice(self.applying + 1, upto)
             self.applying = upto
-            self.output.append(("apply", entries))
+            self.output.append(new_apply(entries))
 
     # -------------------------------------------------------------- identity
 

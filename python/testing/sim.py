@@ -67,6 +67,7 @@ from raftcore.engine import LEADER
 from raftcore.storage.base import LogState, LogStore, StoreIdentity
 from raftcore.storage.mem import MemStateMachine
 from raftcore.testing import lincheck
+from raftcore.testing.faulty_engine import engine_with_bugs
 from raftcore.testing.virtual_loop import VirtualTimeLoop, inline_executor
 from raftcore.types import ENTRY_BLANK
 
@@ -521,10 +522,8 @@ class Simulation:
                        ack_before_flush="ack_before_flush" in self.s.bugs)
         sm = sm or SimStateMachine(i, self.checker)
         raft = await Raft.create(i, self.config(i, **config), self.net.network(i), disk, sm,
-                                 executor=inline_executor)
-        for bug in self.s.bugs:
-            if bug != "ack_before_flush":
-                raft._core.engine.inject_bug(bug)
+                                 executor=inline_executor,
+                                 engine_type=engine_with_bugs(self.s.bugs))
         self.rafts[i], self.disks[i], self.sms[i] = raft, disk, sm
         self.net.add(i, raft)
         self.checker.new_incarnation(i)
