@@ -97,8 +97,6 @@ cdef class Engine:
     cdef readonly set stale_members        # leader: members answering under another incarnation
 
     cdef void _follow(self, long long term, leader_id, double now)
-    cdef void _purge_upto(self, long long upto)
-    cdef void _rebase_membership(self, long long index, base)
     cdef Progress _progress_for_answer(self, target, long long req_term, long long resp_term)
     cdef void _record_match(self, Progress p, long long matched)
     cdef void _check_proposable(self)
@@ -115,21 +113,10 @@ cdef class Engine:
     cdef void _reset_election_deadline(self)
     cdef void _become_follower(self, Vote vote, leader_id)
     cdef void _clear_leader_state(self)
-    cdef void _campaign(self)
-    cdef void _start_election(self, bint transfer)
-    cdef void _become_leader(self)
-    cdef void _rebuild_replication(self)
-    cdef QuorumTracker _carried_seq_quorum(self)
-    cdef void _recount_commit_quorum(self)
     cdef void _append_local(self, list entries)
     cdef void _membership_appended(self, Entry e)
     cdef void _truncate(self, long long since)
     cdef void _membership_changed(self)
-    cdef void _replicate_all(self)
-    cdef void _send_while_open(self, Progress p)
-    cdef void _send_entries(self, Progress p)
-    cdef long long _batch_end(self, long long first)
-    cdef long long _broadcast_heartbeat(self)
     cdef void _maybe_commit(self)
     # The rules raftcore.testing.faulty_engine breaks on purpose (to show the
     # simulator catches it): override them there, nowhere else.
@@ -137,11 +124,6 @@ cdef class Engine:
     cdef bint _free_to_vote(self, candidate_id)
     cdef void _step_down_removed(self)
     cdef void _maybe_apply(self)
-    cdef dict _pins(self)
-    cdef bint _self_stale(self)
-    cdef bint _answer_counts(self, target, incarnation)
-    cdef void _maybe_pin(self, bint all_known)
-    cdef Membership _with_incarnations(self, Membership m)
 
     # Stepped by the runtime on every write: C calls from python/core.pyx.
     cpdef list take_commands(self)
