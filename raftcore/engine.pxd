@@ -101,11 +101,6 @@ cdef class Engine:
     cdef void _record_match(self, Progress p, long long matched)
     cdef void _check_proposable(self)
     cdef long long _last_membership_index(self)
-    cdef long long _read_point(self)
-    cdef double _quorum_contact_time(self)
-    cdef bint _lease_valid(self, double now)
-    cdef bint _quorum_silent(self, double now)
-    cdef void _maybe_send_transfer(self)
     cdef void _set_vote(self, Vote vote)
     cdef int _follower_state(self)
     cdef bint _can_campaign(self)
@@ -122,7 +117,6 @@ cdef class Engine:
     # simulator catches it): override them there, nowhere else.
     cdef bint _commits_by_counting(self, long long index)
     cdef bint _free_to_vote(self, candidate_id)
-    cdef void _step_down_removed(self)
     cdef void _maybe_apply(self)
 
     # Stepped by the runtime on every write: C calls from python/core.pyx.

@@ -12,11 +12,12 @@ a cdef class is defined in one module: the concerns that stand apart are
 functions of the engine in modules of their own, which its methods call:
 engine_election (votes, campaigns, becoming leader), engine_replication
 (AppendEntries on both sides, send windows, heartbeat rounds, the commit
-quorum), engine_snapshots (installing one, the leader's side, purging) and
-engine_identity (storage incarnations). Here stay the event methods (what the
-runtime steps), the transitions every concern shares (follow, step down,
-append, truncate, commit, apply), reads and leases, leadership transfer, and
-the views.
+quorum), engine_reads (ReadIndex, the lease, check_quorum), engine_transfer
+(leadership transfer), engine_snapshots (installing one, the leader's side,
+purging) and engine_identity (storage incarnations). Here stay the event
+methods (what the runtime steps), the transitions every concern shares
+(follow, step down, append, truncate, membership, commit, apply) and the
+views.
 
 The runtime owns the clock and the randomness: times are plain floats
 (seconds, from the event loop) and `rng` is a callable returning a float in
@@ -46,19 +47,18 @@ then taken from its answers).
 
 cimport cython
 from libc.math cimport INFINITY
-from raftcore.types cimport LogId, Vote, Entry, make_entry, BLANK, NORMAL, MEMBERSHIP
+from raftcore.types cimport LogId, Vote, Entry, make_entry, NORMAL, MEMBERSHIP
 from raftcore.log cimport RaftLog
 from raftcore.membership cimport Membership
-from raftcore.quorum cimport QuorumTracker
-from raftcore.progress cimport Progress, PROBE, REPLICATE, SNAPSHOT
+from raftcore.progress cimport Progress, SNAPSHOT
 from raftcore.messages cimport (
     AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse, TransferLeaderRequest,
     SnapshotMeta, InstallSnapshotRequest, InstallSnapshotResponse)
-from raftcore.commands cimport (
-    new_save_vote, new_append, new_truncate, new_send_append, new_send_vote, new_apply,
-    new_send_transfer, new_send_snapshot, new_install_snapshot, new_purge)
+from raftcore.commands cimport new_save_vote, new_append, new_truncate, new_apply
 from raftcore cimport engine_election as election
 from raftcore cimport engine_replication as replication
+from raftcore cimport engine_reads as reads
+from raftcore cimport engine_transfer as transfer
 from raftcore cimport engine_snapshots as snapshots
 from raftcore cimport engine_identity as identity
 
@@ -217,7 +217,7 @@ cdef class Engine:
                 # The transfer did not complete within an election timeout:
                 # give up on it and lead on.
                 self.transfer_to = None
-            if self.check_quorum and self._quorum_silent(now):
+            if self.check_quorum and reads.quorum_silent(self, now):
                 # No quorum heard from for an election timeout: this leader
                 # may be cut off; stop taking writes and step down.
                 self._become_follower(self.vote, None)
@@ -310,19 +310,12 @@ cdef class Engine:
         Returns (read_index, seq): the read may proceed once confirmed_seq
         reaches seq (a quorum answered this round) and the state machine has
         applied read_index. Raises ForwardToLeader elsewhere."""
-        self.now = now
-        self._check_proposable()
-        cdef long long seq = replication.broadcast_heartbeat(self)
-        return self._read_point(), seq
+        return reads.read_index(self, now)
 
     def lease_read(self, double now):
         """Leader: the read index if the leader lease holds now (no round
         trip needed), else -1. Raises ForwardToLeader elsewhere."""
-        self.now = now
-        self._check_proposable()
-        if self._lease_valid(now):
-            return self._read_point()
-        return -1
+        return reads.lease_read(self, now)
 
     @property
     def confirmed_seq(self):
@@ -332,7 +325,7 @@ cdef class Engine:
         return self.seq_quorum.accepted
 
     def lease_valid(self, double now):
-        return self.state == S_LEADER and self._lease_valid(now)
+        return self.state == S_LEADER and reads.lease_valid(self, now)
 
     def refuse_votes_until(self, double t):
         """Refuse vote requests until t. The runtime calls it on restart:
@@ -347,27 +340,11 @@ cdef class Engine:
         """Leader: hands leadership to `target` once it has caught up; until
         the transfer completes or times out (an election timeout), writes are
         refused with ForwardToLeader and the lease is not used."""
-        self.now = now
-        if self.state != S_LEADER:
-            raise ForwardToLeader(self.leader_id, self._node_of(self.leader_id))
-        if target == self.id:
-            return
-        if not self.membership.is_voter(target):
-            raise NotAllowed(f"node {target} is not a voter of {self.membership!r}; "
-                             "leadership can only go to a voter")
-        self.transfer_to = target
-        self.transfer_deadline = now + self.election_max
-        self._maybe_send_transfer()
+        return transfer.transfer_leader(self, target, now)
 
     def handle_transfer_leader(self, TransferLeaderRequest req, double now):
         """The leader asks this node to campaign now (it has the whole log)."""
-        self.now = now
-        if req.term != self.vote.term or req.leader_id != self.leader_id:
-            return
-        if not self._can_campaign() or self.log.last_index() < req.last_log_index \
-                or self.storage_full:
-            return
-        election.start_election(self, True)
+        return transfer.handle_transfer_leader(self, req, now)
 
     def abandon_campaign(self, Vote saved):
         """The runtime cannot save this candidate's vote for itself (its disk
@@ -563,42 +540,6 @@ cdef class Engine:
             return self.membership_log[len(self.membership_log) - 1][0]
         return 0
 
-    cdef long long _read_point(self):
-        # A new leader learns the true commit point only by committing an
-        # entry of its term: until then its blank entry is the read point.
-        if self.committed > self.term_start_index:
-            return self.committed
-        return self.term_start_index
-
-    cdef double _quorum_contact_time(self):
-        """Send time of the latest round a quorum answered; -inf if unknown."""
-        cdef long long acc
-        if self.seq_quorum is None:
-            return -1e300
-        acc = self.seq_quorum.accepted
-        if acc <= 0 or self.hb_seq - acc >= SEQ_RING:
-            return -1e300
-        return self.seq_times[acc % SEQ_RING]
-
-    cdef bint _lease_valid(self, double now):
-        if self.transfer_to is not None or self.lease_forfeited:
-            return False
-        return now < self._quorum_contact_time() + self.lease_duration
-
-    cdef bint _quorum_silent(self, double now):
-        cdef double t = self._quorum_contact_time()
-        if t < self.leader_since:
-            t = self.leader_since     # nothing answered yet: count from the start
-        return now - t > self.election_max
-
-    cdef void _maybe_send_transfer(self):
-        cdef Progress p = self.progress.get(self.transfer_to)
-        if p is None or p.matched < self.log.last_index():
-            return
-        self.lease_forfeited = True
-        self.output.append(new_send_transfer(self.transfer_to, TransferLeaderRequest(
-            self.vote.term, self.id, self.log.last_index(), self.cluster_id)))
-
     cdef bint _free_to_vote(self, candidate_id):
         """One vote per term: none cast yet in this term, or for this candidate."""
         return self.vote.node_id is None or self.vote.node_id == candidate_id
@@ -695,23 +636,11 @@ cdef class Engine:
         self._maybe_apply()
         if not self.membership.is_voter(self.id) and \
                 self._last_membership_index() <= self.committed:
-            self._step_down_removed()
+            transfer.step_down_removed(self)
 
     cdef bint _commits_by_counting(self, long long index):
         # Figure 8: only an entry of the current term is committed by counting.
         return self.log.term_at(index) == self.vote.term
-
-    cdef void _step_down_removed(self):
-        """The committed membership no longer has this leader as a voter:
-        hand leadership to the most up-to-date voter and step down."""
-        cdef Progress p, best = None
-        for p in self.progress.values():
-            if self.membership.is_voter(p.node_id) and (best is None or p.matched > best.matched):
-                best = p
-        if best is not None and best.matched >= self.log.last_index():
-            self.output.append(new_send_transfer(best.node_id, TransferLeaderRequest(
-                self.vote.term, self.id, self.log.last_index(), self.cluster_id)))
-        self._become_follower(self.vote, None)
 
     cdef void _maybe_apply(self):
         cdef long long upto = self.committed

@@ -11,6 +11,7 @@ from raftcore.engine cimport Engine, S_CANDIDATE, S_LEADER
 from raftcore.types cimport Vote, make_entry, BLANK
 from raftcore.messages cimport VoteRequest, VoteResponse
 from raftcore.commands cimport new_send_vote
+from raftcore cimport engine_reads as reads
 from raftcore cimport engine_replication as replication
 from raftcore cimport engine_identity as identity
 
@@ -27,7 +28,7 @@ cdef object handle_vote_request(Engine e, VoteRequest req, double now):
         return VoteResponse(e.vote.term, False, e.id, e.incarnation)
     if not req.transfer and req.candidate_id != e.leader_id and (
             now < e.vote_refuse_until
-            or (e.state == S_LEADER and e._lease_valid(now))):
+            or (e.state == S_LEADER and reads.lease_valid(e, now))):
         # A leader may be counting on this node for its lease: refuse,
         # and do not even adopt the higher term (so a removed or
         # partitioned node cannot depose a healthy leader).

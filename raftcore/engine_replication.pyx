@@ -13,6 +13,7 @@ from raftcore.quorum cimport QuorumTracker
 from raftcore.progress cimport Progress, PROBE, SNAPSHOT
 from raftcore.messages cimport AppendEntriesRequest, AppendEntriesResponse
 from raftcore.commands cimport new_send_append, new_send_snapshot
+from raftcore cimport engine_transfer as transfer
 from raftcore cimport engine_identity as identity
 
 from raftcore.errors import RaftError
@@ -88,7 +89,7 @@ cdef object handle_append_response(Engine e, target, AppendEntriesRequest req,
             return      # the commit removed this leader from the voters
         send_while_open(e, p)
         if e.transfer_to == target:
-            e._maybe_send_transfer()
+            transfer.maybe_send_transfer(e)
         if e.learned:
             identity.maybe_pin(e, True)
         return
