@@ -11,7 +11,8 @@ Concurrency model (one thread, one event loop):
   event arrived: `_run_sync`. The first command that must be awaited (a vote
   save, an async apply) and everything after it go to `_deferred`, which the
   node's core task drains in order; nothing runs synchronously until it is
-  empty, so command order is kept.
+  empty, so command order is kept. Both paths run each command through one
+  routine, `_execute`, which dispatches on the command's kind.
 - Client writes are queued and moved into the engine as one batch per event
   loop iteration (a call_soon callback), so writers that run together share
   one append and one AppendEntries per follower.
@@ -1073,9 +1074,8 @@ cdef class RaftCore:
         """Installs a snapshot received from the leader (InstallSnapshot)."""
         if drop_from:
             self.log_store.truncate_after(drop_from - 1)
-            # Past the snapshot, the dropped entries are not
-            # in this leader's log, but a later leader may
-            # still hold and commit them.
+            # Past the snapshot, the dropped entries are not in this leader's
+            # log, but a later leader may still hold and commit them.
             self._fail_truncated_writes(meta.last_log_index + 1)
         data = self._snap_ready.pop(meta.snapshot_id)
         await self._store_when_space(self.sm.install_snapshot, meta, data)

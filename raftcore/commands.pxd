@@ -67,27 +67,31 @@ cdef class Purge(Command):
     cdef readonly LogId upto
 
 
-# The engine's constructors: no argument parsing, the freelist's memory.
+# The engine's constructors: a bare allocation, no argument parsing.
 cdef inline SaveVote new_save_vote(Vote vote):
     cdef SaveVote c = SaveVote.__new__(SaveVote)
+    c.kind = CMD_SAVE_VOTE
     c.vote = vote
     return c
 
 
 cdef inline Append new_append(list entries):
     cdef Append c = Append.__new__(Append)
+    c.kind = CMD_APPEND
     c.entries = entries
     return c
 
 
 cdef inline Truncate new_truncate(long long since):
     cdef Truncate c = Truncate.__new__(Truncate)
+    c.kind = CMD_TRUNCATE
     c.since = since
     return c
 
 
 cdef inline SendAppend new_send_append(target, AppendEntriesRequest request):
     cdef SendAppend c = SendAppend.__new__(SendAppend)
+    c.kind = CMD_SEND_APPEND
     c.target = target
     c.request = request
     return c
@@ -95,6 +99,7 @@ cdef inline SendAppend new_send_append(target, AppendEntriesRequest request):
 
 cdef inline SendVote new_send_vote(target, VoteRequest request):
     cdef SendVote c = SendVote.__new__(SendVote)
+    c.kind = CMD_SEND_VOTE
     c.target = target
     c.request = request
     return c
@@ -102,12 +107,14 @@ cdef inline SendVote new_send_vote(target, VoteRequest request):
 
 cdef inline Apply new_apply(list entries):
     cdef Apply c = Apply.__new__(Apply)
+    c.kind = CMD_APPLY
     c.entries = entries
     return c
 
 
 cdef inline SendTransfer new_send_transfer(target, TransferLeaderRequest request):
     cdef SendTransfer c = SendTransfer.__new__(SendTransfer)
+    c.kind = CMD_SEND_TRANSFER
     c.target = target
     c.request = request
     return c
@@ -115,12 +122,14 @@ cdef inline SendTransfer new_send_transfer(target, TransferLeaderRequest request
 
 cdef inline SendSnapshot new_send_snapshot(target):
     cdef SendSnapshot c = SendSnapshot.__new__(SendSnapshot)
+    c.kind = CMD_SEND_SNAPSHOT
     c.target = target
     return c
 
 
 cdef inline InstallSnapshot new_install_snapshot(SnapshotMeta meta, long long drop_from):
     cdef InstallSnapshot c = InstallSnapshot.__new__(InstallSnapshot)
+    c.kind = CMD_INSTALL_SNAPSHOT
     c.meta = meta
     c.drop_from = drop_from
     return c
@@ -128,5 +137,6 @@ cdef inline InstallSnapshot new_install_snapshot(SnapshotMeta meta, long long dr
 
 cdef inline Purge new_purge(LogId upto):
     cdef Purge c = Purge.__new__(Purge)
+    c.kind = CMD_PURGE
     c.upto = upto
     return c

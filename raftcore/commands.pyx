@@ -5,7 +5,7 @@ takes them with Engine.take_commands() and executes them in the order given
 (python/core.pyx, RaftCore._execute). One class per kind, each with the
 fields it needs; `kind` (an int, CMD_* in commands.pxd, the constants below
 in Python) is what the runtime switches on. They are created once per batch
-of entries, never per entry.
+of entries, never per entry, by the constructors in commands.pxd.
 
     SaveVote(vote)              persist `vote` before anything after it runs
     Append(entries)             write to the local log; report the flush
@@ -43,6 +43,10 @@ INSTALL_SNAPSHOT = CMD_INSTALL_SNAPSHOT
 PURGE = CMD_PURGE
 
 
+# No freelist: Cython keeps one only for a class without a base. no_gc: a
+# command holds no reference cycle (values, messages, lists of entries), so
+# it skips the garbage collector's tracking, which a tuple pays.
+@cython.no_gc
 cdef class Command:
     """Base of every command: `kind` says which one it is."""
 
@@ -65,60 +69,52 @@ cdef class Command:
         return f"{type(self).__name__}({', '.join(map(repr, self._fields()))})"
 
 
-@cython.freelist(8)
+@cython.no_gc
 cdef class SaveVote(Command):
     """Persist `vote` (the term and whom this node voted for) before any
     later command runs: a vote counts only once durable."""
 
-    def __cinit__(self):
-        self.kind = CMD_SAVE_VOTE
-
     def __init__(self, Vote vote):
+        self.kind = CMD_SAVE_VOTE
         self.vote = vote
 
     cdef tuple _fields(self):
         return (self.vote,)
 
 
-@cython.freelist(32)
+@cython.no_gc
 cdef class Append(Command):
     """Write `entries` (consecutive, after the local log's end) to the log
     store, and report Engine.log_flushed once they are durable."""
 
-    def __cinit__(self):
-        self.kind = CMD_APPEND
-
     def __init__(self, list entries):
+        self.kind = CMD_APPEND
         self.entries = entries
 
     cdef tuple _fields(self):
         return (self.entries,)
 
 
-@cython.freelist(8)
+@cython.no_gc
 cdef class Truncate(Command):
     """Delete the local log entries from index `since` on (they conflict
     with the leader's); writes waiting on them fail."""
 
-    def __cinit__(self):
-        self.kind = CMD_TRUNCATE
-
     def __init__(self, long long since):
+        self.kind = CMD_TRUNCATE
         self.since = since
 
     cdef tuple _fields(self):
         return (self.since,)
 
 
-@cython.freelist(64)
+@cython.no_gc
 cdef class SendAppend(Command):
     """Send the AppendEntries `request` to `target` and report its answer
     (handle_append_response) or its loss (handle_append_failure)."""
 
-    def __cinit__(self):
-        self.kind = CMD_SEND_APPEND
-
     def __init__(self, target, AppendEntriesRequest request):
+        self.kind = CMD_SEND_APPEND
         self.target = target
         self.request = request
 
@@ -126,15 +122,13 @@ cdef class SendAppend(Command):
         return (self.target, self.request)
 
 
-@cython.freelist(8)
+@cython.no_gc
 cdef class SendVote(Command):
     """Send the vote (or pre-vote) `request` to `target` and report its
     answer (handle_vote_response)."""
 
-    def __cinit__(self):
-        self.kind = CMD_SEND_VOTE
-
     def __init__(self, target, VoteRequest request):
+        self.kind = CMD_SEND_VOTE
         self.target = target
         self.request = request
 
@@ -142,30 +136,26 @@ cdef class SendVote(Command):
         return (self.target, self.request)
 
 
-@cython.freelist(32)
+@cython.no_gc
 cdef class Apply(Command):
     """Apply the committed `entries` to the state machine, in order, and
     answer the clients waiting on them."""
 
-    def __cinit__(self):
-        self.kind = CMD_APPLY
-
     def __init__(self, list entries):
+        self.kind = CMD_APPLY
         self.entries = entries
 
     cdef tuple _fields(self):
         return (self.entries,)
 
 
-@cython.freelist(4)
+@cython.no_gc
 cdef class SendTransfer(Command):
     """Ask `target`, which holds the whole log, to campaign now (leadership
     transfer, or a leader removed from the voters handing over)."""
 
-    def __cinit__(self):
-        self.kind = CMD_SEND_TRANSFER
-
     def __init__(self, target, TransferLeaderRequest request):
+        self.kind = CMD_SEND_TRANSFER
         self.target = target
         self.request = request
 
@@ -173,31 +163,27 @@ cdef class SendTransfer(Command):
         return (self.target, self.request)
 
 
-@cython.freelist(4)
+@cython.no_gc
 cdef class SendSnapshot(Command):
     """Stream the current snapshot to `target` (building one first if the
     state machine has none) and report handle_snapshot_response or
     handle_snapshot_failure; no other stream to `target` is asked for before."""
 
-    def __cinit__(self):
-        self.kind = CMD_SEND_SNAPSHOT
-
     def __init__(self, target):
+        self.kind = CMD_SEND_SNAPSHOT
         self.target = target
 
     cdef tuple _fields(self):
         return (self.target,)
 
 
-@cython.freelist(4)
+@cython.no_gc
 cdef class InstallSnapshot(Command):
     """Install the snapshot `meta` received from the leader, durably, first
     deleting the local entries from `drop_from` on (0: keep the log)."""
 
-    def __cinit__(self):
-        self.kind = CMD_INSTALL_SNAPSHOT
-
     def __init__(self, SnapshotMeta meta, long long drop_from):
+        self.kind = CMD_INSTALL_SNAPSHOT
         self.meta = meta
         self.drop_from = drop_from
 
@@ -205,15 +191,13 @@ cdef class InstallSnapshot(Command):
         return (self.meta, self.drop_from)
 
 
-@cython.freelist(4)
+@cython.no_gc
 cdef class Purge(Command):
     """Delete the local log entries up to and including `upto` (a LogId):
     a snapshot holds them."""
 
-    def __cinit__(self):
-        self.kind = CMD_PURGE
-
     def __init__(self, LogId upto):
+        self.kind = CMD_PURGE
         self.upto = upto
 
     cdef tuple _fields(self):
