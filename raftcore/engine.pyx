@@ -17,7 +17,7 @@ quorum), engine_reads (ReadIndex, the lease, check_quorum), engine_transfer
 purging) and engine_identity (storage incarnations). Here stay the event
 methods (what the runtime steps), the transitions every concern shares
 (follow, step down, append, truncate, membership, commit, apply) and the
-views.
+views: the class itself, which is one piece, hence this module's ~650 lines.
 
 The runtime owns the clock and the randomness: times are plain floats
 (seconds, from the event loop) and `rng` is a callable returning a float in
