@@ -59,7 +59,7 @@ setup(
     packages=["raftcore"] + ["raftcore." + p for p in find_packages("python")],
     package_dir={"raftcore": "python"},
     package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"],
-                  "raftcore.network": ["*.pyi"]},
+                  "raftcore.network": ["*.pyi"], "raftcore.testing": ["*.pyi"]},
     ext_modules=extensions(),
     zip_safe=False,
 )

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from raftcore.commands import Append
 from raftcore.engine import Engine
 from raftcore.errors import ForwardToLeader
 from raftcore.membership import Membership
@@ -111,7 +112,7 @@ class PyLeader:
         for e in entries:
             if e.kind == ENTRY_MEMBERSHIP:
                 self.membership_log.append((e.index, e.payload))
-        self.output.append(("append", entries))
+        self.output.append(Append(entries))
         return first
 
     def take_commands(self):
@@ -155,4 +156,4 @@ def test_engine_client_write_batch(benchmark, impl, batch):
 
     benchmark.group = f"engine client_write step, batch of {batch}"
     first, commands = benchmark(c_step if impl == "cython" else p_step)
-    assert first > 2 and len(commands[0][1]) == batch
+    assert first > 2 and len(commands[0].entries) == batch

@@ -11,7 +11,8 @@ Concurrency model (one thread, one event loop):
   event arrived: `_run_sync`. The first command that must be awaited (a vote
   save, an async apply) and everything after it go to `_deferred`, which the
   node's core task drains in order; nothing runs synchronously until it is
-  empty, so command order is kept.
+  empty, so command order is kept. Both paths run each command through one
+  routine, `_execute`, which dispatches on the command's kind.
 - Client writes are queued and moved into the engine as one batch per event
   loop iteration (a call_soon callback), so writers that run together share
   one append and one AppendEntries per follower.
@@ -34,6 +35,11 @@ cimport cython
 from raftcore.engine cimport (Engine, S_CANDIDATE, S_FOLLOWER, S_LEADER, S_LEARNER,
                               S_SHUTDOWN)
 from raftcore.messages cimport AppendEntriesRequest, AppendEntriesResponse
+from raftcore.commands cimport (
+    Command, SaveVote, Append, Truncate, SendAppend, SendVote, Apply, SendTransfer, SendSnapshot,
+    InstallSnapshot, Purge, CMD_SAVE_VOTE, CMD_APPEND, CMD_TRUNCATE, CMD_SEND_APPEND,
+    CMD_SEND_VOTE, CMD_APPLY, CMD_SEND_TRANSFER, CMD_SEND_SNAPSHOT, CMD_INSTALL_SNAPSHOT,
+    CMD_PURGE)
 from raftcore.types cimport Entry, LogId, Vote
 
 import asyncio
@@ -61,33 +67,8 @@ _Future = asyncio.Future
 #: a node can no longer campaign in a term its peers read (found by fuzzing).
 cdef long long TERM_JUMP_LIMIT = 2**32
 
-
-# Engine commands by kind (see engine.pyx): one dict lookup per command
-# instead of a chain of string comparisons.
-cdef enum:
-    C_UNKNOWN = 0
-    C_SEND_APPEND
-    C_APPEND
-    C_APPLY
-    C_TRUNCATE
-    C_SEND_VOTE
-    C_SEND_TRANSFER
-    C_PURGE
-    C_SEND_SNAPSHOT
-    C_SAVE_VOTE
-    C_INSTALL_SNAPSHOT
-
-cdef dict _COMMAND_CODES = {
-    "send_append": C_SEND_APPEND, "append": C_APPEND, "apply": C_APPLY,
-    "truncate": C_TRUNCATE, "send_vote": C_SEND_VOTE, "send_transfer": C_SEND_TRANSFER,
-    "purge": C_PURGE, "send_snapshot": C_SEND_SNAPSHOT, "save_vote": C_SAVE_VOTE,
-    "install_snapshot": C_INSTALL_SNAPSHOT,
-}
-
-
-cdef inline int _command_code(kind):
-    code = _COMMAND_CODES.get(kind)
-    return C_UNKNOWN if code is None else <int>code
+# What RaftCore._execute returns for a command that must wait for the core task.
+cdef object _DEFER = object()
 
 
 @cython.freelist(256)
@@ -267,7 +248,7 @@ cdef class RaftCore:
     cdef object _seen_stale_members
 
     def __init__(self, node_id, config, network, log_store, state_machine, loop,
-                 executor=None) -> None:
+                 executor=None, engine_type=None) -> None:
         self.id = node_id
         self.config = config
         self.network = network
@@ -284,7 +265,9 @@ cdef class RaftCore:
         seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**63)
         self._rng = random.Random(seed)
         self.log = logging.getLogger(f"raftcore.node.{node_id}")
-        self.engine = Engine(
+        #: The engine class: Engine, or a test's subclass of it
+        #: (raftcore.testing.faulty_engine).
+        self.engine = (engine_type or Engine)(
             node_id,
             heartbeat_interval=config.heartbeat_interval,
             election_timeout_min=config.election_timeout_min,
@@ -1009,17 +992,11 @@ cdef class RaftCore:
     cdef bint _execute_sync(self, list cmds) except -1:
         """Runs commands that need no await; defers the rest. Returns False
         if it had to defer."""
-        cdef bint sm_async = self._sm_async
         cdef Py_ssize_t i
-        cdef tuple cmd
-        cdef int code
         for i in range(len(cmds)):
-            cmd = <tuple>cmds[i]
-            code = _command_code(cmd[0])
-            if code == C_SAVE_VOTE or code == C_INSTALL_SNAPSHOT or (code == C_APPLY and sm_async):
+            if self._execute(<Command>cmds[i], True) is not None:
                 self._deferred.extend(cmds[i:])
                 return False
-            self._execute_now(cmd, code)
         return True
 
     async def _run_async(self) -> None:
@@ -1030,36 +1007,10 @@ cdef class RaftCore:
         try:
             while not self.stopped:
                 if deferred:
-                    cmd = deferred.popleft()
-                    kind = cmd[0]
-                    if kind == "save_vote":
-                        await self._save_vote(cmd[1])
+                    step = self._execute(<Command>deferred.popleft(), False)
+                    if step is not None:
+                        await step
                         self._command_done()
-                    elif kind == "apply" and self._sm_async:
-                        responses = await self.sm.apply(cmd[1])
-                        self._applied(cmd[1], responses)
-                        self._command_done()
-                    elif kind == "install_snapshot":
-                        meta, drop_from = cmd[1], cmd[2]
-                        if drop_from:
-                            self.log_store.truncate_after(drop_from - 1)
-                            # Past the snapshot, the dropped entries are not
-                            # in this leader's log, but a later leader may
-                            # still hold and commit them.
-                            self._fail_truncated_writes(meta.last_log_index + 1)
-                        data = self._snap_ready.pop(meta.snapshot_id)
-                        await self._store_when_space(self.sm.install_snapshot, meta, data)
-                        self._fail_writes_upto(meta.last_log_index, OutcomeUnknown(
-                            f"node {self.id} installed a snapshot up to index "
-                            f"{meta.last_log_index} before applying this write; it may or "
-                            "may not be committed"))
-                        self.last_applied = LogId(meta.last_log_term, meta.last_log_index)
-                        self.snapshot = self.last_applied
-                        self.log.info("node %s installed snapshot %s up to %s", self.id,
-                                      meta.snapshot_id, self.last_applied)
-                        self._command_done()
-                    else:
-                        self._execute_now(cmd, _command_code(kind))
                 elif engine.output:
                     cmds = engine.take_commands()
                     self._cmds_taken += len(cmds)
@@ -1076,6 +1027,27 @@ cdef class RaftCore:
             self._busy = False
         self._after_round()
 
+    async def _apply_async(self, list entries) -> None:
+        self._applied(entries, await self.sm.apply(entries))
+
+    async def _install_snapshot(self, meta, long long drop_from) -> None:
+        """Installs a snapshot received from the leader (InstallSnapshot)."""
+        if drop_from:
+            self.log_store.truncate_after(drop_from - 1)
+            # Past the snapshot, the dropped entries are not in this leader's
+            # log, but a later leader may still hold and commit them.
+            self._fail_truncated_writes(meta.last_log_index + 1)
+        data = self._snap_ready.pop(meta.snapshot_id)
+        await self._store_when_space(self.sm.install_snapshot, meta, data)
+        self._fail_writes_upto(meta.last_log_index, OutcomeUnknown(
+            f"node {self.id} installed a snapshot up to index "
+            f"{meta.last_log_index} before applying this write; it may or "
+            "may not be committed"))
+        self.last_applied = LogId(meta.last_log_term, meta.last_log_index)
+        self.snapshot = self.last_applied
+        self.log.info("node %s installed snapshot %s up to %s", self.id,
+                      meta.snapshot_id, self.last_applied)
+
     async def _save_vote(self, vote) -> None:
         """Saves the vote; on a full disk waits (as _store_when_space) until it can."""
         try:
@@ -1087,7 +1059,7 @@ cdef class RaftCore:
             error = exc
         engine = self.engine
         if engine.state == S_CANDIDATE and engine.vote == vote and not engine.output and \
-                all(c[0] == "send_vote" for c in self._deferred):
+                all((<Command>c).kind == CMD_SEND_VOTE for c in self._deferred):
             # This node's vote for itself cannot be saved: call the election
             # off before a request leaves (its in-memory term would otherwise
             # answer, and depose, the leader). What waits on these commands
@@ -1183,34 +1155,49 @@ cdef class RaftCore:
         while waiters and waiters[0][0] <= self._cmds_done:
             _resolve(waiters.popleft()[1], None)
 
-    cdef void _execute_now(self, tuple cmd, int code):
-        """Executes one command that needs no await (`code`: its kind)."""
+    cdef object _execute(self, Command cmd, bint inline):
+        """The one executor of engine commands, for both paths. A command
+        that needs no await runs here (and counts as done): returns None.
+        One that must be awaited (a vote save, a snapshot install, an apply
+        on an async state machine) returns the awaitable that runs it, to be
+        awaited and then counted by the caller; with `inline` (the caller
+        cannot await) it returns _DEFER instead and builds nothing."""
+        cdef int kind = cmd.kind
         cdef Entry last
         cdef list entries
-        if code == C_SEND_APPEND:
-            self._send_append_now(cmd[1], cmd[2])
-        elif code == C_APPEND:
-            entries = cmd[1]
+        if kind == CMD_SEND_APPEND:
+            self._send_append_now((<SendAppend>cmd).target, (<SendAppend>cmd).request)
+        elif kind == CMD_APPEND:
+            entries = (<Append>cmd).entries
             last = entries[-1]
             self._store_append(entries, _FlushDone(self, last.term, last.index))
-        elif code == C_APPLY:
-            entries = cmd[1]
+        elif kind == CMD_APPLY:
+            entries = (<Apply>cmd).entries
+            if self._sm_async:
+                return _DEFER if inline else self._apply_async(entries)
             self._applied(entries, self._sm_apply(entries))
-        elif code == C_TRUNCATE:
-            self.log_store.truncate_after(cmd[1] - 1)
-            self._fail_truncated_writes(cmd[1])
-        elif code == C_SEND_VOTE:
-            self._spawn(self._send_vote(cmd[1], cmd[2]))
-        elif code == C_SEND_TRANSFER:
-            self._spawn(self._send_transfer(cmd[1], cmd[2]))
-        elif code == C_PURGE:
-            self.log_store.purge(cmd[1])
-            self.purged = cmd[1]
-        elif code == C_SEND_SNAPSHOT:
-            self._spawn(self._send_snapshot(cmd[1]))
+        elif kind == CMD_TRUNCATE:
+            self.log_store.truncate_after((<Truncate>cmd).since - 1)
+            self._fail_truncated_writes((<Truncate>cmd).since)
+        elif kind == CMD_SEND_VOTE:
+            self._spawn(self._send_vote((<SendVote>cmd).target, (<SendVote>cmd).request))
+        elif kind == CMD_SEND_TRANSFER:
+            self._spawn(self._send_transfer((<SendTransfer>cmd).target,
+                                            (<SendTransfer>cmd).request))
+        elif kind == CMD_PURGE:
+            self.log_store.purge((<Purge>cmd).upto)
+            self.purged = (<Purge>cmd).upto
+        elif kind == CMD_SEND_SNAPSHOT:
+            self._spawn(self._send_snapshot((<SendSnapshot>cmd).target))
+        elif kind == CMD_SAVE_VOTE:
+            return _DEFER if inline else self._save_vote((<SaveVote>cmd).vote)
+        elif kind == CMD_INSTALL_SNAPSHOT:
+            return _DEFER if inline else self._install_snapshot(
+                (<InstallSnapshot>cmd).meta, (<InstallSnapshot>cmd).drop_from)
         else:
-            raise RaftError(f"engine command {cmd[0]!r} cannot run synchronously")
+            raise RaftError(f"unknown engine command {cmd!r}")
         self._command_done()
+        return None
 
     cdef void _on_flushed(self, err, long long term, long long index):
         if err is not None and not self.stopped:

@@ -1,5 +1,6 @@
 from typing import Any, Callable, Optional
 
+from raftcore.commands import Command
 from raftcore.log import RaftLog
 from raftcore.membership import Membership
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse, VoteRequest,
@@ -12,8 +13,6 @@ FOLLOWER: int
 CANDIDATE: int
 LEADER: int
 SHUTDOWN: int
-
-Command = tuple[Any, ...]
 
 class Engine:
     id: Any
@@ -47,7 +46,6 @@ class Engine:
                  lease_margin: float = 0.0, max_clock_drift: float = 0.0,
                  check_quorum: bool = False, pre_vote: bool = False,
                  keep_logs: int = 0) -> None: ...
-    def inject_bug(self, name: str) -> None: ...
     def take_commands(self) -> list[Command]: ...
     def restore(self, vote: Vote, purged: Optional[LogId], entries: list[Entry],
                 committed: int = 0, applied: int = 0,

@@ -92,7 +92,8 @@ class Raft(RaftNode):
     @classmethod
     async def create(cls, node_id: int, config: Config, network: Any, log_store: Any,
                      state_machine: Any, *, executor: Optional[Callable] = None,
-                     cluster_id: Optional[str] = None) -> "Raft":
+                     cluster_id: Optional[str] = None,
+                     engine_type: Optional[Callable] = None) -> "Raft":
         """Loads the node's state from its stores and starts its runtime.
 
         `executor(fn, *args)` runs blocking work and returns an awaitable;
@@ -101,6 +102,9 @@ class Raft(RaftNode):
         raises ClusterMismatch if the log store belongs to another one (a
         store without one adopts it). Otherwise the node learns its cluster
         id at initialize or from the first node that contacts it.
+        `engine_type`: the engine class to step, None for raftcore's; only
+        tests change it (raftcore.testing.faulty_engine breaks rules on
+        purpose, to show the simulator's checks catch it).
         """
         if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id < 0:
             raise ConfigError(f"node_id must be a non-negative int, got {node_id!r}")
@@ -110,7 +114,7 @@ class Raft(RaftNode):
         if configure is not None:
             configure(config)
         core = RaftCore(node_id, config, network, log_store, state_machine,
-                        asyncio.get_running_loop(), executor)
+                        asyncio.get_running_loop(), executor, engine_type)
         await core.load(cluster_id)
         core.start()
         return cls(core)

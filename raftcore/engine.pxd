@@ -83,9 +83,6 @@ cdef class Engine:
     # snapshots
     cdef readonly SnapshotMeta snapshot_meta   # the newest snapshot this node holds
     cdef long long keep_logs                   # entries kept below a snapshot when purging
-    # Known-bad behaviours, switched on only by tests that prove the
-    # simulator catches them (inject_bug); all False in normal operation.
-    cdef bint bug_commit_prev_term, bug_double_vote, bug_unconfirmed_reads
     # pre-vote
     cdef bint pre_vote
     cdef readonly bint prevoting
@@ -100,17 +97,10 @@ cdef class Engine:
     cdef readonly set stale_members        # leader: members answering under another incarnation
 
     cdef void _follow(self, long long term, leader_id, double now)
-    cdef void _purge_upto(self, long long upto)
-    cdef void _rebase_membership(self, long long index, base)
     cdef Progress _progress_for_answer(self, target, long long req_term, long long resp_term)
     cdef void _record_match(self, Progress p, long long matched)
     cdef void _check_proposable(self)
     cdef long long _last_membership_index(self)
-    cdef long long _read_point(self)
-    cdef double _quorum_contact_time(self)
-    cdef bint _lease_valid(self, double now)
-    cdef bint _quorum_silent(self, double now)
-    cdef void _maybe_send_transfer(self)
     cdef void _set_vote(self, Vote vote)
     cdef int _follower_state(self)
     cdef bint _can_campaign(self)
@@ -118,29 +108,16 @@ cdef class Engine:
     cdef void _reset_election_deadline(self)
     cdef void _become_follower(self, Vote vote, leader_id)
     cdef void _clear_leader_state(self)
-    cdef void _campaign(self)
-    cdef void _start_election(self, bint transfer)
-    cdef void _become_leader(self)
-    cdef void _rebuild_replication(self)
-    cdef QuorumTracker _carried_seq_quorum(self)
-    cdef void _recount_commit_quorum(self)
     cdef void _append_local(self, list entries)
     cdef void _membership_appended(self, Entry e)
     cdef void _truncate(self, long long since)
     cdef void _membership_changed(self)
-    cdef void _replicate_all(self)
-    cdef void _send_while_open(self, Progress p)
-    cdef void _send_entries(self, Progress p)
-    cdef long long _batch_end(self, long long first)
-    cdef long long _broadcast_heartbeat(self)
     cdef void _maybe_commit(self)
-    cdef void _step_down_removed(self)
+    # The rules raftcore.testing.faulty_engine breaks on purpose (to show the
+    # simulator catches it): override them there, nowhere else.
+    cdef bint _commits_by_counting(self, long long index)
+    cdef bint _free_to_vote(self, candidate_id)
     cdef void _maybe_apply(self)
-    cdef dict _pins(self)
-    cdef bint _self_stale(self)
-    cdef bint _answer_counts(self, target, incarnation)
-    cdef void _maybe_pin(self, bint all_known)
-    cdef Membership _with_incarnations(self, Membership m)
 
     # Stepped by the runtime on every write: C calls from python/core.pyx.
     cpdef list take_commands(self)

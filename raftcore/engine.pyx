@@ -2,32 +2,29 @@
 
 Events come in as method calls (client writes, RPC requests and responses,
 "log flushed up to X", timer ticks carrying the current time); the engine
-updates its state and appends commands to `self.output`, which the runtime
-takes with take_commands() and executes in order:
+updates its state and appends commands (raftcore.commands: SaveVote, Append,
+Truncate, SendAppend, SendVote, Apply, SendTransfer, SendSnapshot,
+InstallSnapshot, Purge; each documented there) to `self.output`, which the
+runtime takes with take_commands() and executes in order.
 
-    ("save_vote", Vote)                    persist before anything after it
-    ("append", [Entry, ...])               write to the local log; report flush
-    ("truncate", since_index)              delete local entries >= since_index
-    ("send_append", target, AppendEntriesRequest)
-    ("send_vote", target, VoteRequest)
-    ("apply", [Entry, ...])                apply to the state machine, in order
-    ("send_transfer", target, TransferLeaderRequest)
-    ("send_snapshot", target)              stream the current snapshot to target;
-                                           report handle_snapshot_response or
-                                           handle_snapshot_failure (no other
-                                           stream to target is asked for before)
-    ("install_snapshot", SnapshotMeta, drop_from)
-                                           install the received snapshot, durably,
-                                           first deleting local entries >= drop_from
-                                           (0: keep the log)
-    ("purge", LogId)                       delete local entries up to LogId
+Layout. Engine is one cdef class (its state is declared in engine.pxd), and
+a cdef class is defined in one module: the concerns that stand apart are
+functions of the engine in modules of their own, which its methods call:
+engine_election (votes, campaigns, becoming leader), engine_replication
+(AppendEntries on both sides, send windows, heartbeat rounds, the commit
+quorum), engine_reads (ReadIndex, the lease, check_quorum), engine_transfer
+(leadership transfer), engine_snapshots (installing one, the leader's side,
+purging) and engine_identity (storage incarnations). Here stay the event
+methods (what the runtime steps), the transitions every concern shares
+(follow, step down, append, truncate, membership, commit, apply) and the
+views: the class itself, which is one piece, hence this module's ~650 lines.
 
 The runtime owns the clock and the randomness: times are plain floats
 (seconds, from the event loop) and `rng` is a callable returning a float in
 [0, 1), from a generator the runtime seeds.
 
 Safety rules kept here:
-- a vote is emitted as save_vote before the response that grants it or the
+- a vote is emitted as SaveVote before the response that grants it or the
   requests that ask for it (the runtime executes commands in order);
 - an entry counts towards commit only once flushed (the leader's own log
   included), and only entries of the leader's own term are committed by
@@ -47,18 +44,23 @@ it acknowledged: its votes and acknowledgements do not count (leader:
 (`identity_stale`), until it is removed and added back (the new record is
 then taken from its answers).
 """
-import dataclasses
 
 cimport cython
 from libc.math cimport INFINITY
-from raftcore.types cimport LogId, Vote, Entry, make_entry, BLANK, NORMAL, MEMBERSHIP
+from raftcore.types cimport LogId, Vote, Entry, make_entry, NORMAL, MEMBERSHIP
 from raftcore.log cimport RaftLog
 from raftcore.membership cimport Membership
-from raftcore.quorum cimport QuorumTracker
-from raftcore.progress cimport Progress, PROBE, REPLICATE, SNAPSHOT
+from raftcore.progress cimport Progress, SNAPSHOT
 from raftcore.messages cimport (
     AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse, TransferLeaderRequest,
     SnapshotMeta, InstallSnapshotRequest, InstallSnapshotResponse)
+from raftcore.commands cimport new_save_vote, new_append, new_truncate, new_apply
+from raftcore cimport engine_election as election
+from raftcore cimport engine_replication as replication
+from raftcore cimport engine_reads as reads
+from raftcore cimport engine_transfer as transfer
+from raftcore cimport engine_snapshots as snapshots
+from raftcore cimport engine_identity as identity
 
 from raftcore.errors import ForwardToLeader, NotAllowed, RaftError
 
@@ -141,9 +143,6 @@ cdef class Engine:
         self.seen = {}
         self.stale_members = set()
         self.snapshot_meta = None
-        self.bug_commit_prev_term = False
-        self.bug_double_vote = False
-        self.bug_unconfirmed_reads = False
         if keep_logs < 0:
             raise ValueError("keep_logs must be >= 0")
         self.keep_logs = keep_logs
@@ -152,21 +151,6 @@ cdef class Engine:
         self.heartbeat_deadline = now
 
     # ------------------------------------------------------------------ output
-
-    def inject_bug(self, str name):
-        """TEST ONLY: switches on a known-bad behaviour so that a test can show
-        the simulator's checks catch it. Names: "commit_prev_term" (count a
-        previous term's entries toward commit), "double_vote" (grant a second
-        vote in one term), "unconfirmed_reads" (serve reads without
-        confirming leadership)."""
-        if name == "commit_prev_term":
-            self.bug_commit_prev_term = True
-        elif name == "double_vote":
-            self.bug_double_vote = True
-        elif name == "unconfirmed_reads":
-            self.bug_unconfirmed_reads = True
-        else:
-            raise ValueError(f"unknown bug {name!r}")
 
     cpdef list take_commands(self):
         """Returns the commands emitted since the last call, in order."""
@@ -220,7 +204,7 @@ cdef class Engine:
         self._append_local([first])
         self.state = self._follower_state()
         if elect and membership.is_voter(self.id):
-            self._start_election(False)
+            election.start_election(self, False)
 
     # ------------------------------------------------------------------ time
 
@@ -233,17 +217,17 @@ cdef class Engine:
                 # The transfer did not complete within an election timeout:
                 # give up on it and lead on.
                 self.transfer_to = None
-            if self.check_quorum and self._quorum_silent(now):
+            if self.check_quorum and reads.quorum_silent(self, now):
                 # No quorum heard from for an election timeout: this leader
                 # may be cut off; stop taking writes and step down.
                 self._become_follower(self.vote, None)
                 return
             if now >= self.heartbeat_deadline and self.heartbeat_enabled:
-                self._maybe_pin(False)
-                self._broadcast_heartbeat()
+                identity.maybe_pin(self, False)
+                replication.broadcast_heartbeat(self)
         elif now >= self.election_deadline:
             if self.elect_enabled and self._can_campaign() and not self.storage_full:
-                self._campaign()
+                election.campaign(self)
             else:
                 self._reset_election_deadline()
 
@@ -256,7 +240,7 @@ cdef class Engine:
     def trigger_elect(self, double now):
         """Starts an election now (openraft's trigger().elect())."""
         self.now = now
-        if self._self_stale():
+        if identity.self_stale(self):
             raise NotAllowed(f"node {self.id} runs on other storage than the membership "
                              "records for it (wiped or replaced); it cannot be elected until "
                              "it is removed and added back")
@@ -268,14 +252,14 @@ cdef class Engine:
         if self.storage_full:
             raise NotAllowed(f"node {self.id} cannot save a vote (its disk is full); "
                              "free space on the disk first")
-        self._start_election(False)
+        election.start_election(self, False)
 
     def trigger_heartbeat(self, double now):
         """Sends a heartbeat to every follower now."""
         self.now = now
         if self.state != S_LEADER:
             raise NotAllowed(f"node {self.id} is not the leader; only a leader sends heartbeats")
-        self._broadcast_heartbeat()
+        replication.broadcast_heartbeat(self)
 
     def shutdown(self):
         self.state = S_SHUTDOWN
@@ -298,7 +282,7 @@ cdef class Engine:
         for i in range(n):
             entries[i] = make_entry(term, first + i, NORMAL, payloads[i])
         self._append_local(entries)
-        self._replicate_all()
+        replication.replicate_all(self)
         return first
 
     def change_membership(self, Membership membership, double now):
@@ -313,10 +297,10 @@ cdef class Engine:
                 f"a membership change is in progress (entry {pending} is not committed "
                 "yet); wait for it to commit before the next change")
         cdef long long index = self.log.last_index() + 1
-        membership = self._with_incarnations(membership)
+        membership = identity.with_incarnations(self, membership)
         self.learned = {}       # recorded now (or no longer members)
         self._append_local([make_entry(self.vote.term, index, MEMBERSHIP, membership)])
-        self._replicate_all()
+        replication.replicate_all(self)
         return index
 
     # ---------------------------------------------------------------- reads
@@ -326,23 +310,12 @@ cdef class Engine:
         Returns (read_index, seq): the read may proceed once confirmed_seq
         reaches seq (a quorum answered this round) and the state machine has
         applied read_index. Raises ForwardToLeader elsewhere."""
-        self.now = now
-        self._check_proposable()
-        cdef long long seq = self._broadcast_heartbeat()
-        if self.bug_unconfirmed_reads:
-            return self.committed, 0
-        return self._read_point(), seq
+        return reads.read_index(self, now)
 
     def lease_read(self, double now):
         """Leader: the read index if the leader lease holds now (no round
         trip needed), else -1. Raises ForwardToLeader elsewhere."""
-        self.now = now
-        self._check_proposable()
-        if self.bug_unconfirmed_reads:
-            return self.committed
-        if self._lease_valid(now):
-            return self._read_point()
-        return -1
+        return reads.lease_read(self, now)
 
     @property
     def confirmed_seq(self):
@@ -352,7 +325,7 @@ cdef class Engine:
         return self.seq_quorum.accepted
 
     def lease_valid(self, double now):
-        return self.state == S_LEADER and self._lease_valid(now)
+        return self.state == S_LEADER and reads.lease_valid(self, now)
 
     def refuse_votes_until(self, double t):
         """Refuse vote requests until t. The runtime calls it on restart:
@@ -367,27 +340,11 @@ cdef class Engine:
         """Leader: hands leadership to `target` once it has caught up; until
         the transfer completes or times out (an election timeout), writes are
         refused with ForwardToLeader and the lease is not used."""
-        self.now = now
-        if self.state != S_LEADER:
-            raise ForwardToLeader(self.leader_id, self._node_of(self.leader_id))
-        if target == self.id:
-            return
-        if not self.membership.is_voter(target):
-            raise NotAllowed(f"node {target} is not a voter of {self.membership!r}; "
-                             "leadership can only go to a voter")
-        self.transfer_to = target
-        self.transfer_deadline = now + self.election_max
-        self._maybe_send_transfer()
+        return transfer.transfer_leader(self, target, now)
 
     def handle_transfer_leader(self, TransferLeaderRequest req, double now):
         """The leader asks this node to campaign now (it has the whole log)."""
-        self.now = now
-        if req.term != self.vote.term or req.leader_id != self.leader_id:
-            return
-        if not self._can_campaign() or self.log.last_index() < req.last_log_index \
-                or self.storage_full:
-            return
-        self._start_election(True)
+        return transfer.handle_transfer_leader(self, req, now)
 
     def abandon_campaign(self, Vote saved):
         """The runtime cannot save this candidate's vote for itself (its disk
@@ -425,74 +382,24 @@ cdef class Engine:
         meta.last_log_index; purge the log below it (keeping keep_logs)."""
         if self.snapshot_meta is None or meta.last_log_index > self.snapshot_meta.last_log_index:
             self.snapshot_meta = meta
-        self._purge_upto(meta.last_log_index - self.keep_logs)
+        snapshots.purge_upto(self, meta.last_log_index - self.keep_logs)
 
     def purge_log(self, long long upto):
         """Deletes log entries up to `upto`, but never one that is not in a
         snapshot or not applied yet."""
-        self._purge_upto(upto)
+        snapshots.purge_upto(self, upto)
 
     def handle_install_snapshot(self, InstallSnapshotRequest req, double now):
         """A chunk of a snapshot from the leader. Every chunk proves the
         leader alive; the last one (done) installs the snapshot: the log is
         kept after the snapshot's last entry if it matches there, and
         dropped entirely otherwise."""
-        cdef SnapshotMeta meta
-        cdef long long si
-        self.now = now
-        if req.term < self.vote.term:
-            return InstallSnapshotResponse(self.vote.term, self.incarnation)
-        self._follow(req.term, req.leader_id, now)
-        if not req.done:
-            return InstallSnapshotResponse(self.vote.term, self.incarnation)
-        meta = req.meta
-        si = meta.last_log_index
-        if si <= self.committed:
-            # Already have all of it.
-            return InstallSnapshotResponse(self.vote.term, self.incarnation)
-        cdef long long drop_from = 0
-        if self.log.term_at(si) == meta.last_log_term:
-            keep = True
-        else:
-            keep = False
-            if self.log.last_index() > self.log.purged_index:
-                # Conflicting or missing: the whole log goes; the snapshot
-                # replaces even committed entries, all of which it includes.
-                drop_from = self.log.purged_index + 1
-                self.log.truncate(drop_from)
-        self.output.append(("install_snapshot", meta, drop_from))
-        self.snapshot_meta = meta
-        self.output.append(("purge", LogId(meta.last_log_term, si)))
-        if keep:
-            self.log.purge(si, meta.last_log_term)
-        else:
-            self.log.reset(si, meta.last_log_term)
-            self.membership_log = []
-        self._rebase_membership(si, meta.membership)
-        if self.flushed < si:
-            self.flushed = si
-        self.committed = si
-        self.applying = si
-        self._maybe_apply()
-        return InstallSnapshotResponse(self.vote.term, self.incarnation)
+        return snapshots.handle_install_snapshot(self, req, now)
 
     def handle_snapshot_response(self, target, InstallSnapshotRequest req,
                                  InstallSnapshotResponse resp, double now):
         """The target installed (or already had) the snapshot req.meta."""
-        self.now = now
-        cdef Progress p = self._progress_for_answer(target, req.term, resp.term)
-        if p is None:
-            return
-        cdef Progress answered = p
-        self._answer_counts(target, resp.incarnation)
-        p = self.progress.get(target)
-        if p is None or p is not answered:
-            return      # reset meanwhile: the target restarted on new storage
-        if p.state == SNAPSHOT:
-            p.snapshot_done()
-        self._record_match(p, req.meta.last_log_index)
-        if self.state == S_LEADER:
-            self._send_while_open(p)
+        return snapshots.handle_snapshot_response(self, target, req, resp, now)
 
     def handle_snapshot_failure(self, target, double now):
         """Sending a snapshot failed: try again from the next heartbeat."""
@@ -508,163 +415,23 @@ cdef class Engine:
     # ------------------------------------------------------------- election
 
     def handle_vote_request(self, VoteRequest req, double now):
-        """Returns the VoteResponse; a granted vote is preceded by save_vote
+        """Returns the VoteResponse; a granted vote is preceded by SaveVote
         in the output, and the runtime sends the response only after it."""
-        self.now = now
-        cdef bint granted = False
-        if self._self_stale():
-            # This node may have forgotten a vote it cast in req.term.
-            return VoteResponse(self.vote.term, False, self.id, self.incarnation)
-        if req.term < self.vote.term or self.storage_full:
-            # storage_full: a vote counts only once saved, and it cannot be;
-            # not even the term is adopted (saving it would fail too).
-            return VoteResponse(self.vote.term, False, self.id, self.incarnation)
-        if not req.transfer and req.candidate_id != self.leader_id and (
-                now < self.vote_refuse_until
-                or (self.state == S_LEADER and self._lease_valid(now))):
-            # A leader may be counting on this node for its lease: refuse,
-            # and do not even adopt the higher term (so a removed or
-            # partitioned node cannot depose a healthy leader).
-            return VoteResponse(self.vote.term, False, self.id, self.incarnation)
-        cdef long long my_last_term = self.log.last_term()
-        cdef bint up_to_date = (req.last_log_term > my_last_term or (
-            req.last_log_term == my_last_term and req.last_log_index >= self.log.last_index()))
-        if req.pre_vote:
-            # Would we vote in req.term? Answer without changing anything.
-            return VoteResponse(self.vote.term, req.term > self.vote.term and up_to_date, self.id,
-                                self.incarnation)
-        if req.term > self.vote.term:
-            self._become_follower(Vote(req.term, None, False), None)
-        cdef bint free_to_vote = (self.vote.node_id is None or self.vote.node_id == req.candidate_id
-                                  or self.bug_double_vote)
-        if free_to_vote and up_to_date and self.state != S_LEADER:
-            granted = True
-            self._set_vote(Vote(req.term, req.candidate_id, False))
-            self._reset_election_deadline()
-        return VoteResponse(self.vote.term, granted, self.id, self.incarnation)
+        return election.handle_vote_request(self, req, now)
 
     def handle_vote_response(self, target, VoteRequest req, VoteResponse resp, double now):
-        self.now = now
-        if resp.term > self.vote.term and not (req.pre_vote and resp.granted):
-            self._become_follower(Vote(resp.term, None, False), None)
-            return
-        pinned = self._pins().get(target)
-        if pinned is not None and pinned != resp.incarnation:
-            return      # the voter's storage was replaced: it may have voted in this term
-        if req.pre_vote:
-            if not self.prevoting or req.term != self.vote.term + 1 or not resp.granted:
-                return
-            self.pre_granted.add(target)
-            if self.membership.is_quorum(self.pre_granted):
-                self._start_election(False)
-            return
-        if self.state != S_CANDIDATE or req.term != self.vote.term or not resp.granted:
-            return
-        self.granted.add(target)
-        if self.membership.is_quorum(self.granted):
-            self._become_leader()
+        return election.handle_vote_response(self, target, req, resp, now)
 
     # ---------------------------------------------------------- replication
 
     cpdef AppendEntriesResponse handle_append_entries(self, AppendEntriesRequest req, double now):
         """Returns the AppendEntriesResponse. On success the runtime sends it
         only once the local log is flushed up to resp.matched."""
-        cdef long long prev, my_prev_term, conflict_at, last
-        cdef Py_ssize_t i, n
-        cdef Entry e
-        self.now = now
-        if req.term < self.vote.term:
-            return AppendEntriesResponse(self.vote.term, False, 0, 0, 0, self.incarnation)
-        if self.state == S_LEADER and req.term == self.vote.term:
-            raise RaftError(f"node {self.id} is leader of term {req.term} and received "
-                            f"entries from {req.leader_id!r} in the same term: two leaders "
-                            "in one term would break election safety")
-        self._follow(req.term, req.leader_id, now)
-
-        prev = req.prev_log_index
-        if prev > self.log.last_index():
-            return AppendEntriesResponse(self.vote.term, False, 0, self.log.last_index() + 1, 0,
-                                         self.incarnation)
-        if prev >= self.log.purged_index:
-            my_prev_term = self.log.term_at(prev)
-            if my_prev_term != req.prev_log_term:
-                return AppendEntriesResponse(
-                    self.vote.term, False, 0, self.log.first_index_of_term_at(prev), my_prev_term,
-                    self.incarnation)
-
-        # Skip the entries we already hold (matching, or covered by a purge),
-        # truncate from the first conflict, append the rest.
-        entries = req.entries
-        n = len(entries)
-        i = 0
-        while i < n:
-            e = <Entry>entries[i]
-            if e.index <= self.log.purged_index:
-                i += 1
-                continue
-            if e.index > self.log.last_index():
-                break
-            if self.log.term_at(e.index) != e.term:
-                self._truncate(e.index)
-                break
-            i += 1
-        if i < n:
-            self._append_local(entries[i:] if i else entries)
-
-        last = prev + n
-        # Commit only what this request proved to match the leader's log.
-        if req.leader_commit > self.committed and last > self.committed:
-            self.committed = min(req.leader_commit, last)
-            self._maybe_apply()
-        return AppendEntriesResponse(self.vote.term, True, last, 0, 0, self.incarnation)
+        return replication.handle_append_entries(self, req, now)
 
     cpdef handle_append_response(self, target, AppendEntriesRequest req,
                                  AppendEntriesResponse resp, double now):
-        cdef long long hint, t
-        self.now = now
-        cdef Progress p = self._progress_for_answer(target, req.term, resp.term)
-        if p is None:
-            return
-        if self._answer_counts(target, resp.incarnation):
-            # Any answer in our term shows the target still follows us.
-            self.seq_quorum.update(target, req.seq)
-        p = self.progress.get(target)
-        if p is None:
-            return
-        if resp.success:
-            self._record_match(p, resp.matched)
-            if self.state != S_LEADER:
-                return      # the commit removed this leader from the voters
-            self._send_while_open(p)
-            if self.transfer_to == target:
-                self._maybe_send_transfer()
-            if self.learned:
-                self._maybe_pin(True)
-            return
-        if p.state == SNAPSHOT:
-            # The follower lacks what the snapshot on its way brings; only
-            # that snapshot's outcome decides what to send next.
-            return
-        if req.prev_log_index <= p.matched:
-            # Refused before an earlier request (reordered) made the log
-            # match: what it carried was not taken. Resend from the match,
-            # or the leader would wait forever for entries it thinks in flight.
-            p.rejected(p.matched + 1)
-            self._send_while_open(p)
-            return
-        hint = resp.conflict_index
-        if resp.conflict_term > 0:
-            # Skip the follower's whole conflicting term at once; if we hold
-            # that term too, resume right after our last entry of it.
-            t = self.log.last_index_of_term(resp.conflict_term)
-            if t > 0:
-                hint = t + 1
-        if hint > req.prev_log_index:
-            hint = req.prev_log_index
-        if hint < 1:
-            hint = 1
-        p.rejected(hint)
-        self._send_while_open(p)
+        return replication.handle_append_response(self, target, req, resp, now)
 
     cpdef handle_append_failure(self, target, AppendEntriesRequest req, double now):
         """An AppendEntries request got no answer (peer down, dropped, timed out)."""
@@ -746,42 +513,6 @@ cdef class Engine:
         # while after hearing from it.
         self.vote_refuse_until = now + self.election_min
 
-    cdef void _purge_upto(self, long long upto):
-        # Never purge what no snapshot holds, nor what is not applied yet.
-        if self.snapshot_meta is None:
-            return
-        if upto > self.snapshot_meta.last_log_index:
-            upto = self.snapshot_meta.last_log_index
-        if upto > self.applying:
-            upto = self.applying
-        if upto > self.log.last_index():
-            upto = self.log.last_index()
-        if upto <= self.log.purged_index:
-            return
-        cdef long long term = self.log.term_at(upto)
-        self.log.purge(upto, term)
-        self._rebase_membership(upto, None)
-        self.output.append(("purge", LogId(term, upto)))
-
-    cdef void _rebase_membership(self, long long index, base):
-        """Membership entries up to `index` are gone from the log: keep the
-        last of them (or `base`, from a snapshot) as the base at `index`."""
-        cdef list kept = []
-        last_before = base
-        for item in self.membership_log:
-            if item[0] <= index:
-                if base is None:
-                    last_before = item[1]
-            else:
-                kept.append(item)
-        if last_before is not None:
-            kept.insert(0, (index, last_before))
-        self.membership_log = kept
-        new = kept[len(kept) - 1][1] if kept else None
-        if new is not self.membership:
-            self.membership = new
-            self._membership_changed()
-
     cdef Progress _progress_for_answer(self, target, long long req_term, long long resp_term):
         """The target's progress if its answer to a request of ours still
         matters; a higher term in it makes this node step down first."""
@@ -809,46 +540,14 @@ cdef class Engine:
             return self.membership_log[len(self.membership_log) - 1][0]
         return 0
 
-    cdef long long _read_point(self):
-        # A new leader learns the true commit point only by committing an
-        # entry of its term: until then its blank entry is the read point.
-        if self.committed > self.term_start_index:
-            return self.committed
-        return self.term_start_index
-
-    cdef double _quorum_contact_time(self):
-        """Send time of the latest round a quorum answered; -inf if unknown."""
-        cdef long long acc
-        if self.seq_quorum is None:
-            return -1e300
-        acc = self.seq_quorum.accepted
-        if acc <= 0 or self.hb_seq - acc >= SEQ_RING:
-            return -1e300
-        return self.seq_times[acc % SEQ_RING]
-
-    cdef bint _lease_valid(self, double now):
-        if self.transfer_to is not None or self.lease_forfeited:
-            return False
-        return now < self._quorum_contact_time() + self.lease_duration
-
-    cdef bint _quorum_silent(self, double now):
-        cdef double t = self._quorum_contact_time()
-        if t < self.leader_since:
-            t = self.leader_since     # nothing answered yet: count from the start
-        return now - t > self.election_max
-
-    cdef void _maybe_send_transfer(self):
-        cdef Progress p = self.progress.get(self.transfer_to)
-        if p is None or p.matched < self.log.last_index():
-            return
-        self.lease_forfeited = True
-        self.output.append(("send_transfer", self.transfer_to, TransferLeaderRequest(
-            self.vote.term, self.id, self.log.last_index(), self.cluster_id)))
+    cdef bint _free_to_vote(self, candidate_id):
+        """One vote per term: none cast yet in this term, or for this candidate."""
+        return self.vote.node_id is None or self.vote.node_id == candidate_id
 
     cdef void _set_vote(self, Vote vote):
         if vote != self.vote:
             self.vote = vote
-            self.output.append(("save_vote", vote))
+            self.output.append(new_save_vote(vote))
 
     cdef int _follower_state(self):
         if self.membership is not None and self.membership.is_voter(self.id):
@@ -857,7 +556,7 @@ cdef class Engine:
 
     cdef bint _can_campaign(self):
         return (self.membership is not None and self.membership.is_voter(self.id)
-                and not self._self_stale())
+                and not identity.self_stale(self))
 
     cdef object _node_of(self, node_id):
         if node_id is None or self.membership is None:
@@ -891,109 +590,13 @@ cdef class Engine:
         self.seen = {}
         self.stale_members = set()
 
-    cdef void _campaign(self):
-        """Election timeout: a pre-vote round first if enabled, else an election."""
-        if not self.pre_vote:
-            self._start_election(False)
-            return
-        self._reset_election_deadline()
-        self.prevoting = True
-        self.pre_granted = {self.id}
-        if self.membership.is_quorum(self.pre_granted):
-            self._start_election(False)
-            return
-        cdef VoteRequest req = VoteRequest(self.vote.term + 1, self.id, self.log.last_term(),
-                                           self.log.last_index(), True, False, self.cluster_id)
-        for target in sorted(self.membership.voter_ids):
-            if target != self.id:
-                self.output.append(("send_vote", target, req))
-
-    cdef void _start_election(self, bint transfer):
-        self._set_vote(Vote(self.vote.term + 1, self.id, False))
-        self.state = S_CANDIDATE
-        self.leader_id = None
-        self._clear_leader_state()
-        self.granted = {self.id}
-        self._reset_election_deadline()
-        if self.membership.is_quorum(self.granted):
-            self._become_leader()
-            return
-        cdef VoteRequest req = VoteRequest(self.vote.term, self.id, self.log.last_term(),
-                                           self.log.last_index(), False, transfer, self.cluster_id)
-        for target in sorted(self.membership.voter_ids):
-            if target != self.id:
-                self.output.append(("send_vote", target, req))
-
-    cdef void _become_leader(self):
-        self._set_vote(Vote(self.vote.term, self.id, True))
-        self.state = S_LEADER
-        self.leader_id = self.id
-        self.granted = set()
-        self.leader_since = self.now
-        self.lease_forfeited = False
-        self._rebuild_replication()
-        # A blank entry of the new term lets the leader commit (and learn the
-        # commit point of) everything before it (Raft paper, section 8).
-        self.term_start_index = self.log.last_index() + 1
-        self._append_local([make_entry(self.vote.term, self.term_start_index, BLANK, None)])
-        self._broadcast_heartbeat()
-
-    cdef void _rebuild_replication(self):
-        """Progress for every other member and a quorum tracker for the
-        effective membership; keeps what is known of existing followers."""
-        cdef Progress p
-        old = self.progress
-        self.progress = {}
-        next_index = self.log.last_index() + 1
-        for node_id in sorted(self.membership.nodes):
-            if node_id == self.id:
-                continue
-            p = old.get(node_id)
-            if p is None:
-                p = Progress(node_id, next_index, self.max_inflight)
-            self.progress[node_id] = p
-        self._recount_commit_quorum()
-        self.seq_quorum = self._carried_seq_quorum()
-
-    cdef QuorumTracker _carried_seq_quorum(self):
-        """The heartbeat-round tracker (read confirmation, lease, check_quorum)
-        for the voter sets now in force. A voter that stays keeps the rounds
-        it answered: it did answer them, and forgetting them would look like
-        a silent quorum to check_quorum. A voter added answered none as a
-        voter, a removed one no longer counts, and answers under another
-        incarnation than the membership records count for nothing."""
-        cdef QuorumTracker old = self.seq_quorum
-        cdef QuorumTracker carried = QuorumTracker(self.membership.configs)
-        carried.update(self.id, self.hb_seq)
-        if old is None:
-            return carried
-        pins = self._pins()
-        for voter in self.membership.voter_ids:
-            answered = old.value_of(voter)      # None: not a voter before
-            if not answered or voter == self.id:
-                continue
-            pinned = pins.get(voter)
-            if pinned is None or pinned == self.seen.get(voter):
-                carried.update(voter, answered)
-        return carried
-
-    cdef void _recount_commit_quorum(self):
-        """The commit quorum from what each follower holds, leaving out the
-        members answering from other storage than the membership records."""
-        cdef Progress p
-        self.quorum = QuorumTracker(self.membership.configs)
-        self.quorum.update(self.id, self.flushed)
-        for p in self.progress.values():
-            if p.matched and p.node_id not in self.stale_members:
-                self.quorum.update(p.node_id, p.matched)
-
     cdef void _append_local(self, list entries):
         cdef Entry e
         self.log.extend(entries)
         for e in entries:
             if e.kind == MEMBERSHIP:
                 self._membership_appended(e)
-        self.output.append(("append", entries))
+        self.output.append(new_append(entries))
 
     cdef void _membership_appended(self, Entry e):
         # A membership entry is in force as soon as it is in the log.
@@ -1009,7 +612,7 @@ cdef class Engine:
         self.log.truncate(since)
         if self.flushed >= since:
             self.flushed = since - 1
-        self.output.append(("truncate", since))
+        self.output.append(new_truncate(since))
         # A truncated membership entry is no longer in force: revert.
         if self.membership_log and self.membership_log[-1][0] >= since:
             while self.membership_log and self.membership_log[-1][0] >= since:
@@ -1019,104 +622,25 @@ cdef class Engine:
 
     cdef void _membership_changed(self):
         if self.state == S_LEADER:
-            self._rebuild_replication()
+            replication.rebuild_replication(self)
         elif self.state != S_CANDIDATE and self.state != S_SHUTDOWN:
             self.state = self._follower_state()
-
-    cdef void _replicate_all(self):
-        cdef Progress p
-        for p in self.progress.values():
-            self._send_while_open(p)
-
-    cdef void _send_while_open(self, Progress p):
-        """Sends entries to p while its window has room."""
-        cdef long long last = self.log.last_index()
-        while p.next_index <= last and not p.window_full():
-            self._send_entries(p)
-
-    cdef void _send_entries(self, Progress p):
-        cdef long long prev = p.next_index - 1
-        if prev < self.log.purged_index:
-            # The entries the follower needs are purged: send the snapshot
-            # (the runtime builds one first if the state machine has none).
-            p.snapshot_started(self.log.purged_index)
-            self.output.append(("send_snapshot", p.node_id))
-            return
-        cdef long long end = self._batch_end(p.next_index)
-        cdef AppendEntriesRequest req = AppendEntriesRequest(
-            self.vote.term, self.id, self.log.term_at(prev), prev,
-            self.log.slice(p.next_index, end), self.committed, self.hb_seq, self.cluster_id)
-        p.sent(end)
-        self.output.append(("send_append", p.node_id, req))
-
-    cdef long long _batch_end(self, long long first):
-        """Last index of a batch starting at `first`, capped by entry count and bytes."""
-        cdef long long last = self.log.last_index()
-        cdef long long end = first + self.max_payload_entries - 1
-        cdef long long total = 0, i
-        if end > last:
-            end = last
-        for i in range(first, end + 1):
-            total += self.log.get(i).size
-            if total > self.max_payload_bytes and i > first:
-                return i - 1
-        return end
-
-    cdef long long _broadcast_heartbeat(self):
-        """Sends a request of a new heartbeat round to every follower;
-        returns the round's number."""
-        cdef Progress p
-        cdef long long prev
-        self.heartbeat_deadline = self.now + self.heartbeat_interval
-        self.hb_seq += 1
-        self.seq_times[self.hb_seq % SEQ_RING] = self.now
-        if self.seq_quorum is not None:
-            self.seq_quorum.update(self.id, self.hb_seq)
-        for p in self.progress.values():
-            if p.state == PROBE and p.next_index <= self.log.last_index() and \
-                    p.next_index > self.log.purged_index:
-                # Probing (or resuming after a lost request): once per
-                # heartbeat, resend from the next index. A duplicate of a
-                # probe still out is harmless. (A follower that needs the
-                # snapshot gets the plain heartbeat: its answer starts the
-                # snapshot, so none is streamed to a node that is down.)
-                p.probe_sent = False
-                self._send_entries(p)
-                continue
-            # An empty request at the point known to match: keeps the
-            # follower's timer reset and carries the commit index.
-            prev = p.matched
-            if prev < self.log.purged_index:
-                prev = self.log.purged_index
-            self.output.append(("send_append", p.node_id, AppendEntriesRequest(
-                self.vote.term, self.id, self.log.term_at(prev), prev, [],
-                min(self.committed, prev), self.hb_seq, self.cluster_id)))
-        return self.hb_seq
 
     cdef void _maybe_commit(self):
         cdef long long candidate = self.quorum.accepted
         if candidate <= self.committed:
             return
-        # Figure 8: only an entry of the current term is committed by counting.
-        if self.log.term_at(candidate) != self.vote.term and not self.bug_commit_prev_term:
+        if not self._commits_by_counting(candidate):
             return
         self.committed = candidate
         self._maybe_apply()
         if not self.membership.is_voter(self.id) and \
                 self._last_membership_index() <= self.committed:
-            self._step_down_removed()
+            transfer.step_down_removed(self)
 
-    cdef void _step_down_removed(self):
-        """The committed membership no longer has this leader as a voter:
-        hand leadership to the most up-to-date voter and step down."""
-        cdef Progress p, best = None
-        for p in self.progress.values():
-            if self.membership.is_voter(p.node_id) and (best is None or p.matched > best.matched):
-                best = p
-        if best is not None and best.matched >= self.log.last_index():
-            self.output.append(("send_transfer", best.node_id, TransferLeaderRequest(
-                self.vote.term, self.id, self.log.last_index(), self.cluster_id)))
-        self._become_follower(self.vote, None)
+    cdef bint _commits_by_counting(self, long long index):
+        # Figure 8: only an entry of the current term is committed by counting.
+        return self.log.term_at(index) == self.vote.term
 
     cdef void _maybe_apply(self):
         cdef long long upto = self.committed
@@ -1125,7 +649,7 @@ cdef class Engine:
         if upto > self.applying:
             entries = self.log.slice(self.applying + 1, upto)
             self.applying = upto
-            self.output.append(("apply", entries))
+            self.output.append(new_apply(entries))
 
     # -------------------------------------------------------------- identity
 
@@ -1135,105 +659,8 @@ cdef class Engine:
         this node: its storage was wiped or replaced since it joined, so it
         may have forgotten its vote and what it acknowledged. It neither votes
         nor campaigns until it is removed and added back."""
-        return self._self_stale()
+        return identity.self_stale(self)
 
     def recorded_incarnation(self, node_id):
         """The incarnation the effective membership records for node_id, or None."""
-        return self._pins().get(node_id)
-
-    cdef dict _pins(self):
-        """Member id -> the incarnation the effective membership records."""
-        if self.pins_of is not self.membership:
-            self.pins = {}
-            if self.membership is not None:
-                for node_id, node in self.membership.nodes.items():
-                    inc = getattr(node, "incarnation", None)
-                    if inc is not None:
-                        self.pins[node_id] = inc
-            self.pins_of = self.membership
-        return self.pins
-
-    cdef bint _self_stale(self):
-        pinned = self._pins().get(self.id)
-        return pinned is not None and pinned != self.incarnation
-
-    cdef bint _answer_counts(self, target, incarnation):
-        """Leader: notes the incarnation `target` answered with. False if its
-        answer must not count: the membership records another one."""
-        cdef bint recount = False
-        if target in self.seen and self.seen[target] != incarnation and target in self.progress:
-            # The target restarted on other storage: what it acknowledged
-            # before is gone. Replicate to it as to a new node (its old match
-            # would have the leader resend past its log end for ever).
-            self.progress[target] = Progress(target, self.log.last_index() + 1,
-                                             self.max_inflight)
-            recount = True
-        self.seen[target] = incarnation
-        pinned = self._pins().get(target)
-        cdef bint counts = pinned is None or pinned == incarnation
-        if pinned is None and incarnation is not None:
-            self.learned[target] = incarnation
-        if counts:
-            self.stale_members.discard(target)
-        elif target not in self.stale_members:
-            self.stale_members.add(target)
-            recount = True
-        if recount:
-            # Commit forgets its acknowledgements. (The heartbeat rounds it
-            # answered stay counted: it did answer them; the next ones do not.)
-            self._recount_commit_quorum()
-        return counts
-
-    cdef Membership _with_incarnations(self, Membership m):
-        """`m` with the incarnations known for its nodes that it does not
-        record: those the effective membership records (a node removed in
-        between is not in it any more) and those members answered with."""
-        known = dict(self.learned)
-        known.update(self._pins())
-        if self.incarnation is not None:
-            known.setdefault(self.id, self.incarnation)
-        nodes = dict(m.nodes)
-        cdef bint changed = False
-        for node_id, node in m.nodes.items():
-            inc = known.get(node_id)
-            if inc is None or getattr(node, "incarnation", 1) is not None \
-                    or not dataclasses.is_dataclass(node):
-                continue
-            nodes[node_id] = dataclasses.replace(node, incarnation=inc)
-            changed = True
-        return Membership(m.configs, nodes) if changed else m
-
-    cdef void _maybe_pin(self, bint all_known):
-        """Leader: records in the membership the incarnations members answered
-        with, once the leader's term has committed an entry and no other
-        membership change is pending. One entry, same voters. With
-        `all_known`, only once every member's is known (one entry for all;
-        the heartbeat records what is known)."""
-        cdef bint changed = False
-        pins = self._pins()
-        if not self.learned and (self.incarnation is None or self.id in pins):
-            return
-        if all_known:
-            for node_id in self.membership.nodes:
-                if node_id not in pins and node_id not in self.learned and node_id != self.id:
-                    return
-        if (self.membership.is_joint or self.transfer_to is not None
-                or self.committed < self.term_start_index
-                or self._last_membership_index() > self.committed):
-            return
-        learned = dict(self.learned)
-        if self.incarnation is not None:
-            learned[self.id] = self.incarnation
-        nodes = dict(self.membership.nodes)
-        for node_id, inc in learned.items():
-            node = nodes.get(node_id)
-            if node_id in pins or not dataclasses.is_dataclass(node) \
-                    or not hasattr(node, "incarnation"):
-                continue
-            nodes[node_id] = dataclasses.replace(node, incarnation=inc)
-            changed = True
-        self.learned = {}
-        if changed:
-            self._append_local([make_entry(self.vote.term, self.log.last_index() + 1, MEMBERSHIP,
-                                           Membership(self.membership.configs, nodes))])
-            self._replicate_all()
+        return identity.recorded_incarnations(self).get(node_id)

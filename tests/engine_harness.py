@@ -1,9 +1,12 @@
 """Helpers for driving raftcore engines synchronously in unit tests.
 
-Test modules load this file with importlib (the suite runs with
-``--import-mode=importlib``, so the tests folder is not on sys.path):
+Test modules import it as ``import engine_harness as h``: conftest.py puts
+the tests folder on sys.path (the suite runs with ``--import-mode=importlib``,
+which does not).
 
-    _harness = load_harness()   # see the two lines at the top of each test module
+The engine's output is typed (raftcore.commands): tests compare commands
+with ``==`` (``SaveVote(Vote(2, 1))``), select them by class, and read their
+fields by name.
 
 Nothing here sleeps or reads a clock: time is a float the test passes in, and
 randomness (election timeouts) comes from a callable the test chooses.
@@ -21,6 +24,7 @@ import os
 import signal
 import traceback
 
+from raftcore.commands import Append, Apply, SaveVote, SendAppend, SendVote, Truncate
 from raftcore.engine import Engine
 from raftcore.membership import Membership
 from raftcore.messages import VoteResponse
@@ -134,7 +138,7 @@ def elect(engine, granting, now=0.0):
     election and the votes)."""
     engine.trigger_elect(now)
     cmds = engine.take_commands()
-    reqs = [c[2] for c in cmds if c[0] == "send_vote"]
+    reqs = [c.request for c in cmds if isinstance(c, SendVote)]
     assert reqs, f"no vote request was sent: {cmds}"
     req = reqs[0]
     for voter in granting:
@@ -143,12 +147,13 @@ def elect(engine, granting, now=0.0):
     return req, cmds
 
 
-def sends(cmds, kind="send_append"):
-    """{target: [request, ...]} of the send commands of one kind, in order."""
+def sends(cmds, kind=SendAppend):
+    """{target: [request, ...]} of the send commands of one class (SendAppend,
+    SendVote, SendTransfer), in order."""
     out = {}
     for c in cmds:
-        if c[0] == kind:
-            out.setdefault(c[1], []).append(c[2])
+        if isinstance(c, kind):
+            out.setdefault(c.target, []).append(c.request)
     return out
 
 
@@ -209,17 +214,16 @@ class Node:
         cmds = e.take_commands()
         for c in cmds:
             self.history.append(c)
-            kind = c[0]
-            if kind == "save_vote":
-                v, before = c[1], self.saved_vote
+            if isinstance(c, SaveVote):
+                v, before = c.vote, self.saved_vote
                 assert v.term >= before.term, \
                     f"node {self.id}: saved term went back from {before} to {v}"
                 if v.term == before.term and before.node_id is not None:
                     assert v.node_id == before.node_id, \
                         f"node {self.id}: voted twice in term {v.term}: {before} then {v}"
                 self.saved_vote = v
-            elif kind == "append":
-                entries = c[1]
+            elif isinstance(c, Append):
+                entries = c.entries
                 assert entries, f"node {self.id}: empty append"
                 assert entries[0].index == len(self.disk) + 1, \
                     f"node {self.id}: append at {entries[0].index} leaves a gap after {len(self.disk)}"
@@ -227,14 +231,14 @@ class Node:
                     assert ent.index == entries[0].index + k, f"node {self.id}: non-contiguous append"
                 self.disk.extend(entries)
                 self.pending_flush.append((entries[-1].term, entries[-1].index))
-            elif kind == "truncate":
-                since = c[1]
+            elif isinstance(c, Truncate):
+                since = c.since
                 assert since > len(self.applied), \
                     f"node {self.id}: truncate from {since} deletes applied entries"
                 del self.disk[since - 1:]
                 self.pending_flush = [(t, i) for (t, i) in self.pending_flush if i < since]
-            elif kind == "apply":
-                entries = c[1]
+            elif isinstance(c, Apply):
+                entries = c.entries
                 assert entries, f"node {self.id}: empty apply"
                 first = len(self.applied) + 1
                 assert [x.index for x in entries] == list(range(first, first + len(entries))), \
@@ -243,10 +247,10 @@ class Node:
                     (f"node {self.id}: applies {entries[-1].index} beyond committed {e.committed} "
                      f"/ flushed {e.flushed}")
                 self.applied.extend(entries)
-            elif kind == "send_vote":
-                self.outbox.append(("vote", c[1], c[2]))
-            elif kind == "send_append":
-                self.outbox.append(("append", c[1], c[2]))
+            elif isinstance(c, SendVote):
+                self.outbox.append(("vote", c.target, c.request))
+            elif isinstance(c, SendAppend):
+                self.outbox.append(("append", c.target, c.request))
             else:
                 raise AssertionError(f"unknown command {c!r}")
         assert self.disk == e.entries(1, e.last_log_index), \

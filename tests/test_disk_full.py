@@ -24,6 +24,7 @@ import pytest
 import engine_harness as h     # tests/engine_harness.py, on the path through conftest.py
 from async_runner import run_guarded
 from raftcore import Config, Node, Raft, ServerState
+from raftcore.commands import SaveVote
 from raftcore.config import SnapshotPolicy
 from raftcore.engine import CANDIDATE, FOLLOWER
 from raftcore.errors import ForwardToLeader, NoSpace, NotAllowed, StorageError, Timeout
@@ -305,9 +306,9 @@ def test_an_engine_that_cannot_save_a_vote_refuses_votes_and_does_not_campaign()
     # Space freed: it votes and campaigns again.
     e.storage_full = False
     assert e.handle_vote_request(VoteRequest(2, 3, 1, 1), 20.0) == VoteResponse(2, True, 2)
-    assert e.take_commands()[-1] == ("save_vote", Vote(2, 3, False))
+    assert e.take_commands()[-1] == SaveVote(Vote(2, 3, False))
     e.tick(e.next_deadline())
-    assert e.take_commands()[0] == ("save_vote", Vote(3, 2, False))
+    assert e.take_commands()[0] == SaveVote(Vote(3, 2, False))
     # That vote cannot be saved: the election is called off, back to the saved vote.
     assert e.state == CANDIDATE
     assert e.abandon_campaign(Vote(2, 3, False))

@@ -18,6 +18,8 @@ import pytest
 import engine_harness as h     # tests/engine_harness.py, on the path through conftest.py
 
 import raftcore.engine
+from raftcore.commands import (Append, Apply, SaveVote, SendAppend, SendTransfer, SendVote,
+                               Truncate)
 from raftcore.engine import CANDIDATE, FOLLOWER, LEADER, LEARNER
 from raftcore.errors import ForwardToLeader, NotAllowed
 from raftcore.messages import (AppendEntriesRequest as AER, AppendEntriesResponse as AEResp,
@@ -96,9 +98,9 @@ def test_follower_that_hears_nothing_for_an_election_timeout_saves_a_vote_for_it
     assert e.state == FOLLOWER
     e.tick(1.25)
     assert e.take_commands() == [
-        ("save_vote", Vote(2, 1, False)),
-        ("send_vote", 2, VoteRequest(2, 1, 1, 2)),
-        ("send_vote", 3, VoteRequest(2, 1, 1, 2)),
+        SaveVote(Vote(2, 1, False)),
+        SendVote(2, VoteRequest(2, 1, 1, 2)),
+        SendVote(3, VoteRequest(2, 1, 1, 2)),
     ]
     assert e.state == CANDIDATE
     assert e.vote == Vote(2, 1, False)
@@ -114,7 +116,7 @@ def test_follower_that_receives_append_entries_from_the_leader_does_not_start_an
     assert e.take_commands() == []
     assert e.state == FOLLOWER
     e.tick(1.9)                      # 0.9 + election timeout
-    assert e.take_commands()[0] == ("save_vote", Vote(2, 2, False))
+    assert e.take_commands()[0] == SaveVote(Vote(2, 2, False))
 
 
 @isolated
@@ -128,7 +130,7 @@ def test_follower_that_grants_a_vote_waits_a_full_election_timeout_before_campai
     e.tick(1.5)                      # the deadline set at start (1.0) has passed
     assert e.take_commands() == []
     e.tick(1.9)                      # 0.9 + election timeout
-    assert e.take_commands()[0] == ("save_vote", Vote(3, 2, False))
+    assert e.take_commands()[0] == SaveVote(Vote(3, 2, False))
 
 
 @isolated
@@ -160,7 +162,7 @@ def test_voter_grants_its_vote_only_to_a_candidate_whose_log_is_at_least_as_up_t
     resp = voter.handle_vote_request(VoteRequest(3, 3, last_term, last_index), 0.0)
     assert resp == VoteResponse(3, granted, 2)
     if granted:
-        assert voter.take_commands() == [("save_vote", Vote(3, 3, False))]
+        assert voter.take_commands() == [SaveVote(Vote(3, 3, False))]
         assert voter.vote == Vote(3, 3, False)
     else:
         assert voter.take_commands() == []
@@ -171,7 +173,7 @@ def test_voter_grants_its_vote_only_to_a_candidate_whose_log_is_at_least_as_up_t
 def test_voter_grants_at_most_one_vote_per_term_first_come_first_served_even_across_a_restart():
     voter = restored(2, M3, terms=[1], vote=Vote(3, None), committed=1)
     assert voter.handle_vote_request(VoteRequest(3, 1, 1, 1), 0.0) == VoteResponse(3, True, 2)
-    assert voter.take_commands() == [("save_vote", Vote(3, 1, False))]
+    assert voter.take_commands() == [SaveVote(Vote(3, 1, False))]
     # A second candidate of the same term, with an even better log, is refused.
     assert voter.handle_vote_request(VoteRequest(3, 3, 2, 5), 0.0) == VoteResponse(3, False, 2)
     assert voter.take_commands() == []
@@ -207,8 +209,8 @@ def test_vote_is_saved_before_the_response_that_grants_it(voter_state):
     resp = voter.handle_vote_request(VoteRequest(4, 3, 2, 10), 3.0)
     assert resp == VoteResponse(4, True, voter.id)
     cmds = voter.take_commands()
-    assert cmds and all(c[0] == "save_vote" for c in cmds), cmds
-    assert cmds[-1] == ("save_vote", Vote(4, 3, False))
+    assert cmds and all(isinstance(c, SaveVote) for c in cmds), cmds
+    assert cmds[-1] == SaveVote(Vote(4, 3, False))
     assert voter.state == FOLLOWER
 
 
@@ -216,8 +218,8 @@ def test_vote_is_saved_before_the_response_that_grants_it(voter_state):
 def test_candidate_becomes_leader_once_a_majority_granted_and_not_before():
     e = restored(1, M5, terms=[1, 1], vote=Vote(1, None), committed=1)
     req, cmds = elect(e, [])
-    assert cmds == [("save_vote", Vote(2, 1, False))] + [
-        ("send_vote", i, VoteRequest(2, 1, 1, 2)) for i in (2, 3, 4, 5)]
+    assert cmds == [SaveVote(Vote(2, 1, False))] + [
+        SendVote(i, VoteRequest(2, 1, 1, 2)) for i in (2, 3, 4, 5)]
     e.handle_vote_response(2, req, VoteResponse(2, True, 2), 0.0)
     e.handle_vote_response(3, req, VoteResponse(2, False, 3), 0.0)    # refusal: not a vote
     e.handle_vote_response(2, req, VoteResponse(2, True, 2), 0.0)     # duplicate: counts once
@@ -225,7 +227,7 @@ def test_candidate_becomes_leader_once_a_majority_granted_and_not_before():
     assert e.state == CANDIDATE
     e.handle_vote_response(4, req, VoteResponse(2, True, 4), 0.0)
     assert e.state == LEADER and e.leader_id == 1
-    assert e.take_commands()[0] == ("save_vote", Vote(2, 1, True))
+    assert e.take_commands()[0] == SaveVote(Vote(2, 1, True))
 
 
 @isolated
@@ -235,10 +237,10 @@ def test_new_leader_appends_a_blank_entry_of_its_term_and_sends_it_to_every_foll
     _, cmds = elect(e, [3])
     b = blank(2, 3)
     assert cmds[-4:] == [
-        ("save_vote", Vote(2, 1, True)),
-        ("append", [b]),
-        ("send_append", 2, AER(2, 1, 1, 2, [b], 1)),
-        ("send_append", 3, AER(2, 1, 1, 2, [b], 1)),
+        SaveVote(Vote(2, 1, True)),
+        Append([b]),
+        SendAppend(2, AER(2, 1, 1, 2, [b], 1)),
+        SendAppend(3, AER(2, 1, 1, 2, [b], 1)),
     ]
     assert e.last_log_id() == h.LogId(2, 3)
 
@@ -291,17 +293,17 @@ def test_leader_that_sees_a_higher_term_steps_down_and_saves_the_new_term(messag
         # A candidate whose log is behind: the term is adopted, the vote refused.
         resp = leader.handle_vote_request(VoteRequest(5, 3, 1, 1), t)
         assert resp == VoteResponse(5, False, 1)
-        expected = [("save_vote", Vote(5, None, False))]
+        expected = [SaveVote(Vote(5, None, False))]
     elif message == "vote response":
         leader.handle_vote_response(2, VoteRequest(2, 1, 1, 1), VoteResponse(5, False, 2), t)
-        expected = [("save_vote", Vote(5, None, False))]
+        expected = [SaveVote(Vote(5, None, False))]
     elif message == "append entries":
         resp = leader.handle_append_entries(AER(5, 3, 2, 2, [], 2), t)
         assert resp == AEResp(5, True, 2)
-        expected = [("save_vote", Vote(5, 3, True))]
+        expected = [SaveVote(Vote(5, 3, True))]
     else:
         leader.handle_append_response(2, blank_req, AEResp(5, False), t)
-        expected = [("save_vote", Vote(5, None, False))]
+        expected = [SaveVote(Vote(5, None, False))]
     assert leader.take_commands() == expected
     assert leader.state == FOLLOWER
     assert leader.vote.term == 5
@@ -310,7 +312,7 @@ def test_leader_that_sees_a_higher_term_steps_down_and_saves_the_new_term(messag
     # Nothing of its old leadership goes on: no heartbeats, old answers ignored.
     leader.handle_append_response(2, blank_req, AEResp(2, True, 2), t)
     leader.tick(t + 0.6)
-    assert [c for c in leader.take_commands() if c[0] == "send_append"] == []
+    assert sends(leader.take_commands()) == {}
     assert leader.replication() is None
 
 
@@ -329,7 +331,7 @@ def test_leader_whose_lease_holds_refuses_votes_without_adopting_the_higher_term
     assert not leader.lease_valid(1.0)
     assert leader.handle_vote_request(VoteRequest(5, 3, 9, 99), 1.0) == VoteResponse(5, True, 1)
     cmds = leader.take_commands()
-    assert cmds[-1] == ("save_vote", Vote(5, 3, False))
+    assert cmds[-1] == SaveVote(Vote(5, 3, False))
     assert leader.state == FOLLOWER
 
 
@@ -435,7 +437,7 @@ def test_follower_that_heard_from_the_leader_within_the_minimum_election_timeout
     assert f.handle_vote_request(VoteRequest(2, 3, 1, 1), 1.19) == VoteResponse(1, False, 2)
     assert f.take_commands() == [] and f.vote == Vote(1, 1, True)
     assert f.handle_vote_request(VoteRequest(2, 3, 1, 1), 1.2) == VoteResponse(2, True, 2)
-    assert f.take_commands()[-1] == ("save_vote", Vote(2, 3, False))
+    assert f.take_commands()[-1] == SaveVote(Vote(2, 3, False))
 
 
 @isolated
@@ -452,9 +454,9 @@ def test_delayed_vote_request_of_an_abandoned_leadership_transfer_cannot_elect_a
     for i in (2, 3):
         deliver_append(n1, nodes[i], only(sends(cmds)[i]))
     n1.transfer_leader(2, 0.0)
-    transfer = only(sends(n1.take_commands(), "send_transfer")[2])
+    transfer = only(sends(n1.take_commands(), SendTransfer)[2])
     n2.handle_transfer_leader(transfer, 0.0)
-    delayed = only(sends(n2.take_commands(), "send_vote")[3])
+    delayed = only(sends(n2.take_commands(), SendVote)[3])
     assert delayed.transfer and delayed.term == 3
     n1.tick(2.0)                                   # transfer deadline: 0 + election_timeout_max
     heartbeat = only(sends(n1.take_commands())[3])
@@ -477,16 +479,16 @@ def test_pre_vote_round_changes_no_term_and_saves_no_vote_until_a_majority_would
     voter = restored(2, M3, terms=[1], vote=Vote(1, None), committed=1, pre_vote=True)
     cand.tick(cand.next_deadline())
     pre = VoteRequest(2, 1, 1, 1, True, False)
-    assert cand.take_commands() == [("send_vote", 2, pre), ("send_vote", 3, pre)]
+    assert cand.take_commands() == [SendVote(2, pre), SendVote(3, pre)]
     assert cand.vote == Vote(1, None) and cand.state == FOLLOWER
     resp = voter.handle_vote_request(pre, 1.0)
     assert resp == VoteResponse(1, True, 2)
     assert voter.take_commands() == [] and voter.vote == Vote(1, None)
     cand.handle_vote_response(2, pre, resp, 1.0)
     assert cand.take_commands() == [
-        ("save_vote", Vote(2, 1, False)),
-        ("send_vote", 2, VoteRequest(2, 1, 1, 1)),
-        ("send_vote", 3, VoteRequest(2, 1, 1, 1)),
+        SaveVote(Vote(2, 1, False)),
+        SendVote(2, VoteRequest(2, 1, 1, 1)),
+        SendVote(3, VoteRequest(2, 1, 1, 1)),
     ]
     assert cand.state == CANDIDATE
 
@@ -499,7 +501,7 @@ def test_candidate_that_receives_append_entries_from_a_leader_of_its_term_become
     assert e.state == CANDIDATE and e.vote == Vote(2, 3, False)
     resp = e.handle_append_entries(AER(2, 1, 1, 1, [blank(2, 2)], 1), 0.0)
     assert resp == AEResp(2, True, 2)
-    assert e.take_commands() == [("append", [blank(2, 2)])]    # its vote stands: no save_vote
+    assert e.take_commands() == [Append([blank(2, 2)])]    # its vote stands: no save_vote
     assert e.state == FOLLOWER and e.leader_id == 1
 
 
@@ -511,8 +513,8 @@ def test_dueling_candidates_of_one_term_refuse_each_other_and_neither_wins_until
     n2 = restored(2, M3, terms=[1], vote=Vote(1, None), committed=1, rng=0.2)
     n1.trigger_elect(0.0)
     n2.trigger_elect(0.0)
-    r1 = only(sends(n1.take_commands(), "send_vote")[2])
-    r2 = only(sends(n2.take_commands(), "send_vote")[1])
+    r1 = only(sends(n1.take_commands(), SendVote)[2])
+    r2 = only(sends(n2.take_commands(), SendVote)[1])
     a1 = n2.handle_vote_request(r1, 0.0)
     a2 = n1.handle_vote_request(r2, 0.0)
     assert a1 == VoteResponse(2, False, 2) and a2 == VoteResponse(2, False, 1)
@@ -528,8 +530,8 @@ def test_dueling_candidates_of_one_term_refuse_each_other_and_neither_wins_until
     n2.tick(t)
     assert n1.take_commands() == []
     cmds = n2.take_commands()
-    assert cmds[0] == ("save_vote", Vote(3, 2, False))
-    r3 = only(sends(cmds, "send_vote")[1])
+    assert cmds[0] == SaveVote(Vote(3, 2, False))
+    r3 = only(sends(cmds, SendVote)[1])
     a3 = n1.handle_vote_request(r3, t)
     assert a3 == VoteResponse(3, True, 1)
     assert n1.state == FOLLOWER
@@ -544,7 +546,7 @@ def test_split_vote_among_four_voters_is_resolved_by_the_first_randomized_timeou
              for i in (1, 2, 3, 4)}
     nodes[1].trigger_elect(0.0)
     nodes[2].trigger_elect(0.0)
-    reqs = {i: sends(nodes[i].take_commands(), "send_vote") for i in (1, 2)}
+    reqs = {i: sends(nodes[i].take_commands(), SendVote) for i in (1, 2)}
     # 3 hears from 1 first, 4 from 2 first: two votes each, three needed.
     order = [(1, 3), (2, 4), (1, 2), (2, 1), (1, 4), (2, 3)]
     for cand, voter in order:
@@ -562,7 +564,7 @@ def test_split_vote_among_four_voters_is_resolved_by_the_first_randomized_timeou
         n.tick(t)
     cmds = {i: nodes[i].take_commands() for i in nodes}
     assert [i for i in nodes if cmds[i]] == [first]
-    out = sends(cmds[first], "send_vote")
+    out = sends(cmds[first], SendVote)
     for voter, rs in sorted(out.items()):
         resp = nodes[voter].handle_vote_request(only(rs), t)
         assert resp.granted
@@ -593,9 +595,9 @@ def test_leader_appends_a_client_write_locally_then_sends_it_to_every_replicatin
     assert leader.client_write([b"a", b"b"], 0.0) == 3
     e3, e4 = normal(2, 3, b"a"), normal(2, 4, b"b")
     assert leader.take_commands() == [
-        ("append", [e3, e4]),
-        ("send_append", 2, AER(2, 1, 2, 2, [e3, e4], 2)),
-        ("send_append", 3, AER(2, 1, 2, 2, [e3, e4], 2)),
+        Append([e3, e4]),
+        SendAppend(2, AER(2, 1, 2, 2, [e3, e4], 2)),
+        SendAppend(3, AER(2, 1, 2, 2, [e3, e4], 2)),
     ]
 
 
@@ -614,7 +616,7 @@ def test_leader_sends_nothing_more_to_a_follower_whose_probe_is_unanswered():
     leader.take_commands()
     leader.client_write([b"x"], 0.0)
     x = normal(2, 3, b"x")
-    assert leader.take_commands() == [("append", [x]), ("send_append", 2, AER(2, 1, 2, 2, [x], 2))]
+    assert leader.take_commands() == [Append([x]), SendAppend(2, AER(2, 1, 2, 2, [x], 2))]
     p = leader.progress_of(3)
     assert (p.state, p.probe_sent, p.next_index) == (PROBE, True, 2)
 
@@ -627,8 +629,8 @@ def test_append_batches_carry_at_most_max_payload_entries():
     leader.client_write(data, 0.0)
     es = [normal(2, 3 + i, d) for i, d in enumerate(data)]
     batches = [AER(2, 1, 2, 2, es[0:2], 2), AER(2, 1, 2, 4, es[2:4], 2), AER(2, 1, 2, 6, es[4:5], 2)]
-    assert leader.take_commands() == [("append", es)] + [
-        ("send_append", t, b) for t in (2, 3) for b in batches]
+    assert leader.take_commands() == [Append(es)] + [
+        SendAppend(t, b) for t in (2, 3) for b in batches]
 
 
 @isolated
@@ -643,7 +645,7 @@ def test_append_batches_stay_within_max_payload_bytes_but_always_carry_one_entry
     assert got == [[b"aaaa", b"bbbb"], [b"cccc"], [b"d" * 20], [b"e"]]
     assert [r.prev_log_index for r in sends(cmds)[2]] == [2, 4, 5, 6]
     assert sends(cmds)[3] == sends(cmds)[2]
-    assert cmds[0] == ("append", es)
+    assert cmds[0] == Append(es)
 
 
 @isolated
@@ -656,11 +658,11 @@ def test_inflight_window_pipelines_up_to_max_inflight_requests_and_each_ack_reop
     assert [h.last_of(r) for r in out] == [3, 4]
     assert leader.progress_of(2).inflight_count == 2
     leader.client_write([b"e"], 0.0)
-    assert [c for c in leader.take_commands() if c[0] == "send_append" and c[1] == 2] == []
+    assert 2 not in sends(leader.take_commands())
     _, _, cmds = deliver_append(leader, fs[2], out[0])
-    assert [(c[1], h.last_of(c[2])) for c in cmds if c[0] == "send_append"] == [(2, 5)]
+    assert [(c.target, h.last_of(c.request)) for c in cmds if isinstance(c, SendAppend)] == [(2, 5)]
     _, _, cmds = deliver_append(leader, fs[2], out[1])
-    assert [(c[1], h.last_of(c[2])) for c in cmds if c[0] == "send_append"] == [(2, 6)]
+    assert [(c.target, h.last_of(c.request)) for c in cmds if isinstance(c, SendAppend)] == [(2, 6)]
     assert leader.progress_of(2).inflight_count == 2
     assert leader.progress_of(2).matched == 4
 
@@ -728,7 +730,7 @@ def test_follower_appends_only_the_entries_it_does_not_already_hold():
     es = h.entries_of_terms([2, 2, 2, 2, 2], start=3)
     resp = f.handle_append_entries(AER(2, 1, 1, 2, es, 2), 0.0)
     assert resp == AEResp(2, True, 7)
-    assert f.take_commands() == [("append", es[3:])]
+    assert f.take_commands() == [Append(es[3:])]
     assert log_ids(f) == [(1, 1), (1, 2), (2, 3), (2, 4), (2, 5), (2, 6), (2, 7)]
 
 
@@ -740,7 +742,7 @@ def test_follower_truncates_only_from_the_first_conflicting_entry():
     es = h.entries_of_terms([2, 3, 3, 3], start=3)      # (2, 3) matches, (3, 4) conflicts
     resp = f.handle_append_entries(AER(3, 1, 1, 2, es, 2), 0.0)
     assert resp == AEResp(3, True, 6)
-    assert f.take_commands() == [("truncate", 4), ("append", es[1:])]
+    assert f.take_commands() == [Truncate(4), Append(es[1:])]
     assert log_ids(f) == [(1, 1), (1, 2), (2, 3), (3, 4), (3, 5), (3, 6)]
 
 
@@ -773,10 +775,10 @@ def test_follower_commits_up_to_leader_commit_but_never_past_what_the_request_pr
     assert f.take_commands() == []
     e3 = blank(3, 3)
     assert f.handle_append_entries(AER(3, 1, 1, 2, [e3], 4), 0.0) == AEResp(3, True, 3)
-    assert f.take_commands() == [("truncate", 3), ("append", [e3])]
+    assert f.take_commands() == [Truncate(3), Append([e3])]
     assert f.committed == 3
     f.log_flushed(3, 3)
-    assert f.take_commands() == [("apply", [e3])]
+    assert f.take_commands() == [Apply([e3])]
 
 
 # Figure 7 of the Raft paper: the leader's log (term 8) and six followers'.
@@ -821,7 +823,7 @@ def test_leader_brings_each_figure7_follower_log_into_line_with_few_round_trips(
         req = pending.pop(0)
         round_trips += 1
         resp, f_cmds, l_cmds = deliver_append(leader, follower, req)
-        truncations += [c[1] for c in f_cmds if c[0] == "truncate"]
+        truncations += [c.since for c in f_cmds if isinstance(c, Truncate)]
         pending += sends(l_cmds).get(2, [])
     assert follower.entries(1, 11) == leader.entries(1, 11)
     assert round_trips <= FIG7_MAX_ROUND_TRIPS[name]
@@ -880,14 +882,14 @@ def test_leader_commits_an_old_term_entry_only_once_an_entry_of_its_own_term_is_
         _, _, c = deliver_append(s1, nodes[i], probe)             # (2, 2) now on 1, 3 and 4
         nxt[i] = only(sends(c)[i])
         assert nxt[i].entries == [blank(4, 3)]
-        assert c == [("send_append", i, nxt[i])]                 # no apply
+        assert c == [SendAppend(i, nxt[i])]                 # no apply
     assert s1.replication()[3] == 2 and s1.replication()[4] == 2
     assert s1.committed == 1                                      # a majority holds it, still not committed
     _, _, c = deliver_append(s1, nodes[3], nxt[3])
     assert s1.committed == 1 and c == []
     _, _, c = deliver_append(s1, nodes[4], nxt[4])
     assert s1.committed == 3
-    assert c == [("apply", [h.entries_of_terms([2], start=2)[0], blank(4, 3)])]
+    assert c == [Apply([h.entries_of_terms([2], start=2)[0], blank(4, 3)])]
 
 
 @isolated
@@ -900,7 +902,7 @@ def test_leader_counts_its_own_flush_as_one_ack_and_commits_only_once_flushed_on
     assert c == [] and leader.committed == 2          # follower 2 only: leader's copy not durable
     leader.log_flushed(2, 3)
     assert leader.committed == 3
-    assert leader.take_commands() == [("apply", [normal(2, 3, b"x")])]
+    assert leader.take_commands() == [Apply([normal(2, 3, b"x")])]
 
 
 @isolated
@@ -918,7 +920,7 @@ def test_acks_of_a_follower_majority_commit_without_the_leader_and_apply_once_th
     assert leader.committed == 3
     assert c == []                                     # not flushed on the leader: no apply yet
     leader.log_flushed(2, 3)
-    assert leader.take_commands() == [("apply", [normal(2, 3, b"x")])]
+    assert leader.take_commands() == [Apply([normal(2, 3, b"x")])]
 
 
 @isolated
@@ -932,7 +934,7 @@ def test_acks_of_followers_that_are_no_majority_without_the_leader_wait_for_the_
     assert leader.committed == 2 and c == []           # 2 of 5, leader not durable
     leader.log_flushed(2, 3)
     assert leader.committed == 3
-    assert leader.take_commands() == [("apply", [normal(2, 3, b"x")])]
+    assert leader.take_commands() == [Apply([normal(2, 3, b"x")])]
 
 
 @isolated
@@ -950,7 +952,7 @@ def test_joint_membership_commits_only_with_a_majority_of_both_voter_sets():
     assert leader.committed == 1                       # old set {1,2,3}: all; new set {1,4,5}: one
     _, _, c = deliver_append(leader, fs[4], only(out[4]))
     assert leader.committed == 2
-    assert c == [("apply", [blank(2, 2)])]
+    assert c == [Apply([blank(2, 2)])]
 
 
 @isolated
@@ -958,16 +960,16 @@ def test_follower_applies_in_log_order_never_beyond_its_commit_index_nor_its_flu
     f = restored(2, M3, terms=[1], vote=Vote(1, None), committed=1)
     es = h.entries_of_terms([2, 2, 2, 2, 2], start=2)    # indexes 2..6
     assert f.handle_append_entries(AER(2, 1, 1, 1, es, 5), 0.0) == AEResp(2, True, 6)
-    assert f.take_commands() == [("save_vote", Vote(2, 1, True)), ("append", es)]
+    assert f.take_commands() == [SaveVote(Vote(2, 1, True)), Append(es)]
     assert f.committed == 5                             # nothing flushed: nothing applied
     f.log_flushed(2, 3)
-    assert f.take_commands() == [("apply", es[0:2])]
+    assert f.take_commands() == [Apply(es[0:2])]
     f.log_flushed(2, 3)                                  # a repeated report changes nothing
     assert f.take_commands() == []
     f.log_flushed(2, 6)
-    assert f.take_commands() == [("apply", es[2:4])]    # flushed 6, committed 5
+    assert f.take_commands() == [Apply(es[2:4])]    # flushed 6, committed 5
     assert f.handle_append_entries(AER(2, 1, 2, 6, [], 6), 0.0) == AEResp(2, True, 6)
-    assert f.take_commands() == [("apply", es[4:5])]
+    assert f.take_commands() == [Apply(es[4:5])]
 
 
 @isolated
@@ -975,7 +977,7 @@ def test_restart_applies_committed_entries_the_state_machine_had_not_applied():
     f = h.make_engine(2)
     es = h.entries_of_terms([1, 1, 2, 2])
     f.restore(Vote(2, 1, True), None, es, 3, 1, M3)
-    assert f.take_commands() == [("apply", es[1:3])]
+    assert f.take_commands() == [Apply(es[1:3])]
 
 
 # ----------------------------------------------------- random simulation

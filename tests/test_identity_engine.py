@@ -8,6 +8,7 @@ import pytest
 
 import engine_harness as h     # tests/engine_harness.py, on the path through conftest.py
 
+from raftcore.commands import Append, SendAppend, SendVote
 from raftcore.engine import CANDIDATE, LEADER
 from raftcore.errors import NotAllowed
 from raftcore.membership import Membership
@@ -39,7 +40,7 @@ def elect(candidate, voters, now=0.0):
     voter answers with}); returns the commands emitted."""
     candidate.trigger_elect(now)
     cmds = candidate.take_commands()
-    req = next(c[2] for c in cmds if c[0] == "send_vote")
+    req = next(c.request for c in cmds if isinstance(c, SendVote))
     for voter, inc in voters.items():
         candidate.handle_vote_response(voter, req, VoteResponse(req.term, True, voter, inc), now)
         cmds += candidate.take_commands()
@@ -48,26 +49,26 @@ def elect(candidate, voters, now=0.0):
 
 
 def pump(engines, cmds_by_node, down=(), now=0.0, limit=300):
-    """Delivers every send_append (and its answer) until none is left, each
+    """Delivers every SendAppend (and its answer) until none is left, each
     node flushing what it appends at once. Returns the number of requests
     delivered; more than `limit` means the exchange never settles."""
     queue = [(src, c) for src, cmds in cmds_by_node.items() for c in cmds]
     delivered = 0
     while queue:
         src, c = queue.pop(0)
-        if c[0] != "send_append":
+        if not isinstance(c, SendAppend):
             continue
-        if src in down or c[1] in down:
-            engines[src].handle_append_failure(c[1], c[2], now)     # the runtime's report
+        if src in down or c.target in down:
+            engines[src].handle_append_failure(c.target, c.request, now)     # the runtime's report
             queue += [(src, x) for x in engines[src].take_commands()]
             continue
         delivered += 1
         assert delivered <= limit, "replication never settles: requests keep flowing"
-        sender, receiver = engines[src], engines[c[1]]
-        resp = receiver.handle_append_entries(c[2], now)
+        sender, receiver = engines[src], engines[c.target]
+        resp = receiver.handle_append_entries(c.request, now)
         flush_all(receiver)
-        queue += [(c[1], x) for x in receiver.take_commands()]
-        sender.handle_append_response(c[1], c[2], resp, now)
+        queue += [(c.target, x) for x in receiver.take_commands()]
+        sender.handle_append_response(c.target, c.request, resp, now)
         flush_all(sender)
         queue += [(src, x) for x in sender.take_commands()]
     return delivered
@@ -93,7 +94,7 @@ def test_leader_records_the_incarnation_each_member_answered_with_in_the_members
     assert leader.committed == 2 and recorded(leader)[2] is None
     # Node 3 is not heard from: the heartbeat records what is known.
     cmds = heartbeat(leader, es, down={3})
-    appended = [e for c in cmds if c[0] == "append" for e in c[1]]
+    appended = [e for c in cmds if isinstance(c, Append) for e in c.entries]
     assert len(appended) == 1 and appended[0].kind == ENTRY_MEMBERSHIP
     assert appended[0].payload.configs == m.configs
     assert leader.committed == 3
@@ -104,7 +105,7 @@ def test_leader_records_the_incarnation_each_member_answered_with_in_the_members
     for e in es.values():
         assert recorded(e) == {1: "inc-1", 2: "inc-2", 3: "inc-3"}
     # Everything is recorded: later heartbeats append nothing.
-    assert not [c for c in heartbeat(leader, es) if c[0] == "append"]
+    assert not [c for c in heartbeat(leader, es) if isinstance(c, Append)]
 
 
 @isolated
@@ -130,10 +131,10 @@ def test_candidate_does_not_count_a_vote_from_a_voter_answering_under_another_in
     m = pinned({1: "a", 2: "b", 3: "c"})
     candidate = node(1, m, "a", pre_vote=pre_vote)
     candidate.tick(candidate.election_deadline)
-    req = next(c[2] for c in candidate.take_commands() if c[0] == "send_vote")
+    req = next(c.request for c in candidate.take_commands() if isinstance(c, SendVote))
     assert req.pre_vote == pre_vote
     candidate.handle_vote_response(2, req, VoteResponse(req.term, True, 2, "b-wiped"), 0.0)
-    assert not [c for c in candidate.take_commands() if c[0] == "send_vote"]
+    assert not h.sends(candidate.take_commands(), SendVote)
     assert candidate.state != LEADER and (pre_vote or candidate.state == CANDIDATE)
     candidate.handle_vote_response(3, req, VoteResponse(req.term, True, 3, "c"), 0.0)
     if pre_vote:
@@ -237,7 +238,7 @@ def test_recording_incarnations_keeps_the_heartbeat_rounds_the_voters_answered()
     confirmed = leader.confirmed_seq
     assert confirmed > 0
     leader.tick(leader.heartbeat_deadline)      # records node 2's incarnation
-    appended = [e for c in leader.take_commands() if c[0] == "append" for e in c[1]]
+    appended = [e for c in leader.take_commands() if isinstance(c, Append) for e in c.entries]
     assert [e.kind for e in appended] == [ENTRY_MEMBERSHIP]
     assert recorded(leader)[2] == "b"
     assert leader.confirmed_seq == confirmed

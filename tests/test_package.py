@@ -9,8 +9,8 @@ import sys
 
 import raftcore
 
-COMPILED = ["engine", "core", "types", "messages", "log", "membership", "progress", "quorum", "codec",
-            "storage.sync_worker"]
+COMPILED = ["engine", "commands", "core", "types", "messages", "log", "membership", "progress",
+            "quorum", "codec", "storage.sync_worker", "testing.faulty_engine"]
 EXT = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 

@@ -11,6 +11,7 @@ from raftcore.quorum import QuorumTracker
 
 import engine_harness as h     # tests/engine_harness.py, on the path through conftest.py
 
+from raftcore.commands import Append, SendAppend
 from raftcore.engine import LEADER
 from raftcore.messages import AppendEntriesRequest as AER, AppendEntriesResponse as AEResp
 from raftcore.types import ENTRY_BLANK, ENTRY_NORMAL, Entry, Vote
@@ -181,7 +182,7 @@ def test_new_leader_probes_each_follower_with_one_request_and_streams_nothing_un
     p = leader.progress_of(2)
     assert (p.state, p.probe_sent, p.next_index, p.matched) == (PROBE, True, 2, 0)
     leader.client_write([b"x"], 0.0)
-    assert [c[0] for c in leader.take_commands()] == ["append"]
+    assert [type(c) for c in leader.take_commands()] == [Append]
     # At the heartbeat, a probe still unanswered is sent again (it may be lost).
     leader.tick(leader.next_deadline())
     again = h.sends(leader.take_commands())[2]
@@ -208,8 +209,8 @@ def test_rejected_probe_moves_next_index_back_to_the_follower_hint_and_probes_on
     assert resp == AEResp(2, False, 0, 1, 0)
     p = leader.progress_of(2)
     assert (p.state, p.next_index, p.probe_sent) == (PROBE, 1, True)
-    assert cmds == [("send_append", 2, AER(2, 1, 0, 0, leader.entries(1, 2), 1))]
-    resp, _, cmds = h.deliver_append(leader, follower, cmds[0][2])
+    assert cmds == [SendAppend(2, AER(2, 1, 0, 0, leader.entries(1, 2), 1))]
+    resp, _, cmds = h.deliver_append(leader, follower, cmds[0].request)
     assert resp == AEResp(2, True, 2)
     assert (p.state, p.matched, p.next_index) == (REPLICATE, 2, 3)
 
@@ -249,7 +250,7 @@ def test_lost_request_is_resent_from_the_matched_index_at_the_next_heartbeat_not
     assert (p.state, p.matched, p.next_index) == (PROBE, 3, 4)
     # Not even a new write retries at once against a peer that may be down.
     leader.client_write([b"c"], 0.0)
-    assert leader.take_commands() == [("append", [Entry(2, 5, ENTRY_NORMAL, b"c")])]
+    assert leader.take_commands() == [Append([Entry(2, 5, ENTRY_NORMAL, b"c")])]
     leader.tick(leader.next_deadline())
     out = h.sends(leader.take_commands())
     assert out[2] == [AER(2, 1, 2, 3, [Entry(2, 4, ENTRY_NORMAL, b"b")], leader.committed)]

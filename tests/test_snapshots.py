@@ -10,6 +10,7 @@ import random
 
 from async_runner import async_test
 from raftcore import Config, Node, Raft, ServerState
+from raftcore.commands import InstallSnapshot, Purge, SaveVote, SendSnapshot
 from raftcore.config import SnapshotPolicy
 from raftcore.engine import Engine
 from raftcore.errors import Timeout
@@ -195,10 +196,9 @@ def test_installing_a_snapshot_over_a_conflicting_log_deletes_the_whole_log():
     resp = e.handle_install_snapshot(InstallSnapshotRequest(3, 1, meta, 0, b"d", True), 1.0)
     assert resp == InstallSnapshotResponse(3)
     cmds = e.take_commands()
-    kinds = [c[0] for c in cmds]
-    assert kinds == ["save_vote", "install_snapshot", "purge"]
+    assert [type(c) for c in cmds] == [SaveVote, InstallSnapshot, Purge]
     # The whole log (from index 1) goes, right before the install.
-    assert cmds[1] == ("install_snapshot", meta, 1) and cmds[2] == ("purge", LogId(3, 5))
+    assert cmds[1] == InstallSnapshot(meta, 1) and cmds[2] == Purge(LogId(3, 5))
     assert e.last_log_index == 5 and e.committed == 5 and e.applying == 5
     assert e.purged_log_id == LogId(3, 5) and e.snapshot_log_id == LogId(3, 5)
 
@@ -211,7 +211,7 @@ def test_installing_a_snapshot_keeps_the_log_after_a_matching_last_entry():
     meta = SnapshotMeta(1, 5, M3, "s")
     e.handle_install_snapshot(InstallSnapshotRequest(1, 1, meta, 0, b"d", True), 1.0)
     cmds = e.take_commands()
-    assert [c[0] for c in cmds] == ["install_snapshot", "purge"]
+    assert [type(c) for c in cmds] == [InstallSnapshot, Purge]
     # Entries 6..8 follow an entry matching the snapshot's last: they stay.
     assert e.last_log_index == 8 and e.purged_log_id == LogId(1, 5)
     assert e.entries(6, 8) == entries[5:8]
@@ -225,7 +225,7 @@ def test_a_snapshot_older_than_the_commit_point_is_ignored():
     e.take_commands()
     meta = SnapshotMeta(1, 5, M3, "s")
     e.handle_install_snapshot(InstallSnapshotRequest(1, 1, meta, 0, b"d", True), 1.0)
-    assert [c[0] for c in e.take_commands()] == []
+    assert e.take_commands() == []
     assert e.purged_log_id is None and e.last_log_index == 8
 
 
@@ -255,7 +255,7 @@ def _leader_streaming_to_3():
     assert leader.purged_log_id == LogId(1, 20)
     leader.take_commands()
     _, _, cmds = h.deliver_append(leader, f3, probe)
-    assert [c for c in cmds if c[0] == "send_snapshot"] == [("send_snapshot", 3)]
+    assert [c for c in cmds if isinstance(c, SendSnapshot)] == [SendSnapshot(3)]
     return leader, f3, probe
 
 
@@ -274,7 +274,7 @@ def _heartbeat_to_3(leader, f3, now, answered=True):
 
 
 def _snapshot_sends(cmds):
-    return [c for c in cmds if c[0] == "send_snapshot"]
+    return [c for c in cmds if isinstance(c, SendSnapshot)]
 
 
 @h.isolated
@@ -311,7 +311,7 @@ def test_a_failed_snapshot_stream_is_followed_by_one_new_stream_once_the_followe
     for i in range(3):
         assert _snapshot_sends(_heartbeat_to_3(leader, f3, 2.0 + i, answered=False)) == []
     # It answers (refusing the heartbeat): exactly one new stream.
-    assert _snapshot_sends(_heartbeat_to_3(leader, f3, 6.0)) == [("send_snapshot", 3)]
+    assert _snapshot_sends(_heartbeat_to_3(leader, f3, 6.0)) == [SendSnapshot(3)]
     assert _snapshot_sends(_heartbeat_to_3(leader, f3, 7.0)) == []
     # The stream succeeds: replication goes on from the log after the snapshot.
     term = leader.vote.term

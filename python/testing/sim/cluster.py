@@ -14,6 +14,7 @@ from raftcore.engine import LEADER
 from raftcore.model import Node
 from raftcore.raft import Raft
 from raftcore.testing import lincheck
+from raftcore.testing.faulty_engine import engine_with_bugs
 from raftcore.testing.sim.checker import Checker
 from raftcore.testing.sim.disk import SimDisk
 from raftcore.testing.sim.faults import FaultInjection
@@ -73,10 +74,8 @@ class Simulation(ClientWorkload, FaultInjection, Figure8):
                        ack_before_flush="ack_before_flush" in self.s.bugs)
         sm = sm or SimStateMachine(i, self.checker)
         raft = await Raft.create(i, self.config(i, **config), self.net.network(i), disk, sm,
-                                 executor=inline_executor)
-        for bug in self.s.bugs:
-            if bug != "ack_before_flush":
-                raft._core.engine.inject_bug(bug)
+                                 executor=inline_executor,
+                                 engine_type=engine_with_bugs(self.s.bugs))
         self.rafts[i], self.disks[i], self.sms[i] = raft, disk, sm
         self.net.add(i, raft)
         self.checker.new_incarnation(i)

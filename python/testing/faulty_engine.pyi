@@ -1,0 +1,13 @@
+from typing import Any, Callable, Iterable, Optional
+
+from raftcore.engine import Engine
+
+ENGINE_BUGS: tuple[str, ...]
+
+class FaultyEngine(Engine):
+    bugs: frozenset[str]
+    def __init__(self, node_id: Any, *, bugs: Iterable[str] = ..., **settings: Any) -> None: ...
+    def read_index(self, now: float) -> tuple[int, int]: ...
+    def lease_read(self, now: float) -> int: ...
+
+def engine_with_bugs(bugs: Iterable[str]) -> Optional[Callable[..., FaultyEngine]]: ...

@@ -1,0 +1,9 @@
+"""The engine's identity rules (engine_identity.pyx), called by the engine."""
+from raftcore.engine cimport Engine
+from raftcore.membership cimport Membership
+
+cdef dict recorded_incarnations(Engine e)
+cdef bint self_stale(Engine e)
+cdef bint answer_counts(Engine e, target, incarnation)
+cdef Membership with_incarnations(Engine e, Membership m)
+cdef void maybe_pin(Engine e, bint all_known)

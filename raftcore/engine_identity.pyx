@@ -1,0 +1,115 @@
+"""The engine's identity rules: which storage incarnation the membership
+records for each member, whether an answer counts, and recording the
+incarnations members answered with (see "Identity" in engine.pyx).
+
+Engine (engine.pyx) is one cdef class, and a cdef class is defined in one
+module: its concerns are functions of the engine's state, one module each,
+which its methods call.
+"""
+import dataclasses
+
+from raftcore.types cimport make_entry, MEMBERSHIP
+from raftcore.membership cimport Membership
+from raftcore.progress cimport Progress
+from raftcore cimport engine_replication as replication
+
+
+cdef dict recorded_incarnations(Engine e):
+    """Member id -> the incarnation the effective membership records."""
+    if e.pins_of is not e.membership:
+        e.pins = {}
+        if e.membership is not None:
+            for node_id, node in e.membership.nodes.items():
+                inc = getattr(node, "incarnation", None)
+                if inc is not None:
+                    e.pins[node_id] = inc
+        e.pins_of = e.membership
+    return e.pins
+
+
+cdef bint self_stale(Engine e):
+    pinned = recorded_incarnations(e).get(e.id)
+    return pinned is not None and pinned != e.incarnation
+
+
+cdef bint answer_counts(Engine e, target, incarnation):
+    """Leader: notes the incarnation `target` answered with. False if its
+    answer must not count: the membership records another one."""
+    cdef bint recount = False
+    if target in e.seen and e.seen[target] != incarnation and target in e.progress:
+        # The target restarted on other storage: what it acknowledged
+        # before is gone. Replicate to it as to a new node (its old match
+        # would have the leader resend past its log end for ever).
+        e.progress[target] = Progress(target, e.log.last_index() + 1, e.max_inflight)
+        recount = True
+    e.seen[target] = incarnation
+    pinned = recorded_incarnations(e).get(target)
+    cdef bint counts = pinned is None or pinned == incarnation
+    if pinned is None and incarnation is not None:
+        e.learned[target] = incarnation
+    if counts:
+        e.stale_members.discard(target)
+    elif target not in e.stale_members:
+        e.stale_members.add(target)
+        recount = True
+    if recount:
+        # Commit forgets its acknowledgements. (The heartbeat rounds it
+        # answered stay counted: it did answer them; the next ones do not.)
+        replication.recount_commit_quorum(e)
+    return counts
+
+
+cdef Membership with_incarnations(Engine e, Membership m):
+    """`m` with the incarnations known for its nodes that it does not
+    record: those the effective membership records (a node removed in
+    between is not in it any more) and those members answered with."""
+    known = dict(e.learned)
+    known.update(recorded_incarnations(e))
+    if e.incarnation is not None:
+        known.setdefault(e.id, e.incarnation)
+    nodes = dict(m.nodes)
+    cdef bint changed = False
+    for node_id, node in m.nodes.items():
+        inc = known.get(node_id)
+        if inc is None or getattr(node, "incarnation", 1) is not None \
+                or not dataclasses.is_dataclass(node):
+            continue
+        nodes[node_id] = dataclasses.replace(node, incarnation=inc)
+        changed = True
+    return Membership(m.configs, nodes) if changed else m
+
+
+cdef void maybe_pin(Engine e, bint all_known):
+    """Leader: records in the membership the incarnations members answered
+    with, once the leader's term has committed an entry and no other
+    membership change is pending. One entry, same voters. With
+    `all_known`, only once every member's is known (one entry for all;
+    the heartbeat records what is known)."""
+    cdef bint changed = False
+    pins = recorded_incarnations(e)
+    if not e.learned and (e.incarnation is None or e.id in pins):
+        return
+    if all_known:
+        for node_id in e.membership.nodes:
+            if node_id not in pins and node_id not in e.learned and node_id != e.id:
+                return
+    if (e.membership.is_joint or e.transfer_to is not None
+            or e.committed < e.term_start_index
+            or e._last_membership_index() > e.committed):
+        return
+    learned = dict(e.learned)
+    if e.incarnation is not None:
+        learned[e.id] = e.incarnation
+    nodes = dict(e.membership.nodes)
+    for node_id, inc in learned.items():
+        node = nodes.get(node_id)
+        if node_id in pins or not dataclasses.is_dataclass(node) \
+                or not hasattr(node, "incarnation"):
+            continue
+        nodes[node_id] = dataclasses.replace(node, incarnation=inc)
+        changed = True
+    e.learned = {}
+    if changed:
+        e._append_local([make_entry(e.vote.term, e.log.last_index() + 1, MEMBERSHIP,
+                                       Membership(e.membership.configs, nodes))])
+        replication.replicate_all(e)
