@@ -19,6 +19,9 @@ Concurrency model (one thread, one event loop):
   the answer.
 - Snapshots are built, streamed to followers and received by
   SnapshotTransfer (snapshot_transfer.py), off the per-write path.
+- Linearizable reads waiting for a quorum and Raft.wait() conditions are
+  kept by ReadWaiters and MetricWaiters (waiters.pyx), checked after each
+  round.
 - RPCs: a NetworkClient may offer `append_entries_nowait(req, reply)`,
   which a peer in the same process answers synchronously when it is idle
   (LocalRouter), and which TcpNetwork sends at once, handing the answer to
@@ -38,6 +41,7 @@ from raftcore.engine cimport (Engine, S_CANDIDATE, S_FOLLOWER, S_LEADER, S_LEARN
 from raftcore.messages cimport AppendEntriesRequest, AppendEntriesResponse
 from raftcore.pending_writes cimport PendingWrites
 from raftcore.types cimport Entry, LogId, Vote
+from raftcore.waiters cimport MetricWaiters, ReadWaiters
 
 import asyncio
 import inspect
@@ -46,8 +50,8 @@ import random
 from collections import deque
 from typing import Any, Callable, Optional
 
-from raftcore.errors import (ClusterMismatch, Fatal, ForwardToLeader, NoSpace, OutcomeUnknown,
-                             RaftError, StorageError, Timeout, is_space_error)
+from raftcore.errors import (ClusterMismatch, Fatal, NoSpace, OutcomeUnknown, RaftError,
+                             StorageError, is_space_error)
 # ClientWriteResponse: importable from here too (raftcore.raft re-exports it).
 from raftcore.pending_writes import ClientWriteResponse
 from raftcore.snapshot_transfer import SnapshotTransfer
@@ -195,8 +199,8 @@ cdef class RaftCore:
     cdef list _flush_waiters
     # clients
     cdef PendingWrites _writes
-    cdef list _metric_waiters                 # (predicate, future)
-    cdef list _read_waiters                   # (seq, term, future)
+    cdef MetricWaiters _metric_waiters
+    cdef ReadWaiters _read_waiters
     # snapshots
     cdef long long _snap_every                # build a snapshot every N entries (-1: never)
     cdef object _snapshots                    # SnapshotTransfer: build, send, receive
@@ -279,8 +283,8 @@ cdef class RaftCore:
         # clients
         self._writes = PendingWrites(self.engine, loop, node_id, config, self.check_running,
                                      self._flush_writes)
-        self._metric_waiters = []
-        self._read_waiters = []
+        self._metric_waiters = MetricWaiters()
+        self._read_waiters = ReadWaiters(self, self.engine)
         # snapshots
         every = config.snapshot_policy.logs_since_last_snapshot
         self._snap_every = -1 if every is None else min(every, 2**62)
@@ -487,16 +491,14 @@ cdef class RaftCore:
 
     def _fail_everything(self, err: BaseException) -> None:
         self._writes.fail_all(err)
-        for waiters in (self._exec_waiters, self._metric_waiters):
-            for _, fut in waiters:
-                _fail(fut, err)
-            waiters.clear()
+        for _, fut in self._exec_waiters:
+            _fail(fut, err)
+        self._exec_waiters.clear()
+        self._metric_waiters.fail_all(err)
         for _, fut, _ in self._flush_waiters:
             _fail(fut, err)
         self._flush_waiters = []
-        for _, _, fut in self._read_waiters:
-            _fail(fut, err)
-        self._read_waiters.clear()
+        self._read_waiters.fail_all(err)
 
     def _die(self, exc: BaseException) -> None:
         """Stops the node after a storage or internal failure: better down
@@ -559,42 +561,10 @@ cdef class RaftCore:
             finally:
                 self.remove_metric_waiter(fut)
 
-    async def read_log_id(self, lease: bool) -> LogId:
-        """Leader: the read point of a linearizable read, once leadership is
-        confirmed (by the lease, or by a quorum answering a new round)."""
-        self.check_running()
-        engine = self.engine
-        if lease:
-            index = engine.lease_read(self.loop.time())
-            if index >= 0:
-                return LogId(engine.log.term_of(index), index)
-        index, seq = self.step(engine.read_index, self.loop.time())
-        term = engine.vote.term
-        if engine.confirmed_seq < seq:
-            fut = self.loop.create_future()
-            self._read_waiters.append((seq, term, fut))
-            limit = 2 * self.config.election_timeout_max
-            try:
-                await asyncio.wait_for(fut, limit)
-            except asyncio.TimeoutError:
-                raise Timeout(f"node {self.id} could not confirm its leadership with a quorum "
-                              f"within {limit}s; retry, or read from the current leader") from None
-        return LogId(engine.log.term_of(index), index)
-
-    def _check_read_waiters(self) -> None:
-        engine = self.engine
-        keep = []
-        for w in self._read_waiters:
-            seq, term, fut = w
-            if fut.done():
-                continue
-            if engine.state != S_LEADER or engine.vote.term != term:
-                fut.set_exception(ForwardToLeader(engine.leader_id, engine.leader_node()))
-            elif engine.confirmed_seq >= seq:
-                fut.set_result(None)
-            else:
-                keep.append(w)
-        self._read_waiters = keep
+    def read_log_id(self, lease: bool):
+        """Leader: the read point of a linearizable read (a coroutine of its
+        LogId), once leadership is confirmed (see ReadWaiters)."""
+        return self._read_waiters.read_log_id(lease)
 
     # ------------------------------------------------------------- handlers
 
@@ -930,7 +900,7 @@ cdef class RaftCore:
             self._writes.no_space = None
             engine.storage_full = False
             self.log.warning("node %s: disk space is available again; it resumes", self.id)
-        if self._metric_waiters:
+        if self._metric_waiters.waiting:
             self.check_metric_waiters()
 
     def _hand_over_leadership(self) -> None:
@@ -1222,9 +1192,9 @@ cdef class RaftCore:
         self._arm_timer()
         if self.no_space is not None and engine.state == S_LEADER and engine.transfer_to is None:
             self._hand_over_leadership()
-        if self._read_waiters:
-            self._check_read_waiters()
-        if self._metric_waiters:
+        if self._read_waiters.waiting:
+            self._read_waiters.check()
+        if self._metric_waiters.waiting:
             self.check_metric_waiters()
 
     def _log_identity_stale(self) -> None:
@@ -1265,28 +1235,14 @@ cdef class RaftCore:
             self.log.debug("node %s moved to term %s", self.id, term)
 
     def add_metric_waiter(self, predicate: Callable, fut: asyncio.Future) -> None:
-        self._metric_waiters.append((predicate, fut))
+        self._metric_waiters.add(predicate, fut)
 
     def remove_metric_waiter(self, fut: asyncio.Future) -> None:
-        self._metric_waiters = [w for w in self._metric_waiters if w[1] is not fut]
+        self._metric_waiters.remove(fut)
 
     def check_metric_waiters(self) -> None:
         from raftcore.raft import build_metrics
-        m = build_metrics(self)
-        keep = []
-        for pred, fut in self._metric_waiters:
-            if fut.done():
-                continue
-            try:
-                ok = pred(m)
-            except Exception as exc:
-                fut.set_exception(exc)
-                continue
-            if ok:
-                fut.set_result(m)
-            else:
-                keep.append((pred, fut))
-        self._metric_waiters = keep
+        self._metric_waiters.check(build_metrics(self))
 
 
 async def _close_quietly(client: Any, log: logging.Logger) -> None:

@@ -10,7 +10,7 @@ import sys
 import raftcore
 
 COMPILED = ["engine", "core", "types", "messages", "log", "membership", "progress", "quorum", "codec",
-            "pending_writes", "storage.sync_worker"]
+            "pending_writes", "waiters", "storage.sync_worker"]
 EXT = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
