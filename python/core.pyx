@@ -984,10 +984,10 @@ cdef class RaftCore:
         last = entries[-1]
         self._applied_term = last.term
         self._applied_index = last.index
-        if self._snap_every >= 0 and self._snapshots.building is None:
+        if self._snap_every >= 0:
             snap = self.snapshot
             since = last.index - (snap.index if snap is not None else 0)
-            if since >= self._snap_every:
+            if since >= self._snap_every and self._snapshots.building is None:
                 self.build_snapshot()
         self._writes.answer_applied(entries, responses)
 
