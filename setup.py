@@ -15,6 +15,11 @@ installed, compiled package). No module name may exist in both folders.
   engine and everything beside it there stays free of I/O, time and
   randomness.
 
+A runtime module with a .pxd (python/pending_writes.pxd) is cimported as
+`raftcore.X`, which Cython looks up as raftcore/X.pxd in its include path:
+the build gives it a directory holding a `raftcore` link to python/
+(runtime_pxd_path), so the .pxd lives beside its .pyx.
+
 The generated .c files are always regenerated (force=True) so a build never
 picks up a stale translation of an older .pyx.
 """
@@ -25,6 +30,16 @@ from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def runtime_pxd_path():
+    """An include directory where `raftcore` is python/ (see the docstring)."""
+    path = os.path.join(HERE, "build", "runtime_pxd")
+    link = os.path.join(path, "raftcore")
+    if not os.path.islink(link):
+        os.makedirs(path, exist_ok=True)
+        os.symlink(os.path.join(os.pardir, os.pardir, "python"), link)
+    return path
 
 
 def extensions():
@@ -48,7 +63,7 @@ def extensions():
             "cdivision": True,
             "embedsignature": True,
         },
-        include_path=[HERE],
+        include_path=[HERE, runtime_pxd_path()],
         force=True,
         quiet=True,
     )

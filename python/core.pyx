@@ -16,6 +16,13 @@ Concurrency model (one thread, one event loop):
 - Client writes are queued and moved into the engine as one batch per event
   loop iteration (a call_soon callback), so writers that run together share
   one append and one AppendEntries per follower.
+  PendingWrites (pending_writes.pyx) holds them, from the door check to
+  the answer.
+- Snapshots are built, streamed to followers and received by
+  SnapshotTransfer (snapshot_transfer.py), off the per-write path.
+- Linearizable reads waiting for a quorum and Raft.wait() conditions are
+  kept by ReadWaiters and MetricWaiters (waiters.pyx), checked after each
+  round.
 - RPCs: every AppendEntries first goes to the NetworkClient's
   `append_entries_nowait(req, reply)` (the fast path declared in
   raftcore.network.base), which a peer in the same process answers
@@ -40,7 +47,9 @@ from raftcore.commands cimport (
     InstallSnapshot, Purge, CMD_SAVE_VOTE, CMD_APPEND, CMD_TRUNCATE, CMD_SEND_APPEND,
     CMD_SEND_VOTE, CMD_APPLY, CMD_SEND_TRANSFER, CMD_SEND_SNAPSHOT, CMD_INSTALL_SNAPSHOT,
     CMD_PURGE)
+from raftcore.pending_writes cimport PendingWrites
 from raftcore.types cimport Entry, LogId, Vote
+from raftcore.waiters cimport MetricWaiters, ReadWaiters
 
 import asyncio
 import inspect
@@ -49,13 +58,13 @@ import random
 from collections import deque
 from typing import Any, Callable, Optional
 
-import msgpack
-
-from raftcore.errors import (ClusterMismatch, Fatal, ForwardToLeader, InvalidCommand, NoSpace,
-                             OutcomeUnknown, RaftError, StorageError, Timeout, is_space_error)
-from raftcore.messages import InstallSnapshotRequest
+from raftcore.errors import (ClusterMismatch, Fatal, NoSpace, OutcomeUnknown, RaftError,
+                             StorageError, is_space_error)
 from raftcore.network.base import ReplyCallback
+# ClientWriteResponse: importable from here too (raftcore.raft re-exports it).
+from raftcore.pending_writes import ClientWriteResponse
 from raftcore.peers import PeerClients
+from raftcore.snapshot_transfer import SnapshotTransfer
 from raftcore.storage.base import new_identity_token
 
 _Future = asyncio.Future
@@ -69,80 +78,6 @@ cdef long long TERM_JUMP_LIMIT = 2**32
 
 # What RaftCore._execute returns for a command that must wait for the core task.
 cdef object _DEFER = object()
-
-
-@cython.freelist(256)
-cdef class ClientWriteResponse:
-    """What client_write returns once the entry is committed and applied."""
-
-    cdef readonly long long term
-    cdef readonly long long index
-    cdef readonly object data
-
-    def __init__(self, long long term, long long index, data) -> None:
-        self.term = term
-        self.index = index
-        self.data = data
-
-    @property
-    def log_id(self) -> LogId:
-        return LogId(self.term, self.index)
-
-    def __repr__(self) -> str:
-        return f"ClientWriteResponse(log_id=({self.term}, {self.index}), data={self.data!r})"
-
-
-cdef class _Batch:
-    """The answers to one client_write_many: one future for the caller, one
-    slot per entry for the runtime. A slot behaves like a future where the
-    runtime uses it (done, set_result, set_exception) but wakes nobody: the
-    caller's future resolves once, with every response in order, or with the
-    first error (entries of a failed batch may still commit, as with any
-    cancelled or failed write)."""
-
-    cdef object future
-    cdef list results
-    cdef Py_ssize_t left
-
-    def __init__(self, future, Py_ssize_t n) -> None:
-        self.future = future
-        self.results = [None] * n
-        self.left = n
-
-    cdef list slots(self):
-        return [_Slot(self, i) for i in range(len(self.results))]
-
-
-@cython.freelist(64)
-cdef class _Slot:
-    cdef _Batch batch
-    cdef Py_ssize_t i
-    cdef bint answered
-
-    def __init__(self, _Batch batch, Py_ssize_t i) -> None:
-        self.batch = batch
-        self.i = i
-        self.answered = False
-
-    def done(self) -> bool:
-        return self.answered or self.batch.future.done()
-
-    def set_result(self, value) -> None:
-        if self.answered:
-            return
-        self.answered = True
-        b = self.batch
-        b.results[self.i] = value
-        b.left -= 1
-        if b.left == 0 and not b.future.done():
-            b.future.set_result(b.results)
-
-    def set_exception(self, exc) -> None:
-        if self.answered:
-            return
-        self.answered = True
-        if not self.batch.future.done():
-            self.batch.future.set_exception(exc)
 
 
 @cython.freelist(16)
@@ -211,24 +146,12 @@ cdef class RaftCore:
     # waiting for its flush) or with None (wait_flushed).
     cdef list _flush_waiters
     # clients
-    # Writes not yet in the log: payloads and their futures, side by side
-    # (no per-write tuple).
-    cdef list _pending_payloads, _pending_futs
-    cdef bint _flush_scheduled
-    cdef Py_ssize_t _open_writes              # writes queued or in the log, unanswered
-    cdef Py_ssize_t _max_pending, _max_write_batch
-    cdef Py_ssize_t _max_command              # Config.max_command_bytes
-    cdef object _command_packer, _exact_packer
-    cdef object _write_room
-    cdef object _client_waiters               # deque: [first index, term, futures]
-    cdef list _metric_waiters                 # (predicate, future)
-    cdef list _read_waiters                   # (seq, term, future)
+    cdef PendingWrites _writes
+    cdef MetricWaiters _metric_waiters
+    cdef ReadWaiters _read_waiters
     # snapshots
     cdef long long _snap_every                # build a snapshot every N entries (-1: never)
-    cdef object _building                     # a build under way
-    cdef bint _warned_log_kept                # warned once that no snapshot is durable
-    cdef object _snap_rx                      # (snapshot id, bytearray) being received
-    cdef dict _snap_ready                     # snapshot id -> received bytes
+    cdef object _snapshots                    # SnapshotTransfer: build, send, receive
     # network
     cdef object _peers                        # PeerClients: a NetworkClient per peer
     cdef object _clients_for                  # the membership _peers last followed
@@ -306,26 +229,14 @@ cdef class RaftCore:
         self._exec_waiters = deque()
         self._flush_waiters = []
         # clients
-        self._pending_payloads = []
-        self._pending_futs = []
-        self._flush_scheduled = False
-        self._open_writes = 0
-        self._max_pending = min(config.max_pending_writes, 2**62)
-        self._max_write_batch = min(config.max_write_batch, 2**62)
-        self._max_command = min(config.max_command_bytes, 2**62)
-        self._command_packer = msgpack.Packer(use_bin_type=True)
-        self._exact_packer = msgpack.Packer(use_bin_type=True, strict_types=True)
-        self._write_room = None
-        self._client_waiters = deque()
-        self._metric_waiters = []
-        self._read_waiters = []
+        self._writes = PendingWrites(self.engine, loop, node_id, config, self.check_running,
+                                     self._flush_writes)
+        self._metric_waiters = MetricWaiters()
+        self._read_waiters = ReadWaiters(self, self.engine)
         # snapshots
         every = config.snapshot_policy.logs_since_last_snapshot
         self._snap_every = -1 if every is None else min(every, 2**62)
-        self._building = None
-        self._warned_log_kept = False
-        self._snap_rx = None
-        self._snap_ready = {}
+        self._snapshots = SnapshotTransfer(self)
         self._tasks = set()
         self._peers = PeerClients(network, self.log, self._spawn)
         self._clients_for = None
@@ -524,27 +435,15 @@ cdef class RaftCore:
             raise Fatal(f"node {self.id} has shut down; create a new Raft to restart it")
 
     def _fail_everything(self, err: BaseException) -> None:
-        for fut in self._pending_futs:
+        self._writes.fail_all(err)
+        for _, fut in self._exec_waiters:
             _fail(fut, err)
-        self._pending_payloads = []
-        self._pending_futs = []
-        for _, _, futs in self._client_waiters:
-            for fut in futs:
-                _fail(fut, err)
-        self._client_waiters.clear()
-        self._open_writes = 0
-        for waiters in (self._exec_waiters, self._metric_waiters):
-            for _, fut in waiters:
-                _fail(fut, err)
-            waiters.clear()
+        self._exec_waiters.clear()
+        self._metric_waiters.fail_all(err)
         for _, fut, _ in self._flush_waiters:
             _fail(fut, err)
         self._flush_waiters = []
-        for _, _, fut in self._read_waiters:
-            _fail(fut, err)
-        self._read_waiters.clear()
-        if self._write_room is not None:
-            _fail(self._write_room, err)
+        self._read_waiters.fail_all(err)
 
     def _die(self, exc: BaseException) -> None:
         """Stops the node after a storage or internal failure: better down
@@ -561,142 +460,19 @@ cdef class RaftCore:
 
     # --------------------------------------------------------------- writes
 
-    async def client_write(self, payload):
-        payload = self._admit(payload)
-        self._check_writable()
-        if self._open_writes >= self._max_pending:
-            await self._wait_for_room(1)
-        fut = self.loop.create_future()
-        self._pending_payloads.append(payload)
-        self._pending_futs.append(fut)
-        self._open_writes += 1
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush_writes)
-        return await fut
+    def client_write(self, payload):
+        """Writes `payload`; its coroutine returns the ClientWriteResponse
+        once the entry is applied (see PendingWrites)."""
+        return self._writes.client_write(payload)
 
-    async def client_write_many(self, list payloads):
-        cdef Py_ssize_t n = len(payloads)
-        payloads = self._admit_all(payloads)
-        self._check_writable()
-        if self._open_writes + n > self._max_pending:
-            await self._wait_for_room(n)
-        batch = _Batch(self.loop.create_future(), n)
-        self._pending_payloads.extend(payloads)
-        self._pending_futs.extend(batch.slots())
-        self._open_writes += n
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush_writes)
-        return await batch.future
-
-    cdef object _admit(self, payload):
-        """The command as every node will apply it: what its msgpack encoding
-        decodes to (a tuple becomes a list), the form the log store, the
-        transport and a restart give it. InvalidCommand if it has no
-        encoding, does not decode, or is over max_command_bytes: refused
-        here, it never reaches the log, where it would stop the node (a
-        store that cannot write it) or replication (a frame that cannot be
-        built or read)."""
-        # Bytes decode to equal bytes and cost 5 bytes of header at most:
-        # the common payload is not encoded twice.
-        if type(payload) is bytes and len(<bytes>payload) + 5 <= self._max_command:
-            return payload
-        packed = self._pack_exact(payload)
-        if packed is not None:
-            # Its decoding would be an equal copy: not worth making.
-            self._check_size(packed)
-            return payload
-        try:
-            packed = self._command_packer.pack(payload)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidCommand(f"the command cannot be encoded with msgpack ({exc}); a "
-                                 "command is made of None, bool, int (64-bit), float, str, "
-                                 "bytes, lists and maps") from None
-        self._check_size(packed)
-        try:
-            return msgpack.unpackb(packed, raw=False, strict_map_key=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidCommand(f"the command does not decode from its msgpack encoding "
-                                 f"({exc}); a map key that is a tuple decodes as a list, "
-                                 "which cannot be a key") from None
-
-    cdef object _pack_exact(self, payload):
-        """The encoding of a command made of exact list, dict, str, bytes,
-        int, float, bool and None only (no tuple, no subclass): one that
-        decodes to an equal value of the same types. None for any other."""
-        try:
-            return self._exact_packer.pack(payload)
-        except (TypeError, ValueError, OverflowError):
-            return None
-
-    cdef int _check_size(self, bytes packed) except -1:
-        if len(packed) > self._max_command:
-            raise InvalidCommand(f"the command is {len(packed)} bytes encoded, over "
-                                 f"Config.max_command_bytes ({self._max_command})")
-        return 0
-
-    cdef list _admit_all(self, list payloads):
-        cdef Py_ssize_t i
-        cdef list admitted = [None] * len(payloads)
-        for i in range(len(payloads)):
-            try:
-                admitted[i] = self._admit(payloads[i])
-            except InvalidCommand as exc:
-                raise InvalidCommand(f"command {i} of the batch: {exc}; nothing of the batch "
-                                     "was written") from None
-        return admitted
-
-    cdef _check_writable(self):
-        if self._fatal is not None or self.stopped:
-            self.check_running()
-        if self.engine.state != S_LEADER:
-            raise ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
-        if self.no_space is not None:
-            raise NoSpace(str(self.no_space))
-
-    async def _wait_for_room(self, Py_ssize_t n):
-        # Writers wait while the leader holds max_pending_writes unanswered
-        # writes; one batch larger than the limit waits for an empty queue.
-        cdef Py_ssize_t limit = self._max_pending
-        while self._open_writes and self._open_writes + n > limit:
-            if self._write_room is None or self._write_room.done():
-                self._write_room = self.loop.create_future()
-            await self._write_room
-            self._check_writable()
-
-    cdef void _writes_answered(self, Py_ssize_t n):
-        self._open_writes -= n
-        room = self._write_room
-        if room is not None and self._open_writes < self._max_pending and not room.done():
-            room.set_result(None)
+    def client_write_many(self, list payloads):
+        """Writes `payloads` as consecutive entries; its coroutine returns
+        their ClientWriteResponses in order."""
+        return self._writes.client_write_many(payloads)
 
     def _flush_writes(self) -> None:
-        self._flush_scheduled = False
+        self._writes.flush_scheduled = False
         self._run_sync()
-
-    cdef void _take_write_batch(self):
-        """Moves queued client writes into the engine as one batch."""
-        cdef list payloads = self._pending_payloads
-        cdef list futs = self._pending_futs
-        cdef Py_ssize_t n = len(payloads)
-        if n <= self._max_write_batch:
-            self._pending_payloads = []
-            self._pending_futs = []
-        else:
-            n = self._max_write_batch
-            self._pending_payloads = payloads[n:]
-            self._pending_futs = futs[n:]
-            payloads = payloads[:n]
-            futs = futs[:n]
-        try:
-            first = self.engine.client_write(payloads, self.loop.time())
-        except ForwardToLeader as e:
-            for fut in futs:
-                _fail(fut, ForwardToLeader(e.leader_id, e.leader_node))
-            self._writes_answered(n)
-            return
-        self._client_waiters.append([first, self.engine.vote.term, futs])
 
     async def propose_membership(self, membership) -> Any:
         """Appends a membership entry; returns once it is applied here."""
@@ -705,9 +481,7 @@ cdef class RaftCore:
         index = self.engine.change_membership(membership, self.loop.time())
         # Registered before the commands run: a one-node cluster commits and
         # applies the entry while they run.
-        fut = self.loop.create_future()
-        self._open_writes += 1
-        self._client_waiters.append([index, self.engine.vote.term, [fut]])
+        fut = self._writes.wait_for_entry(index, self.engine.vote.term)
         self._run_sync()
         return await fut
 
@@ -732,62 +506,10 @@ cdef class RaftCore:
             finally:
                 self.remove_metric_waiter(fut)
 
-    async def read_log_id(self, lease: bool) -> LogId:
-        """Leader: the read point of a linearizable read, once leadership is
-        confirmed (by the lease, or by a quorum answering a new round)."""
-        self.check_running()
-        engine = self.engine
-        if lease:
-            index = engine.lease_read(self.loop.time())
-            if index >= 0:
-                return LogId(engine.log.term_of(index), index)
-        index, seq = self.step(engine.read_index, self.loop.time())
-        term = engine.vote.term
-        if engine.confirmed_seq < seq:
-            fut = self.loop.create_future()
-            self._read_waiters.append((seq, term, fut))
-            limit = 2 * self.config.election_timeout_max
-            try:
-                await asyncio.wait_for(fut, limit)
-            except asyncio.TimeoutError:
-                raise Timeout(f"node {self.id} could not confirm its leadership with a quorum "
-                              f"within {limit}s; retry, or read from the current leader") from None
-        return LogId(engine.log.term_of(index), index)
-
-    def _check_read_waiters(self) -> None:
-        engine = self.engine
-        keep = []
-        for w in self._read_waiters:
-            seq, term, fut = w
-            if fut.done():
-                continue
-            if engine.state != S_LEADER or engine.vote.term != term:
-                fut.set_exception(ForwardToLeader(engine.leader_id, engine.leader_node()))
-            elif engine.confirmed_seq >= seq:
-                fut.set_result(None)
-            else:
-                keep.append(w)
-        self._read_waiters = keep
-
-    cdef void _take_pending_writes(self):
-        """Queued writes go into the log on a leader, back to their writers
-        with the leader's address elsewhere."""
-        if self.engine.state == S_LEADER and self.no_space is None:
-            self._take_write_batch()
-        else:
-            self._reject_pending_writes()
-
-    cdef void _reject_pending_writes(self):
-        if self.engine.state == S_LEADER and self.no_space is not None:
-            err = NoSpace(str(self.no_space))
-        else:
-            err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
-        futs = self._pending_futs
-        self._pending_payloads = []
-        self._pending_futs = []
-        for fut in futs:
-            _fail(fut, err)
-        self._writes_answered(len(futs))
+    def read_log_id(self, lease: bool):
+        """Leader: the read point of a linearizable read (a coroutine of its
+        LogId), once leadership is confirmed (see ReadWaiters)."""
+        return self._read_waiters.read_log_id(lease)
 
     # ------------------------------------------------------------- handlers
 
@@ -831,32 +553,10 @@ cdef class RaftCore:
         if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
             await self._admit_peer(req.cluster_id, req.leader_id)
         if req.term >= self.engine.vote.term:
-            self._receive_chunk(req)
+            self._snapshots.receive_chunk(req)
         resp = self.engine.handle_install_snapshot(req, self.loop.time())
         await self.run_commands()
         return resp
-
-    def _receive_chunk(self, req) -> None:
-        sid = req.meta.snapshot_id
-        if req.offset == 0:
-            self._snap_rx = (sid, bytearray())
-        rx = self._snap_rx
-        if rx is None or rx[0] != sid or len(rx[1]) != req.offset:
-            have = f"{len(rx[1])} bytes of {rx[0]}" if rx else "nothing"
-            self._snap_rx = None
-            raise RaftError(f"node {self.id}: snapshot chunk {sid} at offset {req.offset} does "
-                            f"not follow what was received ({have}); restart the transfer")
-        rx[1].extend(req.data)
-        if req.done:
-            data = bytes(rx[1])
-            self._snap_rx = None
-            try:
-                # Before the engine hears of it: a snapshot the state machine
-                # cannot read is refused, and nothing here changes.
-                self.sm.check_snapshot(req.meta, data)
-            except Exception as exc:
-                raise RaftError(f"node {self.id} refuses snapshot {sid}: {exc}") from exc
-            self._snap_ready[sid] = data
 
     async def handle_append_entries(self, req):
         self.check_running()
@@ -934,7 +634,7 @@ cdef class RaftCore:
             self._wakeup = self.loop.create_future()
             # While an executor runs (possibly suspended in an await), it
             # drains all work before it lets go: only wait for the next kick.
-            if not self._busy and (self._deferred or self.engine.output or self._pending_futs):
+            if not self._busy and (self._deferred or self.engine.output or self._writes.futs):
                 self._wakeup.set_result(None)
             await self._wakeup
             if not self._busy:
@@ -977,8 +677,8 @@ cdef class RaftCore:
                     self._cmds_taken += len(cmds)
                     if not self._execute_sync(cmds):
                         break
-                elif self._pending_futs:
-                    self._take_pending_writes()
+                elif self._writes.futs:
+                    self._writes.take_pending()
                 else:
                     break
         except Exception as exc:   # storage failure, or a bug: stop the node
@@ -1015,8 +715,8 @@ cdef class RaftCore:
                     cmds = engine.take_commands()
                     self._cmds_taken += len(cmds)
                     deferred.extend(cmds)
-                elif self._pending_futs:
-                    self._take_pending_writes()
+                elif self._writes.futs:
+                    self._writes.take_pending()
                 else:
                     break
         except asyncio.CancelledError:
@@ -1036,10 +736,10 @@ cdef class RaftCore:
             self.log_store.truncate_after(drop_from - 1)
             # Past the snapshot, the dropped entries are not in this leader's
             # log, but a later leader may still hold and commit them.
-            self._fail_truncated_writes(meta.last_log_index + 1)
-        data = self._snap_ready.pop(meta.snapshot_id)
+            self._writes.fail_truncated(meta.last_log_index + 1)
+        data = self._snapshots.take_received(meta.snapshot_id)
         await self._store_when_space(self.sm.install_snapshot, meta, data)
-        self._fail_writes_upto(meta.last_log_index, OutcomeUnknown(
+        self._writes.fail_upto(meta.last_log_index, OutcomeUnknown(
             f"node {self.id} installed a snapshot up to index "
             f"{meta.last_log_index} before applying this write; it may or "
             "may not be committed"))
@@ -1120,17 +820,19 @@ cdef class RaftCore:
             self.no_space = NoSpace(f"node {self.id} takes no writes: its disk is full ({err}); "
                                     "free space on its disk and it resumes by itself")
             engine.storage_full = True
+            self._writes.no_space = self.no_space
             # WARNING: the store logs the error itself (a FileLogStore at ERROR).
             self.log.warning("node %s: disk full: it takes no writes, gives no votes and "
                              "does not campaign until space is freed: %s", self.id, err)
-            self._reject_pending_writes()
+            self._writes.reject_pending()
             self._hand_over_leadership()
         elif err is None and self.no_space is not None and not (self._log_full or
                                                                 self._waiting_for_space):
             self.no_space = None
+            self._writes.no_space = None
             engine.storage_full = False
             self.log.warning("node %s: disk space is available again; it resumes", self.id)
-        if self._metric_waiters:
+        if self._metric_waiters.waiting:
             self.check_metric_waiters()
 
     def _hand_over_leadership(self) -> None:
@@ -1178,7 +880,7 @@ cdef class RaftCore:
             self._applied(entries, self._sm_apply(entries))
         elif kind == CMD_TRUNCATE:
             self.log_store.truncate_after((<Truncate>cmd).since - 1)
-            self._fail_truncated_writes((<Truncate>cmd).since)
+            self._writes.fail_truncated((<Truncate>cmd).since)
         elif kind == CMD_SEND_VOTE:
             self._spawn(self._send_vote((<SendVote>cmd).target, (<SendVote>cmd).request))
         elif kind == CMD_SEND_TRANSFER:
@@ -1188,7 +890,7 @@ cdef class RaftCore:
             self.log_store.purge((<Purge>cmd).upto)
             self.purged = (<Purge>cmd).upto
         elif kind == CMD_SEND_SNAPSHOT:
-            self._spawn(self._send_snapshot((<SendSnapshot>cmd).target))
+            self._spawn(self._snapshots.send((<SendSnapshot>cmd).target))
         elif kind == CMD_SAVE_VOTE:
             return _DEFER if inline else self._save_vote((<SaveVote>cmd).vote)
         elif kind == CMD_INSTALL_SNAPSHOT:
@@ -1222,90 +924,19 @@ cdef class RaftCore:
 
     cdef void _applied(self, list entries, responses):
         """Records an applied batch and answers the clients waiting on it."""
-        cdef Entry last, e
-        cdef long long base, last_index, first, term, upto, start, index
-        cdef Py_ssize_t n, answered
-        cdef list futs, w
+        cdef Entry last
         if len(responses) != len(entries):
             raise StorageError(f"the state machine returned {len(responses)} responses for "
                                f"{len(entries)} entries; it must return one per entry")
         last = entries[-1]
         self._applied_term = last.term
         self._applied_index = last.index
-        if self._snap_every >= 0 and self._building is None:
+        if self._snap_every >= 0:
             snap = self.snapshot
             since = last.index - (snap.index if snap is not None else 0)
-            if since >= self._snap_every:
+            if since >= self._snap_every and self._snapshots.building is None:
                 self.build_snapshot()
-        waiters = self._client_waiters
-        if not waiters:
-            return
-        base = entries[0].index
-        last_index = last.index
-        answered = 0
-        while waiters and waiters[0][0] <= last_index:
-            w = waiters[0]
-            first, term, futs = w
-            n = len(futs)
-            upto = min(first + n - 1, last_index)
-            start = max(first, base)
-            for index in range(start, upto + 1):
-                fut = futs[index - first]
-                if fut.done():       # the caller gave up waiting
-                    continue
-                e = entries[index - base]
-                if e.term == term:
-                    fut.set_result(ClientWriteResponse(term, index, responses[index - base]))
-                else:
-                    fut.set_exception(ForwardToLeader(self.engine.leader_id,
-                                                      self.engine.leader_node()))
-            answered += upto + 1 - start
-            if upto == first + n - 1:
-                waiters.popleft()
-            else:
-                w[2] = futs[upto + 1 - first:]
-                w[0] = upto + 1
-        self._writes_answered(answered)
-
-    def _fail_writes_upto(self, index: int, err: BaseException) -> None:
-        """Answers `err` to writes at indexes up to `index` (skipped by a snapshot)."""
-        waiters = self._client_waiters
-        while waiters and waiters[0][0] <= index:
-            w = waiters[0]
-            first, _, futs = w
-            upto = min(first + len(futs) - 1, index)
-            for fut in futs[:upto + 1 - first]:
-                _fail(fut, err)
-            self._writes_answered(upto + 1 - first)
-            if upto == first + len(futs) - 1:
-                waiters.popleft()
-            else:
-                w[2] = futs[upto + 1 - first:]
-                w[0] = upto + 1
-
-    def _fail_truncated_writes(self, since: int) -> None:
-        """Answers OutcomeUnknown to writes at indexes >= `since`, whose
-        entries left this node's log: that only shows the current leader
-        lacks them; another node may still hold them and a later leader
-        commit them."""
-        waiters = self._client_waiters
-        err = OutcomeUnknown(
-            f"node {self.id} dropped this write's entry (from index {since} on) for a newer "
-            "leader's log; another node may still hold it and commit it, so the write may "
-            "or may not take effect")
-        while waiters:
-            first, term, futs = waiters[-1]
-            if first + len(futs) - 1 < since:
-                break
-            cut = max(since, first)
-            for fut in futs[cut - first:]:
-                _fail(fut, err)
-            self._writes_answered(len(futs) - (cut - first))
-            if cut == first:
-                waiters.pop()
-            else:
-                waiters[-1][2] = futs[:cut - first]
-                break
+        self._writes.answer_applied(entries, responses)
 
     # ------------------------------------------------------------ network
 
@@ -1392,121 +1023,25 @@ cdef class RaftCore:
             # The transfer times out in the engine and leadership resumes.
             self.log.info("handing leadership to %s failed: %s", target, exc)
 
-    async def _send_snapshot(self, target: int) -> None:
-        """Streams the current snapshot to target in chunks, on its own task
-        (heartbeats and replication to others go on). The engine asks for
-        one stream per follower and waits for its outcome; a chunk that gets
-        no answer (the network gives up on it within rpc_timeout, a stalled
-        connection included) ends the stream as failed, and the engine starts
-        a new one once the follower answers again."""
-        snap = self.sm.get_current_snapshot()
-        term = self.engine.vote.term
-        size = self.config.snapshot_max_chunk_size
-        offset = 0
-        try:
-            if snap is None or snap.meta.last_log_index < self.engine.log.purged_index:
-                # The log was dropped up to what the state machine holds
-                # without a snapshot of it: take one now.
-                snap = await self.build_snapshot()
-            client = self._client(target)
-            self.log.info("node %s sending snapshot %s up to %s to %s", self.id,
-                          snap.meta.snapshot_id, snap.meta.last_log_id, target)
-            data = snap.data
-            while True:
-                chunk = data[offset:offset + size]
-                done = offset + len(chunk) >= len(data)
-                req = InstallSnapshotRequest(term, self.id, snap.meta, offset, chunk, done,
-                                             self.engine.cluster_id)
-                resp = await client.install_snapshot(req)
-                if resp.term != term or done or self.stopped or self.engine.vote.term != term:
-                    break
-                offset += len(chunk)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # (A stream of an earlier term reports nothing: the engine may
-            # have started another one since.)
-            if not self.stopped and self.engine.vote.term == term:
-                self.log.info("node %s: the snapshot stream to %s failed at offset %s: %s; "
-                              "a new one starts once it answers again", self.id, target,
-                              offset, exc)
-                self._snapshot_failed(target)
-            return
-        if self.stopped:
-            return
-        if resp.term > term:
-            if self._plausible_answer(target, resp.term):
-                # A newer term: the engine steps down.
-                self.engine.handle_snapshot_response(target, req, resp, self.loop.time())
-                self._run_sync()
-            elif self.engine.vote.term == term:
-                self._snapshot_failed(target)
-            return
-        if self.engine.vote.term != term:
-            return      # no longer the leader of `term`: nothing to report
-        if resp.term < term:
-            # Below the term it was sent in: not an answer to trust.
-            self._snapshot_failed(target)
-            return
-        self.log.info("node %s sent snapshot %s to %s", self.id, snap.meta.snapshot_id, target)
-        self.engine.handle_snapshot_response(target, req, resp, self.loop.time())
-        self._run_sync()
-
-    cdef void _snapshot_failed(self, target):
-        self.engine.handle_snapshot_failure(target, self.loop.time())
-        self._run_sync()
+    # ------------------------------------------------------------ snapshots
 
     def build_snapshot(self) -> asyncio.Future:
         """Starts building a snapshot (one at a time); returns the build's future."""
-        self.check_running()
-        if self._building is None:
-            self._building = self.loop.create_task(self._build_snapshot())
-            # A build started by the snapshot policy has nobody awaiting it:
-            # its failure is logged by _build_snapshot, not left unretrieved.
-            self._building.add_done_callback(_retrieve)
-        return self._building
+        return self._snapshots.build()
 
-    async def _build_snapshot(self):
-        try:
-            snap = await self.sm.build_snapshot(self.executor)
-            if not self.stopped:
-                self.log.info("node %s built snapshot %s up to %s", self.id,
-                              snap.meta.snapshot_id, snap.meta.last_log_id)
-                if self.snapshot is None or self.snapshot.index < snap.meta.last_log_index:
-                    self.snapshot = snap.meta.last_log_id
-                durable = self._purgeable_snapshot(snap.meta)
-                if durable is not None:
-                    self.engine.snapshot_built(durable)
-                self._run_sync()
-            return snap
-        except Exception as exc:
-            # The node goes on with the snapshot it has (on a full disk: until
-            # space is freed, when the next build succeeds).
-            self.log.error("node %s: building a snapshot failed: %s", self.id, exc)
-            raise
-        finally:
-            self._building = None
+    # For SnapshotTransfer (plain Python), which cannot call cdef methods.
 
-    def _purgeable_snapshot(self, built):
-        """The snapshot the log may be purged behind: `built` when the log
-        store forgets everything on a restart anyway, else the newest one
-        the state machine reports durable (warned about once when it lags)."""
-        if not getattr(self.log_store, "persistent", True):
-            return built
-        report = getattr(self.sm, "durable_snapshot", None)
-        durable = report() if report is not None else None
-        if (durable is None or durable.last_log_index < built.last_log_index) \
-                and not self._warned_log_kept:
-            self._warned_log_kept = True
-            self.log.warning(
-                "node %s: the log is not purged past %s: %s reports %s as durable "
-                "(durable_snapshot()), so the log store keeps every later entry; a state "
-                "machine that writes its snapshots durably should report them there (see "
-                "raftcore.storage.StateMachine). Not repeated.", self.id,
-                durable.last_log_id if durable is not None else "its start",
-                type(self.sm).__name__,
-                f"only {durable.last_log_id}" if durable is not None else "no snapshot")
-        return durable
+    def run_engine_output(self) -> None:
+        """Runs what the engine emitted, after a step from outside."""
+        self._run_sync()
+
+    def peer_client(self, target):
+        """The NetworkClient to `target`."""
+        return self._client(target)
+
+    def plausible_answer(self, target, long long term) -> bool:
+        """False (and logged) for an answer of an implausibly high term."""
+        return self._plausible_answer(target, term)
 
     # ------------------------------------------------------------- timers
 
@@ -1560,14 +1095,14 @@ cdef class RaftCore:
             self._seen_state = engine.state
             self._seen_term = engine.vote.term
             self._seen_leader = engine.leader_id
-            if engine.state != S_LEADER and self._pending_futs:
-                self._reject_pending_writes()
+            if engine.state != S_LEADER and self._writes.futs:
+                self._writes.reject_pending()
         self._arm_timer()
         if self.no_space is not None and engine.state == S_LEADER and engine.transfer_to is None:
             self._hand_over_leadership()
-        if self._read_waiters:
-            self._check_read_waiters()
-        if self._metric_waiters:
+        if self._read_waiters.waiting:
+            self._read_waiters.check()
+        if self._metric_waiters.waiting:
             self.check_metric_waiters()
 
     def _log_identity_stale(self) -> None:
@@ -1608,38 +1143,19 @@ cdef class RaftCore:
             self.log.debug("node %s moved to term %s", self.id, term)
 
     def add_metric_waiter(self, predicate: Callable, fut: asyncio.Future) -> None:
-        self._metric_waiters.append((predicate, fut))
+        self._metric_waiters.add(predicate, fut)
 
     def remove_metric_waiter(self, fut: asyncio.Future) -> None:
-        self._metric_waiters = [w for w in self._metric_waiters if w[1] is not fut]
+        self._metric_waiters.remove(fut)
 
     def check_metric_waiters(self) -> None:
         from raftcore.raft import build_metrics
-        m = build_metrics(self)
-        keep = []
-        for pred, fut in self._metric_waiters:
-            if fut.done():
-                continue
-            try:
-                ok = pred(m)
-            except Exception as exc:
-                fut.set_exception(exc)
-                continue
-            if ok:
-                fut.set_result(m)
-            else:
-                keep.append((pred, fut))
-        self._metric_waiters = keep
+        self._metric_waiters.check(build_metrics(self))
 
 
 def _resolve(fut: asyncio.Future, value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
-
-
-def _retrieve(task: asyncio.Task) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _fail(fut: asyncio.Future, exc: BaseException) -> None:

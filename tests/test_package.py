@@ -10,7 +10,8 @@ import sys
 import raftcore
 
 COMPILED = ["engine", "commands", "core", "types", "messages", "log", "membership", "progress",
-            "quorum", "codec", "storage.sync_worker", "testing.faulty_engine"]
+            "quorum", "codec", "pending_writes", "waiters", "peers", "network.reply",
+            "storage.sync_worker", "testing.faulty_engine"]
 EXT = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
