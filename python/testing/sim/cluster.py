@@ -110,6 +110,10 @@ class Simulation(ClientWorkload, FaultInjection, Figure8):
             self.stop = True
             faults.cancel()
             await asyncio.gather(faults, return_exceptions=True)
+            # A fault that failed on its own (a bug of the simulator) ended
+            # the injection: the run would go on quietly with fewer faults.
+            if not faults.cancelled() and faults.exception() is not None:
+                raise faults.exception()
             self.raise_first_violation()
             await asyncio.gather(*clients)
             await self.heal_all()

@@ -202,7 +202,7 @@ class FaultInjection:
         # before that, a wiped node cannot be told from a new one (the README
         # says so), and a wiped leader may take the only copy of an
         # uncommitted membership with it, leaving no node that may campaign.
-        committed = leader._core.engine.committed_membership()
+        committed = leader._core.engine.committed_membership
         if committed is None:
             return False
         members = committed.nodes
