@@ -46,6 +46,7 @@ from async_runner import run_guarded
 from kv_harness import (GUARD, HOST, PHASE, TEST_GUARD, KvCluster, WriteStream, all_up,
                         free_ports, kv_test, node_cmd, serving, status_of, statuses, until,
                         wait_converged, wait_leader)
+from test_tcp_auth import tls_contexts  # noqa: F401 (a fixture)
 
 # ============================================================ the package
 
@@ -412,6 +413,29 @@ def test_the_client_connection_times_out_a_node_that_never_sends_the_handshake()
         finally:
             server.close()
             await server.wait_closed()
+    run_guarded(body(), TEST_GUARD)
+
+
+def test_the_client_connection_speaks_tls_with_the_handshake_inside(tls_contexts):
+    server_ctx, client_ctx = tls_contexts
+
+    async def echo(msg):
+        return ["echo", msg[1]]
+
+    async def body():
+        server = await RaftServer.start(NoRaft(), HOST, 0, server_ctx, services={70: echo},
+                                        secret=b"cluster secret")
+        addr = f"{HOST}:{server.port}"
+        try:
+            conn = await connection.connect(addr, GUARD, ssl=client_ctx,
+                                            secret=b"cluster secret", max_frame=1000)
+            assert await conn.call([70, "a"], GUARD) == ["echo", "a"]
+            await conn.close()
+            with pytest.raises(KvError, match="authentication failed"):
+                await connection.connect(addr, GUARD, ssl=client_ctx, secret=b"another",
+                                         max_frame=1000)
+        finally:
+            await server.close()
     run_guarded(body(), TEST_GUARD)
 
 
