@@ -46,7 +46,10 @@ from async_runner import run_guarded
 from kv_harness import (GUARD, HOST, PHASE, TEST_GUARD, KvCluster, WriteStream, all_up,
                         free_ports, kv_test, node_cmd, serving, status_of, statuses, until,
                         wait_converged, wait_leader)
-from test_tcp_auth import tls_contexts  # noqa: F401 (a fixture)
+import test_tcp_auth
+
+#: The self-signed certificate fixture of the transport's TLS tests.
+tls_contexts = test_tcp_auth.tls_contexts
 
 # ============================================================ the package
 
