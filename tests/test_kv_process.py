@@ -35,7 +35,7 @@ import pytest
 
 from raftcore import kv
 from raftcore.errors import ConfigError, StorageError
-from raftcore.kv import Client, KvError, KvStateMachine
+from raftcore.kv import Client, KvError, KvStateMachine, connection
 from raftcore.messages import SnapshotMeta
 from raftcore.network import RaftServer
 from raftcore.network.base import RaftNode
@@ -46,6 +46,10 @@ from async_runner import run_guarded
 from kv_harness import (GUARD, HOST, PHASE, TEST_GUARD, KvCluster, WriteStream, all_up,
                         free_ports, kv_test, node_cmd, serving, status_of, statuses, until,
                         wait_converged, wait_leader)
+import test_tcp_auth
+
+#: The self-signed certificate fixture of the transport's TLS tests.
+tls_contexts = test_tcp_auth.tls_contexts
 
 # ============================================================ the package
 
@@ -254,16 +258,18 @@ def test_a_failed_snapshot_write_leaves_no_temporary_file(tmp_path):
 
 # ====================================================== the server's hook
 
+class NoRaft(RaftNode):
+    """A node for a RaftServer that serves only services."""
+    id = 0
+
+    async def append_entries(self, req):
+        raise AssertionError("not a raft message")
+
+    async def vote(self, req):
+        raise AssertionError("not a raft message")
+
+
 def test_raft_server_hands_service_messages_to_their_handlers():
-    class NoRaft(RaftNode):
-        id = 0
-
-        async def append_entries(self, req):
-            raise AssertionError("not a raft message")
-
-        async def vote(self, req):
-            raise AssertionError("not a raft message")
-
     async def echo(msg):
         return ["echo", msg[1:]]
 
@@ -295,6 +301,142 @@ def test_raft_server_hands_service_messages_to_their_handlers():
             writer.write(frame([3, [72]]))
             assert await reader.read() == b""
             writer.close()
+        finally:
+            await server.close()
+    run_guarded(body(), TEST_GUARD)
+
+
+# ================================================ the client's connection
+
+def test_the_client_connection_pipelines_calls_and_fails_them_as_the_client_expects():
+    """kv.connection over a RaftServer's services: replies matched by request
+    id whatever their order, a handler's failure and a request that cannot
+    be sent are KvErrors, a reply that never comes is a TimeoutError."""
+    release = None
+
+    async def held(msg):
+        await release.wait()
+        return ["held", msg[1]]
+
+    async def echo(msg):
+        return ["echo", msg[1]]
+
+    async def fail(msg):
+        raise ValueError("no such thing")
+
+    async def body():
+        nonlocal release
+        release = asyncio.Event()
+        server = await RaftServer.start(NoRaft(), HOST, 0, services={70: held, 71: echo,
+                                                                      72: fail})
+        conn = await connection.connect(f"{HOST}:{server.port}", GUARD, max_frame=1000)
+        try:
+            first = asyncio.ensure_future(conn.call([70, "a"], GUARD))
+            assert await conn.call([71, "b"], GUARD) == ["echo", "b"]
+            assert not first.done()
+            with pytest.raises(KvError, match=r"failed to handle the request: ValueError: no "
+                                              r"such thing"):
+                await conn.call([72], GUARD)
+            with pytest.raises(KvError, match="exceeds max_frame_size 1000"):
+                await conn.call([71, b"x" * 1000], GUARD)
+            with pytest.raises(KvError, match="cannot encode the request with msgpack"):
+                await conn.call([71, object()], GUARD)
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.call([70, "never released"], 0.01)
+            release.set()
+            assert await first == ["held", "a"]
+            assert not conn.closed and conn.failure is None
+        finally:
+            await conn.close()
+            await server.close()
+        assert conn.closed
+        with pytest.raises(connection.ConnectionLost, match="is closed"):
+            await conn.call([71, "c"], GUARD)
+    run_guarded(body(), TEST_GUARD, loop_errors_fail=True)
+
+
+def test_the_client_connection_loses_its_calls_when_the_node_goes():
+    async def read_then_close(reader, writer):
+        await reader.readexactly(5)
+        writer.close()
+
+    async def body():
+        server = await asyncio.start_server(read_then_close, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = await connection.connect(f"{HOST}:{port}", GUARD, max_frame=1000)
+        try:
+            with pytest.raises(connection.ConnectionLost, match="lost"):
+                await conn.call([70], GUARD)
+            assert conn.closed and conn.failure is None
+        finally:
+            await conn.close()
+            server.close()
+            await server.wait_closed()
+    run_guarded(body(), TEST_GUARD, loop_errors_fail=True)
+
+
+def test_the_client_connection_runs_the_shared_secret_handshake():
+    async def echo(msg):
+        return ["echo", msg[1]]
+
+    async def body():
+        server = await RaftServer.start(NoRaft(), HOST, 0, services={70: echo},
+                                        secret=b"cluster secret")
+        addr = f"{HOST}:{server.port}"
+        try:
+            conn = await connection.connect(addr, GUARD, secret=b"cluster secret",
+                                            max_frame=1000)
+            assert await conn.call([70, "a"], GUARD) == ["echo", "a"]
+            await conn.close()
+            with pytest.raises(KvError, match="authentication failed"):
+                await connection.connect(addr, GUARD, secret=b"another", max_frame=1000)
+            conn = await connection.connect(addr, GUARD, max_frame=1000)
+            with pytest.raises(KvError, match="requires the cluster's shared secret"):
+                await conn.call([70, "a"], GUARD)
+            assert conn.closed and isinstance(conn.failure, KvError)
+            with pytest.raises(KvError, match="requires the cluster's shared secret"):
+                await conn.call([70, "a"], GUARD)
+            await conn.close()
+        finally:
+            await server.close()
+    run_guarded(body(), TEST_GUARD)
+
+
+def test_the_client_connection_times_out_a_node_that_never_sends_the_handshake():
+    async def silent(reader, writer):
+        await reader.read()
+        writer.close()
+
+    async def body():
+        server = await asyncio.start_server(silent, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(connection.ConnectionLost, match="no shared-secret handshake"):
+                await connection.connect(f"{HOST}:{port}", 0.05, secret=b"s", max_frame=1000)
+        finally:
+            server.close()
+            await server.wait_closed()
+    run_guarded(body(), TEST_GUARD)
+
+
+def test_the_client_connection_speaks_tls_with_the_handshake_inside(tls_contexts):
+    server_ctx, client_ctx = tls_contexts
+
+    async def echo(msg):
+        return ["echo", msg[1]]
+
+    async def body():
+        server = await RaftServer.start(NoRaft(), HOST, 0, server_ctx, services={70: echo},
+                                        secret=b"cluster secret")
+        addr = f"{HOST}:{server.port}"
+        try:
+            conn = await connection.connect(addr, GUARD, ssl=client_ctx,
+                                            secret=b"cluster secret", max_frame=1000)
+            assert await conn.call([70, "a"], GUARD) == ["echo", "a"]
+            await conn.close()
+            with pytest.raises(KvError, match="authentication failed"):
+                await connection.connect(addr, GUARD, ssl=client_ctx, secret=b"another",
+                                         max_frame=1000)
         finally:
             await server.close()
     run_guarded(body(), TEST_GUARD)
