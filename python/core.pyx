@@ -16,32 +16,6 @@ Concurrency model (one thread, one event loop):
 - Client writes are queued and moved into the engine as one batch per event
   loop iteration (a call_soon callback), so writers that run together share
   one append and one AppendEntries per follower.
-
-The pieces around RaftCore, each in a module of its own (RaftCore owns one
-of each and calls it; those in plain Python reach the executor through the
-few def methods marked as theirs):
-- PendingWrites (pending_writes.pyx): client writes, from the door check to
-  the answer.
-- ReadWaiters and MetricWaiters (waiters.pyx): linearizable reads waiting
-  for a quorum and Raft.wait() conditions, checked after each round.
-- PeerClients (peers.pyx): a NetworkClient per peer, and the first step of
-  every AppendEntries sent.
-- SnapshotTransfer (snapshot_transfer.py): snapshots built, streamed to
-  followers and received, off the per-write path.
-- NodeIdentity (identity.py): the cluster id and storage incarnation.
-- DiskSpace (disk_space.py): the disk-full condition and the saves that
-  wait for space.
-- startup.py: the engine made from the Config and restored from the stores;
-  elections.py: the vote and transfer RPCs; transitions.py: the log of role,
-  term and leader changes.
-
-Why the rest is one piece: RaftCore is the one executor of the engine's
-commands and the per-write path through it (a write taken into the engine,
-appended, replicated by the AppendEntries fast path, flushed, applied and
-answered) runs as C calls between its own cdef methods and fields, with no
-Python call on the way; split across modules, those calls would go through
-Python (or need a .pxd of RaftCore that every piece depends on).
-
 - RPCs: every AppendEntries first goes to the NetworkClient's
   `append_entries_nowait(req, reply)` (the fast path declared in
   raftcore.network.base), which a peer in the same process answers
@@ -56,6 +30,25 @@ Python (or need a .pxd of RaftCore that every piece depends on).
 - A handler answers only after its commands ran: a granted vote after
   save_vote returned (durable), an AppendEntries success after the log is
   flushed up to what it reports as matched.
+
+The pieces around RaftCore are modules of their own, RaftCore owning one of
+each: PendingWrites (pending_writes.pyx: client writes, from the door check
+to the answer), ReadWaiters and MetricWaiters (waiters.pyx: reads waiting
+for a quorum, Raft.wait() conditions), PeerClients (peers.pyx: a
+NetworkClient per peer), SnapshotTransfer (snapshot_transfer.py: build,
+send, receive), NodeIdentity (identity.py: cluster id and storage
+incarnation), DiskSpace (disk_space.py: the disk-full condition and the
+saves that wait for space), startup.py (the engine made from the Config and
+restored from the stores), elections.py (vote and transfer RPCs) and
+transitions.py (the log of role, term and leader changes). The plain-Python
+ones reach the executor through the few def methods marked as theirs.
+
+Why the rest is one piece: RaftCore is the one executor of the engine's
+commands and the per-write path through it (a write taken into the engine,
+appended, replicated by the AppendEntries fast path, flushed, applied and
+answered) runs as C calls between its own cdef methods and fields, with no
+Python call on the way; split across modules, those calls would go through
+Python (or need a .pxd of RaftCore that every piece depends on).
 """
 cimport cython
 from raftcore.engine cimport Engine, S_FOLLOWER, S_LEADER, S_LEARNER
@@ -755,7 +748,8 @@ cdef class RaftCore:
         """Starts building a snapshot (one at a time); returns the build's future."""
         return self._snapshots.build()
 
-    # For SnapshotTransfer (plain Python), which cannot call cdef methods.
+    # For SnapshotTransfer and elections.py (plain Python), which cannot call
+    # cdef methods.
 
     def run_engine_output(self) -> None:
         """Runs what the engine emitted, after a step from outside."""
