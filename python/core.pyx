@@ -16,13 +16,6 @@ Concurrency model (one thread, one event loop):
 - Client writes are queued and moved into the engine as one batch per event
   loop iteration (a call_soon callback), so writers that run together share
   one append and one AppendEntries per follower.
-  PendingWrites (pending_writes.pyx) holds them, from the door check to
-  the answer.
-- Snapshots are built, streamed to followers and received by
-  SnapshotTransfer (snapshot_transfer.py), off the per-write path.
-- Linearizable reads waiting for a quorum and Raft.wait() conditions are
-  kept by ReadWaiters and MetricWaiters (waiters.pyx), checked after each
-  round.
 - RPCs: every AppendEntries first goes to the NetworkClient's
   `append_entries_nowait(req, reply)` (the fast path declared in
   raftcore.network.base), which a peer in the same process answers
@@ -37,10 +30,28 @@ Concurrency model (one thread, one event loop):
 - A handler answers only after its commands ran: a granted vote after
   save_vote returned (durable), an AppendEntries success after the log is
   flushed up to what it reports as matched.
+
+The pieces around RaftCore are modules of their own, RaftCore owning one of
+each: PendingWrites (pending_writes.pyx: client writes, from the door check
+to the answer), ReadWaiters and MetricWaiters (waiters.pyx: reads waiting
+for a quorum, Raft.wait() conditions), PeerClients (peers.pyx: a
+NetworkClient per peer), SnapshotTransfer (snapshot_transfer.py: build,
+send, receive), NodeIdentity (identity.py: cluster id and storage
+incarnation), DiskSpace (disk_space.py: the disk-full condition and the
+saves that wait for space), startup.py (the engine made from the Config and
+restored from the stores), elections.py (vote and transfer RPCs) and
+transitions.py (the log of role, term and leader changes). The plain-Python
+ones reach the executor through the few def methods marked as theirs.
+
+Why the rest is one piece: RaftCore is the one executor of the engine's
+commands and the per-write path through it (a write taken into the engine,
+appended, replicated by the AppendEntries fast path, flushed, applied and
+answered) runs as C calls between its own cdef methods and fields, with no
+Python call on the way; split across modules, those calls would go through
+Python (or need a .pxd of RaftCore that every piece depends on).
 """
 cimport cython
-from raftcore.engine cimport (Engine, S_CANDIDATE, S_FOLLOWER, S_LEADER, S_LEARNER,
-                              S_SHUTDOWN)
+from raftcore.engine cimport Engine, S_FOLLOWER, S_LEADER, S_LEARNER
 from raftcore.messages cimport AppendEntriesRequest, AppendEntriesResponse
 from raftcore.commands cimport (
     Command, SaveVote, Append, Truncate, SendAppend, SendVote, Apply, SendTransfer, SendSnapshot,
@@ -48,24 +59,26 @@ from raftcore.commands cimport (
     CMD_SEND_VOTE, CMD_APPLY, CMD_SEND_TRANSFER, CMD_SEND_SNAPSHOT, CMD_INSTALL_SNAPSHOT,
     CMD_PURGE)
 from raftcore.pending_writes cimport PendingWrites
-from raftcore.types cimport Entry, LogId, Vote
+from raftcore.types cimport Entry, LogId
 from raftcore.waiters cimport MetricWaiters, ReadWaiters
 
 import asyncio
 import inspect
 import logging
-import random
 from collections import deque
 from typing import Any, Callable, Optional
 
-from raftcore.errors import (ClusterMismatch, Fatal, NoSpace, OutcomeUnknown, RaftError,
-                             StorageError, is_space_error)
+from raftcore.errors import Fatal, OutcomeUnknown, RaftError, StorageError
 from raftcore.network.base import ReplyCallback
 # ClientWriteResponse: importable from here too (raftcore.raft re-exports it).
 from raftcore.pending_writes import ClientWriteResponse
+from raftcore.disk_space import DiskSpace
+from raftcore.elections import send_transfer, send_vote
+from raftcore.identity import NodeIdentity
 from raftcore.peers import PeerClients
 from raftcore.snapshot_transfer import SnapshotTransfer
-from raftcore.storage.base import new_identity_token
+from raftcore.startup import new_engine, restore
+from raftcore.transitions import log_transition
 
 _Future = asyncio.Future
 
@@ -121,7 +134,6 @@ cdef class RaftCore:
     cdef public Engine engine
     cdef bint _sm_async
     cdef object _store_append, _sm_apply      # log_store.append, sm.apply (looked up once)
-    cdef object _rng
     cdef public bint tick_enabled
     # The last entry applied: kept as two numbers, made a LogId when asked
     # (no allocation per applied batch). term 0: nothing applied.
@@ -133,8 +145,7 @@ cdef class RaftCore:
     cdef public bint changing_membership     # a change_membership/add_learner is under way
     cdef public object _fatal
     cdef public object no_space               # NoSpace while the disk is full, else None
-    cdef bint _log_full, _waiting_for_space   # the log store holds writes; a vote or
-    #                                           snapshot install waits for space
+    cdef object _disk                         # DiskSpace: what waits for space, and why
     # executor state
     cdef bint _busy
     cdef object _deferred                     # deque: commands waiting for the core task
@@ -163,12 +174,7 @@ cdef class RaftCore:
     cdef long long _seen_term
     cdef object _seen_leader
     cdef object _core_task
-    # identity
-    cdef bint _keeps_identity                 # the log store keeps a cluster id and incarnation
-    cdef object _identity_lock                # serializes saving the cluster id
-    cdef dict _refusals_logged                # (sender, cluster id) -> when last logged
-    cdef bint _seen_self_stale
-    cdef object _seen_stale_members
+    cdef object _identity                     # NodeIdentity: cluster id and incarnation
 
     def __init__(self, node_id, config, network, log_store, state_machine, loop,
                  executor=None, engine_type=None) -> None:
@@ -185,30 +191,11 @@ cdef class RaftCore:
         #: Runs blocking work (snapshots, fsync) off the event loop; a
         #: simulation replaces it with inline execution.
         self.executor = executor or (lambda fn, *a: loop.run_in_executor(None, fn, *a))
-        seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**63)
-        self._rng = random.Random(seed)
         self.log = logging.getLogger(f"raftcore.node.{node_id}")
         #: The engine class: Engine, or a test's subclass of it
         #: (raftcore.testing.faulty_engine).
-        self.engine = (engine_type or Engine)(
-            node_id,
-            heartbeat_interval=config.heartbeat_interval,
-            election_timeout_min=config.election_timeout_min,
-            election_timeout_max=config.election_timeout_max,
-            max_payload_entries=config.max_payload_entries,
-            max_payload_bytes=config.max_payload_bytes,
-            max_inflight=config.max_inflight,
-            rng=self._rng.random,
-            now=loop.time(),
-            lease_margin=config.lease_drift_margin,
-            max_clock_drift=config.max_clock_drift,
-            check_quorum=config.check_quorum,
-            pre_vote=config.enable_pre_vote,
-            keep_logs=config.max_in_snapshot_log_to_keep,
-        )
+        self.engine = new_engine(engine_type or Engine, node_id, config, loop.time())
         self.tick_enabled = config.enable_tick
-        self.engine.heartbeat_enabled = config.enable_heartbeat
-        self.engine.elect_enabled = config.enable_elect
         self._applied_term = 0
         self._applied_index = 0
         self.snapshot = None
@@ -217,10 +204,7 @@ cdef class RaftCore:
         self.changing_membership = False
         self._fatal = None
         self.no_space = None
-        self._log_full = self._waiting_for_space = False
-        listen = getattr(log_store, "set_space_listener", None)
-        if listen is not None:
-            listen(self._log_space)
+        self._disk = DiskSpace(self)
         # executor state
         self._busy = False
         self._deferred = deque()
@@ -247,11 +231,7 @@ cdef class RaftCore:
         self._seen_term = -1
         self._seen_leader = None
         self._core_task = None
-        self._keeps_identity = False
-        self._identity_lock = asyncio.Lock()
-        self._refusals_logged = {}
-        self._seen_self_stale = False
-        self._seen_stale_members = set()
+        self._identity = NodeIdentity(self)
 
     @property
     def last_applied(self):
@@ -274,135 +254,18 @@ cdef class RaftCore:
         """Restores the engine from the log store and state machine.
         `cluster_id`: the cluster the node must belong to (ClusterMismatch
         if the store belongs to another; adopted by a store without one)."""
-        await self._load_identity(cluster_id)
-        vote = await self.log_store.read_vote()
-        state = await self.log_store.get_log_state()
-        purged = state.last_purged_log_id
-        last = state.last_log_id
-        first = (purged.index if purged else 0) + 1
-        entries = []
-        if last is not None and last.index >= first:
-            entries = await self.log_store.read_entries(first, last.index)
-        committed = await self.log_store.read_committed()
-        applied, sm_membership = await self.sm.applied_state()
-        snap = self.sm.get_current_snapshot()
-        meta = snap.meta if snap is not None else None
-        if purged is not None and (meta is None or meta.last_log_index < purged.index):
-            raise StorageError(
-                f"node {self.id}: the log is purged up to {purged} but the state machine's "
-                f"snapshot covers only {meta.last_log_id if meta else 'nothing'}; the "
-                "entries in between are lost. The state machine did not keep, across the "
-                "restart, a snapshot its node purged the log behind: a StateMachine must "
-                "write a snapshot durably before durable_snapshot() reports it, and load "
-                "it when created again (see raftcore.storage.StateMachine). To bring the "
-                "node back: fix the state machine, then replace this node's storage with "
-                "empty storage and have the leader send it a snapshot (remove the node "
-                "from the cluster and add it back), or restore its log store together with "
-                "the state machine's snapshot files from the same moment")
-        if applied is not None and purged is not None and applied.index < purged.index:
-            raise StorageError(
-                f"node {self.id}: the state machine applied only up to {applied} but the log "
-                f"is purged up to {purged}; install its snapshot before starting")
-        # The state machine may hold more than the log (a crash between
-        # installing a snapshot and purging the log, say): what it holds
-        # supersedes every entry up to there; later entries stay only if the
-        # log matches at that point (openraft does the same).
-        ahead = meta.last_log_id if meta is not None else None
-        if applied is not None and (ahead is None or applied.index > ahead.index):
-            ahead = applied
-        if ahead is not None and ahead.index > (purged.index if purged else 0) and (
-                last is None or ahead.index > last.index or
-                entries[ahead.index - (purged.index if purged else 0) - 1].term != ahead.term):
-            purged, entries = self._purge_on_start(ahead, purged, entries)
-        base = meta.membership if meta is not None else sm_membership
-        self.last_applied = applied
-        self.snapshot = meta.last_log_id if meta is not None else None
-        self.purged = purged
-        self.engine.restore(vote if vote is not None else Vote(0, None, False), purged, entries,
-                            committed.index if committed else 0,
-                            applied.index if applied else 0, base, meta)
+        await self._identity.load(cluster_id)
+        await restore(self)
         # Committed entries the state machine has not applied yet.
         self._deferred.extend(self.engine.take_commands())
-        if self.engine.vote.term > 0:
-            # We may have followed a leader until just now, and a lease of
-            # its may count on us: refuse votes for an election timeout.
-            self.engine.refuse_votes_until(self.loop.time() + self.config.election_timeout_min)
         self._seen_state = self.engine.state
         self._seen_term = self.engine.vote.term
         self._seen_leader = self.engine.leader_id
 
-    async def _load_identity(self, expected) -> None:
-        identity = await self.log_store.read_identity()
-        if identity is None:
-            self.log.info("node %s: its log store keeps no identity; cluster and storage "
-                          "identity checks are off for it", self.id)
-            self.engine.cluster_id = expected
-            return
-        self._keeps_identity = True
-        self.engine.incarnation = identity.incarnation
-        self.engine.cluster_id = identity.cluster_id
-        if expected is not None and identity.cluster_id not in (None, expected):
-            raise ClusterMismatch(
-                f"node {self.id}: its log store belongs to cluster {identity.cluster_id}, not "
-                f"to cluster {expected}; refusing to start on another cluster's storage")
-        if expected is not None and identity.cluster_id is None:
-            await self._adopt_cluster(expected, "its configuration")
-
-    async def _adopt_cluster(self, cluster_id, source) -> None:
-        """Makes `cluster_id` this node's, durably, unless it has one already."""
-        async with self._identity_lock:
-            if self.engine.cluster_id is not None:
-                return
-            if self._keeps_identity:
-                await self.log_store.save_cluster_id(cluster_id)
-            self.engine.cluster_id = cluster_id
-        self.log.info("node %s joined cluster %s (learned from %s)", self.id, cluster_id, source)
-
     async def cluster_id_for_initialize(self, cluster_id) -> None:
         """Before initialize: gives a fresh node its cluster id (`cluster_id`,
-        or the one it has, or a new one), durably."""
-        e = self.engine
-        if e.last_log_index != 0 or e.purged_log_id is not None or e.vote.term != 0:
-            return      # not fresh: engine.initialize refuses it, saying why
-        mine = e.cluster_id
-        if cluster_id is not None and mine is not None and cluster_id != mine:
-            raise ClusterMismatch(f"node {self.id} already belongs to cluster {mine}; it "
-                                  f"cannot initialize cluster {cluster_id}")
-        if mine is None:
-            await self._adopt_cluster(cluster_id or new_identity_token(), "initialize")
-
-    async def _admit_peer(self, cluster_id, sender) -> None:
-        """Lets a request of cluster `cluster_id` from `sender` through, adopting
-        the id on first contact (durably, before answering anything, if the
-        store keeps an identity); a request
-        of another cluster is refused with ClusterMismatch and answered with
-        nothing else."""
-        if self.engine.cluster_id is None:
-            await self._adopt_cluster(cluster_id, f"node {sender}")
-        if cluster_id == self.engine.cluster_id:
-            return
-        msg = (f"node {self.id} belongs to cluster {self.engine.cluster_id} and refuses a "
-               f"request from node {sender} of cluster {cluster_id}")
-        now = self.loop.time()
-        key = (sender, cluster_id)
-        last = self._refusals_logged.get(key)
-        if last is None or now - last >= 10.0:     # once per peer and id every 10 s
-            if len(self._refusals_logged) > 1000:
-                self._refusals_logged.clear()     # a peer sending ever new ids
-            self._refusals_logged[key] = now
-            self.log.warning("%s (a node of another cluster, or pointed at another "
-                             "cluster's storage)", msg)
-        raise ClusterMismatch(msg)
-
-    def _purge_on_start(self, point: LogId, purged, entries):
-        """The log does not reach, or conflicts at, what the state machine
-        holds (`point`): drop the log up to there, and all of it on a conflict."""
-        if entries:
-            self.log_store.truncate_after(purged.index if purged else 0)
-        self.log_store.purge(point)
-        self.log.warning("node %s: the state machine holds up to %s, beyond or in conflict "
-                         "with the log; the log is dropped up to there", self.id, point)
-        return point, []
+        or the one it has, or a new one), durably (see NodeIdentity)."""
+        await self._identity.for_initialize(cluster_id)
 
     def start(self) -> None:
         self._core_task = self.loop.create_task(self._core_loop(), name=f"raftcore-{self.id}")
@@ -477,34 +340,13 @@ cdef class RaftCore:
     async def propose_membership(self, membership) -> Any:
         """Appends a membership entry; returns once it is applied here."""
         self.check_running()
-        await self._pins_committed()
+        await self._identity.pins_committed()
         index = self.engine.change_membership(membership, self.loop.time())
         # Registered before the commands run: a one-node cluster commits and
         # applies the entry while they run.
         fut = self._writes.wait_for_entry(index, self.engine.vote.term)
         self._run_sync()
         return await fut
-
-    async def _pins_committed(self) -> None:
-        """Waits (an election timeout at most) for a pending membership entry
-        that only records incarnations (same voters as the committed one):
-        a change proposed meanwhile would be refused as a second change."""
-        e = self.engine
-        deadline = self.loop.time() + self.config.election_timeout_max
-        while e.state == S_LEADER and self.loop.time() < deadline:
-            pending = e.membership_index
-            committed = e.committed_membership
-            if (pending <= e.committed or committed is None
-                    or committed.configs != e.membership.configs):
-                return
-            fut = self.loop.create_future()
-            self.add_metric_waiter(lambda m: m.committed >= pending or m.state != S_LEADER, fut)
-            try:
-                await asyncio.wait_for(fut, deadline - self.loop.time())
-            except asyncio.TimeoutError:
-                return      # change_membership then says what is pending
-            finally:
-                self.remove_metric_waiter(fut)
 
     def read_log_id(self, lease: bool):
         """Leader: the read point of a linearizable read (a coroutine of its
@@ -533,7 +375,7 @@ cdef class RaftCore:
         self.check_running()
         self._check_request_term(req.term)
         if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
-            await self._admit_peer(req.cluster_id, req.candidate_id)
+            await self._identity.admit_peer(req.cluster_id, req.candidate_id)
         resp = self.engine.handle_vote_request(req, self.loop.time())
         await self.run_commands()
         return resp
@@ -542,7 +384,7 @@ cdef class RaftCore:
         self.check_running()
         self._check_request_term(req.term)
         if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
-            await self._admit_peer(req.cluster_id, req.leader_id)
+            await self._identity.admit_peer(req.cluster_id, req.leader_id)
         self.engine.handle_transfer_leader(req, self.loop.time())
         await self.run_commands()
 
@@ -551,7 +393,7 @@ cdef class RaftCore:
         self.check_running()
         self._check_request_term(req.term)
         if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
-            await self._admit_peer(req.cluster_id, req.leader_id)
+            await self._identity.admit_peer(req.cluster_id, req.leader_id)
         if req.term >= self.engine.vote.term:
             self._snapshots.receive_chunk(req)
         resp = self.engine.handle_install_snapshot(req, self.loop.time())
@@ -562,7 +404,7 @@ cdef class RaftCore:
         self.check_running()
         self._check_request_term(req.term)
         if req.cluster_id is not None and req.cluster_id != self.engine.cluster_id:
-            await self._admit_peer(req.cluster_id, req.leader_id)
+            await self._identity.admit_peer(req.cluster_id, req.leader_id)
         resp = self.engine.handle_append_entries(req, self.loop.time())
         await self.run_commands()
         if resp.success and self.engine.flushed < resp.matched:
@@ -738,7 +580,7 @@ cdef class RaftCore:
             # log, but a later leader may still hold and commit them.
             self._writes.fail_truncated(meta.last_log_index + 1)
         data = self._snapshots.take_received(meta.snapshot_id)
-        await self._store_when_space(self.sm.install_snapshot, meta, data)
+        await self._disk.store_when_space(self.sm.install_snapshot, meta, data)
         self._writes.fail_upto(meta.last_log_index, OutcomeUnknown(
             f"node {self.id} installed a snapshot up to index "
             f"{meta.last_log_index} before applying this write; it may or "
@@ -747,107 +589,6 @@ cdef class RaftCore:
         self.snapshot = self.last_applied
         self.log.info("node %s installed snapshot %s up to %s", self.id,
                       meta.snapshot_id, self.last_applied)
-
-    async def _save_vote(self, vote) -> None:
-        """Saves the vote; on a full disk waits (as _store_when_space) until it can."""
-        try:
-            await self.log_store.save_vote(vote)
-            return
-        except Exception as exc:
-            if not is_space_error(exc):
-                raise
-            error = exc
-        engine = self.engine
-        if engine.state == S_CANDIDATE and engine.vote == vote and not engine.output and \
-                all((<Command>c).kind == CMD_SEND_VOTE for c in self._deferred):
-            # This node's vote for itself cannot be saved: call the election
-            # off before a request leaves (its in-memory term would otherwise
-            # answer, and depose, the leader). What waits on these commands
-            # fails; the vote as saved is what is saved again until space is
-            # freed (a probe: later votes are saved after it, in order).
-            saved = await self.log_store.read_vote() or Vote(0, None, False)
-            if engine.vote == vote and engine.abandon_campaign(saved):
-                self.log.warning("node %s: cannot save its vote (disk full); no election",
-                                 self.id)
-                self._cmds_done += len(self._deferred)
-                self._deferred.clear()
-                waiters, self._exec_waiters = self._exec_waiters, deque()
-                for _, fut in waiters:
-                    _fail(fut, NoSpace(f"node {self.id}: its disk is full: {error}"))
-                vote = saved
-        await self._store_when_space(self.log_store.save_vote, vote)
-
-    async def _store_when_space(self, save, *args) -> None:
-        """await save(*args) (a vote save, a snapshot install). On a full disk
-        it is tried again until space is freed, and nothing after it runs
-        meanwhile: a vote counts, an installed snapshot replaces the log, and
-        the commands that follow act, only once it is durable."""
-        delay = 0.05
-        while True:
-            try:
-                await save(*args)
-                break
-            except Exception as exc:
-                if not is_space_error(exc):
-                    raise
-                if not self._waiting_for_space:
-                    self._waiting_for_space = True
-                    self._space_changed(exc)
-            # The engine steps on meanwhile (a new leader, a new term): its
-            # state is reported, though its commands wait for this save.
-            self._after_round()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-            if self.stopped:
-                return
-        if self._waiting_for_space:
-            self._waiting_for_space = False
-            self._space_changed(None)
-
-    def _log_space(self, err) -> None:
-        """The log store's space listener: it holds writes for lack of disk
-        space (err), or they went through (None)."""
-        self._log_full = err is not None
-        self._space_changed(err)
-
-    def _space_changed(self, err) -> None:
-        """Enters the disk-full condition on `err`; leaves it once neither
-        the log nor a vote waits for space (as etcd's NOSPACE alarm)."""
-        if self.stopped:
-            return
-        engine = self.engine
-        if err is not None and self.no_space is None:
-            self.no_space = NoSpace(f"node {self.id} takes no writes: its disk is full ({err}); "
-                                    "free space on its disk and it resumes by itself")
-            engine.storage_full = True
-            self._writes.no_space = self.no_space
-            # WARNING: the store logs the error itself (a FileLogStore at ERROR).
-            self.log.warning("node %s: disk full: it takes no writes, gives no votes and "
-                             "does not campaign until space is freed: %s", self.id, err)
-            self._writes.reject_pending()
-            self._hand_over_leadership()
-        elif err is None and self.no_space is not None and not (self._log_full or
-                                                                self._waiting_for_space):
-            self.no_space = None
-            self._writes.no_space = None
-            engine.storage_full = False
-            self.log.warning("node %s: disk space is available again; it resumes", self.id)
-        if self._metric_waiters.waiting:
-            self.check_metric_waiters()
-
-    def _hand_over_leadership(self) -> None:
-        """A leader on a full disk asks the most caught-up voter to take
-        over (again after a transfer that timed out)."""
-        engine = self.engine
-        if engine.state != S_LEADER or engine.transfer_to is not None:
-            return
-        matched = engine.replication() or {}
-        voters = [(m, i) for i, m in matched.items() if engine.membership.is_voter(i)]
-        if not voters:
-            return      # a single voter: nobody to hand over to
-        target = max(voters)[1]
-        self.log.warning("node %s: disk full; hands leadership to node %s", self.id, target)
-        self.step(engine.transfer_leader, target, self.loop.time())
 
     cdef void _command_done(self):
         self._cmds_done += 1
@@ -882,17 +623,17 @@ cdef class RaftCore:
             self.log_store.truncate_after((<Truncate>cmd).since - 1)
             self._writes.fail_truncated((<Truncate>cmd).since)
         elif kind == CMD_SEND_VOTE:
-            self._spawn(self._send_vote((<SendVote>cmd).target, (<SendVote>cmd).request))
+            self._spawn(send_vote(self, (<SendVote>cmd).target, (<SendVote>cmd).request))
         elif kind == CMD_SEND_TRANSFER:
-            self._spawn(self._send_transfer((<SendTransfer>cmd).target,
-                                            (<SendTransfer>cmd).request))
+            self._spawn(send_transfer(self, (<SendTransfer>cmd).target,
+                                      (<SendTransfer>cmd).request))
         elif kind == CMD_PURGE:
             self.log_store.purge((<Purge>cmd).upto)
             self.purged = (<Purge>cmd).upto
         elif kind == CMD_SEND_SNAPSHOT:
             self._spawn(self._snapshots.send((<SendSnapshot>cmd).target))
         elif kind == CMD_SAVE_VOTE:
-            return _DEFER if inline else self._save_vote((<SaveVote>cmd).vote)
+            return _DEFER if inline else self._disk.save_vote((<SaveVote>cmd).vote)
         elif kind == CMD_INSTALL_SNAPSHOT:
             return _DEFER if inline else self._install_snapshot(
                 (<InstallSnapshot>cmd).meta, (<InstallSnapshot>cmd).drop_from)
@@ -1001,35 +742,14 @@ cdef class RaftCore:
         self.log.debug("append_entries to %s failed: %s", target, exc)
         self.engine.handle_append_failure(target, req, self.loop.time())
 
-    async def _send_vote(self, target: int, req) -> None:
-        try:
-            resp = await self._client(target).vote(req)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.log.debug("vote request to %s failed: %s", target, exc)
-            return
-        if self.stopped or not self._plausible_answer(target, resp.term):
-            return
-        self.engine.handle_vote_response(target, req, resp, self.loop.time())
-        self._run_sync()
-
-    async def _send_transfer(self, target: int, req) -> None:
-        try:
-            await self._client(target).transfer_leader(req)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The transfer times out in the engine and leadership resumes.
-            self.log.info("handing leadership to %s failed: %s", target, exc)
-
     # ------------------------------------------------------------ snapshots
 
     def build_snapshot(self) -> asyncio.Future:
         """Starts building a snapshot (one at a time); returns the build's future."""
         return self._snapshots.build()
 
-    # For SnapshotTransfer (plain Python), which cannot call cdef methods.
+    # For SnapshotTransfer and elections.py (plain Python), which cannot call
+    # cdef methods.
 
     def run_engine_output(self) -> None:
         """Runs what the engine emitted, after a step from outside."""
@@ -1042,6 +762,40 @@ cdef class RaftCore:
     def plausible_answer(self, target, long long term) -> bool:
         """False (and logged) for an answer of an implausibly high term."""
         return self._plausible_answer(target, term)
+
+    # For DiskSpace (plain Python), which cannot reach the executor's state.
+
+    def report_round(self) -> None:
+        """Reports the engine's state as after a round (logs, timer, waiters)
+        while a command waits for disk space."""
+        self._after_round()
+
+    def only_vote_requests_wait(self) -> bool:
+        """True when nothing but vote requests waits to run after the
+        command being executed."""
+        return not self.engine.output and \
+            all((<Command>c).kind == CMD_SEND_VOTE for c in self._deferred)
+
+    def drop_deferred(self, err) -> None:
+        """Drops the commands waiting to run (a campaign called off) and
+        fails with `err` whatever waits on them."""
+        self._cmds_done += len(self._deferred)
+        self._deferred.clear()
+        waiters, self._exec_waiters = self._exec_waiters, deque()
+        for _, fut in waiters:
+            _fail(fut, err)
+
+    def set_disk_full(self, no_space) -> None:
+        """Enters the disk-full condition (`no_space`: the NoSpace error
+        writes get meanwhile; the queued ones are refused now) or leaves it
+        (None)."""
+        self.no_space = no_space
+        self._writes.no_space = no_space
+        self.engine.storage_full = no_space is not None
+        if no_space is not None:
+            self._writes.reject_pending()
+        if self._metric_waiters.waiting:
+            self.check_metric_waiters()
 
     # ------------------------------------------------------------- timers
 
@@ -1084,14 +838,15 @@ cdef class RaftCore:
         cdef Engine engine = self.engine
         if engine.membership is not self._clients_for:
             self._revalidate_clients()
-            if engine.identity_stale != self._seen_self_stale:
-                self._log_identity_stale()
-        if engine.stale_members != self._seen_stale_members:
-            self._log_stale_members()
+            if engine.identity_stale != self._identity.seen_self_stale:
+                self._identity.log_identity_stale()
+        if engine.stale_members != self._identity.seen_stale_members:
+            self._identity.log_stale_members()
         if (engine.state != self._seen_state or engine.vote.term != self._seen_term
                 or engine.leader_id != self._seen_leader):
-            self._log_transition((self._seen_state, self._seen_term, self._seen_leader),
-                                 (engine.state, engine.vote.term, engine.leader_id))
+            log_transition(self.log, self.id,
+                           (self._seen_state, self._seen_term, self._seen_leader),
+                           (engine.state, engine.vote.term, engine.leader_id))
             self._seen_state = engine.state
             self._seen_term = engine.vote.term
             self._seen_leader = engine.leader_id
@@ -1099,48 +854,11 @@ cdef class RaftCore:
                 self._writes.reject_pending()
         self._arm_timer()
         if self.no_space is not None and engine.state == S_LEADER and engine.transfer_to is None:
-            self._hand_over_leadership()
+            self._disk.hand_over_leadership()
         if self._read_waiters.waiting:
             self._read_waiters.check()
         if self._metric_waiters.waiting:
             self.check_metric_waiters()
-
-    def _log_identity_stale(self) -> None:
-        e = self.engine
-        self._seen_self_stale = e.identity_stale
-        if self._seen_self_stale:
-            self.log.warning(
-                "node %s runs on storage incarnation %s, but the membership records %s for "
-                "it: its storage was wiped or replaced since it joined, so it may have "
-                "forgotten its vote and entries it acknowledged. It does not vote or campaign, "
-                "and its acknowledgements do not count, until it is removed from the cluster "
-                "and added back", self.id, e.incarnation, e.recorded_incarnation(self.id))
-        else:
-            self.log.info("node %s: the membership now records its storage incarnation %s",
-                          self.id, e.incarnation)
-
-    def _log_stale_members(self) -> None:
-        e = self.engine
-        for m in sorted(e.stale_members - self._seen_stale_members):
-            self.log.warning(
-                "node %s (leader): node %s answers from other storage than the incarnation %s "
-                "the membership records for it (wiped or replaced): its votes and "
-                "acknowledgements do not count; it needs replacing (remove it and add it back)",
-                self.id, m, e.recorded_incarnation(m))
-        self._seen_stale_members = set(e.stale_members)
-
-    def _log_transition(self, old: tuple, new: tuple) -> None:
-        state, term, leader = new
-        if state == S_LEADER and old[0] != S_LEADER:
-            self.log.info("node %s became leader in term %s", self.id, term)
-        elif state == S_CANDIDATE and (old[0] != S_CANDIDATE or old[1] != term):
-            self.log.info("node %s started an election for term %s", self.id, term)
-        elif old[0] == S_LEADER and state != S_LEADER and state != S_SHUTDOWN:
-            self.log.info("node %s stepped down in term %s", self.id, term)
-        elif leader != old[2] and leader is not None:
-            self.log.info("node %s follows leader %s in term %s", self.id, leader, term)
-        elif term != old[1]:
-            self.log.debug("node %s moved to term %s", self.id, term)
 
     def add_metric_waiter(self, predicate: Callable, fut: asyncio.Future) -> None:
         self._metric_waiters.add(predicate, fut)

@@ -1,0 +1,36 @@
+"""The RPCs a node sends to elect a leader and to hand leadership over:
+RequestVote, whose answer steps the engine, and TransferLeader, whose
+answer nobody waits for (a transfer that fails times out in the engine,
+and leadership resumes).
+
+Plain Python: a few per election. The node (RaftCore) runs each in a task
+of its own when its engine emits SendVote or SendTransfer.
+"""
+import asyncio
+from typing import Any
+
+
+async def send_vote(core: Any, target: int, req) -> None:
+    """Asks `target` for its vote; its answer steps `core`'s engine."""
+    try:
+        resp = await core.peer_client(target).vote(req)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        core.log.debug("vote request to %s failed: %s", target, exc)
+        return
+    if core.stopped or not core.plausible_answer(target, resp.term):
+        return
+    core.engine.handle_vote_response(target, req, resp, core.loop.time())
+    core.run_engine_output()
+
+
+async def send_transfer(core: Any, target: int, req) -> None:
+    """Asks `target` to take over the leadership of `core`'s node."""
+    try:
+        await core.peer_client(target).transfer_leader(req)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # The transfer times out in the engine and leadership resumes.
+        core.log.info("handing leadership to %s failed: %s", target, exc)
