@@ -372,7 +372,11 @@ def test_a_leader_whose_disk_fills_hands_over_and_the_node_resumes_when_space_is
         try:
             await nodes[1].initialize({i: Node(f"n{i}") for i in nodes})
             old = await leader_among(nodes)
-            await old.client_write(["set", "before", 1])
+            before = await old.client_write(["set", "before", 1])
+            # Two followers' acks commit "before" while the leader's own
+            # write may still be under way: the disk must fill after it, or
+            # that write finds it full and "during" is refused at the door.
+            await asyncio.wait_for(old._core.wait_flushed(before.index), GUARD)
             ops[old.id].full = True
             # The write that finds the disk full: in the log, replicated,
             # committed by the followers.
