@@ -715,7 +715,14 @@ cdef class RaftCore:
             return
         if self.stopped:
             return
-        self._take_append_answer(target, req, resp)
+        # Called by the peer's side of the fast path (in process, from inside
+        # its own handler): an error here is this node's, and must stop this
+        # node, not travel back into the peer as if its answer had failed.
+        try:
+            self._take_append_answer(target, req, resp)
+        except Exception as err:
+            self._die(err)
+            return
         self._run_sync()
 
     cdef void _take_append_answer(self, target, AppendEntriesRequest req,
@@ -733,7 +740,14 @@ cdef class RaftCore:
             self._append_failed(target, req, exc or RaftError(
                 f"node {target} answered an AppendEntries with {type(resp).__name__}"))
             return
-        self._take_append_answer(target, req, resp)
+        # Called by the peer's side of the fast path (in process, from inside
+        # its own handler): an error here is this node's, and must stop this
+        # node, not travel back into the peer as if its answer had failed.
+        try:
+            self._take_append_answer(target, req, resp)
+        except Exception as err:
+            self._die(err)
+            return
         self._run_sync()
 
     def _append_failed(self, target: int, req, exc: BaseException) -> None:

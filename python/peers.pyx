@@ -37,9 +37,11 @@ cdef class PeerClients:
         entry = self._clients.get(target)
         if entry is None:
             node = membership.nodes.get(target) if membership is not None else None
-            entry = (node, self.network.client(target, node))
-            self._clients[target] = entry
-            self._nowait[target] = entry[1].append_entries_nowait
+            c = self.network.client(target, node)
+            # A client written to the method list alone, without the fast
+            # path, declines every request: each goes through append_entries.
+            self._nowait[target] = getattr(c, "append_entries_nowait", None) or _decline
+            entry = self._clients[target] = (node, c)
         return entry[1]
 
     cpdef follow(self, membership):
@@ -68,6 +70,10 @@ cdef class PeerClients:
         """Closes every client."""
         for _, c in self._clients.values():
             await close_quietly(c, self.log)
+
+
+def _decline(req, reply) -> bool:
+    return False
 
 
 async def close_quietly(client: Any, log: logging.Logger) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from raftcore import Config, LogId, Node, Raft
 from raftcore.errors import ConfigError, Fatal, ForwardToLeader, NotAllowed, OutcomeUnknown, Timeout
+from raftcore.engine import Engine
 from raftcore.messages import AppendEntriesRequest
 from raftcore.network import LocalRouter
 from raftcore.storage import MemLogStore, MemStateMachine
@@ -708,3 +709,101 @@ async def test_raft_append_entries_nowait_is_the_documented_fast_path_not_an_ins
         assert raft.append_entries_nowait(
             AppendEntriesRequest(1, 2, 0, 0, [], 0), lambda r, e: replies.append((r, e))) \
             in (True, False)
+
+
+class _ClientWithoutFastPath:
+    """A NetworkClient written to the method list alone: no
+    append_entries_nowait (the contract's fast path is optional)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    async def append_entries(self, req):
+        return await self.inner.append_entries(req)
+
+    async def vote(self, req):
+        return await self.inner.vote(req)
+
+    async def install_snapshot(self, req):
+        return await self.inner.install_snapshot(req)
+
+    async def transfer_leader(self, req):
+        return await self.inner.transfer_leader(req)
+
+    async def close(self) -> None:
+        pass
+
+
+class _NoFastPathNetwork:
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def client(self, target, node):
+        return _ClientWithoutFastPath(self.inner.client(target, node))
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@cluster_test
+async def test_a_client_without_the_fast_path_replicates_through_append_entries():
+    router = LocalRouter(seed=51)
+    nodes = []
+    try:
+        for i in (1, 2, 3):
+            nodes.append(await Raft.create(i, make_config(51 * 10 + i),
+                                           _NoFastPathNetwork(router.network(i)),
+                                           MemLogStore(), MemStateMachine()))
+            router.add(i, nodes[-1])
+        await nodes[0].initialize(members(range(1, 4)))
+        leader = await wait_any_leader(nodes)
+        resp = await leader.client_write(["set", "k", 1])
+        await wait_all_applied(nodes, resp.index)
+        assert all(n._core._fatal is None for n in nodes)
+    finally:
+        for n in nodes:
+            await n.shutdown()
+
+
+class _EngineFailingOnAnAnswer(Engine):
+    """An engine with a bug: it raises on the first answer to an append that
+    carries entries, once armed."""
+    armed = False
+    failures_after = []
+
+    def handle_append_response(self, target, req, resp, now):
+        if req.entries and type(self).armed:
+            type(self).armed = False
+            raise RuntimeError("engine bug on an AppendEntries answer")
+        return Engine.handle_append_response(self, target, req, resp, now)
+
+    def handle_append_failure(self, target, req, now):
+        if req.entries:
+            type(self).failures_after.append(target)
+        return Engine.handle_append_failure(self, target, req, now)
+
+
+@cluster_test
+async def test_an_error_handling_a_fast_path_answer_stops_that_node_not_the_peer():
+    router = LocalRouter(seed=52)
+    nodes = []
+    try:
+        for i in (1, 2, 3):
+            nodes.append(await Raft.create(i, make_config(52 * 10 + i), router.network(i),
+                                           MemLogStore(), MemStateMachine(),
+                                           engine_type=_EngineFailingOnAnAnswer))
+            router.add(i, nodes[-1])
+        await nodes[0].initialize(members(range(1, 4)))
+        leader = await wait_any_leader(nodes)
+        await leader.client_write(["set", "k", 0])
+        _EngineFailingOnAnAnswer.armed = True
+        with pytest.raises(Fatal):
+            await asyncio.wait_for(leader.client_write(["set", "k", 1]), GUARD)
+        assert "engine bug" in str(leader._core._fatal)
+        # The answer was not handed back as a failure a second time, and the
+        # follower that called it goes on.
+        assert _EngineFailingOnAnAnswer.failures_after == []
+        assert all(n._core._fatal is None for n in nodes if n is not leader)
+    finally:
+        for n in nodes:
+            await n.shutdown()
