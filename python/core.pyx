@@ -715,22 +715,23 @@ cdef class RaftCore:
             return
         if self.stopped:
             return
-        # Called by the peer's side of the fast path (in process, from inside
-        # its own handler): an error here is this node's, and must stop this
-        # node, not travel back into the peer as if its answer had failed.
+        self._take_append_answer(target, req, resp)
+
+    cdef void _take_append_answer(self, target, AppendEntriesRequest req,
+                                  AppendEntriesResponse resp):
+        """Steps the engine with a follower's answer and runs what it emits.
+        The fast path's answer comes from the peer's side (in process, from
+        inside its own handler): an error here is this node's, and stops
+        this node rather than travel back into the peer as a failed answer."""
         try:
-            self._take_append_answer(target, req, resp)
+            if self._plausible_answer(target, resp.term):
+                self.engine.handle_append_response(target, req, resp, self.loop.time())
+            else:
+                self.engine.handle_append_failure(target, req, self.loop.time())
         except Exception as err:
             self._die(err)
             return
         self._run_sync()
-
-    cdef void _take_append_answer(self, target, AppendEntriesRequest req,
-                                  AppendEntriesResponse resp):
-        if self._plausible_answer(target, resp.term):
-            self.engine.handle_append_response(target, req, resp, self.loop.time())
-        else:
-            self.engine.handle_append_failure(target, req, self.loop.time())
 
     cdef void _append_replied(self, target, AppendEntriesRequest req, resp, exc):
         """The answer of a request sent by append_entries_nowait (see _AppendAnswer)."""
@@ -740,15 +741,7 @@ cdef class RaftCore:
             self._append_failed(target, req, exc or RaftError(
                 f"node {target} answered an AppendEntries with {type(resp).__name__}"))
             return
-        # Called by the peer's side of the fast path (in process, from inside
-        # its own handler): an error here is this node's, and must stop this
-        # node, not travel back into the peer as if its answer had failed.
-        try:
-            self._take_append_answer(target, req, resp)
-        except Exception as err:
-            self._die(err)
-            return
-        self._run_sync()
+        self._take_append_answer(target, req, resp)
 
     def _append_failed(self, target: int, req, exc: BaseException) -> None:
         if self.stopped:
