@@ -209,6 +209,11 @@ REGRESSION_SEEDS = [
     # membership reached any other node: no node held a membership, so none
     # could campaign. A "wipe" fault now needs the membership committed.
     (11000236, sim.SimSettings(nodes=5, duration=12.0, fault_interval=0.4)),
+    # Node 1's replacement had just put its new incarnation into a
+    # membership not yet committed when the next wipe took the leader with
+    # it: no quorum was left. A replacement counts once its membership is
+    # committed.
+    (12100340, sim.SimSettings(nodes=3, duration=12.0, fault_interval=0.4)),
 ]
 
 

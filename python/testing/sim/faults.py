@@ -239,12 +239,17 @@ class FaultInjection:
                 self.replacement = None     # failed: the next "wipe" fault retries
 
     def replaced(self, leader: Raft, n: int) -> bool:
-        """True once the replacement of wiped node n took effect: n runs and
-        the leader's membership and n's own record n's current incarnation.
+        """True once the replacement of wiped node n took effect: n runs, and
+        the leader's committed membership and n's own record n's current
+        incarnation.
         Before that n may not vote (its log still says it is stale), so
         wiping another member could leave no quorum."""
-        if n in self.down:
+        if n in self.down or self.replacement == "running":
             return False
         incarnation = self.rafts[n]._core.engine.incarnation
+        # Committed on the leader: a membership change still in flight can
+        # be lost with the next wiped node (seed 12100340).
+        committed = leader._core.engine.committed_membership
+        member = committed.nodes.get(n) if committed is not None else None
         return (self.rafts[n]._core.engine.recorded_incarnation(n) == incarnation
-                and leader._core.engine.recorded_incarnation(n) == incarnation)
+                and member is not None and member.incarnation == incarnation)
