@@ -54,6 +54,7 @@ from typing import Any, Optional, Sequence
 import msgpack
 
 from raftcore.errors import ForwardToLeader, RaftError, StorageError
+from raftcore.kv.cli import _address, _non_negative_int
 from raftcore.kv.client import Client
 from raftcore.kv.protocol import (ERROR, KV_SNAPSHOT_BEGIN, KV_SNAPSHOT_READ, OK, REDIRECT,
                                   UNAVAILABLE, KvError)
@@ -332,24 +333,6 @@ def _move_into_place(work: str, target: str) -> None:
 
 # ============================================================ command line
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def _address(text: str) -> str:
-    try:
-        parse_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def add_snapshot_commands(sub: Any) -> None:
     """Adds `save` and `restore` to `sub` (argparse subparsers, of `raftcore
     ctl snapshot`); each sets `func(args) -> exit status`. save reads the
@@ -360,7 +343,7 @@ def add_snapshot_commands(sub: Any) -> None:
                     "membership) from the leader, streamed in chunks, to FILE (replaced "
                     "atomically). Any node's address will do: a follower redirects.")
     save.add_argument("file", metavar="FILE")
-    save.add_argument("--chunk-size", type=_positive_int, default=None, metavar="BYTES",
+    save.add_argument("--chunk-size", type=_non_negative_int, default=None, metavar="BYTES",
                       help=f"bytes per chunk (default {DEFAULT_CHUNK}; the leader may send "
                            "smaller ones)")
     save.set_defaults(func=run_save)
@@ -373,7 +356,7 @@ def add_snapshot_commands(sub: Any) -> None:
     restore.add_argument("file", metavar="FILE")
     restore.add_argument("--dir", required=True, metavar="D",
                          help="the new node's data directory (must be missing or empty)")
-    restore.add_argument("--id", type=_positive_int, required=True, metavar="N",
+    restore.add_argument("--id", type=_non_negative_int, required=True, metavar="N",
                          help="the new node's id")
     restore.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT",
                          help="the new node's address (its membership records it)")
