@@ -26,7 +26,7 @@ from raftcore.kv.state import encode_snapshot_file
 from raftcore.membership import Membership
 from raftcore.model import Node
 from raftcore.storage.file import FileLogStore
-from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry
+from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry, LogId
 
 from async_runner import run_guarded
 from kv_harness import (GUARD, HOST, NODE_ARGS, KvCluster, WriteStream, free_ports, kv_test,
@@ -111,9 +111,12 @@ async def _save_under_load(c: KvCluster) -> None:
                              c.addrs[victim])
         assert made["cluster_id"] != old_cluster
         assert made["last_log_id"] == saved["last_log_id"] and made["keys"] == saved["keys"]
+        old_log = len(c.log_text(victim))
         start_restored(c, victim, c.tmp / "restored")
         st = await restored_leader(c, victim, made["cluster_id"])
         assert st["keys"] == saved["keys"]
+        # It starts as a node that installed the snapshot, nothing to repair.
+        assert "the log is dropped" not in c.log_text(victim)[old_log:]
 
         reader = Client(c.addrs[victim], timeout=GUARD)
         try:
@@ -225,10 +228,13 @@ def test_a_restored_directory_holds_the_state_a_new_cluster_id_and_only_the_new_
     async def identity():
         store = await FileLogStore.open(tmp_path / "d" / "log")
         try:
-            return await store.read_identity(), await store.read_vote()
+            return (await store.read_identity(), await store.read_vote(),
+                    await store.get_log_state())
         finally:
             await store.close()
-    ident, vote = run_guarded(identity(), GUARD)
+    ident, vote, log_state = run_guarded(identity(), GUARD)
+    # The log starts after the snapshot; the node's term is the snapshot's.
+    assert log_state.last_purged_log_id == LogId(1, 11)
     assert ident.cluster_id == made["cluster_id"] and ident.incarnation == made["incarnation"]
     assert sm.last_membership.nodes[5].incarnation == ident.incarnation
     assert vote.term == 1

@@ -65,7 +65,7 @@ from raftcore.model import Node, ReadPolicy
 from raftcore.network.tcp import parse_address
 from raftcore.storage.base import new_identity_token
 from raftcore.storage.wal.oslayer import fsync_dir, replace_file
-from raftcore.types import Vote
+from raftcore.types import LogId, Vote
 
 log = logging.getLogger("raftcore.kv")
 
@@ -289,6 +289,8 @@ async def restore_snapshot(file: str | os.PathLike, data_dir: str | os.PathLike,
             # A term no lower than the snapshot's: the node's first entry
             # comes after the snapshot's last, in a later term.
             await store.save_vote(Vote(meta.last_log_term))
+            # The log starts after the snapshot, as on a node that installed it.
+            store.purge(LogId(meta.last_log_term, meta.last_log_index))
         finally:
             await store.close()
         node = Node(listen, incarnation=identity.incarnation)
