@@ -20,7 +20,8 @@ import sys
 import msgpack
 import pytest
 
-from raftcore.kv import Client, KvError, KvStateMachine
+from raftcore.kv import OK, UNAVAILABLE, Client, KvError, KvStateMachine, connection
+from raftcore.kv.backup import MAX_TRANSFERS, MIN_CHUNK
 from raftcore.kv.protocol import KV_SNAPSHOT_BEGIN, KV_SNAPSHOT_READ
 from raftcore.kv.state import encode_snapshot_file
 from raftcore.membership import Membership
@@ -173,6 +174,8 @@ async def _larger_than_a_frame(c: KvCluster) -> None:
         with pytest.raises(KvError, match="chunk_size an int"):
             await client._request([KV_SNAPSHOT_BEGIN, "big"], node=c.addrs[leader])
 
+        await _transfers_are_bounded(c.addrs[leader])
+
         c.kill(follower)
         made = await restore(c, c.tmp / "big.snap", c.tmp / "restored", follower,
                              c.addrs[follower])
@@ -184,6 +187,27 @@ async def _larger_than_a_frame(c: KvCluster) -> None:
                 assert await reader.get(k) == v, k
         finally:
             await reader.close()
+
+
+async def _transfers_are_bounded(addr: str) -> None:
+    """Saves begun and never read are kept up to MAX_TRANSFERS; one more is
+    answered UNAVAILABLE until one of them has been read to its end."""
+    conn = await connection.connect(addr, GUARD, max_frame=FRAME)
+    try:
+        begun = [await conn.call([KV_SNAPSHOT_BEGIN, MIN_CHUNK], GUARD)
+                 for _ in range(MAX_TRANSFERS)]
+        assert [r[0] for r in begun] == [OK] * MAX_TRANSFERS
+        refused = await conn.call([KV_SNAPSHOT_BEGIN, MIN_CHUNK], GUARD)
+        assert refused[0] == UNAVAILABLE and "in progress" in refused[1], refused
+        info, offset, done = begun[0][1], 0, False
+        while not done:
+            _, data, done = await conn.call([KV_SNAPSHOT_READ, info["transfer"], offset], GUARD)
+            assert len(data) <= MIN_CHUNK
+            offset += len(data)
+        assert offset == info["size"]
+        assert (await conn.call([KV_SNAPSHOT_BEGIN, MIN_CHUNK], GUARD))[0] == OK
+    finally:
+        await conn.close()
 
 
 def test_a_snapshot_larger_than_the_frame_limit_is_saved_through_a_follower(tmp_path):
