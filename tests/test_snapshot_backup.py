@@ -22,6 +22,7 @@ import pytest
 
 from raftcore.kv import OK, UNAVAILABLE, Client, KvError, KvStateMachine, connection
 from raftcore.kv.backup import MAX_TRANSFERS, MIN_CHUNK
+from raftcore.kv.cli import parse_args
 from raftcore.kv.protocol import KV_SNAPSHOT_BEGIN, KV_SNAPSHOT_READ
 from raftcore.kv.state import encode_snapshot_file
 from raftcore.membership import Membership
@@ -312,3 +313,24 @@ def test_a_directory_that_is_not_empty_is_refused_and_left_as_it_was(tmp_path):
     done = run_restore(tmp_path, tmp_path / "s.snap", tmp_path / "d")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["log", "snapshots"]
+
+
+# ============================================================ the node's frame limit
+
+def test_the_frame_limit_caps_what_a_node_sends_in_one_frame():
+    args = parse_args(["--id", "1", "--dir", "d", "--listen", f"{HOST}:7001",
+                       "--max-frame-size", str(FRAME)])
+    assert args.max_frame_size == FRAME
+    for name in ("max_payload_bytes", "snapshot_max_chunk_size", "max_command_bytes"):
+        assert getattr(args.config, name) <= FRAME // 2, name
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-frame-size", "1000"], "--max-frame-size must be at least"),
+    (["--max-frame-size", str(FRAME), "--max-command-bytes", str(FRAME)],
+     "does not fit in --max-frame-size"),
+])
+def test_a_frame_limit_too_small_for_what_it_must_carry_is_refused(capsys, extra, message):
+    with pytest.raises(SystemExit):
+        parse_args(["--id", "1", "--dir", "d", "--listen", f"{HOST}:7001", *extra])
+    assert message in capsys.readouterr().err
