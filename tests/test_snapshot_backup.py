@@ -4,7 +4,8 @@ restores into a new one-node cluster that serves every key acknowledged
 before the save began, under a new cluster id the old nodes refuse; a
 snapshot larger than the nodes' frame limit, saved through a follower; and
 files that must not restore (truncated, damaged, not a snapshot) or a --dir
-that is not empty, refused with a clear error and nothing written.
+that is not empty, refused with a clear error and nothing written; a save
+from a cluster with a shared secret, refused without it.
 
 The commands run as processes, built by snapshot_cmd (the one place to
 change when they move under `raftcore ctl snapshot`). Waits poll a
@@ -35,9 +36,12 @@ from kv_harness import (GUARD, HOST, NODE_ARGS, KvCluster, WriteStream, free_por
                         node_cmd, serving, statuses, until)
 
 
-def snapshot_cmd(command: str, *args: str, endpoints: list[str] = ()) -> list[str]:
+def snapshot_cmd(command: str, *args: str, endpoints: list[str] = (),
+                 secret_file=None) -> list[str]:
     """The command line of `snapshot save|restore ...` with JSON output."""
     opts = ["--endpoints", ",".join(endpoints)] if endpoints else []
+    if secret_file is not None:
+        opts += ["--secret-file", str(secret_file)]
     return [sys.executable, "-m", "raftcore.kv.backup", *opts, "--json", command, *args]
 
 
@@ -214,6 +218,32 @@ async def _transfers_are_bounded(addr: str) -> None:
 def test_a_snapshot_larger_than_the_frame_limit_is_saved_through_a_follower(tmp_path):
     with KvCluster(tmp_path, extra=["--max-frame-size", str(FRAME)]) as c:
         _larger_than_a_frame(c)
+
+
+@kv_test
+async def _with_secret(c: KvCluster, secret_file) -> None:
+    c.start(1, init=True)
+    client = Client(c.addrs[1], timeout=GUARD, secret=secret_file.read_bytes().strip())
+    try:
+        assert await client.set("guarded", 1) is None
+    finally:
+        await client.close()
+    status, out, err = await run_cmd(snapshot_cmd("save", str(c.tmp / "s.snap"),
+                                                  endpoints=[c.addrs[1]],
+                                                  secret_file=secret_file), c.tmp)
+    assert status == 0, err
+    assert json.loads(out)["keys"] == 1
+    status, out, err = await run_cmd(
+        snapshot_cmd("save", str(c.tmp / "t.snap"), endpoints=[c.addrs[1]]), c.tmp)
+    assert status == 1 and "requires the cluster's shared secret" in err, err
+    assert not (c.tmp / "t.snap").exists()
+
+
+def test_a_save_proves_the_clusters_secret_and_is_refused_without_it(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    with KvCluster(tmp_path, n=1, extra=["--secret-file", str(secret)]) as c:
+        _with_secret(c, secret)
 
 
 # ============================================================ files only
