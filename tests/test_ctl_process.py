@@ -143,10 +143,10 @@ async def _status_health_keys_transfer(c: KvCluster) -> None:
         assert rc == 1 and "it is bye; nothing changed" in err
         follower = next(i for i in c.ids if i != leader)
         # A stale read on a follower sees the write once that follower applied it.
-        await until(lambda: ctl(*endpoints(c, [follower]), "get", "greeting", "--stale"),
-                    "the follower to apply the cas", c)
-        assert await ctl_ok(c, *endpoints(c, [follower]), "get", "--stale",
-                            "greeting") == "bye\n"
+        async def follower_has_it():
+            return await ctl(*endpoints(c, [follower]), "get", "--stale", "greeting") == \
+                (0, "bye\n", "")
+        await until(follower_has_it, "the follower to apply the cas", c)
         assert await ctl_ok(c, *ep, "del", "greeting") == "1\n"
         assert await ctl_ok(c, *ep, "del", "greeting") == "0\n"
         rc, out, err = await ctl(*ep, "get", "greeting")
