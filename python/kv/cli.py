@@ -58,7 +58,8 @@ def _parse_peer(item: str) -> tuple[int, str, tuple[str, int]]:
     return nid, addr, host_port
 
 
-def _address(text: str) -> str:
+def address_argument(text: str) -> str:
+    """An argparse type: HOST:PORT, or an error naming what is wrong."""
     try:
         parse_address(text)
     except ValueError as exc:
@@ -112,12 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", type=_parse_peers, default=None, metavar="ID=HOST:PORT,...",
                    help="the cluster: ID=HOST:PORT,... (this node included); needed with "
                         "--init or without --listen")
-    p.add_argument("--listen", type=_address, default=None, metavar="HOST:PORT",
+    p.add_argument("--listen", type=address_argument, default=None, metavar="HOST:PORT",
                    help="HOST:PORT to listen on (default: this node's address in --peers)")
     p.add_argument("--init", action="store_true",
                    help="form the cluster from --peers (on one node; does nothing on a node "
                         "that is already initialized)")
-    p.add_argument("--join", type=_address, default=None, metavar="HOST:PORT",
+    p.add_argument("--join", type=address_argument, default=None, metavar="HOST:PORT",
                    help="join the cluster that the node at HOST:PORT belongs to: this node "
                         "(new and empty, at --listen) asks to be added as a learner, then "
                         "promoted to voter once it has caught up; nothing happens when it is "

@@ -20,9 +20,9 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 from raftcore.errors import RaftError
+from raftcore.kv.cli import address_argument, read_secret_file
 from raftcore.kv.client import Client
 from raftcore.kv.tls import add_tls_arguments, check_tls_arguments
-from raftcore.network.tcp import parse_address
 
 #: Seconds `status` waits for each node at most: a node down is reported,
 #: not waited for.
@@ -202,16 +202,8 @@ def _node_id(text: str) -> int:
     return int(text)
 
 
-def _address(text: str) -> str:
-    try:
-        parse_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def _endpoints(text: str) -> list[str]:
-    addrs = [_address(a.strip()) for a in text.split(",") if a.strip()]
+    addrs = [address_argument(a.strip()) for a in text.split(",") if a.strip()]
     if not addrs:
         raise argparse.ArgumentTypeError("no HOST:PORT given")
     return addrs
@@ -259,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = _command(members, "add", cmd_members_add,
                    "add a running node: as a learner, then, once it has caught up, a voter")
     add.add_argument("id", type=_node_id, metavar="ID")
-    add.add_argument("address", type=_address, metavar="HOST:PORT")
+    add.add_argument("address", type=address_argument, metavar="HOST:PORT")
     add.add_argument("--learner", action="store_true", help="leave it a learner")
     _command(members, "remove", cmd_members_remove,
              "remove a voter or learner").add_argument("id", type=_node_id, metavar="ID")
@@ -284,8 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parses and checks the command line; argparse errors (exit 2) for bad input."""
-    from raftcore.kv.cli import read_secret_file
-
     p = build_parser()
     args = p.parse_args(argv)
     args.secret = read_secret_file(p, args.secret_file)
