@@ -19,7 +19,7 @@ import json
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from raftcore.errors import RaftError
+from raftcore.errors import RaftError, Timeout
 from raftcore.kv.cli import address_argument, read_secret_file
 from raftcore.kv.client import Client
 from raftcore.kv.tls import add_tls_arguments, check_tls_arguments
@@ -92,7 +92,11 @@ def _status_table(data: dict) -> str:
 
 
 async def cmd_health(client: Client, args: argparse.Namespace) -> Result:
-    h = await client.health()
+    try:
+        h = await client.health()
+    except Timeout as exc:
+        raise CtlError(f"unhealthy: no leader confirmed by a quorum within {args.timeout:g}s "
+                       f"({exc})") from None
     return ({"healthy": True, **h},
             f"healthy: leader {h['leader']}, term {h['term']}, read index {h['read_index']}", 0)
 
