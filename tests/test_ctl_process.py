@@ -233,7 +233,7 @@ async def _join_under_load(c: KvCluster) -> None:
             c.procs[4] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=c.tmp)
 
         async def said_so():
-            return c.log_text(4).count("--join has nothing to do") == 1
+            return c.log_text(4).count("--join had nothing to do") == 1
         await until(said_so, "node 4 to see it is a voter already", c)
         assert await voters_are(c, {1, 2, 3, 4})
         assert await client.set("after restart", 1) is None

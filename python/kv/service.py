@@ -396,15 +396,13 @@ JOIN_ATTEMPT_TIMEOUT = 120.0
 
 async def join_cluster(args: argparse.Namespace, raft: Any) -> None:
     """--join: asks the cluster at args.join to add this node (learner, then
-    voter); returns at once if the membership in its log has it as a voter.
+    voter); the leader answers at once if it is a voter already (a restart).
     Asks again while the cluster does not answer; raises KvError if the
     cluster refuses (say its storage is a new incarnation of a member)."""
     from raftcore.kv.client import Client
 
-    m = raft.metrics.membership
-    if m is not None and args.id in m.voter_ids:
-        log.info("node %s is a voter of the cluster already; --join has nothing to do", args.id)
-        return
+    # Even a node whose own log has it as a voter asks: a removed node may
+    # never receive the entry that removed it.
     client = Client(args.join, timeout=JOIN_ATTEMPT_TIMEOUT, secret=args.secret,
                     ssl=args.client_ssl)
     try:
@@ -418,8 +416,11 @@ async def join_cluster(args: argparse.Namespace, raft: Any) -> None:
                 log.warning("node %s could not join through %s yet: %s; asking again",
                             args.id, args.join, exc)
                 continue
-            log.info("node %s is a voter of the cluster%s", args.id,
-                     "" if r["changed"] else " (it was already)")
+            if r["changed"]:
+                log.info("node %s is a voter of the cluster", args.id)
+            else:
+                log.info("node %s is a voter of the cluster already; --join had nothing to do",
+                         args.id)
             return
     finally:
         await client.close()
