@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kv_harness import HOST, KvCluster, kv_test, until
-from test_ctl_process import ctl, ctl_ok, endpoints, voters_are
+from test_ctl_process import ctl, ctl_ok, endpoints, start_joining, voters_are
 
 
 def _write_key(path, key) -> None:
@@ -86,6 +86,9 @@ async def _mutual_tls(c: KvCluster, d) -> None:
     assert await ctl_ok(c, *ep, *mine, "leader", "transfer", str(follower)) == \
         f"node {follower} is the leader\n"
     assert await voters_are(c, {1, 2, 3}, *mine)
+    # A node joins with its certificate (which proves it may).
+    start_joining(c, 4, via=leader)
+    await until(lambda: voters_are(c, {1, 2, 3, 4}, *mine), "node 4 to join over TLS", c)
 
     # Turned away: no client certificate, one of another CA, no TLS at all.
     for args in (["--tls-ca", str(d / "ca.pem")], tls_args(d, "stranger"), []):
@@ -97,8 +100,8 @@ async def _mutual_tls(c: KvCluster, d) -> None:
                            "get", "k")
     assert rc == 1 and "CERTIFICATE_VERIFY_FAILED" in err, err
     async def all_follow():
-        st = json.loads(await ctl_ok(c, *ep, *mine, "--json", "status"))
-        return {n["leader"] for n in st["nodes"]} == {follower}
+        st = json.loads(await ctl_ok(c, *endpoints(c), *mine, "--json", "status"))
+        return len(st["nodes"]) == 4 and {n["leader"] for n in st["nodes"]} == {follower}
     await until(all_follow, f"every node to follow node {follower}", c)
 
 

@@ -92,6 +92,7 @@ def _status_table(data: dict) -> str:
 
 
 async def cmd_health(client: Client, args: argparse.Namespace) -> Result:
+    """`health`: a leader confirmed by a quorum, or exit status 1."""
     try:
         h = await client.health()
     except Timeout as exc:
@@ -102,6 +103,7 @@ async def cmd_health(client: Client, args: argparse.Namespace) -> Result:
 
 
 async def cmd_members_list(client: Client, args: argparse.Namespace) -> Result:
+    """`members list`: the leader's membership."""
     m = await client.members()
     rows = [[n["id"], n["address"], "voter" if n["voter"] else "learner",
              "leader" if n["id"] == m["leader"] else "",
@@ -114,6 +116,7 @@ async def cmd_members_list(client: Client, args: argparse.Namespace) -> Result:
 
 
 async def cmd_members_add(client: Client, args: argparse.Namespace) -> Result:
+    """`members add ID HOST:PORT [--learner]`."""
     r = await client.add_member(args.id, args.address, learner=args.learner)
     role = "voter" if r["voter"] else "learner"
     what = "added" if r["changed"] else "is already a member"
@@ -121,12 +124,14 @@ async def cmd_members_add(client: Client, args: argparse.Namespace) -> Result:
 
 
 async def cmd_members_remove(client: Client, args: argparse.Namespace) -> Result:
+    """`members remove ID`: exit status 1 if it was not a member."""
     if not await client.remove_member(args.id):
         raise CtlError(f"node {args.id} is not a member of the cluster")
     return {"id": args.id, "removed": True}, f"node {args.id} removed", 0
 
 
 async def cmd_leader_transfer(client: Client, args: argparse.Namespace) -> Result:
+    """`leader transfer ID`."""
     changed = await client.transfer_leader(args.id)
     text = f"node {args.id} is the leader" + ("" if changed else " already")
     return {"leader": args.id, "changed": changed}, text, 0
@@ -136,6 +141,7 @@ _ABSENT = object()
 
 
 async def cmd_get(client: Client, args: argparse.Namespace) -> Result:
+    """`get KEY [--stale]`: exit status 1 if the key is absent."""
     value = await client.get(args.key, _ABSENT, stale=args.stale)
     if value is _ABSENT:
         raise CtlError(f"key {args.key!r} not found")
@@ -143,17 +149,20 @@ async def cmd_get(client: Client, args: argparse.Namespace) -> Result:
 
 
 async def cmd_set(client: Client, args: argparse.Namespace) -> Result:
+    """`set KEY VALUE`."""
     prev = await client.set(args.key, args.value)
     return {"key": args.key, "previous": _jsonable(prev)}, "OK", 0
 
 
 async def cmd_del(client: Client, args: argparse.Namespace) -> Result:
+    """`del KEY`: prints how many keys it deleted (0 or 1)."""
     prev = await client.delete(args.key)
     deleted = 0 if prev is None else 1
     return {"key": args.key, "deleted": deleted, "previous": _jsonable(prev)}, str(deleted), 0
 
 
 async def cmd_cas(client: Client, args: argparse.Namespace) -> Result:
+    """`cas KEY OLD NEW`: exit status 1 if KEY was not OLD."""
     swapped, current = await client.cas(args.key, args.old, args.new)
     if not swapped:
         now = "absent" if current is None else _show(current)

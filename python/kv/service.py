@@ -94,6 +94,8 @@ class KvService:
         return m
 
     async def members(self, msg: list) -> list:
+        """[KV_MEMBERS]: the leader's membership after a linearizable read
+        (so an answer also proves a leader that a quorum confirms)."""
         if len(msg) != 1:
             return [ERROR, "a members request is [KV_MEMBERS]"]
         try:
@@ -277,6 +279,11 @@ class KvService:
         return [OK, data.get(key), key in data]
 
     async def status(self, msg: list) -> list:
+        return [OK, self.status_dict()]
+
+    def status_dict(self) -> dict:
+        """This node's status: what KV_STATUS answers and `raftcore ctl
+        status` shows (plain msgpack- and JSON-ready values)."""
         m = self.raft.metrics
         members = []
         if m.membership is not None:
@@ -292,7 +299,7 @@ class KvService:
             replication = [{"id": i, "matched": matched or 0,
                             "lag": max(0, m.last_log_index - (matched or 0))}
                            for i, matched in sorted(m.replication.items()) if i != m.id]
-        return [OK, {
+        return {
             "id": m.id,
             "address": self.address,
             "uptime": round(time.monotonic() - self._started, 3),
@@ -323,7 +330,7 @@ class KvService:
             "recorded_incarnations": [] if m.membership is None else [
                 [i, getattr(n, "incarnation", None)]
                 for i, n in sorted(m.membership.nodes.items())],
-        }]
+        }
 
 
 async def run_node(args: argparse.Namespace) -> int:
