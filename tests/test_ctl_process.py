@@ -179,6 +179,15 @@ async def _status_health_keys_transfer(c: KvCluster) -> None:
         rc, _, err = await ctl(*ep, "leader", "transfer", "9")
         assert rc == 1 and "node 9 is not a voter" in err
 
+        # A node that does not answer is not promoted: it stays a learner.
+        absent = f"{HOST}:{free_ports(1)[0]}"
+        rc, _, err = await ctl(*ep, "--timeout", "2", "members", "add", "5", absent)
+        assert rc == 1 and f"node 5 at {absent} has not caught up within" in err, err
+        assert "it stays a learner" in err
+        assert (await members_of(c))[5]["voter"] is False
+        assert await ctl_ok(c, *ep, "members", "remove", "5") == "node 5 removed\n"
+        assert await voters_are(c, {1, 2, 3})
+
         # A malformed admin request is answered with the reason; the node goes on.
         conn = await connection.connect(c.addrs[follower], GUARD,
                                         max_frame=DEFAULT_MAX_FRAME_SIZE)

@@ -135,15 +135,16 @@ class Client:
     async def add_member(self, node_id: int, address: str, *, learner: bool = False,
                          incarnation: Optional[str] = None) -> dict:
         """Adds node `node_id` at `address` as a learner, waits until it has
-        caught up with the leader's log, then promotes it to voter (unless
+        caught up (it holds every entry committed when it was added), then
+        promotes it to voter (unless
         `learner`). The node must be running (started with --listen, or
         with --join, which calls this). A member already there at that
         address is left as it is. `incarnation`: the node's storage
         incarnation, so that a node whose storage was wiped is refused
         until removed. Returns {id, address, voter, changed}. Needs an
         authenticated client (secret, client certificate) unless the nodes
-        run with --insecure-admin; raises KvError if refused, Timeout if the
-        node did not catch up within `timeout`."""
+        run with --insecure-admin; raises KvError if refused or if the node
+        did not catch up within `timeout` (it then stays a learner)."""
         why = check_node_id(node_id)
         if why is not None:
             raise KvError(why)

@@ -149,15 +149,24 @@ class KvService:
                 return [ERROR, why]
             if nid in m.membership.voter_ids:
                 return [OK, {"id": nid, "address": addr, "voter": True, "changed": False}]
+        # Caught up: it has every entry committed before it was added. (A
+        # lag threshold alone would count a node that never answered as
+        # caught up while the log is short.)
+        target = m.committed
+        await self.raft.add_learner(nid, Node(addr), blocking=False)
         try:
-            await self.raft.add_learner(nid, Node(addr), blocking=True, timeout=wait)
+            await self.raft.wait(wait).metrics(
+                lambda mm: mm.state != ServerState.LEADER
+                or ((mm.replication or {}).get(nid) or 0) >= target,
+                f"learner {nid} to catch up to index {target}")
         except Timeout:
             m = self.raft.metrics
-            matched = (m.replication or {}).get(nid, 0)
+            matched = (m.replication or {}).get(nid) or 0
             return [ERROR, f"node {nid} at {addr} has not caught up within {wait:.3g}s "
-                           f"(it has the log up to index {matched}, the leader up to "
-                           f"{m.last_log_index}); it stays a learner. Check that it runs and "
-                           f"that the leader reaches {addr}, then add it again"]
+                           f"(it has the log up to index {matched}, it needs {target}); it "
+                           f"stays a learner. Check that it runs and that the leader reaches "
+                           f"{addr}, then add it again (or remove it)"]
+        self._leader_metrics()         # leadership lost meanwhile: the next leader goes on
         if not learner:
             await self.raft.change_membership(ChangeMembers.add_voter_ids({nid}))
         return [OK, {"id": nid, "address": addr, "voter": not learner,
