@@ -143,8 +143,8 @@ class Client:
         incarnation, so that a node whose storage was wiped is refused
         until removed. Returns {id, address, voter, changed}. Needs an
         authenticated client (secret, client certificate) unless the nodes
-        run with --insecure-admin; raises KvError if refused or if the node
-        did not catch up within `timeout` (it then stays a learner)."""
+        run with --insecure-admin; raises KvError if refused, Timeout if the
+        node did not catch up within `timeout` (it then stays a learner)."""
         why = check_node_id(node_id)
         if why is not None:
             raise KvError(why)

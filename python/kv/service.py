@@ -162,7 +162,9 @@ class KvService:
         except Timeout:
             m = self.raft.metrics
             matched = (m.replication or {}).get(nid) or 0
-            return [ERROR, f"node {nid} at {addr} has not caught up within {wait:.3g}s "
+            # UNAVAILABLE: asking again later may succeed (a large log takes
+            # long to send), and --join does so.
+            return [UNAVAILABLE, f"node {nid} at {addr} has not caught up within {wait:.3g}s "
                            f"(it has the log up to index {matched}, it needs {target}); it "
                            f"stays a learner. Check that it runs and that the leader reaches "
                            f"{addr}, then add it again (or remove it)"]
