@@ -1,4 +1,5 @@
-"""The `raftcore` command: `raftcore bench` runs the cluster benchmark."""
+"""The `raftcore` command: `raftcore bench` runs the cluster benchmark; `sim`,
+`kv` and `ctl` hand the rest of the line to their own modules."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(raftcore sim --help)", add_help=False)
     sub.add_parser("kv", help="run one node of a key-value cluster (raftcore kv --help)",
                    add_help=False)
+    sub.add_parser("ctl", help="operate a key-value cluster: status, health, members, keys "
+                               "(raftcore ctl --help)", add_help=False)
     b = sub.add_parser("bench", help="3-node in-process cluster write benchmark",
                        description="openraft's cluster_benchmark workload: 3 voters in one "
                                    "process, in-memory log, LocalRouter; N clients each "
@@ -90,6 +93,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "kv":
         from raftcore import kv
         return kv.main(argv[1:])
+    if argv and argv[0] == "ctl":
+        from raftcore.kv import ctl
+        return ctl.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "bench":
         return _bench(args)

@@ -42,7 +42,8 @@ def snapshot_cmd(command: str, *args: str, endpoints: list[str] = (),
     opts = ["--endpoints", ",".join(endpoints)] if endpoints else []
     if secret_file is not None:
         opts += ["--secret-file", str(secret_file)]
-    return [sys.executable, "-m", "raftcore.kv.backup", *opts, "--json", command, *args]
+    return [sys.executable, "-m", "raftcore.cli", "ctl", *opts, "--json", "snapshot", command,
+            *args]
 
 
 async def run_cmd(cmd: list[str], cwd) -> tuple[int, str, str]:

@@ -20,6 +20,12 @@ SERVICE_TYPE_MIN up to the KvService here. Requests:
                                                    ["cas", key, expected, new]
     [KV_GET, key, mode]                            mode: READ_INDEX | LEASE | STALE
     [KV_STATUS]
+    [KV_MEMBERS]                                   the leader's membership, after a
+                                                   linearizable read (also the health check)
+    [KV_ADD_MEMBER, id, addr, learner, incarnation, wait]   admin: add as learner, wait
+                                                   for it to catch up, promote to voter
+    [KV_REMOVE_MEMBER, id]                         admin
+    [KV_TRANSFER_LEADER, id, wait]                 admin
 
 and every reply is a list whose first item is a status:
 
@@ -30,6 +36,13 @@ and every reply is a list whose first item is a status:
     [REDIRECT, leader_id, addr]   not the leader (id and addr None if unknown)
     [UNAVAILABLE, reason]         try again, here or elsewhere (no quorum, shutting down)
     [ERROR, reason]               a bad request; retrying will not help
+
+Admin requests (membership and leadership changes) are served only by a node
+whose every connection is authenticated: it runs with --secret-file, or with
+--tls-ca (mutual TLS: every connection presents a certificate that CA signed),
+or it was told to serve anyone (--insecure-admin). Otherwise they are answered
+ERROR with what to do (protocol.ADMIN_REFUSED). Like writes, they go to the
+leader, following REDIRECT answers.
 
 Exactly-once writes. A write goes into the log as ["session", client_id,
 seq, acked_below, cmd]. Each `Client` has a fresh random client id and
@@ -66,11 +79,14 @@ request is read; give the client the same secret (Client(secret=...)).
 Modules: protocol (message types, statuses, request checks), state
 (KvStateMachine: sessions, snapshot files), service (KvService and the node
 program, run_node), connection (the client's framing and pipelined
-connection), client (Client), cli (the command line, main), backup
-(snapshot save and restore: KV_SNAPSHOT_BEGIN / KV_SNAPSHOT_READ, see its
-docstring). Everything a user needs is importable from raftcore.kv itself.
+connection), client (Client), cli (the command line, main), tls (the
+--tls-* options and their ssl contexts), ctl (`raftcore ctl`, the operator's
+command line over Client), backup (snapshot save and restore:
+KV_SNAPSHOT_BEGIN / KV_SNAPSHOT_READ, see its docstring). Everything a user
+needs is importable from raftcore.kv itself.
 """
-from raftcore.kv.protocol import (ERROR, KV_GET, KV_STATUS, KV_WRITE, LEASE, OK, READ_INDEX,
+from raftcore.kv.protocol import (ERROR, KV_ADD_MEMBER, KV_GET, KV_MEMBERS, KV_REMOVE_MEMBER,
+                                  KV_STATUS, KV_TRANSFER_LEADER, KV_WRITE, LEASE, OK, READ_INDEX,
                                   REDIRECT, SESSION_CMD, STALE, UNAVAILABLE, KvError,
                                   write_request)
 from raftcore.kv.state import KV_SNAPSHOT_FORMAT, KvStateMachine
@@ -79,4 +95,5 @@ from raftcore.kv.client import Client
 from raftcore.kv.cli import build_parser, main, parse_args
 
 __all__ = ["Client", "KvError", "KvStateMachine", "KvService", "main", "KV_WRITE", "KV_GET",
-           "KV_STATUS", "write_request"]
+           "KV_STATUS", "KV_MEMBERS", "KV_ADD_MEMBER", "KV_REMOVE_MEMBER", "KV_TRANSFER_LEADER",
+           "write_request"]

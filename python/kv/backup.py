@@ -35,26 +35,22 @@ with `raftcore kv --join`. D must be missing or empty; it is built in a
 sibling directory and renamed into place, so a failed restore leaves nothing.
 
 The command line: `add_snapshot_commands(subparsers)` adds `save` and
-`restore` (for `raftcore ctl snapshot`); `python -m raftcore.kv.backup
-[--endpoints A,B] [--secret-file F] [--timeout S] [--json] save|restore ...`
-runs them on their own.
+`restore` to `raftcore ctl snapshot`.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import shutil
-import sys
 import zlib
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import msgpack
 
 from raftcore.errors import ForwardToLeader, RaftError, StorageError
-from raftcore.kv.cli import _address, _non_negative_int
+from raftcore.kv.cli import _non_negative_int, address_argument
 from raftcore.kv.client import Client
 from raftcore.kv.protocol import (ERROR, KV_SNAPSHOT_BEGIN, KV_SNAPSHOT_READ, OK, REDIRECT,
                                   UNAVAILABLE, KvError)
@@ -84,7 +80,7 @@ _SAVE_ATTEMPTS = 3
 _NO_TRANSFER = "no snapshot transfer"
 
 __all__ = ["SnapshotExports", "save_snapshot", "restore_snapshot", "add_snapshot_commands",
-           "main", "MAX_TRANSFERS", "IDLE_TIMEOUT"]
+           "cmd_snapshot_save", "cmd_snapshot_restore", "MAX_TRANSFERS", "IDLE_TIMEOUT"]
 
 
 # ================================================================ node side
@@ -336,9 +332,8 @@ def _move_into_place(work: str, target: str) -> None:
 # ============================================================ command line
 
 def add_snapshot_commands(sub: Any) -> None:
-    """Adds `save` and `restore` to `sub` (argparse subparsers, of `raftcore
-    ctl snapshot`); each sets `func(args) -> exit status`. save reads the
-    options args.endpoints, args.secret_file, args.timeout and args.json."""
+    """Adds `save` and `restore` to `sub`, the subparsers of `raftcore ctl
+    snapshot`; each sets `run`, a ctl command (raftcore.kv.ctl)."""
     save = sub.add_parser(
         "save", help="save a consistent snapshot of the cluster's state to FILE",
         description="Save a snapshot of the state machine (at one log index, with its "
@@ -348,7 +343,7 @@ def add_snapshot_commands(sub: Any) -> None:
     save.add_argument("--chunk-size", type=_non_negative_int, default=None, metavar="BYTES",
                       help=f"bytes per chunk (default {DEFAULT_CHUNK}; the leader may send "
                            "smaller ones)")
-    save.set_defaults(func=run_save)
+    save.set_defaults(run=cmd_snapshot_save)
     restore = sub.add_parser(
         "restore", help="make a data directory for the first node of a new cluster from FILE",
         description="Make --dir the data directory of node --id of a NEW cluster (new "
@@ -360,102 +355,26 @@ def add_snapshot_commands(sub: Any) -> None:
                          help="the new node's data directory (must be missing or empty)")
     restore.add_argument("--id", type=_non_negative_int, required=True, metavar="N",
                          help="the new node's id")
-    restore.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT",
+    restore.add_argument("--listen", type=address_argument, required=True, metavar="HOST:PORT",
                          help="the new node's address (its membership records it)")
-    restore.set_defaults(func=run_restore)
+    restore.set_defaults(run=cmd_snapshot_restore)
 
 
-def _endpoints(args: argparse.Namespace) -> list[str]:
-    raw = args.endpoints
-    items = raw.split(",") if isinstance(raw, str) else list(raw or [])
-    out = [a.strip() for a in items if a.strip()]
-    if not out:
-        raise ValueError("give --endpoints HOST:PORT[,HOST:PORT...]: a node of the cluster")
-    for a in out:
-        parse_address(a)
-    return out
-
-
-def _secret(args: argparse.Namespace) -> Optional[bytes]:
-    path = getattr(args, "secret_file", None)
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            secret = f.read().strip()
-    except OSError as exc:
-        raise ValueError(f"--secret-file: cannot read {path}: {exc.strerror or exc}") from None
-    if not secret:
-        raise ValueError(f"--secret-file: {path} is empty")
-    return secret
-
-
-def _report(args: argparse.Namespace, result: dict, text: str) -> None:
-    print(json.dumps(result, sort_keys=True) if getattr(args, "json", False) else text)
-
-
-def run_save(args: argparse.Namespace) -> int:
-    """`snapshot save FILE`: 0 once FILE is written; 1 and a one-line error otherwise."""
-    async def go() -> dict:
-        client = Client(_endpoints(args), timeout=args.timeout, secret=_secret(args))
-        try:
-            return await save_snapshot(client, args.file, chunk_size=args.chunk_size)
-        finally:
-            await client.close()
-    return _run(args, "snapshot save", go, lambda r: (
+async def cmd_snapshot_save(client: Client, args: argparse.Namespace) -> tuple[dict, str, int]:
+    """`raftcore ctl snapshot save FILE`: (result, its text, exit status 0)."""
+    r = await save_snapshot(client, args.file, chunk_size=args.chunk_size)
+    return r, (
         f"saved snapshot at log index {r['last_log_id'][1]} (term {r['last_log_id'][0]}) of "
         f"cluster {r['cluster_id']}: {r['keys']} keys, {r['size']} bytes in {r['chunks']} "
-        f"chunks, members {', '.join(f'{i}={a}' for i, a in r['nodes'])} -> {r['file']}"))
+        f"chunks, members {', '.join(f'{i}={a}' for i, a in r['nodes'])} -> {r['file']}"), 0
 
 
-def run_restore(args: argparse.Namespace) -> int:
-    """`snapshot restore FILE --dir D --id N --listen HOST:PORT`."""
-    async def go() -> dict:
-        return await restore_snapshot(args.file, args.dir, args.id, args.listen)
-    return _run(args, "snapshot restore", go, lambda r: (
+async def cmd_snapshot_restore(client: Client,
+                               args: argparse.Namespace) -> tuple[dict, str, int]:
+    """`raftcore ctl snapshot restore FILE --dir D --id N --listen HOST:PORT`
+    (reads no node: `client` is not used)."""
+    r = await restore_snapshot(args.file, args.dir, args.id, args.listen)
+    return r, (
         f"restored {r['keys']} keys at log index {r['last_log_id'][1]} into {r['dir']}: node "
         f"{r['id']} of new cluster {r['cluster_id']}; start it with: raftcore kv --id "
-        f"{r['id']} --dir {r['dir']} --listen {r['listen']}"))
-
-
-def _run(args: argparse.Namespace, what: str, go: Any, text: Any) -> int:
-    import uvloop
-
-    try:
-        result = uvloop.run(go())
-    except (RaftError, ValueError, OSError) as exc:
-        print(f"{what}: error: {exc}", file=sys.stderr)
-        return 1
-    _report(args, result, text(result))
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The stand-alone command line (until `raftcore ctl snapshot` has it)."""
-    p = argparse.ArgumentParser(prog="python -m raftcore.kv.backup",
-                                description="Save and restore snapshots of a raftcore kv cluster.")
-    p.add_argument("--endpoints", default=None, metavar="HOST:PORT,...",
-                   help="nodes of the cluster (any one will do)")
-    p.add_argument("--secret-file", default=None, metavar="FILE",
-                   help="the cluster's shared secret (the nodes' --secret-file)")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="seconds a request may take, retries included (default 30)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_snapshot_commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs the stand-alone command line; returns the exit status."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    if args.timeout <= 0:
-        print("--timeout must be positive", file=sys.stderr)
-        return 2
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        f"{r['id']} --dir {r['dir']} --listen {r['listen']}"), 0

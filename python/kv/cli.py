@@ -9,6 +9,7 @@ from typing import Any, Optional, Sequence
 from raftcore.config import Config, SnapshotPolicy
 from raftcore.errors import ConfigError, StorageError
 from raftcore.kv.service import run_node
+from raftcore.kv.tls import add_tls_arguments, check_tls_arguments
 from raftcore.network.tcp import DEFAULT_MAX_FRAME_SIZE, parse_address
 
 log = logging.getLogger("raftcore.kv")
@@ -60,7 +61,8 @@ def _parse_peer(item: str) -> tuple[int, str, tuple[str, int]]:
     return nid, addr, host_port
 
 
-def _address(text: str) -> str:
+def address_argument(text: str) -> str:
+    """An argparse type: HOST:PORT, or an error naming what is wrong."""
     try:
         parse_address(text)
     except ValueError as exc:
@@ -87,6 +89,20 @@ def _non_negative_int(text: str) -> int:
     return v
 
 
+def read_secret_file(p: argparse.ArgumentParser, path: Optional[str]) -> Optional[bytes]:
+    """The secret in --secret-file `path` (None without one), or p.error()."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as exc:
+        p.error(f"--secret-file: cannot read {path}: {exc.strerror or exc}")
+    if not secret:
+        p.error(f"--secret-file: {path} is empty")
+    return secret
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="raftcore kv",
@@ -100,14 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", type=_parse_peers, default=None, metavar="ID=HOST:PORT,...",
                    help="the cluster: ID=HOST:PORT,... (this node included); needed with "
                         "--init or without --listen")
-    p.add_argument("--listen", type=_address, default=None, metavar="HOST:PORT",
+    p.add_argument("--listen", type=address_argument, default=None, metavar="HOST:PORT",
                    help="HOST:PORT to listen on (default: this node's address in --peers)")
     p.add_argument("--init", action="store_true",
                    help="form the cluster from --peers (on one node; does nothing on a node "
                         "that is already initialized)")
+    p.add_argument("--join", type=address_argument, default=None, metavar="HOST:PORT",
+                   help="join the cluster that the node at HOST:PORT belongs to: this node "
+                        "(new and empty, at --listen) asks to be added as a learner, then "
+                        "promoted to voter once it has caught up; nothing happens when it is "
+                        "a voter already (a restart may keep the flag)")
     p.add_argument("--secret-file", default=None, metavar="FILE",
                    help="the cluster's shared secret (the file's contents, surrounding "
                         "whitespace removed): peers and clients must prove they hold it")
+    add_tls_arguments(p, node=True)
+    p.add_argument("--insecure-admin", action="store_true",
+                   help="take membership and leadership changes from any client (by default "
+                        "only from clients that proved the --secret-file or presented a "
+                        "certificate checked against --tls-ca)")
     p.add_argument("--heartbeat", type=float, default=None, metavar="SECONDS",
                    help="leader heartbeat interval (default 0.05)")
     p.add_argument("--election-timeout", type=_timeouts, default=None, metavar="MIN,MAX",
@@ -148,19 +174,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                 f"({', '.join(str(i) for i in sorted(args.peers))})")
     if args.init and args.peers is None:
         p.error("--init needs --peers: the members of the new cluster")
+    if args.init and args.join is not None:
+        p.error("--init forms a new cluster, --join joins an existing one: give one of them")
     if args.listen is None:
         if args.peers is None:
             p.error("give --listen HOST:PORT, or --peers with this node's address")
         args.listen = args.peers[args.id]
-    args.secret = None
-    if args.secret_file is not None:
-        try:
-            with open(args.secret_file, "rb") as f:
-                args.secret = f.read().strip()
-        except OSError as exc:
-            p.error(f"--secret-file: cannot read {args.secret_file}: {exc.strerror or exc}")
-        if not args.secret:
-            p.error(f"--secret-file: {args.secret_file} is empty")
+    if args.join is not None and parse_address(args.listen)[0] in ("0.0.0.0", "::"):
+        p.error(f"--join registers --listen as this node's address, which the others "
+                f"connect to: give an address they can reach, not {args.listen}")
+    args.secret = read_secret_file(p, args.secret_file)
+    check_tls_arguments(p, args, node=True)
     kw: dict[str, Any] = {
         "snapshot_policy": (SnapshotPolicy.logs_since_last(args.snapshot_every)
                             if args.snapshot_every else SnapshotPolicy.never()),

@@ -7,8 +7,10 @@ from typing import Any, Iterable, Optional
 
 from raftcore.errors import ConfigError, Timeout
 from raftcore.kv.connection import Connection, ConnectionLost, connect
-from raftcore.kv.protocol import (ERROR, KV_GET, KV_STATUS, LEASE, OK, READ_INDEX, REDIRECT,
-                                  STALE, UNAVAILABLE, KvError, check_command, write_request)
+from raftcore.kv.protocol import (ERROR, KV_ADD_MEMBER, KV_GET, KV_MEMBERS, KV_REMOVE_MEMBER,
+                                  KV_STATUS, KV_TRANSFER_LEADER, LEASE, OK, READ_INDEX, REDIRECT,
+                                  STALE, UNAVAILABLE, KvError, check_command, check_node_id,
+                                  write_request)
 from raftcore.network.tcp import DEFAULT_MAX_FRAME_SIZE, check_secret, parse_address
 
 
@@ -102,13 +104,81 @@ class Client:
         reply = await self._request([KV_GET, key, mode], node=node)
         return reply[1] if reply[2] else default
 
-    async def status(self, node: Optional[str] = None) -> dict:
+    async def status(self, node: Optional[str] = None, *,
+                     timeout: Optional[float] = None) -> dict:
         """The state of a node (`node`, or the one this client talks to):
         id, state, term, leader, leader_addr, last_log_index, committed,
         applied, snapshot, purged, members (a list of [id, address]), keys,
         sessions, applied_commands (writes applied to the map, each once),
-        deduplicated (retried writes answered without applying them again)."""
-        return (await self._request([KV_STATUS], node=node))[1]
+        deduplicated (retried writes answered without applying them again),
+        and address, uptime (seconds), voters, learners, replication (the
+        leader's: [{id, matched, lag}] per follower), cluster_id, ...
+        `timeout`: seconds this call may take, if not the client's."""
+        return (await self._request([KV_STATUS], node=node, timeout=timeout))[1]
+
+    # ------------------------------------------------------ the cluster
+
+    async def members(self) -> dict:
+        """The membership as the leader has it, after it confirmed its
+        leadership with a quorum: leader, term, read_index, joint (a change
+        is half-way), and members, a list of {id, address, voter,
+        incarnation, stale} (stale: its storage was wiped or replaced)."""
+        return (await self._request([KV_MEMBERS]))[1]
+
+    async def health(self) -> dict:
+        """Returns {leader, term, read_index} when a leader is known and a
+        linearizable read succeeds within `timeout`; raises Timeout (or
+        KvError) otherwise."""
+        m = await self.members()
+        return {"leader": m["leader"], "term": m["term"], "read_index": m["read_index"]}
+
+    async def add_member(self, node_id: int, address: str, *, learner: bool = False,
+                         incarnation: Optional[str] = None) -> dict:
+        """Adds node `node_id` at `address` as a learner, waits until it has
+        caught up (it holds every entry committed when it was added), then
+        promotes it to voter (unless
+        `learner`). The node must be running (started with --listen, or
+        with --join, which calls this). A member already there at that
+        address is left as it is. `incarnation`: the node's storage
+        incarnation, so that a node whose storage was wiped is refused
+        until removed. Returns {id, address, voter, changed}. Needs an
+        authenticated client (secret, client certificate) unless the nodes
+        run with --insecure-admin; raises KvError if refused, Timeout if the
+        node did not catch up within `timeout` (it then stays a learner)."""
+        why = check_node_id(node_id)
+        if why is not None:
+            raise KvError(why)
+        parse_address(address)
+        budget = self._patient_budget()
+        return (await self._request(lambda: [KV_ADD_MEMBER, node_id, address, bool(learner),
+                                             incarnation, budget()], patient=True))[1]
+
+    async def remove_member(self, node_id: int) -> bool:
+        """Removes node `node_id` (a voter or a learner) from the cluster;
+        False if it was not a member. Admin rights as add_member."""
+        why = check_node_id(node_id)
+        if why is not None:
+            raise KvError(why)
+        return (await self._request([KV_REMOVE_MEMBER, node_id], patient=True))[1]["removed"]
+
+    async def transfer_leader(self, node_id: int) -> bool:
+        """Hands leadership to voter `node_id`; returns once the old leader
+        follows it (False if it led already). Admin rights as add_member."""
+        why = check_node_id(node_id)
+        if why is not None:
+            raise KvError(why)
+        budget = self._patient_budget()
+        reply = await self._request(lambda: [KV_TRANSFER_LEADER, node_id, budget()],
+                                    patient=True)
+        return reply[1]["changed"]
+
+    def _patient_budget(self):
+        """A function of the seconds an admin request may wait on the node:
+        most of what remains of this call's timeout, so that the node's own
+        answer (say "not caught up") arrives before the call times out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        return lambda: max(0.05, (deadline - loop.time()) * 0.9 - 0.1)
 
     @property
     def addresses(self) -> list[str]:
@@ -145,15 +215,20 @@ class Client:
 
     # ---------------------------------------------------------- requests
 
-    async def _request(self, msg: Any, node: Optional[str] = None) -> list:
+    async def _request(self, msg: Any, node: Optional[str] = None,
+                       patient: bool = False, timeout: Optional[float] = None) -> list:
         """Sends msg (or msg() per attempt) until a final answer: to the
         leader as far as this client knows, or first to `node` (retried there
         until it answers; a "not leader" answer is followed). Returns the OK
-        reply; raises KvError for an ERROR reply, Timeout past the deadline."""
+        reply; raises KvError for an ERROR reply, Timeout past the deadline.
+        `patient`: an attempt waits for its reply until the deadline, not
+        attempt_timeout (a request that takes long on purpose: sent again
+        while the first copy runs, it would be refused as a second change)."""
         if node is not None:
             parse_address(node)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = loop.time() + timeout
         delay = 0.02
         last_error = "no attempt made"
         pinned = node            # stays set while the request must go to `node`
@@ -163,12 +238,13 @@ class Client:
             target = pinned or self._target
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise Timeout(f"kv request not answered within {self.timeout}s; last error: "
+                raise Timeout(f"kv request not answered within {timeout}s; last error: "
                               f"{last_error}")
             wait = min(self.attempt_timeout, remaining)
             try:
                 conn = await self._connection(target, wait)
-                reply = await conn.call(msg() if callable(msg) else msg, wait)
+                reply = await conn.call(msg() if callable(msg) else msg,
+                                        remaining if patient else wait)
             except (OSError, ConnectionLost, asyncio.TimeoutError) as exc:
                 last_error = f"{target}: {exc or type(exc).__name__}"
                 if pinned is None:

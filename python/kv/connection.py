@@ -104,7 +104,8 @@ class Connection:
         if type(obj) is list and obj and obj[0] == AUTH_MAGIC:
             self.failure = KvError(
                 f"node {self.addr} requires the cluster's shared secret: pass "
-                "Client(secret=...) (the nodes' --secret-file)")
+                "Client(secret=...), or raftcore ctl --secret-file (the nodes' "
+                "--secret-file)")
             return "the node asked for the shared-secret handshake"
         if type(obj) is not list or not 2 <= len(obj) <= 3 or type(obj[0]) is not int:
             return "reply is not [request_id, value]"

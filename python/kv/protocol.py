@@ -12,8 +12,16 @@ from raftcore.network.tcp import SERVICE_TYPE_MIN
 KV_WRITE = SERVICE_TYPE_MIN
 KV_GET = SERVICE_TYPE_MIN + 1
 KV_STATUS = SERVICE_TYPE_MIN + 2
-KV_SNAPSHOT_BEGIN = SERVICE_TYPE_MIN + 3      # snapshot save (raftcore.kv.backup)
-KV_SNAPSHOT_READ = SERVICE_TYPE_MIN + 4
+#: The membership, as the leader has it after a linearizable read (also the
+#: health check: it succeeds only with a leader that a quorum confirms).
+KV_MEMBERS = SERVICE_TYPE_MIN + 3
+#: Admin requests: they change the cluster, so a node takes them only from
+#: an authenticated client (see ADMIN_REFUSED).
+KV_ADD_MEMBER = SERVICE_TYPE_MIN + 4
+KV_REMOVE_MEMBER = SERVICE_TYPE_MIN + 5
+KV_TRANSFER_LEADER = SERVICE_TYPE_MIN + 6
+KV_SNAPSHOT_BEGIN = SERVICE_TYPE_MIN + 7      # snapshot save (raftcore.kv.backup)
+KV_SNAPSHOT_READ = SERVICE_TYPE_MIN + 8
 
 #: Reply statuses.
 OK = 0
@@ -57,6 +65,28 @@ def check_client_id(cid: Any) -> Optional[str]:
     if type(cid) in (str, bytes, int) and (type(cid) is int or 0 < len(cid) <= 256):
         return None
     return f"a client id must be a str or bytes of 1..256 items or an int, got {cid!r:.80}"
+
+
+#: Why a node refused an admin request from an unauthenticated client.
+ADMIN_REFUSED = ("membership and leadership changes are refused: this node cannot tell who "
+                 "is asking. Start the nodes with --secret-file (and give the same file to "
+                 "raftcore ctl --secret-file, or Client(secret=...)), or with --tls-ca for "
+                 "mutual TLS (clients then present a certificate: ctl --tls-cert/--tls-key), "
+                 "or run them with --insecure-admin to allow any client")
+
+
+def check_node_id(node_id: Any) -> Optional[str]:
+    """Why `node_id` cannot be a node id, or None."""
+    if type(node_id) is int and node_id >= 0:
+        return None
+    return f"a node id is an int >= 0, got {node_id!r:.80}"
+
+
+def check_wait(seconds: Any) -> Optional[str]:
+    """Why `seconds` cannot be how long an admin request may wait, or None."""
+    if type(seconds) in (int, float) and 0 < seconds < float("inf"):
+        return None
+    return f"a wait is a positive number of seconds, got {seconds!r:.80}"
 
 
 def write_request(client_id: Any, seq: int, cmd: list, acked_below: int) -> list:
