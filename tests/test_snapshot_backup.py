@@ -5,7 +5,9 @@ before the save began, under a new cluster id the old nodes refuse; a
 snapshot larger than the nodes' frame limit, saved through a follower; and
 files that must not restore (truncated, damaged, not a snapshot) or a --dir
 that is not empty, refused with a clear error and nothing written; a save
-from a cluster with a shared secret, refused without it.
+from a cluster with a shared secret, refused without it; and a restored node
+that two new nodes join (`raftcore kv --join`), all three serving the saved
+keys.
 
 The commands run as processes, built by snapshot_cmd (the one place to
 change when they move under `raftcore ctl snapshot`). Waits poll a
@@ -34,6 +36,7 @@ from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry, LogId
 from async_runner import run_guarded
 from kv_harness import (GUARD, HOST, NODE_ARGS, KvCluster, WriteStream, free_ports, kv_test,
                         node_cmd, serving, statuses, until)
+from test_ctl_process import start_joining, voters_are
 
 
 def snapshot_cmd(command: str, *args: str, endpoints: list[str] = (),
@@ -365,3 +368,42 @@ def test_a_frame_limit_too_small_for_what_it_must_carry_is_refused(capsys, extra
     with pytest.raises(SystemExit):
         parse_args(["--id", "1", "--dir", "d", "--listen", f"{HOST}:7001", *extra])
     assert message in capsys.readouterr().err
+
+
+@kv_test
+async def _restored_then_joined(c: KvCluster, new: KvCluster) -> None:
+    async with serving(c) as (client, leader):
+        written = {f"r{k}": k for k in range(60)}
+        for k, v in written.items():
+            await client.set(k, v)
+        saved = await save(c, c.tmp / "grow.snap", [c.addrs[leader]])
+    for i in c.ids:
+        c.kill(i)
+    # The new cluster: node 1 restored from the file, nodes 2 and 3 join it
+    # with `raftcore kv --join`, as the README says.
+    made = await restore(new, c.tmp / "grow.snap", new.tmp / "n1", 1, new.addrs[1])
+    start_restored(new, 1, new.tmp / "n1", new.extra)
+    await restored_leader(new, 1, made["cluster_id"])
+    for i in (2, 3):
+        start_joining(new, i, via=1)
+    await until(lambda: voters_are(new, {1, 2, 3}), "nodes 2 and 3 to join as voters", new)
+    reader = Client(list(new.addrs.values()), timeout=GUARD)
+    try:
+        assert await reader.set("after", 1) is None
+        for i in new.ids:
+            async def holds_everything():
+                got = await asyncio.gather(*(reader.get(k, stale=True, node=new.addrs[i])
+                                             for k in [*written, "after"]))
+                return got == [*written.values(), 1]
+            await until(holds_everything, f"node {i} to serve every restored key", new)
+        st = await statuses(new, new.ids)
+        assert {s["cluster_id"] for s in st.values()} == {made["cluster_id"]}
+        assert made["cluster_id"] != saved["cluster_id"]
+    finally:
+        await reader.close()
+
+
+def test_a_restored_node_and_two_joined_ones_serve_the_saved_keys(tmp_path):
+    (tmp_path / "new").mkdir()
+    with KvCluster(tmp_path) as c, KvCluster(tmp_path / "new", extra=["--insecure-admin"]) as new:
+        _restored_then_joined(c, new)
