@@ -145,6 +145,9 @@ cdef class RaftCore:
     cdef public bint changing_membership     # a change_membership/add_learner is under way
     cdef public object _fatal
     cdef public object no_space               # NoSpace while the disk is full, else None
+    #: Times this node learned of a new leader (counted with the transition
+    #: log, so it costs nothing per entry).
+    cdef readonly long long leader_changes
     cdef object _disk                         # DiskSpace: what waits for space, and why
     # executor state
     cdef bint _busy
@@ -851,6 +854,8 @@ cdef class RaftCore:
             self._identity.log_stale_members()
         if (engine.state != self._seen_state or engine.vote.term != self._seen_term
                 or engine.leader_id != self._seen_leader):
+            if engine.leader_id != self._seen_leader and engine.leader_id is not None:
+                self.leader_changes += 1
             log_transition(self.log, self.id,
                            (self._seen_state, self._seen_term, self._seen_leader),
                            (engine.state, engine.vote.term, engine.leader_id))

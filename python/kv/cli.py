@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "leading (by default it steps down)")
     p.add_argument("--max-command-bytes", type=_non_negative_int, default=None, metavar="N",
                    help="largest write accepted, in encoded bytes (default 1572864, 1.5 MiB)")
+    p.add_argument("--http", type=_address, default=None, metavar="HOST:PORT",
+                   help="serve /metrics (Prometheus), /health, /status, /cluster, "
+                        "/openapi.json and a live status page (/) over HTTP on HOST:PORT "
+                        "(read-only; needs the extra: pip install 'raftcore[http]')")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -144,6 +148,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if args.peers is None:
             p.error("give --listen HOST:PORT, or --peers with this node's address")
         args.listen = args.peers[args.id]
+    if args.http is not None:
+        from raftcore.kv.node_metrics import MissingExtra, require_prometheus_client
+        try:
+            require_prometheus_client()
+        except MissingExtra as exc:
+            p.error(str(exc))
     args.secret = None
     if args.secret_file is not None:
         try:

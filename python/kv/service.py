@@ -131,14 +131,18 @@ async def run_node(args: argparse.Namespace) -> int:
     config: Config = args.config
     os.makedirs(args.dir, exist_ok=True)
     store = await FileLogStore.open(os.path.join(args.dir, "log"))
-    raft = server = None
+    raft = server = http = None
     status = 0
     try:
         sm = await KvStateMachine.open(os.path.join(args.dir, "snapshots"))
         net = TcpNetwork(rpc_timeout=config.rpc_timeout, secret=args.secret)
         raft = await Raft.create(args.id, config, net, store, sm)
         service = KvService(raft, sm)
-        server = await RaftServer.start(raft, host, port, services=service.handlers(),
+        handlers = service.handlers()
+        if getattr(args, "http", None):
+            from raftcore.kv.http import start_http
+            http, handlers = await start_http(args, raft, service, sm, handlers)
+        server = await RaftServer.start(raft, host, port, services=handlers,
                                         secret=args.secret)
         log.info("node %s serving on %s (data in %s)", args.id, args.listen, args.dir)
         _check_peers_against_disk(args, raft.metrics.membership)
@@ -165,6 +169,8 @@ async def run_node(args: argparse.Namespace) -> int:
             await raft.shutdown()
         if server is not None:
             await server.close()
+        if http is not None:
+            await http.close()
         await store.close()
     log.info("node %s stopped", args.id)
     return status
