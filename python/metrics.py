@@ -69,6 +69,8 @@ def metric_families(m: Any, prefix: str = "raftcore_") -> list[MetricFamily]:
             "1 while the node knows a leader"),
         one("leader_id", -1 if m.current_leader is None else m.current_leader,
             "the id of the leader this node knows, -1 if none"),
+        one("campaigning", 1 if getattr(m, "campaigning", False) else 0,
+            "1 while the node hears from no leader and asks for votes"),
         one("leader_changes", getattr(m, "leader_changes", 0),
             "times the node learned of a new leader since it started", "counter"),
         one("last_log_index", m.last_log_index, "index of the last entry in the node's log"),

@@ -10,7 +10,7 @@ import msgpack
 
 from raftcore.config import Config
 from raftcore.core import ClientWriteResponse, RaftCore
-from raftcore.engine import LEADER
+from raftcore.engine import CANDIDATE, LEADER
 from raftcore.errors import ConfigError, ForwardToLeader, InvalidCommand, NotAllowed, Timeout
 from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
@@ -54,6 +54,10 @@ class RaftMetrics:
     stale_members: frozenset = frozenset()
     #: Times this node learned of a new leader since it started.
     leader_changes: int = 0
+    #: A voter whose election timeout passed without word from a leader: it
+    #: asks for votes (pre-vote or election). With pre-vote, `current_leader`
+    #: still names the leader it last followed meanwhile.
+    campaigning: bool = False
 
     @property
     def last_applied_index(self) -> int:
@@ -88,6 +92,7 @@ class RaftMetrics:
             "identity_stale": self.identity_stale,
             "stale_members": sorted(self.stale_members),
             "leader_changes": self.leader_changes,
+            "campaigning": self.campaigning,
         }
 
 
@@ -127,6 +132,7 @@ def build_metrics(core: RaftCore) -> RaftMetrics:
         identity_stale=e.identity_stale,
         stale_members=frozenset(e.stale_members),
         leader_changes=core.leader_changes,
+        campaigning=e.prevoting or e.state == CANDIDATE,
     )
 
 

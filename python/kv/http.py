@@ -69,7 +69,8 @@ class Response:
 
 class HealthCheck:
     """Decides /health from the node's metrics: healthy while it is running,
-    knows a leader, and applies what is committed (its applied index equals
+    knows a leader (and is not campaigning: it heard from that leader within
+    an election timeout), and applies what is committed (its applied index equals
     the commit index, or moved within the last APPLY_STALL seconds)."""
 
     def __init__(self, raft: Any, clock: Callable[[], float] = time.monotonic) -> None:
@@ -87,8 +88,9 @@ class HealthCheck:
         reason = None
         if m.state == ServerState.SHUTDOWN:
             reason = "the node has shut down"
-        elif m.current_leader is None:
-            reason = "no leader known (an election is under way, or no quorum is reachable)"
+        elif m.current_leader is None or m.campaigning:
+            reason = ("no leader known: the node hears from no leader and asks for votes "
+                      "(an election is under way, or no quorum is reachable)")
         elif m.disk_full:
             reason = "the node's disk is full: it takes no writes"
         elif m.identity_stale:
@@ -218,6 +220,7 @@ class HttpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._conns.add(task)
+        method = ""
         try:
             try:
                 method, path = await asyncio.wait_for(_read_head(reader), HEAD_TIMEOUT)
@@ -229,7 +232,9 @@ class HttpServer:
                 resp = await self._answer(method, path)
             await _write_response(writer, resp, method == "HEAD")
         except (ConnectionError, asyncio.CancelledError):
-            pass
+            pass                       # the client left, or the server closes
+        except Exception:              # a bug here: log it, keep serving the others
+            log.exception("http: answering a request failed")
         finally:
             self._conns.discard(task)
             writer.close()
