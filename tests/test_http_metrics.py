@@ -166,6 +166,9 @@ async def test_metrics_of_a_live_cluster_match_the_status_of_every_node(tmp_path
                              kind="build") == value(got, "raftcore_snapshots_total",
                                                     node=node, kind="build")
                 assert value(got, "raftcore_kv_pending_writes", node=node) == 0
+                # Every node's log synced groups of the writes.
+                assert value(got, "raftcore_log_sync_seconds_count", node=node) >= 1
+                assert value(got, "raftcore_log_sync_seconds_sum", node=node) > 0
 
             got, node = scraped[leader], str(leader)
             for peer in c.ids:

@@ -395,16 +395,19 @@ def openapi() -> dict:
     }
 
 
-async def start_http(args: Any, raft: Any, service: Any, sm: Any,
-                     handlers: dict) -> tuple[HttpServer, dict]:
+async def start_http(args: Any, raft: Any, service: Any, handlers: dict, *, sm: Any,
+                     store: Any) -> tuple[HttpServer, dict]:
     """For run_node: serves `raftcore kv --http` on args.http; returns the
     server (close() it on exit) and the client protocol `handlers` with
-    writes and reads counted for /metrics (serve those)."""
+    writes and reads counted for /metrics (serve those). `sm` and `store`:
+    the node's state machine and log store, whose snapshots and log syncs
+    are counted."""
     from raftcore.kv.client import Client
     from raftcore.kv.node_metrics import NodeMetrics
 
     metrics = NodeMetrics(raft, args.dir)
     metrics.watch_snapshots(sm)
+    metrics.watch_log_store(store)
 
     def peer_client(own_addr: str) -> Client:
         return Client(own_addr, timeout=PEER_TIMEOUT, attempt_timeout=PEER_TIMEOUT,

@@ -6,7 +6,8 @@ Counted here, once per client request or per snapshot (never per log entry,
 so the write path of the Raft core is unchanged): KV writes and reads with
 their outcome and latency (from the request's arrival to its reply, i.e. the
 commit-and-apply latency a client sees), writes in flight, snapshot builds
-and installs with their sizes. Read at scrape time: log and snapshot bytes on
+and installs with their sizes, and the log's write-and-fsync time per group
+commit (FileLogStore.sync_observer). Read at scrape time: log and snapshot bytes on
 disk.
 
 `prometheus_client` is an optional extra (`pip install 'raftcore[http]'`);
@@ -27,6 +28,9 @@ EXTRA = "raftcore[http]"
 #: Latency buckets (seconds) of the request histograms.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
+#: Buckets (seconds) of the log's write-and-fsync histogram.
+SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0)
 #: Size buckets (bytes) of the snapshot histogram.
 SIZE_BUCKETS = tuple(float(4 ** k) for k in range(5, 16))
 
@@ -80,6 +84,10 @@ class NodeMetrics:
         self.snapshot_size = Histogram(
             "raftcore_snapshot_size_bytes", "size of each snapshot built or installed",
             ["node", "kind"], buckets=SIZE_BUCKETS, registry=reg)
+        self.sync_latency = Histogram(
+            "raftcore_log_sync_seconds", "write and fsync of each group of log records "
+            "(group commit: one per batch of appends, not per entry)", node,
+            buckets=SYNC_BUCKETS, registry=reg)
         self.disk_bytes = Gauge("raftcore_disk_bytes", "bytes on disk, by what they hold",
                                 ["node", "what"], registry=reg)
         self._node = str(raft.id)
@@ -155,6 +163,12 @@ class NodeMetrics:
 
         sm.build_snapshot = build_snapshot
         sm.install_snapshot = install_snapshot
+
+    def watch_log_store(self, store: Any) -> None:
+        """Times each group write-and-fsync of a FileLogStore (its
+        sync_observer); a log store without one is left alone."""
+        if hasattr(store, "sync_observer"):
+            store.sync_observer = self.sync_latency.labels(self._node).observe
 
     # ------------------------------------------------------------- scrape
 

@@ -141,7 +141,8 @@ async def run_node(args: argparse.Namespace) -> int:
         handlers = service.handlers()
         if getattr(args, "http", None):
             from raftcore.kv.http import start_http
-            http, handlers = await start_http(args, raft, service, sm, handlers)
+            http, handlers = await start_http(args, raft, service, handlers, sm=sm,
+                                              store=store)
         server = await RaftServer.start(raft, host, port, services=handlers,
                                         secret=args.secret)
         log.info("node %s serving on %s (data in %s)", args.id, args.listen, args.dir)
