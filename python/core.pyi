@@ -32,6 +32,9 @@ class RaftCore:
     no_space: Optional[Exception]
     #: Times this node learned of a new leader.
     leader_changes: int
+    #: (peer id, RPC name) -> failed RPCs to that peer.
+    rpc_errors: dict[tuple[Any, str], int]
+    def count_rpc_error(self, target: Any, rpc: str) -> None: ...
     def __init__(self, node_id: Any, config: Config, network: Any, log_store: Any,
                  state_machine: Any, loop: asyncio.AbstractEventLoop,
                  executor: Optional[Callable[..., Awaitable[Any]]] = ...,

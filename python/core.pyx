@@ -148,6 +148,10 @@ cdef class RaftCore:
     #: Times this node learned of a new leader (counted with the transition
     #: log, so it costs nothing per entry).
     cdef readonly long long leader_changes
+    #: (peer id, RPC name) -> RPCs to that peer that failed (no answer, a
+    #: connection error, a refusal). Replaced, never changed in place, on a
+    #: failure: RaftMetrics can hold it without a copy.
+    cdef readonly dict rpc_errors
     cdef object _disk                         # DiskSpace: what waits for space, and why
     # executor state
     cdef bint _busy
@@ -235,6 +239,7 @@ cdef class RaftCore:
         self._seen_leader = None
         self._core_task = None
         self._identity = NodeIdentity(self)
+        self.rpc_errors = {}
 
     @property
     def last_applied(self):
@@ -750,7 +755,13 @@ cdef class RaftCore:
         if self.stopped:
             return
         self.log.debug("append_entries to %s failed: %s", target, exc)
+        self.count_rpc_error(target, "append_entries")
         self.engine.handle_append_failure(target, req, self.loop.time())
+
+    def count_rpc_error(self, target, rpc: str) -> None:
+        """Counts a failed RPC to `target` (see rpc_errors)."""
+        key = (target, rpc)
+        self.rpc_errors = {**self.rpc_errors, key: self.rpc_errors.get(key, 0) + 1}
 
     # ------------------------------------------------------------ snapshots
 

@@ -96,7 +96,11 @@ def metric_families(m: Any, prefix: str = "raftcore_") -> list[MetricFamily]:
         matched = matched or 0
         match.add(matched, node=node, peer=str(peer))
         lag.add(max(0, m.last_log_index - matched), node=node, peer=str(peer))
-    out += [match, lag]
+    errors = fam("rpc_errors", "counter", "RPCs to each peer that failed (no answer, a "
+                                          "connection error), by RPC")
+    for (peer, rpc), n in sorted(getattr(m, "rpc_errors", {}).items(), key=str):
+        errors.add(n, node=node, peer=str(peer), rpc=rpc)
+    out += [match, lag, errors]
     return out
 
 

@@ -58,6 +58,10 @@ class RaftMetrics:
     #: asks for votes (pre-vote or election). With pre-vote, `current_leader`
     #: still names the leader it last followed meanwhile.
     campaigning: bool = False
+    #: (peer id, RPC name) -> RPCs to that peer that failed since the node
+    #: started (no answer, a connection error): "append_entries", "vote",
+    #: "install_snapshot", "transfer_leader".
+    rpc_errors: Mapping = dataclasses.field(default_factory=dict)
 
     @property
     def last_applied_index(self) -> int:
@@ -93,6 +97,8 @@ class RaftMetrics:
             "stale_members": sorted(self.stale_members),
             "leader_changes": self.leader_changes,
             "campaigning": self.campaigning,
+            "rpc_errors": [{"peer": peer, "rpc": rpc, "count": n}
+                           for (peer, rpc), n in sorted(self.rpc_errors.items(), key=str)],
         }
 
 
@@ -133,6 +139,7 @@ def build_metrics(core: RaftCore) -> RaftMetrics:
         stale_members=frozenset(e.stale_members),
         leader_changes=core.leader_changes,
         campaigning=e.prevoting or e.state == CANDIDATE,
+        rpc_errors=core.rpc_errors,
     )
 
 

@@ -68,6 +68,21 @@ async def test_metrics_to_dict_round_trips_through_json_on_leader_and_follower()
         follower = c.others(leader)[0].metrics.to_dict()
         assert follower["replication"] is None
         assert follower["current_leader"] == leader.id
+        assert d["rpc_errors"] == []
+
+        # An unreachable follower: the leader counts its failed AppendEntries.
+        lost = c.others(leader)[0]
+        c.router.isolate(lost.id)
+        m = await leader.wait(GUARD).metrics(
+            lambda m: m.rpc_errors.get((lost.id, "append_entries"), 0) >= 1,
+            "a failed AppendEntries to the isolated follower")
+        d = m.to_dict()
+        assert json.loads(json.dumps(d)) == d
+        assert {"peer": lost.id, "rpc": "append_entries",
+                "count": m.rpc_errors[(lost.id, "append_entries")]} in d["rpc_errors"]
+        got = samples(prometheus_text(m))
+        assert value(got, "raftcore_rpc_errors_total", node=str(leader.id), peer=str(lost.id),
+                     rpc="append_entries") >= 1
 
 
 @cluster_test
@@ -90,6 +105,7 @@ async def test_prometheus_text_of_a_leader_parses_and_carries_its_metrics():
         assert value(got, "raftcore_applied_index", node=node) == m.last_applied_index
         assert value(got, "raftcore_last_log_index", node=node) == m.last_log_index
         assert value(got, "raftcore_members", node=node, kind="voter") == 3
+        assert value(got, "raftcore_campaigning", node=node) == 0
         for peer in c.others(leader):
             assert value(got, "raftcore_peer_match_index", node=node,
                          peer=str(peer.id)) == m.last_log_index
@@ -224,6 +240,16 @@ async def test_health_is_200_with_a_leader_and_503_with_a_reason_once_the_majori
             assert body["healthy"] is False
             assert "no leader" in body["reason"]
             assert body["node"] == survivor and body["state"] != "LEADER"
+            # The survivor counts its failed RPCs (vote requests) to the dead nodes.
+            dead = [i for i in c.ids if i != survivor]
+
+            async def rpc_errors_counted():
+                _, _, text = await get(c.http[survivor], "/metrics")
+                got = samples(text.decode())
+                return all(got.get(("raftcore_rpc_errors_total",
+                                    (("node", str(survivor)), ("peer", str(i)),
+                                     ("rpc", "vote"))), 0) >= 1 for i in dead)
+            await until(rpc_errors_counted, "failed vote requests to the dead nodes counted", c)
 
             # Back to healthy once a majority runs again.
             c.start(leader)
