@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from importlib import resources
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -105,3 +106,11 @@ async def test_status_page_in_chromium_shows_three_nodes_one_leader_and_a_chart(
                 assert shot.stat().st_size > 1000
             finally:
                 await loop.run_in_executor(None, driver.quit)
+
+
+def test_status_page_ships_with_the_installed_package_and_loads_nothing_from_elsewhere():
+    page = resources.files("raftcore.kv").joinpath("status_page.html").read_text()
+    assert "<svg" in page and "<script>" in page
+    # No external assets: the page must work on a machine without internet.
+    for marker in ("http://", "https://", "//cdn", "src=", "@import"):
+        assert marker not in page.replace("http://www.w3.org/2000/svg", ""), marker
