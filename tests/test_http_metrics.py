@@ -17,8 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from cluster_harness import cluster_test, converge, running_cluster, stable_leader
 from http_harness import HttpKvCluster, get, get_json, http_request, wait_http
 from kv_harness import GUARD, kv_test, serving, status_of, until, wait_leader
+from raftcore.kv.http import APPLY_STALL, HealthCheck
 from raftcore.metrics import CONTENT_TYPE, metric_families, prometheus_text
 from raftcore.model import ServerState
+from raftcore.raft import RaftMetrics
+from raftcore.types import LogId, Vote
 
 
 def samples(text: str) -> dict:
@@ -131,6 +134,52 @@ def test_kv_http_without_prometheus_client_exits_naming_the_extra(tmp_path):
     assert "pip install 'raftcore[http]'" in p.stderr
     assert "prometheus_client" in p.stderr
     assert not (tmp_path / "n1").exists()
+
+
+class _FakeRaft:
+    """Just the metrics HealthCheck reads, set by the test."""
+
+    def __init__(self, **kw) -> None:
+        self.set(**kw)
+
+    def set(self, state=ServerState.FOLLOWER, leader=1, committed=10, applied=10, **kw) -> None:
+        self.metrics = RaftMetrics(
+            id=2, state=state, current_term=3, vote=Vote(3, leader, True),
+            current_leader=leader, last_log_index=committed, committed=committed,
+            last_applied=LogId(3, applied) if applied else None, snapshot=None, purged=None,
+            membership=None, replication=None, **kw)
+
+
+def test_health_names_what_is_wrong():
+    now = [100.0]
+    raft = _FakeRaft()
+    health = HealthCheck(raft, clock=lambda: now[0])
+    assert health.check() == (True, {"healthy": True, "reason": None, "node": 2,
+                                     "state": "FOLLOWER", "leader": 1, "term": 3,
+                                     "committed": 10, "applied": 10})
+    cases = [
+        (dict(leader=None), "no leader known"),
+        (dict(campaigning=True), "no leader known"),
+        (dict(state=ServerState.SHUTDOWN), "has shut down"),
+        (dict(disk_full=True), "disk is full"),
+        (dict(identity_stale=True), "another storage incarnation"),
+    ]
+    for kw, reason in cases:
+        raft.set(**kw)
+        ok, body = health.check()
+        assert not ok and reason in body["reason"], (kw, body)
+    # Behind the commit index: healthy while the applied index moves, not
+    # once it stands still for APPLY_STALL seconds.
+    raft.set(committed=50, applied=20)
+    assert health.check()[0]
+    now[0] += APPLY_STALL / 2
+    raft.set(committed=60, applied=30)
+    assert health.check()[0]
+    now[0] += APPLY_STALL + 1
+    ok, body = health.check()
+    assert not ok and "applied index 30 is behind the commit index 60" in body["reason"]
+    raft.set(committed=60, applied=60)
+    assert health.check()[0]
 
 
 # ========================================================== real processes
