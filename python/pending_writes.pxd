@@ -14,21 +14,22 @@ cdef class PendingWrites:
     # The node's NoSpace while its disk is full, else None (set by the node
     # with its own no_space: the door check reads it here, with no Python call).
     cdef public object no_space
-    # Writes not yet in the log: payloads and their futures, side by side
-    # (no per-write tuple).
-    cdef list payloads, futs
+    # Writes not yet in the log: payloads, their encodings (bytes, or None
+    # for a payload carried as it is) and their futures, side by side (no
+    # per-write tuple).
+    cdef list payloads, encoded, futs
     cdef public bint flush_scheduled
     cdef Py_ssize_t open_writes              # writes queued or in the log, unanswered
     cdef Py_ssize_t _max_pending, _max_write_batch
     cdef Py_ssize_t _max_command              # Config.max_command_bytes
-    cdef object _command_packer, _exact_packer
+    cdef object _command_packer
+    cdef object _packed                       # the encoding _admit made last (or None)
     cdef object _write_room
     cdef object _waiters                      # deque: [first index, term, futures]
 
     cdef object _admit(self, payload)
-    cdef object _pack_exact(self, payload)
     cdef int _check_size(self, bytes packed) except -1
-    cdef list _admit_all(self, list payloads)
+    cdef list _admit_all(self, list payloads, list encodings)
     cdef _check_writable(self)
     cdef void _schedule_flush(self)
     cdef void _writes_answered(self, Py_ssize_t n)

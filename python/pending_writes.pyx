@@ -4,7 +4,8 @@
 - The door check: a command that cannot be encoded, does not decode to
   itself, or is over Config.max_command_bytes is refused (InvalidCommand)
   before it is queued; a node that is not a leader, has stopped or has a
-  full disk refuses it too.
+  full disk refuses it too. The encoding made here is the one the log
+  store writes and the followers receive (Entry.encoded).
 - Writes are queued and moved into the engine as one batch per event loop
   iteration (the node's flush callback, scheduled with call_soon), so
   writers that run together share one append and one AppendEntries per
@@ -117,6 +118,7 @@ cdef class PendingWrites:
         self.closed = False
         self.no_space = None
         self.payloads = []
+        self.encoded = []
         self.futs = []
         self.flush_scheduled = False
         self.open_writes = 0
@@ -124,17 +126,18 @@ cdef class PendingWrites:
         self._max_write_batch = min(config.max_write_batch, 2**62)
         self._max_command = min(config.max_command_bytes, 2**62)
         self._command_packer = msgpack.Packer(use_bin_type=True)
-        self._exact_packer = msgpack.Packer(use_bin_type=True, strict_types=True)
         self._write_room = None
         self._waiters = deque()
 
     async def client_write(self, payload):
         payload = self._admit(payload)
+        packed = self._packed
         self._check_writable()
         if self.open_writes >= self._max_pending:
             await self._wait_for_room(1)
         fut = self.loop.create_future()
         self.payloads.append(payload)
+        self.encoded.append(packed)
         self.futs.append(fut)
         self.open_writes += 1
         self._schedule_flush()
@@ -142,12 +145,14 @@ cdef class PendingWrites:
 
     async def client_write_many(self, list payloads):
         cdef Py_ssize_t n = len(payloads)
-        payloads = self._admit_all(payloads)
+        cdef list encodings = [None] * n
+        payloads = self._admit_all(payloads, encodings)
         self._check_writable()
         if self.open_writes + n > self._max_pending:
             await self._wait_for_room(n)
         batch = _Batch(self.loop.create_future(), n)
         self.payloads.extend(payloads)
+        self.encoded.extend(encodings)
         self.futs.extend(batch.slots())
         self.open_writes += n
         self._schedule_flush()
@@ -165,15 +170,17 @@ cdef class PendingWrites:
         encoding, does not decode, or is over max_command_bytes: refused
         here, it never reaches the log, where it would stop the node (a
         store that cannot write it) or replication (a frame that cannot be
-        built or read)."""
+        built or read).
+
+        The command is encoded here once: the entry carries the encoding
+        (left in self._packed), the log store writes it and the followers
+        receive it byte for byte (Entry.encoded), and the leader too
+        applies what it decodes to, never the caller's object, which the
+        caller may still change. A bytes payload goes as it is (None)."""
+        self._packed = None
         # Bytes decode to equal bytes and cost 5 bytes of header at most:
-        # the common payload is not encoded twice.
+        # the common payload is not encoded at all.
         if type(payload) is bytes and len(<bytes>payload) + 5 <= self._max_command:
-            return payload
-        packed = self._pack_exact(payload)
-        if packed is not None:
-            # Its decoding would be an equal copy: not worth making.
-            self._check_size(packed)
             return payload
         try:
             packed = self._command_packer.pack(payload)
@@ -183,20 +190,13 @@ cdef class PendingWrites:
                                  "bytes, lists and maps") from None
         self._check_size(packed)
         try:
-            return msgpack.unpackb(packed, raw=False, strict_map_key=False)
+            payload = msgpack.unpackb(packed, raw=False, strict_map_key=False)
         except (TypeError, ValueError) as exc:
             raise InvalidCommand(f"the command does not decode from its msgpack encoding "
                                  f"({exc}); a map key that is a tuple decodes as a list, "
                                  "which cannot be a key") from None
-
-    cdef object _pack_exact(self, payload):
-        """The encoding of a command made of exact list, dict, str, bytes,
-        int, float, bool and None only (no tuple, no subclass): one that
-        decodes to an equal value of the same types. None for any other."""
-        try:
-            return self._exact_packer.pack(payload)
-        except (TypeError, ValueError, OverflowError):
-            return None
+        self._packed = packed
+        return payload
 
     cdef int _check_size(self, bytes packed) except -1:
         if len(packed) > self._max_command:
@@ -204,12 +204,14 @@ cdef class PendingWrites:
                                  f"Config.max_command_bytes ({self._max_command})")
         return 0
 
-    cdef list _admit_all(self, list payloads):
+    cdef list _admit_all(self, list payloads, list encodings):
+        # Fills `encodings` (as long as `payloads`) with what _admit made.
         cdef Py_ssize_t i
         cdef list admitted = [None] * len(payloads)
         for i in range(len(payloads)):
             try:
                 admitted[i] = self._admit(payloads[i])
+                encodings[i] = self._packed
             except InvalidCommand as exc:
                 raise InvalidCommand(f"command {i} of the batch: {exc}; nothing of the batch "
                                      "was written") from None
@@ -250,19 +252,23 @@ cdef class PendingWrites:
     cdef void _take_write_batch(self):
         """Moves queued client writes into the engine as one batch."""
         cdef list payloads = self.payloads
+        cdef list encoded = self.encoded
         cdef list futs = self.futs
         cdef Py_ssize_t n = len(payloads)
         if n <= self._max_write_batch:
             self.payloads = []
+            self.encoded = []
             self.futs = []
         else:
             n = self._max_write_batch
             self.payloads = payloads[n:]
+            self.encoded = encoded[n:]
             self.futs = futs[n:]
             payloads = payloads[:n]
+            encoded = encoded[:n]
             futs = futs[:n]
         try:
-            first = self.engine.client_write(payloads, self.loop.time())
+            first = self.engine.client_write(payloads, self.loop.time(), encoded)
         except ForwardToLeader as e:
             for fut in futs:
                 _fail(fut, ForwardToLeader(e.leader_id, e.leader_node))
@@ -277,6 +283,7 @@ cdef class PendingWrites:
             err = ForwardToLeader(self.engine.leader_id, self.engine.leader_node())
         futs = self.futs
         self.payloads = []
+        self.encoded = []
         self.futs = []
         for fut in futs:
             _fail(fut, err)
@@ -375,6 +382,7 @@ cdef class PendingWrites:
         for fut in self.futs:
             _fail(fut, err)
         self.payloads = []
+        self.encoded = []
         self.futs = []
         for _, _, futs in self._waiters:
             for fut in futs:

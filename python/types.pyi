@@ -23,6 +23,10 @@ class Entry:
     kind: int
     payload: Any
     size: int
-    def __init__(self, term: int, index: int, kind: int = ..., payload: Any = None) -> None: ...
+    #: The payload's msgpack encoding as the leader admitted it (None: a bytes
+    #: payload, a blank or membership entry, or an entry built without one).
+    encoded: Optional[bytes]
+    def __init__(self, term: int, index: int, kind: int = ..., payload: Any = None,
+                 encoded: Optional[bytes] = None) -> None: ...
     @property
     def log_id(self) -> LogId: ...

@@ -8,7 +8,10 @@ half-built message.
 
 Layouts (all lists):
   entry batch    flat [term, index, kind, payload, term, index, ...]
-                 (a membership payload is encoded with encode_membership)
+                 (a membership payload is encoded with encode_membership; a
+                 normal entry that carries its command's encoding, made once
+                 at the leader's door, goes as kind ENCODED_NORMAL with that
+                 encoding as a bin payload, byte for byte)
   membership     [[voter ids of each set], [[id, addr, data(, incarnation)], ...]]
                  (the incarnation only once the membership records one)
   vote           [term, node_id or None, committed]
@@ -17,7 +20,10 @@ Layouts (all lists):
                  field is the sender's cluster id in a request and the
                  answering node's incarnation in a response (None: not known)
 """
-from raftcore.types cimport Entry, LogId, Vote, make_entry, BLANK, NORMAL, MEMBERSHIP
+from raftcore.types cimport (Entry, LogId, Vote, make_entry, make_encoded_entry, BLANK, NORMAL,
+                            MEMBERSHIP)
+
+import msgpack
 from raftcore.membership cimport Membership
 from raftcore.messages cimport (
     AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse, TransferLeaderRequest,
@@ -147,6 +153,11 @@ def decode_log_id(obj):
     return LogId(_term(v[0], "log id term"), _int(v[1], "log id index"))
 
 
+#: The wire and log kind of a normal entry sent as its command's encoding
+#: (Entry.encoded); it is decoded back into an ENTRY_NORMAL entry.
+ENCODED_NORMAL = 3
+
+
 cpdef list encode_entries(list entries):
     """A flat list [term, index, kind, payload, ...] for a batch of entries."""
     cdef Py_ssize_t n = len(entries), i
@@ -156,9 +167,25 @@ cpdef list encode_entries(list entries):
         e = <Entry>entries[i]
         out[4 * i] = e.term
         out[4 * i + 1] = e.index
-        out[4 * i + 2] = e.kind
-        out[4 * i + 3] = encode_membership(e.payload) if e.kind == MEMBERSHIP else e.payload
+        if e.encoded is not None:
+            out[4 * i + 2] = ENCODED_NORMAL
+            out[4 * i + 3] = e.encoded
+        else:
+            out[4 * i + 2] = e.kind
+            out[4 * i + 3] = encode_membership(e.payload) if e.kind == MEMBERSHIP else e.payload
     return out
+
+
+cdef Entry _decode_encoded(long long term, long long index, object raw):
+    if type(raw) is not bytes:
+        raise CodecError(f"entry ({term}, {index}) is sent encoded, so its payload must be "
+                         f"bytes, got {type(raw).__name__}")
+    try:
+        payload = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise CodecError(f"entry ({term}, {index}): its encoded command does not decode: "
+                         f"{exc}") from None
+    return make_encoded_entry(term, index, payload, <bytes>raw)
 
 
 cpdef list decode_entries(object flat):
@@ -180,6 +207,9 @@ cpdef list decode_entries(object flat):
             raise CodecError(f"entry indexes must be consecutive: {index} follows {prev}")
         prev = index
         payload = f[4 * i + 3]
+        if kind == ENCODED_NORMAL:
+            out[i] = _decode_encoded(term, index, payload)
+            continue
         if kind == MEMBERSHIP:
             payload = decode_membership(payload)
         elif kind != NORMAL and kind != BLANK:

@@ -121,7 +121,7 @@ cdef class Engine:
 
     # Stepped by the runtime on every write: C calls from python/core.pyx.
     cpdef list take_commands(self)
-    cpdef long long client_write(self, list payloads, double now) except? -1
+    cpdef long long client_write(self, list payloads, double now, list encoded=*) except? -1
     cpdef AppendEntriesResponse handle_append_entries(self, AppendEntriesRequest req, double now)
     cpdef handle_append_response(self, target, AppendEntriesRequest req,
                                  AppendEntriesResponse resp, double now)

@@ -47,7 +47,7 @@ then taken from its answers).
 
 cimport cython
 from libc.math cimport INFINITY
-from raftcore.types cimport LogId, Vote, Entry, make_entry, NORMAL, MEMBERSHIP
+from raftcore.types cimport LogId, Vote, Entry, make_entry, make_encoded_entry, NORMAL, MEMBERSHIP
 from raftcore.log cimport RaftLog
 from raftcore.membership cimport Membership
 from raftcore.progress cimport Progress, SNAPSHOT
@@ -267,20 +267,30 @@ cdef class Engine:
 
     # ------------------------------------------------------------ client I/O
 
-    cpdef long long client_write(self, list payloads, double now) except? -1:
+    cpdef long long client_write(self, list payloads, double now, list encoded=None) except? -1:
         """Appends one entry per payload (a batch), starts replicating it and
-        returns the index of the first one. Raises ForwardToLeader on a
-        node that is not the leader."""
+        returns the index of the first one. `encoded`, when given, holds
+        each payload's msgpack encoding (bytes, or None for a payload
+        carried as it is), side by side with `payloads`: the entries carry
+        it to the log store and the followers (Entry.encoded). Raises
+        ForwardToLeader on a node that is not the leader."""
         cdef long long first, index, term
         cdef Py_ssize_t i, n = len(payloads)
         cdef list entries
+        cdef object raw
+        if encoded is not None and len(encoded) != n:
+            raise ValueError(f"{len(encoded)} encodings for {n} payloads")
         self.now = now
         self._check_proposable()
         term = self.vote.term
         first = self.log.last_index() + 1
         entries = [None] * n
         for i in range(n):
-            entries[i] = make_entry(term, first + i, NORMAL, payloads[i])
+            raw = None if encoded is None else encoded[i]
+            if raw is None:
+                entries[i] = make_entry(term, first + i, NORMAL, payloads[i])
+            else:
+                entries[i] = make_encoded_entry(term, first + i, payloads[i], <bytes?>raw)
         self._append_local(entries)
         replication.replicate_all(self)
         return first

@@ -23,6 +23,11 @@ cdef class Entry:
     cdef readonly int kind
     cdef readonly object payload      # application value, a Membership, or None (blank)
     cdef readonly long long size      # payload bytes, for batch byte caps (0 if unknown)
+    # The command's msgpack encoding, made once at the leader's door and then
+    # written to the log and sent to followers as is (None: a bytes payload,
+    # a blank or a membership entry, or an entry built without one).
+    cdef readonly object encoded
 
 
 cdef Entry make_entry(long long term, long long index, int kind, object payload)
+cdef Entry make_encoded_entry(long long term, long long index, object payload, bytes encoded)

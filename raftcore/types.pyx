@@ -79,16 +79,26 @@ cdef inline long long _payload_size(object payload):
 @cython.no_gc
 @cython.freelist(256)
 cdef class Entry:
-    """One log entry. kind is ENTRY_BLANK, ENTRY_NORMAL or ENTRY_MEMBERSHIP."""
+    """One log entry. kind is ENTRY_BLANK, ENTRY_NORMAL or ENTRY_MEMBERSHIP.
 
-    def __init__(self, long long term, long long index, int kind=NORMAL, payload=None):
+    `encoded`, on a normal entry, is the payload's msgpack encoding as the
+    leader made it when it admitted the command: the log store writes it and
+    the transport sends it byte for byte, and every node applies what it
+    decodes to (`payload`). Entries compare equal by term, index, kind and
+    payload alone."""
+
+    def __init__(self, long long term, long long index, int kind=NORMAL, payload=None,
+                 encoded=None):
         if kind < BLANK or kind > MEMBERSHIP:
             raise ValueError(f"unknown entry kind {kind}")
+        if encoded is not None and (kind != NORMAL or type(encoded) is not bytes):
+            raise ValueError("only a normal entry carries an encoding, and it is bytes")
         self.term = term
         self.index = index
         self.kind = kind
         self.payload = payload
-        self.size = _payload_size(payload)
+        self.encoded = encoded
+        self.size = _payload_size(payload) if encoded is None else len(<bytes>encoded)
 
     @property
     def log_id(self):
@@ -109,7 +119,7 @@ cdef class Entry:
         return hash((self.term, self.index, self.kind))
 
     def __reduce__(self):
-        return (Entry, (self.term, self.index, self.kind, self.payload))
+        return (Entry, (self.term, self.index, self.kind, self.payload, self.encoded))
 
 
 cdef Entry make_entry(long long term, long long index, int kind, object payload):
@@ -120,4 +130,16 @@ cdef Entry make_entry(long long term, long long index, int kind, object payload)
     e.kind = kind
     e.payload = payload
     e.size = _payload_size(payload)
+    return e
+
+
+cdef Entry make_encoded_entry(long long term, long long index, object payload, bytes encoded):
+    """A normal entry carrying its payload's msgpack encoding (see Entry)."""
+    cdef Entry e = Entry.__new__(Entry)
+    e.term = term
+    e.index = index
+    e.kind = NORMAL
+    e.payload = payload
+    e.encoded = encoded
+    e.size = len(encoded)
     return e

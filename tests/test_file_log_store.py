@@ -25,7 +25,7 @@ from raftcore import Config, Node, Raft, ServerState
 from raftcore.errors import Fatal, ForwardToLeader, OutcomeUnknown, StorageError, Timeout
 from raftcore.network import LocalRouter
 from raftcore.storage import FileLogStore, MemStateMachine
-from raftcore.storage.file import (PREALLOCATE, R_ENTRIES, R_HEADER, R_MARKER, R_PURGE,
+from raftcore.storage.file import (FORMAT_VERSION, PREALLOCATE, R_ENTRIES, R_HEADER, R_MARKER, R_PURGE,
                                    FileOps, frame)
 from raftcore.types import ENTRY_NORMAL, Entry, LogId, Vote
 
@@ -188,7 +188,7 @@ def test_format_version_is_checked(tmp_path):
 
 def test_a_version_1_directory_is_read_and_upgraded(tmp_path):
     """Version 1 wrote segments without allocated space after them; such a
-    directory opens with every entry, and its FORMAT says version 2 after."""
+    directory opens with every entry, and its FORMAT says the current version after."""
     async def body():
         e = await three_groups(tmp_path)
         seg = tmp_path / segments(tmp_path)[0]
@@ -200,7 +200,7 @@ def test_a_version_1_directory_is_read_and_upgraded(tmp_path):
             rec = data[off:off + size]
             if rtype == R_HEADER:
                 header = msgpack.unpackb(rec[9:])
-                assert header[0] == 2 and len(header) == 6
+                assert header[0] == FORMAT_VERSION and len(header) == 6
                 rec = frame(R_HEADER, msgpack.packb([1] + header[1:5]))
             if rtype == R_MARKER:
                 gnum = struct.unpack_from("<Q", rec, 9)[0]
@@ -211,7 +211,7 @@ def test_a_version_1_directory_is_read_and_upgraded(tmp_path):
         seg.write_bytes(old)
         (tmp_path / "FORMAT").write_text("raftcore-filelog version 1\n")
         store = FileLogStore(tmp_path)
-        assert (tmp_path / "FORMAT").read_text() == "raftcore-filelog version 2\n"
+        assert (tmp_path / "FORMAT").read_text() == f"raftcore-filelog version {FORMAT_VERSION}\n"
         assert keys(store.entries(1, 9)) == keys(e)
         await append(store, ents(10, 2))
         await store.close()

@@ -40,7 +40,8 @@ __all__ = ["WIRE_VERSION", "DEFAULT_MAX_FRAME_SIZE", "SERVICE_TYPE_MIN", "HEADER
            "unpack_header", "unpackb", "wait_closed"]
 
 #: The version byte of every frame this module writes and the only one it reads.
-WIRE_VERSION = 2
+#: Version 3: entries may go as their leader-made encoding (codec.ENCODED_NORMAL).
+WIRE_VERSION = 3
 #: Largest frame (version byte + body) accepted or sent. It must exceed the
 #: largest AppendEntries a node sends: Config.max_payload_bytes (4 MiB by
 #: default) of byte payloads plus per-entry overhead, or one oversized entry

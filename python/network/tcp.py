@@ -22,7 +22,7 @@ Modules (each usable on its own; only client and server know Raft's messages):
 
 This module is their documentation and re-exports their public names.
 
-Wire format, version 2. Every frame is
+Wire format, version 3. Every frame is
 
     length   4 bytes, big-endian: the number of bytes that follow it
     version  1 byte: WIRE_VERSION
@@ -38,7 +38,9 @@ where `message` is what `raftcore.codec.encode_message` makes of an RPC
 message, and `request_id` is an integer the client chose. Version 2 added
 the identity field to every message (a request's cluster id, a response's
 storage incarnation); a node answers a request of another cluster with an
-error frame only. Requests carry
+error frame only. Version 3 sends a normal entry as the bytes its leader
+encoded when it admitted the command (codec.ENCODED_NORMAL), so the bytes a
+follower logs are the leader's. Requests carry
 AppendEntries, Vote, InstallSnapshot or TransferLeader; replies carry the
 matching response type (TransferLeader has none: `[request_id, None]`).
 

@@ -38,9 +38,11 @@ from raftcore.errors import StorageError
 
 #: On-disk format version, in FORMAT, in every segment header and in the vote file.
 #: Version 2 segments may end in allocated zeros, which version 1 readers take
-#: for damage; version 1 directories are read, and upgraded on open.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: for damage. Version 3 entry records may hold entries of kind
+#: codec.ENCODED_NORMAL (a command as the leader encoded it), which version 2
+#: readers do not know. Older directories are read, and upgraded on open.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 FORMAT_NAME = "raftcore-filelog"
 
 R_HEADER = 1
