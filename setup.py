@@ -74,7 +74,9 @@ setup(
     packages=["raftcore"] + ["raftcore." + p for p in find_packages("python")],
     package_dir={"raftcore": "python"},
     package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"],
-                  "raftcore.network": ["*.pyi"], "raftcore.testing": ["*.pyi"]},
+                  "raftcore.network": ["*.pyi"], "raftcore.testing": ["*.pyi"],
+                  # The status page of `raftcore kv --http`.
+                  "raftcore.kv": ["status_page.html"]},
     ext_modules=extensions(),
     zip_safe=False,
 )

@@ -30,6 +30,11 @@ class RaftCore:
     #: A NoSpace error while the node's disk is full (it takes no writes,
     #: gives no votes, does not campaign), else None.
     no_space: Optional[Exception]
+    #: Times this node learned of a new leader.
+    leader_changes: int
+    #: (peer id, RPC name) -> failed RPCs to that peer.
+    rpc_errors: dict[tuple[Any, str], int]
+    def count_rpc_error(self, target: Any, rpc: str) -> None: ...
     def __init__(self, node_id: Any, config: Config, network: Any, log_store: Any,
                  state_machine: Any, loop: asyncio.AbstractEventLoop,
                  executor: Optional[Callable[..., Awaitable[Any]]] = ...,

@@ -145,6 +145,13 @@ cdef class RaftCore:
     cdef public bint changing_membership     # a change_membership/add_learner is under way
     cdef public object _fatal
     cdef public object no_space               # NoSpace while the disk is full, else None
+    #: Times this node learned of a new leader (counted with the transition
+    #: log, so it costs nothing per entry).
+    cdef readonly long long leader_changes
+    #: (peer id, RPC name) -> RPCs to that peer that failed (no answer, a
+    #: connection error, a refusal). Replaced, never changed in place, on a
+    #: failure: RaftMetrics can hold it without a copy.
+    cdef readonly dict rpc_errors
     cdef object _disk                         # DiskSpace: what waits for space, and why
     # executor state
     cdef bint _busy
@@ -232,6 +239,7 @@ cdef class RaftCore:
         self._seen_leader = None
         self._core_task = None
         self._identity = NodeIdentity(self)
+        self.rpc_errors = {}
 
     @property
     def last_applied(self):
@@ -747,7 +755,13 @@ cdef class RaftCore:
         if self.stopped:
             return
         self.log.debug("append_entries to %s failed: %s", target, exc)
+        self.count_rpc_error(target, "append_entries")
         self.engine.handle_append_failure(target, req, self.loop.time())
+
+    def count_rpc_error(self, target, rpc: str) -> None:
+        """Counts a failed RPC to `target` (see rpc_errors)."""
+        key = (target, rpc)
+        self.rpc_errors = {**self.rpc_errors, key: self.rpc_errors.get(key, 0) + 1}
 
     # ------------------------------------------------------------ snapshots
 
@@ -851,6 +865,8 @@ cdef class RaftCore:
             self._identity.log_stale_members()
         if (engine.state != self._seen_state or engine.vote.term != self._seen_term
                 or engine.leader_id != self._seen_leader):
+            if engine.leader_id != self._seen_leader and engine.leader_id is not None:
+                self.leader_changes += 1
             log_transition(self.log, self.id,
                            (self._seen_state, self._seen_term, self._seen_leader),
                            (engine.state, engine.vote.term, engine.leader_id))

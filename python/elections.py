@@ -18,6 +18,7 @@ async def send_vote(core: Any, target: int, req) -> None:
         raise
     except Exception as exc:
         core.log.debug("vote request to %s failed: %s", target, exc)
+        core.count_rpc_error(target, "vote")
         return
     if core.stopped or not core.plausible_answer(target, resp.term):
         return
@@ -34,3 +35,4 @@ async def send_transfer(core: Any, target: int, req) -> None:
     except Exception as exc:
         # The transfer times out in the engine and leadership resumes.
         core.log.info("handing leadership to %s failed: %s", target, exc)
+        core.count_rpc_error(target, "transfer_leader")

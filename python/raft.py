@@ -10,7 +10,7 @@ import msgpack
 
 from raftcore.config import Config
 from raftcore.core import ClientWriteResponse, RaftCore
-from raftcore.engine import LEADER
+from raftcore.engine import CANDIDATE, LEADER
 from raftcore.errors import ConfigError, ForwardToLeader, InvalidCommand, NotAllowed, Timeout
 from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
@@ -52,10 +52,69 @@ class RaftMetrics:
     #: Leader only: members answering from other storage than the membership
     #: records (wiped or replaced); they need replacing.
     stale_members: frozenset = frozenset()
+    #: Times this node learned of a new leader since it started.
+    leader_changes: int = 0
+    #: A voter whose election timeout passed without word from a leader: it
+    #: asks for votes (pre-vote or election). With pre-vote, `current_leader`
+    #: still names the leader it last followed meanwhile.
+    campaigning: bool = False
+    #: (peer id, RPC name) -> RPCs to that peer that failed since the node
+    #: started (no answer, a connection error): "append_entries", "vote",
+    #: "install_snapshot", "transfer_leader".
+    rpc_errors: Mapping = dataclasses.field(default_factory=dict)
 
     @property
     def last_applied_index(self) -> int:
         return self.last_applied.index if self.last_applied is not None else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """These metrics as plain data that `json.dumps` (or msgpack) takes:
+        the state by name, log ids as {"term", "index"}, the vote as
+        {"term", "node_id", "committed"}, the membership as {"configs":
+        [[voter ids], ...], "nodes": {"id": {"addr", "data", "incarnation"}}},
+        replication as {"follower id": matched index}. Mapping keys are
+        strings (JSON's only key type); id lists are sorted. A Node's
+        `data` is passed as the application gave it (JSON-ready if it is)."""
+        return {
+            "id": self.id,
+            "state": self.state.name,
+            "current_term": self.current_term,
+            "vote": {"term": self.vote.term, "node_id": self.vote.node_id,
+                     "committed": bool(self.vote.committed)},
+            "current_leader": self.current_leader,
+            "last_log_index": self.last_log_index,
+            "committed": self.committed,
+            "last_applied": _log_id_dict(self.last_applied),
+            "snapshot": _log_id_dict(self.snapshot),
+            "purged": _log_id_dict(self.purged),
+            "membership": _membership_dict(self.membership),
+            "replication": None if self.replication is None else {
+                str(k): v for k, v in sorted(self.replication.items())},
+            "disk_full": self.disk_full,
+            "cluster_id": self.cluster_id,
+            "incarnation": self.incarnation,
+            "identity_stale": self.identity_stale,
+            "stale_members": sorted(self.stale_members),
+            "leader_changes": self.leader_changes,
+            "campaigning": self.campaigning,
+            "rpc_errors": [{"peer": peer, "rpc": rpc, "count": n}
+                           for (peer, rpc), n in sorted(self.rpc_errors.items(), key=str)],
+        }
+
+
+def _log_id_dict(log_id: Optional[LogId]) -> Optional[dict[str, int]]:
+    return None if log_id is None else {"term": log_id.term, "index": log_id.index}
+
+
+def _membership_dict(m: Optional[Membership]) -> Optional[dict[str, Any]]:
+    if m is None:
+        return None
+    return {
+        "configs": [sorted(c) for c in m.configs],
+        "nodes": {str(i): {"addr": getattr(n, "addr", ""), "data": getattr(n, "data", None),
+                           "incarnation": getattr(n, "incarnation", None)}
+                  for i, n in sorted(m.nodes.items())},
+    }
 
 
 def build_metrics(core: RaftCore) -> RaftMetrics:
@@ -78,6 +137,9 @@ def build_metrics(core: RaftCore) -> RaftMetrics:
         incarnation=e.incarnation,
         identity_stale=e.identity_stale,
         stale_members=frozenset(e.stale_members),
+        leader_changes=core.leader_changes,
+        campaigning=e.prevoting or e.state == CANDIDATE,
+        rpc_errors=core.rpc_errors,
     )
 
 

@@ -88,6 +88,7 @@ class SnapshotTransfer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            core.count_rpc_error(target, "install_snapshot")
             # (A stream of an earlier term reports nothing: the engine may
             # have started another one since.)
             if not core.stopped and core.engine.vote.term == term:

@@ -82,8 +82,11 @@ program, run_node), connection (the client's framing and pipelined
 connection), client (Client), cli (the command line, main), tls (the
 --tls-* options and their ssl contexts), ctl (`raftcore ctl`, the operator's
 command line over Client), backup (snapshot save and restore:
-KV_SNAPSHOT_BEGIN / KV_SNAPSHOT_READ, see its docstring). Everything a user
-needs is importable from raftcore.kv itself.
+KV_SNAPSHOT_BEGIN / KV_SNAPSHOT_READ, see its docstring), http (the `--http`
+server: /metrics, /health, /status, /cluster, /openapi.json and the status
+page, status_page.html), node_metrics (its prometheus_client registry; the
+optional extra raftcore[http]). Everything a user needs is importable from
+raftcore.kv itself.
 """
 from raftcore.kv.protocol import (ERROR, KV_ADD_MEMBER, KV_GET, KV_MEMBERS, KV_REMOVE_MEMBER,
                                   KV_STATUS, KV_TRANSFER_LEADER, KV_WRITE, LEASE, OK, READ_INDEX,

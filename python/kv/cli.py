@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest frame sent or accepted on the node's port (default "
                         f"{DEFAULT_MAX_FRAME_SIZE}); appends, snapshot chunks and writes are "
                         "kept below it")
+    p.add_argument("--http", type=address_argument, default=None, metavar="HOST:PORT",
+                   help="serve /metrics (Prometheus), /health, /status, /cluster, "
+                        "/openapi.json and a live status page (/) over HTTP on HOST:PORT "
+                        "(read-only; needs the extra: pip install 'raftcore[http]')")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
@@ -183,6 +187,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.join is not None and parse_address(args.listen)[0] in ("0.0.0.0", "::"):
         p.error(f"--join registers --listen as this node's address, which the others "
                 f"connect to: give an address they can reach, not {args.listen}")
+    if args.http is not None:
+        from raftcore.kv.node_metrics import MissingExtra, require_prometheus_client
+        try:
+            require_prometheus_client()
+        except MissingExtra as exc:
+            p.error(str(exc))
     args.secret = read_secret_file(p, args.secret_file)
     check_tls_arguments(p, args, node=True)
     kw: dict[str, Any] = {

@@ -364,7 +364,7 @@ async def run_node(args: argparse.Namespace) -> int:
     config: Config = args.config
     os.makedirs(args.dir, exist_ok=True)
     store = await FileLogStore.open(os.path.join(args.dir, "log"))
-    raft = server = joining = None
+    raft = server = joining = http = None
     failed: list = []          # why joining the cluster failed, if it did
     status = 0
     try:
@@ -375,8 +375,13 @@ async def run_node(args: argparse.Namespace) -> int:
         admin = args.secret is not None or verifies_clients(args.server_ssl) \
             or args.insecure_admin
         service = KvService(raft, sm, address=args.listen, admin_allowed=admin)
+        handlers = service.handlers()
+        if getattr(args, "http", None):
+            from raftcore.kv.http import start_http
+            http, handlers = await start_http(args, raft, service, handlers, sm=sm,
+                                              store=store)
         server = await RaftServer.start(raft, host, port, args.server_ssl,
-                                        services=service.handlers(), secret=args.secret,
+                                        services=handlers, secret=args.secret,
                                         max_frame_size=args.max_frame_size)
         log.info("node %s serving on %s (data in %s)", args.id, args.listen, args.dir)
         _check_peers_against_disk(args, raft.metrics.membership)
@@ -409,6 +414,8 @@ async def run_node(args: argparse.Namespace) -> int:
             await raft.shutdown()
         if server is not None:
             await server.close()
+        if http is not None:
+            await http.close()
         await store.close()
     log.info("node %s stopped", args.id)
     return status

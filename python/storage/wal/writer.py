@@ -48,6 +48,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from typing import Any, Awaitable, Callable, Optional
 
 from raftcore.codec import encode_log_id
@@ -133,6 +134,11 @@ class GroupCommit:
         self._space_retry: Optional[asyncio.TimerHandle] = None
         self._space_delay = _SPACE_RETRY_MIN
         self._space_listener: Optional[Callable] = None
+        #: Called with the seconds each group took from submission to durable
+        #: (its write and fsync), on the event loop thread; None: not timed.
+        #: Once per group, never per entry (raftcore kv --http's histogram).
+        self.sync_observer: Optional[Callable[[float], None]] = None
+        self._submitted_at = 0.0
 
     def _kick(self) -> None:
         if self._start_scheduled or self._in_flight is not None:
@@ -194,6 +200,7 @@ class GroupCommit:
                 [s.path for s in group.delete])
         loop = asyncio.get_running_loop()
         seg = group.segment
+        self._submitted_at = time.perf_counter()
         try:
             if self._fast_sync and not group.roll and not group.delete and \
                     group.offset + len(group.data) <= seg.allocated:
@@ -238,6 +245,8 @@ class GroupCommit:
                 "no more writes"), group, exc)
             return
         self._fd = fd
+        if self.sync_observer is not None:
+            self.sync_observer(time.perf_counter() - self._submitted_at)
         if self._no_space is not None:
             self._space_freed()
         if group.delete:
