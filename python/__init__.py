@@ -20,10 +20,14 @@ from raftcore.membership import Membership
 from raftcore.model import Node, ReadPolicy, ServerState
 from raftcore.types import Entry, LogId, Vote
 from raftcore.raft import Raft, RaftMetrics, ClientWriteResponse
+from raftcore.embed import (CommandFailed, EmbeddedNode, ReplCounter, ReplDict, ReplLock,
+                            ReplQueue, applying, command, query, start)
 
 __all__ = [
     "Raft", "RaftMetrics", "ChangeMembers", "ClientWriteResponse", "Config", "Node", "ServerState",
     "ReadPolicy", "Membership", "Entry", "LogId", "Vote", "RaftError",
     "ForwardToLeader", "NotAllowed", "Timeout", "StorageError",
+    "start", "EmbeddedNode", "command", "query", "applying", "CommandFailed",
+    "ReplDict", "ReplCounter", "ReplQueue", "ReplLock",
 ]
 __version__ = "0.1.0"

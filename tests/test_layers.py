@@ -31,7 +31,7 @@ LEAVES = {"errors", "config", "node"}
 #: The contracts the runtime programs against.
 CONTRACTS = {"storage.base", "network.base"}
 #: Tools and applications (and bench*): they may import anything.
-TOOLS = {"kv", "cli", "testing"}
+TOOLS = {"kv", "cli", "testing", "embed"}
 #: What each layer may import besides itself, the engine and the leaves.
 ALLOWED = {
     "engine": set(),
