@@ -2,8 +2,10 @@
 handle a service calls its replicated objects through."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import signal
 import os
 import secrets
 import ssl as _ssl
@@ -27,7 +29,7 @@ from raftcore.embed.forwarding import (DONE, EMBED_CALL, EMBED_READ, REDIRECT, R
                                        UNKNOWN, Forwarder, LeaderService, propose, read_point)
 from raftcore.embed.replicated import FAILED, OK, TICK, ReplicatedStateMachine, kind_of
 
-__all__ = ["start", "EmbeddedNode", "ObjectProxy", "CommandFailed", "service_config"]
+__all__ = ["start", "parse_peers", "EmbeddedNode", "ObjectProxy", "CommandFailed", "service_config"]
 
 log = logging.getLogger("raftcore.embed")
 
@@ -54,13 +56,24 @@ def service_config(**overrides: Any) -> Config:
     return Config(**kw)
 
 
-async def start(node_id: int, peers: Mapping[int, str], *, state: Any,
+def parse_peers(text: str) -> dict[int, str]:
+    """"1=host:port,2=host:port,...": id -> address; ConfigError naming the
+    bad part."""
+    from raftcore.kv.cli import _parse_peers
+    try:
+        return _parse_peers(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"peers {text!r:.200}: {exc}") from None
+
+
+async def start(node_id: int, peers: Mapping[int, str] | str, *, state: Any,
                 dir: Optional[str | os.PathLike] = None, secret: Optional[bytes | str] = None,
                 ssl: Optional[tuple[_ssl.SSLContext, _ssl.SSLContext]] = None,
                 listen: Optional[str] = None, config: Optional[Config] = None,
                 init: Optional[bool] = None, timeout: float = 10.0,
                 tick_interval: float = 1.0) -> "EmbeddedNode":
-    """Starts node `node_id` of the cluster `peers` (id -> "host:port") and
+    """Starts node `node_id` of the cluster `peers` (id -> "host:port", or
+    the text "1=host:port,2=host:port,...") and
     returns its handle once it serves (it need not know a leader yet).
 
     state: the replicated object (an instance of a class whose methods are
@@ -86,6 +99,8 @@ async def start(node_id: int, peers: Mapping[int, str], *, state: Any,
     tick_interval: seconds between the leader's tick entries when an
         object wants time to move on its own (a lock's leases expiring).
     """
+    if isinstance(peers, str):
+        peers = parse_peers(peers)
     if not isinstance(peers, Mapping) or not peers:
         raise ConfigError(f"peers must be a non-empty mapping of node id -> 'host:port', got "
                           f"{peers!r:.80}")
@@ -370,6 +385,35 @@ class EmbeddedNode:
             except RaftError as exc:
                 log.debug("tick not written: %s", exc)
             await asyncio.sleep(interval)
+
+    def status(self) -> dict:
+        """The node's state in plain values (for a service's status page)."""
+        m = self.raft.metrics
+        return {"id": m.id, "state": m.state.name, "term": m.current_term,
+                "leader": m.current_leader, "last_log_index": m.last_log_index,
+                "committed": m.committed, "applied": m.last_applied_index,
+                "voters": [] if m.membership is None else sorted(m.membership.voter_ids),
+                "members": {} if m.membership is None else {
+                    i: n.addr for i, n in sorted(m.membership.nodes.items())}}
+
+    async def run_until_signal(self) -> None:
+        """Serves until SIGINT or SIGTERM (or until the node stops on an
+        error), then stops the node: the last line of a service's main."""
+        loop = self._loop
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        died = loop.create_task(self.raft.wait().state(ServerState.SHUTDOWN))
+        signalled = loop.create_task(stop.wait())
+        try:
+            await asyncio.wait({died, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            for t in (died, signalled):
+                t.cancel()
+            await asyncio.gather(died, signalled, return_exceptions=True)
+            await self.stop()
 
     async def stop(self) -> None:
         """Stops the node: leader tasks, forwarded connections, the server,

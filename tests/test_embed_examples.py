@@ -1,0 +1,104 @@
+"""The programs in examples/, each run as three real processes, with a
+kill -9 of the leader while they work."""
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import re
+import sys
+import subprocess
+import os
+
+import aiohttp
+
+from kv_harness import GUARD, HOST, KvCluster, free_ports, kv_test, until
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+class ExampleCluster(KvCluster):
+    """Processes of one example program: node i runs
+    `python -u examples/SCRIPT --id i --peers ... --dir n<i> ARGS(i)`."""
+
+    def __init__(self, tmp_path, script: str, args=lambda i: []) -> None:
+        super().__init__(tmp_path, 3)
+        self.script = str(EXAMPLES / script)
+        self.args = args
+
+    def start(self, i: int, init: bool = False, args=()) -> None:
+        assert i not in self.procs, f"node {i} is running"
+        with open(self.log_path(i), "ab") as out:
+            self.procs[i] = subprocess.Popen(
+                [sys.executable, "-u", self.script, "--id", str(i), "--peers", self.peers,
+                 "--dir", str(self.tmp / f"n{i}"), *self.args(i), *args],
+                stdout=out, stderr=subprocess.STDOUT, cwd=self.tmp, env=dict(os.environ))
+
+    def lines(self, i: int, pattern: str) -> list:
+        """The matches of `pattern` in node i's output, in order."""
+        return re.findall(pattern, self.log_text(i))
+
+
+async def http(session, method: str, url: str, body=None):
+    """(status, json) of a request, or None when the node does not answer."""
+    try:
+        async with session.request(method, url, json=body,
+                                   timeout=aiohttp.ClientTimeout(total=5)) as r:
+            return r.status, await r.json()
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return None
+
+
+@kv_test
+async def test_http_service_keeps_every_acknowledged_write_through_a_leader_kill(tmp_path):
+    web = dict(zip((1, 2, 3), free_ports(3)))
+    with ExampleCluster(tmp_path, "http_service.py",
+                        lambda i: ["--http", f"{HOST}:{web[i]}"]) as c:
+        c.start_all()
+        async with aiohttp.ClientSession() as s:
+            async def leader():
+                st = [await http(s, "GET", f"http://{HOST}:{web[i]}/metrics") for i in c.procs]
+                ids = {r[1]["leader"] for r in st if r is not None and r[0] == 200}
+                return ids.pop() if len(ids) == 1 and None not in ids and all(st) else None
+            lead = await until(leader, "a leader every node agrees on", c)
+            acked: dict = {}
+            stop = False
+
+            async def writer(j: int) -> None:
+                n = attempts = 0
+                while not stop:
+                    target = list(c.procs)[(n + attempts) % len(c.procs)]
+                    r = await http(s, "PUT", f"http://{HOST}:{web[target]}/kv/w{j}-{n}", n)
+                    if r is None or r[0] != 200:
+                        attempts += 1      # tried elsewhere next; it may have been applied
+                        continue
+                    # Only a put retried on another node may find its own value.
+                    assert r[1] == {"old": None} or (attempts and r[1] == {"old": n}), \
+                        f"w{j}-{n} applied twice: {r}"
+                    acked[f"w{j}-{n}"] = n
+                    n += 1
+                    attempts = 0
+            writers = [asyncio.ensure_future(writer(j)) for j in range(4)]
+            await until(lambda: _true(len(acked) >= 100), "100 acknowledged writes", c)
+            c.kill(lead)                                   # kill -9 while it works
+            before = len(acked)
+            await until(lambda: _true(len(acked) >= before + 100),
+                        "100 more writes after the leader's kill", c)
+            stop = True
+            await asyncio.gather(*writers)
+            c.start(lead)
+            for i in (1, 2, 3):
+                for key, value in list(acked.items())[::7]:
+                    r = await until(lambda: http(s, "GET", f"http://{HOST}:{web[i]}/kv/{key}"),
+                                    f"node {i} to answer", c)
+                    assert r == (200, {"value": value}), (i, key, r)
+            lead = await until(leader, "a leader after the restart", c)
+            r = await http(s, "POST", f"http://{HOST}:{web[lead]}/voters", [1, 2, 3])
+            assert r is not None and r[0] == 200 and r[1]["voters"] == [1, 2, 3], r
+            other = 3 if lead != 3 else 1
+            r = await http(s, "POST", f"http://{HOST}:{web[other]}/voters", [1, 2])
+            assert r is not None and r[0] == 503 and "not the leader" in r[1]["error"], r
+
+
+async def _true(value):
+    return value
