@@ -102,3 +102,99 @@ async def test_http_service_keeps_every_acknowledged_write_through_a_leader_kill
 
 async def _true(value):
     return value
+
+
+async def status_of(addr: str):
+    """A node's status (raftcore.embed.forwarding.EMBED_STATUS), or None."""
+    from raftcore.embed.forwarding import DONE, EMBED_STATUS
+    from raftcore.kv.connection import connect
+    try:
+        conn = await connect(addr, 1.0, max_frame=1 << 20)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    try:
+        reply = await conn.call([EMBED_STATUS], 1.0)
+        return reply[1] if reply[0] == DONE else None
+    except Exception:
+        return None
+    finally:
+        await conn.close()
+
+
+async def embed_leader(c: ExampleCluster) -> int:
+    """The leader every running node follows."""
+    async def agreed():
+        st = [await status_of(c.addrs[i]) for i in c.procs]
+        ids = {s["leader"] for s in st if s is not None}
+        if None in st or len(ids) != 1:
+            return None
+        lid = ids.pop()
+        return lid if lid in c.procs else None
+    return await until(agreed, "a leader every running node follows", c)
+
+
+def count(c: ExampleCluster, pattern: str, ids=(1, 2, 3)) -> int:
+    return sum(len(c.lines(i, pattern)) for i in ids)
+
+
+@kv_test
+async def test_lock_job_moves_to_a_new_holder_with_a_higher_token_after_a_kill(tmp_path):
+    with ExampleCluster(tmp_path, "lock_job.py") as c:
+        c.start_all()
+        holder = await until(lambda: _true(next(
+            (i for i in c.procs if len(c.lines(i, r"step \d+ token")) >= 20), None)),
+            "20 steps of the job", c)
+        old = {int(t) for t in c.lines(holder, r"step \d+ token (\d+)")}
+        lead = await embed_leader(c)
+        c.kill(holder)                                    # kill -9 the holder mid-job
+        if lead != holder:
+            # Then the Raft leader too, once the job moved on (2 of 3 left).
+            c.start(holder)
+            await until(lambda: _true(count(c, r"holds the lock", [i for i in c.procs
+                                                                  if i != holder]) >= 1),
+                        "a new holder", c)
+            c.kill(lead)
+        new = await until(lambda: _true({int(t) for i in c.procs for t in c.lines(
+            i, r"step \d+ token (\d+)") if int(t) > max(old)}), "steps under a newer token", c)
+        assert min(new) > max(old)
+        for i in c.procs:
+            assert not c.lines(i, "fenced off"), c.logs()
+        # Every token was used by one worker alone.
+        owners: dict = {}
+        for i in (1, 2, 3):
+            for token, who in c.lines(i, r"step \d+ token (\d+) by (\S+)"):
+                assert owners.setdefault(token, who) == who, (token, who, owners)
+
+
+@kv_test
+async def test_leader_task_moves_to_the_new_leader_with_a_higher_term(tmp_path):
+    with ExampleCluster(tmp_path, "leader_task.py") as c:
+        c.start_all()
+        lead = await embed_leader(c)
+        await until(lambda: _true(len(c.lines(lead, r"beat by node")) >= 10), "10 beats", c)
+        assert count(c, r"beat by node", [i for i in c.procs if i != lead]) == 0
+        old_term = max(int(t) for t in c.lines(lead, r"in term (\d+)"))
+        c.kill(lead)                                    # kill -9 the leader mid-task
+        terms = await until(lambda: _true([int(t) for i in c.procs for t in c.lines(
+            i, r"beat by node \d+ in term (\d+)")]), "beats from a new leader", c)
+        assert min(terms) > old_term
+        new_lead = await embed_leader(c)
+        other = next(i for i in c.procs if i != new_lead)
+        assert not c.lines(other, r"beat by node"), c.logs()
+
+
+@kv_test
+async def test_job_queue_finishes_every_job_once_through_a_leader_kill(tmp_path):
+    jobs = 150
+    with ExampleCluster(tmp_path, "job_queue.py",
+                        lambda i: ["--jobs", str(jobs)] if i == 1 else []) as c:
+        c.start_all()
+        await until(lambda: _true(count(c, r"did job") >= 30), "30 jobs done", c)
+        lead = await embed_leader(c)
+        c.kill(lead)                                    # kill -9 the leader mid-work
+        await until(lambda: _true(any(c.lines(i, rf"all {jobs} jobs done") for i in c.procs)),
+                    f"all {jobs} jobs done", c)
+        done = [int(j) for i in (1, 2, 3) for j in c.lines(i, r"did job (\d+)")]
+        assert len(done) == len(set(done)), "a job was completed twice"
+        # Jobs the killed worker completed but did not get to print count for it too.
+        assert set(done) <= set(range(jobs))

@@ -9,6 +9,8 @@ Requests and replies (msgpack lists):
         -> [UNKNOWN, reason]     its entry may or may not commit
         -> [REFUSED, reason]     refused before the log (bad arguments)
         -> [UNAVAILABLE, reason] shutting down, no quorum, ...
+    [EMBED_STATUS]
+        -> [DONE, status]        the node's state in plain values (node_status)
     [EMBED_READ, lease]
         -> [DONE, read_index]    a read point: the caller waits until it has
                                  applied read_index, then reads its own copy
@@ -30,12 +32,13 @@ from raftcore.network.framing import SERVICE_TYPE_MIN
 
 from raftcore.embed.replicated import CMD
 
-__all__ = ["EMBED_CALL", "EMBED_READ", "DONE", "REDIRECT", "UNKNOWN", "REFUSED", "UNAVAILABLE",
-           "LeaderService", "Forwarder", "command_entry"]
+__all__ = ["EMBED_CALL", "EMBED_READ", "EMBED_STATUS", "DONE", "REDIRECT", "UNKNOWN", "REFUSED",
+           "UNAVAILABLE", "LeaderService", "Forwarder", "command_entry", "node_status"]
 
 #: Service types (raftcore kv uses the first few above SERVICE_TYPE_MIN).
 EMBED_CALL = SERVICE_TYPE_MIN + 64
 EMBED_READ = SERVICE_TYPE_MIN + 65
+EMBED_STATUS = SERVICE_TYPE_MIN + 66
 
 DONE = 0
 REDIRECT = 1
@@ -78,6 +81,17 @@ async def read_point(raft: Any, lease: bool) -> list:
     return [DONE, log_id.index]
 
 
+def node_status(raft: Any) -> dict:
+    """A node's state in plain values (for a status page or a probe)."""
+    m = raft.metrics
+    return {"id": m.id, "state": m.state.name, "term": m.current_term,
+            "leader": m.current_leader, "last_log_index": m.last_log_index,
+            "committed": m.committed, "applied": m.last_applied_index,
+            "voters": [] if m.membership is None else sorted(m.membership.voter_ids),
+            "members": {} if m.membership is None else {
+                i: n.addr for i, n in sorted(m.membership.nodes.items())}}
+
+
 class LeaderService:
     """The handlers a node serves to the other nodes' forwarded calls:
     `handlers()` goes to RaftServer.start(services=...)."""
@@ -86,7 +100,7 @@ class LeaderService:
         self.raft = raft
 
     def handlers(self) -> dict:
-        return {EMBED_CALL: self.call, EMBED_READ: self.read}
+        return {EMBED_CALL: self.call, EMBED_READ: self.read, EMBED_STATUS: self.status}
 
     async def call(self, msg: list) -> list:
         if len(msg) != 7:
@@ -98,6 +112,9 @@ class LeaderService:
             return [REFUSED, "seq and acked_below are ints, object and method strs, args a "
                              "list"]
         return await propose(self.raft, cid, seq, acked, obj, method, args)
+
+    async def status(self, msg: list) -> list:
+        return [DONE, node_status(self.raft)]
 
     async def read(self, msg: list) -> list:
         if len(msg) != 2 or type(msg[1]) is not bool:

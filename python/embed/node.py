@@ -26,7 +26,8 @@ from raftcore.storage.file import FileLogStore
 from raftcore.storage.mem import MemLogStore
 
 from raftcore.embed.forwarding import (DONE, EMBED_CALL, EMBED_READ, REDIRECT, REFUSED,
-                                       UNKNOWN, Forwarder, LeaderService, propose, read_point)
+                                       UNKNOWN, Forwarder, LeaderService, node_status,
+                                       propose, read_point)
 from raftcore.embed.replicated import FAILED, OK, TICK, ReplicatedStateMachine, kind_of
 
 __all__ = ["start", "parse_peers", "EmbeddedNode", "ObjectProxy", "CommandFailed", "service_config"]
@@ -388,13 +389,7 @@ class EmbeddedNode:
 
     def status(self) -> dict:
         """The node's state in plain values (for a service's status page)."""
-        m = self.raft.metrics
-        return {"id": m.id, "state": m.state.name, "term": m.current_term,
-                "leader": m.current_leader, "last_log_index": m.last_log_index,
-                "committed": m.committed, "applied": m.last_applied_index,
-                "voters": [] if m.membership is None else sorted(m.membership.voter_ids),
-                "members": {} if m.membership is None else {
-                    i: n.addr for i, n in sorted(m.membership.nodes.items())}}
+        return node_status(self.raft)
 
     async def run_until_signal(self) -> None:
         """Serves until SIGINT or SIGTERM (or until the node stops on an
