@@ -11,11 +11,13 @@
 """
 import argparse
 import asyncio
-from typing import Any
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
 import raftcore
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Store:
@@ -55,9 +57,9 @@ async def main(args: argparse.Namespace) -> None:
         return web.json_response(node.status())
 
     @web.middleware
-    async def errors(req: web.Request, handler: Any) -> web.StreamResponse:
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            return await handler(req)
+            return await handler(request)
         except raftcore.RaftError as exc:      # no leader yet, not the leader, ...
             return web.json_response({"error": str(exc)}, status=503)
 

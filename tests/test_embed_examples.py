@@ -198,3 +198,28 @@ async def test_job_queue_finishes_every_job_once_through_a_leader_kill(tmp_path)
         assert len(done) == len(set(done)), "a job was completed twice"
         # Jobs the killed worker completed but did not get to print count for it too.
         assert set(done) <= set(range(jobs))
+
+
+@kv_test
+async def test_the_same_service_on_the_raft_api_serves_writes_and_reads(tmp_path):
+    """examples/http_service_on_raft.py, the README's comparison: a follower
+    redirects to the leader."""
+    web = dict(zip((1, 2, 3), free_ports(3)))
+    http_peers = ",".join(f"{i}={HOST}:{p}" for i, p in web.items())
+    with ExampleCluster(tmp_path, "http_service_on_raft.py",
+                        lambda i: ["--http-peers", http_peers]) as c:
+        c.start_all()
+        async with aiohttp.ClientSession() as s:
+            for i in (1, 2, 3):
+                r = await until(lambda: _ok(http(s, "PUT", f"http://{HOST}:{web[i]}/kv/k{i}", i)),
+                                f"a write through node {i}", c)
+                assert r[1] == {"old": None}
+            for i in (1, 2, 3):
+                r = await until(lambda: _ok(http(s, "GET", f"http://{HOST}:{web[i]}/kv/k3")),
+                                f"a read through node {i}", c)
+                assert r[1] == {"value": 3}
+
+
+async def _ok(request):
+    r = await request
+    return r if r is not None and r[0] == 200 else None

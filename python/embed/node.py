@@ -68,7 +68,7 @@ def parse_peers(text: str) -> dict[int, str]:
 
 
 async def start(node_id: int, peers: Mapping[int, str] | str, *, state: Any,
-                dir: Optional[str | os.PathLike] = None, secret: Optional[bytes | str] = None,
+                dir: Optional[str | os.PathLike] = None, secret: Optional[bytes] = None,
                 ssl: Optional[tuple[_ssl.SSLContext, _ssl.SSLContext]] = None,
                 listen: Optional[str] = None, config: Optional[Config] = None,
                 init: Optional[bool] = None, timeout: float = 10.0,

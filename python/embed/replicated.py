@@ -214,6 +214,7 @@ class ReplicatedStateMachine(StateMachine):
             if len(self.sessions) >= self.max_sessions:
                 del self.sessions[next(iter(self.sessions))]
         self.sessions[cid] = s          # most recently active last
+        answer: Optional[list]
         if type(seq) is not int or seq < s.floor:
             answer = [STALE, f"call {seq!r:.20} of {cid!r:.60} is older than what its caller "
                              f"acknowledged ({s.floor}); not applied again"]

@@ -4,7 +4,7 @@ redirects a write or a read to the leader's HTTP address instead of
 forwarding it, a write retried after a lost reply may apply twice, and its
 snapshots stay in memory (the log is never purged).
 
-    python examples/raft_api/http_service.py --id 1 --dir n1 \
+    python examples/http_service_on_raft.py --id 1 --dir n1 \
         --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 \
         --http-peers 1=127.0.0.1:8001,2=127.0.0.1:8002,3=127.0.0.1:8003
 """
@@ -108,7 +108,7 @@ async def main(args: argparse.Namespace) -> None:
         m = raft.metrics
         return web.json_response({"id": m.id, "state": m.state.name, "term": m.current_term,
                                   "leader": m.current_leader, "applied": m.last_applied_index,
-                                  "voters": sorted(m.membership.voter_ids)})
+                                  "voters": sorted(m.membership.voter_ids) if m.membership else []})
 
     async def learners(req: web.Request) -> web.Response:
         body = await req.json()
