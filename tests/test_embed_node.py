@@ -238,3 +238,32 @@ async def test_on_leader_runs_on_the_leader_only_with_its_term_and_moves_with_it
         assert leader not in running
     finally:
         await stop_all(nodes)
+
+
+@async_test(GUARD)
+async def test_a_call_whose_outcome_stays_unknown_raises_outcome_unknown():
+    """The leader alone: its entry can neither commit nor be known dropped."""
+    nodes = await start_all(peers_of(), Account)
+    try:
+        leader = await leader_of(nodes)
+        for i in [i for i in nodes if i != leader]:
+            await nodes.pop(i).stop()
+        node = nodes[leader]
+        node.timeout = 1.0
+        with pytest.raises(raftcore.errors.OutcomeUnknown, match="at most once"):
+            await node.state.deposit(1)
+    finally:
+        await stop_all(nodes)
+
+
+@async_test(GUARD)
+async def test_a_call_that_surely_did_not_apply_raises_timeout():
+    """No leader at all: nothing was sent anywhere."""
+    peers = peers_of()
+    node = await raftcore.start(3, peers, state=Account(), timeout=0.5,
+                                config=service_config(**FAST))
+    try:
+        with pytest.raises(raftcore.Timeout, match="was not applied"):
+            await node.state.deposit(1)
+    finally:
+        await node.stop()

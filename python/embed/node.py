@@ -260,15 +260,18 @@ class EmbeddedNode:
             m = raft.metrics
             try:
                 if m.state == ServerState.LEADER:
-                    reply = await propose(raft, self.client_id, seq, acked, obj, method, args)
+                    attempt = propose(raft, self.client_id, seq, acked, obj, method, args)
                 elif m.current_leader is not None:
-                    reply = await self._forwarder.request(
+                    attempt = self._forwarder.request(
                         m.current_leader, _node_of(m, m.current_leader),
                         [EMBED_CALL, self.client_id, seq, acked, obj, method, args])
                 else:
-                    reply = [REDIRECT, None]
-            except (NetworkError, Timeout) as exc:
-                reply = [UNKNOWN, f"no answer from the leader: {exc}"]
+                    attempt = _answer([REDIRECT, None])
+                # Bounded by the call's deadline: an entry that cannot
+                # commit (no quorum) must not hold the caller forever.
+                reply = await asyncio.wait_for(attempt, max(deadline - self._loop.time(), 0.001))
+            except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
+                reply = [UNKNOWN, f"no answer from the leader: {exc or 'timed out'}"]
             if reply[0] == DONE:
                 return reply[1]
             if reply[0] == REFUSED:
@@ -320,14 +323,15 @@ class EmbeddedNode:
             m = raft.metrics
             try:
                 if m.state == ServerState.LEADER:
-                    reply = await read_point(raft, lease)
+                    attempt = read_point(raft, lease)
                 elif m.current_leader is not None:
-                    reply = await self._forwarder.request(
+                    attempt = self._forwarder.request(
                         m.current_leader, _node_of(m, m.current_leader), [EMBED_READ, lease])
                 else:
-                    reply = [REDIRECT, None]
-            except (NetworkError, Timeout) as exc:
-                reply = [UNKNOWN, str(exc)]
+                    attempt = _answer([REDIRECT, None])
+                reply = await asyncio.wait_for(attempt, max(deadline - self._loop.time(), 0.001))
+            except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
+                reply = [UNKNOWN, str(exc) or "timed out"]
             if reply[0] == DONE:
                 await raft.wait(max(deadline - self._loop.time(), 0.001)) \
                     .applied_index_at_least(reply[1], "the read point to be applied")
@@ -420,6 +424,10 @@ class EmbeddedNode:
         await self.raft.shutdown()
         await self.server.close()
         await self.store.close()
+
+
+async def _answer(reply: list[Any]) -> list[Any]:
+    return reply
 
 
 async def _logged(coro: Awaitable[Any], node_id: int, term: int) -> None:
