@@ -267,3 +267,33 @@ async def test_a_call_that_surely_did_not_apply_raises_timeout():
             await node.state.deposit(1)
     finally:
         await node.stop()
+
+
+@async_test(GUARD)
+async def test_a_lagging_node_is_caught_up_by_a_snapshot_of_the_objects(tmp_path):
+    from raftcore.config import SnapshotPolicy
+    peers = peers_of()
+    config = service_config(**FAST, snapshot_policy=SnapshotPolicy.logs_since_last(20),
+                            max_in_snapshot_log_to_keep=0)
+
+    async def node(i):
+        return await raftcore.start(i, peers, state=Account(), dir=tmp_path / f"n{i}",
+                                    config=config)
+    nodes = {i: await node(i) for i in peers}
+    try:
+        leader = await leader_of(nodes)
+        lagging = next(i for i in nodes if i != leader)
+        await nodes.pop(lagging).stop()
+        for _ in range(60):
+            await nodes[leader].state.deposit(1)
+        await nodes[leader].raft.wait(WAIT).metrics(
+            lambda m: m.purged is not None and m.purged.index > 30, "the log purged")
+        nodes[lagging] = await node(lagging)
+        m = nodes[leader].metrics
+        back = nodes[lagging]
+        await back.raft.wait(WAIT).applied_index_at_least(m.last_applied_index)
+        assert back.metrics.snapshot is not None          # installed, not replayed
+        assert back.state_machine.objects["state"].balance == 60
+        assert await back.state.stale.get() == 60
+    finally:
+        await stop_all(nodes)
