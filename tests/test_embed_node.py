@@ -14,6 +14,7 @@ from kv_harness import free_ports
 from raftcore.embed import ReplCounter, ReplDict, ReplLock, ReplQueue
 from raftcore.embed.node import service_config
 from raftcore.errors import ConfigError, InvalidCommand
+from test_tcp import certs  # noqa: F401  (the fixture: a CA and certificates)
 
 GUARD = 60.0
 #: Failure guard of a polled condition (never a way to wait).
@@ -297,3 +298,21 @@ async def test_a_lagging_node_is_caught_up_by_a_snapshot_of_the_objects(tmp_path
         assert await back.state.stale.get() == 60
     finally:
         await stop_all(nodes)
+
+
+def test_a_cluster_under_tls_and_a_shared_secret_forwards_calls(certs):
+    from test_tcp import client_context, server_context
+
+    @async_test(GUARD)
+    async def body():
+        nodes = await start_all(peers_of(), Account, secret=b"s" * 32,
+                                ssl=(server_context(certs, require_client_cert=True),
+                                     client_context(certs, with_cert=True)))
+        try:
+            leader = await leader_of(nodes)
+            follower = next(i for i in nodes if i != leader)
+            assert await nodes[follower].state.deposit(7) == 7
+            assert await nodes[follower].state.get() == 7
+        finally:
+            await stop_all(nodes)
+    body()
