@@ -28,7 +28,8 @@ from raftcore.storage.mem import MemLogStore
 from raftcore.embed.forwarding import (DONE, EMBED_CALL, EMBED_READ, REDIRECT, REFUSED,
                                        UNKNOWN, Forwarder, LeaderService, node_status,
                                        propose, read_point)
-from raftcore.embed.replicated import FAILED, OK, TICK, ReplicatedStateMachine, kind_of
+from raftcore.embed.replicated import (SCALAR_TYPES, FAILED, OK, TICK, ReplicatedStateMachine,
+                                       kind_of)
 
 __all__ = ["start", "parse_peers", "EmbeddedNode", "ObjectProxy", "CommandFailed", "service_config"]
 
@@ -233,7 +234,9 @@ class EmbeddedNode:
             raise InvalidCommand(f"{obj}.{method} is not a @command of this node's objects")
         args = list(args)
         try:
-            msgpack.packb(args, use_bin_type=True)
+            # Scalars need no trial encoding (the common case, kept cheap).
+            if not all(type(a) in SCALAR_TYPES for a in args):
+                msgpack.packb(args, use_bin_type=True)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidCommand(f"{obj}.{method}: its arguments must be msgpack values "
                                  f"(None, bool, int, float, str, bytes, lists, maps): {exc}") \
@@ -269,7 +272,7 @@ class EmbeddedNode:
                     attempt = _answer([REDIRECT, None])
                 # Bounded by the call's deadline: an entry that cannot
                 # commit (no quorum) must not hold the caller forever.
-                reply = await asyncio.wait_for(attempt, max(deadline - self._loop.time(), 0.001))
+                reply = await _bounded(attempt, deadline)
             except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
                 reply = [UNKNOWN, f"no answer from the leader: {exc or 'timed out'}"]
             if reply[0] == DONE:
@@ -329,7 +332,7 @@ class EmbeddedNode:
                         m.current_leader, _node_of(m, m.current_leader), [EMBED_READ, lease])
                 else:
                     attempt = _answer([REDIRECT, None])
-                reply = await asyncio.wait_for(attempt, max(deadline - self._loop.time(), 0.001))
+                reply = await _bounded(attempt, deadline)
             except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
                 reply = [UNKNOWN, str(exc) or "timed out"]
             if reply[0] == DONE:
@@ -424,6 +427,16 @@ class EmbeddedNode:
         await self.raft.shutdown()
         await self.server.close()
         await self.store.close()
+
+
+async def _bounded(attempt: Awaitable[list[Any]], deadline: float) -> list[Any]:
+    """`await attempt`, cancelled at loop time `deadline` (asyncio.TimeoutError)."""
+    timeout_at = getattr(asyncio, "timeout_at", None)
+    if timeout_at is None:          # Python 3.10: wait_for (one task more per call)
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(attempt, max(deadline - loop.time(), 0.001))
+    async with timeout_at(deadline):
+        return await attempt
 
 
 async def _answer(reply: list[Any]) -> list[Any]:

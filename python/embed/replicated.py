@@ -53,7 +53,8 @@ STALE = 2
 SNAPSHOT_FORMAT = 1
 _SNAP_FILE = "snapshot"
 _snapshot_ids = itertools.count(1)
-_SCALARS = (int, str, type(None), bool, float, bytes)
+#: Types whose values are msgpack values as they are (no trial encoding needed).
+SCALAR_TYPES = (int, str, type(None), bool, float, bytes)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -240,7 +241,7 @@ class ReplicatedStateMachine(StateMachine):
                             "arguments on this node"]
         try:
             result = getattr(obj, method)(*args)
-            if type(result) not in _SCALARS:
+            if type(result) not in SCALAR_TYPES:
                 msgpack.packb(result, use_bin_type=True)
         except Exception as exc:
             return [FAILED, f"{type(exc).__name__}: {exc}"]
