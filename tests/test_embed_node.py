@@ -316,3 +316,31 @@ def test_a_cluster_under_tls_and_a_shared_secret_forwards_calls(certs):
         finally:
             await stop_all(nodes)
     body()
+
+
+@async_test(GUARD)
+async def test_malformed_forwarded_calls_and_entries_are_refused_and_the_node_goes_on():
+    from raftcore.embed.forwarding import EMBED_CALL, REFUSED, propose
+    from raftcore.kv.connection import connect
+    nodes = await start_all(peers_of(), Account)
+    try:
+        leader = nodes[await leader_of(nodes)]
+        conn = await connect(leader.raft.metrics.membership.nodes[leader.id].addr, WAIT,
+                             max_frame=1 << 20)
+        try:
+            for bad in ([EMBED_CALL, [1], 1, 0, "state", "deposit", [1]],
+                        [EMBED_CALL, "c", 1, 5, "state", "deposit", [1]],
+                        [EMBED_CALL, "c", 1, 0, "state", "deposit", "1"],
+                        [EMBED_CALL, "c"]):
+                reply = await conn.call(bad, WAIT)
+                assert reply[0] == REFUSED, (bad, reply)
+        finally:
+            await conn.close()
+        # Entries that reach the log malformed are answered, not raised.
+        assert (await propose(leader.raft, [1], 1, 0, "state", "deposit", [1]))[1][0] == 1
+        assert (await propose(leader.raft, "c", 1, 0, "nope", "deposit", [1]))[1][0] == 1
+        assert (await propose(leader.raft, "c", 2, 0, "state", "get", []))[1][0] == 1
+        assert (await leader.raft.client_write(["rc", "short"])).data[0] == 1
+        assert await nodes[1].state.deposit(2) == 2
+    finally:
+        await stop_all(nodes)

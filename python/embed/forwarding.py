@@ -30,7 +30,7 @@ from raftcore.network.channel import Channel
 from raftcore.network.client import TcpNetwork, parse_address
 from raftcore.network.framing import SERVICE_TYPE_MIN
 
-from raftcore.embed.replicated import CMD
+from raftcore.embed.replicated import CLIENT_ID_TYPES, CMD
 
 __all__ = ["EMBED_CALL", "EMBED_READ", "EMBED_STATUS", "DONE", "REDIRECT", "UNKNOWN", "REFUSED",
            "UNAVAILABLE", "LeaderService", "Forwarder", "command_entry", "node_status"]
@@ -107,10 +107,11 @@ class LeaderService:
             return [REFUSED, "a call is [EMBED_CALL, client_id, seq, acked_below, object, "
                              "method, args]"]
         _, cid, seq, acked, obj, method, args = msg
-        if type(seq) is not int or type(acked) is not int or type(obj) is not str \
+        if type(cid) not in CLIENT_ID_TYPES or type(seq) is not int \
+                or type(acked) is not int or not 0 <= acked <= seq or type(obj) is not str \
                 or type(method) is not str or type(args) is not list:
-            return [REFUSED, "seq and acked_below are ints, object and method strs, args a "
-                             "list"]
+            return [REFUSED, "client_id is a str, bytes or int, seq an int, acked_below an int "
+                             "in [0, seq], object and method strs, args a list"]
         return await propose(self.raft, cid, seq, acked, obj, method, args)
 
     async def status(self, msg: list) -> list:

@@ -53,6 +53,8 @@ STALE = 2
 SNAPSHOT_FORMAT = 1
 _SNAP_FILE = "snapshot"
 _snapshot_ids = itertools.count(1)
+#: What a session's client id may be (hashable as msgpack decodes it).
+CLIENT_ID_TYPES = (str, bytes, int)
 #: Types whose values are msgpack values as they are (no trial encoding needed).
 SCALAR_TYPES = (int, str, type(None), bool, float, bytes)
 
@@ -209,6 +211,8 @@ class ReplicatedStateMachine(StateMachine):
             return [FAILED, f"not an entry of the embedding layer: {p!r:.80}"]
         _, cid, seq, acked, name, method, args, stamp = p
         self._advance(stamp)
+        if type(cid) not in CLIENT_ID_TYPES:
+            return [FAILED, f"a client id is a str, bytes or int, got {cid!r:.60}"]
         s = self.sessions.pop(cid, None)
         if s is None:
             s = _Session()
