@@ -118,10 +118,13 @@ async def start(node_id: int, peers: Mapping[int, str] | str, *, state: Any,
             raise ConfigError(f"node {node_id} is not in peers {sorted(peers)}: give it "
                               "listen='host:port'")
         listen = peers[node_id]
-    host, port = parse_address(listen)
+    try:
+        host, port = parse_address(listen)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"listen: {exc}") from None
     objects = dict(state) if isinstance(state, Mapping) else {"state": state}
     for name, obj in objects.items():
-        if obj is None or not any(kind_of(obj, m) for m in dir_of(obj)):
+        if obj is None or not any(kind_of(obj, m) for m in _methods_of(obj)):
             raise ConfigError(f"state {name!r}: {type(obj).__name__} has no method marked "
                               "@raftcore.command or @raftcore.query")
     if timeout <= 0 or tick_interval <= 0:
@@ -133,14 +136,15 @@ async def start(node_id: int, peers: Mapping[int, str] | str, *, state: Any,
     if dir is not None:
         os.makedirs(dir, exist_ok=True)
         store = await FileLogStore.open(os.path.join(dir, "log"))
-        loop = asyncio.get_running_loop()
-        sm = await loop.run_in_executor(None, ReplicatedStateMachine, objects,
-                                        os.path.join(dir, "snapshots"))
     else:
         store = MemLogStore()
-        sm = ReplicatedStateMachine(objects)
     raft = server = None
     try:
+        if dir is not None:     # reads the newest snapshot: off the event loop
+            sm = await asyncio.get_running_loop().run_in_executor(
+                None, ReplicatedStateMachine, objects, os.path.join(dir, "snapshots"))
+        else:
+            sm = ReplicatedStateMachine(objects)
         net = TcpNetwork(client_ssl, rpc_timeout=config.rpc_timeout, secret=secret)
         raft = await Raft.create(node_id, config, net, store, sm)
         server = await RaftServer.start(raft, host, port, ssl=server_ssl, secret=secret,
@@ -165,7 +169,7 @@ async def start(node_id: int, peers: Mapping[int, str] | str, *, state: Any,
         raise
 
 
-def dir_of(obj: Any) -> list[str]:
+def _methods_of(obj: Any) -> list[str]:
     return [n for n in dir(type(obj)) if not n.startswith("__")]
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import msgpack
 
-from raftcore.errors import NotAllowed, StorageError
+from raftcore.errors import ConfigError, NotAllowed, StorageError
 from raftcore.kv.state import decode_snapshot_file, encode_snapshot_file
 from raftcore.messages import SnapshotMeta
 from raftcore.storage.base import Snapshot, StateMachine
@@ -161,10 +161,10 @@ class ReplicatedStateMachine(StateMachine):
     def __init__(self, objects: dict[str, Any], path: Optional[str | os.PathLike] = None, *,
                  max_sessions: int = 10_000) -> None:
         if not objects:
-            raise ValueError("ReplicatedStateMachine needs at least one object")
+            raise ConfigError("ReplicatedStateMachine needs at least one object")
         for name in objects:
             if type(name) is not str:
-                raise ValueError(f"replicated object names are str, got {name!r}")
+                raise ConfigError(f"replicated object names are str, got {name!r}")
         self.objects = dict(objects)
         self.path = os.fspath(path) if path is not None else None
         self.max_sessions = max_sessions
