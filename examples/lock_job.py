@@ -61,7 +61,9 @@ async def job(node: raftcore.EmbeddedNode, me: str) -> None:
 async def main(args: argparse.Namespace) -> None:
     node = await raftcore.start(args.id, args.peers, dir=args.dir,
                                 state={"locks": raftcore.ReplLock(), "ledger": Ledger()})
-    worker = asyncio.ensure_future(job(node, f"worker-{args.id}"))
+    # A holder name of this process alone: restarted, it is another holder
+    # and does not take over a lease it cannot know it had.
+    worker = asyncio.ensure_future(job(node, f"worker-{node.client_id}"))
     await node.run_until_signal()
     worker.cancel()
 
