@@ -48,3 +48,36 @@ def test_the_readme_types_import_from_raftcore_and_raftcore_storage():
     for module in (raftcore, raftcore.storage):
         assert module.ENTRY_NORMAL == ENTRY_NORMAL
         assert module.Entry is Entry and module.SnapshotMeta is SnapshotMeta
+
+
+def code_lines(path) -> int:
+    """Lines holding code: not blank, a comment or a docstring (a string
+    standing alone as a statement)."""
+    import io
+    import tokenize
+    lines: set = set()
+    logical: list = []
+    skipped = (tokenize.COMMENT, tokenize.NL, tokenize.INDENT, tokenize.DEDENT,
+               tokenize.ENDMARKER)
+    for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+        if tok.type in skipped:
+            continue
+        if tok.type != tokenize.NEWLINE:
+            logical.append(tok)
+            continue
+        if not (len(logical) == 1 and logical[0].type == tokenize.STRING):
+            for t in logical:
+                lines.update(range(t.start[0], t.end[0] + 1))
+        logical = []
+    return len(lines)
+
+
+def test_the_readme_counts_the_lines_of_the_two_services_right():
+    import pathlib
+    import re
+    root = pathlib.Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    for name in ("http_service.py", "http_service_on_raft.py"):
+        row = re.search(rf"\| (\d+) \| `examples/{name}`", readme)
+        assert row is not None, f"no README row for {name}"
+        assert int(row.group(1)) == code_lines(root / "examples" / name), name
