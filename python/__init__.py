@@ -18,12 +18,18 @@ from raftcore.errors import ForwardToLeader, NotAllowed, RaftError, StorageError
 from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
 from raftcore.model import Node, ReadPolicy, ServerState
-from raftcore.types import Entry, LogId, Vote
+from raftcore.types import ENTRY_BLANK, ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry, LogId, Vote
+from raftcore.messages import SnapshotMeta
 from raftcore.raft import Raft, RaftMetrics, ClientWriteResponse
+from raftcore.embed import (CommandFailed, EmbeddedNode, ReplCounter, ReplDict, ReplLock,
+                            ReplQueue, applying, command, query, start)
 
 __all__ = [
     "Raft", "RaftMetrics", "ChangeMembers", "ClientWriteResponse", "Config", "Node", "ServerState",
     "ReadPolicy", "Membership", "Entry", "LogId", "Vote", "RaftError",
     "ForwardToLeader", "NotAllowed", "Timeout", "StorageError",
+    "ENTRY_NORMAL", "ENTRY_BLANK", "ENTRY_MEMBERSHIP", "SnapshotMeta",
+    "start", "EmbeddedNode", "command", "query", "applying", "CommandFailed",
+    "ReplDict", "ReplCounter", "ReplQueue", "ReplLock",
 ]
 __version__ = "0.1.0"

@@ -15,7 +15,9 @@ from raftcore.errors import ConfigError, ForwardToLeader, InvalidCommand, NotAll
 from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
 from raftcore.model import Node, ReadPolicy, ServerState
-from raftcore.network.base import AppendNowait, RaftNode
+from raftcore.network.base import AppendNowait, NetworkLike, RaftNode
+from raftcore.storage.base import (LOG_STORE_METHODS, STATE_MACHINE_METHODS, LogStoreLike,
+                                   StateMachineLike, missing_methods)
 from raftcore.types import LogId, Vote
 
 __all__ = ["Raft", "RaftMetrics", "ClientWriteResponse", "Wait", "Trigger", "RuntimeConfig"]
@@ -152,8 +154,9 @@ class Raft(RaftNode):
         self.runtime_config = RuntimeConfig(core)
 
     @classmethod
-    async def create(cls, node_id: int, config: Config, network: Any, log_store: Any,
-                     state_machine: Any, *, executor: Optional[Callable] = None,
+    async def create(cls, node_id: int, config: Config, network: NetworkLike,
+                     log_store: LogStoreLike, state_machine: StateMachineLike, *,
+                     executor: Optional[Callable] = None,
                      cluster_id: Optional[str] = None,
                      engine_type: Optional[Callable] = None) -> "Raft":
         """Loads the node's state from its stores and starts its runtime.
@@ -172,6 +175,17 @@ class Raft(RaftNode):
             raise ConfigError(f"node_id must be a non-negative int, got {node_id!r}")
         if not isinstance(config, Config):
             raise ConfigError(f"config must be a raftcore.Config, got {type(config).__name__}")
+        for arg, value, names, what in (
+                ("network", network, ("client",), "raftcore.network.Network"),
+                ("log_store", log_store, LOG_STORE_METHODS, "raftcore.storage.LogStore"),
+                ("state_machine", state_machine, STATE_MACHINE_METHODS,
+                 "raftcore.storage.StateMachine")):
+            if value is None:
+                raise ConfigError(f"{arg} is None: give a {what}")
+            missing = missing_methods(value, names)
+            if missing:
+                raise ConfigError(f"{arg} ({type(value).__name__}) is not a {what}: it has no "
+                                  f"{', '.join(missing)} (subclass {what})")
         configure = getattr(network, "configure", None)    # (a Network need not subclass)
         if configure is not None:
             configure(config)

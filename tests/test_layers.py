@@ -2,8 +2,8 @@
 the rest but the leaf modules (errors, config, node); storage and network
 import the engine and the leaves, never the runtime nor the tools; the
 runtime imports the engine and only the storage and network *contracts*
-(storage.base, network.base); kv, the command line, the benchmarks and
-testing import anything.
+(storage.base, network.base); kv, embed, the command line, the benchmarks
+and testing import anything.
 
 Every module of the installed package is read (ast for .py files; the
 compiled modules' .pyx/.pxd sources in this checkout, by a regex over their
@@ -31,7 +31,7 @@ LEAVES = {"errors", "config", "node"}
 #: The contracts the runtime programs against.
 CONTRACTS = {"storage.base", "network.base"}
 #: Tools and applications (and bench*): they may import anything.
-TOOLS = {"kv", "cli", "testing"}
+TOOLS = {"kv", "cli", "testing", "embed"}
 #: What each layer may import besides itself, the engine and the leaves.
 ALLOWED = {
     "engine": set(),

@@ -21,7 +21,7 @@ def run_example(section: str, tmp_path) -> list[str]:
 
 
 def test_quick_start_runs_and_prints_what_it_says(tmp_path):
-    lines = run_example("Quick start", tmp_path)
+    lines = run_example("Under the hood: the Raft API", tmp_path)
     assert lines[0].startswith("committed at LogId(")
     assert lines[1] == "[None, [True, 2]]"
     assert lines[2] == "ask node 1 at node-1"
@@ -32,3 +32,7 @@ def test_shared_secret_example_commits_and_refuses_the_intruder(tmp_path):
     lines = run_example("Securing the transport", tmp_path)
     assert lines[0].startswith("committed at LogId(")
     assert lines[1].startswith("refused:")
+
+
+def test_quick_start_on_the_embedding_layer_prints_what_it_says(tmp_path):
+    assert run_example("Quick start", tmp_path) == ["5", "7", "7"]

@@ -41,13 +41,13 @@ the outcome to reply synchronously, once.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse, VoteRequest,
                                VoteResponse)
 from raftcore.network.reply import ReplyCallback, hand_over
 
-__all__ = ["Network", "NetworkClient", "RaftNode", "Reply", "AppendNowait", "ReplyCallback",
+__all__ = ["Network", "NetworkLike", "NetworkClient", "RaftNode", "Reply", "AppendNowait", "ReplyCallback",
            "hand_over"]
 
 #: reply(response, None) or reply(None, error): where the answer of a request
@@ -108,6 +108,13 @@ class Network(abc.ABC):
         sends anything, so that the transport fits its timing to the node's
         (TcpNetwork keeps its reconnect back-off below the election
         timeout). The default does nothing."""
+
+
+class NetworkLike(Protocol):
+    """What Raft.create needs of a network, as a type: `client(target,
+    node)` (Network subclasses have it; configure() is optional)."""
+
+    def client(self, target: int, node: Any) -> NetworkClient: ...
 
 
 class RaftNode:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Optional, Protocol, Sequence
 
 from raftcore.messages import SnapshotMeta
 from raftcore.types import Entry, LogId, Vote
@@ -45,6 +45,45 @@ class StoreIdentity:
 
     cluster_id: Optional[str]
     incarnation: str
+
+
+class LogStoreLike(Protocol):
+    """What Raft.create needs of a log store, as a type: LogStore's methods
+    that the node calls (subclassing LogStore gives the optional ones)."""
+
+    def read_vote(self) -> Awaitable[Optional[Vote]]: ...
+    def save_vote(self, vote: Vote) -> Awaitable[None]: ...
+    def get_log_state(self) -> Awaitable[LogState]: ...
+    def read_entries(self, first: int, last: int) -> Awaitable[list[Entry]]: ...
+    def append(self, entries: Sequence[Entry], on_flushed: FlushCallback) -> None: ...
+    def truncate_after(self, index: int) -> None: ...
+    def purge(self, upto: LogId) -> None: ...
+    def read_committed(self) -> Awaitable[Optional[LogId]]: ...
+    def read_identity(self) -> Awaitable[Optional["StoreIdentity"]]: ...
+
+
+class StateMachineLike(Protocol):
+    """What Raft.create needs of a state machine, as a type (StateMachine's
+    methods that the node calls)."""
+
+    def apply(self, entries: Sequence[Entry]) -> Any: ...
+    def applied_state(self) -> Awaitable[tuple[Optional[LogId], Any]]: ...
+    def build_snapshot(self, executor: Callable) -> Awaitable["Snapshot"]: ...
+    def get_current_snapshot(self) -> Optional["Snapshot"]: ...
+    def install_snapshot(self, meta: SnapshotMeta, data: bytes) -> Awaitable[None]: ...
+    def check_snapshot(self, meta: SnapshotMeta, data: bytes) -> None: ...
+
+
+#: The methods Raft.create checks a log store and a state machine for.
+LOG_STORE_METHODS = ("read_vote", "save_vote", "get_log_state", "read_entries", "append",
+                     "truncate_after", "purge", "read_committed", "read_identity")
+STATE_MACHINE_METHODS = ("apply", "applied_state", "build_snapshot", "get_current_snapshot",
+                         "install_snapshot", "check_snapshot")
+
+
+def missing_methods(obj: Any, names: Sequence[str]) -> list[str]:
+    """The names in `names` that `obj` has no method of."""
+    return [n for n in names if not callable(getattr(obj, n, None))]
 
 
 def new_identity_token() -> str:

@@ -1,0 +1,489 @@
+"""`raftcore.start()`: a whole node in one call, and EmbeddedNode, the
+handle a service calls its replicated objects through."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import os
+import secrets
+import ssl as _ssl
+import time
+from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
+
+import msgpack
+
+from raftcore.config import Config, SnapshotPolicy
+from raftcore.errors import (ConfigError, Fatal, InvalidCommand, NetworkError,
+                             NotAllowed, OutcomeUnknown, RaftError, Timeout)
+from raftcore.model import Node, ServerState
+from raftcore.network.client import TcpNetwork, parse_address
+from raftcore.network.server import RaftServer
+from raftcore.raft import Raft, RaftMetrics
+from raftcore.storage.base import LogStore
+from raftcore.storage.file import FileLogStore
+from raftcore.storage.mem import MemLogStore
+
+from raftcore.embed.forwarding import (DONE, EMBED_CALL, EMBED_READ, REDIRECT, REFUSED,
+                                       UNKNOWN, Forwarder, LeaderService, node_status,
+                                       propose, read_point)
+from raftcore.embed.replicated import (SCALAR_TYPES, FAILED, OK, TICK, ReplicatedStateMachine,
+                                       kind_of)
+
+__all__ = ["start", "parse_peers", "EmbeddedNode", "ObjectProxy", "CommandFailed", "service_config"]
+
+log = logging.getLogger("raftcore.embed")
+
+#: Read modes of queries.
+READ_MODES = ("linearizable", "lease", "stale")
+
+
+class CommandFailed(RaftError):
+    """The command's method raised while it was applied (on every node
+    alike): the message names the exception. The entry is in the log; the
+    state is whatever the method left."""
+
+
+def service_config(**overrides: Any) -> Config:
+    """Config defaults for a service node: pre-vote and check-quorum on,
+    election timeouts fit for a loaded machine, a snapshot every 10,000
+    entries; `overrides` are Config fields."""
+    kw: dict[str, Any] = {
+        "enable_pre_vote": True, "check_quorum": True, "heartbeat_interval": 0.1,
+        "election_timeout_min": 0.5, "election_timeout_max": 1.0,
+        "snapshot_policy": SnapshotPolicy.logs_since_last(10_000),
+    }
+    kw.update(overrides)
+    return Config(**kw)
+
+
+def parse_peers(text: str) -> dict[int, str]:
+    """"1=host:port,2=host:port,...": id -> address; ConfigError naming the
+    bad part."""
+    from raftcore.kv.cli import _parse_peers
+    try:
+        return _parse_peers(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"peers {text!r:.200}: {exc}") from None
+
+
+async def start(node_id: int, peers: Mapping[int, str] | str, *, state: Any,
+                dir: Optional[str | os.PathLike] = None, secret: Optional[bytes] = None,
+                ssl: Optional[tuple[_ssl.SSLContext, _ssl.SSLContext]] = None,
+                listen: Optional[str] = None, config: Optional[Config] = None,
+                init: Optional[bool] = None, timeout: float = 10.0,
+                tick_interval: float = 1.0) -> "EmbeddedNode":
+    """Starts node `node_id` of the cluster `peers` (id -> "host:port", or
+    the text "1=host:port,2=host:port,...") and
+    returns its handle once it serves (it need not know a leader yet).
+
+    state: the replicated object (an instance of a class whose methods are
+        marked @raftcore.command / @raftcore.query), or a mapping name ->
+        object for several (`node.objects[name]`); every node passes
+        objects of the same classes, freshly made.
+    dir: the node's data directory: the log (FileLogStore, fsynced) in
+        DIR/log, the newest snapshot in DIR/snapshots. None keeps everything
+        in memory, for tests: every start is then a new incarnation of the
+        node, which the others refuse to count until it is removed and
+        added back.
+    secret: the cluster's shared secret (every node the same): peers prove
+        they hold it before any request is read (raftcore.network.tcp).
+    ssl: (server context, client context) to speak TLS between nodes.
+    listen: the address to serve on (default: the node's in `peers`).
+    config: a raftcore.Config (default: service_config()).
+    init: whether this node forms the cluster when its storage is fresh.
+        None (the default): the node with the lowest id in `peers` does,
+        and the others wait for it to contact them; a node that already has
+        a log restarts from it and never initializes again. Pass False on
+        a node that will be added to a running cluster (add_learner).
+    timeout: seconds a call waits, across leader changes, before giving up.
+    tick_interval: seconds between the leader's tick entries when an
+        object wants time to move on its own (a lock's leases expiring).
+    """
+    if isinstance(peers, str):
+        peers = parse_peers(peers)
+    if not isinstance(peers, Mapping) or not peers:
+        raise ConfigError(f"peers must be a non-empty mapping of node id -> 'host:port', got "
+                          f"{peers!r:.80}")
+    for i, addr in peers.items():
+        if type(i) is not int:
+            raise ConfigError(f"peers: node ids are ints, got {i!r}")
+        try:
+            parse_address(addr)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"peers: node {i}: {exc}") from None
+    if listen is None:
+        if node_id not in peers:
+            raise ConfigError(f"node {node_id} is not in peers {sorted(peers)}: give it "
+                              "listen='host:port'")
+        listen = peers[node_id]
+    try:
+        host, port = parse_address(listen)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"listen: {exc}") from None
+    objects = dict(state) if isinstance(state, Mapping) else {"state": state}
+    for name, obj in objects.items():
+        if obj is None or not any(kind_of(obj, m) for m in _methods_of(obj)):
+            raise ConfigError(f"state {name!r}: {type(obj).__name__} has no method marked "
+                              "@raftcore.command or @raftcore.query")
+    if timeout <= 0 or tick_interval <= 0:
+        raise ConfigError("timeout and tick_interval must be positive")
+    config = config if config is not None else service_config()
+    server_ssl, client_ssl = ssl if ssl is not None else (None, None)
+
+    store: LogStore
+    if dir is not None:
+        os.makedirs(dir, exist_ok=True)
+        store = await FileLogStore.open(os.path.join(dir, "log"))
+    else:
+        store = MemLogStore()
+    raft = server = None
+    try:
+        if dir is not None:     # reads the newest snapshot: off the event loop
+            sm = await asyncio.get_running_loop().run_in_executor(
+                None, ReplicatedStateMachine, objects, os.path.join(dir, "snapshots"))
+        else:
+            sm = ReplicatedStateMachine(objects)
+        net = TcpNetwork(client_ssl, rpc_timeout=config.rpc_timeout, secret=secret)
+        raft = await Raft.create(node_id, config, net, store, sm)
+        server = await RaftServer.start(raft, host, port, ssl=server_ssl, secret=secret,
+                                        services=LeaderService(raft).handlers())
+        forward_net = TcpNetwork(client_ssl, rpc_timeout=timeout, secret=secret)
+        node = EmbeddedNode(raft, server, store, sm, Forwarder(forward_net, raft), timeout)
+        if init if init is not None else node_id == min(peers):
+            try:
+                await raft.initialize({i: Node(a) for i, a in peers.items()})
+                log.info("node %s initialized the cluster %s", node_id, dict(peers))
+            except NotAllowed:
+                pass            # a restart: the log has the cluster already
+        if any(getattr(o, "raft_needs_ticks", False) for o in objects.values()):
+            node.on_leader(lambda term: node._tick(tick_interval))
+        return node
+    except BaseException:
+        if raft is not None:
+            await raft.shutdown()
+        if server is not None:
+            await server.close()
+        await store.close()
+        raise
+
+
+def _methods_of(obj: Any) -> list[str]:
+    return [n for n in dir(type(obj)) if not n.startswith("__")]
+
+
+class EmbeddedNode:
+    """A running node made by raftcore.start(). `node.raft` is the Raft
+    underneath (membership changes, metrics, triggers)."""
+
+    def __init__(self, raft: Raft, server: RaftServer, store: LogStore,
+                 sm: ReplicatedStateMachine, forwarder: Forwarder, timeout: float) -> None:
+        self.raft = raft
+        self.server = server
+        self.store = store
+        self.state_machine = sm
+        self.timeout = timeout
+        self._forwarder = forwarder
+        self._loop = asyncio.get_running_loop()
+        #: This node's session: a fresh client id per start.
+        self.client_id = f"{raft.id}-{secrets.token_hex(6)}"
+        self._seq = 0
+        self._outstanding: set[int] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self.objects = {name: ObjectProxy(self, name) for name in sm.objects}
+
+    # ------------------------------------------------------------ access
+
+    @property
+    def id(self) -> int:
+        return self.raft.id
+
+    @property
+    def state(self) -> "ObjectProxy":
+        """The replicated object given as `state=` (with a mapping, use
+        objects[name])."""
+        try:
+            return self.objects["state"]
+        except KeyError:
+            raise AttributeError("state= was a mapping: use node.objects[name]") from None
+
+    @property
+    def metrics(self) -> RaftMetrics:
+        return self.raft.metrics
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft.metrics.state == ServerState.LEADER
+
+    async def wait_leader(self, timeout: Optional[float] = None) -> int:
+        """The leader's id, once one is known (Timeout after `timeout`)."""
+        m = await self.raft.wait(timeout or self.timeout).metrics(
+            lambda m: m.current_leader is not None, "a leader")
+        return m.current_leader      # type: ignore[return-value]
+
+    # ----------------------------------------------------------- commands
+
+    async def call(self, obj: str, method: str, args: Sequence[Any] = ()) -> Any:
+        """Runs command `obj.method(*args)` through the log and returns its
+        result, from any node: a follower forwards it to the leader. A call
+        retried after a leader change or a lost reply is applied once.
+
+        Raises InvalidCommand for an argument that is not a msgpack value
+        (or a method that is not a @command), CommandFailed if the method
+        raised, OutcomeUnknown if after `timeout` it cannot be known
+        whether the command was applied, Timeout if it surely was not."""
+        target = self.state_machine.objects.get(obj)
+        if target is None or kind_of(target, method) != "command":
+            raise InvalidCommand(f"{obj}.{method} is not a @command of this node's objects")
+        args = list(args)
+        try:
+            # Scalars need no trial encoding (the common case, kept cheap).
+            if not all(type(a) in SCALAR_TYPES for a in args):
+                msgpack.packb(args, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidCommand(f"{obj}.{method}: its arguments must be msgpack values "
+                                 f"(None, bool, int, float, str, bytes, lists, maps): {exc}") \
+                from None
+        self._seq = seq = self._seq + 1
+        self._outstanding.add(seq)
+        try:
+            answer = await self._until_answered(seq, obj, method, args)
+        finally:
+            self._outstanding.discard(seq)
+        if answer[0] == OK:
+            return answer[1]
+        if answer[0] == FAILED:
+            raise CommandFailed(f"{obj}.{method} failed: {answer[1]}")
+        raise OutcomeUnknown(f"{obj}.{method}: {answer[1]}")
+
+    async def _until_answered(self, seq: int, obj: str, method: str, args: list) -> list:
+        deadline = self._loop.time() + self.timeout
+        maybe_applied = ""          # why the outcome of an attempt is unknown
+        last = "no leader was known"
+        while True:
+            acked = min(self._outstanding)
+            raft = self.raft
+            m = raft.metrics
+            try:
+                if m.state == ServerState.LEADER:
+                    attempt = propose(raft, self.client_id, seq, acked, obj, method, args)
+                elif m.current_leader is not None:
+                    attempt = self._forwarder.request(
+                        m.current_leader, _node_of(m, m.current_leader),
+                        [EMBED_CALL, self.client_id, seq, acked, obj, method, args])
+                else:
+                    attempt = _answer([REDIRECT, None])
+                # Bounded by the call's deadline: an entry that cannot
+                # commit (no quorum) must not hold the caller forever.
+                reply = await _bounded(attempt, deadline)
+            except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
+                reply = [UNKNOWN, f"no answer from the leader: {exc or 'timed out'}"]
+            if reply[0] == DONE:
+                return reply[1]
+            if reply[0] == REFUSED:
+                raise InvalidCommand(f"{obj}.{method}: {reply[1]}")
+            if reply[0] == UNKNOWN:
+                maybe_applied = last = str(reply[1])
+            else:
+                last = str(reply[1]) if reply[0] != REDIRECT else "no leader was known"
+            if raft.metrics.state == ServerState.SHUTDOWN:
+                raise Fatal(f"node {raft.id} is shut down")
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                if maybe_applied:
+                    raise OutcomeUnknown(
+                        f"{obj}.{method}: not known to be applied after {self.timeout}s, nor "
+                        f"known not to be ({maybe_applied}); it is applied at most once")
+                raise Timeout(f"{obj}.{method} was not applied within {self.timeout}s: {last}")
+            await self._settle(min(remaining, 0.05))
+
+    async def _settle(self, delay: float) -> None:
+        # A short pause between attempts: an election or a reconnection is
+        # under way, and asking again at once would only spin.
+        await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------ queries
+
+    async def query(self, obj: str, method: str, args: Sequence[Any] = (),
+                    read: str = "linearizable") -> Any:
+        """Runs @query `obj.method(*args)` on this node's copy, after a read
+        barrier: "linearizable" (the leader confirms with a quorum that it
+        leads; the read sees every call answered before it), "lease" (the
+        leader's lease instead of the round trip; see the README on
+        clocks), or "stale" (now, whatever this node has applied)."""
+        sm = self.state_machine
+        target = sm.objects.get(obj)
+        if target is None or kind_of(target, method) != "query":
+            raise InvalidCommand(f"{obj}.{method} is not a @query of this node's objects")
+        if read not in READ_MODES:
+            raise ConfigError(f"read must be one of {READ_MODES}, got {read!r}")
+        if read != "stale":
+            await self._barrier(read == "lease")
+        return sm.run_query(obj, method, list(args))
+
+    async def _barrier(self, lease: bool) -> None:
+        deadline = self._loop.time() + self.timeout
+        last = "no leader was known"
+        while True:
+            raft = self.raft
+            m = raft.metrics
+            try:
+                if m.state == ServerState.LEADER:
+                    attempt = read_point(raft, lease)
+                elif m.current_leader is not None:
+                    attempt = self._forwarder.request(
+                        m.current_leader, _node_of(m, m.current_leader), [EMBED_READ, lease])
+                else:
+                    attempt = _answer([REDIRECT, None])
+                reply = await _bounded(attempt, deadline)
+            except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
+                reply = [UNKNOWN, str(exc) or "timed out"]
+            if reply[0] == DONE:
+                await raft.wait(max(deadline - self._loop.time(), 0.001)) \
+                    .applied_index_at_least(reply[1], "the read point to be applied")
+                return
+            last = str(reply[1])
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise Timeout(f"no read point from a leader within {self.timeout}s: {last}")
+            await self._settle(min(remaining, 0.05))
+
+    # -------------------------------------------------------- leader work
+
+    def on_leader(self, fn: Callable[[int], Awaitable[Any]]) -> asyncio.Task:
+        """Runs `await fn(term)` each time this node becomes leader, and
+        cancels it when the node stops leading (a leader cut off from a
+        majority steps down within an election timeout: check-quorum).
+        `term` is a fencing token: a newer leader's is higher. A leader cut
+        off by a partition may run on for up to that long after a new one
+        started: a resource that must not see both checks the token.
+        Returns the runner task (cancelled by stop())."""
+        task = self._loop.create_task(self._lead(fn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _lead(self, fn: Callable[[int], Awaitable[Any]]) -> None:
+        wait = self.raft.wait
+        while True:
+            try:
+                m = await wait().metrics(lambda m: m.state in (ServerState.LEADER,
+                                                                 ServerState.SHUTDOWN), "lead")
+            except RaftError:
+                return
+            if m.state != ServerState.LEADER:
+                return
+            term = m.current_term
+            work = self._loop.create_task(_logged(fn(term), self.raft.id, term))
+            lost = self._loop.create_task(wait().metrics(
+                lambda m: m.state != ServerState.LEADER or m.current_term != term, "lost"))
+            try:
+                await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+                if work.done():
+                    await lost       # done early: not again in this term
+            except RaftError:
+                pass
+            finally:
+                for t in (work, lost):
+                    t.cancel()
+                await asyncio.gather(work, lost, return_exceptions=True)
+
+    async def _tick(self, interval: float) -> None:
+        """Leader: logs the time every `interval` seconds."""
+        while True:
+            try:
+                await self.raft.client_write([TICK, time.time()])
+            except RaftError as exc:
+                log.debug("tick not written: %s", exc)
+            await asyncio.sleep(interval)
+
+    def status(self) -> dict:
+        """The node's state in plain values (for a service's status page)."""
+        return node_status(self.raft)
+
+    async def run_until_signal(self) -> None:
+        """Serves until SIGINT or SIGTERM (or until the node stops on an
+        error), then stops the node: the last line of a service's main."""
+        loop = self._loop
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        died = loop.create_task(self.raft.wait().state(ServerState.SHUTDOWN))
+        signalled = loop.create_task(stop.wait())
+        try:
+            await asyncio.wait({died, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            for t in (died, signalled):
+                t.cancel()
+            await asyncio.gather(died, signalled, return_exceptions=True)
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Stops the node: leader tasks, forwarded connections, the server,
+        the Raft and its log store."""
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._forwarder.close()
+        await self.raft.shutdown()
+        await self.server.close()
+        await self.store.close()
+
+
+async def _bounded(attempt: Awaitable[list[Any]], deadline: float) -> list[Any]:
+    """`await attempt`, cancelled at loop time `deadline` (asyncio.TimeoutError)."""
+    timeout_at = getattr(asyncio, "timeout_at", None)
+    if timeout_at is None:          # Python 3.10: wait_for (one task more per call)
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(attempt, max(deadline - loop.time(), 0.001))
+    async with timeout_at(deadline):
+        return await attempt
+
+
+async def _answer(reply: list[Any]) -> list[Any]:
+    return reply
+
+
+async def _logged(coro: Awaitable[Any], node_id: int, term: int) -> None:
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("node %s: the leader task of term %s raised", node_id, term)
+
+
+def _node_of(m: RaftMetrics, node_id: int) -> Optional[Node]:
+    return m.membership.nodes.get(node_id) if m.membership is not None else None
+
+
+class ObjectProxy:
+    """`node.state` / `node.objects[name]`: its @command and @query methods
+    as coroutine functions (`await node.state.add(1)`); `.stale` and
+    `.lease` give queries with those read modes."""
+
+    def __init__(self, node: EmbeddedNode, name: str, read: str = "linearizable") -> None:
+        self._node = node
+        self._name = name
+        self._read = read
+
+    @property
+    def stale(self) -> "ObjectProxy":
+        return ObjectProxy(self._node, self._name, "stale")
+
+    @property
+    def lease(self) -> "ObjectProxy":
+        return ObjectProxy(self._node, self._name, "lease")
+
+    def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
+        node, name = self._node, self._name
+        kind = kind_of(node.state_machine.objects[name], method)
+        if kind == "command":
+            return lambda *args: node.call(name, method, args)
+        if kind == "query":
+            read = self._read
+            return lambda *args: node.query(name, method, args, read)
+        raise AttributeError(f"{name}.{method} is not a @command or @query method")
