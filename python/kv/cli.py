@@ -126,9 +126,36 @@ def build_parser() -> argparse.ArgumentParser:
                         "leading (by default it steps down)")
     p.add_argument("--max-command-bytes", type=_non_negative_int, default=None, metavar="N",
                    help="largest write accepted, in encoded bytes (default 1572864, 1.5 MiB)")
+    p.add_argument("--redis", type=_address, default=None, metavar="HOST:PORT",
+                   help="also serve the Redis protocol (RESP2/RESP3) on HOST:PORT; a "
+                        "follower forwards to the leader")
+    p.add_argument("--redis-reads", choices=("linearizable", "lease", "stale"),
+                   default="linearizable",
+                   help="Redis reads: confirmed by a quorum (default), by the leader "
+                        "lease, or from this node's state as it is")
+    p.add_argument("--redis-password-file", default=None, metavar="FILE",
+                   help="Redis clients must AUTH with this password (the file's contents, "
+                        "surrounding whitespace removed), as Redis's requirepass")
+    p.add_argument("--redis-max-bulk", type=_non_negative_int, default=None, metavar="N",
+                   help="largest Redis bulk string accepted, in bytes (default 512 MB, "
+                        "capped by --max-command-bytes)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
+
+
+def _read_secret(p: argparse.ArgumentParser, path: Optional[str], flag: str) -> Optional[bytes]:
+    """The contents of a password file, stripped; a usage error if unreadable or empty."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as exc:
+        p.error(f"{flag}: cannot read {path}: {exc.strerror or exc}")
+    if not secret:
+        p.error(f"{flag}: {path} is empty")
+    return secret
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -144,15 +171,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if args.peers is None:
             p.error("give --listen HOST:PORT, or --peers with this node's address")
         args.listen = args.peers[args.id]
-    args.secret = None
-    if args.secret_file is not None:
-        try:
-            with open(args.secret_file, "rb") as f:
-                args.secret = f.read().strip()
-        except OSError as exc:
-            p.error(f"--secret-file: cannot read {args.secret_file}: {exc.strerror or exc}")
-        if not args.secret:
-            p.error(f"--secret-file: {args.secret_file} is empty")
+    args.secret = _read_secret(p, args.secret_file, "--secret-file")
+    args.redis_password = _read_secret(p, args.redis_password_file, "--redis-password-file")
     kw: dict[str, Any] = {
         "snapshot_policy": (SnapshotPolicy.logs_since_last(args.snapshot_every)
                             if args.snapshot_every else SnapshotPolicy.never()),

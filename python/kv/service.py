@@ -131,15 +131,19 @@ async def run_node(args: argparse.Namespace) -> int:
     config: Config = args.config
     os.makedirs(args.dir, exist_ok=True)
     store = await FileLogStore.open(os.path.join(args.dir, "log"))
-    raft = server = None
+    raft = server = redis = None
     status = 0
     try:
         sm = await KvStateMachine.open(os.path.join(args.dir, "snapshots"))
         net = TcpNetwork(rpc_timeout=config.rpc_timeout, secret=args.secret)
         raft = await Raft.create(args.id, config, net, store, sm)
         service = KvService(raft, sm)
-        server = await RaftServer.start(raft, host, port, services=service.handlers(),
+        from raftcore.kv.redis import RedisNode     # --redis: RESP on this node
+        redis = RedisNode(args, raft, sm)
+        server = await RaftServer.start(raft, host, port,
+                                        services={**service.handlers(), **redis.handlers()},
                                         secret=args.secret)
+        await redis.start()
         log.info("node %s serving on %s (data in %s)", args.id, args.listen, args.dir)
         _check_peers_against_disk(args, raft.metrics.membership)
         if args.init:
@@ -161,6 +165,8 @@ async def run_node(args: argparse.Namespace) -> int:
         # A second Ctrl-C while shutting down interrupts at once.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if redis is not None:
+            await redis.close()
         if raft is not None:
             await raft.shutdown()
         if server is not None:
