@@ -43,6 +43,7 @@ COMMANDS: dict[str, Spec] = _table(
     ("append", 3, WRITE, 1, 1, 1), ("expire", -3, WRITE, 1, 1, 1),
     ("pexpire", -3, WRITE, 1, 1, 1), ("expireat", -3, WRITE, 1, 1, 1),
     ("pexpireat", -3, WRITE, 1, 1, 1), ("persist", 2, WRITE, 1, 1, 1),
+    ("flushdb", -1, WRITE, 0, 0, 0), ("flushall", -1, WRITE, 0, 0, 0),
     ("multi", 1, TX, 0, 0, 0), ("exec", 1, TX, 0, 0, 0), ("discard", 1, TX, 0, 0, 0),
     ("watch", -2, TX, 1, -1, 1), ("unwatch", 1, TX, 0, 0, 0),
 )

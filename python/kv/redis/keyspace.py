@@ -454,6 +454,14 @@ def _persist(ks: Keyspace, a: list) -> Any:
     return 0
 
 
+def _flushdb(ks: Keyspace, a: list) -> Any:
+    if len(a) > 2 or (len(a) == 2 and a[1].lower() not in (b"async", b"sync")):
+        return error(E_SYNTAX)
+    for k in list(ks.data):
+        ks.remove(k)
+    return OK
+
+
 def expire_due(ks: Keyspace) -> int:
     """Deletes every key whose deadline has passed (the leader proposes
     this periodically, so that expired keys do not linger); the count."""
@@ -478,5 +486,5 @@ WRITES: dict[str, Callable[[Keyspace, list], Any]] = {
     "pexpire": _expire_generic(1, False, "pexpire"),
     "expireat": _expire_generic(1000, True, "expireat"),
     "pexpireat": _expire_generic(1, True, "pexpireat"),
-    "persist": _persist,
+    "persist": _persist, "flushdb": _flushdb, "flushall": _flushdb,
 }
