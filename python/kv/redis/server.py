@@ -18,7 +18,7 @@ import time
 from typing import Any, Optional
 
 from raftcore.kv.redis.apply import VERSION
-from raftcore.kv.redis.commands import (CONN, READ, WRITE, check_write, command_reply,
+from raftcore.kv.redis.commands import (READ, WRITE, check_write, command_reply,
                                         lookup, wrong_arity)
 from raftcore.kv.redis.keyspace import E_NOT_INT, OK, parse_int
 from raftcore.kv.redis.resp import DEFAULT_MAX_BULK, Map, RespParser, encode, error
@@ -415,11 +415,12 @@ class _Connection(asyncio.Protocol):
         self._end_multi()
         if failed:
             return error("EXECABORT Transaction discarded because of previous errors.")
-        data = [a for a in queued if lookup(a)[0].kind != CONN]
+        specs = [lookup(a)[0] for a in queued]
+        data = [a for a, spec in zip(queued, specs) if spec.kind in (READ, WRITE)]
         result = await self.backend.submit(data, [[k, v] for k, v in watched.items()])
         if type(result) is not list:
             return result                # nil (a watched key changed) or an error
         # Commands of the connection itself run now, in their place.
         replies = iter(result)
-        return [next(replies) if lookup(a)[0].kind != CONN else await self._local(
-            lookup(a)[0].name, a) for a in queued]
+        return [next(replies) if spec.kind in (READ, WRITE) else await self._local(spec.name, a)
+                for a, spec in zip(queued, specs)]
