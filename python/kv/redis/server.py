@@ -122,6 +122,7 @@ class RedisServer:
                      ("raft_commit_index", m.committed if type(m.committed) is int
                       else getattr(m.committed, "index", 0) or 0),
                      ("raft_last_applied", m.last_applied_index),
+                     ("raft_forward_retries", self.backend.client.retries),
                      ("raft_read_mode", {0: "linearizable", 1: "lease", 2: "stale"}
                       [self.backend.read_mode])],
         }
@@ -368,9 +369,9 @@ class _Connection(asyncio.Protocol):
                 return refused
         if proto is not None:
             self.resp3 = proto == 3
-        return Map([("server", b"redis"), ("version", REDIS_VERSION.encode()),
-                    ("proto", 3 if self.resp3 else 2), ("id", self.id),
-                    ("mode", b"standalone"), ("role", b"master"), ("modules", [])])
+        return Map([(b"server", b"redis"), (b"version", REDIS_VERSION.encode()),
+                    (b"proto", 3 if self.resp3 else 2), (b"id", self.id),
+                    (b"mode", b"standalone"), (b"role", b"master"), (b"modules", [])])
 
     # --------------------------------------------------- transactions
 
