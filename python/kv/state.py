@@ -17,6 +17,7 @@ from raftcore.codec import decode_snapshot_meta, encode_snapshot_meta
 from raftcore.errors import ConfigError, NotAllowed, StorageError
 from raftcore.kv.protocol import SESSION_CMD, check_client_id, check_command
 from raftcore.kv.redis.apply import REDIS_CMD, apply_redis
+from raftcore.kv.redis.keyspace import RedisState
 from raftcore.messages import SnapshotMeta
 from raftcore.storage.base import Snapshot
 from raftcore.storage.mem import MemStateMachine
@@ -81,15 +82,8 @@ class KvStateMachine(MemStateMachine):
         self.applied_commands = 0
         #: Session writes answered from the session instead of applied again.
         self.deduplicated = 0
-        # The Redis commands' state (raftcore.kv.redis): key -> expiry
-        # deadline (ms since the epoch), key -> modification index (for
-        # WATCH), the last index given out, and the newest leader clock an
-        # entry carried (a new leader's clock may be behind; time never
-        # goes back in the log).
-        self.expires: dict[Any, int] = {}
-        self.versions: dict[Any, int] = {}
-        self.version_counter = 0
-        self.clock_ms = 0
+        #: The Redis commands' expiry deadlines and modification indexes.
+        self.redis = RedisState()
         self._executor = executor
         self._file_lock = threading.Lock()     # snapshot file writes, in executor threads
         self._file_index = -1                  # log index of the snapshot on disk
@@ -187,8 +181,7 @@ class KvStateMachine(MemStateMachine):
             "deduplicated": self.deduplicated,
             # Added with the Redis commands; a snapshot without them (made
             # before) loads as no deadlines and no modification indexes.
-            "redis": [list(self.expires.items()), list(self.versions.items()),
-                      self.version_counter, self.clock_ms],
+            "redis": self.redis.dump(),
         }
 
     async def build_snapshot(self, executor: Callable) -> Snapshot:
@@ -235,9 +228,7 @@ class KvStateMachine(MemStateMachine):
             applied_commands, deduplicated = obj["applied_commands"], obj["deduplicated"]
             if type(applied_commands) is not int or type(deduplicated) is not int:
                 raise ValueError("applied_commands or deduplicated is not an int")
-            expires, versions, counter, clock = obj.get("redis", ([], [], 0, 0))
-            redis_state = ({k: d for k, d in expires}, {k: v for k, v in versions},
-                           int(counter), int(clock))
+            redis_state = RedisState.load(obj.get("redis"))
         except Exception as exc:
             raise StorageError(f"KvStateMachine cannot read snapshot {meta.snapshot_id}: "
                                f"{exc}") from exc
@@ -245,7 +236,7 @@ class KvStateMachine(MemStateMachine):
 
     def _load(self, meta: SnapshotMeta, data: bytes) -> None:
         items, sessions, applied_commands, deduplicated, redis_state = self._parse(meta, data)
-        self.expires, self.versions, self.version_counter, self.clock_ms = redis_state
+        self.redis = redis_state
         self.data = items
         self.sessions = sessions
         self.applied_commands = applied_commands

@@ -28,8 +28,8 @@ def apply_redis(sm: Any, p: Any) -> Any:
     Never raises: a committed entry must apply alike on every node."""
     if len(p) not in (3, 4) or type(p[1]) is not int or not isinstance(p[2], list):
         return error("ERR malformed redis entry")
-    now = max(sm.clock_ms, p[1])
-    sm.clock_ms = now
+    now = max(sm.redis.clock_ms, p[1])
+    sm.redis.clock_ms = now
     ks = Keyspace(sm, now, True)
     if len(p) == 4:
         try:
@@ -60,5 +60,5 @@ def run_command(ks: Keyspace, cmd: Any) -> Any:
 def read_commands(sm: Any, now_ms: int, cmds: list) -> list:
     """The replies of read commands against `sm` at the time now_ms (the
     leader's clock, never older than the newest entry's)."""
-    ks = Keyspace(sm, max(now_ms, sm.clock_ms), False)
+    ks = Keyspace(sm, max(now_ms, sm.redis.clock_ms), False)
     return [run_command(ks, cmd) for cmd in cmds]

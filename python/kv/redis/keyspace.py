@@ -52,6 +52,50 @@ def as_bytes(v: Any) -> bytes:
     return str(v).encode()
 
 
+#: Deleted keys whose modification index is remembered (for a WATCH that
+#: saw them); past that the oldest are forgotten, and an absent key with no
+#: record counts as modified when the newest forgotten one was.
+MAX_TOMBSTONES = 100_000
+
+
+class RedisState:
+    """What the Redis commands keep beside the map, in a state machine and
+    its snapshots: key -> expiry deadline (ms since the epoch); key ->
+    modification index (live keys) and deleted key -> the index of its
+    deletion (the newest MAX_TOMBSTONES); the last index given out; the
+    index of the newest forgotten deletion; the newest leader clock an entry
+    carried (a new leader's clock may be behind: time never goes back in
+    the log). Every change happens in apply, so every node holds the same."""
+
+    __slots__ = ("expires", "versions", "tombstones", "counter", "floor", "clock_ms")
+
+    def __init__(self) -> None:
+        self.expires: dict[Any, int] = {}
+        self.versions: dict[Any, int] = {}
+        self.tombstones: dict[Any, int] = {}
+        self.counter = 0
+        self.floor = 0
+        self.clock_ms = 0
+
+    def dump(self) -> list:
+        """A msgpack-able copy (the dicts' order kept: it decides evictions)."""
+        return [list(self.expires.items()), list(self.versions.items()),
+                list(self.tombstones.items()), self.counter, self.floor, self.clock_ms]
+
+    @classmethod
+    def load(cls, obj: Optional[list]) -> "RedisState":
+        """From dump(); None (a snapshot made before the Redis commands): empty."""
+        st = cls()
+        if obj is not None:
+            expires, versions, tombstones, st.counter, st.floor, st.clock_ms = obj
+            st.expires = {k: d for k, d in expires}
+            st.versions = {k: v for k, v in versions}
+            st.tombstones = {k: v for k, v in tombstones}
+            if not all(type(x) is int for x in (st.counter, st.floor, st.clock_ms)):
+                raise ValueError("the redis state's counters are not ints")
+        return st
+
+
 class Keyspace:
     """The map, the expiry deadlines (key -> ms) and the modification
     indexes (key -> int, for WATCH) of a state machine, at time `now`.
@@ -59,13 +103,12 @@ class Keyspace:
     `mutate`: apply (deletes keys found expired, bumps modification
     indexes) or read only (hides expired keys, changes nothing)."""
 
-    __slots__ = ("data", "expires", "versions", "now", "mutate", "sm")
+    __slots__ = ("data", "expires", "state", "now", "mutate")
 
     def __init__(self, sm: Any, now: int, mutate: bool) -> None:
-        self.sm = sm
         self.data: dict = sm.data
-        self.expires: dict = sm.expires
-        self.versions: dict = sm.versions
+        self.state: RedisState = sm.redis
+        self.expires = self.state.expires
         self.now = now
         self.mutate = mutate
 
@@ -93,22 +136,35 @@ class Keyspace:
             return False
         del self.data[key]
         self.expires.pop(key, None)
-        self.touch(key)
+        st = self.state
+        st.versions.pop(key, None)
+        st.counter += 1
+        tombstones = st.tombstones
+        tombstones.pop(key, None)
+        tombstones[key] = st.counter
+        if len(tombstones) > MAX_TOMBSTONES:
+            oldest = next(iter(tombstones))
+            st.floor = tombstones.pop(oldest)
         return True
 
     def touch(self, key: Any) -> None:
-        sm = self.sm
-        sm.version_counter += 1
-        self.versions[key] = sm.version_counter
+        st = self.state
+        st.counter += 1
+        st.versions[key] = st.counter
+        if st.tombstones:
+            st.tombstones.pop(key, None)
 
     def version(self, key: Any) -> int:
         """The modification index of key as a WATCH sees it now (an
         expired key counts as modified at its deadline)."""
         self.alive(key)
-        v = self.versions.get(key, 0)
         deadline = self.expires.get(key)
         if deadline is not None and deadline <= self.now:
             return -deadline            # hidden but not yet deleted
+        st = self.state
+        v = st.versions.get(key)
+        if v is None:
+            v = st.tombstones.get(key, st.floor)
         return v
 
 

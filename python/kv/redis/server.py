@@ -90,10 +90,10 @@ class RedisServer:
         sm = self.backend.sm
         while True:
             await asyncio.sleep(interval)     # a period, not a wait for a condition
-            if self.raft.metrics.state != ServerState.LEADER or not sm.expires:
+            if self.raft.metrics.state != ServerState.LEADER or not sm.redis.expires:
                 continue
             now = now_ms()
-            if any(d <= now for d in sm.expires.values()):
+            if any(d <= now for d in sm.redis.expires.values()):
                 await self.backend.write([[EXPIRE_DUE]])
 
     # ------------------------------------------------------------ INFO
@@ -112,7 +112,7 @@ class RedisServer:
                        ("server_name", "raftcore")],
             "clients": [("connected_clients", len(self.conns))],
             "replication": [("role", "master")],
-            "keyspace": [("db0", f"keys={len(sm.data)},expires={len(sm.expires)},avg_ttl=0")]
+            "keyspace": [("db0", f"keys={len(sm.data)},expires={len(sm.redis.expires)},avg_ttl=0")]
             if sm.data else [],
             "raft": [("raft_node_id", m.id), ("raft_role", m.state.name.lower()),
                      ("raft_term", m.current_term),
