@@ -21,6 +21,7 @@ Nodes ask each other with two service messages of the kv port:
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Awaitable, Callable, Optional
 
@@ -84,6 +85,52 @@ def _errors(cmds: list, message: str) -> list:
     return [error(message)] * len(cmds)
 
 
+class ReadRounds:
+    """Leadership confirmations shared by reads: every read that arrives
+    before a round starts is served by that round; a read that arrives
+    while one is in flight waits for the next (the round's read point may
+    predate a write acknowledged before the read arrived)."""
+
+    def __init__(self, raft: Any, policy: ReadPolicy) -> None:
+        self.raft = raft
+        self.policy = policy
+        self._next: Optional[asyncio.Future] = None     # the round waiting reads share
+        self._running = False
+        #: Rounds run (each one ensure_linearizable).
+        self.rounds = 0
+
+    async def confirm(self) -> None:
+        """Returns once a round that started after this call is confirmed
+        and applied; raises what ensure_linearizable raised."""
+        fut = self._next
+        if fut is None:
+            fut = self._next = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._round())
+        await asyncio.shield(fut)
+
+    async def _round(self) -> None:
+        # The reads that arrived until now share this round.
+        fut, self._next = self._next, None
+        self.rounds += 1
+        try:
+            await self.raft.ensure_linearizable(self.policy)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:       # for the readers to raise
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+        finally:
+            if self._next is not None:
+                asyncio.get_running_loop().create_task(self._round())
+            else:
+                self._running = False
+
+
 class ClusterBackend:
     """Runs a connection's batches of reads and writes for a node."""
 
@@ -93,6 +140,13 @@ class ClusterBackend:
         self.sm = sm
         self.client = client
         self.read_mode = READ_MODES[reads]
+        self._rounds = {READ_INDEX: ReadRounds(raft, ReadPolicy.READ_INDEX),
+                        LEASE: ReadRounds(raft, ReadPolicy.LEASE_READ)}
+
+    @property
+    def read_rounds(self) -> int:
+        """Leadership confirmations run for reads on this node."""
+        return sum(r.rounds for r in self._rounds.values())
 
     def handlers(self) -> dict:
         """The service handlers of the node-to-node messages."""
@@ -177,8 +231,7 @@ class ClusterBackend:
             return _errors(cmds, f"ERR no leader answered the read ({exc})")
 
     async def _leader_read(self, mode: int, cmds: list) -> list:
-        await self.raft.ensure_linearizable(ReadPolicy.LEASE_READ if mode == LEASE
-                                            else ReadPolicy.READ_INDEX)
+        await self._rounds[mode].confirm()
         return read_commands(self.sm, now_ms(), cmds)
 
     async def _serve_read(self, msg: list) -> list:

@@ -112,8 +112,8 @@ class RedisServer:
                        ("server_name", "raftcore")],
             "clients": [("connected_clients", len(self.conns))],
             "replication": [("role", "master")],
-            "keyspace": [("db0", f"keys={len(sm.data)},expires={len(sm.redis.expires)},avg_ttl=0")]
-            if sm.data else [],
+            "keyspace": [("db0", f"keys={len(sm.data)},expires={len(sm.redis.expires)},"
+                                 "avg_ttl=0")] if sm.data else [],
             "raft": [("raft_node_id", m.id), ("raft_role", m.state.name.lower()),
                      ("raft_term", m.current_term),
                      ("raft_leader_id", "" if m.current_leader is None else m.current_leader),
@@ -123,6 +123,7 @@ class RedisServer:
                       else getattr(m.committed, "index", 0) or 0),
                      ("raft_last_applied", m.last_applied_index),
                      ("raft_forward_retries", self.backend.client.retries),
+                     ("raft_read_rounds", self.backend.read_rounds),
                      ("raft_read_mode", {0: "linearizable", 1: "lease", 2: "stale"}
                       [self.backend.read_mode])],
         }
