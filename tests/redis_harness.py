@@ -135,3 +135,26 @@ class RespClient:
         if kind == b"_":
             return None
         raise AssertionError(f"unexpected RESP line {line!r}")
+
+
+def raft_info(port: int, password: bytes | None = None) -> dict:
+    """INFO raft of the node serving Redis on `port`, as a dict of strings."""
+    with RespClient(port, timeout=2.0) as c:
+        if password is not None:
+            assert c.call(b"AUTH", password) == "OK"
+        text = c.call(b"INFO", b"raft")
+    return dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
+
+
+def redis_leader(c: RedisKvCluster, password: bytes | None = None) -> int:
+    """The leader's id once every running node follows it (asked over RESP,
+    which needs no cluster secret)."""
+    def agreed():
+        try:
+            infos = {i: raft_info(c.redis_ports[i], password) for i in c.procs}
+        except OSError:
+            return None
+        leaders = {v["raft_leader_id"] for v in infos.values()}
+        lid = int(leaders.pop()) if len(leaders) == 1 and "" not in leaders else None
+        return lid if lid is not None and infos[lid]["raft_role"] == "leader" else None
+    return wait_until(agreed, "a leader that every node follows")

@@ -9,10 +9,12 @@ import asyncio
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from async_runner import run_guarded
 from kv_harness import GUARD, wait_leader
-from redis_harness import RedisKvCluster, RespClient, wait_until
+from redis_harness import RedisKvCluster, RespClient, redis_leader, wait_until
 
 
 def _leader(c: RedisKvCluster) -> int:
@@ -205,17 +207,24 @@ def test_bad_input_gets_redis_errors_and_reaches_no_log(tmp_path):
             assert "Traceback" not in text and " ERROR " not in text, text
 
 
-def test_auth_with_password_file(tmp_path):
+def test_auth_with_password_file_in_a_cluster_with_a_shared_secret(tmp_path):
     secret = tmp_path / "redis-password"
     secret.write_text("s3cret\n")
-    with RedisKvCluster(tmp_path, extra=["--redis-password-file", str(secret)]) as c:
+    cluster_secret = tmp_path / "cluster-secret"
+    cluster_secret.write_text("another one")
+    # The follower forwards under the cluster's secret; Redis clients use
+    # the Redis password.
+    with RedisKvCluster(tmp_path, extra=["--redis-password-file", str(secret),
+                                         "--secret-file", str(cluster_secret)]) as c:
         c.start_all()
-        leader = _leader(c)
+        leader = redis_leader(c, b"s3cret")
         f = next(i for i in c.ids if i != leader)
-        with pytest.raises(redis.AuthenticationError):
-            _client(c, f).set("a", "1")
-        with pytest.raises(redis.AuthenticationError):
-            _client(c, f, password="wrong").ping()
+        once = Retry(NoBackoff(), 0)       # redis-py retries a refused login by default
+        with pytest.raises(redis.AuthenticationError, match="must be called with the client "
+                                                            "already authenticated"):
+            _client(c, f, retry=once).set("a", "1")
+        with pytest.raises(redis.AuthenticationError, match="invalid username-password pair"):
+            _client(c, f, password="wrong", retry=once).ping()
         r = _client(c, f, password="s3cret")
         assert r.set("a", "1") is True and r.get("a") == b"1"
         with RespClient(c.redis_ports[f]) as raw:

@@ -94,6 +94,7 @@ class RedisServer:
                 continue
             now = now_ms()
             if any(d <= now for d in sm.redis.expires.values()):
+                # An error reply (no quorum, say) is retried next period.
                 await self.backend.write([[EXPIRE_DUE]])
 
     # ------------------------------------------------------------ INFO
