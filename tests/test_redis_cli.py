@@ -7,6 +7,7 @@ import os
 import pty
 import select
 import subprocess
+import sys
 import time
 
 import pytest
@@ -114,3 +115,16 @@ def test_pipe_mass_insertion_of_100000_keys(cluster, tmp_path):
         assert r.call(b"GET", b"mass:99999") == b"value-99999"
         assert sorted(r.call(b"KEYS", b"mass:9999?")) == [b"mass:9999%d" % i for i in range(10)]
         assert len(r.call(b"KEYS", b"mass:*")) == n
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--redis", "nohost"], "--redis"),
+    (["--redis", "127.0.0.1:1", "--redis-reads", "sometimes"], "--redis-reads"),
+    (["--redis", "127.0.0.1:1", "--redis-password-file", "/nonexistent/pw"],
+     "--redis-password-file: cannot read /nonexistent/pw"),
+])
+def test_bad_redis_options_are_usage_errors(tmp_path, args, message):
+    done = subprocess.run([sys.executable, "-m", "raftcore.cli", "kv", "--id", "1", "--dir",
+                           str(tmp_path), "--listen", "127.0.0.1:1", *args],
+                          capture_output=True, text=True, timeout=GUARD)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
