@@ -45,7 +45,10 @@ def test_malformed_requests_stop_the_parser_with_redis_messages():
                           (b"*1\r\n$-5\r\n", "invalid bulk length"),
                           (b"*1\r\n$11\r\n", "invalid bulk length"),
                           (b'GET "k\r\n', "unbalanced quotes in request"),
-                          (b'GET "k"x\r\n', "unbalanced quotes in request")]:
+                          (b'GET "k"x\r\n', "unbalanced quotes in request"),
+                          (b"*" + b"1" * 70_000, "too big mbulk count string"),
+                          (b"*1\r\n$" + b"1" * 70_000, "too big bulk count string"),
+                          (b"GET " + b"k" * 70_000, "too big inline request")]:
         p = RespParser(max_bulk=10)
         assert p.feed(b"*1\r\n$4\r\nPING\r\n" + data) == [[b"PING"]], data
         assert p.error == message, data

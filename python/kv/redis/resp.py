@@ -83,20 +83,19 @@ class RespParser:
             del buf[:pos]
         return out
 
-    def _line(self, buf: bytearray, pos: int, limit: int) -> Optional[int]:
+    def _line(self, buf: bytearray, pos: int, what: str) -> Optional[int]:
         """The position of the CR of the line starting at pos, or None if
-        it has not arrived."""
+        it has not arrived (ProtocolError "too big `what`" past 64 KB)."""
         i = buf.find(b"\r\n", pos)
         if i < 0:
-            if len(buf) - pos > limit:
-                raise ProtocolError("too big inline request" if limit == MAX_INLINE
-                                    else "too big mbulk count string")
+            if len(buf) - pos > MAX_INLINE:
+                raise ProtocolError(f"too big {what}")
             return None
         return i
 
     def _multibulk(self, buf: bytearray, pos: int) -> Optional[tuple[list, int]]:
         first = pos
-        i = self._line(buf, pos, MAX_INLINE)
+        i = self._line(buf, pos, "mbulk count string")
         if i is None:
             return None
         n = _parse_int(buf[pos + 1:i])
@@ -109,7 +108,7 @@ class RespParser:
                 return None
             if buf[pos] != 0x24:                # '$'
                 raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
-            i = self._line(buf, pos, MAX_INLINE)
+            i = self._line(buf, pos, "bulk count string")
             if i is None:
                 return None
             size = _parse_int(buf[pos + 1:i])
