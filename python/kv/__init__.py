@@ -66,8 +66,9 @@ request is read; give the client the same secret (Client(secret=...)).
 Modules: protocol (message types, statuses, request checks), state
 (KvStateMachine: sessions, snapshot files), service (KvService and the node
 program, run_node), connection (the client's framing and pipelined
-connection), client (Client), cli (the command line, main). Everything a
-user needs is importable from raftcore.kv itself.
+connection), client (Client), cli (the command line, main), backup
+(snapshot save and restore: KV_SNAPSHOT_BEGIN / KV_SNAPSHOT_READ, see its
+docstring). Everything a user needs is importable from raftcore.kv itself.
 """
 from raftcore.kv.protocol import (ERROR, KV_GET, KV_STATUS, KV_WRITE, LEASE, OK, READ_INDEX,
                                   REDIRECT, SESSION_CMD, STALE, UNAVAILABLE, KvError,

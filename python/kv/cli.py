@@ -9,9 +9,12 @@ from typing import Any, Optional, Sequence
 from raftcore.config import Config, SnapshotPolicy
 from raftcore.errors import ConfigError, StorageError
 from raftcore.kv.service import run_node
-from raftcore.network.tcp import parse_address
+from raftcore.network.tcp import DEFAULT_MAX_FRAME_SIZE, parse_address
 
 log = logging.getLogger("raftcore.kv")
+
+#: The smallest --max-frame-size (a write of a few KiB must fit).
+_MIN_FRAME = 64 * 1024
 
 
 def _parse_peers(text: str) -> dict[int, str]:
@@ -126,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "leading (by default it steps down)")
     p.add_argument("--max-command-bytes", type=_non_negative_int, default=None, metavar="N",
                    help="largest write accepted, in encoded bytes (default 1572864, 1.5 MiB)")
+    p.add_argument("--max-frame-size", type=_non_negative_int, default=DEFAULT_MAX_FRAME_SIZE,
+                   metavar="BYTES",
+                   help="largest frame sent or accepted on the node's port (default "
+                        f"{DEFAULT_MAX_FRAME_SIZE}); appends, snapshot chunks and writes are "
+                        "kept below it")
     p.add_argument("--redis", type=_address, default=None, metavar="HOST:PORT",
                    help="also serve the Redis protocol (RESP2/RESP3) on HOST:PORT; a "
                         "follower forwards to the leader")
@@ -188,11 +196,29 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         kw["max_clock_drift"] = args.max_clock_drift
     if args.max_command_bytes is not None:
         kw["max_command_bytes"] = args.max_command_bytes
+    _fit_frame_limit(p, args.max_frame_size, kw)
     try:
         args.config = Config(**kw)
     except ConfigError as exc:
         p.error(str(exc))
     return args
+
+
+def _fit_frame_limit(p: argparse.ArgumentParser, frame: int, kw: dict) -> None:
+    """Keeps what the node sends in one frame (a batch of entries, a snapshot
+    chunk, a write) below --max-frame-size, leaving room for the rest of the
+    message."""
+    if frame < _MIN_FRAME:
+        p.error(f"--max-frame-size must be at least {_MIN_FRAME} bytes, got {frame}")
+    room = frame // 2
+    defaults = Config()
+    for name in ("max_payload_bytes", "snapshot_max_chunk_size", "max_command_bytes"):
+        given = kw.get(name, getattr(defaults, name))
+        if given > room:
+            if name in kw:
+                p.error(f"--max-command-bytes {given} does not fit in --max-frame-size "
+                        f"{frame}: give at most {room}")
+            kw[name] = room
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -12,6 +12,8 @@ from raftcore.network.tcp import SERVICE_TYPE_MIN
 KV_WRITE = SERVICE_TYPE_MIN
 KV_GET = SERVICE_TYPE_MIN + 1
 KV_STATUS = SERVICE_TYPE_MIN + 2
+KV_SNAPSHOT_BEGIN = SERVICE_TYPE_MIN + 3      # snapshot save (raftcore.kv.backup)
+KV_SNAPSHOT_READ = SERVICE_TYPE_MIN + 4
 
 #: Reply statuses.
 OK = 0

@@ -14,6 +14,7 @@ from raftcore.errors import ForwardToLeader, InvalidCommand, NotAllowed, RaftErr
 from raftcore.kv.protocol import (ERROR, KV_GET, KV_STATUS, KV_WRITE, LEASE, OK, READ_INDEX,
                                   REDIRECT, SESSION_CMD, STALE, UNAVAILABLE, check_client_id,
                                   check_command, check_key)
+from raftcore.kv.protocol import KV_SNAPSHOT_BEGIN, KV_SNAPSHOT_READ    # snapshot save
 from raftcore.kv.state import KvStateMachine
 from raftcore.model import Node, ReadPolicy
 from raftcore.network.tcp import parse_address
@@ -30,7 +31,13 @@ class KvService:
         self.sm = sm
 
     def handlers(self) -> dict:
-        return {KV_WRITE: self.write, KV_GET: self.get, KV_STATUS: self.status}
+        # Imported here: `python -m raftcore.kv.backup` would otherwise find it
+        # imported already (by raftcore.kv) when it runs it as __main__.
+        from raftcore.kv.backup import SnapshotExports    # snapshot save
+        exports = SnapshotExports(self.raft, self.sm)
+        return {KV_WRITE: self.write, KV_GET: self.get, KV_STATUS: self.status,
+                KV_SNAPSHOT_BEGIN: exports.begin,
+                KV_SNAPSHOT_READ: exports.read}
 
     def _redirect(self, e: ForwardToLeader) -> list:
         addr = getattr(e.leader_node, "addr", None) or None
@@ -135,14 +142,16 @@ async def run_node(args: argparse.Namespace) -> int:
     status = 0
     try:
         sm = await KvStateMachine.open(os.path.join(args.dir, "snapshots"))
-        net = TcpNetwork(rpc_timeout=config.rpc_timeout, secret=args.secret)
+        net = TcpNetwork(rpc_timeout=config.rpc_timeout, secret=args.secret,
+                         max_frame_size=args.max_frame_size)
         raft = await Raft.create(args.id, config, net, store, sm)
         service = KvService(raft, sm)
         from raftcore.kv.redis import RedisNode     # --redis: RESP on this node
         redis = RedisNode(args, raft, sm)
         server = await RaftServer.start(raft, host, port,
                                         services={**service.handlers(), **redis.handlers()},
-                                        secret=args.secret)
+                                        secret=args.secret,
+                                        max_frame_size=args.max_frame_size)
         await redis.start()
         log.info("node %s serving on %s (data in %s)", args.id, args.listen, args.dir)
         _check_peers_against_disk(args, raft.metrics.membership)

@@ -169,6 +169,18 @@ class KvStateMachine(MemStateMachine):
 
     # --------------------------------------------------------- snapshots
 
+    def capture(self) -> tuple[SnapshotMeta, dict]:
+        """The meta and the state of a snapshot of what is applied now, at
+        one log index (encode the state with msgpack, off the event loop:
+        it is not changed by later applies). NotAllowed before anything is
+        applied."""
+        if self.last_applied is None:
+            raise NotAllowed("nothing is applied yet; there is nothing to snapshot")
+        last = self.last_applied
+        meta = SnapshotMeta(last.term, last.index, self.last_membership,
+                            f"{last.term}-{last.index}-{next(_snapshot_ids)}")
+        return meta, self._state()
+
     def _state(self) -> dict:
         """The state to snapshot, captured now (values are never mutated in
         place, sessions' response maps are)."""
@@ -185,12 +197,7 @@ class KvStateMachine(MemStateMachine):
         }
 
     async def build_snapshot(self, executor: Callable) -> Snapshot:
-        if self.last_applied is None:
-            raise NotAllowed("nothing is applied yet; there is nothing to snapshot")
-        state = self._state()
-        last, membership = self.last_applied, self.last_membership
-        meta = SnapshotMeta(last.term, last.index, membership,
-                            f"{last.term}-{last.index}-{next(_snapshot_ids)}")
+        meta, state = self.capture()
         data = await executor(self._encode_and_save, meta, state)
         snap = Snapshot(meta, data)
         if self._snapshot is None or \
@@ -249,9 +256,7 @@ class KvStateMachine(MemStateMachine):
 
     def _save_file(self, meta: SnapshotMeta, data: bytes) -> None:
         """Makes the snapshot durable as DIR/snapshot (executor thread)."""
-        body = msgpack.packb([encode_snapshot_meta(meta), data], use_bin_type=True)
-        blob = _SNAP_HEAD.pack(_SNAP_MAGIC, KV_SNAPSHOT_FORMAT, zlib.crc32(body),
-                               len(body)) + body
+        blob = encode_snapshot_file(meta, data)
         final = os.path.join(self.path, _SNAP_FILE)
         with self._file_lock:
             # A build that finishes after a newer snapshot was installed
@@ -289,28 +294,45 @@ class KvStateMachine(MemStateMachine):
         except OSError as exc:
             raise StorageError(f"KvStateMachine: cannot read snapshots in {path}: {exc}") \
                 from exc
-        head = _SNAP_HEAD.size
-        if len(blob) < head:
-            raise StorageError(f"{final}: truncated snapshot file ({len(blob)} bytes)")
-        magic, version, crc, size = _SNAP_HEAD.unpack_from(blob)
-        if magic != _SNAP_MAGIC:
-            raise StorageError(f"{final} is not a raftcore kv snapshot file")
-        if version != KV_SNAPSHOT_FORMAT:
-            raise StorageError(f"{final}: snapshot format version {version}, this raftcore "
-                               f"reads version {KV_SNAPSHOT_FORMAT}")
-        body = blob[head:]
-        if len(body) != size or zlib.crc32(body) != crc:
-            raise StorageError(
-                f"{final}: the snapshot file is damaged (length or checksum mismatch at "
-                f"offset {head}); the log may be purged up to it, so the node refuses to start")
-        try:
-            meta_obj, data = msgpack.unpackb(body, raw=False, strict_map_key=False)
-            meta = decode_snapshot_meta(meta_obj)
-        except Exception as exc:
-            raise StorageError(f"{final}: undecodable snapshot: {exc}") from exc
+        meta, data = decode_snapshot_file(blob, final, "the log may be purged up to it, so "
+                                                     "the node refuses to start")
         self._load(meta, data)
         self._file_index = meta.last_log_index
         self._file_meta = meta
         log.info("loaded snapshot %s up to %s from %s", meta.snapshot_id, meta.last_log_id,
                  final)
 
+
+def encode_snapshot_file(meta: SnapshotMeta, data: bytes) -> bytes:
+    """The bytes of a snapshot file (the format of DIR/snapshots/snapshot and
+    of `raftcore ctl snapshot save`): a header with the format version, the
+    length and the crc32 of the body, then the body, msgpack [meta, data]."""
+    body = msgpack.packb([encode_snapshot_meta(meta), data], use_bin_type=True)
+    return _SNAP_HEAD.pack(_SNAP_MAGIC, KV_SNAPSHOT_FORMAT, zlib.crc32(body), len(body)) + body
+
+
+def decode_snapshot_file(blob: bytes, name: str, if_damaged: str = "") -> tuple:
+    """(meta, data) of a snapshot file's bytes; StorageError naming the file
+    `name` if it is not one, is of another version, truncated or damaged
+    (`if_damaged`: what that means for the caller, added to that error)."""
+    head = _SNAP_HEAD.size
+    if len(blob) < head:
+        raise StorageError(f"{name}: truncated snapshot file ({len(blob)} bytes)")
+    magic, version, crc, size = _SNAP_HEAD.unpack_from(blob)
+    if magic != _SNAP_MAGIC:
+        raise StorageError(f"{name} is not a raftcore kv snapshot file")
+    if version != KV_SNAPSHOT_FORMAT:
+        raise StorageError(f"{name}: snapshot format version {version}, this raftcore "
+                           f"reads version {KV_SNAPSHOT_FORMAT}")
+    body = blob[head:]
+    if len(body) != size or zlib.crc32(body) != crc:
+        what = (f"truncated ({len(body)} of {size} bytes after the header)"
+                if len(body) < size else "damaged (length or checksum mismatch)")
+        raise StorageError(f"{name}: the snapshot file is {what}"
+                           + (f"; {if_damaged}" if if_damaged else ""))
+    try:
+        meta_obj, data = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        meta = decode_snapshot_meta(meta_obj)
+    except Exception as exc:
+        raise StorageError(f"{name}: undecodable snapshot: {exc}") from exc
+    return meta, data
