@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 from raftcore.kv.redis.cluster import ClusterBackend, SessionClient
 from raftcore.kv.redis.resp import DEFAULT_MAX_BULK
-from raftcore.kv.redis.server import RedisServer
-from raftcore.network.tcp import parse_address
+from raftcore.kv.redis.server import CHUNK_BYTES, RedisServer
+from raftcore.network.tcp import DEFAULT_MAX_FRAME_SIZE, parse_address
 
 log = logging.getLogger("raftcore.kv.redis")
 
@@ -28,7 +28,9 @@ class RedisNode:
         peers = list(args.peers.values()) if getattr(args, "peers", None) else [args.listen]
         self.client = SessionClient(peers, timeout=FORWARD_TIMEOUT,
                                     attempt_timeout=min(5.0, FORWARD_TIMEOUT / 2),
-                                    secret=getattr(args, "secret", None))
+                                    secret=getattr(args, "secret", None),
+                                    max_frame_size=getattr(args, "max_frame_size",
+                                                           DEFAULT_MAX_FRAME_SIZE))
         self.backend = ClusterBackend(raft, sm, self.client,
                                       getattr(args, "redis_reads", None) or "linearizable")
         self.raft = raft
@@ -42,10 +44,11 @@ class RedisNode:
         if addr is None:
             return
         host, port = parse_address(addr)
-        max_bulk = getattr(self.args, "redis_max_bulk", None) or min(
-            DEFAULT_MAX_BULK, self.args.config.max_command_bytes)
+        limit = self.args.config.max_command_bytes
+        max_bulk = getattr(self.args, "redis_max_bulk", None) or min(DEFAULT_MAX_BULK, limit)
         self.server = await RedisServer.start(
             self.backend, host, port, raft=self.raft, max_bulk=max_bulk,
+            chunk_bytes=min(CHUNK_BYTES, limit // 2),
             password=getattr(self.args, "redis_password", None))
         log.info("node %s serving Redis clients on %s (%s reads)", self.args.id, addr,
                  self.args.redis_reads)

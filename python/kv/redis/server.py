@@ -27,8 +27,8 @@ log = logging.getLogger("raftcore.kv.redis")
 
 #: Redis version the server reports (the command semantics it follows).
 REDIS_VERSION = "7.0.15"
-#: A run of writes is cut into log entries of at most this many argument
-#: bytes (well under Config.max_command_bytes) and this many commands.
+#: A run of writes is cut into log entries of about this many argument
+#: bytes (at most, by default; see RedisServer) and this many commands.
 CHUNK_BYTES = 256 * 1024
 CHUNK_COMMANDS = 4096
 #: Commands parsed but not yet run above which a connection stops reading.
@@ -45,10 +45,14 @@ class RedisServer:
 
     backend: a ClusterBackend (write(cmds), read(cmds), submit(...)).
     password: as Redis's requirepass (AUTH / HELLO AUTH), or None.
-    max_bulk: the largest bulk string accepted (proto-max-bulk-len)."""
+    max_bulk: the largest bulk string accepted (proto-max-bulk-len).
+    chunk_bytes: a run of writes is cut into log entries of about this many
+        argument bytes (keep it well under Config.max_command_bytes)."""
 
-    def __init__(self, backend: Any, raft: Any, password: Optional[bytes], max_bulk: int) -> None:
+    def __init__(self, backend: Any, raft: Any, password: Optional[bytes], max_bulk: int,
+                 chunk_bytes: int = CHUNK_BYTES) -> None:
         self.backend = backend
+        self.chunk_bytes = chunk_bytes
         self.raft = raft
         self.password = password
         self.max_bulk = max_bulk
@@ -61,8 +65,9 @@ class RedisServer:
     @classmethod
     async def start(cls, backend: Any, host: str, port: int, *, raft: Any,
                     password: Optional[bytes] = None, max_bulk: int = DEFAULT_MAX_BULK,
-                    expire_interval: float = 0.1) -> "RedisServer":
-        self = cls(backend, raft, password, max_bulk)
+                    expire_interval: float = 0.1,
+                    chunk_bytes: int = CHUNK_BYTES) -> "RedisServer":
+        self = cls(backend, raft, password, max_bulk, chunk_bytes)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), host, port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -256,10 +261,14 @@ class _Connection(asyncio.Protocol):
         """Runs a run of reads or writes (in chunks) and fills in their replies."""
         backend = self.backend
         resp3 = self.resp3
+        limit = self.server.chunk_bytes
         while run:
             size = n = 0
-            while n < len(run) and n < CHUNK_COMMANDS and size < CHUNK_BYTES:
-                size += sum(len(a) for a in run[n][1])
+            while n < len(run) and n < CHUNK_COMMANDS:
+                cost = sum(len(a) for a in run[n][1])
+                if n and size + cost > limit:
+                    break        # a large command goes alone, refused alone if too large
+                size += cost
                 n += 1
             chunk = run[:n]
             del run[:n]
