@@ -99,7 +99,7 @@ def servers(tmp_path_factory):
         yield port, c
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(cmds=st.lists(command, min_size=1, max_size=25),
        pipelined=st.booleans(), node=st.integers(min_value=1, max_value=3))

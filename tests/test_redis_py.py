@@ -168,7 +168,8 @@ def test_asyncio_client_with_resp3(cluster):
 
 
 def test_bad_input_gets_redis_errors_and_reaches_no_log(tmp_path):
-    with RedisKvCluster(tmp_path, extra=["--redis-max-bulk", "1000"]) as c:
+    with RedisKvCluster(tmp_path, extra=["--max-command-bytes", "65536",
+                                         "--redis-max-bulk", "100000"]) as c:
         c.start_all()
         leader = _leader(c)
         port = c.redis_ports[leader]
@@ -185,7 +186,12 @@ def test_bad_input_gets_redis_errors_and_reaches_no_log(tmp_path):
                 "ERR invalid expire time in 'set' command"
             assert raw.call(b"INCRBY", b"k", b"1.5") == "ERR value is not an integer or out of range"
             assert raw.call(b"PING") == "PONG"              # still usable
-            raw.send(b"*1\r\n$2000\r\n")                   # over --redis-max-bulk
+            # A value the parser takes but the log does not: refused alone,
+            # its neighbours in the pipeline applied.
+            got = raw.pipeline([[b"SET", b"big:1", b"1"], [b"SET", b"big:2", b"x" * 80_000],
+                                [b"SET", b"big:3", b"3"]])
+            assert got[0] == got[2] == "OK" and got[1].startswith("ERR "), got
+            raw.send(b"*1\r\n$200000\r\n")                 # over --redis-max-bulk
             assert raw.read() == "ERR Protocol error: invalid bulk length"
             with pytest.raises(ConnectionError):
                 raw.read()                                 # Redis closes too
@@ -199,9 +205,10 @@ def test_bad_input_gets_redis_errors_and_reaches_no_log(tmp_path):
             raw.send(b"SET inline:k 'a b'\r\nGET inline:k\r\n")   # inline commands
             assert raw.read() == "OK" and raw.read() == b"a b"
         assert r.get("bad:n") == b"abc"
-        # Only the inline SET reached the log: the requests refused at the
-        # door never did.
-        assert _raft_info(r)["raft_last_log_index"] == before + 1
+        assert r.get("big:2") is None and r.get("big:3") == b"3"
+        # Only big:1, big:3 and the inline SET reached the log: the requests
+        # refused at the door never did.
+        assert _raft_info(r)["raft_last_log_index"] == before + 3
         for i in c.ids:
             text = c.log_text(i)
             assert "Traceback" not in text and " ERROR " not in text, text

@@ -54,7 +54,7 @@ from typing import Any, Optional, Sequence
 import msgpack
 
 from raftcore.errors import ForwardToLeader, RaftError, StorageError
-from raftcore.kv.cli import _address, _non_negative_int
+from raftcore.kv.cli import _address, _non_negative_int, read_secret_file
 from raftcore.kv.client import Client
 from raftcore.kv.protocol import (ERROR, KV_SNAPSHOT_BEGIN, KV_SNAPSHOT_READ, OK, REDIRECT,
                                   UNAVAILABLE, KvError)
@@ -377,17 +377,7 @@ def _endpoints(args: argparse.Namespace) -> list[str]:
 
 
 def _secret(args: argparse.Namespace) -> Optional[bytes]:
-    path = getattr(args, "secret_file", None)
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            secret = f.read().strip()
-    except OSError as exc:
-        raise ValueError(f"--secret-file: cannot read {path}: {exc.strerror or exc}") from None
-    if not secret:
-        raise ValueError(f"--secret-file: {path} is empty")
-    return secret
+    return read_secret_file(getattr(args, "secret_file", None), "--secret-file")
 
 
 def _report(args: argparse.Namespace, result: dict, text: str) -> None:

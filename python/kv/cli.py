@@ -152,17 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_secret(p: argparse.ArgumentParser, path: Optional[str], flag: str) -> Optional[bytes]:
-    """The contents of a password file, stripped; a usage error if unreadable or empty."""
+def read_secret_file(path: Optional[str], flag: str) -> Optional[bytes]:
+    """The contents of the file given with `flag` (a secret or a password),
+    surrounding whitespace removed; None without a file; ValueError naming
+    the flag if it cannot be read or is empty."""
     if path is None:
         return None
     try:
         with open(path, "rb") as f:
             secret = f.read().strip()
     except OSError as exc:
-        p.error(f"{flag}: cannot read {path}: {exc.strerror or exc}")
+        raise ValueError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None
     if not secret:
-        p.error(f"{flag}: {path} is empty")
+        raise ValueError(f"{flag}: {path} is empty")
     return secret
 
 
@@ -179,8 +181,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if args.peers is None:
             p.error("give --listen HOST:PORT, or --peers with this node's address")
         args.listen = args.peers[args.id]
-    args.secret = _read_secret(p, args.secret_file, "--secret-file")
-    args.redis_password = _read_secret(p, args.redis_password_file, "--redis-password-file")
+    try:
+        args.secret = read_secret_file(args.secret_file, "--secret-file")
+        args.redis_password = read_secret_file(args.redis_password_file,
+                                               "--redis-password-file")
+    except ValueError as exc:
+        p.error(str(exc))
     kw: dict[str, Any] = {
         "snapshot_policy": (SnapshotPolicy.logs_since_last(args.snapshot_every)
                             if args.snapshot_every else SnapshotPolicy.never()),

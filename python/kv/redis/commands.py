@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple, Optional
 
-from raftcore.kv.redis.keyspace import (E_NOT_INT, INT_MIN, expire_args, check_set,
-                                        parse_int)
+from raftcore.kv.redis.keyspace import (E_NOT_INT, INT_MIN, check_pairs, check_set,
+                                        expire_args, parse_int, wrong_arity)
 from raftcore.kv.redis.resp import error
 
 #: Kinds: served by the connection itself, a read of the map, a write (a
@@ -52,10 +52,6 @@ _EXPIRES = {"expire": (1000, False), "pexpire": (1, False), "expireat": (1000, T
             "pexpireat": (1, True)}
 
 
-def wrong_arity(name: str) -> dict:
-    return error(f"ERR wrong number of arguments for '{name}' command")
-
-
 def unknown_command(args: list) -> dict:
     """Redis's answer to a command it does not know (its arguments quoted,
     up to 128 bytes of them)."""
@@ -77,8 +73,6 @@ def lookup(args: list) -> tuple[Optional[Spec], Optional[dict]]:
     n = len(args)
     if (spec.arity > 0 and n != spec.arity) or n < -spec.arity:
         return spec, wrong_arity(spec.name)
-    if spec.name in ("mset", "msetnx") and n % 2 == 0:
-        return spec, wrong_arity(spec.name)
     return spec, None
 
 
@@ -87,6 +81,8 @@ def check_write(spec: Spec, args: list) -> Optional[dict]:
     an invalid expire time): then it never reaches the log. None if it may
     go in; errors that depend on the stored value come from apply."""
     name = spec.name
+    if name in ("mset", "msetnx"):
+        return check_pairs(args)
     if name == "set":
         return check_set(args, int(time.time() * 1000))
     if name in ("incrby", "decrby"):

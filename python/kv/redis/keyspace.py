@@ -399,13 +399,30 @@ def _getdel(ks: Keyspace, a: list) -> Any:
     return old
 
 
+def wrong_arity(name: str) -> dict:
+    return error(f"ERR wrong number of arguments for '{name}' command")
+
+
+def check_pairs(a: list) -> Optional[dict]:
+    """MSET's and MSETNX's own arity check (key value pairs): in Redis it
+    runs with the command, so inside MULTI such a command is queued and
+    fails in EXEC."""
+    return wrong_arity(a[0].lower().decode(errors="replace")) if len(a) % 2 == 0 else None
+
+
 def _mset(ks: Keyspace, a: list) -> Any:
+    refused = check_pairs(a)
+    if refused is not None:
+        return refused
     for i in range(1, len(a) - 1, 2):
         ks.put(a[i], a[i + 1])
     return OK
 
 
 def _msetnx(ks: Keyspace, a: list) -> Any:
+    refused = check_pairs(a)
+    if refused is not None:
+        return refused
     if any(ks.alive(a[i]) for i in range(1, len(a) - 1, 2)):
         return 0
     _mset(ks, a)
