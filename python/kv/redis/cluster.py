@@ -29,9 +29,9 @@ from raftcore.errors import ForwardToLeader, InvalidCommand, RaftError
 from raftcore.kv.client import Client
 from raftcore.kv.protocol import (ERROR, LEASE, OK, READ_INDEX, REDIRECT, SESSION_CMD, STALE,
                                   UNAVAILABLE, check_client_id)
-from raftcore.kv.redis.apply import REDIS_CMD, read_commands
+from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, read_commands
 from raftcore.kv.redis.resp import error
-from raftcore.model import ReadPolicy
+from raftcore.model import ReadPolicy, ServerState
 from raftcore.network.framing import SERVICE_TYPE_MIN
 
 #: Service message types between nodes (clear of the kv protocol's).
@@ -210,6 +210,22 @@ class ClusterBackend:
             return [OK, await self._propose(cid, seq, acked, cmds, watched)]
         except RaftError as e:
             return _refusal(e)
+
+    async def sweep_expired(self, interval: float) -> None:
+        """Runs until cancelled: while this node leads, proposes every
+        `interval` seconds the deletion of keys whose deadline passed (reads
+        hide them already; this frees them on every node)."""
+        expires = self.sm.redis.expires
+        while True:
+            await asyncio.sleep(interval)     # a period, not a wait for a condition
+            if not expires or self.raft.metrics.state != ServerState.LEADER:
+                expires = self.sm.redis.expires       # a snapshot install replaces it
+                continue
+            now = now_ms()
+            if any(d <= now for d in expires.values()):
+                # An error reply (no quorum, say) is retried next period.
+                await self.write([[EXPIRE_DUE]])
+            expires = self.sm.redis.expires
 
     # ------------------------------------------------------------- reads
 

@@ -4,6 +4,7 @@ only a node started with --redis listens for Redis clients)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from typing import Any, Optional
 
@@ -17,6 +18,8 @@ log = logging.getLogger("raftcore.kv.redis")
 #: Seconds a forwarded request may take, retries included, before the Redis
 #: client gets an error (a write's then says its outcome is unknown).
 FORWARD_TIMEOUT = 10.0
+#: Seconds between the leader's checks for expired keys to delete.
+EXPIRE_INTERVAL = 0.1
 
 
 class RedisNode:
@@ -35,11 +38,15 @@ class RedisNode:
                                       getattr(args, "redis_reads", None) or "linearizable")
         self.raft = raft
         self.server: Optional[RedisServer] = None
+        self._sweeper: Optional[asyncio.Task] = None
 
     def handlers(self) -> dict:
         return self.backend.handlers()
 
     async def start(self) -> None:
+        # Every node: whichever leads deletes expired keys, --redis or not.
+        self._sweeper = asyncio.get_running_loop().create_task(
+            self.backend.sweep_expired(EXPIRE_INTERVAL))
         addr = getattr(self.args, "redis", None)
         if addr is None:
             return
@@ -54,6 +61,9 @@ class RedisNode:
                  self.args.redis_reads)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self.server is not None:
             await self.server.close()
         await self.client.close()

@@ -59,48 +59,25 @@ class RedisServer:
         self.conns: set[_Connection] = set()
         self.started = time.time()
         self._server: Optional[asyncio.base_events.Server] = None
-        self._sweeper: Optional[asyncio.Task] = None
         self.port = 0
 
     @classmethod
     async def start(cls, backend: Any, host: str, port: int, *, raft: Any,
                     password: Optional[bytes] = None, max_bulk: int = DEFAULT_MAX_BULK,
-                    expire_interval: float = 0.1,
                     chunk_bytes: int = CHUNK_BYTES) -> "RedisServer":
         self = cls(backend, raft, password, max_bulk, chunk_bytes)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), host, port)
         self.port = self._server.sockets[0].getsockname()[1]
-        self._sweeper = loop.create_task(self._sweep(expire_interval))
         return self
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._server is not None:
             self._server.close()
         for c in list(self.conns):
             c.abort()
         if self._server is not None:
             await self._server.wait_closed()
-
-    async def _sweep(self, interval: float) -> None:
-        """On the leader: proposes the deletion of keys whose deadline
-        passed (reads hide them already; this frees them on every node)."""
-        from raftcore.kv.redis.apply import EXPIRE_DUE
-        from raftcore.kv.redis.cluster import now_ms
-        from raftcore.model import ServerState
-
-        sm = self.backend.sm
-        while True:
-            await asyncio.sleep(interval)     # a period, not a wait for a condition
-            if self.raft.metrics.state != ServerState.LEADER or not sm.redis.expires:
-                continue
-            now = now_ms()
-            if any(d <= now for d in sm.redis.expires.values()):
-                # An error reply (no quorum, say) is retried next period.
-                await self.backend.write([[EXPIRE_DUE]])
 
     # ------------------------------------------------------------ INFO
 
