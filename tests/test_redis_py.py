@@ -204,6 +204,12 @@ def test_bad_input_gets_redis_errors_and_reaches_no_log(tmp_path):
         with RespClient(port) as raw:
             raw.send(b"SET inline:k 'a b'\r\nGET inline:k\r\n")   # inline commands
             assert raw.read() == "OK" and raw.read() == b"a b"
+        # Clients that go away mid-command or before reading their replies.
+        for partial in (b"*3\r\n$3\r\nSET\r\n$1\r\nk",
+                        b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n" * 500):
+            with RespClient(port) as raw:
+                raw.send(partial)
+        assert r.ping() is True
         assert r.get("bad:n") == b"abc"
         assert r.get("big:2") is None and r.get("big:3") == b"3"
         # Only big:1, big:3 and the inline SET reached the log: the requests
