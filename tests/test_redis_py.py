@@ -184,7 +184,8 @@ def test_bad_input_gets_redis_errors_and_reaches_no_log(tmp_path):
             assert raw.call(b"GET").startswith("ERR wrong number of arguments for 'get'")
             assert raw.call(b"SET", b"k", b"v", b"EX", b"0") == \
                 "ERR invalid expire time in 'set' command"
-            assert raw.call(b"INCRBY", b"k", b"1.5") == "ERR value is not an integer or out of range"
+            assert raw.call(b"INCRBY", b"k", b"1.5") == \
+                "ERR value is not an integer or out of range"
             assert raw.call(b"PING") == "PONG"              # still usable
             # A value the parser takes but the log does not: refused alone,
             # its neighbours in the pipeline applied.

@@ -196,7 +196,8 @@ class ClusterBackend:
         return value if status == "ok" else error(f"ERR {value}")
 
     async def _serve_write(self, msg: list) -> list:
-        if len(msg) != 6 or not isinstance(msg[4], list) or not isinstance(msg[5], (list, type(None))):
+        if len(msg) != 6 or not isinstance(msg[4], list) or \
+                not (msg[5] is None or isinstance(msg[5], list)):
             return [ERROR, "a redis write is [REDIS_WRITE, client_id, seq, acked_below, cmds, "
                            "watched]"]
         _, cid, seq, acked, cmds, watched = msg

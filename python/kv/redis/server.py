@@ -339,7 +339,8 @@ class _Connection(asyncio.Protocol):
                 name = args[i + 1]
                 i += 2
             else:
-                return error(f"ERR Syntax error in HELLO option '{args[i].decode(errors='replace')}'")
+                opt = args[i].decode(errors="replace")
+                return error(f"ERR Syntax error in HELLO option '{opt}'")
         if proto is not None and proto not in (2, 3):
             return error("NOPROTO unsupported protocol version")
         if auth is not None:
