@@ -280,8 +280,10 @@ def _scan(ks: Keyspace, a: list) -> Any:
         elif opt != b"type":
             return error(E_SYNTAX)
         i += 2
-    # The cursor is a position in the sorted key order: keys present for
-    # the whole scan are returned at least once.
+    # The cursor is a position in the sorted key order (sorted per call).
+    # Unlike Redis's, a key present for the whole scan can be missed if keys
+    # before it are deleted between calls (positions shift); added keys can
+    # make a key come twice.
     keys = sorted(k for k in ks.data if type(k) is bytes)
     page = keys[cursor:cursor + count]
     nxt = cursor + count if cursor + count < len(keys) else 0
