@@ -89,20 +89,6 @@ def _non_negative_int(text: str) -> int:
     return v
 
 
-def read_secret_file(p: argparse.ArgumentParser, path: Optional[str]) -> Optional[bytes]:
-    """The secret in --secret-file `path` (None without one), or p.error()."""
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            secret = f.read().strip()
-    except OSError as exc:
-        p.error(f"--secret-file: cannot read {path}: {exc.strerror or exc}")
-    if not secret:
-        p.error(f"--secret-file: {path} is empty")
-    return secret
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="raftcore kv",
@@ -164,9 +150,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve /metrics (Prometheus), /health, /status, /cluster, "
                         "/openapi.json and a live status page (/) over HTTP on HOST:PORT "
                         "(read-only; needs the extra: pip install 'raftcore[http]')")
+    p.add_argument("--redis", type=address_argument, default=None, metavar="HOST:PORT",
+                   help="also serve the Redis protocol (RESP2/RESP3) on HOST:PORT; a "
+                        "follower forwards to the leader")
+    p.add_argument("--redis-reads", choices=("linearizable", "lease", "stale"),
+                   default="linearizable",
+                   help="Redis reads: confirmed by a quorum (default), by the leader "
+                        "lease, or from this node's state as it is")
+    p.add_argument("--redis-password-file", default=None, metavar="FILE",
+                   help="Redis clients must AUTH with this password (the file's contents, "
+                        "surrounding whitespace removed), as Redis's requirepass")
+    p.add_argument("--redis-max-bulk", type=_non_negative_int, default=None, metavar="N",
+                   help="largest Redis bulk string accepted, in bytes (default 512 MB, "
+                        "capped by --max-command-bytes)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return p
+
+
+def read_secret_file(path: Optional[str], flag: str) -> Optional[bytes]:
+    """The contents of the file given with `flag` (a secret or a password),
+    surrounding whitespace removed; None without a file; ValueError naming
+    the flag if it cannot be read or is empty."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as exc:
+        raise ValueError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None
+    if not secret:
+        raise ValueError(f"{flag}: {path} is empty")
+    return secret
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -193,7 +208,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             require_prometheus_client()
         except MissingExtra as exc:
             p.error(str(exc))
-    args.secret = read_secret_file(p, args.secret_file)
+    try:
+        args.secret = read_secret_file(args.secret_file, "--secret-file")
+        args.redis_password = read_secret_file(args.redis_password_file,
+                                               "--redis-password-file")
+    except ValueError as exc:
+        p.error(str(exc))
     check_tls_arguments(p, args, node=True)
     kw: dict[str, Any] = {
         "snapshot_policy": (SnapshotPolicy.logs_since_last(args.snapshot_every)

@@ -296,7 +296,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parses and checks the command line; argparse errors (exit 2) for bad input."""
     p = build_parser()
     args = p.parse_args(argv)
-    args.secret = read_secret_file(p, args.secret_file)
+    try:
+        args.secret = read_secret_file(args.secret_file, "--secret-file")
+    except ValueError as exc:
+        p.error(str(exc))
     check_tls_arguments(p, args, node=False)
     return args
 

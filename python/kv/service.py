@@ -364,7 +364,7 @@ async def run_node(args: argparse.Namespace) -> int:
     config: Config = args.config
     os.makedirs(args.dir, exist_ok=True)
     store = await FileLogStore.open(os.path.join(args.dir, "log"))
-    raft = server = joining = http = None
+    raft = server = joining = http = redis = None
     failed: list = []          # why joining the cluster failed, if it did
     status = 0
     try:
@@ -375,7 +375,9 @@ async def run_node(args: argparse.Namespace) -> int:
         admin = args.secret is not None or verifies_clients(args.server_ssl) \
             or args.insecure_admin
         service = KvService(raft, sm, address=args.listen, admin_allowed=admin)
-        handlers = service.handlers()
+        from raftcore.kv.redis import RedisNode     # --redis: RESP on this node
+        redis = RedisNode(args, raft, sm)
+        handlers = {**service.handlers(), **redis.handlers()}
         if getattr(args, "http", None):
             from raftcore.kv.http import start_http
             http, handlers = await start_http(args, raft, service, handlers, sm=sm,
@@ -383,6 +385,7 @@ async def run_node(args: argparse.Namespace) -> int:
         server = await RaftServer.start(raft, host, port, args.server_ssl,
                                         services=handlers, secret=args.secret,
                                         max_frame_size=args.max_frame_size)
+        await redis.start()
         log.info("node %s serving on %s (data in %s)", args.id, args.listen, args.dir)
         _check_peers_against_disk(args, raft.metrics.membership)
         if args.join is not None:
@@ -410,6 +413,8 @@ async def run_node(args: argparse.Namespace) -> int:
         # A second Ctrl-C while shutting down interrupts at once.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if redis is not None:
+            await redis.close()
         if raft is not None:
             await raft.shutdown()
         if server is not None:

@@ -16,6 +16,8 @@ import msgpack
 from raftcore.codec import decode_snapshot_meta, encode_snapshot_meta
 from raftcore.errors import ConfigError, NotAllowed, StorageError
 from raftcore.kv.protocol import SESSION_CMD, check_client_id, check_command
+from raftcore.kv.redis.apply import REDIS_CMD, apply_redis
+from raftcore.kv.redis.keyspace import RedisState
 from raftcore.messages import SnapshotMeta
 from raftcore.storage.base import Snapshot
 from raftcore.storage.mem import MemStateMachine
@@ -80,6 +82,8 @@ class KvStateMachine(MemStateMachine):
         self.applied_commands = 0
         #: Session writes answered from the session instead of applied again.
         self.deduplicated = 0
+        #: The Redis commands' expiry deadlines and modification indexes.
+        self.redis = RedisState()
         self._executor = executor
         self._file_lock = threading.Lock()     # snapshot file writes, in executor threads
         self._file_index = -1                  # log index of the snapshot on disk
@@ -104,8 +108,12 @@ class KvStateMachine(MemStateMachine):
     def _apply_normal(self, data: dict, p: Any) -> Any:
         # MemStateMachine.apply walks the entries; a client command here is
         # either a session command or a plain one.
-        if isinstance(p, (list, tuple)) and p and p[0] == SESSION_CMD:
-            return self._apply_session(p)
+        if isinstance(p, (list, tuple)) and p:
+            if p[0] == SESSION_CMD:
+                return self._apply_session(p)
+            if p[0] == REDIS_CMD:
+                self.applied_commands += 1
+                return apply_redis(self, p)
         self.applied_commands += 1
         return self._apply_command(data, p)
 
@@ -138,12 +146,7 @@ class KvStateMachine(MemStateMachine):
             if resp is not None:
                 self.deduplicated += 1
             else:
-                why = check_command(cmd)
-                if why is not None:
-                    resp = ["error", why]
-                else:
-                    resp = ["ok", self._run_command(self.data, cmd)]
-                    self.applied_commands += 1
+                resp = self._apply_checked(cmd)
                 s.responses[seq] = resp
         if acked > s.floor:
             s.floor = acked
@@ -151,6 +154,18 @@ class KvStateMachine(MemStateMachine):
             for k in [k for k in responses if k < acked]:
                 del responses[k]
         return resp
+
+    def _apply_checked(self, cmd: Any) -> list:
+        """A session's command: ["ok", result] once applied, ["error", why]
+        if malformed."""
+        if isinstance(cmd, (list, tuple)) and cmd and cmd[0] == REDIS_CMD:
+            self.applied_commands += 1
+            return ["ok", apply_redis(self, cmd)]
+        why = check_command(cmd)
+        if why is not None:
+            return ["error", why]
+        self.applied_commands += 1
+        return ["ok", self._run_command(self.data, cmd)]
 
     # --------------------------------------------------------- snapshots
 
@@ -176,6 +191,9 @@ class KvStateMachine(MemStateMachine):
                          for cid, s in self.sessions.items()],
             "applied_commands": self.applied_commands,
             "deduplicated": self.deduplicated,
+            # Added with the Redis commands; a snapshot without them (made
+            # before) loads as no deadlines and no modification indexes.
+            "redis": self.redis.dump(),
         }
 
     async def build_snapshot(self, executor: Callable) -> Snapshot:
@@ -204,8 +222,8 @@ class KvStateMachine(MemStateMachine):
                 await executor(self._save_file, meta, data)
 
     def _parse(self, meta: SnapshotMeta, data: bytes) -> tuple:
-        """(items, sessions, applied_commands, deduplicated) of the snapshot;
-        StorageError if it cannot be read."""
+        """(items, sessions, applied_commands, deduplicated, redis state) of
+        the snapshot; StorageError if it cannot be read."""
         try:
             obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
             found = obj.get("format") if isinstance(obj, dict) else None
@@ -217,13 +235,15 @@ class KvStateMachine(MemStateMachine):
             applied_commands, deduplicated = obj["applied_commands"], obj["deduplicated"]
             if type(applied_commands) is not int or type(deduplicated) is not int:
                 raise ValueError("applied_commands or deduplicated is not an int")
+            redis_state = RedisState.load(obj.get("redis"))
         except Exception as exc:
             raise StorageError(f"KvStateMachine cannot read snapshot {meta.snapshot_id}: "
                                f"{exc}") from exc
-        return items, sessions, applied_commands, deduplicated
+        return items, sessions, applied_commands, deduplicated, redis_state
 
     def _load(self, meta: SnapshotMeta, data: bytes) -> None:
-        items, sessions, applied_commands, deduplicated = self._parse(meta, data)
+        items, sessions, applied_commands, deduplicated, redis_state = self._parse(meta, data)
+        self.redis = redis_state
         self.data = items
         self.sessions = sessions
         self.applied_commands = applied_commands

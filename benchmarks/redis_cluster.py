@@ -1,0 +1,135 @@
+"""redis-benchmark against a 3-process `raftcore kv --redis` cluster, and
+against one durable redis-server in the same run (the bar a consistent
+cluster is compared to).
+
+    python benchmarks/redis_cluster.py [--dir DIR] [--requests N]
+
+Starts 3 `raftcore kv` nodes (FileLogStore, all in DIR, so all three fsync
+on one disk) and `redis-server --appendonly yes --appendfsync always`
+(one node, durable, no replication), probes the disk's fsync latency, then
+runs Debian's `redis-benchmark -t set,get,incr` with -c 1, -c 50, -c 256
+and -c 50 -P 16 against the leader, a follower and redis-server, and prints
+one table: requests/s, p50, and the ratio to redis-server's row.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from raftcore.bench import fsync_samples_us
+
+HOST = "127.0.0.1"
+RUNS = [("-c 1", ["-c", "1"]), ("-c 50", ["-c", "50"]), ("-c 256", ["-c", "256"]),
+        ("-c 50 -P 16", ["-c", "50", "-P", "16"])]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind((HOST, 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def ask(port: int, *args: str) -> str:
+    done = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+                          text=True, timeout=30)
+    return done.stdout
+
+
+def wait_for(cond, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def raft_role(port: int) -> str:
+    for line in ask(port, "INFO", "raft").splitlines():
+        if line.startswith("raft_role:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def benchmark(port: int, requests: int, extra: list[str]) -> dict[str, tuple[float, float]]:
+    """test -> (requests/s, p50 ms) of one redis-benchmark run."""
+    out = subprocess.run(["redis-benchmark", "-h", HOST, "-p", str(port), "-t", "set,get,incr",
+                          "-n", str(requests), "-r", "100000", "--csv", *extra],
+                         capture_output=True, text=True, timeout=1800, check=True).stdout
+    rows = {}
+    for row in csv.DictReader(io.StringIO(out)):
+        rows[row["test"]] = (float(row["rps"]), float(row["p50_latency_ms"]))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dir", default=None, help="data directory (default: a temporary one)")
+    p.add_argument("--requests", type=int, default=100_000, help="requests per run")
+    args = p.parse_args(argv)
+    work = args.dir or tempfile.mkdtemp(prefix="raftcore-redis-bench-")
+    ports = free_ports(7)
+    peers = ",".join(f"{i}={HOST}:{ports[i - 1]}" for i in (1, 2, 3))
+    procs = []
+    try:
+        for i in (1, 2, 3):
+            log = open(os.path.join(work, f"n{i}.log"), "ab")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "raftcore.cli", "kv", "--id", str(i), "--dir",
+                 os.path.join(work, f"n{i}"), "--peers", peers, "--redis",
+                 f"{HOST}:{ports[2 + i]}", "--log-level", "WARNING",
+                 *(["--init"] if i == 1 else [])], stdout=log, stderr=subprocess.STDOUT))
+        rdir = os.path.join(work, "redis-server")
+        os.makedirs(rdir, exist_ok=True)
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(ports[6]), "--bind", HOST, "--dir", rdir,
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL))
+        redis_ports = {i: ports[2 + i] for i in (1, 2, 3)}
+        leader = wait_for(lambda: next((i for i, pt in redis_ports.items()
+                                        if raft_role(pt) == "leader"), None), "a leader")
+        follower = next(i for i in redis_ports if i != leader)
+        wait_for(lambda: ask(ports[6], "PING").strip() == "PONG", "redis-server")
+        fsync_p50 = statistics.median(fsync_samples_us(work)) / 1000
+        print(f"fsync p50 of the disk under {work}: {fsync_p50:.2f} ms")
+        targets = [("redis-server (appendfsync always)", ports[6]),
+                   (f"raftcore leader (node {leader})", redis_ports[leader]),
+                   (f"raftcore follower (node {follower})", redis_ports[follower])]
+        print("| target | run | SET/s (p50 ms) | GET/s (p50 ms) | INCR/s (p50 ms) |")
+        print("| --- | --- | --- | --- | --- |")
+        base: dict = {}
+        for label, extra in RUNS:
+            for name, port in targets:
+                rows = benchmark(port, args.requests, extra)
+                if name.startswith("redis-server"):
+                    base = rows
+                cells = []
+                for test in ("SET", "GET", "INCR"):
+                    rps, p50 = rows.get(test, (0.0, 0.0))
+                    ratio = f", {rps / base[test][0]:.0%}" if test in base and \
+                        not name.startswith("redis-server") and base[test][0] else ""
+                    cells.append(f"{rps:,.0f} ({p50:.2f}{ratio})")
+                print(f"| {name} | {label} | " + " | ".join(cells) + " |", flush=True)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

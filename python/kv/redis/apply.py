@@ -1,0 +1,64 @@
+"""How a KvStateMachine applies a Redis log entry, and how a node answers
+Redis reads from its state machine.
+
+A Redis entry is [REDIS_CMD, now_ms, commands] or, for MULTI/EXEC,
+[REDIS_CMD, now_ms, commands, watched] with watched a list of [key,
+modification index] recorded by WATCH: the transaction applies only if
+every watched key still has that index, else it answers None (EXEC's nil).
+Its response is the list of the commands' replies.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from raftcore.kv.redis.keyspace import READS, WRITES, Keyspace, expire_due
+from raftcore.kv.redis.resp import error
+
+#: The first item of a Redis entry in the log.
+REDIS_CMD = "redis"
+#: An internal command the leader proposes: delete every key whose deadline
+#: has passed (a client cannot send it: it is in no command table).
+EXPIRE_DUE = b"__expire_due__"
+#: An internal read: a key's modification index (for WATCH).
+VERSION = b"__version__"
+
+
+def apply_redis(sm: Any, p: Any) -> Any:
+    """Applies one Redis entry to `sm` (a KvStateMachine); its response.
+    Never raises: a committed entry must apply alike on every node."""
+    if len(p) not in (3, 4) or type(p[1]) is not int or not isinstance(p[2], list):
+        return error("ERR malformed redis entry")
+    now = max(sm.redis.clock_ms, p[1])
+    sm.redis.clock_ms = now
+    ks = Keyspace(sm, now, True)
+    if len(p) == 4:
+        try:
+            if any(ks.version(k) != v for k, v in p[3]):
+                return None
+        except (TypeError, ValueError):
+            return error("ERR malformed watch list")
+    return [run_command(ks, cmd) for cmd in p[2]]
+
+
+def run_command(ks: Keyspace, cmd: Any) -> Any:
+    """One command's reply (a read or a write, as `ks` allows)."""
+    try:
+        name = cmd[0].lower()
+        if name == EXPIRE_DUE:
+            return expire_due(ks) if ks.mutate else error("ERR not a read")
+        if name == VERSION:
+            return ks.version(cmd[1])
+        name = name.decode()
+        fn = READS.get(name) or (WRITES.get(name) if ks.mutate else None)
+        if fn is None:
+            return error(f"ERR cannot run {name!r:.40} here")
+        return fn(ks, cmd)
+    except Exception as exc:   # a malformed command in the log: answered, never raised
+        return error(f"ERR malformed command: {type(exc).__name__}")
+
+
+def read_commands(sm: Any, now_ms: int, cmds: list) -> list:
+    """The replies of read commands against `sm` at the time now_ms (the
+    leader's clock, never older than the newest entry's)."""
+    ks = Keyspace(sm, max(now_ms, sm.redis.clock_ms), False)
+    return [run_command(ks, cmd) for cmd in cmds]

@@ -1,0 +1,260 @@
+"""Where a node's Redis commands run: reads and writes on the leader's
+Raft, forwarded there by a follower.
+
+A write goes into the log under this node's kv session (a
+raftcore.kv.Client's client id and sequence number): on the leader the
+first attempt calls the local Raft directly; if that node is not (or no
+longer) the leader, the same sequence number goes to the leader through
+the Client, which follows redirects and retries, so a write retried after a
+leader change is applied once. A write whose outcome is still unknown when
+the Client gives up is answered with an error, and is never applied after
+that. Reads are linearizable by default: the leader confirms its leadership
+(ReadIndex, or the lease) and runs them against its state machine; with
+`reads="stale"` a node runs them against its own state.
+
+Nodes ask each other with two service messages of the kv port:
+
+    [REDIS_WRITE, client_id, seq, acked_below, commands, watched] -> [OK, response]
+    [REDIS_READ, mode, commands]                          -> [OK, replies]
+
+(or REDIRECT / UNAVAILABLE / ERROR as the kv protocol's other requests).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable, Optional
+
+from raftcore.errors import ForwardToLeader, InvalidCommand, RaftError
+from raftcore.kv.client import Client
+from raftcore.kv.protocol import (ERROR, LEASE, OK, READ_INDEX, REDIRECT, SESSION_CMD, STALE,
+                                  UNAVAILABLE, check_client_id)
+from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, read_commands
+from raftcore.kv.redis.resp import error
+from raftcore.model import ReadPolicy, ServerState
+from raftcore.network.framing import SERVICE_TYPE_MIN
+
+#: Service message types between nodes (clear of the kv protocol's).
+REDIS_WRITE = SERVICE_TYPE_MIN + 32
+REDIS_READ = SERVICE_TYPE_MIN + 33
+
+READ_MODES = {"linearizable": READ_INDEX, "lease": LEASE, "stale": STALE}
+
+
+def now_ms() -> int:
+    """The leader's wall clock, stamped into each Redis entry."""
+    return int(time.time() * 1000)
+
+
+class SessionClient(Client):
+    """The node's own kv Client, with the session write of a Redis batch
+    whose first attempt may be made locally."""
+
+    async def redis_write(self, cmds: list, watched: Optional[list],
+                          local: Callable[[int, int], Awaitable[Any]]) -> Any:
+        """The response of `cmds` (and `watched`, for a transaction),
+        applied as one entry under the next seq.
+        `local(seq, acked_below)` tries it on this node's Raft (None: not
+        the leader, or its outcome there is unknown); then the leader is
+        asked through the network under the same seq."""
+        seq = self._next_seq
+        self._next_seq += 1
+        self._in_flight.add(seq)
+        try:
+            got = await local(seq, self._acked_below())
+            if got is None:
+                got = (await self._request(lambda: [REDIS_WRITE, self.client_id, seq,
+                                                    self._acked_below(), cmds, watched]))[1]
+            return got
+        finally:
+            self._in_flight.discard(seq)
+
+    async def redis_read(self, mode: int, cmds: list) -> list:
+        """The replies of read `cmds` as the leader runs them."""
+        return (await self._request([REDIS_READ, mode, cmds]))[1]
+
+
+def _refusal(e: RaftError) -> list:
+    """The kv protocol's answer to a request this node cannot serve."""
+    if isinstance(e, ForwardToLeader):
+        return [REDIRECT, e.leader_id, getattr(e.leader_node, "addr", None) or None]
+    return [UNAVAILABLE, f"{type(e).__name__}: {e}"]
+
+
+def _errors(cmds: list, message: str) -> list:
+    return [error(message)] * len(cmds)
+
+
+class ReadRounds:
+    """Leadership confirmations shared by reads: every read that arrives
+    before a round starts is served by that round; a read that arrives
+    while one is in flight waits for the next (the round's read point may
+    predate a write acknowledged before the read arrived)."""
+
+    def __init__(self, raft: Any, policy: ReadPolicy) -> None:
+        self.raft = raft
+        self.policy = policy
+        self._next: Optional[asyncio.Future] = None     # the round waiting reads share
+        self._running = False
+        #: Rounds run (each one ensure_linearizable).
+        self.rounds = 0
+
+    async def confirm(self) -> None:
+        """Returns once a round that started after this call is confirmed
+        and applied; raises what ensure_linearizable raised."""
+        fut = self._next
+        if fut is None:
+            fut = self._next = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._round())
+        await asyncio.shield(fut)
+
+    async def _round(self) -> None:
+        # The reads that arrived until now share this round.
+        fut, self._next = self._next, None
+        self.rounds += 1
+        try:
+            await self.raft.ensure_linearizable(self.policy)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:       # for the readers to raise
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+        finally:
+            if self._next is not None:
+                asyncio.get_running_loop().create_task(self._round())
+            else:
+                self._running = False
+
+
+class ClusterBackend:
+    """Runs a connection's batches of reads and writes for a node."""
+
+    def __init__(self, raft: Any, sm: Any, client: SessionClient, reads: str = "linearizable"
+                 ) -> None:
+        self.raft = raft
+        self.sm = sm
+        self.client = client
+        self.read_mode = READ_MODES[reads]
+        self._rounds = {READ_INDEX: ReadRounds(raft, ReadPolicy.READ_INDEX),
+                        LEASE: ReadRounds(raft, ReadPolicy.LEASE_READ)}
+
+    @property
+    def read_rounds(self) -> int:
+        """Leadership confirmations run for reads on this node."""
+        return sum(r.rounds for r in self._rounds.values())
+
+    def handlers(self) -> dict:
+        """The service handlers of the node-to-node messages."""
+        return {REDIS_WRITE: self._serve_write, REDIS_READ: self._serve_read}
+
+    # ------------------------------------------------------------ writes
+
+    async def write(self, cmds: list) -> list:
+        """The replies of write commands, applied as one log entry."""
+        replies = await self.submit(cmds)
+        if type(replies) is dict:        # the whole batch was refused
+            return [replies] * len(cmds)
+        return replies
+
+    async def submit(self, cmds: list, watched: Optional[list] = None) -> Any:
+        """The response of one log entry of `cmds`: their replies, an error
+        reply, or (a transaction, `watched` given) None if a watched key
+        changed."""
+        try:
+            return await self.client.redis_write(
+                cmds, watched, lambda seq, acked: self._local_write(cmds, watched, seq, acked))
+        except RaftError as exc:         # Timeout, KvError: the outcome is unknown
+            return error(f"ERR the write's outcome is unknown ({exc}); it will not be "
+                         "applied later")
+
+    async def _local_write(self, cmds: list, watched: Optional[list], seq: int,
+                           acked: int) -> Any:
+        try:
+            return await self._propose(self.client.client_id, seq, acked, cmds, watched)
+        except RaftError:
+            # Not the leader, or no longer: the leader gets the same seq,
+            # so a copy committed here meanwhile is not applied twice.
+            return None
+
+    async def _propose(self, cid: Any, seq: int, acked: int, cmds: list,
+                       watched: Optional[list]) -> Any:
+        """Proposes the session entry of `cmds`; its response (an error
+        reply if refused). ForwardToLeader / RaftError as client_write."""
+        entry = [REDIS_CMD, now_ms(), cmds]
+        if watched is not None:
+            entry.append(watched)
+        try:
+            resp = await self.raft.client_write([SESSION_CMD, cid, seq, acked, entry])
+        except InvalidCommand as exc:    # too large: no node takes it
+            return error(f"ERR {exc}")
+        status, value = resp.data
+        return value if status == "ok" else error(f"ERR {value}")
+
+    async def _serve_write(self, msg: list) -> list:
+        if len(msg) != 6 or not isinstance(msg[4], list) or \
+                not (msg[5] is None or isinstance(msg[5], list)):
+            return [ERROR, "a redis write is [REDIS_WRITE, client_id, seq, acked_below, cmds, "
+                           "watched]"]
+        _, cid, seq, acked, cmds, watched = msg
+        why = check_client_id(cid)
+        if why is None and (type(seq) is not int or seq < 1 or type(acked) is not int
+                            or not 0 <= acked <= seq):
+            why = "seq must be an int >= 1 and acked_below an int in [0, seq]"
+        if why is not None:
+            return [ERROR, why]
+        try:
+            return [OK, await self._propose(cid, seq, acked, cmds, watched)]
+        except RaftError as e:
+            return _refusal(e)
+
+    async def sweep_expired(self, interval: float) -> None:
+        """Runs until cancelled: while this node leads, proposes every
+        `interval` seconds the deletion of keys whose deadline passed (reads
+        hide them already; this frees them on every node)."""
+        expires = self.sm.redis.expires
+        while True:
+            await asyncio.sleep(interval)     # a period, not a wait for a condition
+            if not expires or self.raft.metrics.state != ServerState.LEADER:
+                expires = self.sm.redis.expires       # a snapshot install replaces it
+                continue
+            now = now_ms()
+            if any(d <= now for d in expires.values()):
+                # An error reply (no quorum, say) is retried next period.
+                await self.write([[EXPIRE_DUE]])
+            expires = self.sm.redis.expires
+
+    # ------------------------------------------------------------- reads
+
+    async def read(self, cmds: list) -> list:
+        """The replies of read commands: linearizable unless the node
+        runs with --redis-reads lease|stale."""
+        mode = self.read_mode
+        if mode == STALE:
+            return read_commands(self.sm, now_ms(), cmds)
+        try:
+            return await self._leader_read(mode, cmds)
+        except ForwardToLeader:
+            pass
+        except RaftError as exc:
+            return _errors(cmds, f"ERR the read could not be confirmed ({exc})")
+        try:
+            return await self.client.redis_read(mode, cmds)
+        except RaftError as exc:
+            return _errors(cmds, f"ERR no leader answered the read ({exc})")
+
+    async def _leader_read(self, mode: int, cmds: list) -> list:
+        await self._rounds[mode].confirm()
+        return read_commands(self.sm, now_ms(), cmds)
+
+    async def _serve_read(self, msg: list) -> list:
+        if len(msg) != 3 or msg[1] not in (READ_INDEX, LEASE) or not isinstance(msg[2], list):
+            return [ERROR, "a redis read is [REDIS_READ, mode, cmds]"]
+        try:
+            return [OK, await self._leader_read(msg[1], msg[2])]
+        except RaftError as e:
+            return _refusal(e)
