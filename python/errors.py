@@ -33,6 +33,11 @@ class NotAllowed(RaftError):
     """The call is not allowed in this node's current state."""
 
 
+class ChangeInProgress(NotAllowed):
+    """Another membership change has not finished yet: one change at a time.
+    Unlike other NotAllowed refusals it passes by itself; ask again."""
+
+
 class Timeout(RaftError):
     """A wait or an RPC did not complete in time."""
 

@@ -11,7 +11,8 @@ import msgpack
 from raftcore.config import Config
 from raftcore.core import ClientWriteResponse, RaftCore
 from raftcore.engine import CANDIDATE, LEADER
-from raftcore.errors import ConfigError, ForwardToLeader, InvalidCommand, NotAllowed, Timeout
+from raftcore.errors import (ChangeInProgress, ConfigError, ForwardToLeader, InvalidCommand,
+                             NotAllowed, Timeout)
 from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
 from raftcore.model import Node, ReadPolicy, ServerState
@@ -555,7 +556,7 @@ class _MembershipChange:
 
     async def __aenter__(self) -> None:
         if self._core.changing_membership:
-            raise NotAllowed("a membership change is in progress on this node; wait for it "
+            raise ChangeInProgress("a membership change is in progress on this node; wait for it "
                              "to finish before the next one")
         self._core.changing_membership = True
 

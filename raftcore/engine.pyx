@@ -62,7 +62,7 @@ from raftcore cimport engine_transfer as transfer
 from raftcore cimport engine_snapshots as snapshots
 from raftcore cimport engine_identity as identity
 
-from raftcore.errors import ForwardToLeader, NotAllowed, RaftError
+from raftcore.errors import ChangeInProgress, ForwardToLeader, NotAllowed, RaftError
 
 # ServerState values (raftcore.ServerState mirrors them).
 LEARNER = 0
@@ -297,13 +297,13 @@ cdef class Engine:
 
     def change_membership(self, Membership membership, double now):
         """Appends a membership entry (in force at once) and replicates it;
-        returns its index. One change at a time: NotAllowed while the last
-        membership entry is not committed."""
+        returns its index. One change at a time: ChangeInProgress (a
+        NotAllowed) while the last membership entry is not committed."""
         self.now = now
         self._check_proposable()
         cdef long long pending = self._last_membership_index()
         if pending > self.committed:
-            raise NotAllowed(
+            raise ChangeInProgress(
                 f"a membership change is in progress (entry {pending} is not committed "
                 "yet); wait for it to commit before the next change")
         cdef long long index = self.log.last_index() + 1

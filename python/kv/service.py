@@ -11,7 +11,8 @@ import time
 from typing import Any, Awaitable, Callable, Optional
 
 from raftcore.config import Config
-from raftcore.errors import ForwardToLeader, InvalidCommand, NotAllowed, RaftError, Timeout
+from raftcore.errors import (ChangeInProgress, ForwardToLeader, InvalidCommand, NotAllowed,
+                             RaftError, Timeout)
 from raftcore.kv.protocol import (ADMIN_REFUSED, ERROR, KV_ADD_MEMBER, KV_GET, KV_MEMBERS,
                                   KV_REMOVE_MEMBER, KV_STATUS, KV_TRANSFER_LEADER, KV_WRITE,
                                   LEASE, OK, READ_INDEX, REDIRECT, SESSION_CMD, STALE,
@@ -80,7 +81,9 @@ class KvService:
                 return await handler(msg)
             except ForwardToLeader as e:
                 return self._redirect(e)
-            except NotAllowed as e:        # one change at a time, last voter, ...
+            except ChangeInProgress as e:  # one change at a time: ask again (--join does)
+                return [UNAVAILABLE, str(e)]
+            except NotAllowed as e:        # the last voter, ...
                 return [ERROR, str(e)]
             except Timeout as e:
                 return [ERROR, str(e)]
