@@ -50,6 +50,9 @@ class Simulation(ClientWorkload, FaultInjection, Figure8):
         self.held: set[int] = set()                 # crashed nodes a script keeps down
         self.wiped: Optional[int] = None            # the member that lost its disk, if any
         self.replacement: Optional[str] = None      # its replacement: "running", "done"
+        # It was a voter when wiped: its replacement promotes it back, even
+        # when a failed first attempt had removed it already (seed 15001144).
+        self.wiped_voter = False
         self.final_attempts = 0
 
     def log(self, msg: str) -> None:
@@ -241,6 +244,19 @@ class Simulation(ClientWorkload, FaultInjection, Figure8):
             return False
         return True
 
+    def describe_nodes(self) -> str:
+        """Each node's role, term, leader, indexes and what keeps it from
+        voting, for a liveness violation's message."""
+        parts = []
+        for i, r in sorted(self.rafts.items()):
+            m = r.metrics
+            voters = sorted(m.membership.voter_ids) if m.membership is not None else None
+            parts.append(f"node {i}: {m.state.name} term {m.current_term} leader "
+                         f"{m.current_leader} log {m.last_log_index} committed {m.committed} "
+                         f"voters {voters} identity_stale {m.identity_stale} "
+                         f"disk_full {m.disk_full}")
+        return "; ".join(parts)
+
     async def check_liveness(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.s.heal_within
@@ -253,7 +269,7 @@ class Simulation(ClientWorkload, FaultInjection, Figure8):
             await asyncio.sleep(0.05)
         else:
             raise Violation(f"liveness: no leader could write and read within "
-                            f"{self.s.heal_within}s of healing")
+                            f"{self.s.heal_within}s of healing; {self.describe_nodes()}")
         members = sorted(leader.metrics.membership.nodes)
         target = leader.metrics.last_applied_index
         for i in members:

@@ -211,6 +211,7 @@ class FaultInjection:
         if not live:
             return False
         n = rng.choice(live)
+        self.wiped_voter = n in committed.voter_ids
         await self.crash(n)
         self.checker.storage_lost(n)
         self.down.discard(n)
@@ -224,13 +225,12 @@ class FaultInjection:
         from the membership, add it back and, if it voted, promote it."""
         try:
             m = leader.metrics.membership
-            was_voter = n in m.voter_ids
-            if was_voter:
+            if n in m.voter_ids:
                 await leader.change_membership(ChangeMembers.remove_voters({n}))
             elif n in m.nodes:
                 await leader.change_membership(ChangeMembers.remove_nodes({n}))
             await leader.add_learner(n, Node(f"sim-{n}"), blocking=False)
-            if was_voter:
+            if self.wiped_voter:
                 await leader.change_membership(ChangeMembers.add_voter_ids({n}))
             self.replacement = "done"
             self.log(f"replaced wiped {n}")
@@ -239,9 +239,9 @@ class FaultInjection:
                 self.replacement = None     # failed: the next "wipe" fault retries
 
     def replaced(self, leader: Raft, n: int) -> bool:
-        """True once the replacement of wiped node n took effect: n runs, and
+        """True once the replacement of wiped node n took effect: n runs,
         the leader's committed membership and n's own record n's current
-        incarnation.
+        incarnation, and n is a voter again if it was one.
         Before that n may not vote (its log still says it is stale), so
         wiping another member could leave no quorum."""
         if n in self.down or self.replacement == "running":
@@ -252,4 +252,5 @@ class FaultInjection:
         committed = leader._core.engine.committed_membership
         member = committed.nodes.get(n) if committed is not None else None
         return (self.rafts[n]._core.engine.recorded_incarnation(n) == incarnation
-                and member is not None and member.incarnation == incarnation)
+                and member is not None and member.incarnation == incarnation
+                and (n in committed.voter_ids or not self.wiped_voter))
