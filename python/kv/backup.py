@@ -200,8 +200,8 @@ async def save_snapshot(client: Client, path: str | os.PathLike, *,
         the client's max_frame_size); the leader may send smaller ones.
     Raises KvError (refused, or the received bytes do not check out),
     raftcore.errors.Timeout, StorageError (FILE cannot be written)."""
-    # Client's _request (leader finding, redirects, retries) and frame
-    # limit are its internals; the ctl helper's Client methods will wrap them.
+    # Uses Client's internals (_request: leader finding, redirects,
+    # retries; _max_frame): Client.save_snapshot is the public entry.
     room = client._max_frame - _FRAME_OVERHEAD
     chunk = min(chunk_size or DEFAULT_CHUNK, room)
     if chunk < MIN_CHUNK:
@@ -362,7 +362,7 @@ def add_snapshot_commands(sub: Any) -> None:
 
 async def cmd_snapshot_save(client: Client, args: argparse.Namespace) -> tuple[dict, str, int]:
     """`raftcore ctl snapshot save FILE`: (result, its text, exit status 0)."""
-    r = await save_snapshot(client, args.file, chunk_size=args.chunk_size)
+    r = await client.save_snapshot(args.file, chunk_size=args.chunk_size)
     return r, (
         f"saved snapshot at log index {r['last_log_id'][1]} (term {r['last_log_id'][0]}) of "
         f"cluster {r['cluster_id']}: {r['keys']} keys, {r['size']} bytes in {r['chunks']} "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from typing import Any, Iterable, Optional
 
@@ -160,6 +161,15 @@ class Client:
         if why is not None:
             raise KvError(why)
         return (await self._request([KV_REMOVE_MEMBER, node_id], patient=True))[1]["removed"]
+
+    async def save_snapshot(self, path: str | os.PathLike, *,
+                            chunk_size: Optional[int] = None) -> dict:
+        """Saves a consistent snapshot of the cluster's state (one applied
+        log index, with its membership), streamed from the leader in
+        chunks, to the file `path` (replaced atomically); what `raftcore ctl
+        snapshot save` does. See raftcore.kv.backup.save_snapshot."""
+        from raftcore.kv.backup import save_snapshot     # it imports this module
+        return await save_snapshot(self, path, chunk_size=chunk_size)
 
     async def transfer_leader(self, node_id: int) -> bool:
         """Hands leadership to voter `node_id`; returns once the old leader
