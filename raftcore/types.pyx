@@ -135,11 +135,7 @@ cdef Entry make_entry(long long term, long long index, int kind, object payload)
 
 cdef Entry make_encoded_entry(long long term, long long index, object payload, bytes encoded):
     """A normal entry carrying its payload's msgpack encoding (see Entry)."""
-    cdef Entry e = Entry.__new__(Entry)
-    e.term = term
-    e.index = index
-    e.kind = NORMAL
-    e.payload = payload
+    cdef Entry e = make_entry(term, index, NORMAL, payload)
     e.encoded = encoded
     e.size = len(encoded)
     return e

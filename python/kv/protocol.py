@@ -67,6 +67,16 @@ def check_client_id(cid: Any) -> Optional[str]:
     return f"a client id must be a str or bytes of 1..256 items or an int, got {cid!r:.80}"
 
 
+def check_session(cid: Any, seq: Any, acked: Any) -> Optional[str]:
+    """Why (client id, seq, acked_below) of a write cannot be a session's,
+    or None."""
+    why = check_client_id(cid)
+    if why is None and (type(seq) is not int or seq < 1 or type(acked) is not int
+                        or not 0 <= acked <= seq):
+        why = "seq must be an int >= 1 and acked_below an int in [0, seq]"
+    return why
+
+
 #: Why a node refused an admin request from an unauthenticated client.
 ADMIN_REFUSED = ("membership and leadership changes are refused: this node cannot tell who "
                  "is asking. Start the nodes with --secret-file (and give the same file to "

@@ -16,7 +16,7 @@ from raftcore.errors import (ChangeInProgress, ForwardToLeader, InvalidCommand, 
 from raftcore.kv.protocol import (ADMIN_REFUSED, ERROR, KV_ADD_MEMBER, KV_GET, KV_MEMBERS,
                                   KV_REMOVE_MEMBER, KV_STATUS, KV_TRANSFER_LEADER, KV_WRITE,
                                   LEASE, OK, READ_INDEX, REDIRECT, SESSION_CMD, STALE,
-                                  UNAVAILABLE, check_client_id, check_command, check_key,
+                                  UNAVAILABLE, check_command, check_key, check_session,
                                   check_node_id, check_wait)
 from raftcore.kv.protocol import KV_SNAPSHOT_BEGIN, KV_SNAPSHOT_READ    # snapshot save
 from raftcore.kv.state import KvStateMachine
@@ -259,10 +259,7 @@ class KvService:
         if len(msg) != 5:
             return [ERROR, "a write is [KV_WRITE, client_id, seq, acked_below, cmd]"]
         _, cid, seq, acked, cmd = msg
-        why = check_client_id(cid) or check_command(cmd)
-        if why is None and (type(seq) is not int or seq < 1 or type(acked) is not int
-                            or not 0 <= acked <= seq):
-            why = "seq must be an int >= 1 and acked_below an int in [0, seq]"
+        why = check_command(cmd) or check_session(cid, seq, acked)
         if why is not None:
             return [ERROR, why]
         try:

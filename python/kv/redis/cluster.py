@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Optional
 from raftcore.errors import ForwardToLeader, InvalidCommand, RaftError
 from raftcore.kv.client import Client
 from raftcore.kv.protocol import (ERROR, LEASE, OK, READ_INDEX, REDIRECT, SESSION_CMD, STALE,
-                                  UNAVAILABLE, check_client_id)
+                                  UNAVAILABLE, check_session)
 from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, read_commands
 from raftcore.kv.redis.resp import error
 from raftcore.model import ReadPolicy, ServerState
@@ -201,10 +201,7 @@ class ClusterBackend:
             return [ERROR, "a redis write is [REDIS_WRITE, client_id, seq, acked_below, cmds, "
                            "watched]"]
         _, cid, seq, acked, cmds, watched = msg
-        why = check_client_id(cid)
-        if why is None and (type(seq) is not int or seq < 1 or type(acked) is not int
-                            or not 0 <= acked <= seq):
-            why = "seq must be an int >= 1 and acked_below an int in [0, seq]"
+        why = check_session(cid, seq, acked)
         if why is not None:
             return [ERROR, why]
         try:
