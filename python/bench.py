@@ -242,8 +242,12 @@ async def run_cluster(clients: int, ops_per_client: int, batch: int = 1,
     """One benchmark row: `clients` tasks each making `ops_per_client` calls
     (client_write, or client_write_many of `batch` payloads)."""
     # A --payload above the default command cap is measured, not refused.
+    # Election timeouts of 1-2 s: a row measures a stable leader, and on a
+    # loaded machine the default 150-300 ms made followers of the
+    # in-process cluster (one event loop for all three) campaign mid-row.
     config = Config(seed=7, max_pending_writes=max(65536, clients * batch * 2),
-                    max_command_bytes=max(Config.max_command_bytes, len(payload) + 5))
+                    max_command_bytes=max(Config.max_command_bytes, len(payload) + 5),
+                    election_timeout_min=1.0, election_timeout_max=2.0)
     cluster = await start_cluster(config, transport, store, workdir)
     leader = cluster.leader
     # Every LATENCY_SAMPLE-th call of each client is timed: reading the clock

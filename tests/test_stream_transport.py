@@ -9,7 +9,7 @@ from raftcore.config import SnapshotPolicy
 from raftcore.member_changes import ChangeMembers
 from raftcore.storage import MemLogStore, MemStateMachine
 
-from cluster_harness import GUARD, cluster_test, make_config, wait_any_leader
+from cluster_harness import GUARD, cluster_test, make_config, wait_any_leader, write_retry
 from stream_transport import StreamNetwork, StreamServer
 
 
@@ -55,10 +55,14 @@ class StreamCluster:
         return await wait_any_leader(list(self.nodes.values()))
 
 
-async def write(leader: Raft, first: int, count: int) -> int:
+async def write(c: StreamCluster, first: int, count: int) -> int:
+    """Sets k<first>..k<first+count-1> through whichever node leads (a set
+    may be retried: on a loaded machine leadership can move); returns the
+    index of the last one."""
+    last = 0
     for i in range(first, first + count):
-        await leader.client_write(["set", f"k{i}", i])
-    return leader.metrics.last_applied.index
+        last = (await write_retry(list(c.nodes.values()), ["set", f"k{i}", i])).index
+    return last
 
 
 async def all_applied(nodes, index: int) -> None:
@@ -79,8 +83,8 @@ async def test_a_leader_is_elected_and_another_once_it_stops():
 @cluster_test
 async def test_writes_replicate_to_every_node():
     async with StreamCluster(2) as c:
-        leader = await c.three()
-        last = await write(leader, 0, 200)
+        await c.three()
+        last = await write(c, 0, 200)
         await all_applied(c.nodes.values(), last)
         assert all(r.state_machine.data["k199"] == 199 for r in c.nodes.values())
 
@@ -89,10 +93,10 @@ async def test_writes_replicate_to_every_node():
 async def test_a_restarted_follower_catches_up_on_its_stores():
     async with StreamCluster(3) as c:
         leader = await c.three()
-        await write(leader, 0, 20)
+        await write(c, 0, 20)
         follower = next(i for i in c.nodes if i != leader.id)
         await c.stop(follower)
-        last = await write(leader, 20, 30)
+        last = await write(c, 20, 30)
         restarted = await c.start(follower)
         await all_applied([restarted], last)
         assert restarted.state_machine.data == leader.state_machine.data
@@ -105,7 +109,7 @@ async def test_a_follower_behind_the_purged_log_gets_the_snapshot():
         leader = await c.three()
         follower = next(i for i in c.nodes if i != leader.id)
         await c.stop(follower)
-        last = await write(leader, 0, 200)
+        last = await write(c, 0, 200)
         await leader.wait(GUARD).metrics(lambda m: m.purged is not None and m.purged.index > 0,
                                          "the leader purged what the follower lacks")
         restarted = await c.start(follower)
@@ -118,7 +122,7 @@ async def test_a_follower_behind_the_purged_log_gets_the_snapshot():
 async def test_a_node_joins_as_learner_becomes_voter_and_another_leaves():
     async with StreamCluster(5) as c:
         leader = await c.three()
-        last = await write(leader, 0, 10)
+        last = await write(c, 0, 10)
         await c.start(4)
         await leader.add_learner(4, Node("n4"))
         await all_applied([c.nodes[4]], last)
@@ -127,6 +131,6 @@ async def test_a_node_joins_as_learner_becomes_voter_and_another_leaves():
         await leader.change_membership(ChangeMembers.remove_voters({leaving}))
         voters = leader.metrics.membership.voter_ids
         assert 4 in voters and leaving not in voters
-        last = await write(leader, 10, 10)
+        last = await write(c, 10, 10)
         await all_applied([c.nodes[4]], last)
         assert c.nodes[4].metrics.state in (ServerState.FOLLOWER, ServerState.LEADER)
