@@ -41,8 +41,10 @@ CANDIDATE = ServerState.CANDIDATE
 
 
 def make_config(seed: int, **kw) -> Config:
-    return Config(heartbeat_interval=HEARTBEAT, election_timeout_min=ELECTION_MIN,
-                  election_timeout_max=ELECTION_MAX, seed=seed, **kw)
+    """The in-process clusters' Config: short timers unless `kw` overrides them."""
+    timers = dict(heartbeat_interval=HEARTBEAT, election_timeout_min=ELECTION_MIN,
+                  election_timeout_max=ELECTION_MAX)
+    return Config(seed=seed, **{**timers, **kw})
 
 
 def cluster_test(fn, guard: float = TEST_GUARD):

@@ -166,7 +166,12 @@ async def test_learner_receives_the_log_and_never_votes_or_campaigns():
 
 @cluster_test
 async def test_grow_3_to_5_and_shrink_to_3_under_continuous_writes():
-    async with running_cluster(3, seed=102) as c:
+    # The test follows one leader through both changes (it watches the joint
+    # configuration on it), so its election timeouts are long: a loaded
+    # machine that starves the one event loop of all five nodes for a few
+    # hundred milliseconds must not depose that leader.
+    async with running_cluster(3, seed=102, election_timeout_min=1.0,
+                               election_timeout_max=2.0) as c:
         leader = await stable_leader(c.all())
         lid = leader.id
         new4, new5 = await c.add_node(4), await c.add_node(5)
