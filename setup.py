@@ -22,9 +22,17 @@ the build gives it a directory holding a `raftcore` link to python/
 
 The generated .c files are always regenerated (force=True) so a build never
 picks up a stale translation of an older .pyx.
+
+Release builds: the extensions are compiled with -O2 -g0 and linked
+stripped (the wheel's .so files carry no debug info or symbol table; the
+interpreter's CFLAGS may hold -g, which -g0 after it overrides). Setting
+RAFTCORE_DEBUG_BUILD=1 keeps -g and the symbols, for a profiler or a
+debugger. The wheel holds no Cython source (.pyx, .pxd, .c): MANIFEST.in puts
+them in the sdist, and exclude_package_data keeps them out of the wheel.
 """
 import glob
 import os
+import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
@@ -42,8 +50,18 @@ def runtime_pxd_path():
     return path
 
 
+def build_flags():
+    """(compile args, link args): a release build unless RAFTCORE_DEBUG_BUILD=1."""
+    if os.environ.get("RAFTCORE_DEBUG_BUILD") == "1":
+        return ["-O2", "-g"], []
+    # macOS's linker strips with -S (debug info) and -x (local symbols).
+    strip = ["-Wl,-S,-x"] if sys.platform == "darwin" else ["-s"]
+    return ["-O2", "-g0"], strip
+
+
 def extensions():
     exts = []
+    compile_args, link_args = build_flags()
     sources = glob.glob(os.path.join("raftcore", "*.pyx")) + \
         glob.glob(os.path.join("python", "**", "*.pyx"), recursive=True)
     for pyx in sorted(sources):
@@ -52,7 +70,8 @@ def extensions():
             Extension(
                 "raftcore." + ".".join(parts),
                 [pyx],
-                extra_compile_args=["-O2"],
+                extra_compile_args=compile_args,
+                extra_link_args=link_args,
             )
         )
     return cythonize(
@@ -77,6 +96,8 @@ setup(
                   "raftcore.network": ["*.pyi"], "raftcore.testing": ["*.pyi"],
                   # The status page of `raftcore kv --http`.
                   "raftcore.kv": ["status_page.html"]},
+    # Cython sources are for the build (and the sdist), not for run time.
+    exclude_package_data={"": ["*.pyx", "*.pxd", "*.c"]},
     ext_modules=extensions(),
     zip_safe=False,
 )

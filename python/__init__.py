@@ -4,6 +4,8 @@ The engine is a compiled extension. If it is missing (a source checkout that
 was never built, or a broken install), importing raftcore fails here with a
 message saying so: there is no pure-Python fallback.
 """
+import importlib.metadata as _metadata
+
 try:
     from raftcore import engine as _engine  # noqa: F401  (compiled)
 except ImportError as exc:  # pragma: no cover - exercised only on broken installs
@@ -32,4 +34,5 @@ __all__ = [
     "start", "EmbeddedNode", "command", "query", "applying", "CommandFailed",
     "ReplDict", "ReplCounter", "ReplQueue", "ReplLock",
 ]
-__version__ = "0.1.0"
+# The version is written once, in pyproject.toml; the installed metadata carries it.
+__version__ = _metadata.version("raftcore")

@@ -8,6 +8,8 @@ import statistics
 import sys
 from typing import Optional, Sequence
 
+import raftcore
+
 
 def _converted(text: str, convert, expected: str):
     """convert(text); an argparse error saying `expected` if it does not convert."""
@@ -41,6 +43,7 @@ def _seconds(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raftcore", description="raftcore: Raft for Python")
+    p.add_argument("--version", action="version", version=f"raftcore {raftcore.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("sim", help="deterministic simulation with fault injection "
                                "(raftcore sim --help)", add_help=False)

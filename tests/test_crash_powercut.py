@@ -40,6 +40,7 @@ exactly (the executor runs the store's blocking calls on the loop, in order).
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import logging
 import os
@@ -53,6 +54,7 @@ from async_runner import run_guarded
 from raftcore.errors import StorageError
 from raftcore.storage import FileLogStore
 from raftcore.storage.file import FileOps
+from raftcore.storage.wal.iopath import NATIVE, PORTABLE, IOPath
 from raftcore.types import ENTRY_NORMAL, Entry, LogId, Vote
 
 ROOT = "/powercut"              # never touches the real disk: PowerCutFS is in memory
@@ -81,7 +83,8 @@ class Inode:
         self.pending.append((offset, bytes(data)))
 
     def truncate(self, size: int) -> None:
-        del self.data[size:]
+        """Sets the size (ftruncate): cuts the file, or grows it with zeros."""
+        _resize(self.data, size)
         self.pending.append((None, size))
 
     def sync(self) -> None:
@@ -95,10 +98,10 @@ class Inode:
             return bytes(data)
         keep = rng.randint(0, sum(len(b) for o, b in self.pending if o is not None))
         for offset, b in self.pending:
-            if offset is None:              # a truncation, in order with the writes
+            if offset is None:              # a size change, in order with the writes
                 if rng.random() < 0.5:
                     break
-                del data[b:]
+                _resize(data, b)
                 continue
             if keep >= len(b):
                 _put(data, offset, b)
@@ -125,6 +128,13 @@ class Inode:
         return bytes(data)
 
 
+def _resize(buf: bytearray, size: int) -> None:
+    if size < len(buf):
+        del buf[size:]
+    else:
+        buf.extend(bytes(size - len(buf)))
+
+
 def _put(buf: bytearray, offset: int, data: bytes) -> None:
     if offset > len(buf):
         buf.extend(bytes(offset - len(buf)))
@@ -143,6 +153,10 @@ class PowerCutFS(FileOps):
     (create, write, fsync, rename, unlink, truncate; write_file is three
     steps), or never if None. After that every call raises PowerCut, except
     close() (the store's clean-up must not mask the cut).
+
+    It models FileOps' primitives (fallocate, extend, fdatasync, fsync), so
+    the store's IOPath (self.io) picks among them as it does on a real disk;
+    `calls` counts each one's calls, to show which path was taken.
     """
 
     def __init__(self, files: Optional[dict] = None, cut_at: Optional[int] = None) -> None:
@@ -155,6 +169,7 @@ class PowerCutFS(FileOps):
         self.steps = 0
         self.cut_at = cut_at
         self.dead = False
+        self.calls: collections.Counter = collections.Counter()
 
     # -- power
 
@@ -261,13 +276,24 @@ class PowerCutFS(FileOps):
         self._step()
         self.fds[fd].write(offset, data)
 
-    def allocate(self, fd: int, offset: int, length: int) -> None:
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        # Blocks reserved and zeroed: a write of zeros, as far as a cut goes.
+        self.calls["fallocate"] += 1
         self._step()
         ino = self.fds[fd]
         if offset + length > len(ino.data):
             ino.write(len(ino.data), bytes(offset + length - len(ino.data)))
 
+    def extend(self, fd: int, size: int) -> None:
+        # ftruncate growing the file: a size change.
+        self.calls["extend"] += 1
+        self._step()
+        ino = self.fds[fd]
+        if size > len(ino.data):
+            ino.truncate(size)
+
     def fsync(self, fd: int) -> None:
+        self.calls["fsync"] += 1
         self._step()
         ino = self.fds[fd]
         if ino is None:
@@ -276,7 +302,10 @@ class PowerCutFS(FileOps):
         else:
             ino.sync()
 
-    def sync_data(self, fd: int) -> None:
+    def fdatasync(self, fd: int) -> None:
+        # Through fsync, so that a disk whose fsync is broken breaks this too
+        # (calls["fsync"] counts both).
+        self.calls["fdatasync"] += 1
         self.fsync(fd)
 
     def close(self, fd: int) -> None:
@@ -407,9 +436,11 @@ class Epoch:
 # ------------------------------------------------------------- the stream
 
 class Stream:
-    def __init__(self, seed: int, mode: str) -> None:
+    def __init__(self, seed: int, mode: str, io: IOPath = NATIVE) -> None:
         self.seed = seed
         self.mode = mode
+        self.io = io                            # the store's OS calls (see iopath)
+        self.calls: collections.Counter = collections.Counter()   # of every PowerCutFS
         self.rng = random.Random(seed)
         self.segment_size = self.rng.choice([200, 400, 1000, 4000])
         self.term = 1
@@ -424,7 +455,8 @@ class Stream:
 
     def where(self) -> str:
         thread = ", writes on the store's flush thread" if self.executor is None else ""
-        return f"seed {self.seed}, mode {self.mode!r}{thread}, after {self.cuts} cuts"
+        io = ", portable I/O" if self.io.portable else ""
+        return f"seed {self.seed}, mode {self.mode!r}{thread}{io}, after {self.cuts} cuts"
 
     async def run(self, epochs: int) -> None:
         """`epochs` times: drive the stream, cut the power, reopen, check."""
@@ -449,6 +481,7 @@ class Stream:
         while True:
             cut_at = self.rng.randint(1, 12) if self.rng.random() < 0.3 else None
             ops = self.fs_class(files, cut_at=cut_at)
+            ops.io, ops.calls = self.io, self.calls
             try:
                 store = FileLogStore(STORE, segment_size=self.segment_size,
                                      executor=self.executor, ops=ops)
@@ -600,12 +633,14 @@ class Stream:
         return "\n".join(lines)
 
 
-def run_seed(seed: int, mode: str, epochs: int = 4, flush_thread: bool = False) -> Stream:
+def run_seed(seed: int, mode: str, epochs: int = 4, flush_thread: bool = False,
+             io: IOPath = NATIVE) -> Stream:
     """One seeded stream with `epochs` power cuts; raises AssertionError on a
-    durability violation. Replays exactly for a given (seed, mode), unless
-    the store writes on its own flush thread (the default set-up): where
-    groups split and cuts land then depends on that thread's timing."""
-    stream = Stream(seed, mode)
+    durability violation. Replays exactly for a given (seed, mode, io),
+    unless the store writes on its own flush thread (the default set-up):
+    where groups split and cuts land then depends on that thread's timing.
+    `io`: the OS calls the store makes (PORTABLE: the fallbacks macOS takes)."""
+    stream = Stream(seed, mode, io)
     if flush_thread:
         stream.executor = None
     logger = logging.getLogger("raftcore.storage.file")
@@ -633,29 +668,69 @@ MODES = ["strict", "torn", "zeros", "unordered"]
 SEEDS_PER_TEST = 25
 
 
+#: The OS calls the store makes: the platform's best, and the fallbacks that
+#: RAFTCORE_PORTABLE_IO=1 selects (what macOS runs).
+IO_PATHS = [pytest.param(NATIVE, id="native"), pytest.param(PORTABLE, id="portable")]
+
+
+def assert_took(calls: collections.Counter, io: IOPath) -> None:
+    """The store made the calls `io` names, and not the others."""
+    fallocated = calls["fallocate"] > 0
+    assert fallocated == (io.allocate == "posix_fallocate") and \
+        (calls["extend"] > 0) == (not fallocated), calls
+    assert (calls["fdatasync"] > 0) == (io.sync_data == "fdatasync"), calls
+
+
+@pytest.mark.parametrize("io", IO_PATHS)
 @pytest.mark.parametrize("chunk", range(4))
 @pytest.mark.parametrize("mode", MODES)
-def test_power_cuts_keep_everything_flushed(mode, chunk):
+def test_power_cuts_keep_everything_flushed(mode, chunk, io):
     """100 seeds per mode, 4 cuts each (plus cuts during recovery)."""
     totals = [0, 0]
+    calls: collections.Counter = collections.Counter()
     for seed in range(chunk * SEEDS_PER_TEST, (chunk + 1) * SEEDS_PER_TEST):
-        s = run_seed(seed, mode)
+        s = run_seed(seed, mode, io=io)
         totals[0] += s.flushed_entries
         totals[1] += s.recoveries
+        calls += s.calls
     # The streams did work: entries were reported flushed and then checked.
     assert totals[0] > SEEDS_PER_TEST and totals[1] == SEEDS_PER_TEST * 4, totals
+    assert_took(calls, io)
 
 
+@pytest.mark.parametrize("io", IO_PATHS)
 @pytest.mark.parametrize("mode", MODES)
-def test_power_cuts_keep_everything_flushed_with_the_flush_thread(mode):
+def test_power_cuts_keep_everything_flushed_with_the_flush_thread(mode, io):
     """The store as nodes run it, writing on its own thread: 20 seeds per
     mode, 4 cuts each."""
     totals = [0, 0]
+    calls: collections.Counter = collections.Counter()
     for seed in range(1000, 1020):
-        s = run_seed(seed, mode, flush_thread=True)
+        s = run_seed(seed, mode, flush_thread=True, io=io)
         totals[0] += s.flushed_entries
         totals[1] += s.recoveries
+        calls += s.calls
     assert totals[0] > 20 and totals[1] == 20 * 4, totals
+    assert_took(calls, io)
+
+
+def test_the_disk_model_keeps_a_grown_size_in_order_with_the_writes():
+    """PowerCutFS's ftruncate growth (the portable allocate): lost with what
+    follows it unless synced; the zeros it adds are overwritten in sectors."""
+    fs = PowerCutFS()
+    fs.io = PORTABLE
+    d = fs.open_dir(STORE)
+    fd = fs.open_segment(STORE + "/a", create=True)
+    fs.fsync(d)
+    fs.allocate(fd, 0, 4 * SECTOR)
+    fs.pwrite(fd, b"x" * SECTOR, 0)
+    assert fs.calls["extend"] == 1 and fs.calls["fallocate"] == 0
+    seen = {fs.survivors(random.Random(i), "torn")["a"] for i in range(50)}
+    assert {b"", bytes(4 * SECTOR)} <= seen <= \
+        {b"", bytes(4 * SECTOR), b"x" * SECTOR + bytes(3 * SECTOR)}
+    fs.sync_data(fd)
+    assert fs.calls["fdatasync"] == 0
+    assert fs.survivors(random.Random(0), "strict")["a"] == b"x" * SECTOR + bytes(3 * SECTOR)
 
 
 def test_the_disk_model_loses_what_was_not_fsynced():

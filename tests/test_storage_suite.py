@@ -10,6 +10,8 @@ import pytest
 
 from raftcore.kv import KvStateMachine
 from raftcore.storage import FileLogStore, MemLogStore, MemStateMachine
+from raftcore.storage.file import FileOps
+from raftcore.storage.wal.iopath import NATIVE, PORTABLE
 from raftcore.testing.storage_suite import (LOG_STORE_CHECKS, STATE_MACHINE_CHECKS,
                                             LogStoreFactory, StateMachineFactory, SuiteFailure,
                                             run_log_store_suite, run_state_machine_suite)
@@ -34,14 +36,24 @@ def mem_factory() -> LogStoreFactory:
     return LogStoreFactory(MemLogStore, reopen=lambda store: store)
 
 
-def file_factory(tmp_path, **kw) -> LogStoreFactory:
+#: FileLogStore with the platform's OS calls, and with the portable fallbacks
+#: (what RAFTCORE_PORTABLE_IO=1 selects; see raftcore.storage.wal.iopath).
+IO_PATHS = [pytest.param(NATIVE, id="native"), pytest.param(PORTABLE, id="portable")]
+
+
+def file_factory(tmp_path, io=NATIVE, **kw) -> LogStoreFactory:
     n = itertools.count()
 
+    def opened(path):
+        store = FileLogStore(path, ops=FileOps(io=io), **kw)
+        assert store.io_path == io
+        return store
+
     def new():
-        return FileLogStore(tmp_path / f"store{next(n)}", **kw)
+        return opened(tmp_path / f"store{next(n)}")
 
     def reopen(old):
-        return FileLogStore(old.path, **kw)
+        return opened(old.path)
     return LogStoreFactory(new, reopen)
 
 
@@ -50,15 +62,24 @@ def test_mem_log_store(check):
     run(check(mem_factory()))
 
 
+@pytest.mark.parametrize("io", IO_PATHS)
 @pytest.mark.parametrize("check", LOG_FNS, ids=LOG_IDS)
-def test_file_log_store_small_segments(check, tmp_path):
+def test_file_log_store(check, io, tmp_path):
+    # Default segments: groups go through the compiled sync thread.
+    run(check(file_factory(tmp_path, io)))
+
+
+@pytest.mark.parametrize("io", IO_PATHS)
+@pytest.mark.parametrize("check", LOG_FNS, ids=LOG_IDS)
+def test_file_log_store_small_segments(check, io, tmp_path):
     # 256-byte segments: nearly every group rolls a segment, purges delete some.
-    run(check(file_factory(tmp_path, segment_size=256)))
+    run(check(file_factory(tmp_path, io, segment_size=256)))
 
 
+@pytest.mark.parametrize("io", IO_PATHS)
 @pytest.mark.parametrize("check", LOG_FNS, ids=LOG_IDS)
-def test_file_log_store_inline_executor(check, tmp_path):
-    run(check(file_factory(tmp_path, executor=inline_executor)))
+def test_file_log_store_inline_executor(check, io, tmp_path):
+    run(check(file_factory(tmp_path, io, executor=inline_executor)))
 
 
 @pytest.mark.parametrize("check", SM_FNS, ids=SM_IDS)

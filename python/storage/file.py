@@ -10,7 +10,9 @@ raftcore.storage.wal, one concern per module:
 - recovery: reading the segments back on open (torn tails, corruption);
 - writer: group commit (GroupCommit, a base class of FileLogStore) and why
   a group takes one of three write paths;
-- threads: the flush thread and the GIL-free sync thread it writes on.
+- threads: the flush thread and the GIL-free sync thread it writes on;
+- iopath: which OS calls are used where Linux's are missing (or
+  RAFTCORE_PORTABLE_IO=1 forces the fallbacks).
 
 The names tests and tools import from here (FileOps, frame, the record
 types, FORMAT_VERSION, PREALLOCATE) stay importable from this module.
@@ -30,6 +32,7 @@ from raftcore.errors import NoSpace, StorageError, is_space_error
 from raftcore.storage.base import (FlushCallback, LogState, LogStore, StoreIdentity,
                                    new_identity_token)
 from raftcore.storage.wal.index import LogIndex, Segment, deletable
+from raftcore.storage.wal.iopath import IOPath
 from raftcore.storage.wal.oslayer import FileOps
 from raftcore.storage.wal.records import (FORMAT_FILE, FORMAT_NAME, FORMAT_VERSION,
                                           IDENTITY_FILE, IDENTITY_TMP, LOCK_FILE,
@@ -64,7 +67,8 @@ class FileLogStore(GroupCommit, LogStore):
       first write and joined by close(). Given, executor(fn, *args) ->
       awaitable runs them instead and the store starts no thread; a
       simulation passes one that runs fn inline.
-    - ops: the file system layer (FileOps), for failure-injection tests.
+    - ops: the file system layer (FileOps), for failure-injection tests;
+      FileOps(io=PORTABLE) selects the portable I/O calls (see io_path).
 
     Opening recovers the log (see raftcore.storage.wal.recovery) and raises
     StorageError if it is damaged; it reads every segment, so open a large
@@ -374,6 +378,14 @@ class FileLogStore(GroupCommit, LogStore):
         """listener(NoSpace) when the disk fills and writes are held,
         listener(None) once they went through again."""
         self._space_listener = listener
+
+    @property
+    def io_path(self) -> IOPath:
+        """The OS calls this store syncs, preallocates and wakes its event
+        loop with (the platform's best, or the portable fallbacks that
+        RAFTCORE_PORTABLE_IO=1 or FileOps(io=PORTABLE) select; see
+        raftcore.storage.wal.iopath)."""
+        return self._ops.io
 
     @property
     def no_space(self) -> Optional[NoSpace]:

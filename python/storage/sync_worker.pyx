@@ -1,6 +1,6 @@
 # cython: language_level=3
 """SyncWorker: a thread that writes a buffer at an offset of a file and
-fdatasyncs it, without the GIL.
+makes it durable (fdatasync where it can), without the GIL.
 
 Why it exists: FileLogStore hands each group to a thread so that the event
 loop never blocks on a disk. A Python thread needs the GIL to start the job,
@@ -14,6 +14,14 @@ descriptor (an eventfd or a pipe) that the event loop watches.
 
 One job at a time, by contract: submit() only after the previous job's
 completion was signalled and collected with result().
+
+Which sync it makes is chosen twice. At build time, by what the platform's
+headers have (SYNC_CALLS): fdatasync where POSIX synchronized I/O is
+available (Linux), fcntl(F_FULLFSYNC) on macOS (whose fsync leaves the data
+in the drive's cache, and which declares no fdatasync), plain fsync
+elsewhere. At run time, by the store's IOPath (iopath.py): `sync` names the
+call, so RAFTCORE_PORTABLE_IO=1 makes a Linux build take the full-sync path
+macOS takes.
 """
 from libc.errno cimport EINTR, errno
 from libc.stdint cimport uint64_t
@@ -38,14 +46,52 @@ cdef extern from "<pthread.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
     ssize_t write(int fd, const void *buf, size_t count)
-    int fdatasync(int fd)
+
+
+# The platform's syncs, chosen by the C preprocessor (see the module docstring).
+cdef extern from *:
+    """
+    #include <fcntl.h>
+    #include <unistd.h>
+    #if defined(__APPLE__)
+    #  define RAFTCORE_HAS_FDATASYNC 0
+    #  define RAFTCORE_FULL_SYNC_NAME "F_FULLFSYNC"
+    static int raftcore_full_sync(int fd) { return fcntl(fd, F_FULLFSYNC); }
+    #else
+    #  define RAFTCORE_FULL_SYNC_NAME "fsync"
+    static int raftcore_full_sync(int fd) { return fsync(fd); }
+    #  if defined(_POSIX_SYNCHRONIZED_IO) && _POSIX_SYNCHRONIZED_IO > 0
+    #    define RAFTCORE_HAS_FDATASYNC 1
+    #  else
+    #    define RAFTCORE_HAS_FDATASYNC 0
+    #  endif
+    #endif
+    #if RAFTCORE_HAS_FDATASYNC
+    static int raftcore_data_sync(int fd) { return fdatasync(fd); }
+    #else
+    static int raftcore_data_sync(int fd) { return raftcore_full_sync(fd); }
+    #endif
+    """
+    const bint RAFTCORE_HAS_FDATASYNC
+    const char *RAFTCORE_FULL_SYNC_NAME
+    int raftcore_full_sync(int fd) nogil
+    int raftcore_data_sync(int fd) nogil
+
+
+#: The sync calls this build can make, the preferred one first.
+SYNC_CALLS = (("fdatasync",) if RAFTCORE_HAS_FDATASYNC else ()) + \
+    (RAFTCORE_FULL_SYNC_NAME.decode(),)
 
 
 cdef class SyncWorker:
-    """Runs pwrite + fdatasync jobs on a thread of its own, GIL-free.
+    """Runs pwrite + sync jobs (fdatasync or a full sync) on a thread of its own,
+    GIL-free.
 
     notify_fd: written (8 bytes: a 1 for an eventfd) when a job is done;
     the owner watches it (loop.add_reader), reads it and calls result().
+    sync: the call that makes a job durable, one of SYNC_CALLS (ValueError
+    otherwise), by default the first; `sync_call` says which one the worker
+    makes.
     """
 
     cdef pthread_mutex_t _mutex
@@ -59,8 +105,17 @@ cdef class SyncWorker:
     cdef off_t _offset
     cdef int _errno            # the finished job's errno, 0 if it succeeded
     cdef object _data          # keeps the job's bytes alive while the thread reads them
+    cdef bint _data_sync       # fdatasync, not the full sync
+    cdef readonly str sync_call
 
-    def __cinit__(self, int notify_fd):
+    def __cinit__(self, int notify_fd, str sync=None):
+        if sync is None:
+            sync = SYNC_CALLS[0]
+        if sync not in SYNC_CALLS:
+            raise ValueError(f"SyncWorker: sync must be one of {SYNC_CALLS} on this "
+                             f"platform, not {sync!r}")
+        self.sync_call = sync
+        self._data_sync = sync == "fdatasync"
         pthread_mutex_init(&self._mutex, NULL)
         pthread_cond_init(&self._cond, NULL)
         self._notify_fd = notify_fd
@@ -131,8 +186,9 @@ cdef class SyncWorker:
             left -= n
             offset += n
         # EINTR is no I/O error; any other error is reported, never retried
-        # (after a failed fdatasync the kernel may have dropped the pages).
-        while fdatasync(self._fd) < 0:
+        # (after a failed sync the kernel may have dropped the pages).
+        while (raftcore_data_sync(self._fd) if self._data_sync
+               else raftcore_full_sync(self._fd)) < 0:
             if errno != EINTR:
                 return errno
         return 0

@@ -1,6 +1,10 @@
 """The WAL's OS layer: every file system call FileLogStore makes (FileOps),
 and the two durability idioms the rest of raftcore shares with it.
 
+Calls that not every platform has (fdatasync, posix_fallocate) go through
+the store's IOPath (raftcore.storage.wal.iopath), which names the fallback
+used where they are missing or RAFTCORE_PORTABLE_IO=1 forces it.
+
 `replace_file(path, data)` replaces a file so that a crash leaves either the
 old content or the new one, never a mix or nothing: write `path.tmp`, fsync
 it, rename it over `path`, fsync the directory (the rename is only durable
@@ -12,6 +16,8 @@ from __future__ import annotations
 import fcntl
 import os
 from typing import Optional
+
+from raftcore.storage.wal.iopath import DEFAULT, IOPath
 
 __all__ = ["FileOps", "replace_file", "fsync_dir"]
 
@@ -28,7 +34,19 @@ class FileOps:
     executor given they run through it instead; a thread pool may then run
     a vote save beside a log write, so they must be thread-safe (plain os
     calls are).
+
+    `io`: the calls made for the idioms some platforms lack (allocate,
+    sync_data, fsync); DEFAULT unless given. allocate and sync_data pick
+    their primitive (fallocate or extend; fdatasync or fsync) by it, so a
+    test's subclass overriding the primitives sees which path is taken.
     """
+
+    #: A class default, so that subclasses need not call __init__.
+    io: IOPath = DEFAULT
+
+    def __init__(self, io: Optional[IOPath] = None) -> None:
+        if io is not None:
+            self.io = io
 
     def makedirs(self, path: str) -> None:
         """Creates `path` and missing parents, each made durable in its parent."""
@@ -82,14 +100,35 @@ class FileOps:
 
     def allocate(self, fd: int, offset: int, length: int) -> None:
         """Makes the file at least offset + length bytes long, the new part
-        zeros, with its blocks allocated where the file system can."""
+        zeros, with its blocks allocated where the platform can (io.allocate)."""
+        if self.io.allocate == "posix_fallocate":
+            self.fallocate(fd, offset, length)
+        else:
+            self.extend(fd, offset + length)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        """posix_fallocate: the blocks are reserved (ENOSPC shows here)."""
         os.posix_fallocate(fd, offset, length)
 
+    def extend(self, fd: int, size: int) -> None:
+        """Grows the file to `size` bytes with ftruncate (never shrinks it);
+        the new part reads as zeros and takes blocks when written."""
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+
     def fsync(self, fd: int) -> None:
-        os.fsync(fd)
+        """Makes the file's data and metadata durable (see full_sync)."""
+        full_sync(fd, self.io)
 
     def sync_data(self, fd: int) -> None:
-        """fdatasync: the data and what is needed to read it back (the size)."""
+        """Makes the data durable and readable back (its size too): fdatasync
+        where io.sync_data says so, else a full fsync."""
+        if self.io.sync_data == "fdatasync":
+            self.fdatasync(fd)
+        else:
+            self.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
         os.fdatasync(fd)
 
     def close(self, fd: int) -> None:
@@ -104,7 +143,7 @@ class FileOps:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             self.write(fd, data)
-            os.fsync(fd)
+            full_sync(fd, self.io)
         finally:
             os.close(fd)
 
@@ -113,7 +152,7 @@ class FileOps:
         fd = os.open(path, os.O_WRONLY)
         try:
             os.ftruncate(fd, size)
-            os.fsync(fd)
+            full_sync(fd, self.io)
         finally:
             os.close(fd)
 
@@ -122,7 +161,6 @@ class FileOps:
 
     def unlink(self, path: str) -> None:
         os.unlink(path)
-
 
     def remove_quietly(self, path: str) -> None:
         """Unlinks `path` if it can; for clean-ups on an error path, where
@@ -145,6 +183,15 @@ class FileOps:
             self.remove_quietly(tmp)
             raise
         self.fsync(dir_fd)
+
+
+def full_sync(fd: int, io: IOPath) -> None:
+    """Makes fd's data and metadata durable: fsync, or on macOS F_FULLFSYNC
+    (its fsync leaves them in the drive's cache)."""
+    if io.sync == "F_FULLFSYNC":
+        fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+    else:
+        os.fsync(fd)
 
 
 _PLAIN = FileOps()

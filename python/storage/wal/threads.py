@@ -6,7 +6,9 @@ for a disk.
   group of a store given a test's FileOps), one at a time.
 - GroupSyncer: the compiled, GIL-free SyncWorker (sync_worker.pyx) on a
   thread of its own, for the plain groups (a write at an offset of the
-  active segment and an fdatasync), which are nearly all of them.
+  active segment and a data sync), which are nearly all of them. It wakes
+  the event loop through an eventfd, or a pipe where there is none (or
+  the store's IOPath asks for the portable path).
 
 Both report back to the event loop with one wake-up per job and hold the
 store only weakly (or not at all) between jobs, so a store dropped without
@@ -22,6 +24,7 @@ import weakref
 from typing import Any, Awaitable, Callable, Optional
 
 from raftcore.storage.sync_worker import SyncWorker
+from raftcore.storage.wal.iopath import IOPath
 
 
 def default_executor(fn: Callable, *args: Any) -> Awaitable:
@@ -91,18 +94,25 @@ class FlushThread:
             loop = done = result = exc = None
 
 
+def wakeup_fds(io: IOPath) -> tuple[int, int]:
+    """(read end, write end) of the descriptor the sync thread wakes the
+    event loop with: one eventfd, or a pipe whose read end does not block."""
+    if io.wakeup == "eventfd":
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        return fd, fd
+    read_fd, write_fd = os.pipe()       # both close-on-exec (non-inheritable)
+    os.set_blocking(read_fd, False)
+    return read_fd, write_fd
+
+
 class GroupSyncer:
     """A SyncWorker on a thread of its own, reporting to an event loop: a
     finished job calls store._group_written(fd, error) there. Holds the
     store only weakly between jobs, so a store dropped without close() can
-    be collected (and stop it)."""
+    be collected (and stop it). `io` says how it syncs and wakes the loop."""
 
-    def __init__(self, store: Any, loop: asyncio.AbstractEventLoop) -> None:
-        if hasattr(os, "eventfd"):
-            self._read_fd = self._write_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        else:
-            self._read_fd, self._write_fd = os.pipe()
-            os.set_blocking(self._read_fd, False)
+    def __init__(self, store: Any, loop: asyncio.AbstractEventLoop, io: IOPath) -> None:
+        self._read_fd, self._write_fd = wakeup_fds(io)
         self._store = weakref.ref(store)
         self.loop = loop
         self._fd = -1
@@ -110,7 +120,7 @@ class GroupSyncer:
         self._watched = False
         self.thread: Optional[threading.Thread] = None
         try:
-            self._worker = SyncWorker(self._write_fd)
+            self._worker = SyncWorker(self._write_fd, io.sync_data)
             self.thread = threading.Thread(target=self._worker.run,
                                            name=f"raftcore-sync {store.path}", daemon=True)
             self.thread.start()
@@ -119,6 +129,11 @@ class GroupSyncer:
         except BaseException:
             self.stop(join=True)
             raise
+
+    @property
+    def sync_call(self) -> str:
+        """The call the compiled thread makes a group durable with."""
+        return self._worker.sync_call
 
     @property
     def busy(self) -> bool:

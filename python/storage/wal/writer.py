@@ -20,7 +20,9 @@ reads as zeros. Writing a group then changes no file size, and fdatasync
 makes it durable without a metadata update: measured on an ext4 VM disk with
 three nodes syncing at once, 200-260 us per group against 275-350 us for
 append + fsync. A new segment's first group is made durable with fsync and a
-directory fsync.
+directory fsync. Where posix_fallocate or fdatasync is missing (macOS), or
+RAFTCORE_PORTABLE_IO=1 asks for it, the store's IOPath (iopath.py) names the
+fallback: the file is grown with ftruncate and every group fully synced.
 
 Three write paths, chosen per group in _submit; none can serve the others'
 cases without losing speed or a caller's guarantee:
@@ -161,7 +163,7 @@ class GroupCommit:
             syncer.stop(join=True)      # idle: no group is in flight
             syncer = None
         if syncer is None:
-            syncer = self._syncer = GroupSyncer(self, loop)
+            syncer = self._syncer = GroupSyncer(self, loop, self._ops.io)
         return syncer
 
     def _flush_thread(self) -> FlushThread:
