@@ -26,8 +26,8 @@ from raftcore.storage.file import FileLogStore
 from raftcore.storage.mem import MemLogStore
 
 from raftcore.embed.forwarding import (DONE, EMBED_CALL, EMBED_READ, REDIRECT, REFUSED,
-                                       UNKNOWN, Forwarder, LeaderService, node_status,
-                                       propose, read_point)
+                                       UNKNOWN, Clock, Forwarder, Forwarding, LeaderService,
+                                       node_status, propose, read_point)
 from raftcore.embed.replicated import (SCALAR_TYPES, FAILED, OK, TICK, ReplicatedStateMachine,
                                        kind_of)
 
@@ -157,8 +157,7 @@ async def start(node_id: int, peers: Mapping[int, str] | str, *, state: Any,
                 log.info("node %s initialized the cluster %s", node_id, dict(peers))
             except NotAllowed:
                 pass            # a restart: the log has the cluster already
-        if any(getattr(o, "raft_needs_ticks", False) for o in objects.values()):
-            node.on_leader(lambda term: node._tick(tick_interval))
+        node.start_ticks(tick_interval)
         return node
     except BaseException:
         if raft is not None:
@@ -177,17 +176,22 @@ class EmbeddedNode:
     """A running node made by raftcore.start(). `node.raft` is the Raft
     underneath (membership changes, metrics, triggers)."""
 
-    def __init__(self, raft: Raft, server: RaftServer, store: LogStore,
-                 sm: ReplicatedStateMachine, forwarder: Forwarder, timeout: float) -> None:
+    def __init__(self, raft: Raft, server: Optional[RaftServer], store: LogStore,
+                 sm: ReplicatedStateMachine, forwarder: Forwarding, timeout: float,
+                 clock: Clock = time.time, client_id: Optional[str] = None) -> None:
+        """Used by raftcore.start (and by the simulator, which has no server
+        and gives its own forwarder, clock and client id)."""
         self.raft = raft
         self.server = server
         self.store = store
         self.state_machine = sm
         self.timeout = timeout
         self._forwarder = forwarder
+        #: Stamps the entries this node admits as leader (time.time).
+        self.clock = clock
         self._loop = asyncio.get_running_loop()
         #: This node's session: a fresh client id per start.
-        self.client_id = f"{raft.id}-{secrets.token_hex(6)}"
+        self.client_id = client_id or f"{raft.id}-{secrets.token_hex(6)}"
         self._seq = 0
         self._outstanding: set[int] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -267,7 +271,8 @@ class EmbeddedNode:
             m = raft.metrics
             try:
                 if m.state == ServerState.LEADER:
-                    attempt = propose(raft, self.client_id, seq, acked, obj, method, args)
+                    attempt = propose(raft, self.client_id, seq, acked, obj, method, args,
+                                      self.clock)
                 elif m.current_leader is not None:
                     attempt = self._forwarder.request(
                         m.current_leader, _node_of(m, m.current_leader),
@@ -389,17 +394,29 @@ class EmbeddedNode:
                     t.cancel()
                 await asyncio.gather(work, lost, return_exceptions=True)
 
+    def start_ticks(self, interval: float) -> None:
+        """While this node leads, logs the time every `interval` seconds if
+        an object wants time to move on its own (raft_needs_ticks: a lock's
+        leases expire without other writes)."""
+        if any(getattr(o, "raft_needs_ticks", False)
+               for o in self.state_machine.objects.values()):
+            self.on_leader(lambda term: self._tick(interval))
+
     async def _tick(self, interval: float) -> None:
         """Leader: logs the time every `interval` seconds."""
         while True:
             try:
-                await self.raft.client_write([TICK, time.time()])
+                await self.raft.client_write([TICK, self.clock()])
             except RaftError as exc:
                 log.debug("tick not written: %s", exc)
             await asyncio.sleep(interval)
 
-    def status(self) -> dict:
-        """The node's state in plain values (for a service's status page)."""
+    def status(self) -> dict[str, Any]:
+        """The node's metrics as plain data, JSON-ready (for a service's
+        status page): RaftMetrics.to_dict(), so the keys are the metrics'
+        names: "state" ("LEADER", ...), "current_term", "current_leader",
+        "last_log_index", "committed", "last_applied" ({"term", "index"}),
+        "membership" ({"configs": [[voter ids], ...], "nodes": {...}}), ..."""
         return node_status(self.raft)
 
     async def run_until_signal(self) -> None:
@@ -429,7 +446,8 @@ class EmbeddedNode:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._forwarder.close()
         await self.raft.shutdown()
-        await self.server.close()
+        if self.server is not None:
+            await self.server.close()
         await self.store.close()
 
 
