@@ -193,7 +193,10 @@ class EmbeddedNode:
         #: This node's session: a fresh client id per start.
         self.client_id = client_id or f"{raft.id}-{secrets.token_hex(6)}"
         self._seq = 0
-        self._outstanding: set[int] = set()
+        #: seq -> None of the calls waiting for their answers, oldest first.
+        self._outstanding: dict[int, None] = {}
+        #: The node the last call went to when it was not this one.
+        self._leader_hint: Optional[int] = None
         self._tasks: set[asyncio.Task] = set()
         self.objects = {name: ObjectProxy(self, name) for name in sm.objects}
 
@@ -250,11 +253,11 @@ class EmbeddedNode:
                                  f"(None, bool, int, float, str, bytes, lists, maps): {exc}") \
                 from None
         self._seq = seq = self._seq + 1
-        self._outstanding.add(seq)
+        self._outstanding[seq] = None
         try:
             answer = await self._until_answered(seq, obj, method, args)
         finally:
-            self._outstanding.discard(seq)
+            del self._outstanding[seq]
         if answer[0] == OK:
             return answer[1]
         if answer[0] == FAILED:
@@ -265,33 +268,47 @@ class EmbeddedNode:
         deadline = self._loop.time() + self.timeout
         maybe_applied = ""          # why the outcome of an attempt is unknown
         last = "no leader was known"
+        redirects = 0               # redirects followed since the last pause
         while True:
-            acked = min(self._outstanding)
+            # The oldest call still waiting: seqs are issued in order and the
+            # dict keeps that order, so the first key is the smallest.
+            acked = next(iter(self._outstanding))
             raft = self.raft
-            m = raft.metrics
+            # Where the last call went (None: this node): no metrics are
+            # built on the way of a call that goes where the last one did.
+            target = self._leader_hint
             try:
-                if m.state == ServerState.LEADER:
+                if target is None or target == raft.id:
                     attempt = propose(raft, self.client_id, seq, acked, obj, method, args,
                                       self.clock)
-                elif m.current_leader is not None:
-                    attempt = self._forwarder.request(
-                        m.current_leader, _node_of(m, m.current_leader),
-                        [EMBED_CALL, self.client_id, seq, acked, obj, method, args])
                 else:
-                    attempt = _answer([REDIRECT, None])
+                    attempt = self._forwarder.request(
+                        target, _node_of(raft.metrics, target),
+                        [EMBED_CALL, self.client_id, seq, acked, obj, method, args])
                 # Bounded by the call's deadline: an entry that cannot
                 # commit (no quorum) must not hold the caller forever.
                 reply = await _bounded(attempt, deadline)
             except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
                 reply = [UNKNOWN, f"no answer from the leader: {exc or 'timed out'}"]
-            if reply[0] == DONE:
+            code = reply[0]
+            if code == DONE:
                 return reply[1]
-            if reply[0] == REFUSED:
+            if code == REFUSED:
                 raise InvalidCommand(f"{obj}.{method}: {reply[1]}")
-            if reply[0] == UNKNOWN:
+            self._leader_hint = None
+            if code == REDIRECT:
+                last = "no leader was known"
+                if reply[1] is not None and reply[1] != target and redirects < 3:
+                    # Straight to the leader named (a few times at most: two
+                    # nodes with stale views could send a call back and forth).
+                    self._leader_hint = reply[1]
+                    redirects += 1
+                    continue
+            elif code == UNKNOWN:
                 maybe_applied = last = str(reply[1])
             else:
-                last = str(reply[1]) if reply[0] != REDIRECT else "no leader was known"
+                last = str(reply[1])
+            redirects = 0
             if raft.metrics.state == ServerState.SHUTDOWN:
                 raise Fatal(f"node {raft.id} is shut down")
             remaining = deadline - self._loop.time()
