@@ -353,14 +353,14 @@ async def test_status_is_the_nodes_metrics_as_plain_data_on_every_node():
     try:
         leader = await leader_of(nodes)
         await nodes[leader].state.deposit(3)
+        target = nodes[leader].raft.metrics.last_applied_index
         for i, node in nodes.items():
-            await node.raft.wait(WAIT).applied_index_at_least(
-                nodes[leader].raft.metrics.last_applied_index)
+            await node.raft.wait(WAIT).applied_index_at_least(target)
             st = node.status()
             assert st == node.raft.metrics.to_dict()
             assert json.loads(json.dumps(st)) == st
             assert st["id"] == i and st["state"] in ("LEADER", "FOLLOWER", "CANDIDATE")
-            assert st["last_applied"]["index"] >= nodes[leader].raft.metrics.last_applied_index
+            assert st["last_applied"]["index"] >= target
             assert st["membership"]["configs"] == [[1, 2, 3]]
     finally:
         await stop_all(nodes)
