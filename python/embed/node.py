@@ -25,6 +25,7 @@ from raftcore.storage.base import LogStore
 from raftcore.storage.file import FileLogStore
 from raftcore.storage.mem import MemLogStore
 
+from raftcore.embed.deadlines import Deadlines
 from raftcore.embed.forwarding import (DONE, EMBED_CALL, EMBED_READ, REDIRECT, REFUSED,
                                        UNKNOWN, Clock, Forwarder, Forwarding, LeaderService,
                                        node_status, propose, read_point)
@@ -190,6 +191,7 @@ class EmbeddedNode:
         #: Stamps the entries this node admits as leader (time.time).
         self.clock = clock
         self._loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._loop)
         #: This node's session: a fresh client id per start.
         self.client_id = client_id or f"{raft.id}-{secrets.token_hex(6)}"
         self._seq = 0
@@ -287,7 +289,7 @@ class EmbeddedNode:
                         [EMBED_CALL, self.client_id, seq, acked, obj, method, args])
                 # Bounded by the call's deadline: an entry that cannot
                 # commit (no quorum) must not hold the caller forever.
-                reply = await _bounded(attempt, deadline)
+                reply = await self._deadlines.bounded(attempt, deadline)
             except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
                 reply = [UNKNOWN, f"no answer from the leader: {exc or 'timed out'}"]
             code = reply[0]
@@ -358,7 +360,7 @@ class EmbeddedNode:
                         m.current_leader, _node_of(m, m.current_leader), [EMBED_READ, lease])
                 else:
                     attempt = _answer([REDIRECT, None])
-                reply = await _bounded(attempt, deadline)
+                reply = await self._deadlines.bounded(attempt, deadline)
             except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
                 reply = [UNKNOWN, str(exc) or "timed out"]
             if reply[0] == DONE:
@@ -466,16 +468,6 @@ class EmbeddedNode:
         if self.server is not None:
             await self.server.close()
         await self.store.close()
-
-
-async def _bounded(attempt: Awaitable[list[Any]], deadline: float) -> list[Any]:
-    """`await attempt`, cancelled at loop time `deadline` (asyncio.TimeoutError)."""
-    timeout_at = getattr(asyncio, "timeout_at", None)
-    if timeout_at is None:          # Python 3.10: wait_for (one task more per call)
-        loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(attempt, max(deadline - loop.time(), 0.001))
-    async with timeout_at(deadline):
-        return await attempt
 
 
 async def _answer(reply: list[Any]) -> list[Any]:
