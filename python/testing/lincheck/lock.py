@@ -46,8 +46,10 @@ show.
 
 The search is Wing & Gong's with memoized configurations (the set of
 operations linearized and the model's state); indeterminate operations may
-take effect any time after their call, or never, and one that would change
-nothing is not tried. ``check_lock(history, budget=...)`` returns a
+take effect any time after their call, or never; one that would change
+nothing is not tried, and an indeterminate acquire or renew by a holder
+that no later result names (nor a later operation of its own) is left out:
+nothing could have seen it take effect. ``check_lock(history, budget=...)`` returns a
 lincheck Result (ok True, False, or None when the budget ran out); a
 failing lock's explanation shows the longest linearizable prefix found and
 the operation that could not follow it (no shrinking: the prefix is the
@@ -188,44 +190,83 @@ def _changes(s: _State, ns: _State) -> bool:
     return s[:2] != ns[:2] or s[5] != ns[5] or ns[3] > s[3]
 
 
+def _observed(op: Op, later: list[Op]) -> bool:
+    """Whether an indeterminate acquire or renew by h could matter: only an
+    operation that saw h hold the lock (its result names h) or one of h's
+    own shows that it took effect; with none, leaving it out loses no
+    linearization (the others saw the lock free or expired either way)."""
+    h = op.args[0]
+    for o in later:
+        if o.kind != "holder" and o.args[0] == h:
+            return True
+        r = o.result
+        if isinstance(r, (list, tuple)) and len(r) == 2 and h in (r[0], r[1]):
+            return True
+    return False
+
+
+def _relevant(entries: list[tuple[int, Op]]) -> list[Op]:
+    """The operations the search needs, in call order: indeterminate reads
+    and unobserved indeterminate acquires and renewals go (_observed)."""
+    ops = sorted((op for _, op in entries if op.ok or op.kind != "holder"),
+                 key=lambda op: _event_keys(op)[0])
+    keep = []
+    for op in ops:
+        if not op.ok and op.kind in ("acquire", "renew"):
+            later = [o for o in ops if o.ok and o is not op
+                     and _event_keys(o)[1] > _event_keys(op)[0]]
+            if not _observed(op, later):
+                continue
+        keep.append(op)
+    return keep
+
+
+def _lowest_zero(bits: int) -> int:
+    return ((~bits) & (bits + 1)).bit_length() - 1
+
+
 def _check_lock_key(key: Any, entries: list[tuple[int, Op]], budget: int) -> KeyResult:
-    ops = [op for _, op in entries if op.ok or op.kind != "holder"]
-    ops.sort(key=lambda op: _event_keys(op)[0])
+    ops = _relevant(entries)
     n = len(ops)
     call_key = [_event_keys(op)[0] for op in ops]
-    ret_key = [_event_keys(op)[1] for op in ops]
     checked = [bool(op.ok) and op.result is not UNKNOWN for op in ops]
-    completed = [i for i in range(n) if ops[i].ok]
-    all_done = sum(1 << i for i in completed)
+    # The completed operations in response order: the first of them not
+    # linearized yet bounds what may go next.
+    by_ret = sorted((i for i in range(n) if ops[i].ok), key=lambda i: _event_keys(ops[i])[1])
+    rank = {i: r for r, i in enumerate(by_ret)}
+    all_ret = (1 << len(by_ret)) - 1
     kr = KeyResult(key, None, [op for _, op in entries], [gi for gi, _ in entries])
     seen: set = set()
-    stack: list = [(0, _FREE, None)]
+    # (operations linearized, completed ones by response rank, state, path)
+    stack: list = [(0, 0, _FREE, None)]
     best: Any = None
     best_depth = -1
     steps = 0
     while stack:
-        done, s, path = stack.pop()
-        depth = bin(done & all_done).count("1")
+        done, done_r, s, path = stack.pop()
+        depth = bin(done_r).count("1")
         if depth > best_depth:
             best_depth, best = depth, path
-        if done & all_done == all_done:
+        if done_r == all_ret:
             kr.ok = True
             best = path
             break
-        limit = min(ret_key[i] for i in completed if not (done >> i) & 1)
-        for i in range(n):
+        limit = _event_keys(ops[by_ret[_lowest_zero(done_r)]])[1]
+        for i in range(_lowest_zero(done), n):
             if call_key[i] > limit:
                 break
-            steps += 1
             if (done >> i) & 1:
                 continue
-            for ns in _step(ops[i], s, checked[i]):
-                if not ops[i].ok and not _changes(s, ns):
+            steps += 1
+            op = ops[i]
+            for ns in _step(op, s, checked[i]):
+                if not op.ok and not _changes(s, ns):
                     continue
                 cfg = (done | (1 << i), ns)
                 if cfg not in seen:
                     seen.add(cfg)
-                    stack.append((cfg[0], ns, (i, ns, path)))
+                    r = done_r | (1 << rank[i]) if op.ok else done_r
+                    stack.append((cfg[0], r, ns, (i, ns, path)))
         if steps > budget:
             break
     else:
@@ -238,7 +279,7 @@ def _check_lock_key(key: Any, entries: list[tuple[int, Op]], budget: int) -> Key
     chain.reverse()
     kr.linearization = [ops[i] for i, _ in chain]
     kr.values = [ns[:2] for _, ns in chain]
-    _explain(kr, ops, completed, chain, budget)
+    _explain(kr, ops, by_ret, chain, budget)
     return kr
 
 
