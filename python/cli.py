@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "pip install 'raftcore[compare]')")
     b.add_argument("--pysyncobj-seconds", type=_seconds, default=5.0, metavar="S",
                    help="how long PySyncObj writes for (default 5)")
+    b.add_argument("--embed", action="store_true",
+                   help="instead: command throughput through the embedding layer "
+                        "(EmbeddedNode.call on ReplCounter) against client_write doing the "
+                        "same state-machine work, in the same in-process setup, at each "
+                        "--clients count")
     return p
 
 
@@ -107,6 +112,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _bench(args) -> int:
     import uvloop
+
+    if args.embed:
+        from raftcore import bench_embed
+        rows = uvloop.run(bench_embed.run_embed(args.clients, args.ops))
+        print("raftcore bench --embed: 3 voters in one process, LocalRouter, MemLogStore "
+              f"({bench_embed.machine_description()})")
+        print(bench_embed.format_embed_table(rows))
+        return 0
 
     from raftcore import bench, bench_plot, bench_pysyncobj
 

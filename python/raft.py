@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine, Iterable, Mapping, Optional
+from typing import Any, Callable, Coroutine, Iterable, Mapping, Optional, cast
 
 import msgpack
 
@@ -15,6 +15,9 @@ from raftcore.errors import (ChangeInProgress, ConfigError, ForwardToLeader, Inv
                              NotAllowed, Timeout)
 from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
+from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
+                               InstallSnapshotRequest, InstallSnapshotResponse,
+                               TransferLeaderRequest, VoteRequest, VoteResponse)
 from raftcore.model import Node, ReadPolicy, ServerState
 from raftcore.network.base import AppendNowait, NetworkLike, RaftNode
 from raftcore.storage.base import (LOG_STORE_METHODS, STATE_MACHINE_METHODS, LogStoreLike,
@@ -294,7 +297,8 @@ class Raft(RaftNode):
         msgpack value)."""
         core = self._core
         self._leader_or_forward()
-        m = core.engine.membership
+        # A leader always has a membership (its first entry is one).
+        m = cast(Membership, core.engine.membership)
         if node_id in m.voter_ids:
             raise NotAllowed(f"node {node_id} is already a voter of {m!r}")
         ChangeMembers.add_nodes({node_id: node}).apply(m.voter_ids, {})   # validates
@@ -302,7 +306,7 @@ class Raft(RaftNode):
         resp = None
         if m.nodes.get(node_id) != node:
             async with self._membership_change():
-                m = core.engine.membership
+                m = cast(Membership, core.engine.membership)
                 resp = await core.propose_membership(
                     Membership(m.configs, {**m.nodes, node_id: node}))
         if blocking:
@@ -330,7 +334,7 @@ class Raft(RaftNode):
         if not isinstance(changes, ChangeMembers):
             changes = ChangeMembers.replace_all_voters(changes)
         async with self._membership_change():
-            m = core.engine.membership
+            m = cast(Membership, core.engine.membership)   # a leader's: never None
             if m.is_joint:
                 # A change interrupted by a leader change: finish it first.
                 m2 = Membership([m.configs[1]], m.nodes)
@@ -389,7 +393,7 @@ class Raft(RaftNode):
 
     # ------------------------------------------------------------- RPC side
 
-    async def append_entries(self, req):
+    async def append_entries(self, req: AppendEntriesRequest) -> AppendEntriesResponse:
         """Handles an AppendEntries request from the leader (called by a transport)."""
         return await self._core.handle_append_entries(req)
 
@@ -404,16 +408,16 @@ class Raft(RaftNode):
         transport looks it up once per node."""
         return self._core.try_append_entries_now
 
-    async def install_snapshot(self, req):
+    async def install_snapshot(self, req: InstallSnapshotRequest) -> InstallSnapshotResponse:
         """Handles one InstallSnapshotRequest chunk (called by a transport)."""
         return await self._core.handle_install_snapshot(req)
 
-    async def transfer_leader(self, req) -> None:
+    async def transfer_leader(self, req: TransferLeaderRequest) -> None:
         """Handles a TransferLeaderRequest: the leader asks this node to
         campaign now (called by a transport)."""
         await self._core.handle_transfer_leader(req)
 
-    async def vote(self, req):
+    async def vote(self, req: VoteRequest) -> VoteResponse:
         """Handles a RequestVote from a candidate (called by a transport)."""
         return await self._core.handle_vote(req)
 

@@ -58,7 +58,7 @@ async def test_http_service_keeps_every_acknowledged_write_through_a_leader_kill
         async with aiohttp.ClientSession() as s:
             async def leader():
                 st = [await http(s, "GET", f"http://{HOST}:{web[i]}/metrics") for i in c.procs]
-                ids = {r[1]["leader"] for r in st if r is not None and r[0] == 200}
+                ids = {r[1]["current_leader"] for r in st if r is not None and r[0] == 200}
                 return ids.pop() if len(ids) == 1 and None not in ids and all(st) else None
             lead = await until(leader, "a leader every node agrees on", c)
             acked: dict = {}
@@ -94,7 +94,7 @@ async def test_http_service_keeps_every_acknowledged_write_through_a_leader_kill
                     assert r == (200, {"value": value}), (i, key, r)
             lead = await until(leader, "a leader after the restart", c)
             r = await http(s, "POST", f"http://{HOST}:{web[lead]}/voters", [1, 2, 3])
-            assert r is not None and r[0] == 200 and r[1]["voters"] == [1, 2, 3], r
+            assert r is not None and r[0] == 200 and r[1]["membership"]["configs"] == [[1, 2, 3]], r
             other = 3 if lead != 3 else 1
             r = await http(s, "POST", f"http://{HOST}:{web[other]}/voters", [1, 2])
             assert r is not None and r[0] == 503 and "not the leader" in r[1]["error"], r
@@ -125,7 +125,7 @@ async def embed_leader(c: ExampleCluster) -> int:
     """The leader every running node follows."""
     async def agreed():
         st = [await status_of(c.addrs[i]) for i in c.procs]
-        ids = {s["leader"] for s in st if s is not None}
+        ids = {s["current_leader"] for s in st if s is not None}
         if None in st or len(ids) != 1:
             return None
         lid = ids.pop()

@@ -344,3 +344,23 @@ async def test_malformed_forwarded_calls_and_entries_are_refused_and_the_node_go
         assert await nodes[1].state.deposit(2) == 2
     finally:
         await stop_all(nodes)
+
+
+@async_test(GUARD)
+async def test_status_is_the_nodes_metrics_as_plain_data_on_every_node():
+    import json
+    nodes = await start_all(peers_of(), Account)
+    try:
+        leader = await leader_of(nodes)
+        await nodes[leader].state.deposit(3)
+        target = nodes[leader].raft.metrics.last_applied_index
+        for i, node in nodes.items():
+            await node.raft.wait(WAIT).applied_index_at_least(target)
+            st = node.status()
+            assert st == node.raft.metrics.to_dict()
+            assert json.loads(json.dumps(st)) == st
+            assert st["id"] == i and st["state"] in ("LEADER", "FOLLOWER", "CANDIDATE")
+            assert st["last_applied"]["index"] >= target
+            assert st["membership"]["configs"] == [[1, 2, 3]]
+    finally:
+        await stop_all(nodes)

@@ -10,7 +10,7 @@ Requests and replies (msgpack lists):
         -> [REFUSED, reason]     refused before the log (bad arguments)
         -> [UNAVAILABLE, reason] shutting down, no quorum, ...
     [EMBED_STATUS]
-        -> [DONE, status]        the node's state in plain values (node_status)
+        -> [DONE, status]        the node's RaftMetrics.to_dict() (node_status)
     [EMBED_READ, lease]
         -> [DONE, read_index]    a read point: the caller waits until it has
                                  applied read_index, then reads its own copy
@@ -21,10 +21,10 @@ The leader stamps its wall clock into every command entry it admits.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Protocol
 
-from raftcore.errors import (ForwardToLeader, InvalidCommand, NetworkError, OutcomeUnknown,
-                             RaftError)
+from raftcore.errors import (Fatal, ForwardToLeader, InvalidCommand, NetworkError,
+                             OutcomeUnknown, RaftError)
 from raftcore.model import Node, ReadPolicy
 from raftcore.network.channel import Channel
 from raftcore.network.client import TcpNetwork, parse_address
@@ -33,7 +33,8 @@ from raftcore.network.framing import SERVICE_TYPE_MIN
 from raftcore.embed.replicated import CLIENT_ID_TYPES, CMD
 
 __all__ = ["EMBED_CALL", "EMBED_READ", "EMBED_STATUS", "DONE", "REDIRECT", "UNKNOWN", "REFUSED",
-           "UNAVAILABLE", "LeaderService", "Forwarder", "command_entry", "node_status"]
+           "UNAVAILABLE", "LeaderService", "Forwarder", "Forwarding", "Clock", "command_entry",
+           "node_status"]
 
 #: Service types (raftcore kv uses the first few above SERVICE_TYPE_MIN).
 EMBED_CALL = SERVICE_TYPE_MIN + 64
@@ -47,22 +48,32 @@ REFUSED = 3
 UNAVAILABLE = 4
 
 
-def command_entry(cid: Any, seq: int, acked: int, obj: str, method: str, args: list) -> list:
+#: A wall clock: seconds since the epoch (time.time; the simulator gives its own).
+Clock = Callable[[], float]
+
+
+def command_entry(cid: Any, seq: int, acked: int, obj: str, method: str, args: list,
+                  clock: Clock = time.time) -> list:
     """The log entry of a command, stamped with this (the leader's) clock."""
-    return [CMD, cid, seq, acked, obj, method, args, time.time()]
+    return [CMD, cid, seq, acked, obj, method, args, clock()]
 
 
 async def propose(raft: Any, cid: Any, seq: int, acked: int, obj: str, method: str,
-                  args: list) -> list:
+                  args: list, clock: Clock = time.time) -> list:
     """The leader's side of a command, as a reply (see the module docstring);
     shared by local calls and forwarded ones."""
     try:
-        resp = await raft.client_write(command_entry(cid, seq, acked, obj, method, args))
+        resp = await raft.client_write(command_entry(cid, seq, acked, obj, method, args,
+                                                     clock))
     except ForwardToLeader as e:
         return [REDIRECT, e.leader_id]
     except InvalidCommand as e:
         return [REFUSED, str(e)]
     except OutcomeUnknown as e:
+        return [UNKNOWN, str(e)]
+    except Fatal as e:
+        # The leader stopped (shut down, or a storage failure) with the
+        # write in flight: its entry may still commit on the others.
         return [UNKNOWN, str(e)]
     except RaftError as e:
         return [UNAVAILABLE, f"{type(e).__name__}: {e}"]
@@ -82,22 +93,19 @@ async def read_point(raft: Any, lease: bool) -> list:
 
 
 def node_status(raft: Any) -> dict:
-    """A node's state in plain values (for a status page or a probe)."""
-    m = raft.metrics
-    return {"id": m.id, "state": m.state.name, "term": m.current_term,
-            "leader": m.current_leader, "last_log_index": m.last_log_index,
-            "committed": m.committed, "applied": m.last_applied_index,
-            "voters": [] if m.membership is None else sorted(m.membership.voter_ids),
-            "members": {} if m.membership is None else {
-                i: n.addr for i, n in sorted(m.membership.nodes.items())}}
+    """A node's state in plain values, JSON-ready: its RaftMetrics.to_dict()
+    (the same record `raftcore kv --http` serves at /status)."""
+    return raft.metrics.to_dict()
 
 
 class LeaderService:
     """The handlers a node serves to the other nodes' forwarded calls:
-    `handlers()` goes to RaftServer.start(services=...)."""
+    `handlers()` goes to RaftServer.start(services=...). `clock` stamps the
+    command entries this node admits as leader."""
 
-    def __init__(self, raft: Any) -> None:
+    def __init__(self, raft: Any, clock: Clock = time.time) -> None:
         self.raft = raft
+        self.clock = clock
 
     def handlers(self) -> dict:
         return {EMBED_CALL: self.call, EMBED_READ: self.read, EMBED_STATUS: self.status}
@@ -112,7 +120,7 @@ class LeaderService:
                 or type(method) is not str or type(args) is not list:
             return [REFUSED, "client_id is a str, bytes or int, seq an int, acked_below an int "
                              "in [0, seq], object and method strs, args a list"]
-        return await propose(self.raft, cid, seq, acked, obj, method, args)
+        return await propose(self.raft, cid, seq, acked, obj, method, args, self.clock)
 
     async def status(self, msg: list) -> list:
         return [DONE, node_status(self.raft)]
@@ -121,6 +129,19 @@ class LeaderService:
         if len(msg) != 2 or type(msg[1]) is not bool:
             return [REFUSED, "a read is [EMBED_READ, lease: bool]"]
         return await read_point(self.raft, msg[1])
+
+
+class Forwarding(Protocol):
+    """What EmbeddedNode forwards a follower's calls through (Forwarder over
+    TCP; the simulator has its own over its simulated network)."""
+
+    async def request(self, target: int, node: Optional[Node], msg: list) -> list:
+        """The reply of node `target` to `msg`; NetworkError or Timeout when
+        none came (the request may have been handled)."""
+        ...
+
+    async def close(self) -> None:
+        ...
 
 
 def _same(value: Any) -> Any:

@@ -25,9 +25,10 @@ from raftcore.storage.base import LogStore
 from raftcore.storage.file import FileLogStore
 from raftcore.storage.mem import MemLogStore
 
+from raftcore.embed.deadlines import Deadlines
 from raftcore.embed.forwarding import (DONE, EMBED_CALL, EMBED_READ, REDIRECT, REFUSED,
-                                       UNKNOWN, Forwarder, LeaderService, node_status,
-                                       propose, read_point)
+                                       UNKNOWN, Clock, Forwarder, Forwarding, LeaderService,
+                                       node_status, propose, read_point)
 from raftcore.embed.replicated import (SCALAR_TYPES, FAILED, OK, TICK, ReplicatedStateMachine,
                                        kind_of)
 
@@ -157,8 +158,7 @@ async def start(node_id: int, peers: Mapping[int, str] | str, *, state: Any,
                 log.info("node %s initialized the cluster %s", node_id, dict(peers))
             except NotAllowed:
                 pass            # a restart: the log has the cluster already
-        if any(getattr(o, "raft_needs_ticks", False) for o in objects.values()):
-            node.on_leader(lambda term: node._tick(tick_interval))
+        node.start_ticks(tick_interval)
         return node
     except BaseException:
         if raft is not None:
@@ -177,19 +177,28 @@ class EmbeddedNode:
     """A running node made by raftcore.start(). `node.raft` is the Raft
     underneath (membership changes, metrics, triggers)."""
 
-    def __init__(self, raft: Raft, server: RaftServer, store: LogStore,
-                 sm: ReplicatedStateMachine, forwarder: Forwarder, timeout: float) -> None:
+    def __init__(self, raft: Raft, server: Optional[RaftServer], store: LogStore,
+                 sm: ReplicatedStateMachine, forwarder: Forwarding, timeout: float,
+                 clock: Clock = time.time, client_id: Optional[str] = None) -> None:
+        """Used by raftcore.start (and by the simulator, which has no server
+        and gives its own forwarder, clock and client id)."""
         self.raft = raft
         self.server = server
         self.store = store
         self.state_machine = sm
         self.timeout = timeout
         self._forwarder = forwarder
+        #: Stamps the entries this node admits as leader (time.time).
+        self.clock = clock
         self._loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(self._loop)
         #: This node's session: a fresh client id per start.
-        self.client_id = f"{raft.id}-{secrets.token_hex(6)}"
+        self.client_id = client_id or f"{raft.id}-{secrets.token_hex(6)}"
         self._seq = 0
-        self._outstanding: set[int] = set()
+        #: seq -> None of the calls waiting for their answers, oldest first.
+        self._outstanding: dict[int, None] = {}
+        #: The node the last call went to when it was not this one.
+        self._leader_hint: Optional[int] = None
         self._tasks: set[asyncio.Task] = set()
         self.objects = {name: ObjectProxy(self, name) for name in sm.objects}
 
@@ -246,11 +255,11 @@ class EmbeddedNode:
                                  f"(None, bool, int, float, str, bytes, lists, maps): {exc}") \
                 from None
         self._seq = seq = self._seq + 1
-        self._outstanding.add(seq)
+        self._outstanding[seq] = None
         try:
             answer = await self._until_answered(seq, obj, method, args)
         finally:
-            self._outstanding.discard(seq)
+            del self._outstanding[seq]
         if answer[0] == OK:
             return answer[1]
         if answer[0] == FAILED:
@@ -261,32 +270,47 @@ class EmbeddedNode:
         deadline = self._loop.time() + self.timeout
         maybe_applied = ""          # why the outcome of an attempt is unknown
         last = "no leader was known"
+        redirects = 0               # redirects followed since the last pause
         while True:
-            acked = min(self._outstanding)
+            # The oldest call still waiting: seqs are issued in order and the
+            # dict keeps that order, so the first key is the smallest.
+            acked = next(iter(self._outstanding))
             raft = self.raft
-            m = raft.metrics
+            # Where the last call went (None: this node): no metrics are
+            # built on the way of a call that goes where the last one did.
+            target = self._leader_hint
             try:
-                if m.state == ServerState.LEADER:
-                    attempt = propose(raft, self.client_id, seq, acked, obj, method, args)
-                elif m.current_leader is not None:
-                    attempt = self._forwarder.request(
-                        m.current_leader, _node_of(m, m.current_leader),
-                        [EMBED_CALL, self.client_id, seq, acked, obj, method, args])
+                if target is None or target == raft.id:
+                    attempt = propose(raft, self.client_id, seq, acked, obj, method, args,
+                                      self.clock)
                 else:
-                    attempt = _answer([REDIRECT, None])
+                    attempt = self._forwarder.request(
+                        target, _node_of(raft.metrics, target),
+                        [EMBED_CALL, self.client_id, seq, acked, obj, method, args])
                 # Bounded by the call's deadline: an entry that cannot
                 # commit (no quorum) must not hold the caller forever.
-                reply = await _bounded(attempt, deadline)
+                reply = await self._deadlines.bounded(attempt, deadline)
             except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
                 reply = [UNKNOWN, f"no answer from the leader: {exc or 'timed out'}"]
-            if reply[0] == DONE:
+            code = reply[0]
+            if code == DONE:
                 return reply[1]
-            if reply[0] == REFUSED:
+            if code == REFUSED:
                 raise InvalidCommand(f"{obj}.{method}: {reply[1]}")
-            if reply[0] == UNKNOWN:
+            self._leader_hint = None
+            if code == REDIRECT:
+                last = "no leader was known"
+                if reply[1] is not None and reply[1] != target and redirects < 3:
+                    # Straight to the leader named (a few times at most: two
+                    # nodes with stale views could send a call back and forth).
+                    self._leader_hint = reply[1]
+                    redirects += 1
+                    continue
+            elif code == UNKNOWN:
                 maybe_applied = last = str(reply[1])
             else:
-                last = str(reply[1]) if reply[0] != REDIRECT else "no leader was known"
+                last = str(reply[1])
+            redirects = 0
             if raft.metrics.state == ServerState.SHUTDOWN:
                 raise Fatal(f"node {raft.id} is shut down")
             remaining = deadline - self._loop.time()
@@ -336,7 +360,7 @@ class EmbeddedNode:
                         m.current_leader, _node_of(m, m.current_leader), [EMBED_READ, lease])
                 else:
                     attempt = _answer([REDIRECT, None])
-                reply = await _bounded(attempt, deadline)
+                reply = await self._deadlines.bounded(attempt, deadline)
             except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
                 reply = [UNKNOWN, str(exc) or "timed out"]
             if reply[0] == DONE:
@@ -389,17 +413,29 @@ class EmbeddedNode:
                     t.cancel()
                 await asyncio.gather(work, lost, return_exceptions=True)
 
+    def start_ticks(self, interval: float) -> None:
+        """While this node leads, logs the time every `interval` seconds if
+        an object wants time to move on its own (raft_needs_ticks: a lock's
+        leases expire without other writes)."""
+        if any(getattr(o, "raft_needs_ticks", False)
+               for o in self.state_machine.objects.values()):
+            self.on_leader(lambda term: self._tick(interval))
+
     async def _tick(self, interval: float) -> None:
         """Leader: logs the time every `interval` seconds."""
         while True:
             try:
-                await self.raft.client_write([TICK, time.time()])
+                await self.raft.client_write([TICK, self.clock()])
             except RaftError as exc:
                 log.debug("tick not written: %s", exc)
             await asyncio.sleep(interval)
 
-    def status(self) -> dict:
-        """The node's state in plain values (for a service's status page)."""
+    def status(self) -> dict[str, Any]:
+        """The node's metrics as plain data, JSON-ready (for a service's
+        status page): RaftMetrics.to_dict(), so the keys are the metrics'
+        names: "state" ("LEADER", ...), "current_term", "current_leader",
+        "last_log_index", "committed", "last_applied" ({"term", "index"}),
+        "membership" ({"configs": [[voter ids], ...], "nodes": {...}}), ..."""
         return node_status(self.raft)
 
     async def run_until_signal(self) -> None:
@@ -429,18 +465,9 @@ class EmbeddedNode:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._forwarder.close()
         await self.raft.shutdown()
-        await self.server.close()
+        if self.server is not None:
+            await self.server.close()
         await self.store.close()
-
-
-async def _bounded(attempt: Awaitable[list[Any]], deadline: float) -> list[Any]:
-    """`await attempt`, cancelled at loop time `deadline` (asyncio.TimeoutError)."""
-    timeout_at = getattr(asyncio, "timeout_at", None)
-    if timeout_at is None:          # Python 3.10: wait_for (one task more per call)
-        loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(attempt, max(deadline - loop.time(), 0.001))
-    async with timeout_at(deadline):
-        return await attempt
 
 
 async def _answer(reply: list[Any]) -> list[Any]:

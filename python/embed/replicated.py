@@ -175,6 +175,7 @@ class ReplicatedStateMachine(StateMachine):
         self._snapshot: Optional[Snapshot] = None
         self._durable: Optional[SnapshotMeta] = None
         self._file_lock = threading.Lock()
+        self._commands: dict[tuple, Callable[..., Any]] = {}
         if self.path is not None:
             self._load_file()
 
@@ -228,8 +229,14 @@ class ReplicatedStateMachine(StateMachine):
             if answer is None:
                 answer = s.answers[seq] = self._run(name, method, args)
         if type(acked) is int and acked > s.floor:
+            answers = s.answers
+            if acked - s.floor <= len(answers):
+                # The common case: the floor moves by a few calls.
+                for k in range(s.floor, acked):
+                    answers.pop(k, None)
+            else:
+                s.answers = {k: v for k, v in answers.items() if k >= acked}
             s.floor = acked
-            s.answers = {k: v for k, v in s.answers.items() if k >= acked}
         return answer
 
     def _advance(self, stamp: Any) -> None:
@@ -237,14 +244,28 @@ class ReplicatedStateMachine(StateMachine):
         if type(stamp) in (int, float) and stamp > self.clock.time:
             self.clock.time = float(stamp)
 
+    def _command(self, name: Any, method: Any) -> Optional[Callable[..., Any]]:
+        """The bound @command `name.method`, or None (looked up once: the
+        objects stay the same, a snapshot restores their fields in place)."""
+        key = (name, method)
+        fn = self._commands.get(key)
+        if fn is None:
+            obj = self.objects.get(name) if type(name) is str else None
+            if obj is None or type(method) is not str or kind_of(obj, method) != "command":
+                return None
+            fn = self._commands[key] = getattr(obj, method)
+        return fn
+
     def _run(self, name: Any, method: Any, args: Any) -> list:
-        obj = self.objects.get(name) if type(name) is str else None
-        if obj is None or type(method) is not str or kind_of(obj, method) != "command" \
-                or type(args) is not list:
+        try:
+            fn = self._command(name, method)
+        except TypeError:       # an unhashable name or method
+            fn = None
+        if fn is None or type(args) is not list:
             return [FAILED, f"no command {name!r:.40}.{method!r:.40} taking a list of "
                             "arguments on this node"]
         try:
-            result = getattr(obj, method)(*args)
+            result = fn(*args)
             if type(result) not in SCALAR_TYPES:
                 msgpack.packb(result, use_bin_type=True)
         except Exception as exc:

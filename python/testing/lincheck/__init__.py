@@ -182,11 +182,14 @@ linearizability", 2017):
 
 The pieces: history (Op, History, verdicts), values (msgpack value
 identity), search (one key's search), shrink (minimal witnesses), checking
-(check() and its report).
+(check() and its report). Another model: lock (``check_lock``, ``LockOp``,
+``LockHistory``: a lock with leases and fencing tokens, the model of
+raftcore.embed.ReplLock; see its docstring).
 """
 from raftcore.testing.lincheck.checking import check
 from raftcore.testing.lincheck.history import (DEFAULT_BUDGET, DEFAULT_MINIMIZE_BUDGET, KINDS,
                                                UNKNOWN, History, KeyResult, Op, Result)
+from raftcore.testing.lincheck.lock import LockHistory, LockOp, check_lock
 
 __all__ = ["Op", "History", "Result", "KeyResult", "check", "UNKNOWN", "KINDS",
-           "DEFAULT_BUDGET", "DEFAULT_MINIMIZE_BUDGET"]
+           "DEFAULT_BUDGET", "DEFAULT_MINIMIZE_BUDGET", "LockOp", "LockHistory", "check_lock"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, ClassVar, Iterator, Optional, Union
 
 
 class _Unknown:
@@ -55,10 +55,13 @@ class Op:
     #: Event numbers assigned by History; they order events at equal times.
     call_seq: Optional[int] = field(default=None, repr=False)
     ret_seq: Optional[int] = field(default=None, repr=False)
+    #: The model's operation kinds and their number of arguments (a subclass
+    #: for another model, such as lincheck.lock.LockOp, gives its own).
+    ARITY: ClassVar[dict[str, int]] = _ARITY
 
     def __post_init__(self) -> None:
-        if self.kind not in _ARITY:
-            raise ValueError(f"Op kind must be one of {KINDS}; got {self.kind!r}")
+        if self.kind not in self.ARITY:
+            raise ValueError(f"Op kind must be one of {tuple(self.ARITY)}; got {self.kind!r}")
         args = self.args
         if not isinstance(args, tuple):
             if isinstance(args, list):
@@ -66,10 +69,10 @@ class Op:
             else:
                 raise TypeError(f"Op args must be a tuple or list; got {args!r}")
             object.__setattr__(self, "args", args)
-        if len(args) != _ARITY[self.kind]:
+        if len(args) != self.ARITY[self.kind]:
             raise ValueError(
-                f"{self.kind} takes {_ARITY[self.kind]} argument(s) "
-                f"({_args_help(self.kind)}); got args={args!r}")
+                f"{self.kind} takes {self.ARITY[self.kind]} argument(s) "
+                f"({self.args_help(self.kind)}); got args={args!r}")
         if not isinstance(self.call, (int, float)) or not math.isfinite(self.call):
             raise ValueError(f"Op call time must be a finite number; got {self.call!r}")
         ok = self.ok
@@ -92,6 +95,11 @@ class Op:
             object.__setattr__(self, "ret", None)
             object.__setattr__(self, "ret_seq", None)
             object.__setattr__(self, "result", UNKNOWN)
+
+    @staticmethod
+    def args_help(kind: str) -> str:
+        """What `kind` takes, for an error message."""
+        return _args_help(kind)
 
     @property
     def indeterminate(self) -> bool:
@@ -128,6 +136,9 @@ class History:
     docstring)."""
 
     _PENDING, _DONE, _INDET, _FAILED = range(4)
+    #: The type of the operations recorded (a subclass for another model
+    #: gives its Op subclass).
+    op_type: type = Op
 
     def __init__(self) -> None:
         # [status, client, kind, key, args, call, call_seq, ret, ret_seq, result]
@@ -138,7 +149,7 @@ class History:
                now: float = 0.0) -> int:
         """An operation was invoked at `now`; returns its token."""
         # Validate now rather than at check time.
-        Op(client, kind, key, tuple(args), now)
+        self.op_type(client, kind, key, tuple(args), now)
         self._seq += 1
         self._recs.append([self._PENDING, client, kind, key, tuple(args), now,
                            self._seq, None, None, None])
@@ -188,9 +199,11 @@ class History:
             if st == self._FAILED:
                 continue
             if st == self._DONE:
-                out.append(Op(client, kind, key, args, call, ret, result, True, cseq, rseq))
+                out.append(self.op_type(client, kind, key, args, call, ret, result, True,
+                                        cseq, rseq))
             else:
-                out.append(Op(client, kind, key, args, call, None, UNKNOWN, False, cseq, None))
+                out.append(self.op_type(client, kind, key, args, call, None, UNKNOWN, False,
+                                        cseq, None))
         return out
 
     def __iter__(self) -> Iterator[Op]:

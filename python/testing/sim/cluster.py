@@ -14,9 +14,11 @@ from raftcore.engine import LEADER
 from raftcore.model import Node
 from raftcore.raft import Raft
 from raftcore.testing import lincheck
+from raftcore.testing.lincheck.lock import LockHistory
 from raftcore.testing.faulty_engine import engine_with_bugs
 from raftcore.testing.sim.checker import Checker
 from raftcore.testing.sim.disk import SimDisk
+from raftcore.testing.sim.embedded import EmbedWorkload, SimReplicatedStateMachine
 from raftcore.testing.sim.faults import FaultInjection
 from raftcore.testing.sim.figure8 import Figure8
 from raftcore.testing.sim.network import SimNetwork
@@ -26,7 +28,7 @@ from raftcore.testing.sim.workload import ClientWorkload
 from raftcore.testing.virtual_loop import inline_executor
 
 
-class Simulation(ClientWorkload, FaultInjection, Figure8):
+class Simulation(ClientWorkload, EmbedWorkload, FaultInjection, Figure8):
     def __init__(self, seed: int, settings: SimSettings) -> None:
         self.seed = seed
         self.s = settings
@@ -38,7 +40,12 @@ class Simulation(ClientWorkload, FaultInjection, Figure8):
         self.disks: dict[int, SimDisk] = {}
         self.sms: dict[int, SimStateMachine] = {}
         self.down: set[int] = set()
-        self.history = lincheck.History()
+        self.history = LockHistory() if settings.workload == "lock" else lincheck.History()
+        # The embedding layer's workloads: node -> its EmbeddedNode, the
+        # service answering its forwarded calls, its incarnations so far.
+        self.embedded: dict[int, Any] = {}
+        self.services: dict[int, Any] = {}
+        self.incarnations: dict[int, int] = {}
         self.faults: collections.Counter = collections.Counter()
         self.stop = False
         self.ops = 0
@@ -75,12 +82,16 @@ class Simulation(ClientWorkload, FaultInjection, Figure8):
         overrides some of the Config it would get."""
         disk = SimDisk(random.Random(self.rng.random()), durable,
                        ack_before_flush="ack_before_flush" in self.s.bugs)
-        sm = sm or SimStateMachine(i, self.checker)
+        if sm is None:
+            sm = (SimStateMachine(i, self.checker) if self.s.workload == "kv"
+                  else SimReplicatedStateMachine(i, self.checker, self.s.workload))
         raft = await Raft.create(i, self.config(i, **config), self.net.network(i), disk, sm,
                                  executor=inline_executor,
                                  engine_type=engine_with_bugs(self.s.bugs))
         self.rafts[i], self.disks[i], self.sms[i] = raft, disk, sm
         self.net.add(i, raft)
+        if self.s.workload != "kv":
+            self.embed_node(i, raft, disk, sm)
         self.checker.new_incarnation(i)
         self.started.add(i)
         return raft
@@ -94,7 +105,8 @@ class Simulation(ClientWorkload, FaultInjection, Figure8):
         await self.rafts[1].initialize({i: Node(f"sim-{i}") for i in sorted(self.voter_ids)},
                                        cluster_id=f"sim-{self.seed}")
         watcher = asyncio.ensure_future(self.watch())
-        clients = [asyncio.ensure_future(self.client(c)) for c in range(self.s.clients)]
+        client = self.client if self.s.workload == "kv" else self.embed_client
+        clients = [asyncio.ensure_future(client(c)) for c in range(self.s.clients)]
         faults = asyncio.ensure_future(self.inject_faults())
         # Faults and load last `duration`, or until the first violation:
         # what follows one is its fallout, and a cluster whose safety broke
@@ -223,7 +235,15 @@ class Simulation(ClientWorkload, FaultInjection, Figure8):
 
     # -------------------------------------------------------- liveness
 
+    def script_write(self, tag: str, i: int, key: str) -> Any:
+        """A write of a scripted fault (figure8) through node i."""
+        if self.s.workload != "kv":
+            return self.embed_script_write(tag, i, key)
+        return self.write(tag, self.rafts[i], "set", key, (tag,), ["set", key, tag])
+
     async def final_write_and_read(self, leader: Raft) -> bool:
+        if self.s.workload != "kv":
+            return await self.embed_final_write_and_read(leader)
         loop = asyncio.get_running_loop()
         self.final_attempts += 1
         value = f"done-{self.final_attempts}"      # unique, as every write's payload

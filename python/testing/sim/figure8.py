@@ -79,8 +79,7 @@ class Figure8:
                               1.0, "flush on the others")
             top = max(self._last(o)[1] for o in others)
             key = f"k{rng.randrange(self.s.keys)}"
-            asyncio.ensure_future(self.write(tag, self.rafts[a], "set", key, (tag,),
-                                             ["set", key, tag]))
+            asyncio.ensure_future(self.script_write(tag, a, key))
             await self._until(lambda: self._durable_last(a)[1] > top, 1.0,
                               f"entries beyond {top} flushed on {a}")
             self.log(f"figure8: {a} alone holds {top + 1}..{self._durable_last(a)[1]}")

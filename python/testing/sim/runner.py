@@ -8,7 +8,9 @@ import time
 from typing import Optional
 
 from raftcore.testing import lincheck
+from raftcore.testing.lincheck.lock import check_lock
 from raftcore.testing.sim.cluster import Simulation
+from raftcore.testing.sim.embedded import WORKLOADS
 from raftcore.testing.sim.settings import BUGS, FAULT_KINDS, SimResult, SimSettings, Violation
 from raftcore.testing.virtual_loop import VirtualTimeLoop
 
@@ -28,7 +30,10 @@ def run_seed(seed: int, settings: Optional[SimSettings] = None) -> SimResult:
         if sim.checker.first is not None:
             result.ok, result.violation = False, sim.checker.first
         if result.ok:
-            lin = lincheck.check(sim.history, budget=settings.lin_budget)
+            if settings.workload == "lock":
+                lin = check_lock(sim.history, budget=settings.lin_budget)
+            else:
+                lin = lincheck.check(sim.history, budget=settings.lin_budget)
             if lin.ok is False:
                 result.ok = False
                 result.violation = f"not linearizable:\n{lin.explanation}"
@@ -67,6 +72,11 @@ def main(argv=None) -> int:
                         "Raft paper step by step (what commit_prev_term gets wrong)")
     p.add_argument("--fault-interval", type=float, default=0.4,
                    help="mean virtual seconds between faults")
+    p.add_argument("--workload", default="kv", choices=WORKLOADS,
+                   help="what the clients drive: raftcore's key-value state machine (kv), "
+                        "or the embedding layer's replicated objects through EmbeddedNode: "
+                        "ReplDict (dict) or ReplLock (lock), each checked against its "
+                        "model (default kv)")
     p.add_argument("--log", default="ERROR",
                    help="level of raftcore's own log records to print (default ERROR)")
     p.add_argument("--lin-budget", type=int, default=lincheck.DEFAULT_BUDGET, metavar="STEPS",
@@ -92,7 +102,8 @@ def main(argv=None) -> int:
             p.error(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}")
     settings = SimSettings(nodes=args.nodes, duration=args.duration, bugs=tuple(args.bug),
                            fault_kinds=kinds, fault_interval=args.fault_interval,
-                           spares=2 if args.nodes > 1 else 0, lin_budget=args.lin_budget)
+                           spares=2 if args.nodes > 1 else 0, lin_budget=args.lin_budget,
+                           workload=args.workload)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     faults: collections.Counter = collections.Counter()
     ops = failed = undecided = undecided_keys = 0
@@ -131,6 +142,8 @@ def _reproduce_command(seed: int, args: argparse.Namespace, kinds: tuple) -> str
     if args.faults:
         cmd += f" --faults {','.join(kinds)}"
     cmd += f" --fault-interval {args.fault_interval}"
+    if args.workload != "kv":
+        cmd += f" --workload {args.workload}"
     if args.lin_budget != lincheck.DEFAULT_BUDGET:
         cmd += f" --lin-budget {args.lin_budget}"
     return cmd

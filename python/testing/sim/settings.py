@@ -41,6 +41,9 @@ class SimSettings:
     payload_entries: tuple = (1, 4, 16)
     #: The linearizability check's search budget per key (lincheck.check).
     lin_budget: int = lincheck.DEFAULT_BUDGET
+    #: What the clients drive: "kv" (raftcore's key-value state machine),
+    #: "dict" or "lock" (the embedding layer's ReplDict / ReplLock).
+    workload: str = "kv"
 
 
 @dataclass
