@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=100_000, help="requests per run")
     args = p.parse_args(argv)
     work = args.dir or tempfile.mkdtemp(prefix="raftcore-redis-bench-")
+    os.makedirs(work, exist_ok=True)
     ports = free_ports(7)
     peers = ",".join(f"{i}={HOST}:{ports[i - 1]}" for i in (1, 2, 3))
     procs = []
