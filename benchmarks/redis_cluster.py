@@ -17,7 +17,6 @@ import argparse
 import csv
 import io
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,20 +24,11 @@ import tempfile
 import time
 
 from raftcore.bench import fsync_samples_us
+from raftcore.bench_pysyncobj import free_ports     # the package's one port helper
 
 HOST = "127.0.0.1"
 RUNS = [("-c 1", ["-c", "1"]), ("-c 50", ["-c", "50"]), ("-c 256", ["-c", "256"]),
         ("-c 50 -P 16", ["-c", "50", "-P", "16"])]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind((HOST, 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def ask(port: int, *args: str) -> str:

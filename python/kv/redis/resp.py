@@ -184,6 +184,14 @@ _ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"a": b"\a"}
 
 def encode(reply: Any, resp3: bool = False) -> bytes:
     """The RESP bytes of one reply value."""
+    t = type(reply)
+    # The replies of GET, SET and INCR, without the list of a nested reply.
+    if t is bytes:
+        return b"$%d\r\n%s\r\n" % (len(reply), reply)
+    if t is str:
+        return b"+%s\r\n" % reply.encode()
+    if t is int:
+        return b":%d\r\n" % reply
     out: list[bytes] = []
     _encode(reply, resp3, out)
     return b"".join(out)
