@@ -107,9 +107,11 @@ class CommandRounds:
                 req.fut.cancel()
             raise
         except Exception as exc:         # for the callers to raise
-            for req in batch:
-                if not req.fut.done():
-                    req.fut.set_exception(exc)
+            self._fail(batch, exc)
+            return
+        if type(replies) is list and len(replies) != len(cmds):
+            self._fail(batch, RuntimeError(f"a round of {len(cmds)} commands got "
+                                           f"{len(replies)} replies"))
             return
         pos = 0
         for req in batch:
@@ -118,6 +120,12 @@ class CommandRounds:
                 req.fut.set_result(replies[pos:pos + n] if type(replies) is list
                                    else [replies] * n)
             pos += n
+
+    @staticmethod
+    def _fail(batch: list[_Request], exc: Exception) -> None:
+        for req in batch:
+            if not req.fut.done():
+                req.fut.set_exception(exc)
 
 
 class ReadRounds:
