@@ -64,7 +64,7 @@ class RespParser:
             return []
         out: list[list[bytes]] = []
         self._need = 0
-        pos = 0
+        pos = _split_commands(buf, out, self.max_bulk) if buf[:1] == b"*" else 0
         end = len(buf)
         try:
             while pos < end:
@@ -136,6 +136,43 @@ class RespParser:
             return None
         line = bytes(buf[pos:i]).rstrip(b"\r")
         return split_inline(line), i + 1
+
+
+#: Commands of more arguments than this take the careful path.
+_FAST_ARGS = 64
+
+
+def _split_commands(buf: bytearray, out: list, max_bulk: int) -> int:
+    """The fast path of common requests: cuts the complete multibulk
+    commands at the start of `buf` at every CRLF at once and keeps those
+    whose every argument has exactly its announced length (so none holds a
+    CRLF). Appends them to `out`; returns where it stopped, for the careful
+    parser to go on from (a partial command, an argument with a CRLF in
+    it, anything malformed)."""
+    toks = bytes(buf).split(b"\r\n")
+    last = len(toks) - 1            # toks[last] has no CRLF after it yet
+    i = pos = 0
+    while i < last:
+        head = toks[i]
+        if head[:1] != b"*":
+            break
+        try:
+            n = int(head[1:])
+        except ValueError:
+            break
+        stop = i + 1 + 2 * n
+        if n <= 0 or n > _FAST_ARGS or stop > last:
+            break
+        args = toks[i + 2:stop:2]
+        size = len(head) + 2
+        for length, arg in zip(toks[i + 1:stop:2], args):
+            if length[:1] != b"$" or length[1:] != b"%d" % len(arg) or len(arg) > max_bulk:
+                return pos
+            size += len(length) + len(arg) + 4
+        out.append(args)
+        pos += size
+        i = stop
+    return pos
 
 
 def split_inline(line: bytes) -> list[bytes]:
