@@ -149,6 +149,14 @@ def _split_commands(buf: bytearray, out: list, max_bulk: int) -> int:
     CRLF). Appends them to `out`; returns where it stopped, for the careful
     parser to go on from (a partial command, an argument with a CRLF in
     it, anything malformed)."""
+    # A buffer that starts with a command of many arguments (arriving in
+    # many reads) is not copied and cut again at each read.
+    i = buf.find(b"\r\n", 0, 24)
+    try:
+        if i < 0 or not 0 < int(buf[1:i]) <= _FAST_ARGS:
+            return 0
+    except ValueError:
+        return 0
     toks = bytes(buf).split(b"\r\n")
     last = len(toks) - 1            # toks[last] has no CRLF after it yet
     i = pos = 0
