@@ -93,6 +93,9 @@ def main(argv=None) -> int:
                 [sys.executable, "-m", "raftcore.cli", "kv", "--id", str(i), "--dir",
                  os.path.join(work, f"n{i}"), "--peers", peers, "--redis",
                  f"{HOST}:{ports[2 + i]}", "--log-level", "WARNING",
+                 # As raftcore bench: a loaded machine does not depose the
+                 # leader mid-row (the rows say whom they measured).
+                 "--election-timeout", "1,2",
                  *(["--init"] if i == 1 else [])], stdout=log, stderr=subprocess.STDOUT))
         rdir = os.path.join(work, "redis-server")
         os.makedirs(rdir, exist_ok=True)
@@ -134,6 +137,9 @@ def main(argv=None) -> int:
                     w_rounds, w_cmds, r_rounds = (a - b for a, b in zip(after, before))
                     cells.append(f"{w_cmds / max(1, w_rounds):.1f}, "
                                  f"{args.requests / max(1, r_rounds):.1f}")
+                    if raft_role(redis_ports[leader]) != "leader":
+                        raise SystemExit(f"node {leader} lost leadership during the row "
+                                         f"above; its figures are not the leader's")
                 else:
                     cells.append("")
                 print(f"| {name} | {label} | " + " | ".join(cells) + " |", flush=True)
