@@ -17,7 +17,6 @@ import argparse
 import csv
 import io
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,20 +24,11 @@ import tempfile
 import time
 
 from raftcore.bench import fsync_samples_us
+from raftcore.bench_pysyncobj import free_ports     # the package's one port helper
 
 HOST = "127.0.0.1"
 RUNS = [("-c 1", ["-c", "1"]), ("-c 50", ["-c", "50"]), ("-c 256", ["-c", "256"]),
         ("-c 50 -P 16", ["-c", "50", "-P", "16"])]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind((HOST, 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def ask(port: int, *args: str) -> str:
@@ -58,11 +48,21 @@ def wait_for(cond, what: str, timeout: float = 60.0):
         time.sleep(0.1)
 
 
+def raft_info(port: int) -> dict[str, str]:
+    """INFO raft of a node, as a dict of strings."""
+    return dict(line.strip().split(":", 1) for line in ask(port, "INFO", "raft").splitlines()
+                if ":" in line)
+
+
 def raft_role(port: int) -> str:
-    for line in ask(port, "INFO", "raft").splitlines():
-        if line.startswith("raft_role:"):
-            return line.split(":", 1)[1].strip()
-    return ""
+    return raft_info(port).get("raft_role", "")
+
+
+def rounds(port: int, leader_port: int) -> tuple[int, int, int]:
+    """(write rounds, write commands) of a node and the leader's read rounds."""
+    mine, lead = raft_info(port), raft_info(leader_port)
+    return (int(mine["raft_write_rounds"]), int(mine["raft_write_commands"]),
+            int(lead["raft_read_rounds"]))
 
 
 def benchmark(port: int, requests: int, extra: list[str]) -> dict[str, tuple[float, float]]:
@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=100_000, help="requests per run")
     args = p.parse_args(argv)
     work = args.dir or tempfile.mkdtemp(prefix="raftcore-redis-bench-")
+    os.makedirs(work, exist_ok=True)
     ports = free_ports(7)
     peers = ",".join(f"{i}={HOST}:{ports[i - 1]}" for i in (1, 2, 3))
     procs = []
@@ -92,6 +93,9 @@ def main(argv=None) -> int:
                 [sys.executable, "-m", "raftcore.cli", "kv", "--id", str(i), "--dir",
                  os.path.join(work, f"n{i}"), "--peers", peers, "--redis",
                  f"{HOST}:{ports[2 + i]}", "--log-level", "WARNING",
+                 # As raftcore bench: a loaded machine does not depose the
+                 # leader mid-row (the rows say whom they measured).
+                 "--election-timeout", "1,2",
                  *(["--init"] if i == 1 else [])], stdout=log, stderr=subprocess.STDOUT))
         rdir = os.path.join(work, "redis-server")
         os.makedirs(rdir, exist_ok=True)
@@ -109,13 +113,18 @@ def main(argv=None) -> int:
         targets = [("redis-server (appendfsync always)", ports[6]),
                    (f"raftcore leader (node {leader})", redis_ports[leader]),
                    (f"raftcore follower (node {follower})", redis_ports[follower])]
-        print("| target | run | SET/s (p50 ms) | GET/s (p50 ms) | INCR/s (p50 ms) |")
-        print("| --- | --- | --- | --- | --- |")
+        # Batching, counted on the node asked: commands per write round
+        # (log entry, or forwarded request), GETs per leadership round.
+        print("| target | run | SET/s (p50 ms) | GET/s (p50 ms) | INCR/s (p50 ms) "
+              "| writes/entry, GETs/read round |")
+        print("| --- | --- | --- | --- | --- | --- |")
         base: dict = {}
         for label, extra in RUNS:
             for name, port in targets:
+                raft = not name.startswith("redis-server")
+                before = rounds(port, redis_ports[leader]) if raft else None
                 rows = benchmark(port, args.requests, extra)
-                if name.startswith("redis-server"):
+                if not raft:
                     base = rows
                 cells = []
                 for test in ("SET", "GET", "INCR"):
@@ -123,6 +132,16 @@ def main(argv=None) -> int:
                     ratio = f", {rps / base[test][0]:.0%}" if test in base and \
                         not name.startswith("redis-server") and base[test][0] else ""
                     cells.append(f"{rps:,.0f} ({p50:.2f}{ratio})")
+                if raft:
+                    after = rounds(port, redis_ports[leader])
+                    w_rounds, w_cmds, r_rounds = (a - b for a, b in zip(after, before))
+                    cells.append(f"{w_cmds / max(1, w_rounds):.1f}, "
+                                 f"{args.requests / max(1, r_rounds):.1f}")
+                    if raft_role(redis_ports[leader]) != "leader":
+                        raise SystemExit(f"node {leader} lost leadership during the row "
+                                         f"above; its figures are not the leader's")
+                else:
+                    cells.append("")
                 print(f"| {name} | {label} | " + " | ".join(cells) + " |", flush=True)
     finally:
         for proc in procs:

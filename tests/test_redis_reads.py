@@ -10,7 +10,7 @@ import redis
 
 from async_runner import run_guarded
 from kv_harness import GUARD, wait_leader
-from raftcore.kv.redis.cluster import ReadRounds
+from raftcore.kv.redis.rounds import ReadRounds
 from raftcore.model import ReadPolicy
 from redis_harness import RedisKvCluster, wait_until
 

@@ -13,6 +13,11 @@ commands = st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=5), ma
 
 @given(cmds=commands, cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=8))
 def test_commands_are_the_same_however_the_bytes_arrive(cmds, cuts):
+    parses_in_pieces(cmds, cuts)
+
+
+def parses_in_pieces(cmds: list, cuts: list) -> None:
+    """`cmds` encoded, fed cut at `cuts`, parse back to `cmds`."""
     data = b"".join(encode_command(c) for c in cmds)
     p = RespParser()
     got = []
@@ -21,6 +26,26 @@ def test_commands_are_the_same_however_the_bytes_arrive(cmds, cuts):
         got.extend(p.feed(data[last:cut]))
         last = cut
     assert got == cmds and p.error is None
+
+
+# Arguments made of CRLFs and RESP markers: the fast path, which cuts at
+# every CRLF, must hand each of those over to the careful parser.
+tricky = st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"$3", b"*2", b"a", b""]),
+                  max_size=6).map(b"".join)
+
+
+@given(cmds=st.lists(st.lists(tricky, min_size=1, max_size=4), max_size=8),
+       cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+def test_arguments_holding_crlf_and_markers_parse_exactly(cmds, cuts):
+    parses_in_pieces(cmds, cuts)
+
+
+def test_lengths_written_unusually_and_an_error_after_good_commands():
+    p = RespParser()
+    assert p.feed(b"*2\r\n$03\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n") == \
+        [[b"GET", b"k"], [b"PING"]]
+    assert p.feed(b"*1\r\n$4\r\nPING\r\n*1\r\n$-5\r\nxx\r\n") == [[b"PING"]]
+    assert p.error == "invalid bulk length"
 
 
 def test_a_large_bulk_string_in_many_pieces():

@@ -12,6 +12,11 @@ that. Reads are linearizable by default: the leader confirms its leadership
 (ReadIndex, or the lease) and runs them against its state machine; with
 `reads="stale"` a node runs them against its own state.
 
+The writes of all the node's connections share rounds (rounds.py): those
+that arrive while one round is in flight go into the next round's one log
+entry, under one sequence number; likewise the reads a follower forwards
+go to the leader in one request per round.
+
 Nodes ask each other with two service messages of the kv port:
 
     [REDIS_WRITE, client_id, seq, acked_below, commands, watched] -> [OK, response]
@@ -31,6 +36,7 @@ from raftcore.kv.protocol import (ERROR, LEASE, OK, READ_INDEX, REDIRECT, SESSIO
                                   UNAVAILABLE, check_session)
 from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, read_commands
 from raftcore.kv.redis.resp import error
+from raftcore.kv.redis.rounds import CommandRounds, ReadRounds
 from raftcore.model import ReadPolicy, ServerState
 from raftcore.network.framing import SERVICE_TYPE_MIN
 
@@ -85,63 +91,24 @@ def _errors(cmds: list, message: str) -> list:
     return [error(message)] * len(cmds)
 
 
-class ReadRounds:
-    """Leadership confirmations shared by reads: every read that arrives
-    before a round starts is served by that round; a read that arrives
-    while one is in flight waits for the next (the round's read point may
-    predate a write acknowledged before the read arrived)."""
-
-    def __init__(self, raft: Any, policy: ReadPolicy) -> None:
-        self.raft = raft
-        self.policy = policy
-        self._next: Optional[asyncio.Future] = None     # the round waiting reads share
-        self._running = False
-        #: Rounds run (each one ensure_linearizable).
-        self.rounds = 0
-
-    async def confirm(self) -> None:
-        """Returns once a round that started after this call is confirmed
-        and applied; raises what ensure_linearizable raised."""
-        fut = self._next
-        if fut is None:
-            fut = self._next = asyncio.get_running_loop().create_future()
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        if not self._running:
-            self._running = True
-            asyncio.get_running_loop().create_task(self._round())
-        await asyncio.shield(fut)
-
-    async def _round(self) -> None:
-        # The reads that arrived until now share this round.
-        fut, self._next = self._next, None
-        self.rounds += 1
-        try:
-            await self.raft.ensure_linearizable(self.policy)
-        except asyncio.CancelledError:
-            fut.cancel()
-            raise
-        except Exception as exc:       # for the readers to raise
-            fut.set_exception(exc)
-        else:
-            fut.set_result(None)
-        finally:
-            if self._next is not None:
-                asyncio.get_running_loop().create_task(self._round())
-            else:
-                self._running = False
-
-
 class ClusterBackend:
     """Runs a connection's batches of reads and writes for a node."""
 
-    def __init__(self, raft: Any, sm: Any, client: SessionClient, reads: str = "linearizable"
-                 ) -> None:
+    def __init__(self, raft: Any, sm: Any, client: SessionClient, reads: str = "linearizable",
+                 round_bytes: int = 256 * 1024) -> None:
+        """round_bytes: a log entry (or a forwarded read) of the writes of
+        several connections carries about this many argument bytes at most
+        (keep it well under Config.max_command_bytes)."""
         self.raft = raft
         self.sm = sm
         self.client = client
         self.read_mode = READ_MODES[reads]
         self._rounds = {READ_INDEX: ReadRounds(raft, ReadPolicy.READ_INDEX),
                         LEASE: ReadRounds(raft, ReadPolicy.LEASE_READ)}
+        #: Writes of all connections, one log entry per round.
+        self.writes = CommandRounds(self.submit, round_bytes)
+        #: Reads a follower forwards, one request to the leader per round.
+        self.forwarded_reads = CommandRounds(self._forward_read, round_bytes)
 
     @property
     def read_rounds(self) -> int:
@@ -154,12 +121,13 @@ class ClusterBackend:
 
     # ------------------------------------------------------------ writes
 
-    async def write(self, cmds: list) -> list:
-        """The replies of write commands, applied as one log entry."""
-        replies = await self.submit(cmds)
-        if type(replies) is dict:        # the whole batch was refused
-            return [replies] * len(cmds)
-        return replies
+    def write(self, cmds: list, size: Optional[int] = None) -> Awaitable[list]:
+        """The replies of write commands (`size`: their argument bytes),
+        applied in one log entry together with the writes of the other
+        connections that arrive while a round is in flight."""
+        if size is None:
+            size = sum(len(a) for c in cmds for a in c)
+        return self.writes.run(cmds, size)
 
     async def submit(self, cmds: list, watched: Optional[list] = None) -> Any:
         """The response of one log entry of `cmds`: their replies, an error
@@ -227,9 +195,9 @@ class ClusterBackend:
 
     # ------------------------------------------------------------- reads
 
-    async def read(self, cmds: list) -> list:
-        """The replies of read commands: linearizable unless the node
-        runs with --redis-reads lease|stale."""
+    async def read(self, cmds: list, size: Optional[int] = None) -> list:
+        """The replies of read commands (`size`: their argument bytes):
+        linearizable unless the node runs with --redis-reads lease|stale."""
         mode = self.read_mode
         if mode == STALE:
             return read_commands(self.sm, now_ms(), cmds)
@@ -240,9 +208,15 @@ class ClusterBackend:
         except RaftError as exc:
             return _errors(cmds, f"ERR the read could not be confirmed ({exc})")
         try:
-            return await self.client.redis_read(mode, cmds)
+            if size is None:
+                size = sum(len(a) for c in cmds for a in c)
+            return await self.forwarded_reads.run(cmds, size)
         except RaftError as exc:
             return _errors(cmds, f"ERR no leader answered the read ({exc})")
+
+    def _forward_read(self, cmds: list) -> Awaitable[list]:
+        # One mode per node: every forwarded round is in this node's mode.
+        return self.client.redis_read(self.read_mode, cmds)
 
     async def _leader_read(self, mode: int, cmds: list) -> list:
         await self._rounds[mode].confirm()

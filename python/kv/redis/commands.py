@@ -64,12 +64,21 @@ def unknown_command(args: list) -> dict:
     return error(f"ERR unknown command '{name}', with args beginning with: {shown}")
 
 
+#: The specs by the names clients send most (lower and upper case): no
+#: lower() and decode() per command for those.
+_BY_SENT_NAME: dict[bytes, Spec] = {
+    **{n.encode(): s for n, s in COMMANDS.items()},
+    **{n.upper().encode(): s for n, s in COMMANDS.items()}}
+
+
 def lookup(args: list) -> tuple[Optional[Spec], Optional[dict]]:
     """(spec, None) for a known command with a valid argument count, else
     (spec or None, the error to answer)."""
-    spec = COMMANDS.get(args[0].lower().decode(errors="replace"))
+    spec = _BY_SENT_NAME.get(args[0])
     if spec is None:
-        return None, unknown_command(args)
+        spec = COMMANDS.get(args[0].lower().decode(errors="replace"))
+        if spec is None:
+            return None, unknown_command(args)
     n = len(args)
     if (spec.arity > 0 and n != spec.arity) or n < -spec.arity:
         return spec, wrong_arity(spec.name)
@@ -83,8 +92,8 @@ def check_write(spec: Spec, args: list) -> Optional[dict]:
     name = spec.name
     if name in ("mset", "msetnx"):
         return check_pairs(args)
-    if name == "set":
-        return check_set(args, int(time.time() * 1000))
+    if name == "set":             # a plain SET has nothing to check
+        return check_set(args, int(time.time() * 1000)) if len(args) > 3 else None
     if name in ("incrby", "decrby"):
         by = parse_int(args[2])
         if by is None:

@@ -34,8 +34,10 @@ class RedisNode:
                                     secret=getattr(args, "secret", None),
                                     max_frame_size=getattr(args, "max_frame_size",
                                                            DEFAULT_MAX_FRAME_SIZE))
+        self.chunk_bytes = min(CHUNK_BYTES, args.config.max_command_bytes // 2)
         self.backend = ClusterBackend(raft, sm, self.client,
-                                      getattr(args, "redis_reads", None) or "linearizable")
+                                      getattr(args, "redis_reads", None) or "linearizable",
+                                      round_bytes=self.chunk_bytes)
         self.raft = raft
         self.server: Optional[RedisServer] = None
         self._sweeper: Optional[asyncio.Task] = None
@@ -55,7 +57,7 @@ class RedisNode:
         max_bulk = getattr(self.args, "redis_max_bulk", None) or min(DEFAULT_MAX_BULK, limit)
         self.server = await RedisServer.start(
             self.backend, host, port, raft=self.raft, max_bulk=max_bulk,
-            chunk_bytes=min(CHUNK_BYTES, limit // 2),
+            chunk_bytes=self.chunk_bytes,
             password=getattr(self.args, "redis_password", None))
         log.info("node %s serving Redis clients on %s (%s reads)", self.args.id, addr,
                  self.args.redis_reads)

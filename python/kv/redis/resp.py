@@ -64,7 +64,7 @@ class RespParser:
             return []
         out: list[list[bytes]] = []
         self._need = 0
-        pos = 0
+        pos = _split_commands(buf, out, self.max_bulk) if buf[:1] == b"*" else 0
         end = len(buf)
         try:
             while pos < end:
@@ -83,44 +83,49 @@ class RespParser:
             del buf[:pos]
         return out
 
-    def _line(self, buf: bytearray, pos: int, what: str) -> Optional[int]:
-        """The position of the CR of the line starting at pos, or None if
-        it has not arrived (ProtocolError "too big `what`" past 64 KB)."""
-        i = buf.find(b"\r\n", pos)
-        if i < 0:
-            if len(buf) - pos > MAX_INLINE:
-                raise ProtocolError(f"too big {what}")
-            return None
-        return i
-
     def _multibulk(self, buf: bytearray, pos: int) -> Optional[tuple[list, int]]:
+        # The per-argument path of every request: one find, one int() and
+        # one copy per argument, no call of our own.
         first = pos
-        i = self._line(buf, pos, "mbulk count string")
-        if i is None:
+        find = buf.find
+        end = len(buf)
+        i = find(b"\r\n", pos)
+        if i < 0:
+            if end - pos > MAX_INLINE:
+                raise ProtocolError("too big mbulk count string")
             return None
-        n = _parse_int(buf[pos + 1:i])
-        if n is None or n > MAX_MULTIBULK:
+        try:
+            n = int(buf[pos + 1:i])
+        except ValueError:
+            n = MAX_MULTIBULK + 1
+        if n > MAX_MULTIBULK:
             raise ProtocolError("invalid multibulk length")
         pos = i + 2
         args: list[bytes] = []
+        append = args.append
+        max_bulk = self.max_bulk
         for _ in range(n):
-            if pos >= len(buf):
+            if pos >= end:
                 return None
             if buf[pos] != 0x24:                # '$'
                 raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
-            i = self._line(buf, pos, "bulk count string")
-            if i is None:
+            i = find(b"\r\n", pos)
+            if i < 0:
+                if end - pos > MAX_INLINE:
+                    raise ProtocolError("too big bulk count string")
                 return None
-            size = _parse_int(buf[pos + 1:i])
-            if size is None or size < 0 or size > self.max_bulk:
+            try:
+                size = int(buf[pos + 1:i])
+            except ValueError:
+                size = -1
+            if size < 0 or size > max_bulk:
                 raise ProtocolError("invalid bulk length")
             start = i + 2
-            stop = start + size
-            if len(buf) < stop + 2:
-                self._need = stop + 2 - first   # the buffer starts at `first` next time
+            pos = start + size + 2
+            if end < pos:
+                self._need = pos - first        # the buffer starts at `first` next time
                 return None
-            args.append(bytes(buf[start:stop]))
-            pos = stop + 2
+            append(bytes(buf[start:pos - 2]))
         return args, pos
 
     def _inline(self, buf: bytearray, pos: int) -> Optional[tuple[list, int]]:
@@ -133,11 +138,49 @@ class RespParser:
         return split_inline(line), i + 1
 
 
-def _parse_int(text: bytes) -> Optional[int]:
+#: Commands of more arguments than this take the careful path.
+_FAST_ARGS = 64
+
+
+def _split_commands(buf: bytearray, out: list, max_bulk: int) -> int:
+    """The fast path of common requests: cuts the complete multibulk
+    commands at the start of `buf` at every CRLF at once and keeps those
+    whose every argument has exactly its announced length (so none holds a
+    CRLF). Appends them to `out`; returns where it stopped, for the careful
+    parser to go on from (a partial command, an argument with a CRLF in
+    it, anything malformed)."""
+    # A buffer that starts with a command of many arguments (arriving in
+    # many reads) is not copied and cut again at each read.
+    i = buf.find(b"\r\n", 0, 24)
     try:
-        return int(text)
+        if i < 0 or not 0 < int(buf[1:i]) <= _FAST_ARGS:
+            return 0
     except ValueError:
-        return None
+        return 0
+    toks = bytes(buf).split(b"\r\n")
+    last = len(toks) - 1            # toks[last] has no CRLF after it yet
+    i = pos = 0
+    while i < last:
+        head = toks[i]
+        if head[:1] != b"*":
+            break
+        try:
+            n = int(head[1:])
+        except ValueError:
+            break
+        stop = i + 1 + 2 * n
+        if n <= 0 or n > _FAST_ARGS or stop > last:
+            break
+        args = toks[i + 2:stop:2]
+        size = len(head) + 2
+        for length, arg in zip(toks[i + 1:stop:2], args):
+            if length[:1] != b"$" or length[1:] != b"%d" % len(arg) or len(arg) > max_bulk:
+                return pos
+            size += len(length) + len(arg) + 4
+        out.append(args)
+        pos += size
+        i = stop
+    return pos
 
 
 def split_inline(line: bytes) -> list[bytes]:
@@ -186,6 +229,14 @@ _ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"a": b"\a"}
 
 def encode(reply: Any, resp3: bool = False) -> bytes:
     """The RESP bytes of one reply value."""
+    t = type(reply)
+    # The replies of GET, SET and INCR, without the list of a nested reply.
+    if t is bytes:
+        return b"$%d\r\n%s\r\n" % (len(reply), reply)
+    if t is str:
+        return b"+%s\r\n" % reply.encode()
+    if t is int:
+        return b":%d\r\n" % reply
     out: list[bytes] = []
     _encode(reply, resp3, out)
     return b"".join(out)

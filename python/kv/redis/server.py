@@ -1,8 +1,9 @@
 """RedisServer: serves RESP on a node; one connection object per client.
 
 A connection executes the commands its read buffer holds in order, as
-runs: consecutive writes go to the backend together (one log entry per
-chunk, so a pipeline of 10,000 SETs costs a few Raft rounds, not 10,000),
+runs: consecutive writes go to the backend together (in chunks, each of
+which joins the node's next write round: a pipeline of 10,000 SETs costs a
+few Raft rounds, not 10,000, and so do 256 clients sending one SET each),
 consecutive reads together (one leadership confirmation); commands that
 only concern the connection (PING, CLIENT, HELLO, ...) are answered on the
 spot. The replies of one buffer leave in one write.
@@ -107,6 +108,8 @@ class RedisServer:
                      ("raft_last_applied", m.last_applied_index),
                      ("raft_forward_retries", self.backend.client.retries),
                      ("raft_read_rounds", self.backend.read_rounds),
+                     ("raft_write_rounds", self.backend.writes.rounds),
+                     ("raft_write_commands", self.backend.writes.commands),
                      ("raft_read_mode", {0: "linearizable", 1: "lease", 2: "stale"}
                       [self.backend.read_mode])],
         }
@@ -236,23 +239,39 @@ class _Connection(asyncio.Protocol):
 
     async def _flush(self, kind: Optional[str], run: list, out: list) -> None:
         """Runs a run of reads or writes (in chunks) and fills in their replies."""
-        backend = self.backend
+        if not run:
+            return
+        chunks = self._chunks(run)
+        run.clear()
+        run_chunk = self.backend.write if kind == WRITE else self.backend.read
+        if len(chunks) == 1:
+            replies = [await run_chunk(*chunks[0][1:])]
+        else:
+            # Handed over together: the chunks go in consecutive rounds, in order.
+            replies = await asyncio.gather(*(run_chunk(*c[1:]) for c in chunks))
         resp3 = self.resp3
-        limit = self.server.chunk_bytes
-        while run:
-            size = n = 0
-            while n < len(run) and n < CHUNK_COMMANDS:
-                cost = sum(len(a) for a in run[n][1])
-                if n and size + cost > limit:
-                    break        # a large command goes alone, refused alone if too large
-                size += cost
-                n += 1
-            chunk = run[:n]
-            del run[:n]
-            cmds = [args for _, args in chunk]
-            replies = await (backend.write(cmds) if kind == WRITE else backend.read(cmds))
-            for (i, _), r in zip(chunk, replies):
+        for (positions, _, _), got in zip(chunks, replies):
+            for i, r in zip(positions, got):
                 out[i] = encode(r, resp3)
+
+    def _chunks(self, run: list) -> list[tuple[list, list, int]]:
+        """`run` cut into (positions, commands, argument bytes) of at most
+        chunk_bytes (a larger command goes alone) and CHUNK_COMMANDS each."""
+        limit = self.server.chunk_bytes
+        chunks: list[tuple[list, list, int]] = []
+        positions: list[int] = []
+        cmds: list = []
+        size = 0
+        for i, args in run:
+            cost = sum(map(len, args))
+            if cmds and (size + cost > limit or len(cmds) >= CHUNK_COMMANDS):
+                chunks.append((positions, cmds, size))
+                positions, cmds, size = [], [], 0
+            positions.append(i)
+            cmds.append(args)
+            size += cost
+        chunks.append((positions, cmds, size))
+        return chunks
 
     async def _local(self, name: str, args: list) -> Any:
         """The reply of a command the connection answers itself."""

@@ -1,0 +1,233 @@
+"""Redis requests of many connections share rounds: the writes that arrive
+while a round is in flight go into the next round's one log entry, the
+reads a follower forwards into one request. Asserted by counting calls
+(a stand-in Raft whose writes wait at a gate the test opens), never by
+timing."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from async_runner import async_test
+from raftcore.kv.protocol import SESSION_CMD
+from raftcore.kv.redis.apply import REDIS_CMD
+from raftcore.kv.redis.cluster import ClusterBackend, SessionClient
+from raftcore.kv.redis.resp import error
+from raftcore.kv.redis.rounds import CommandRounds
+from raftcore.kv.redis.server import CHUNK_COMMANDS, RedisServer
+from redis_harness import encode_command
+
+HOST = "127.0.0.1"
+
+
+class Gated:
+    """A call(cmds) whose rounds wait until the test opens their gate; it
+    records each round's commands and answers each command with its key."""
+
+    def __init__(self) -> None:
+        self.rounds: list[list] = []
+        self.gates: list[asyncio.Event] = []
+
+    async def __call__(self, cmds: list) -> Any:
+        self.rounds.append(cmds)
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        return [c[1] for c in cmds]
+
+
+async def until(cond) -> None:
+    """Lets the loop run until cond() holds (the guard bounds the test)."""
+    while not cond():
+        await asyncio.sleep(0)
+
+
+@async_test(10)
+async def test_requests_that_arrive_during_a_round_share_the_next():
+    call = Gated()
+    rounds = CommandRounds(call, max_bytes=1 << 20)
+    first = asyncio.ensure_future(rounds.run([[b"set", b"a"]], 1))
+    await until(lambda: call.rounds)
+    later = [asyncio.ensure_future(rounds.run([[b"set", b"k%d" % i], [b"set", b"l%d" % i]], 2))
+             for i in range(10)]
+    for _ in range(10):                  # everything that can run, runs
+        await asyncio.sleep(0)
+    assert len(call.rounds) == 1         # no round of their own while one is in flight
+    call.gates[0].set()
+    assert await first == [b"a"]
+    await until(lambda: len(call.rounds) == 2)
+    assert len(call.rounds[1]) == 20     # all ten requests, in arrival order
+    call.gates[1].set()
+    for i, t in enumerate(later):
+        assert await t == [b"k%d" % i, b"l%d" % i]
+    assert (rounds.rounds, rounds.commands) == (2, 21)
+
+
+@async_test(10)
+async def test_a_round_is_cut_at_its_byte_and_command_limits():
+    call = Gated()
+    rounds = CommandRounds(call, max_bytes=100, max_commands=3)
+    blocker = asyncio.ensure_future(rounds.run([[b"set", b"x"]], 1))
+    await until(lambda: call.rounds)
+    sizes = [60, 30, 30, 500, 1, 1, 1, 1]
+    reqs = [asyncio.ensure_future(rounds.run([[b"set", b"r%d" % i]], size))
+            for i, size in enumerate(sizes)]
+    await until(lambda: len(rounds._pending) == len(sizes))
+    call.gates[0].set()
+    for n in range(1, 5):                # 60+30 | 30 | 500 alone | 1+1+1 | 1
+        await until(lambda: len(call.rounds) > n)
+        call.gates[n].set()
+    await until(lambda: len(call.rounds) == 6)
+    call.gates[5].set()
+    assert [len(r) for r in call.rounds[1:]] == [2, 1, 1, 3, 1]
+    assert [await r for r in reqs] == [[b"r%d" % i] for i in range(len(sizes))]
+    await blocker
+
+
+@async_test(10)
+async def test_one_answer_for_the_round_reaches_every_request_and_errors_are_raised():
+    answers: list = [error("ERR refused"), RuntimeError("boom")]
+
+    async def call(cmds):
+        await asyncio.sleep(0)
+        got = answers.pop(0)
+        if isinstance(got, Exception):
+            raise got
+        return got
+    rounds = CommandRounds(call, max_bytes=1 << 20)
+    a, b = await asyncio.gather(rounds.run([[b"set", b"a"]] * 2, 2), rounds.run([[b"x"]], 1))
+    assert a == [error("ERR refused")] * 2 and b == [error("ERR refused")]
+    got = await asyncio.gather(rounds.run([[b"x"]], 1), rounds.run([[b"y"]], 1),
+                               return_exceptions=True)
+    assert [str(e) for e in got] == ["boom", "boom"]
+
+
+class GatedRaft:
+    """A leader whose client_write waits at a gate; it records each entry
+    and answers each Redis command of it with "OK"."""
+
+    def __init__(self) -> None:
+        self.entries: list[list] = []
+        self.gates: list[asyncio.Event] = []
+
+    async def client_write(self, cmd: list) -> Any:
+        self.entries.append(cmd)
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        assert cmd[0] == SESSION_CMD and cmd[4][0] == REDIS_CMD
+        return type("Resp", (), {"data": ("ok", ["OK"] * len(cmd[4][2]))})()
+
+
+async def _redis_on(raft: Any) -> tuple[RedisServer, SessionClient]:
+    client = SessionClient([f"{HOST}:1"])          # never asked: the local Raft leads
+    backend = ClusterBackend(raft, None, client)
+    server = await RedisServer.start(backend, HOST, 0, raft=raft)
+    return server, client
+
+
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readline()
+
+
+@async_test(20)
+async def test_sets_from_many_connections_go_into_few_log_entries():
+    raft = GatedRaft()
+    server, client = await _redis_on(raft)
+    conns = [await asyncio.open_connection(HOST, server.port) for _ in range(20)]
+    try:
+        conns[0][1].write(encode_command([b"SET", b"k0", b"v"]))
+        await until(lambda: raft.entries)
+        for i, (_, w) in enumerate(conns[1:], 1):
+            w.write(encode_command([b"SET", b"k%d" % i, b"v"]))
+        await until(lambda: len(server.backend.writes._pending) == 19)
+        raft.gates[0].set()
+        await until(lambda: len(raft.entries) == 2)
+        raft.gates[1].set()
+        assert [await _reply(r) for r, _ in conns] == [b"+OK\r\n"] * 20
+        # 20 SETs from 20 connections: 2 log entries, one sequence number each.
+        assert [len(e[4][2]) for e in raft.entries] == [1, 19]
+        assert [e[2] for e in raft.entries] == [1, 2]
+        assert (server.backend.writes.rounds, server.backend.writes.commands) == (2, 20)
+    finally:
+        for _, w in conns:
+            w.close()
+        await server.close()
+        await client.close()
+
+
+@async_test(30)
+async def test_a_long_pipeline_goes_in_rounds_of_whole_chunks():
+    raft = GatedRaft()
+    server, client = await _redis_on(raft)
+    n = 2 * CHUNK_COMMANDS + 10
+    reader, writer = await asyncio.open_connection(HOST, server.port)
+    try:
+        writer.write(b"".join(encode_command([b"SET", b"k%d" % i, b"v"]) for i in range(n)))
+        (conn,) = server.conns
+
+        def received() -> int:
+            return (sum(len(e[4][2]) for e in raft.entries) + len(conn.queue)
+                    + sum(len(r.cmds) for r in server.backend.writes._pending))
+        # The first round waits until the whole pipeline has arrived (in
+        # however many reads): the rest then goes in one run.
+        await until(lambda: raft.gates and received() == n)
+        replies = asyncio.ensure_future(reader.readexactly(5 * n))
+        while not replies.done():
+            for gate in raft.gates:
+                gate.set()
+            await asyncio.sleep(0)
+        assert replies.result() == b"+OK\r\n" * n
+        # The part that came in the first read, then the rest: each cut
+        # into chunks of at most CHUNK_COMMANDS, one log entry each.
+        sizes = [len(e[4][2]) for e in raft.entries]
+        assert sum(sizes) == n and max(sizes) <= CHUNK_COMMANDS and len(sizes) <= 4, sizes
+        # In order: the entries carry the pipeline's keys in the order sent.
+        keys = [c[1] for e in raft.entries for c in e[4][2]]
+        assert keys == [b"k%d" % i for i in range(n)]
+    finally:
+        writer.close()
+        await server.close()
+        await client.close()
+
+
+class GatedForward(SessionClient):
+    """A follower's client: every forwarded read waits at a gate."""
+
+    def __init__(self) -> None:
+        super().__init__([f"{HOST}:1"])
+        self.reads: list[tuple[int, list]] = []
+        self.gates: list[asyncio.Event] = []
+
+    async def redis_read(self, mode: int, cmds: list) -> list:
+        self.reads.append((mode, cmds))
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        return [c[1] for c in cmds]
+
+
+class FollowerRaft:
+    async def ensure_linearizable(self, policy):
+        from raftcore.errors import ForwardToLeader
+        raise ForwardToLeader(None, None)
+
+
+@async_test(20)
+async def test_a_followers_reads_go_to_the_leader_in_shared_requests():
+    n = 12
+    client = GatedForward()
+    backend = ClusterBackend(FollowerRaft(), None, client)
+    try:
+        first = asyncio.ensure_future(backend.read([[b"get", b"a"]]))
+        await until(lambda: client.reads)
+        rest = [asyncio.ensure_future(backend.read([[b"get", b"k%d" % i]])) for i in range(n)]
+        await until(lambda: len(backend.forwarded_reads._pending) == n)
+        client.gates[0].set()
+        assert await first == [b"a"]
+        await until(lambda: len(client.reads) == 2)
+        client.gates[1].set()
+        assert [await t for t in rest] == [[b"k%d" % i] for i in range(n)]
+        assert [len(cmds) for _, cmds in client.reads] == [1, n]
+    finally:
+        await client.close()
