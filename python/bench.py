@@ -472,13 +472,15 @@ async def _measured_row(c: int, n: int, batch: int, payload: bytes, bar: Any, fl
     # The floor is measured right before and right after the row and the
     # higher figure is used: on a shared machine a load spike during one
     # floor measurement must not make raftcore's share look better.
-    floors = [await _floors(c, len(payload), transport)] if floor else []
+    # The TCP floor makes at most as many round trips as the row makes calls.
+    echo_ops = min(n * batch, max(20, 20_000 // c))
+    floors = [await _floors(c, len(payload), transport, echo_ops)] if floor else []
     try:
         row = await run_cluster(c, n, batch, payload, bar, transport, store, rowdir, nodes)
     finally:
         shutil.rmtree(rowdir, ignore_errors=True)
     if floor:
-        floors.append(await _floors(c, len(payload), transport))
+        floors.append(await _floors(c, len(payload), transport, echo_ops))
         row.floor_per_s = max(f[0] for f in floors)
         row.of_floor = row.puts_per_s / row.floor_per_s
         if transport == "tcp":
@@ -487,15 +489,16 @@ async def _measured_row(c: int, n: int, batch: int, payload: bytes, bar: Any, fl
     return row
 
 
-async def _floors(clients: int, payload_size: int, transport: str) -> tuple[float, float]:
-    """The asyncio floor's and (over TCP) the TCP floor's round trips/s."""
+async def _floors(clients: int, payload_size: int, transport: str,
+                  echo_ops: int) -> tuple[float, float]:
+    """The asyncio floor's and (over TCP) the TCP floor's round trips/s, the
+    latter with `echo_ops` round trips per client."""
     from raftcore.bench_echo import run_tcp_floor
 
     asyncio_floor = await run_floor(clients, max(20, 200_000 // clients))
     if transport != "tcp":
         return asyncio_floor, 0.0
-    ops = max(20, min(50_000, 256 * 1024 * 1024 // max(1, payload_size)) // clients)
-    return asyncio_floor, await run_tcp_floor(clients, ops, payload_size)
+    return asyncio_floor, await run_tcp_floor(clients, echo_ops, payload_size)
 
 
 def peak_rss_mb() -> float:

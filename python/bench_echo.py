@@ -4,7 +4,11 @@ transport stack raftcore's RPCs use (uvloop, FrameConnection's framing, a
 msgpack body decoded and encoded again on each side), with no Raft at all.
 
 A write over TCP needs at least one such round trip (leader to its fastest
-follower and back), so this is the least any TCP write path can cost.
+follower and back), so this is the least any TCP write path can cost. As
+raftcore batches the writes of many clients into one AppendEntries, each
+side here sends the frames made in one turn of its event loop with one
+write: with many clients the floor is a batched round trip, not one
+syscall per client.
 
 The echo side runs as `python -m raftcore.bench_echo`: it prints its port,
 then answers each frame [request id, payload] with the same frame until its
@@ -18,7 +22,25 @@ import time
 
 import msgpack
 
-from raftcore.network.framing import FrameConnection, open_frame_connection, unpackb
+from raftcore.network.framing import FrameConnection, frame, open_frame_connection, unpackb
+
+
+class _Batched:
+    """Frames sent on `conn` within one turn of the event loop, written together."""
+
+    def __init__(self, conn: FrameConnection) -> None:
+        self.conn = conn
+        self.frames: list = []
+
+    def send(self, body: bytes) -> None:
+        if not self.frames:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.frames.append(frame(body))
+
+    def _flush(self) -> None:
+        frames, self.frames = self.frames, []
+        if self.conn.transport is not None and not self.conn.transport.is_closing():
+            self.conn.transport.writelines(frames)
 
 
 async def serve() -> None:
@@ -37,9 +59,11 @@ async def serve() -> None:
 
 
 def _echo_on(conn: FrameConnection) -> None:
+    out = _Batched(conn)
+
     def on_frame(body: bytes) -> None:
         rid, payload = unpackb(body)
-        conn.send_frame(msgpack.packb([rid, payload]))
+        out.send(msgpack.packb([rid, payload]))
 
     conn.start(on_frame, lambda reason, warn: None)
 
@@ -81,12 +105,13 @@ async def _round_trips(conn: FrameConnection, clients: int, ops_per_client: int,
 
     conn.start(on_frame, on_end)
     pack = msgpack.packb
+    out = _Batched(conn)
 
     async def client(k: int) -> None:
         for i in range(ops_per_client):
             rid = k * ops_per_client + i
             fut = waiting[rid] = loop.create_future()
-            conn.send_frame(pack([rid, payload]))
+            out.send(pack([rid, payload]))
             await fut
 
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -120,14 +121,16 @@ async def run_soak(seconds: float, clients: int, payload_size: int = 8,
                    transport: str = "local", store: str = "mem", workdir: str = "",
                    nodes: int = 3) -> SoakRow:
     """`clients` tasks each awaiting client_write in a loop for `seconds`;
-    every call is timed, into the array of the second it ended in."""
+    every call is timed, into the array of the (whole) second it ended in;
+    calls still in flight at the deadline count in the last second."""
     cluster = await start_cluster(bench_config(clients, payload_size), transport, store,
                                   workdir, nodes)
     leader = cluster.leader
     payload = b"x" * payload_size
     gc.collect()
     row = SoakRow(clients, payload_size, nodes, seconds, 0.0, round(rss_mb(), 1), 0.0)
-    current = [array("q")]
+    last = max(1, math.ceil(seconds)) - 1
+    buckets: dict = {}
     perf = time.perf_counter_ns
     t0 = perf()
     deadline = t0 + int(seconds * 1e9)
@@ -139,17 +142,21 @@ async def run_soak(seconds: float, clients: int, payload_size: int = 8,
             if t >= deadline:
                 return
             await write(payload)
-            current[0].append(perf() - t)
+            end = perf()
+            k = min(last, (end - t0) // 1_000_000_000)
+            lat = buckets.get(k)
+            if lat is None:
+                lat = buckets[k] = array("q")
+            lat.append(end - t)
 
     async def each_second() -> None:
-        # Wakes once a second (at whole seconds since t0) to close that
-        # second's figures; the sort of one second's calls runs here.
-        k = 1
+        # Closes each second's figures once it is over, so that the timings
+        # of a long soak are not all held until the end.
         while True:
-            await asyncio.sleep(max(0.0, (t0 + k * 1e9 - perf()) / 1e9))
-            done, current[0] = current[0], array("q")
-            _close_second(row, done)
-            k += 1
+            now = (perf() - t0) // 1_000_000_000
+            while len(row.per_second) < min(now, last):
+                _close_second(row, buckets.pop(len(row.per_second), array("q")))
+            await asyncio.sleep(max(0.0, (t0 + (now + 1) * 1e9 - perf()) / 1e9))
 
     ticker = asyncio.ensure_future(each_second())
     try:
@@ -157,9 +164,10 @@ async def run_soak(seconds: float, clients: int, payload_size: int = 8,
     finally:
         ticker.cancel()
         await cluster.close()
-    total = sum(row.per_second) + len(current[0])
     row.seconds = (perf() - t0) / 1e9
-    row.puts_per_s = total / row.seconds
+    while len(row.per_second) <= last:
+        _close_second(row, buckets.pop(len(row.per_second), array("q")))
+    row.puts_per_s = sum(row.per_second) / row.seconds
     gc.collect()
     row.rss_end_mb = round(rss_mb(), 1)
     return row
