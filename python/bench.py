@@ -1,8 +1,9 @@
 """The cluster benchmark behind `raftcore bench`.
 
-openraft's cluster_benchmark workload: 3 voters in one process, an in-memory
-log store, a state machine that applies nothing but records progress, and the
-in-process router; N client tasks each awaiting client_write in a loop, timed
+openraft's cluster_benchmark workload: 3 voters (or --nodes) in one process
+on the in-process router (or over loopback TCP, one process each), an
+in-memory (or file) log store, a state machine that applies nothing but
+records progress; N client tasks each awaiting client_write in a loop, timed
 until the leader has applied every write. Beside it, the asyncio floor: a
 client task awaiting a future that a leader task resolves in batches, the
 least work any asyncio write path must do, measured in the same run.
@@ -17,6 +18,7 @@ import math
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -284,6 +286,37 @@ def seq_write_mb_per_s(directory: str, total_mb: int = 64, block_kb: int = 1024)
         os.close(fd)
         os.unlink(path)
     return total_mb * 1024 * 1024 / dt / 1e6
+
+
+class DiskProbe:
+    """The disk under --dir, measured before and after the rows: an fsync's
+    cost and the sequential write bandwidth (the higher of the two)."""
+
+    def __init__(self, directory: Optional[str]) -> None:
+        self.dir = directory or tempfile.gettempdir()
+        self.fsync_before = fsync_samples_us(self.dir)
+        self.seq_before = seq_write_mb_per_s(self.dir)
+        self.fsync_after: list = []
+        self.fsync_us = self.seq_mb_per_s = 0.0
+
+    def after(self, rows: Sequence[BenchRow]) -> None:
+        """Measures again, and sets each row's share of the disk's bandwidth."""
+        self.fsync_after = fsync_samples_us(self.dir)
+        self.fsync_us = statistics.median(self.fsync_before + self.fsync_after)
+        self.seq_after = seq_write_mb_per_s(self.dir)
+        self.seq_mb_per_s = max(self.seq_before, self.seq_after)
+        for r in rows:
+            r.of_disk_write = r.mb_per_s / self.seq_mb_per_s
+
+    def describe(self) -> str:
+        return (f"fsync of this disk (4 KiB write + fsync, p50 of {len(self.fsync_before)} "
+                f"before and {len(self.fsync_after)} after the rows): {self.fsync_us:,.0f} us "
+                f"(p50 before {statistics.median(self.fsync_before):,.0f}, after "
+                f"{statistics.median(self.fsync_after):,.0f})\n"
+                f"sequential write of this disk (64 MiB in 1 MiB writes, then fsync; the "
+                f"higher of before and after the rows): {self.seq_mb_per_s:,.0f} MB/s "
+                f"(before {self.seq_before:,.0f}, after {self.seq_after:,.0f}); "
+                f"'of disk' is a row's MB/s of payload over it")
 
 
 class BenchmarkError(RuntimeError):

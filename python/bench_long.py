@@ -17,9 +17,9 @@ import math
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
-from raftcore.bench import (BenchmarkError, bench_config, rss_mb, start_cluster)
+from raftcore.bench import BenchmarkError, bench_config, rss_mb, start_cluster
 
 
 @dataclass

@@ -59,7 +59,8 @@ def make_figure(rows: Sequence, title: str = "", pysyncobj_wps: Optional[float] 
            "memory": memory, "soak": soak}
     ncols = min(2, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig = Figure(figsize=(5.5 * ncols, 4.5 * nrows), layout="constrained")
+    # Wide enough for the title even with one panel.
+    fig = Figure(figsize=(max(8.0, 5.5 * ncols), 4.5 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).flat
     for draw, ax in zip(panels, axes):
         draw(ax, ctx)

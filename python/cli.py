@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from typing import Optional, Sequence
 
@@ -48,11 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("ctl", help="operate a key-value cluster: status, health, members, keys "
                                "(raftcore ctl --help)", add_help=False)
-    b = sub.add_parser("bench", help="3-node in-process cluster write benchmark",
+    b = sub.add_parser("bench", help="cluster write benchmark (3 voters in process by default)",
                        description="openraft's cluster_benchmark workload: 3 voters in one "
                                    "process, in-memory log, LocalRouter; N clients each "
                                    "awaiting client_write in a loop. The asyncio floor is "
-                                   "measured in the same run.")
+                                   "measured in the same run (over TCP also the TCP echo "
+                                   "floor; with the file store the disk's fsync and "
+                                   "sequential write bandwidth).")
     b.add_argument("--clients", type=_int_list, default=[1, 64, 256],
                    help="comma-separated client counts (default 1,64,256)")
     b.add_argument("--ops", type=_positive, default=None,
@@ -134,7 +135,7 @@ def _bench(args) -> int:
     if args.memory or args.duration:
         return _bench_long(args)
 
-    disk = _DiskProbe(args.dir) if args.store == "file" else None
+    disk = bench.DiskProbe(args.dir) if args.store == "file" else None
     try:
         rows = uvloop.run(bench.run_all(args.clients, args.ops, args.batch,
                                         args.payload or [8],
@@ -186,40 +187,6 @@ def _where(args) -> str:
              f"{voters} voters, one process each, loopback TCP")
     store = "MemLogStore" if args.store == "mem" else "FileLogStore (fsync)"
     return f"{where}, {store}"
-
-
-class _DiskProbe:
-    """The disk under --dir, measured before and after the rows: an fsync's
-    cost and the sequential write bandwidth (the higher of the two)."""
-
-    def __init__(self, directory: Optional[str]) -> None:
-        from raftcore import bench
-        import tempfile
-        self.dir = directory or tempfile.gettempdir()
-        self.fsync_before = bench.fsync_samples_us(self.dir)
-        self.seq_before = bench.seq_write_mb_per_s(self.dir)
-        self.fsync_after: list = []
-        self.fsync_us = self.seq_mb_per_s = 0.0
-
-    def after(self, rows) -> None:
-        """Measures again, and sets each row's share of the disk's bandwidth."""
-        from raftcore import bench
-        self.fsync_after = bench.fsync_samples_us(self.dir)
-        self.fsync_us = statistics.median(self.fsync_before + self.fsync_after)
-        self.seq_after = bench.seq_write_mb_per_s(self.dir)
-        self.seq_mb_per_s = max(self.seq_before, self.seq_after)
-        for r in rows:
-            r.of_disk_write = r.mb_per_s / self.seq_mb_per_s
-
-    def describe(self) -> str:
-        return (f"fsync of this disk (4 KiB write + fsync, p50 of {len(self.fsync_before)} "
-                f"before and {len(self.fsync_after)} after the rows): {self.fsync_us:,.0f} us "
-                f"(p50 before {statistics.median(self.fsync_before):,.0f}, after "
-                f"{statistics.median(self.fsync_after):,.0f})\n"
-                f"sequential write of this disk (64 MiB in 1 MiB writes, then fsync; the "
-                f"higher of before and after the rows): {self.seq_mb_per_s:,.0f} MB/s "
-                f"(before {self.seq_before:,.0f}, after {self.seq_after:,.0f}); "
-                f"'of disk' is a row's MB/s of payload over it")
 
 
 def _pysyncobj(args, rows) -> tuple:
