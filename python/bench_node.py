@@ -1,7 +1,7 @@
 """A follower node for `raftcore bench --transport tcp`: one process, one node.
 
 Started by the benchmark (python -m raftcore.bench_node --id N --store mem|file
---dir D); prints the port it serves on, then serves until stdin closes or it
+--dir D [--no-snapshots]); prints the port it serves on, then serves until stdin closes or it
 gets SIGTERM.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import signal
 import sys
 
-from raftcore.bench import ProgressStateMachine
+from raftcore.bench import ELECTION_TIMEOUTS, ProgressStateMachine, snapshot_policy
 from raftcore.config import Config
 from raftcore.network.tcp import RaftServer, TcpNetwork
 from raftcore.raft import Raft
@@ -19,8 +19,8 @@ from raftcore.storage.file import FileLogStore
 from raftcore.storage.mem import MemLogStore
 
 
-async def serve(node_id: int, store: str, directory: str) -> None:
-    config = Config(seed=node_id)
+async def serve(node_id: int, store: str, directory: str, snapshots: bool = True) -> None:
+    config = Config(seed=node_id, snapshot_policy=snapshot_policy(snapshots), **ELECTION_TIMEOUTS)
     log_store = MemLogStore() if store == "mem" else await FileLogStore.open(directory)
     raft = await Raft.create(node_id, config, TcpNetwork(rpc_timeout=config.rpc_timeout),
                              log_store, ProgressStateMachine())
@@ -42,9 +42,11 @@ def main(argv=None) -> int:
     p.add_argument("--id", type=int, required=True)
     p.add_argument("--store", choices=("mem", "file"), default="mem")
     p.add_argument("--dir", default="")
+    p.add_argument("--no-snapshots", action="store_true",
+                   help="never build a snapshot (the log keeps every entry)")
     args = p.parse_args(argv)
     import uvloop
-    uvloop.run(serve(args.id, args.store, args.dir))
+    uvloop.run(serve(args.id, args.store, args.dir, not args.no_snapshots))
     return 0
 
 

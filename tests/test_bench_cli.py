@@ -215,3 +215,149 @@ def test_a_row_whose_leader_loses_leadership_is_a_clear_error(monkeypatch, capsy
     assert "Traceback" not in out.err and "put/s" not in out.out
     [c] = clusters
     assert c.leader.metrics.state.name == "SHUTDOWN"
+
+
+# ----------------------------------------------------------- scale rows
+
+def _json_run(capsys, *argv):
+    rc = cli.main(["bench", "--no-progress", "--json", *argv])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return json.loads(out)
+
+
+def test_nodes_gives_one_row_per_voter_count(capsys):
+    out = _json_run(capsys, "--nodes", "1,5", "--clients", "1,3", "--ops", "20", "--no-floor")
+    assert [(r["nodes"], r["clients"]) for r in out["rows"]] == [(1, 1), (1, 3), (5, 1), (5, 3)]
+    for r in out["rows"]:
+        assert r["ops"] == 20 * r["clients"] and r["puts_per_s"] > 0
+
+
+def test_nodes_over_tcp_start_a_process_per_follower_and_measure_the_tcp_floor(capsys):
+    out = _json_run(capsys, "--transport", "tcp", "--nodes", "2", "--clients", "16",
+                    "--ops", "20")
+    (row,) = out["rows"]
+    assert row["nodes"] == 2 and row["ops"] == 320
+    assert row["tcp_floor_per_s"] > 0
+    assert row["of_tcp_floor"] == pytest.approx(row["puts_per_s"] / row["tcp_floor_per_s"])
+    assert row["of_floor"] == pytest.approx(row["puts_per_s"] / row["floor_per_s"])
+
+
+def test_tcp_floor_echoes_every_round_trip():
+    import uvloop
+    from raftcore.bench_echo import run_tcp_floor
+    assert uvloop.run(run_tcp_floor(3, 20, 1024)) > 0
+
+
+def test_payloads_give_goodput_and_the_share_of_the_disks_bandwidth(capsys, tmp_path):
+    out = _json_run(capsys, "--payload", "16,4096", "--clients", "2", "--ops", "20",
+                    "--store", "file", "--dir", str(tmp_path), "--no-floor")
+    assert out["seq_write_mb_per_s"] > 0 and out["fsync_p50_us"] > 0
+    assert [r["payload"] for r in out["rows"]] == [16, 4096]
+    for r in out["rows"]:
+        assert r["mb_per_s"] == pytest.approx(r["puts_per_s"] * r["payload"] / 1e6)
+        assert r["of_disk_write"] == pytest.approx(r["mb_per_s"] / out["seq_write_mb_per_s"])
+    assert list(tmp_path.iterdir()) == []      # probes and stores cleaned up
+
+
+def test_table_names_the_new_columns(capsys, tmp_path):
+    rc = cli.main(["bench", "--no-progress", "--clients", "1", "--ops", "20", "--payload",
+                   "64", "--store", "file", "--dir", str(tmp_path), "--no-floor"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    head = next(line for line in out.splitlines() if "put/s" in line)
+    for column in ("nodes", "payload", "MB/s", "of disk"):
+        assert column in head
+    assert "sequential write of this disk" in out
+
+
+def test_memory_rows_report_rss_and_the_log_at_each_checkpoint(capsys):
+    out = _json_run(capsys, "--memory", "300,600", "--nodes", "3")
+    default, off = out["memory"]
+    assert default["snapshots"] is True and off["snapshots"] is False
+    for r in (default, off):
+        assert r["payload"] == 100 and r["entries"] == [300, 600]
+        assert r["rss_start_mb"] > 0 and all(m > 0 for m in r["rss_mb"])
+    # Snapshots off: the log holds every entry written (and the first
+    # leader's blank and membership entries).
+    assert all(kept >= n for kept, n in zip(off["log_entries"], off["entries"]))
+
+
+async def _retained_after_purge(snapshots: bool) -> tuple:
+    """Writes 12,000 entries to an in-process cluster; with snapshots, waits
+    for the purge behind the snapshot at 10,000: (entries the leader's log
+    holds, entries written)."""
+    from raftcore import bench_long
+    cluster = await bench.start_cluster(bench.bench_config(64, 100, snapshots))
+    try:
+        leader = cluster.leader
+        for k in range(0, 12_000, 500):
+            await leader.client_write_many(bench_long.distinct_payloads(100, 500, k))
+        if snapshots:
+            keep = leader.config.max_in_snapshot_log_to_keep
+            await leader.wait(30).metrics(
+                lambda m: m.purged is not None and m.purged.index >= 10_000 - keep,
+                "the purge behind the snapshot at 10,000 entries")
+        return bench_long.log_entries(leader), leader.metrics.last_log_index
+    finally:
+        await cluster.close()
+
+
+def test_the_log_keeps_a_bounded_tail_once_snapshotted_and_purged():
+    import uvloop
+    kept, last = uvloop.run(_retained_after_purge(True))
+    assert last >= 12_000
+    # Entries after the purge point only: at most those written since the
+    # snapshot at 10,000 and the kept max_in_snapshot_log_to_keep below it.
+    assert kept <= last - (10_000 - 1000)
+    kept, last = uvloop.run(_retained_after_purge(False))
+    assert kept == last
+
+
+def test_duration_reports_each_second(capsys):
+    out = _json_run(capsys, "--duration", "2", "--clients", "4")
+    soak = out["soak"]
+    assert soak["clients"] == 4 and soak["seconds"] >= 2
+    assert len(soak["per_second"]) == len(soak["p999_us"]) == len(soak["rss_mb"]) >= 2
+    assert sum(soak["per_second"]) > 0 and soak["puts_per_s"] > 0
+    assert soak["rss_start_mb"] > 0 and soak["rss_end_mb"] > 0
+
+
+@pytest.mark.parametrize("option, value", [("--nodes", "0"), ("--payload", "16,x"),
+                                           ("--memory", "-5"), ("--duration", "0")])
+def test_scale_options_refuse_bad_values(option, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", option, value])
+    assert exc.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_plot_draws_voters_goodput_memory_and_soak_panels():
+    from raftcore.bench_long import MemoryRow, SoakRow
+    rows = []
+    for nodes in (3, 5):
+        for payload in (16, 1024):
+            r = _row(8, 10_000 * payload / nodes, floor=100_000)
+            r.nodes, r.payload, r.mb_per_s = nodes, payload, r.puts_per_s * payload / 1e6
+            rows.append(r)
+    memory = [MemoryRow(True, 100, 3, 30.0, [1000, 2000], [40.0, 41.0], [900, 950], [1, 2])]
+    soak = SoakRow(4, 8, 3, 3.0, 100.0, 30.0, 31.0, [100, 99, 101], [900.0, 950.0, 910.0],
+                   [50.0, 51.0, 50.0], [30.5, 30.7, 31.0])
+    fig = bench_plot.make_figure(rows, disk_mb_per_s=500.0, memory=memory, soak=soak)
+    titles = [ax.get_title() for ax in fig.axes]
+    for t in ("throughput", "latency", "throughput against voters", "goodput against payload",
+              "memory", "soak: 4 clients", "soak: memory"):
+        assert t in titles
+    voters = fig.axes[titles.index("throughput against voters")]
+    assert sorted(l.get_label() for l in voters.get_lines()) == ["8 clients, 1024 B",
+                                                                 "8 clients, 16 B"]
+    mem = fig.axes[titles.index("memory")]
+    default = next(l for l in mem.get_lines() if l.get_label() == "default snapshot policy")
+    assert list(default.get_ydata()) == [30.0, 40.0, 41.0]
+
+
+def test_plot_of_a_memory_run_writes_a_png(capsys, tmp_path):
+    path = tmp_path / "m.png"
+    rc = cli.main(["bench", "--memory", "200", "--plot", str(path)])
+    assert rc == 0
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
