@@ -78,11 +78,16 @@ def benchmark(port: int, requests: int, extra: list[str]) -> dict[str, tuple[flo
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dir", default=None, help="data directory (default: a temporary one)")
+    p.add_argument("--dir", default=None,
+                   help="where each run makes a fresh data directory (default: the system's "
+                        "temporary directory)")
     p.add_argument("--requests", type=int, default=100_000, help="requests per run")
     args = p.parse_args(argv)
-    work = args.dir or tempfile.mkdtemp(prefix="raftcore-redis-bench-")
-    os.makedirs(work, exist_ok=True)
+    # A fresh directory per run: nodes left by an earlier run would keep that
+    # run's membership (and its ports) and never elect a leader on these.
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="raftcore-redis-bench-", dir=args.dir)
     ports = free_ports(7)
     peers = ",".join(f"{i}={HOST}:{ports[i - 1]}" for i in (1, 2, 3))
     procs = []
