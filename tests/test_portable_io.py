@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import json
 import os
 import pathlib
@@ -111,6 +112,36 @@ def test_without_the_environment_variable_stores_take_linux_calls(tmp_path, valu
 def test_a_store_given_portable_file_ops_takes_the_portable_calls(tmp_path):
     assert_portable(probe(str(tmp_path / "portable"), "portable"))
     assert_native(probe(str(tmp_path / "native"), "native"))
+
+
+class NoFallocateOps(FileOps):
+    """A file system that cannot reserve blocks (as musl reports it)."""
+
+    def __init__(self) -> None:
+        super().__init__(io=NATIVE)
+        self.fallocate_calls = 0
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        self.fallocate_calls += 1
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+
+def test_a_file_system_without_fallocate_makes_the_store_grow_files_with_ftruncate(
+        tmp_path, caplog):
+    async def body() -> None:
+        ops = NoFallocateOps()
+        store = FileLogStore(str(tmp_path), ops=ops)
+        for i in range(1, 4):
+            await append(store, [Entry(1, i, ENTRY_NORMAL, f"v{i}")])
+        assert store.io_path.allocate == "ftruncate"
+        assert ops.fallocate_calls == 1        # tried once, then not again
+        await store.close()
+        store = FileLogStore(str(tmp_path))
+        assert [e.payload for e in store.entries(1, 3)] == ["v1", "v2", "v3"]
+        await store.close()
+    with caplog.at_level("WARNING", logger="raftcore.storage"):
+        asyncio.run(body())
+    assert "posix_fallocate is not supported here" in caplog.text
 
 
 def test_a_bad_environment_value_is_refused_naming_the_variable():

@@ -13,13 +13,22 @@ once the directory is). `fsync_dir(path)` makes a directory's entries
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import fcntl
+import logging
 import os
 from typing import Optional
 
 from raftcore.storage.wal.iopath import DEFAULT, IOPath
 
 __all__ = ["FileOps", "replace_file", "fsync_dir"]
+
+log = logging.getLogger("raftcore.storage")
+
+#: What posix_fallocate fails with on a file system that cannot reserve
+#: blocks (musl's libc reports it instead of emulating, as glibc does).
+_NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 class FileOps:
@@ -102,9 +111,22 @@ class FileOps:
         """Makes the file at least offset + length bytes long, the new part
         zeros, with its blocks allocated where the platform can (io.allocate)."""
         if self.io.allocate == "posix_fallocate":
-            self.fallocate(fd, offset, length)
-        else:
-            self.extend(fd, offset + length)
+            try:
+                self.fallocate(fd, offset, length)
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_FALLOCATE:
+                    raise
+                self._take_ftruncate(exc)
+        self.extend(fd, offset + length)
+
+    def _take_ftruncate(self, exc: OSError) -> None:
+        """The file system refused posix_fallocate as unsupported: from now
+        on this store grows its files with ftruncate (io_path says so), and
+        a full disk shows on a write instead of on the allocation."""
+        log.warning("posix_fallocate is not supported here (%s); growing segment files "
+                    "with ftruncate instead (their blocks are no longer reserved ahead)", exc)
+        self.io = dataclasses.replace(self.io, allocate="ftruncate")
 
     def fallocate(self, fd: int, offset: int, length: int) -> None:
         """posix_fallocate: the blocks are reserved (ENOSPC shows here)."""
