@@ -130,7 +130,8 @@ async def test_a_retried_call_is_applied_once():
         from raftcore.embed.forwarding import propose
         first = await propose(leader.raft, "c1", 1, 1, "state", "deposit", [5])
         again = await propose(leader.raft, "c1", 1, 1, "state", "deposit", [5])
-        assert first == again == [0, [0, 5]]
+        # [DONE, (OK, 5)]: the answer kept for a retry is a tuple.
+        assert first == again == [0, (0, 5)]
         assert await leader.state.get() == 5
         # Acknowledged below 2: seq 1 is no longer answered, nor applied.
         await propose(leader.raft, "c1", 2, 2, "state", "deposit", [1])

@@ -34,7 +34,7 @@ from raftcore.embed.replicated import CLIENT_ID_TYPES, CMD
 
 __all__ = ["EMBED_CALL", "EMBED_READ", "EMBED_STATUS", "DONE", "REDIRECT", "UNKNOWN", "REFUSED",
            "UNAVAILABLE", "LeaderService", "Forwarder", "Forwarding", "Clock", "command_entry",
-           "node_status"]
+           "node_status", "reply_to_error"]
 
 #: Service types (raftcore kv uses the first few above SERVICE_TYPE_MIN).
 EMBED_CALL = SERVICE_TYPE_MIN + 64
@@ -65,19 +65,23 @@ async def propose(raft: Any, cid: Any, seq: int, acked: int, obj: str, method: s
     try:
         resp = await raft.client_write(command_entry(cid, seq, acked, obj, method, args,
                                                      clock))
-    except ForwardToLeader as e:
-        return [REDIRECT, e.leader_id]
-    except InvalidCommand as e:
-        return [REFUSED, str(e)]
-    except OutcomeUnknown as e:
-        return [UNKNOWN, str(e)]
-    except Fatal as e:
-        # The leader stopped (shut down, or a storage failure) with the
-        # write in flight: its entry may still commit on the others.
-        return [UNKNOWN, str(e)]
     except RaftError as e:
-        return [UNAVAILABLE, f"{type(e).__name__}: {e}"]
+        return reply_to_error(e)
     return [DONE, resp.data]
+
+
+def reply_to_error(e: RaftError) -> list:
+    """The reply (see the module docstring) of a command whose client_write
+    raised `e`."""
+    if isinstance(e, ForwardToLeader):
+        return [REDIRECT, e.leader_id]
+    if isinstance(e, InvalidCommand):
+        return [REFUSED, str(e)]
+    if isinstance(e, (OutcomeUnknown, Fatal)):
+        # Fatal: the leader stopped (shut down, or a storage failure) with
+        # the write in flight: its entry may still commit on the others.
+        return [UNKNOWN, str(e)]
+    return [UNAVAILABLE, f"{type(e).__name__}: {e}"]
 
 
 async def read_point(raft: Any, lease: bool) -> list:

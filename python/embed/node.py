@@ -25,12 +25,13 @@ from raftcore.storage.base import LogStore
 from raftcore.storage.file import FileLogStore
 from raftcore.storage.mem import MemLogStore
 
+from raftcore.embed.batches import CommandBatches, call_size
 from raftcore.embed.deadlines import Deadlines
 from raftcore.embed.forwarding import (DONE, EMBED_CALL, EMBED_READ, REDIRECT, REFUSED,
                                        UNKNOWN, Clock, Forwarder, Forwarding, LeaderService,
                                        node_status, propose, read_point)
 from raftcore.embed.replicated import (SCALAR_TYPES, FAILED, OK, TICK, ReplicatedStateMachine,
-                                       kind_of)
+                                       kind_of, wants_own_entry)
 
 __all__ = ["start", "parse_peers", "EmbeddedNode", "ObjectProxy", "CommandFailed", "service_config"]
 
@@ -195,8 +196,17 @@ class EmbeddedNode:
         #: This node's session: a fresh client id per start.
         self.client_id = client_id or f"{raft.id}-{secrets.token_hex(6)}"
         self._seq = 0
-        #: seq -> None of the calls waiting for their answers, oldest first.
-        self._outstanding: dict[int, None] = {}
+        #: seq -> (deadline, the future of its batched reply or None) of the
+        #: calls waiting for their answers, oldest first.
+        self._outstanding: dict[int, tuple[float, Optional[asyncio.Future]]] = {}
+        #: The timer of the deadline sweep (_expire), while one is set.
+        self._sweep: Optional[asyncio.TimerHandle] = None
+        #: (object, method) -> whether that @command wants an entry of its own.
+        self._commands: dict[tuple[str, str], bool] = {}
+        #: Calls making attempts of their own (not batched) now.
+        self._proposing = 0
+        self._batches = CommandBatches(raft, self.client_id, clock, self._oldest_call,
+                                       raft.config.max_command_bytes)
         #: The node the last call went to when it was not this one.
         self._leader_hint: Optional[int] = None
         self._tasks: set[asyncio.Task] = set()
@@ -242,56 +252,116 @@ class EmbeddedNode:
         (or a method that is not a @command), CommandFailed if the method
         raised, OutcomeUnknown if after `timeout` it cannot be known
         whether the command was applied, Timeout if it surely was not."""
-        target = self.state_machine.objects.get(obj)
-        if target is None or kind_of(target, method) != "command":
-            raise InvalidCommand(f"{obj}.{method} is not a @command of this node's objects")
+        own_entry = self._commands.get((obj, method))
+        if own_entry is None:
+            own_entry = self._command_of(obj, method)
         args = list(args)
+        packed: Optional[int] = None
         try:
             # Scalars need no trial encoding (the common case, kept cheap).
-            if not all(type(a) in SCALAR_TYPES for a in args):
-                msgpack.packb(args, use_bin_type=True)
+            for a in args:
+                if type(a) not in SCALAR_TYPES:
+                    packed = len(msgpack.packb(args, use_bin_type=True))
+                    break
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidCommand(f"{obj}.{method}: its arguments must be msgpack values "
                                  f"(None, bool, int, float, str, bytes, lists, maps): {exc}") \
                 from None
         self._seq = seq = self._seq + 1
-        self._outstanding[seq] = None
+        deadline = self._loop.time() + self.timeout
+        outstanding = self._outstanding
         try:
-            answer = await self._until_answered(seq, obj, method, args)
+            hint = self._leader_hint
+            if (hint is None or hint == self.raft.id) and \
+                    (self._proposing or not self._batches.idle()):
+                # The last call was this node's to propose and others are
+                # in flight: it joins this turn's batch, its reply bounded
+                # by the deadline sweep.
+                fut = self._batches.submit(seq, obj, method, args,
+                                           call_size(obj, method, args, packed), own_entry)
+                outstanding[seq] = (deadline, fut)
+                if self._sweep is None:
+                    self._sweep = self._loop.call_at(deadline, self._expire)
+                reply = await fut
+                if reply[0] == DONE:
+                    answer = reply[1]
+                else:
+                    answer = await self._until_answered(seq, obj, method, args, deadline,
+                                                        reply)
+            else:
+                # Alone (nothing else in flight: no turn to wait for), or
+                # forwarded: attempts of its own.
+                outstanding[seq] = (deadline, None)
+                self._proposing += 1
+                try:
+                    answer = await self._until_answered(seq, obj, method, args, deadline, None)
+                finally:
+                    self._proposing -= 1
         finally:
-            del self._outstanding[seq]
+            del outstanding[seq]
         if answer[0] == OK:
             return answer[1]
         if answer[0] == FAILED:
             raise CommandFailed(f"{obj}.{method} failed: {answer[1]}")
         raise OutcomeUnknown(f"{obj}.{method}: {answer[1]}")
 
-    async def _until_answered(self, seq: int, obj: str, method: str, args: list) -> list:
-        deadline = self._loop.time() + self.timeout
+    def _command_of(self, obj: str, method: str) -> bool:
+        """Whether @command `obj.method` wants an entry of its own (looked
+        up once); InvalidCommand if it is no command of this node's."""
+        target = self.state_machine.objects.get(obj) if type(obj) is str else None
+        if target is None or type(method) is not str or kind_of(target, method) != "command":
+            raise InvalidCommand(f"{obj}.{method} is not a @command of this node's objects")
+        own = self._commands[(obj, method)] = wants_own_entry(target, method)
+        return own
+
+    def _expire(self) -> None:
+        """The deadline sweep: answers the batched calls past their deadline
+        (a reply of UNKNOWN: their entries may still commit). Calls are
+        kept oldest first and share one timeout, so their deadlines come in
+        that order: one timer at the oldest's is enough."""
+        self._sweep = None
+        now = self._loop.time()
+        for deadline, fut in self._outstanding.values():
+            if deadline > now:
+                self._sweep = self._loop.call_at(deadline, self._expire)
+                return
+            if fut is not None and not fut.done():
+                fut.set_result([UNKNOWN, "no answer from the leader within the timeout"])
+
+    def _oldest_call(self) -> int:
+        # Seqs are issued in order and the dict keeps that order, so the
+        # first key is the smallest.
+        return next(iter(self._outstanding))
+
+    async def _until_answered(self, seq: int, obj: str, method: str, args: list,
+                              deadline: float, reply: Optional[list]) -> list:
+        """The answer of call `seq` after a first reply that was not one
+        (`reply`; None: no attempt was made yet): attempts at the leader
+        until one answers or the deadline passes."""
         maybe_applied = ""          # why the outcome of an attempt is unknown
         last = "no leader was known"
         redirects = 0               # redirects followed since the last pause
+        target = self._leader_hint
         while True:
-            # The oldest call still waiting: seqs are issued in order and the
-            # dict keeps that order, so the first key is the smallest.
-            acked = next(iter(self._outstanding))
             raft = self.raft
-            # Where the last call went (None: this node): no metrics are
-            # built on the way of a call that goes where the last one did.
-            target = self._leader_hint
-            try:
-                if target is None or target == raft.id:
-                    attempt = propose(raft, self.client_id, seq, acked, obj, method, args,
-                                      self.clock)
-                else:
-                    attempt = self._forwarder.request(
-                        target, _node_of(raft.metrics, target),
-                        [EMBED_CALL, self.client_id, seq, acked, obj, method, args])
-                # Bounded by the call's deadline: an entry that cannot
-                # commit (no quorum) must not hold the caller forever.
-                reply = await self._deadlines.bounded(attempt, deadline)
-            except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
-                reply = [UNKNOWN, f"no answer from the leader: {exc or 'timed out'}"]
+            if reply is None:
+                # Where the last call went (None: this node): no metrics are
+                # built on the way of a call that goes where the last one did.
+                target = self._leader_hint
+                try:
+                    if target is None or target == raft.id:
+                        attempt = propose(raft, self.client_id, seq, self._oldest_call(), obj,
+                                          method, args, self.clock)
+                    else:
+                        attempt = self._forwarder.request(
+                            target, _node_of(raft.metrics, target),
+                            [EMBED_CALL, self.client_id, seq, self._oldest_call(), obj,
+                             method, args])
+                    # Bounded by the call's deadline: an entry that cannot
+                    # commit (no quorum) must not hold the caller forever.
+                    reply = await self._deadlines.bounded(attempt, deadline)
+                except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
+                    reply = [UNKNOWN, f"no answer from the leader: {exc or 'timed out'}"]
             code = reply[0]
             if code == DONE:
                 return reply[1]
@@ -305,11 +375,13 @@ class EmbeddedNode:
                     # nodes with stale views could send a call back and forth).
                     self._leader_hint = reply[1]
                     redirects += 1
+                    reply = None
                     continue
             elif code == UNKNOWN:
                 maybe_applied = last = str(reply[1])
             else:
                 last = str(reply[1])
+            reply = None
             redirects = 0
             if raft.metrics.state == ServerState.SHUTDOWN:
                 raise Fatal(f"node {raft.id} is shut down")
@@ -465,6 +537,10 @@ class EmbeddedNode:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._forwarder.close()
         await self.raft.shutdown()
+        await self._batches.close()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if self.server is not None:
             await self.server.close()
         await self.store.close()

@@ -127,7 +127,8 @@ class ReplLock:
             return None
         return cur
 
-    @command
+    # In an entry of its own: its index is the token, unique to this acquire.
+    @command(own_entry=True)
     def acquire(self, name: str, holder: str, lease: float) -> list:
         """Takes `name` for `lease` seconds if it is free or expired (or
         renews it if `holder` has it): [True, token] or [False, holder]."""

@@ -10,13 +10,18 @@ Log entries written by the embedding layer (msgpack lists):
         seq); `acked_below`: the caller has every answer below that seq, so
         the answers kept for it can go. `stamp`: the leader's wall clock
         (time.time()) when it admitted the command.
+    ["rb", client_id, acked_below, stamp, seq, object, method, args, seq, ...]
+        the commands one caller made in one event-loop turn (see
+        raftcore.embed.batches), applied in order as if each had an "rc"
+        entry of its own, except that they share the entry's index.
     ["rt", stamp]
         a tick: the leader's clock, logged periodically so that time moves
         forward in the state (leases expire) without other writes.
 
-The answer of a command entry is [OK, result], [FAILED, "Type: message"]
-(the method raised; every node raised the same, the state is whatever the
-method left) or [STALE, reason] (a seq below what its caller acknowledged).
+The answer of a command is [OK, result], [FAILED, "Type: message"] (the
+method raised; every node raised the same, the state is whatever the method
+left) or [STALE, reason] (a seq below what its caller acknowledged). The
+answer of an "rb" entry is the list of its commands' answers, in order.
 """
 from __future__ import annotations
 
@@ -25,11 +30,15 @@ import itertools
 import logging
 import os
 import threading
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar, overload
 
 import msgpack
 
 from raftcore.errors import ConfigError, NotAllowed, StorageError
+# The entry tags, answer codes and the compiled apply of entries (the
+# layer's hot path on every node).
+from raftcore.embed.command_apply import (BATCH, CLIENT_ID_TYPES, CMD, FAILED, OK,
+                                          SCALAR_TYPES, STALE, TICK, CommandApplier, Session)
 from raftcore.kv.state import decode_snapshot_file, encode_snapshot_file
 from raftcore.messages import SnapshotMeta
 from raftcore.storage.base import Snapshot, StateMachine
@@ -37,38 +46,45 @@ from raftcore.storage.wal.oslayer import replace_file
 from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry, LogId
 
 __all__ = ["command", "query", "applying", "ApplyClock", "ReplicatedStateMachine",
-           "kind_of", "CMD", "TICK", "OK", "FAILED", "STALE"]
+           "kind_of", "wants_own_entry", "Session", "CMD", "BATCH", "TICK", "OK", "FAILED",
+           "STALE", "SCALAR_TYPES", "CLIENT_ID_TYPES"]
 
 log = logging.getLogger("raftcore.embed")
 
-#: Entry tags.
-CMD = "rc"
-TICK = "rt"
-#: Answer codes of a command entry.
-OK = 0
-FAILED = 1
-STALE = 2
+
 
 #: Version of the snapshot data (what travels to followers and is saved).
 SNAPSHOT_FORMAT = 1
 _SNAP_FILE = "snapshot"
 _snapshot_ids = itertools.count(1)
-#: What a session's client id may be (hashable as msgpack decodes it).
-CLIENT_ID_TYPES = (str, bytes, int)
-#: Types whose values are msgpack values as they are (no trial encoding needed).
-SCALAR_TYPES = (int, str, type(None), bool, float, bytes)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def command(fn: F) -> F:
+@overload
+def command(fn: F) -> F: ...
+
+
+@overload
+def command(*, own_entry: bool = False) -> Callable[[F], F]: ...
+
+
+def command(fn: Optional[F] = None, *, own_entry: bool = False) -> Any:
     """Marks a method of a replicated class as a command: calling it through
     a node (`await node.state.method(...)`, on any node) appends it to the
     log, and every node runs it in log order. It must be deterministic (a
     function of the state, its arguments and `applying()` alone) and quick;
-    its arguments and result are msgpack values."""
-    fn.__raftcore_kind__ = "command"     # type: ignore[attr-defined]
-    return fn
+    its arguments and result are msgpack values.
+
+    Commands called on one node in the same event-loop turn share a log
+    entry, so `applying().index` is theirs in common. A command that must
+    have an index of its own (a fencing token, as ReplLock.acquire's) is
+    marked `@command(own_entry=True)`: it always goes in an entry alone."""
+    def mark(f: F) -> F:
+        f.__raftcore_kind__ = "command"         # type: ignore[attr-defined]
+        f.__raftcore_own_entry__ = own_entry    # type: ignore[attr-defined]
+        return f
+    return mark(fn) if fn is not None else mark
 
 
 def query(fn: F) -> F:
@@ -83,6 +99,12 @@ def kind_of(obj: Any, method: str) -> Optional[str]:
     """"command", "query" or None for `method` of `obj`'s class."""
     fn = getattr(type(obj), method, None)
     return getattr(fn, "__raftcore_kind__", None)
+
+
+def wants_own_entry(obj: Any, method: str) -> bool:
+    """Whether command `method` of `obj` is marked @command(own_entry=True)."""
+    fn = getattr(type(obj), method, None)
+    return bool(getattr(fn, "__raftcore_own_entry__", False))
 
 
 class ApplyClock:
@@ -109,16 +131,6 @@ def applying() -> ApplyClock:
     index and the leader's time stamped in it. Read it only from inside a
     @command or @query method."""
     return _current
-
-
-class _Session:
-    """A caller's answers at or above `floor` (it has those below)."""
-
-    __slots__ = ("floor", "answers")
-
-    def __init__(self, floor: int = 0, answers: Optional[dict] = None) -> None:
-        self.floor = floor
-        self.answers: dict[int, list] = answers if answers is not None else {}
 
 
 def state_of(obj: Any) -> Any:
@@ -169,13 +181,12 @@ class ReplicatedStateMachine(StateMachine):
         self.path = os.fspath(path) if path is not None else None
         self.max_sessions = max_sessions
         self.clock = ApplyClock()
-        self.sessions: dict[Any, _Session] = {}
+        self._applier = CommandApplier(self.clock, max_sessions, self._command)
         self.last_applied: Optional[LogId] = None
         self.last_membership: Any = None
         self._snapshot: Optional[Snapshot] = None
         self._durable: Optional[SnapshotMeta] = None
         self._file_lock = threading.Lock()
-        self._commands: dict[tuple, Callable[..., Any]] = {}
         if self.path is not None:
             self._load_file()
 
@@ -184,6 +195,7 @@ class ReplicatedStateMachine(StateMachine):
     def apply(self, entries: Sequence[Entry]) -> list[Any]:
         global _current
         _current = clock = self.clock
+        apply_payload = self._applier.apply_payload
         out: list[Any] = []
         for e in entries:
             kind = e.kind
@@ -194,83 +206,25 @@ class ReplicatedStateMachine(StateMachine):
                 continue
             # The index is a lock's fencing token (applying().index).
             clock.index = e.index
-            out.append(self._apply_one(e.payload))
+            out.append(apply_payload(e.payload))
         if entries:
             self.last_applied = entries[-1].log_id
         return out
 
-    def _apply_one(self, p: Any) -> Any:
-        # Everything here is a function of the log alone: every node answers
-        # the same way, malformed entries included (they are committed).
-        if type(p) is not list or not p:
-            return [FAILED, f"not an entry of the embedding layer: {p!r:.80}"]
-        tag = p[0]
-        if tag == TICK and len(p) == 2:
-            self._advance(p[1])
-            return None
-        if tag != CMD or len(p) != 8:
-            return [FAILED, f"not an entry of the embedding layer: {p!r:.80}"]
-        _, cid, seq, acked, name, method, args, stamp = p
-        self._advance(stamp)
-        if type(cid) not in CLIENT_ID_TYPES:
-            return [FAILED, f"a client id is a str, bytes or int, got {cid!r:.60}"]
-        s = self.sessions.pop(cid, None)
-        if s is None:
-            s = _Session()
-            if len(self.sessions) >= self.max_sessions:
-                del self.sessions[next(iter(self.sessions))]
-        self.sessions[cid] = s          # most recently active last
-        answer: Optional[list]
-        if type(seq) is not int or seq < s.floor:
-            answer = [STALE, f"call {seq!r:.20} of {cid!r:.60} is older than what its caller "
-                             f"acknowledged ({s.floor}); not applied again"]
-        else:
-            answer = s.answers.get(seq)
-            if answer is None:
-                answer = s.answers[seq] = self._run(name, method, args)
-        if type(acked) is int and acked > s.floor:
-            answers = s.answers
-            if acked - s.floor <= len(answers):
-                # The common case: the floor moves by a few calls.
-                for k in range(s.floor, acked):
-                    answers.pop(k, None)
-            else:
-                s.answers = {k: v for k, v in answers.items() if k >= acked}
-            s.floor = acked
-        return answer
-
-    def _advance(self, stamp: Any) -> None:
-        # Leaders' clocks may disagree: the state's time never goes back.
-        if type(stamp) in (int, float) and stamp > self.clock.time:
-            self.clock.time = float(stamp)
+    @property
+    def sessions(self) -> dict[Any, Session]:
+        """client id -> Session (its floor and the answers kept for it),
+        least recently active first."""
+        return self._applier.sessions
 
     def _command(self, name: Any, method: Any) -> Optional[Callable[..., Any]]:
-        """The bound @command `name.method`, or None (looked up once: the
-        objects stay the same, a snapshot restores their fields in place)."""
-        key = (name, method)
-        fn = self._commands.get(key)
-        if fn is None:
-            obj = self.objects.get(name) if type(name) is str else None
-            if obj is None or type(method) is not str or kind_of(obj, method) != "command":
-                return None
-            fn = self._commands[key] = getattr(obj, method)
-        return fn
-
-    def _run(self, name: Any, method: Any, args: Any) -> list:
-        try:
-            fn = self._command(name, method)
-        except TypeError:       # an unhashable name or method
-            fn = None
-        if fn is None or type(args) is not list:
-            return [FAILED, f"no command {name!r:.40}.{method!r:.40} taking a list of "
-                            "arguments on this node"]
-        try:
-            result = fn(*args)
-            if type(result) not in SCALAR_TYPES:
-                msgpack.packb(result, use_bin_type=True)
-        except Exception as exc:
-            return [FAILED, f"{type(exc).__name__}: {exc}"]
-        return [OK, result]
+        """The bound @command `name.method`, or None (the applier keeps what
+        it found: the objects stay the same, a snapshot restores their
+        fields in place)."""
+        obj = self.objects.get(name) if type(name) is str else None
+        if obj is None or type(method) is not str or kind_of(obj, method) != "command":
+            return None
+        return getattr(obj, method)
 
     def run_query(self, name: str, method: str, args: Sequence[Any]) -> Any:
         """Runs a @query method on this node's copy now (no read barrier)."""
@@ -336,7 +290,7 @@ class ReplicatedStateMachine(StateMachine):
             missing = set(self.objects) - set(obj["objects"])
             if missing:
                 raise ValueError(f"it holds no state for {sorted(missing)}")
-            obj["sessions"] = {cid: _Session(floor, dict(answers))
+            obj["sessions"] = {cid: Session(floor, dict(answers))
                                for cid, floor, answers in obj["sessions"]}
             return obj
         except Exception as exc:
@@ -347,7 +301,7 @@ class ReplicatedStateMachine(StateMachine):
         obj = self._parse(meta, data)
         for name, o in self.objects.items():
             restore_state(o, obj["objects"][name])
-        self.sessions = obj["sessions"]
+        self._applier.sessions = obj["sessions"]
         self.clock.time = float(obj["time"])
         self.clock.index = meta.last_log_index
         self.last_applied = LogId(meta.last_log_term, meta.last_log_index)

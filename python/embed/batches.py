@@ -1,0 +1,169 @@
+"""Command batches: the commands a node's callers make in one event-loop
+turn go to the log as one entry.
+
+Through the embedding layer, a command's own cost is small next to what
+the log charges per entry (an entry admitted, encoded, replicated, stored
+and applied on every node). A leader's callers that call at once (a service
+under load: many requests in flight) therefore share an entry: the first
+call of a turn starts a task, and when that task first runs, one loop turn
+later, it takes every call made meanwhile and writes them as one BATCH entry
+(raftcore.embed.replicated). A call alone goes as a CMD entry, as before
+batching; so does a command marked @command(own_entry=True), whose index
+must be its own.
+
+A batch stays within Config.max_command_bytes: each call's encoded size is
+bounded from above when it joins (`call_size`), and a call that would
+overflow the open batch starts the next one. Several batches can be in the
+log at once (the next turn's calls do not wait for this turn's entry).
+
+Each call gets a future of its reply (forwarding.py's replies: [DONE,
+answer], [REDIRECT, leader], [UNKNOWN, why], ...), so a caller handles a
+batched call exactly as one it proposed alone.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Optional
+
+from raftcore.errors import RaftError
+
+from raftcore.embed.forwarding import DONE, UNKNOWN, Clock, command_entry, reply_to_error
+from raftcore.embed.replicated import BATCH, FAILED
+
+__all__ = ["CommandBatches", "call_size", "MAX_BATCH_CALLS"]
+
+#: Calls in one entry at most (a bound on the work of one apply).
+MAX_BATCH_CALLS = 4096
+#: Encoded bytes of a BATCH entry besides its calls (tag, client id up to
+#: this long, acked_below, stamp, the list header).
+_HEAD_BYTES = 64
+#: Upper bound of the encoding of an int, float, bool or None.
+_SCALAR_BYTES = 9
+
+
+def call_size(obj: str, method: str, args: list, packed_args: Optional[int] = None) -> int:
+    """An upper bound on the encoded bytes of one call in a batch: seq,
+    object, method and args. `packed_args`: the args' encoded length when
+    known (they were trial-encoded); else they are scalars, bounded here (a
+    str's UTF-8 takes at most 4 bytes a character)."""
+    size = _SCALAR_BYTES + 4 * (len(obj) + len(method)) + 10
+    if packed_args is not None:
+        return size + packed_args
+    size += 5
+    for a in args:
+        t = type(a)
+        if t is str:
+            size += 4 * len(a) + 5
+        elif t is bytes:
+            size += len(a) + 5
+        else:
+            size += _SCALAR_BYTES
+    return size
+
+
+class _Batch:
+    """Calls taken together: (seq, object, method, args) flattened in
+    `fields`, their reply futures in `futures`."""
+
+    __slots__ = ("fields", "futures", "size")
+
+    def __init__(self) -> None:
+        self.fields: list = []
+        self.futures: list[asyncio.Future] = []
+        self.size = _HEAD_BYTES
+
+
+class CommandBatches:
+    """The batches of one node's own calls (EmbeddedNode's, while the node
+    leads or is thought to).
+
+    raft: the node's Raft; client_id: its session; clock: stamps entries;
+    acked: the caller's oldest call still waiting (acked_below of every
+    entry: the answers below it can go); max_bytes: the encoded size an
+    entry may have (Config.max_command_bytes).
+    """
+
+    def __init__(self, raft: Any, client_id: Any, clock: Clock, acked: Callable[[], int],
+                 max_bytes: int) -> None:
+        self._raft = raft
+        self._client_id = client_id
+        self._clock = clock
+        self._acked = acked
+        self._max_bytes = max_bytes
+        self._loop = asyncio.get_running_loop()
+        #: The batch calls join until its task takes it.
+        self._open: Optional[_Batch] = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def submit(self, seq: int, obj: str, method: str, args: list, size: int,
+               own_entry: bool = False) -> asyncio.Future:
+        """Call `seq` (`size`: its call_size): a future of its reply."""
+        fut = self._loop.create_future()
+        batch = self._open
+        if own_entry or size + _HEAD_BYTES > self._max_bytes:
+            # Alone: the runtime checks the exact size of a call too big to
+            # share an entry (and refuses it if it is over the limit).
+            batch = _Batch()
+            self._start(batch)
+        elif batch is None or batch.size + size > self._max_bytes \
+                or len(batch.futures) >= MAX_BATCH_CALLS:
+            batch = self._open = _Batch()
+            self._start(batch)
+        batch.fields += (seq, obj, method, args)
+        batch.futures.append(fut)
+        batch.size += size
+        return fut
+
+    def idle(self) -> bool:
+        """No batch open or in the log."""
+        return not self._tasks
+
+    def _start(self, batch: _Batch) -> None:
+        task = self._loop.create_task(self._write(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, batch: _Batch) -> None:
+        # One loop turn after the batch's first call: the calls made in
+        # that turn have joined it.
+        if self._open is batch:
+            self._open = None
+        futures = batch.futures
+        fields = batch.fields
+        try:
+            try:
+                if len(futures) == 1:
+                    seq, obj, method, args = fields
+                    resp = await self._raft.client_write(command_entry(
+                        self._client_id, seq, self._acked(), obj, method, args, self._clock))
+                    answers = [resp.data]
+                else:
+                    entry = [BATCH, self._client_id, self._acked(), self._clock()]
+                    entry += fields
+                    answers = (await self._raft.client_write(entry)).data
+            except RaftError as exc:
+                reply = reply_to_error(exc)
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_result(reply)
+                return
+        except BaseException as exc:
+            # Cancelled (the node stops) or a bug: the entry may commit.
+            reply = [UNKNOWN, f"the batch's write ended with {type(exc).__name__}: {exc}"]
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result(reply)
+            raise
+        if type(answers) is not list or len(answers) != len(futures):
+            # Not an answer this layer gives (a node of another version?).
+            answers = [[FAILED, f"the entry's answer is not one per call: {answers!r:.80}"]] \
+                * len(futures)
+        for fut, answer in zip(futures, answers):
+            if not fut.done():      # a call past its deadline has its reply
+                fut.set_result((DONE, answer))
+
+    async def close(self) -> None:
+        """Cancels the batches in flight (their calls get UNKNOWN)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
