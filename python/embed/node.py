@@ -28,7 +28,7 @@ from raftcore.storage.mem import MemLogStore
 from raftcore.embed.batches import CommandBatches, call_size
 from raftcore.embed.deadlines import Deadlines
 from raftcore.embed.forwarding import (DONE, EMBED_CALL, EMBED_READ, REDIRECT, REFUSED,
-                                       UNKNOWN, Clock, Forwarder, Forwarding, LeaderService,
+                                       UNAVAILABLE, UNKNOWN, Clock, Forwarder, Forwarding, LeaderService,
                                        node_status, propose, read_point)
 from raftcore.embed.replicated import (SCALAR_TYPES, FAILED, OK, TICK, ReplicatedStateMachine,
                                        kind_of, wants_own_entry)
@@ -174,6 +174,21 @@ def _methods_of(obj: Any) -> list[str]:
     return [n for n in dir(type(obj)) if not n.startswith("__")]
 
 
+class _Waiting:
+    """A call waiting for its answer (EmbeddedNode._outstanding)."""
+
+    __slots__ = ("deadline", "fut", "task", "expired")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        #: The future of its batched reply, once it joined a batch.
+        self.fut: Optional[asyncio.Future] = None
+        #: The task awaiting an attempt of its own, while one is in flight.
+        self.task: Optional[asyncio.Task] = None
+        #: Whether the deadline sweep ended its wait.
+        self.expired = False
+
+
 class EmbeddedNode:
     """A running node made by raftcore.start(). `node.raft` is the Raft
     underneath (membership changes, metrics, triggers)."""
@@ -196,9 +211,8 @@ class EmbeddedNode:
         #: This node's session: a fresh client id per start.
         self.client_id = client_id or f"{raft.id}-{secrets.token_hex(6)}"
         self._seq = 0
-        #: seq -> (deadline, the future of its batched reply or None) of the
-        #: calls waiting for their answers, oldest first.
-        self._outstanding: dict[int, tuple[float, Optional[asyncio.Future]]] = {}
+        #: seq -> the calls waiting for their answers, oldest first.
+        self._outstanding: dict[int, _Waiting] = {}
         #: The timer of the deadline sweep (_expire), while one is set.
         self._sweep: Optional[asyncio.TimerHandle] = None
         #: (object, method) -> whether that @command wants an entry of its own.
@@ -268,37 +282,36 @@ class EmbeddedNode:
                                  f"(None, bool, int, float, str, bytes, lists, maps): {exc}") \
                 from None
         self._seq = seq = self._seq + 1
-        deadline = self._loop.time() + self.timeout
-        outstanding = self._outstanding
+        w = self._outstanding[seq] = _Waiting(self._loop.time() + self.timeout)
+        if self._sweep is None:
+            self._sweep = self._loop.call_at(w.deadline, self._expire)
         try:
             hint = self._leader_hint
-            if (hint is None or hint == self.raft.id) and \
-                    (self._proposing or not self._batches.idle()):
-                # The last call was this node's to propose and others are
-                # in flight: it joins this turn's batch, its reply bounded
-                # by the deadline sweep.
-                fut = self._batches.submit(seq, obj, method, args,
-                                           call_size(obj, method, args, packed), own_entry)
-                outstanding[seq] = (deadline, fut)
-                if self._sweep is None:
-                    self._sweep = self._loop.call_at(deadline, self._expire)
-                reply = await fut
-                if reply[0] == DONE:
-                    answer = reply[1]
-                else:
-                    answer = await self._until_answered(seq, obj, method, args, deadline,
-                                                        reply)
+            if hint is not None and hint != self.raft.id:
+                reply = None            # forwarded: _until_answered's attempts
+            elif self._proposing or not self._batches.idle():
+                # Others are in flight: it joins this turn's batch.
+                w.fut = self._batches.submit(seq, obj, method, args,
+                                             call_size(obj, method, args, packed), own_entry)
+                reply = await w.fut
             else:
-                # Alone (nothing else in flight: no turn to wait for), or
-                # forwarded: attempts of its own.
-                outstanding[seq] = (deadline, None)
+                # Alone: no turn to wait for, an entry of its own at once.
                 self._proposing += 1
+                w.task = asyncio.current_task()
                 try:
-                    answer = await self._until_answered(seq, obj, method, args, deadline, None)
+                    reply = await propose(self.raft, self.client_id, seq, self._oldest_call(),
+                                          obj, method, args, self.clock)
+                except asyncio.CancelledError:
+                    if not self._timed_out(w):
+                        raise
+                    reply = [UNKNOWN, "no answer within the timeout"]
                 finally:
+                    w.task = None
                     self._proposing -= 1
+            answer = reply[1] if reply is not None and reply[0] == DONE else \
+                await self._until_answered(seq, obj, method, args, w, reply)
         finally:
-            del outstanding[seq]
+            del self._outstanding[seq]
         if answer[0] == OK:
             return answer[1]
         if answer[0] == FAILED:
@@ -315,18 +328,36 @@ class EmbeddedNode:
         return own
 
     def _expire(self) -> None:
-        """The deadline sweep: answers the batched calls past their deadline
-        (a reply of UNKNOWN: their entries may still commit). Calls are
-        kept oldest first and share one timeout, so their deadlines come in
-        that order: one timer at the oldest's is enough."""
+        """The deadline sweep: ends the waits of the calls past their
+        deadline. A batched call's reply becomes UNKNOWN (its entry may
+        still commit); an attempt in flight is cancelled (_timed_out). A
+        call between attempts checks its deadline before the next one.
+        Calls are kept oldest first and share one timeout, so their
+        deadlines come in that order: one timer at the oldest's is enough."""
         self._sweep = None
         now = self._loop.time()
-        for deadline, fut in self._outstanding.values():
-            if deadline > now:
-                self._sweep = self._loop.call_at(deadline, self._expire)
+        for w in self._outstanding.values():
+            if w.deadline > now:
+                self._sweep = self._loop.call_at(w.deadline, self._expire)
                 return
-            if fut is not None and not fut.done():
-                fut.set_result([UNKNOWN, "no answer from the leader within the timeout"])
+            if w.expired:
+                continue
+            if w.fut is not None and not w.fut.done():
+                w.expired = True
+                w.fut.set_result([UNKNOWN, "no answer from the leader within the timeout"])
+            elif w.task is not None:
+                w.expired = True
+                w.task.cancel()
+
+    @staticmethod
+    def _timed_out(w: "_Waiting") -> bool:
+        """Whether the CancelledError an attempt got is the sweep's (then
+        taken back: the call goes on to raise what its deadline means), not
+        a cancellation of the caller's (which goes on)."""
+        if not w.expired:
+            return False
+        uncancel = getattr(w.task, "uncancel", None)    # Python 3.11+
+        return uncancel is None or uncancel() == 0
 
     def _oldest_call(self) -> int:
         # Seqs are issued in order and the dict keeps that order, so the
@@ -334,20 +365,24 @@ class EmbeddedNode:
         return next(iter(self._outstanding))
 
     async def _until_answered(self, seq: int, obj: str, method: str, args: list,
-                              deadline: float, reply: Optional[list]) -> list:
+                              w: "_Waiting", reply: Optional[list]) -> list:
         """The answer of call `seq` after a first reply that was not one
         (`reply`; None: no attempt was made yet): attempts at the leader
         until one answers or the deadline passes."""
+        deadline = w.deadline
         maybe_applied = ""          # why the outcome of an attempt is unknown
         last = "no leader was known"
         redirects = 0               # redirects followed since the last pause
         target = self._leader_hint
         while True:
             raft = self.raft
-            if reply is None:
+            if reply is None and self._loop.time() >= deadline:
+                reply = [UNKNOWN if maybe_applied else UNAVAILABLE, last]
+            elif reply is None:
                 # Where the last call went (None: this node): no metrics are
                 # built on the way of a call that goes where the last one did.
                 target = self._leader_hint
+                w.task = asyncio.current_task()
                 try:
                     if target is None or target == raft.id:
                         attempt = propose(raft, self.client_id, seq, self._oldest_call(), obj,
@@ -357,11 +392,18 @@ class EmbeddedNode:
                             target, _node_of(raft.metrics, target),
                             [EMBED_CALL, self.client_id, seq, self._oldest_call(), obj,
                              method, args])
-                    # Bounded by the call's deadline: an entry that cannot
-                    # commit (no quorum) must not hold the caller forever.
-                    reply = await self._deadlines.bounded(attempt, deadline)
+                    # Bounded by the call's deadline (the sweep): an entry
+                    # that cannot commit (no quorum) must not hold the
+                    # caller forever.
+                    reply = await attempt
                 except (NetworkError, Timeout, asyncio.TimeoutError) as exc:
                     reply = [UNKNOWN, f"no answer from the leader: {exc or 'timed out'}"]
+                except asyncio.CancelledError:
+                    if not self._timed_out(w):
+                        raise
+                    reply = [UNKNOWN, "no answer from the leader within the timeout"]
+                finally:
+                    w.task = None
             code = reply[0]
             if code == DONE:
                 return reply[1]
