@@ -12,7 +12,7 @@ batching; so does a command marked @command(own_entry=True), whose index
 must be its own.
 
 A batch stays within Config.max_command_bytes: each call's encoded size is
-bounded from above when it joins (`call_size`), and a call that would
+bounded from above when it joins (head_size + args_size), and a call that would
 overflow the open batch starts the next one. Several batches can be in the
 log at once (the next turn's calls do not wait for this turn's entry).
 
@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Optional
 
+import msgpack
+
 from raftcore.errors import RaftError
 
 from raftcore.embed.forwarding import DONE, UNKNOWN, Clock, command_entry, reply_to_error
-from raftcore.embed.replicated import BATCH, FAILED
+from raftcore.embed.replicated import BATCH, FAILED, SCALAR_TYPES
 
-__all__ = ["CommandBatches", "call_size", "MAX_BATCH_CALLS"]
+__all__ = ["CommandBatches", "head_size", "args_size", "MAX_BATCH_CALLS"]
 
 #: Calls in one entry at most (a bound on the work of one apply).
 MAX_BATCH_CALLS = 4096
@@ -41,23 +43,27 @@ _HEAD_BYTES = 64
 _SCALAR_BYTES = 9
 
 
-def call_size(obj: str, method: str, args: list, packed_args: Optional[int] = None) -> int:
-    """An upper bound on the encoded bytes of one call in a batch: seq,
-    object, method and args. `packed_args`: the args' encoded length when
-    known (they were trial-encoded); else they are scalars, bounded here (a
-    str's UTF-8 takes at most 4 bytes a character)."""
-    size = _SCALAR_BYTES + 4 * (len(obj) + len(method)) + 10
-    if packed_args is not None:
-        return size + packed_args
-    size += 5
+def head_size(obj: str, method: str) -> int:
+    """An upper bound on the encoded bytes of a call's seq, object and
+    method in a batch (a str's UTF-8 takes at most 4 bytes a character)."""
+    return _SCALAR_BYTES + 4 * (len(obj) + len(method)) + 10
+
+
+def args_size(args: list) -> int:
+    """An upper bound on the encoded bytes of `args`: scalars bounded here,
+    anything else trial-encoded (whose error, TypeError, ValueError or
+    OverflowError, says the args are not msgpack values)."""
+    size = 5
     for a in args:
         t = type(a)
         if t is str:
             size += 4 * len(a) + 5
         elif t is bytes:
             size += len(a) + 5
-        else:
+        elif t in SCALAR_TYPES:
             size += _SCALAR_BYTES
+        else:
+            return len(msgpack.packb(args, use_bin_type=True))
     return size
 
 
@@ -94,10 +100,13 @@ class CommandBatches:
         #: The batch calls join until its task takes it.
         self._open: Optional[_Batch] = None
         self._tasks: set[asyncio.Task] = set()
+        #: Batches open or in the log: 0 when a call would wait for no turn.
+        self.in_flight = 0
 
     def submit(self, seq: int, obj: str, method: str, args: list, size: int,
                own_entry: bool = False) -> asyncio.Future:
-        """Call `seq` (`size`: its call_size): a future of its reply."""
+        """Call `seq` (`size`: its head_size + args_size): a future of its
+        reply."""
         fut = self._loop.create_future()
         batch = self._open
         if own_entry or size + _HEAD_BYTES > self._max_bytes:
@@ -114,14 +123,15 @@ class CommandBatches:
         batch.size += size
         return fut
 
-    def idle(self) -> bool:
-        """No batch open or in the log."""
-        return not self._tasks
-
     def _start(self, batch: _Batch) -> None:
         task = self._loop.create_task(self._write(batch))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.in_flight += 1
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self.in_flight -= 1
 
     async def _write(self, batch: _Batch) -> None:
         # One loop turn after the batch's first call: the calls made in

@@ -12,6 +12,8 @@ pass.
 """
 import msgpack
 
+from raftcore.types cimport MEMBERSHIP, NORMAL, Entry
+
 #: Answer codes of a command.
 OK = 0
 FAILED = 1
@@ -74,6 +76,8 @@ cdef class CommandApplier:
     cdef object lookup
     #: (object, method) -> bound @command, filled as commands are first run.
     cdef dict commands
+    #: The command found last (last_fn), by its object and method names.
+    cdef object last_name, last_method, last_fn
 
     def __init__(self, clock, Py_ssize_t max_sessions, lookup):
         self.sessions = {}
@@ -81,6 +85,26 @@ cdef class CommandApplier:
         self.clock = clock
         self.lookup = lookup
         self.commands = {}
+        self.last_name = self.last_method = self.last_fn = None
+
+    def apply(self, list entries, sm):
+        """The answers of `entries` (None for a blank or membership entry);
+        keeps sm.last_membership and sm.last_applied. The clock's index is
+        each entry's while it applies (applying().index)."""
+        cdef Entry e
+        cdef list out = []
+        clock = self.clock
+        for e in entries:
+            if e.kind != NORMAL:
+                if e.kind == MEMBERSHIP:
+                    sm.last_membership = e.payload
+                out.append(None)
+                continue
+            clock.index = e.index
+            out.append(self.apply_payload(e.payload))
+        if entries:
+            sm.last_applied = entries[-1].log_id
+        return out
 
     cpdef object apply_payload(self, p):
         """The answer of a normal entry's payload (see the module docstring
@@ -144,15 +168,22 @@ cdef class CommandApplier:
         return answer
 
     cdef tuple _run(self, name, method, args):
-        try:
-            key = (name, method)
-            fn = self.commands.get(key)
-            if fn is None:
-                fn = self.lookup(name, method)
-                if fn is not None:
-                    self.commands[key] = fn
-        except TypeError:       # an unhashable name or method
-            fn = None
+        if name == self.last_name and method == self.last_method:
+            # Calls come in runs of one command (a batch of a busy
+            # object's): no key to build and hash.
+            fn = self.last_fn
+        else:
+            try:
+                key = (name, method)
+                fn = self.commands.get(key)
+                if fn is None:
+                    fn = self.lookup(name, method)
+                    if fn is not None:
+                        self.commands[key] = fn
+            except TypeError:       # an unhashable name or method
+                fn = None
+            if fn is not None:
+                self.last_name, self.last_method, self.last_fn = name, method, fn
         if fn is None or type(args) is not list:
             return (FAILED, f"no command {name!r:.40}.{method!r:.40} taking a list of "
                             "arguments on this node")

@@ -194,22 +194,8 @@ class ReplicatedStateMachine(StateMachine):
 
     def apply(self, entries: Sequence[Entry]) -> list[Any]:
         global _current
-        _current = clock = self.clock
-        apply_payload = self._applier.apply_payload
-        out: list[Any] = []
-        for e in entries:
-            kind = e.kind
-            if kind != ENTRY_NORMAL:
-                if kind == ENTRY_MEMBERSHIP:
-                    self.last_membership = e.payload
-                out.append(None)
-                continue
-            # The index is a lock's fencing token (applying().index).
-            clock.index = e.index
-            out.append(apply_payload(e.payload))
-        if entries:
-            self.last_applied = entries[-1].log_id
-        return out
+        _current = self.clock
+        return self._applier.apply(entries if type(entries) is list else list(entries), self)
 
     @property
     def sessions(self) -> dict[Any, Session]:
