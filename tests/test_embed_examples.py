@@ -149,10 +149,12 @@ async def test_lock_job_moves_to_a_new_holder_with_a_higher_token_after_a_kill(t
         c.kill(holder)                                    # kill -9 the holder mid-job
         if lead != holder:
             # Then the Raft leader too, once the job moved on (2 of 3 left).
-            c.start(holder)
+            # The killed holder comes back only after another process took
+            # the lock: restarted at once, it could win the lock itself.
             await until(lambda: _true(count(c, r"holds the lock", [i for i in c.procs
                                                                   if i != holder]) >= 1),
                         "a new holder", c)
+            c.start(holder)
             c.kill(lead)
         new = await until(lambda: _true({int(t) for i in c.procs for t in c.lines(
             i, r"step \d+ token (\d+)") if int(t) > max(old)}), "steps under a newer token", c)

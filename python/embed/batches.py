@@ -16,9 +16,10 @@ bounded from above when it joins (head_size + args_size), and a call that would
 overflow the open batch starts the next one. Several batches can be in the
 log at once (the next turn's calls do not wait for this turn's entry).
 
-Each call gets a future of its reply (forwarding.py's replies: [DONE,
-answer], [REDIRECT, leader], [UNKNOWN, why], ...), so a caller handles a
-batched call exactly as one it proposed alone.
+Each call's outcome goes back to the node (answered / unanswered), which
+settles the future the caller awaits, or retries the call on its own as
+one it proposed alone: no coroutine stands between a batched call and its
+caller.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import msgpack
 
 from raftcore.errors import RaftError
 
-from raftcore.embed.forwarding import DONE, UNKNOWN, Clock, command_entry, reply_to_error
+from raftcore.embed.forwarding import UNKNOWN, Clock, command_entry, reply_to_error
 from raftcore.embed.replicated import BATCH, FAILED, SCALAR_TYPES
 
 __all__ = ["CommandBatches", "head_size", "args_size", "MAX_BATCH_CALLS"]
@@ -86,16 +87,23 @@ class CommandBatches:
     raft: the node's Raft; client_id: its session; clock: stamps entries;
     acked: the caller's oldest call still waiting (acked_below of every
     entry: the answers below it can go); max_bytes: the encoded size an
-    entry may have (Config.max_command_bytes).
+    entry may have (Config.max_command_bytes). Each call's outcome goes to
+    answered(future, seq, object, method, answer) when its entry applied,
+    else to unanswered(future, seq, object, method, args, reply) with the
+    reply (forwarding.py's REDIRECT, UNKNOWN, ...): the node decides what
+    the caller's future gets.
     """
 
     def __init__(self, raft: Any, client_id: Any, clock: Clock, acked: Callable[[], int],
-                 max_bytes: int) -> None:
+                 max_bytes: int, answered: Callable[..., None],
+                 unanswered: Callable[..., None]) -> None:
         self._raft = raft
         self._client_id = client_id
         self._clock = clock
         self._acked = acked
         self._max_bytes = max_bytes
+        self._answered = answered
+        self._unanswered = unanswered
         self._loop = asyncio.get_running_loop()
         #: The batch calls join until its task takes it.
         self._open: Optional[_Batch] = None
@@ -105,8 +113,8 @@ class CommandBatches:
 
     def submit(self, seq: int, obj: str, method: str, args: list, size: int,
                own_entry: bool = False) -> asyncio.Future:
-        """Call `seq` (`size`: its head_size + args_size): a future of its
-        reply."""
+        """Call `seq` (`size`: its head_size + args_size): the future its
+        caller awaits (see answered / unanswered)."""
         fut = self._loop.create_future()
         batch = self._open
         if own_entry or size + _HEAD_BYTES > self._max_bytes:
@@ -152,25 +160,27 @@ class CommandBatches:
                     entry += fields
                     answers = (await self._raft.client_write(entry)).data
             except RaftError as exc:
-                reply = reply_to_error(exc)
-                for fut in futures:
-                    if not fut.done():
-                        fut.set_result(reply)
+                self._unanswered_all(batch, reply_to_error(exc))
                 return
         except BaseException as exc:
             # Cancelled (the node stops) or a bug: the entry may commit.
-            reply = [UNKNOWN, f"the batch's write ended with {type(exc).__name__}: {exc}"]
-            for fut in futures:
-                if not fut.done():
-                    fut.set_result(reply)
+            self._unanswered_all(batch, [UNKNOWN, f"the batch's write ended with "
+                                                  f"{type(exc).__name__}: {exc}"])
             raise
         if type(answers) is not list or len(answers) != len(futures):
             # Not an answer this layer gives (a node of another version?).
-            answers = [[FAILED, f"the entry's answer is not one per call: {answers!r:.80}"]] \
+            answers = [(FAILED, f"the entry's answer is not one per call: {answers!r:.80}")] \
                 * len(futures)
-        for fut, answer in zip(futures, answers):
-            if not fut.done():      # a call past its deadline has its reply
-                fut.set_result((DONE, answer))
+        answered = self._answered
+        for i, fut in enumerate(futures):
+            k = 4 * i
+            answered(fut, fields[k], fields[k + 1], fields[k + 2], answers[i])
+
+    def _unanswered_all(self, batch: _Batch, reply: list) -> None:
+        fields = batch.fields
+        for i, fut in enumerate(batch.futures):
+            k = 4 * i
+            self._unanswered(fut, fields[k], fields[k + 1], fields[k + 2], fields[k + 3], reply)
 
     async def close(self) -> None:
         """Cancels the batches in flight (their calls get UNKNOWN)."""

@@ -176,8 +176,32 @@ def _methods_of(obj: Any) -> list[str]:
 # A call waiting for its answer (EmbeddedNode._outstanding), a list for
 # speed (one per call): [deadline, the future of its batched reply once it
 # joined a batch, the task awaiting an attempt of its own while one is in
-# flight, whether the deadline sweep ended its wait].
-_DEADLINE, _FUT, _TASK, _EXPIRED = 0, 1, 2, 3
+# flight, whether the deadline sweep ended its wait, the object and method
+# called].
+_DEADLINE, _FUT, _TASK, _EXPIRED, _OBJ, _METHOD = 0, 1, 2, 3, 4, 5
+
+
+def _result(obj: str, method: str, answer: Sequence[Any]) -> Any:
+    """The result of a command's answer (replicated.py), or the error it
+    means, raised."""
+    code = answer[0]
+    if code == OK:
+        return answer[1]
+    if code == FAILED:
+        raise CommandFailed(f"{obj}.{method} failed: {answer[1]}")
+    raise OutcomeUnknown(f"{obj}.{method}: {answer[1]}")
+
+
+def _settle_from(fut: asyncio.Future, task: asyncio.Task) -> None:
+    """Gives `fut` the outcome of `task` (unless it has one)."""
+    if fut.done():
+        return
+    if task.cancelled():
+        fut.cancel()
+    elif task.exception() is not None:
+        fut.set_exception(task.exception())     # type: ignore[arg-type]
+    else:
+        fut.set_result(task.result())
 
 
 class EmbeddedNode:
@@ -210,10 +234,12 @@ class EmbeddedNode:
         #: own, its head_size).
         self._commands: dict[tuple[str, str], tuple[bool, int]] = {}
         self._own_id = raft.id
+        self._client_write = raft.client_write
         #: Calls making attempts of their own (not batched) now.
         self._proposing = 0
         self._batches = CommandBatches(raft, self.client_id, clock, self._oldest_call,
-                                       raft.config.max_command_bytes)
+                                       raft.config.max_command_bytes, self._answered,
+                                       self._unanswered)
         #: The node the last call went to when it was not this one.
         self._leader_hint: Optional[int] = None
         self._tasks: set[asyncio.Task] = set()
@@ -250,20 +276,21 @@ class EmbeddedNode:
 
     # ----------------------------------------------------------- commands
 
-    async def call(self, obj: str, method: str, args: Sequence[Any] = ()) -> Any:
-        """Runs command `obj.method(*args)` through the log and returns its
-        result, from any node: a follower forwards it to the leader. A call
-        retried after a leader change or a lost reply is applied once.
+    def call(self, obj: str, method: str, args: Sequence[Any] = ()) -> Awaitable[Any]:
+        """Runs command `obj.method(*args)` through the log: awaiting what
+        it returns gives the command's result, from any node (a follower
+        forwards it to the leader). A call retried after a leader change or
+        a lost reply is applied once.
 
-        Raises InvalidCommand for an argument that is not a msgpack value
-        (or a method that is not a @command), CommandFailed if the method
-        raised, OutcomeUnknown if after `timeout` it cannot be known
-        whether the command was applied, Timeout if it surely was not."""
+        Raises InvalidCommand at once for an argument that is not a msgpack
+        value (or a method that is not a @command). Awaiting raises
+        CommandFailed if the method raised, OutcomeUnknown if after
+        `timeout` it cannot be known whether the command was applied,
+        Timeout if it surely was not."""
         command = self._commands.get((obj, method))
         if command is None:
             command = self._command_of(obj, method)
         own_entry, head = command
-        args = list(args)
         try:
             # Scalars need no trial encoding (the common case, kept cheap).
             size = head + args_size(args)
@@ -272,45 +299,88 @@ class EmbeddedNode:
                                  f"(None, bool, int, float, str, bytes, lists, maps): {exc}") \
                 from None
         self._seq = seq = self._seq + 1
-        w = self._outstanding[seq] = [self._loop.time() + self.timeout, None, None, False]
+        w = self._outstanding[seq] = [self._loop.time() + self.timeout, None, None, False,
+                                      obj, method]
         if self._sweep is None:
             self._sweep = self._loop.call_at(w[_DEADLINE], self._expire)
+        hint = self._leader_hint
+        if hint is not None and hint != self._own_id:
+            # Forwarded: attempts of its own.
+            return self._attempts(seq, obj, method, list(args), w, None)
+        if self._proposing or self._batches.in_flight:
+            # Others are in flight: it joins this turn's batch. The caller
+            # awaits the future itself (_answered settles it).
+            # A copy: the batch is encoded a turn later.
+            w[_FUT] = fut = self._batches.submit(seq, obj, method, list(args), size,
+                                                 own_entry)
+            return fut
+        # Alone: no turn to wait for, an entry of its own at once. Counted
+        # from now, so that the calls made in this turn batch behind it.
+        self._proposing += 1
+        return self._alone(seq, obj, method, args, w)
+
+    async def _alone(self, seq: int, obj: str, method: str, args: Sequence[Any],
+                     w: list) -> Any:
+        """A call proposed by itself (nothing else was in flight)."""
         try:
-            hint = self._leader_hint
-            if hint is not None and hint != self._own_id:
-                reply = None            # forwarded: _until_answered's attempts
-            elif self._proposing or self._batches.in_flight:
-                # Others are in flight: it joins this turn's batch.
-                w[_FUT] = fut = self._batches.submit(seq, obj, method, args, size, own_entry)
-                reply = await fut
-            else:
-                # Alone: no turn to wait for, an entry of its own at once.
-                self._proposing += 1
-                w[_TASK] = asyncio.current_task()
-                try:
-                    # propose(), inlined: one coroutine less on every call.
-                    resp = await self.raft.client_write(command_entry(
-                        self.client_id, seq, self._oldest_call(), obj, method, args,
-                        self.clock))
-                    reply = (DONE, resp.data)
-                except RaftError as exc:
-                    reply = reply_to_error(exc)
-                except asyncio.CancelledError:
-                    if not self._timed_out(w):
-                        raise
-                    reply = [UNKNOWN, "no answer within the timeout"]
-                finally:
-                    w[_TASK] = None
-                    self._proposing -= 1
-            answer = reply[1] if reply is not None and reply[0] == DONE else \
-                await self._until_answered(seq, obj, method, args, w, reply)
+            w[_TASK] = asyncio.current_task(self._loop)
+            try:
+                # The entry is encoded before this await yields: args need
+                # no copy.
+                resp = await self._client_write(command_entry(
+                    self.client_id, seq, self._oldest_call(), obj, method, args, self.clock))
+                reply = (DONE, resp.data)
+            except RaftError as exc:
+                reply = reply_to_error(exc)
+            except asyncio.CancelledError:
+                if not self._timed_out(w):
+                    raise
+                reply = [UNKNOWN, "no answer within the timeout"]
+            finally:
+                w[_TASK] = None
+                self._proposing -= 1
+            answer = reply[1] if reply[0] == DONE else \
+                await self._until_answered(seq, obj, method, list(args), w, reply)
         finally:
             del self._outstanding[seq]
-        if answer[0] == OK:
-            return answer[1]
-        if answer[0] == FAILED:
-            raise CommandFailed(f"{obj}.{method} failed: {answer[1]}")
-        raise OutcomeUnknown(f"{obj}.{method}: {answer[1]}")
+        return _result(obj, method, answer)
+
+    async def _attempts(self, seq: int, obj: str, method: str, args: list, w: list,
+                        reply: Optional[list]) -> Any:
+        """A call answered by attempts of its own (forwarded, or after its
+        batch got no answer: `reply`)."""
+        try:
+            answer = await self._until_answered(seq, obj, method, args, w, reply)
+        finally:
+            del self._outstanding[seq]
+        return _result(obj, method, answer)
+
+    def _answered(self, fut: asyncio.Future, seq: int, obj: str, method: str,
+                  answer: Sequence[Any]) -> None:
+        """A batched call's entry applied: its caller gets the answer."""
+        self._outstanding.pop(seq, None)    # gone if the sweep ended it
+        if fut.done():          # cancelled by its caller, or past its deadline
+            return
+        try:
+            fut.set_result(_result(obj, method, answer))
+        except RaftError as exc:
+            fut.set_exception(exc)
+
+    def _unanswered(self, fut: asyncio.Future, seq: int, obj: str, method: str, args: list,
+                    reply: list) -> None:
+        """A batched call got no answer (a new leader, a lost entry...): it
+        goes on with attempts of its own, its caller still awaiting `fut`."""
+        if fut.done():
+            self._outstanding.pop(seq, None)
+            return
+        w = self._outstanding[seq]
+        w[_FUT] = None
+        task = self._loop.create_task(self._attempts(seq, obj, method, args, w, reply))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: _settle_from(fut, t))
+        # A caller that stops waiting stops the attempts, as it would its own.
+        fut.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
 
     def _command_of(self, obj: str, method: str) -> tuple[bool, int]:
         """(whether @command `obj.method` wants an entry of its own, its
@@ -332,19 +402,26 @@ class EmbeddedNode:
         deadlines come in that order: one timer at the oldest's is enough."""
         self._sweep = None
         now = self._loop.time()
-        for w in self._outstanding.values():
+        ended = []
+        for seq, w in self._outstanding.items():
             if w[_DEADLINE] > now:
                 self._sweep = self._loop.call_at(w[_DEADLINE], self._expire)
-                return
+                break
             if w[_EXPIRED]:
                 continue
             fut, task = w[_FUT], w[_TASK]
             if fut is not None and not fut.done():
                 w[_EXPIRED] = True
-                fut.set_result([UNKNOWN, "no answer from the leader within the timeout"])
+                fut.set_exception(OutcomeUnknown(
+                    f"{w[_OBJ]}.{w[_METHOD]}: not known to be applied after {self.timeout}s, "
+                    "nor known not to be (no answer from the leader within the timeout); it "
+                    "is applied at most once"))
+                ended.append(seq)    # its caller is gone: not waiting any more
             elif task is not None:
                 w[_EXPIRED] = True
                 task.cancel()
+        for seq in ended:
+            del self._outstanding[seq]
 
     @staticmethod
     def _timed_out(w: list) -> bool:
@@ -379,7 +456,7 @@ class EmbeddedNode:
                 # Where the last call went (None: this node): no metrics are
                 # built on the way of a call that goes where the last one did.
                 target = self._leader_hint
-                w[_TASK] = asyncio.current_task()
+                w[_TASK] = asyncio.current_task(self._loop)
                 try:
                     if target is None or target == raft.id:
                         attempt = propose(raft, self.client_id, seq, self._oldest_call(), obj,
