@@ -24,7 +24,7 @@ caller.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import msgpack
 
@@ -50,7 +50,7 @@ def head_size(obj: str, method: str) -> int:
     return _SCALAR_BYTES + 4 * (len(obj) + len(method)) + 10
 
 
-def args_size(args: list) -> int:
+def args_size(args: Sequence[Any]) -> int:
     """An upper bound on the encoded bytes of `args`: scalars bounded here,
     anything else trial-encoded (whose error, TypeError, ValueError or
     OverflowError, says the args are not msgpack values)."""
@@ -111,7 +111,7 @@ class CommandBatches:
         #: Batches open or in the log: 0 when a call would wait for no turn.
         self.in_flight = 0
 
-    def submit(self, seq: int, obj: str, method: str, args: list, size: int,
+    def submit(self, seq: int, obj: str, method: str, args: Sequence[Any], size: int,
                own_entry: bool = False) -> asyncio.Future:
         """Call `seq` (`size`: its head_size + args_size): the future its
         caller awaits (see answered / unanswered)."""

@@ -310,8 +310,9 @@ class EmbeddedNode:
         if self._proposing or self._batches.in_flight:
             # Others are in flight: it joins this turn's batch. The caller
             # awaits the future itself (_answered settles it).
-            # A copy: the batch is encoded a turn later.
-            w[_FUT] = fut = self._batches.submit(seq, obj, method, list(args), size,
+            # A copy: the batch is encoded a turn later. A tuple: one of
+            # scalars leaves the garbage collector's passes after its first.
+            w[_FUT] = fut = self._batches.submit(seq, obj, method, tuple(args), size,
                                                  own_entry)
             return fut
         # Alone: no turn to wait for, an entry of its own at once. Counted
@@ -361,13 +362,16 @@ class EmbeddedNode:
         self._outstanding.pop(seq, None)    # gone if the sweep ended it
         if fut.done():          # cancelled by its caller, or past its deadline
             return
+        if answer[0] == OK:     # _result's common case, without the call
+            fut.set_result(answer[1])
+            return
         try:
             fut.set_result(_result(obj, method, answer))
         except RaftError as exc:
             fut.set_exception(exc)
 
-    def _unanswered(self, fut: asyncio.Future, seq: int, obj: str, method: str, args: list,
-                    reply: list) -> None:
+    def _unanswered(self, fut: asyncio.Future, seq: int, obj: str, method: str,
+                    args: Sequence[Any], reply: list) -> None:
         """A batched call got no answer (a new leader, a lost entry...): it
         goes on with attempts of its own, its caller still awaiting `fut`."""
         if fut.done():
@@ -375,7 +379,7 @@ class EmbeddedNode:
             return
         w = self._outstanding[seq]
         w[_FUT] = None
-        task = self._loop.create_task(self._attempts(seq, obj, method, args, w, reply))
+        task = self._loop.create_task(self._attempts(seq, obj, method, list(args), w, reply))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda t: _settle_from(fut, t))
