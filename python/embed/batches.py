@@ -72,12 +72,15 @@ class _Batch:
     """Calls taken together: (seq, object, method, args) flattened in
     `fields`, their reply futures in `futures`."""
 
-    __slots__ = ("fields", "futures", "size")
+    __slots__ = ("fields", "futures", "size", "deadline", "expired")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         self.fields: list = []
         self.futures: list[asyncio.Future] = []
         self.size = _HEAD_BYTES
+        #: Its first call's deadline (the others came in the same turn).
+        self.deadline = deadline
+        self.expired = False
 
 
 class CommandBatches:
@@ -89,9 +92,9 @@ class CommandBatches:
     entry: the answers below it can go); max_bytes: the encoded size an
     entry may have (Config.max_command_bytes). Each call's outcome goes to
     answered(future, seq, object, method, answer) when its entry applied,
-    else to unanswered(future, seq, object, method, args, reply) with the
-    reply (forwarding.py's REDIRECT, UNKNOWN, ...): the node decides what
-    the caller's future gets.
+    else to unanswered(future, seq, object, method, args, reply, deadline)
+    with the reply (forwarding.py's REDIRECT, UNKNOWN, ...): the node
+    decides what the caller's future gets.
     """
 
     def __init__(self, raft: Any, client_id: Any, clock: Clock, acked: Callable[[], int],
@@ -110,21 +113,24 @@ class CommandBatches:
         self._tasks: set[asyncio.Task] = set()
         #: Batches open or in the log: 0 when a call would wait for no turn.
         self.in_flight = 0
+        #: The same batches, oldest (so earliest deadline) first.
+        self._batches: dict[_Batch, None] = {}
 
     def submit(self, seq: int, obj: str, method: str, args: Sequence[Any], size: int,
-               own_entry: bool = False) -> asyncio.Future:
-        """Call `seq` (`size`: its head_size + args_size): the future its
-        caller awaits (see answered / unanswered)."""
+               own_entry: bool, deadline: float) -> asyncio.Future:
+        """Call `seq` (`size`: its head_size + args_size; `deadline`: loop
+        time it may wait until, see expire): the future its caller awaits
+        (see answered / unanswered)."""
         fut = self._loop.create_future()
         batch = self._open
         if own_entry or size + _HEAD_BYTES > self._max_bytes:
             # Alone: the runtime checks the exact size of a call too big to
             # share an entry (and refuses it if it is over the limit).
-            batch = _Batch()
+            batch = _Batch(deadline)
             self._start(batch)
         elif batch is None or batch.size + size > self._max_bytes \
                 or len(batch.futures) >= MAX_BATCH_CALLS:
-            batch = self._open = _Batch()
+            batch = self._open = _Batch(deadline)
             self._start(batch)
         batch.fields += (seq, obj, method, args)
         batch.futures.append(fut)
@@ -134,6 +140,7 @@ class CommandBatches:
     def _start(self, batch: _Batch) -> None:
         task = self._loop.create_task(self._write(batch))
         self._tasks.add(task)
+        self._batches[batch] = None
         self.in_flight += 1
         task.add_done_callback(self._ended)
 
@@ -141,11 +148,34 @@ class CommandBatches:
         self._tasks.discard(task)
         self.in_flight -= 1
 
+    def expire(self, now: float) -> tuple[list, Optional[float]]:
+        """The calls of the batches past their deadline at loop time `now`,
+        as (future, seq, object, method) of those still waiting, and the
+        next deadline of a batch in flight (None: none is)."""
+        ended = []
+        for batch in self._batches:
+            if batch.deadline > now:
+                return ended, batch.deadline
+            if batch.expired:
+                continue
+            batch.expired = True
+            fields = batch.fields
+            for i, fut in enumerate(batch.futures):
+                if not fut.done():
+                    ended.append((fut, fields[4 * i], fields[4 * i + 1], fields[4 * i + 2]))
+        return ended, None
+
     async def _write(self, batch: _Batch) -> None:
         # One loop turn after the batch's first call: the calls made in
         # that turn have joined it.
         if self._open is batch:
             self._open = None
+        try:
+            await self._write_taken(batch)
+        finally:
+            del self._batches[batch]
+
+    async def _write_taken(self, batch: _Batch) -> None:
         futures = batch.futures
         fields = batch.fields
         try:
@@ -180,7 +210,8 @@ class CommandBatches:
         fields = batch.fields
         for i, fut in enumerate(batch.futures):
             k = 4 * i
-            self._unanswered(fut, fields[k], fields[k + 1], fields[k + 2], fields[k + 3], reply)
+            self._unanswered(fut, fields[k], fields[k + 1], fields[k + 2], fields[k + 3], reply,
+                             batch.deadline)
 
     async def close(self) -> None:
         """Cancels the batches in flight (their calls get UNKNOWN)."""

@@ -34,6 +34,20 @@ SCALAR_TYPES = (int, str, type(None), bool, float, bytes)
 CLIENT_ID_TYPES = (str, bytes, int)
 
 
+cdef class ApplyClock:
+    """The log position and the leader-stamped time of the entry being
+    applied (or, outside apply, of the last one applied)."""
+
+    #: Log index of the entry (a lock's fencing token is its acquire's).
+    cdef public long long index
+    #: Seconds since the epoch, by the leaders' clocks, never going back.
+    cdef public double time
+
+    def __init__(self):
+        self.index = 0
+        self.time = 0.0
+
+
 cdef class Session:
     """A caller's answers at or above `floor` (it has those below)."""
 
@@ -70,16 +84,20 @@ cdef class CommandApplier:
     """
 
     #: client id -> Session, least recently active first.
-    cdef public dict sessions
+    cdef dict _sessions
     cdef public Py_ssize_t max_sessions
-    cdef object clock
+    cdef ApplyClock clock
+    #: The most recently active session and its client id (no reordering
+    #: of the sessions while one caller's entries follow each other).
+    cdef object last_cid
+    cdef Session last_session
     cdef object lookup
     #: (object, method) -> bound @command, filled as commands are first run.
     cdef dict commands
     #: The command found last (last_fn), by its object and method names.
     cdef object last_name, last_method, last_fn
 
-    def __init__(self, clock, Py_ssize_t max_sessions, lookup):
+    def __init__(self, ApplyClock clock, Py_ssize_t max_sessions, lookup):
         self.sessions = {}
         self.max_sessions = max_sessions
         self.clock = clock
@@ -87,13 +105,23 @@ cdef class CommandApplier:
         self.commands = {}
         self.last_name = self.last_method = self.last_fn = None
 
+    @property
+    def sessions(self):
+        return self._sessions
+
+    @sessions.setter
+    def sessions(self, dict sessions):
+        self._sessions = sessions
+        self.last_cid = None
+        self.last_session = None
+
     def apply(self, list entries, sm):
         """The answers of `entries` (None for a blank or membership entry);
         keeps sm.last_membership and sm.last_applied. The clock's index is
         each entry's while it applies (applying().index)."""
         cdef Entry e
         cdef list out = []
-        clock = self.clock
+        cdef ApplyClock clock = self.clock
         for e in entries:
             if e.kind != NORMAL:
                 if e.kind == MEMBERSHIP:
@@ -148,13 +176,18 @@ cdef class CommandApplier:
         for a client id of the wrong type)."""
         if type(cid) not in CLIENT_ID_TYPES:
             return None
-        cdef dict sessions = self.sessions
+        if self.last_session is not None and type(cid) is type(self.last_cid) \
+                and cid == self.last_cid:
+            return self.last_session        # already the most recently active
+        cdef dict sessions = self._sessions
         s = sessions.pop(cid, None)
         if s is None:
             s = Session()
             if len(sessions) >= self.max_sessions:
                 del sessions[next(iter(sessions))]
         sessions[cid] = s          # most recently active last
+        self.last_cid = cid
+        self.last_session = <Session>s
         return <Session>s
 
     cdef object _answer(self, Session s, cid, seq, name, method, args):
@@ -204,6 +237,5 @@ cdef class CommandApplier:
 
     cdef void _advance(self, stamp) except *:
         # Leaders' clocks may disagree: the state's time never goes back.
-        clock = self.clock
-        if type(stamp) in (int, float) and stamp > clock.time:
-            clock.time = float(stamp)
+        if (type(stamp) is float or type(stamp) is int) and stamp > self.clock.time:
+            self.clock.time = float(stamp)

@@ -27,9 +27,9 @@ from raftcore.embed.batches import CommandBatches, args_size, head_size
 from raftcore.embed.deadlines import Deadlines
 from raftcore.embed.forwarding import (DONE, EMBED_CALL, EMBED_READ, REDIRECT, REFUSED,
                                        UNAVAILABLE, UNKNOWN, Clock, Forwarder, Forwarding,
-                                       LeaderService, command_entry, node_status, propose,
+                                       LeaderService, node_status, propose,
                                        read_point, reply_to_error)
-from raftcore.embed.replicated import (FAILED, OK, TICK, ReplicatedStateMachine,
+from raftcore.embed.replicated import (CMD, FAILED, OK, TICK, ReplicatedStateMachine,
                                        kind_of, wants_own_entry)
 
 __all__ = ["start", "parse_peers", "EmbeddedNode", "ObjectProxy", "CommandFailed", "service_config"]
@@ -173,12 +173,11 @@ def _methods_of(obj: Any) -> list[str]:
     return [n for n in dir(type(obj)) if not n.startswith("__")]
 
 
-# A call waiting for its answer (EmbeddedNode._outstanding), a list for
-# speed (one per call): [deadline, the future of its batched reply once it
-# joined a batch, the task awaiting an attempt of its own while one is in
-# flight, whether the deadline sweep ended its wait, the object and method
-# called].
-_DEADLINE, _FUT, _TASK, _EXPIRED, _OBJ, _METHOD = 0, 1, 2, 3, 4, 5
+# A call making attempts of its own (EmbeddedNode._outstanding; a batched
+# call has its future there instead), a list for speed: [deadline, the task
+# awaiting an attempt while one is in flight, whether the deadline sweep
+# cancelled it, the object and method called].
+_DEADLINE, _TASK, _EXPIRED, _OBJ, _METHOD = 0, 1, 2, 3, 4
 
 
 def _result(obj: str, method: str, answer: Sequence[Any]) -> Any:
@@ -226,8 +225,9 @@ class EmbeddedNode:
         #: This node's session: a fresh client id per start.
         self.client_id = client_id or f"{raft.id}-{secrets.token_hex(6)}"
         self._seq = 0
-        #: seq -> the calls waiting for their answers, oldest first.
-        self._outstanding: dict[int, list] = {}
+        #: seq -> the calls waiting for their answers, oldest first: a
+        #: batched call's future, else its attempts' record (a list).
+        self._outstanding: dict[int, Any] = {}
         #: The timer of the deadline sweep (_expire), while one is set.
         self._sweep: Optional[asyncio.TimerHandle] = None
         #: (object, method) -> (whether that @command wants an entry of its
@@ -299,22 +299,24 @@ class EmbeddedNode:
                                  f"(None, bool, int, float, str, bytes, lists, maps): {exc}") \
                 from None
         self._seq = seq = self._seq + 1
-        w = self._outstanding[seq] = [self._loop.time() + self.timeout, None, None, False,
-                                      obj, method]
+        deadline = self._loop.time() + self.timeout
         if self._sweep is None:
-            self._sweep = self._loop.call_at(w[_DEADLINE], self._expire)
+            self._sweep = self._loop.call_at(deadline, self._expire)
         hint = self._leader_hint
+        if (hint is None or hint == self._own_id) and \
+                (self._proposing or self._batches.in_flight):
+            # Others are in flight: it joins this turn's batch. The caller
+            # awaits the future itself (_answered settles it), bounded by
+            # its batch's deadline (CommandBatches.expire).
+            # A copy: the batch is encoded a turn later. A tuple: one of
+            # scalars leaves the garbage collector's passes after its first.
+            fut = self._outstanding[seq] = self._batches.submit(
+                seq, obj, method, tuple(args), size, own_entry, deadline)
+            return fut
+        w = self._outstanding[seq] = [deadline, None, False, obj, method]
         if hint is not None and hint != self._own_id:
             # Forwarded: attempts of its own.
             return self._attempts(seq, obj, method, list(args), w, None)
-        if self._proposing or self._batches.in_flight:
-            # Others are in flight: it joins this turn's batch. The caller
-            # awaits the future itself (_answered settles it).
-            # A copy: the batch is encoded a turn later. A tuple: one of
-            # scalars leaves the garbage collector's passes after its first.
-            w[_FUT] = fut = self._batches.submit(seq, obj, method, tuple(args), size,
-                                                 own_entry)
-            return fut
         # Alone: no turn to wait for, an entry of its own at once. Counted
         # from now, so that the calls made in this turn batch behind it.
         self._proposing += 1
@@ -323,14 +325,17 @@ class EmbeddedNode:
     async def _alone(self, seq: int, obj: str, method: str, args: Sequence[Any],
                      w: list) -> Any:
         """A call proposed by itself (nothing else was in flight)."""
+        outstanding = self._outstanding
         try:
             w[_TASK] = asyncio.current_task(self._loop)
+            reply = None
             try:
-                # The entry is encoded before this await yields: args need
-                # no copy.
-                resp = await self._client_write(command_entry(
-                    self.client_id, seq, self._oldest_call(), obj, method, args, self.clock))
-                reply = (DONE, resp.data)
+                # command_entry(), inlined (the oldest call waiting is the
+                # first key). The entry is encoded before this await
+                # yields: args need no copy.
+                answer = (await self._client_write([
+                    CMD, self.client_id, seq, next(iter(outstanding)), obj, method, args,
+                    self.clock()])).data
             except RaftError as exc:
                 reply = reply_to_error(exc)
             except asyncio.CancelledError:
@@ -340,10 +345,12 @@ class EmbeddedNode:
             finally:
                 w[_TASK] = None
                 self._proposing -= 1
-            answer = reply[1] if reply[0] == DONE else \
-                await self._until_answered(seq, obj, method, list(args), w, reply)
+            if reply is not None:
+                answer = await self._until_answered(seq, obj, method, list(args), w, reply)
         finally:
-            del self._outstanding[seq]
+            del outstanding[seq]
+        if answer[0] == OK:     # _result's common case, without the call
+            return answer[1]
         return _result(obj, method, answer)
 
     async def _attempts(self, seq: int, obj: str, method: str, args: list, w: list,
@@ -371,14 +378,14 @@ class EmbeddedNode:
             fut.set_exception(exc)
 
     def _unanswered(self, fut: asyncio.Future, seq: int, obj: str, method: str,
-                    args: Sequence[Any], reply: list) -> None:
+                    args: Sequence[Any], reply: list, deadline: float) -> None:
         """A batched call got no answer (a new leader, a lost entry...): it
-        goes on with attempts of its own, its caller still awaiting `fut`."""
+        goes on with attempts of its own until `deadline`, its caller still
+        awaiting `fut`."""
         if fut.done():
             self._outstanding.pop(seq, None)
             return
-        w = self._outstanding[seq]
-        w[_FUT] = None
+        w = self._outstanding[seq] = [deadline, None, False, obj, method]
         task = self._loop.create_task(self._attempts(seq, obj, method, list(args), w, reply))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -399,33 +406,38 @@ class EmbeddedNode:
 
     def _expire(self) -> None:
         """The deadline sweep: ends the waits of the calls past their
-        deadline. A batched call's reply becomes UNKNOWN (its entry may
-        still commit); an attempt in flight is cancelled (_timed_out). A
-        call between attempts checks its deadline before the next one.
-        Calls are kept oldest first and share one timeout, so their
-        deadlines come in that order: one timer at the oldest's is enough."""
+        deadline. A batched call (its batch's deadline, CommandBatches.
+        expire) gets OutcomeUnknown: its entry may still commit. An attempt
+        in flight is cancelled (_timed_out); a call between attempts checks
+        its deadline before the next one. Calls of either kind are made in
+        order and share one timeout, so their deadlines come in that order:
+        one timer at the earliest is enough."""
         self._sweep = None
         now = self._loop.time()
-        ended = []
-        for seq, w in self._outstanding.items():
+        outstanding = self._outstanding
+        next_at: Optional[float] = None
+        for w in outstanding.values():
+            if type(w) is not list:
+                continue            # batched: its batch's deadline
             if w[_DEADLINE] > now:
-                self._sweep = self._loop.call_at(w[_DEADLINE], self._expire)
+                next_at = w[_DEADLINE]
                 break
-            if w[_EXPIRED]:
-                continue
-            fut, task = w[_FUT], w[_TASK]
-            if fut is not None and not fut.done():
-                w[_EXPIRED] = True
-                fut.set_exception(OutcomeUnknown(
-                    f"{w[_OBJ]}.{w[_METHOD]}: not known to be applied after {self.timeout}s, "
-                    "nor known not to be (no answer from the leader within the timeout); it "
-                    "is applied at most once"))
-                ended.append(seq)    # its caller is gone: not waiting any more
-            elif task is not None:
+            task = w[_TASK]
+            if not w[_EXPIRED] and task is not None:
                 w[_EXPIRED] = True
                 task.cancel()
-        for seq in ended:
-            del self._outstanding[seq]
+        ended, batch_at = self._batches.expire(now)
+        for fut, seq, obj, method in ended:
+            # Its caller is gone: not waiting any more.
+            outstanding.pop(seq, None)
+            fut.set_exception(OutcomeUnknown(
+                f"{obj}.{method}: not known to be applied after {self.timeout}s, nor known not "
+                "to be (no answer from the leader within the timeout); it is applied at most "
+                "once"))
+        if batch_at is not None and (next_at is None or batch_at < next_at):
+            next_at = batch_at
+        if next_at is not None:
+            self._sweep = self._loop.call_at(next_at, self._expire)
 
     @staticmethod
     def _timed_out(w: list) -> bool:

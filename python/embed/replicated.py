@@ -38,7 +38,8 @@ from raftcore.errors import ConfigError, NotAllowed, StorageError
 # The entry tags, answer codes and the compiled apply of entries (the
 # layer's hot path on every node).
 from raftcore.embed.command_apply import (BATCH, CLIENT_ID_TYPES, CMD, FAILED, OK,
-                                          SCALAR_TYPES, STALE, TICK, CommandApplier, Session)
+                                          SCALAR_TYPES, STALE, TICK, ApplyClock, CommandApplier,
+                                          Session)
 from raftcore.kv.state import decode_snapshot_file, encode_snapshot_file
 from raftcore.messages import SnapshotMeta
 from raftcore.storage.base import Snapshot, StateMachine
@@ -105,19 +106,6 @@ def wants_own_entry(obj: Any, method: str) -> bool:
     """Whether command `method` of `obj` is marked @command(own_entry=True)."""
     fn = getattr(type(obj), method, None)
     return bool(getattr(fn, "__raftcore_own_entry__", False))
-
-
-class ApplyClock:
-    """The log position and the leader-stamped time of the entry being
-    applied (or, outside apply, of the last one applied)."""
-
-    __slots__ = ("index", "time")
-
-    def __init__(self) -> None:
-        #: Log index of the entry (a lock's fencing token is its acquire's).
-        self.index = 0
-        #: Seconds since the epoch, by the leaders' clocks, never going back.
-        self.time = 0.0
 
 
 # Commands and queries run synchronously (no await inside), so the clock of
