@@ -21,6 +21,7 @@ from typing import Any, Optional
 from raftcore.kv.redis.apply import VERSION
 from raftcore.kv.redis.commands import (READ, WRITE, check_write, command_reply,
                                         lookup, wrong_arity)
+from raftcore.kv.redis.fastresp import encode_replies
 from raftcore.kv.redis.keyspace import E_NOT_INT, OK, parse_int
 from raftcore.kv.redis.resp import DEFAULT_MAX_BULK, Map, RespParser, encode, error
 
@@ -219,8 +220,7 @@ class _Connection(asyncio.Protocol):
                     return
                 raise exc
             if not self.transport.is_closing():
-                resp3 = self.resp3
-                self.transport.write(b"".join([encode(r, resp3) for r in replies]))
+                self.transport.write(encode_replies(replies, self.resp3, encode))
             if self.queue or self.parser.error is not None:
                 self.wake.set()             # what arrived meanwhile, in order
         except Exception:    # a bug of ours: this connection only

@@ -1,0 +1,6 @@
+"""Stub for the compiled raftcore.kv.redis.fastresp (see fastresp.pyx)."""
+from typing import Any, Callable
+
+
+def split_commands(buf: bytearray, out: list[list[bytes]], max_bulk: int) -> int: ...
+def encode_replies(replies: list, resp3: bool, encode: Callable[[Any, bool], bytes]) -> bytes: ...
