@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from raftcore.kv.redis.keyspace import OK, READS, WRITES, Keyspace, as_bytes, expire_due
+from raftcore.kv.redis.fast import run_commands as fast_run_commands
+from raftcore.kv.redis.keyspace import OK, READS, WRITES, Keyspace, expire_due
 from raftcore.kv.redis.resp import error
 
 #: The first item of a Redis entry in the log.
@@ -41,39 +42,14 @@ def apply_redis(sm: Any, p: Any) -> Any:
 
 
 def run_commands(ks: Keyspace, cmds: list) -> list:
-    """The replies of `cmds`, in order. The common commands (a plain SET,
-    GET or INCR of a bytes key that has no deadline) take a path of their
-    own: on every node, each command of a batched entry would otherwise go
-    through the name lookup, SET's option parsing and the expiry checks,
-    which are most of the cost of applying it. What that path does to the
-    map, the deadlines and the modification indexes is exactly what
+    """The replies of `cmds`, in order. The common commands (a plain SET or
+    GET of a bytes key that has no deadline) take a compiled path of their
+    own (fast.run_commands): on every node, each command of a batched entry
+    would otherwise go through the name lookup, SET's option parsing and
+    the expiry checks, which are most of the cost of applying it. What
+    that path does to the map and the modification indexes is exactly what
     run_command does (a key with a deadline takes run_command)."""
-    data = ks.data
-    expires = ks.expires
-    state = ks.state
-    mutate = ks.mutate
-    out = []
-    append = out.append
-    for cmd in cmds:
-        if type(cmd) is list:
-            n = len(cmd)
-            key = cmd[1] if n > 1 else None
-            if type(key) is bytes and key not in expires:
-                name = cmd[0]
-                if n == 2 and (name == b"GET" or name == b"get"):
-                    v = data.get(key)
-                    append(v if v is None or type(v) is bytes else as_bytes(v))
-                    continue
-                if mutate and n == 3 and (name == b"SET" or name == b"set"):
-                    data[key] = cmd[2]
-                    state.counter += 1
-                    state.versions[key] = state.counter
-                    if state.tombstones:
-                        state.tombstones.pop(key, None)
-                    append(OK)
-                    continue
-        append(run_command(ks, cmd))
-    return out
+    return fast_run_commands(ks, cmds, run_command, OK)
 
 
 def run_command(ks: Keyspace, cmd: Any) -> Any:

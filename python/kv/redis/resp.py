@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from raftcore.kv.redis.fastresp import split_commands
+from raftcore.kv.redis.fast import split_commands
 
 #: Redis's limits on a request (proto-max-bulk-len default 512 MB; a
 #: multibulk of at most 1024*1024*1024 arguments; inline requests up to 64 KB).
@@ -66,7 +66,7 @@ class RespParser:
             return []
         out: list[list[bytes]] = []
         self._need = 0
-        # The common requests in C (fastresp), the rest below.
+        # The common requests in C (fast), the rest below.
         pos = split_commands(buf, out, self.max_bulk)
         end = len(buf)
         try:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 from raftcore.kv.redis.apply import VERSION
 from raftcore.kv.redis.commands import (READ, WRITE, check_write, command_reply,
                                         lookup, wrong_arity)
-from raftcore.kv.redis.fastresp import encode_replies
+from raftcore.kv.redis.fast import encode_replies
 from raftcore.kv.redis.keyspace import E_NOT_INT, OK, parse_int
 from raftcore.kv.redis.resp import DEFAULT_MAX_BULK, Map, RespParser, encode, error
 
