@@ -29,10 +29,11 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_Contains, PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
 
-#: Commands of more arguments than this take the careful path.
-DEF FAST_ARGS = 64
-#: Digits of a count or length the fast path reads (more: the careful path).
-DEF MAX_DIGITS = 12
+cdef enum:
+    # Commands of more arguments than this take the careful path.
+    FAST_ARGS = 64
+    # Digits of a count or length the fast path reads (more: the careful path).
+    MAX_DIGITS = 12
 
 
 cdef inline Py_ssize_t _number(const char* p, Py_ssize_t i, Py_ssize_t end,
