@@ -21,13 +21,15 @@ the Python modules, which stay the reference:
   `encode` (resp.encode).
 - run_commands(ks, cmds, run_command): the replies of a batch of commands
   against a Keyspace (apply.run_commands, which documents what it does);
-  a plain GET or SET of a bytes key without a deadline here, every other
-  command through `run_command`.
+  a plain GET, SET or INCR of a bytes key without a deadline here, every
+  other command (and every error) through `run_command`.
 """
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_Contains, PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
+
+cdef object INT64_MAX = (1 << 63) - 1
 
 cdef enum:
     # Commands of more arguments than this take the careful path.
@@ -109,9 +111,9 @@ def encode_replies(list replies, bint resp3, encode) -> bytes:
     return b"".join(parts)
 
 
-def run_commands(ks, list cmds, run_command, ok) -> list:
+def run_commands(ks, list cmds, run_command, ok, parse_int) -> list:
     """The replies of `cmds` against the Keyspace `ks`, in order; `ok` is
-    SET's reply."""
+    SET's reply, `parse_int` Redis's strict integer (keyspace.parse_int)."""
     cdef dict data = ks.data
     cdef dict expires = ks.expires
     cdef bint mutate = ks.mutate
@@ -133,6 +135,22 @@ def run_commands(ks, list cmds, run_command, ok) -> list:
                         found = PyDict_GetItem(data, key)
                         if found is NULL or type(<object>found) is bytes:
                             out.append(None if found is NULL else <object>found)
+                            continue
+                    elif mutate and n == 2 and (name == b"INCR" or name == b"incr"):
+                        # A stored integer below the maximum (anything else:
+                        # run_command, which answers the error).
+                        found = PyDict_GetItem(data, key)
+                        value = 0 if found is NULL or <object>found is None else (
+                            parse_int(<object>found) if type(<object>found) is bytes else None)
+                        if value is not None and value < INT64_MAX:
+                            value = value + 1
+                            PyDict_SetItem(data, key, b"%d" % value)
+                            counter = state.counter + 1
+                            state.counter = counter
+                            PyDict_SetItem(versions, key, counter)
+                            if state.tombstones:
+                                state.tombstones.pop(key, None)
+                            out.append(value)
                             continue
                     elif mutate and n == 3 and (name == b"SET" or name == b"set"):
                         PyDict_SetItem(data, key, cmd[2])
