@@ -34,7 +34,8 @@ from raftcore.errors import ForwardToLeader, InvalidCommand, RaftError
 from raftcore.kv.client import Client
 from raftcore.kv.protocol import (ERROR, LEASE, OK, READ_INDEX, REDIRECT, SESSION_CMD, STALE,
                                   UNAVAILABLE, check_session)
-from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, read_commands
+from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, read_commands, run_commands
+from raftcore.kv.redis.keyspace import Keyspace
 from raftcore.kv.redis.resp import error
 from raftcore.kv.redis.rounds import CommandRounds, ReadRounds, future_answer
 from raftcore.model import ReadPolicy, ServerState
@@ -110,6 +111,7 @@ class ClusterBackend:
                         LEASE: ReadRounds(raft, ReadPolicy.LEASE_READ)}
         #: Writes of all connections, one log entry per round.
         self.writes = CommandRounds(self.submit, round_bytes)
+        self._read_view: Optional[tuple] = None   # (rounds, round number, Keyspace)
         #: Reads a follower forwards, one request to the leader per round.
         self.forwarded_reads = CommandRounds(self._forward_read, round_bytes)
 
@@ -221,12 +223,22 @@ class ClusterBackend:
         if mode == STALE:
             done(read_commands(self.sm, now_ms(), cmds), None)
             return
-        self._rounds[mode].add(lambda exc: self._confirmed(exc, cmds, size, done))
+        rounds = self._rounds[mode]
+        rounds.add(lambda exc: self._confirmed(exc, rounds, cmds, size, done))
 
-    def _confirmed(self, exc: Optional[BaseException], cmds: list, size: int,
-                   done: Answer) -> None:
+    def _confirmed(self, exc: Optional[BaseException], rounds: ReadRounds, cmds: list,
+                   size: int, done: Answer) -> None:
         if exc is None:
-            done(read_commands(self.sm, now_ms(), cmds), None)
+            # The readers of one round are answered one after the other in
+            # one callback of the loop: they share one view of the state
+            # (the same applied state and the same time), made once. Within
+            # that answering, rounds.rounds is this round's number (the next
+            # round starts after it).
+            view = self._read_view
+            if view is None or view[0] is not rounds or view[1] != rounds.rounds:
+                view = self._read_view = (rounds, rounds.rounds, Keyspace(
+                    self.sm, max(now_ms(), self.sm.redis.clock_ms), False))
+            done(run_commands(view[2], cmds), None)
         elif isinstance(exc, ForwardToLeader):
             def forwarded(replies: Any, failed: Optional[BaseException]) -> None:
                 if isinstance(failed, RaftError):
