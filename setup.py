@@ -94,7 +94,7 @@ setup(
     package_dir={"raftcore": "python"},
     package_data={"raftcore": ["py.typed", "*.pyi"], "raftcore.storage": ["*.pyi"],
                   "raftcore.network": ["*.pyi"], "raftcore.testing": ["*.pyi"],
-                  "raftcore.embed": ["*.pyi"],
+                  "raftcore.embed": ["*.pyi"], "raftcore.kv.redis": ["*.pyi"],
                   # The status page of `raftcore kv --http`.
                   "raftcore.kv": ["status_page.html"]},
     # Cython sources are for the build (and the sdist), not for run time.

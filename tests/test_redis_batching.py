@@ -231,3 +231,31 @@ async def test_a_followers_reads_go_to_the_leader_in_shared_requests():
         assert [len(cmds) for _, cmds in client.reads] == [1, n]
     finally:
         await client.close()
+
+
+@async_test(20)
+async def test_what_arrives_while_a_batch_is_in_flight_is_answered_after_it_in_order():
+    # The first SET goes to the round from data_received (no task); what
+    # the client sends while it waits (a connection command, another SET,
+    # then a malformed frame) runs after it, and the replies keep the order.
+    raft = GatedRaft()
+    server, client = await _redis_on(raft)
+    reader, writer = await asyncio.open_connection(HOST, server.port)
+    try:
+        writer.write(encode_command([b"SET", b"k1", b"v"]))
+        await until(lambda: raft.entries)
+        (conn,) = server.conns
+        writer.write(encode_command([b"PING"]) + encode_command([b"SET", b"k2", b"v"])
+                     + b"*1\r\n$x\r\n")
+        await until(lambda: conn.parser.error is not None)
+        assert len(raft.entries) == 1 and conn.queue    # waiting behind the first SET
+        raft.gates[0].set()
+        await until(lambda: len(raft.entries) == 2)
+        raft.gates[1].set()
+        assert await reader.read() == (b"+OK\r\n+PONG\r\n+OK\r\n"
+                                       b"-ERR Protocol error: invalid bulk length\r\n")
+        assert [[c[1] for c in e[4][2]] for e in raft.entries] == [[b"k1"], [b"k2"]]
+    finally:
+        writer.close()
+        await server.close()
+        await client.close()

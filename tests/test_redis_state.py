@@ -122,3 +122,38 @@ def test_snapshot_keeps_the_redis_state_and_old_snapshots_load():
 
 async def _now(value):
     return value
+
+
+_keys = st.sampled_from([b"a", b"b", b"c", "s", 7])
+_values = st.one_of(st.binary(max_size=4), st.sampled_from(
+    [b"1", b"-3", b"007", b"9223372036854775806", b"9223372036854775807", "str", 5, None]))
+_batch = st.lists(st.one_of(
+    st.tuples(st.sampled_from([b"SET", b"set", b"Set"]), _keys, _values),
+    st.tuples(st.sampled_from([b"GET", b"get", b"gEt"]), _keys),
+    st.tuples(st.sampled_from([b"SET"]), _keys, _values, st.sampled_from([b"PX", b"XX", b"NX"]),
+              st.sampled_from([b"1", b"50"])),
+    st.tuples(st.sampled_from([b"DEL", b"INCR", b"incr", b"PERSIST"]), _keys),
+    st.tuples(st.sampled_from([b"PEXPIRE"]), _keys, st.sampled_from([b"1", b"100"])),
+    st.tuples(st.sampled_from([b"SET", b"GET"])),
+    st.just([b"SET", [b"unhashable"], b"v"]),
+), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches=st.lists(st.tuples(st.integers(min_value=0, max_value=200), _batch), max_size=6))
+def test_a_batch_applies_as_its_commands_one_by_one(batches):
+    # run_commands' compiled path (plain SET/GET/INCR of a key without a
+    # deadline) against run_command for every command, in the same order:
+    # the same replies and the same map, deadlines and modification indexes.
+    from raftcore.kv.redis.apply import run_command, run_commands
+    from raftcore.kv.redis.keyspace import Keyspace
+    fast, slow = KvStateMachine(), KvStateMachine()
+    now = 0
+    for step, cmds in batches:
+        now += step
+        cmds = [list(c) for c in cmds]
+        for mutate in (True, False):
+            got = run_commands(Keyspace(fast, now, mutate), cmds)
+            ks = Keyspace(slow, now, mutate)
+            assert got == [run_command(ks, c) for c in cmds]
+        assert fast.data == slow.data and fast.redis.dump() == slow.redis.dump()

@@ -34,9 +34,10 @@ from raftcore.errors import ForwardToLeader, InvalidCommand, RaftError
 from raftcore.kv.client import Client
 from raftcore.kv.protocol import (ERROR, LEASE, OK, READ_INDEX, REDIRECT, SESSION_CMD, STALE,
                                   UNAVAILABLE, check_session)
-from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, read_commands
+from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, read_commands, run_commands
+from raftcore.kv.redis.keyspace import Keyspace
 from raftcore.kv.redis.resp import error
-from raftcore.kv.redis.rounds import CommandRounds, ReadRounds
+from raftcore.kv.redis.rounds import CommandRounds, ReadRounds, future_answer
 from raftcore.model import ReadPolicy, ServerState
 from raftcore.network.framing import SERVICE_TYPE_MIN
 
@@ -45,6 +46,9 @@ REDIS_WRITE = SERVICE_TYPE_MIN + 32
 REDIS_READ = SERVICE_TYPE_MIN + 33
 
 READ_MODES = {"linearizable": READ_INDEX, "lease": LEASE, "stale": STALE}
+
+#: `done(replies, exc)`: how a batch submitted without a coroutine is answered.
+Answer = Callable[[Any, Optional[BaseException]], None]
 
 
 def now_ms() -> int:
@@ -107,6 +111,7 @@ class ClusterBackend:
                         LEASE: ReadRounds(raft, ReadPolicy.LEASE_READ)}
         #: Writes of all connections, one log entry per round.
         self.writes = CommandRounds(self.submit, round_bytes)
+        self._read_view: Optional[tuple] = None   # (rounds, round number, Keyspace)
         #: Reads a follower forwards, one request to the leader per round.
         self.forwarded_reads = CommandRounds(self._forward_read, round_bytes)
 
@@ -128,6 +133,11 @@ class ClusterBackend:
         if size is None:
             size = sum(len(a) for c in cmds for a in c)
         return self.writes.run(cmds, size)
+
+    def submit_write(self, cmds: list, size: int, done: Answer) -> None:
+        """As write, without a coroutine: `done(replies, None)`, or
+        `done(None, exc)` if the round failed (a bug, or cancelled)."""
+        self.writes.submit(cmds, size, done)
 
     async def submit(self, cmds: list, watched: Optional[list] = None) -> Any:
         """The response of one log entry of `cmds`: their replies, an error
@@ -198,21 +208,48 @@ class ClusterBackend:
     async def read(self, cmds: list, size: Optional[int] = None) -> list:
         """The replies of read commands (`size`: their argument bytes):
         linearizable unless the node runs with --redis-reads lease|stale."""
+        if size is None:
+            size = sum(len(a) for c in cmds for a in c)
+        fut = asyncio.get_running_loop().create_future()
+        self.submit_read(cmds, size, future_answer(fut))
+        return await fut
+
+    def submit_read(self, cmds: list, size: int, done: Answer) -> None:
+        """As read, without a coroutine: `done(replies, None)` (now, in
+        stale mode), or `done(None, exc)` if a round failed (a bug, or
+        cancelled). The leader runs the reads as soon as their round is
+        confirmed, in the round's own callbacks: no task per reader."""
         mode = self.read_mode
         if mode == STALE:
-            return read_commands(self.sm, now_ms(), cmds)
-        try:
-            return await self._leader_read(mode, cmds)
-        except ForwardToLeader:
-            pass
-        except RaftError as exc:
-            return _errors(cmds, f"ERR the read could not be confirmed ({exc})")
-        try:
-            if size is None:
-                size = sum(len(a) for c in cmds for a in c)
-            return await self.forwarded_reads.run(cmds, size)
-        except RaftError as exc:
-            return _errors(cmds, f"ERR no leader answered the read ({exc})")
+            done(read_commands(self.sm, now_ms(), cmds), None)
+            return
+        rounds = self._rounds[mode]
+        rounds.add(lambda exc: self._confirmed(exc, rounds, cmds, size, done))
+
+    def _confirmed(self, exc: Optional[BaseException], rounds: ReadRounds, cmds: list,
+                   size: int, done: Answer) -> None:
+        if exc is None:
+            # The readers of one round are answered one after the other in
+            # one callback of the loop: they share one view of the state
+            # (the same applied state and the same time), made once. Within
+            # that answering, rounds.rounds is this round's number (the next
+            # round starts after it).
+            view = self._read_view
+            if view is None or view[0] is not rounds or view[1] != rounds.rounds:
+                view = self._read_view = (rounds, rounds.rounds, Keyspace(
+                    self.sm, max(now_ms(), self.sm.redis.clock_ms), False))
+            done(run_commands(view[2], cmds), None)
+        elif isinstance(exc, ForwardToLeader):
+            def forwarded(replies: Any, failed: Optional[BaseException]) -> None:
+                if isinstance(failed, RaftError):
+                    done(_errors(cmds, f"ERR no leader answered the read ({failed})"), None)
+                else:
+                    done(replies, failed)
+            self.forwarded_reads.submit(cmds, size, forwarded)
+        elif isinstance(exc, RaftError):
+            done(_errors(cmds, f"ERR the read could not be confirmed ({exc})"), None)
+        else:
+            done(None, exc)
 
     def _forward_read(self, cmds: list) -> Awaitable[list]:
         # One mode per node: every forwarded round is in this node's mode.

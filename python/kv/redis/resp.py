@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from raftcore.kv.redis.fast import split_commands
+
 #: Redis's limits on a request (proto-max-bulk-len default 512 MB; a
 #: multibulk of at most 1024*1024*1024 arguments; inline requests up to 64 KB).
 DEFAULT_MAX_BULK = 512 * 1024 * 1024
@@ -64,7 +66,8 @@ class RespParser:
             return []
         out: list[list[bytes]] = []
         self._need = 0
-        pos = _split_commands(buf, out, self.max_bulk) if buf[:1] == b"*" else 0
+        # The common requests in C (fast), the rest below.
+        pos = split_commands(buf, out, self.max_bulk)
         end = len(buf)
         try:
             while pos < end:
@@ -136,51 +139,6 @@ class RespParser:
             return None
         line = bytes(buf[pos:i]).rstrip(b"\r")
         return split_inline(line), i + 1
-
-
-#: Commands of more arguments than this take the careful path.
-_FAST_ARGS = 64
-
-
-def _split_commands(buf: bytearray, out: list, max_bulk: int) -> int:
-    """The fast path of common requests: cuts the complete multibulk
-    commands at the start of `buf` at every CRLF at once and keeps those
-    whose every argument has exactly its announced length (so none holds a
-    CRLF). Appends them to `out`; returns where it stopped, for the careful
-    parser to go on from (a partial command, an argument with a CRLF in
-    it, anything malformed)."""
-    # A buffer that starts with a command of many arguments (arriving in
-    # many reads) is not copied and cut again at each read.
-    i = buf.find(b"\r\n", 0, 24)
-    try:
-        if i < 0 or not 0 < int(buf[1:i]) <= _FAST_ARGS:
-            return 0
-    except ValueError:
-        return 0
-    toks = bytes(buf).split(b"\r\n")
-    last = len(toks) - 1            # toks[last] has no CRLF after it yet
-    i = pos = 0
-    while i < last:
-        head = toks[i]
-        if head[:1] != b"*":
-            break
-        try:
-            n = int(head[1:])
-        except ValueError:
-            break
-        stop = i + 1 + 2 * n
-        if n <= 0 or n > _FAST_ARGS or stop > last:
-            break
-        args = toks[i + 2:stop:2]
-        size = len(head) + 2
-        for length, arg in zip(toks[i + 1:stop:2], args):
-            if length[:1] != b"$" or length[1:] != b"%d" % len(arg) or len(arg) > max_bulk:
-                return pos
-            size += len(length) + len(arg) + 4
-        out.append(args)
-        pos += size
-        i = stop
-    return pos
 
 
 def split_inline(line: bytes) -> list[bytes]:

@@ -28,12 +28,30 @@ ROUND_COMMANDS = 4096
 
 
 class _Request:
-    __slots__ = ("cmds", "size", "fut")
+    """Commands waiting for a round, and whom to answer: `done(replies,
+    exc)`, called once (exc: what the round raised, else None)."""
 
-    def __init__(self, cmds: list, size: int, fut: asyncio.Future) -> None:
+    __slots__ = ("cmds", "size", "done")
+
+    def __init__(self, cmds: list, size: int, done: Callable[[Any, Any], None]) -> None:
         self.cmds = cmds
         self.size = size
-        self.fut = fut
+        self.done = done
+
+
+def future_answer(fut: asyncio.Future) -> Callable[[Any, Any], None]:
+    """A `done(value, exc)` that resolves `fut` (a CancelledError cancels
+    it; nothing happens if it is done already: its waiter may be gone)."""
+    def done(value: Any, exc: Any) -> None:
+        if fut.done():
+            return
+        if exc is None:
+            fut.set_result(value)
+        elif isinstance(exc, asyncio.CancelledError):
+            fut.cancel()
+        else:
+            fut.set_exception(exc)
+    return done
 
 
 class CommandRounds:
@@ -61,12 +79,18 @@ class CommandRounds:
         """The replies of `cmds` (`size`: their argument bytes), once the
         round that carries them is done. Raises what `call` raised."""
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append(_Request(cmds, size, fut))
+        self.submit(cmds, size, future_answer(fut))
+        return await fut
+
+    def submit(self, cmds: list, size: int, done: Callable[[Any, Any], None]) -> None:
+        """As run, without a coroutine: `done(replies, None)` once the round
+        that carries `cmds` is done, or `done(None, exc)` with what `call`
+        raised (a CancelledError if the rounds were cancelled)."""
+        self._pending.append(_Request(cmds, size, done))
         if self._task is None:
             # A task, not a direct call: the requests of every connection
             # that runs in this loop iteration join the first round too.
             self._task = asyncio.get_running_loop().create_task(self._rounds())
-        return await fut
 
     def _take(self) -> list[_Request]:
         """The requests of the next round, in arrival order."""
@@ -89,8 +113,7 @@ class CommandRounds:
             while self._pending:
                 await self._round(self._take())
         except BaseException:            # cancelled (shutdown): nobody is answered
-            for req in self._pending:
-                req.fut.cancel()
+            self._fail(self._pending, asyncio.CancelledError())
             self._pending.clear()
             raise
         finally:
@@ -102,9 +125,8 @@ class CommandRounds:
         self.commands += len(cmds)
         try:
             replies = await self._call(cmds)
-        except asyncio.CancelledError:
-            for req in batch:
-                req.fut.cancel()
+        except asyncio.CancelledError as exc:
+            self._fail(batch, exc)
             raise
         except Exception as exc:         # for the callers to raise
             self._fail(batch, exc)
@@ -113,19 +135,20 @@ class CommandRounds:
             self._fail(batch, RuntimeError(f"a round of {len(cmds)} commands got "
                                            f"{len(replies)} replies"))
             return
+        if len(batch) == 1:
+            req = batch[0]
+            req.done(replies if type(replies) is list else [replies] * len(cmds), None)
+            return
         pos = 0
         for req in batch:
             n = len(req.cmds)
-            if not req.fut.done():       # its connection may be gone
-                req.fut.set_result(replies[pos:pos + n] if type(replies) is list
-                                   else [replies] * n)
+            req.done(replies[pos:pos + n] if type(replies) is list else [replies] * n, None)
             pos += n
 
     @staticmethod
-    def _fail(batch: list[_Request], exc: Exception) -> None:
+    def _fail(batch: list[_Request], exc: BaseException) -> None:
         for req in batch:
-            if not req.fut.done():
-                req.fut.set_exception(exc)
+            req.done(None, exc)
 
 
 class ReadRounds:
@@ -137,7 +160,7 @@ class ReadRounds:
     def __init__(self, raft: Any, policy: ReadPolicy) -> None:
         self.raft = raft
         self.policy = policy
-        self._next: Optional[asyncio.Future] = None     # the round waiting reads share
+        self._waiting: list[Callable[[Any], None]] = []   # the next round's readers
         self._running = False
         #: Rounds run (each one ensure_linearizable).
         self.rounds = 0
@@ -145,30 +168,41 @@ class ReadRounds:
     async def confirm(self) -> None:
         """Returns once a round that started after this call is confirmed
         and applied; raises what ensure_linearizable raised."""
-        fut = self._next
-        if fut is None:
-            fut = self._next = asyncio.get_running_loop().create_future()
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        fut = asyncio.get_running_loop().create_future()
+        answer = future_answer(fut)
+        self.add(lambda exc: answer(None, exc))
+        await fut
+
+    def add(self, done: Callable[[Any], None]) -> None:
+        """As confirm, without a coroutine (one future less per read):
+        `done(None)` once a round that started after this call is confirmed
+        and applied, `done(exc)` with what ensure_linearizable raised (a
+        CancelledError if the round was cancelled)."""
+        self._waiting.append(done)
         if not self._running:
             self._running = True
             asyncio.get_running_loop().create_task(self._round())
-        await asyncio.shield(fut)
 
     async def _round(self) -> None:
         # The reads that arrived until now share this round.
-        fut, self._next = self._next, None
+        waiting, self._waiting = self._waiting, []
         self.rounds += 1
         try:
             await self.raft.ensure_linearizable(self.policy)
-        except asyncio.CancelledError:
-            fut.cancel()
+        except asyncio.CancelledError as exc:
+            self._answer(waiting, exc)
             raise
         except Exception as exc:       # for the readers to raise
-            fut.set_exception(exc)
+            self._answer(waiting, exc)
         else:
-            fut.set_result(None)
+            self._answer(waiting, None)
         finally:
-            if self._next is not None:
+            if self._waiting:
                 asyncio.get_running_loop().create_task(self._round())
             else:
                 self._running = False
+
+    @staticmethod
+    def _answer(waiting: list, exc: Any) -> None:
+        for done in waiting:
+            done(exc)

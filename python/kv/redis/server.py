@@ -21,6 +21,7 @@ from typing import Any, Optional
 from raftcore.kv.redis.apply import VERSION
 from raftcore.kv.redis.commands import (READ, WRITE, check_write, command_reply,
                                         lookup, wrong_arity)
+from raftcore.kv.redis.fast import encode_replies
 from raftcore.kv.redis.keyspace import E_NOT_INT, OK, parse_int
 from raftcore.kv.redis.resp import DEFAULT_MAX_BULK, Map, RespParser, encode, error
 
@@ -146,6 +147,10 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.task: Optional[asyncio.Task] = None
+        #: The task is running commands (they and the queue go in order).
+        self.running = False
+        #: A batch taken by the direct path awaits its replies.
+        self.busy = False
 
     # ------------------------------------------------------ transport
 
@@ -160,11 +165,67 @@ class _Connection(asyncio.Protocol):
         self.wake.set()
 
     def data_received(self, data: bytes) -> None:
-        self.queue.extend(self.parser.feed(data))
-        self.wake.set()
-        if len(self.queue) > _MAX_QUEUED and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
+        cmds = self.parser.feed(data)
+        if not cmds and self.parser.error is None:
+            return                      # a partial command: nothing to run yet
+        if self.busy or self.running or self.queue or not self._direct(cmds):
+            self.queue.extend(cmds)
+            self.wake.set()
+            if len(self.queue) > _MAX_QUEUED and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+
+    # ------------------------------------------------------ direct path
+
+    def _direct(self, cmds: list) -> bool:
+        """Hands `cmds` to the backend without the task if they are all
+        reads or all writes that pass the door (the common case: a client
+        sending GETs or SETs, pipelined or not), in one chunk; the round
+        answers in _answered. False (nothing done) for anything else, which
+        the task runs: connection commands, transactions, errors, mixes.
+        It saves the task's wake-up and its chain of coroutines per batch."""
+        if self.multi is not None or not self.authed or self.closing or \
+                self.parser.error is not None or len(cmds) > CHUNK_COMMANDS:
+            return False
+        kind = None
+        size = 0
+        for args in cmds:
+            spec, err = lookup(args)
+            if err is not None:
+                return False
+            k = spec.kind
+            if k is not kind:
+                if kind is not None or (k is not WRITE and k is not READ):
+                    return False
+                kind = k
+            if k is WRITE and check_write(spec, args) is not None:
+                return False
+            size += sum(map(len, args))
+        if size > self.server.chunk_bytes and len(cmds) > 1:
+            return False
+        self.busy = True
+        if kind is WRITE:
+            self.backend.submit_write(cmds, size, self._answered)
+        else:
+            self.backend.submit_read(cmds, size, self._answered)
+        return True
+
+    def _answered(self, replies: Any, exc: Optional[BaseException]) -> None:
+        """The replies of the batch _direct handed over (`exc`: its round
+        failed, or was cancelled at shutdown)."""
+        self.busy = False
+        try:
+            if exc is not None:
+                if isinstance(exc, asyncio.CancelledError):
+                    return
+                raise exc
+            if not self.transport.is_closing():
+                self.transport.write(encode_replies(replies, self.resp3, encode))
+            if self.queue or self.parser.error is not None:
+                self.wake.set()             # what arrived meanwhile, in order
+        except Exception:    # a bug of ours: this connection only
+            log.error("serving the Redis client %s failed", self.id, exc_info=True)
+            self.transport.abort()
 
     def abort(self) -> None:
         self.closing = True
@@ -177,6 +238,9 @@ class _Connection(asyncio.Protocol):
             while not self.closing:
                 await self.wake.wait()
                 self.wake.clear()
+                if self.busy:
+                    continue                # _answered wakes the task again
+                self.running = True
                 while self.queue and not self.closing:
                     cmds, self.queue = self.queue, []
                     if self.paused:
@@ -185,6 +249,7 @@ class _Connection(asyncio.Protocol):
                     out = await self._execute(cmds)
                     if not self.transport.is_closing():
                         self.transport.write(b"".join(out))
+                self.running = False
                 if self.parser.error is not None and not self.closing:
                     self.transport.write(encode(error("ERR Protocol error: "
                                                       + self.parser.error)))
