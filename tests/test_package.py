@@ -16,7 +16,8 @@ import raftcore
 
 COMPILED = ["engine", "commands", "core", "types", "messages", "log", "membership", "progress",
             "quorum", "codec", "pending_writes", "waiters", "peers", "network.reply",
-            "storage.sync_worker", "testing.faulty_engine", "embed.command_apply"]
+            "storage.sync_worker", "testing.faulty_engine", "embed.command_apply",
+            "kv.redis.fast"]
 EXT = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
