@@ -22,8 +22,10 @@ replicated objects, and leader-only tasks.
     await node.stop()
 
 Modules: node (start, EmbeddedNode), replicated (the markers and the state
-machine adapter), forwarding (a follower's calls carried to the leader),
-objects (ReplDict, ReplCounter, ReplQueue, ReplLock).
+machine adapter), command_apply (compiled: the apply of its entries and the
+callers' sessions), batches (the calls of one turn in one entry),
+forwarding (a follower's calls carried to the leader), deadlines (queries'
+timer), objects (ReplDict, ReplCounter, ReplQueue, ReplLock).
 """
 from raftcore.embed.node import CommandFailed, EmbeddedNode, ObjectProxy, service_config, start
 from raftcore.embed.objects import ReplCounter, ReplDict, ReplLock, ReplQueue

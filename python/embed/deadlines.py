@@ -1,7 +1,9 @@
-"""Deadlines: bounds the attempts of a node's calls with one timer.
+"""Deadlines: bounds the attempts of a node's queries (their read
+barriers) with one timer. (Commands have the node's own deadline sweep,
+EmbeddedNode._expire, which also ends batched calls.)
 
 asyncio.timeout_at costs a Timeout object, a timer handle and their
-cancellation on every call: a large share of a command's cost through the
+cancellation on every call: a large share of a call's cost through the
 embedding layer (raftcore bench --embed). Every call of a node has the same
 timeout, so the attempts in flight end nearly in the order they started (a
 retry keeps its call's deadline); one timer at the earliest deadline is
