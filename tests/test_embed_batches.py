@@ -12,7 +12,7 @@ import pytest
 
 import raftcore
 from async_runner import async_test
-from raftcore.embed import ReplCounter, ReplLock
+from raftcore.embed import ReplCounter, ReplDict, ReplLock
 from raftcore.embed.replicated import BATCH, CMD, FAILED, OK, STALE, ReplicatedStateMachine
 from raftcore.errors import OutcomeUnknown
 from raftcore.types import Entry
@@ -36,6 +36,34 @@ async def test_calls_made_together_share_entries_and_each_is_applied_once():
         for node in nodes.values():
             assert await node.state.get() == CALLS
             assert node.state_machine.objects["state"].history == [1] * CALLS
+    finally:
+        await stop_all(nodes)
+
+
+@async_test(GUARD)
+async def test_calls_run_as_tasks_and_a_cancelled_one_leaves_the_others_be():
+    """A call is a coroutine to asyncio (create_task, TaskGroup), batched
+    or alone; cancelling one stops its wait only."""
+    nodes = await start_all(peers_of(), Account)
+    try:
+        leader = nodes[await leader_of(nodes)]
+        alone = asyncio.get_running_loop().create_task(leader.state.deposit(1))
+        assert await alone == 1
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(leader.state.deposit(1)) for _ in range(50)]
+        assert sorted(t.result() for t in tasks) == list(range(2, 52))
+        calls = [asyncio.ensure_future(leader.state.deposit(1)) for _ in range(20)]
+        calls[5].cancel()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(done[5], asyncio.CancelledError)
+        assert len([d for d in done if isinstance(d, int)]) == 19
+        # The cancelled call may still have been applied: 70 or 71 deposits.
+        assert await leader.state.get() in (70, 71)
+        assert await leader.state.deposit(1) in (71, 72)
+        bad = await asyncio.gather(*(asyncio.ensure_future(leader.state.deposit(-1))
+                                     for _ in range(5)), return_exceptions=True)
+        assert all(isinstance(b, raftcore.CommandFailed) and "positive" in str(b)
+                   for b in bad), bad
     finally:
         await stop_all(nodes)
 
@@ -140,6 +168,19 @@ def test_a_batch_entry_answers_each_call_in_order_and_a_retry_with_its_first_ans
     stale = _apply(sm, 5, _batch("c", 5, [1, "n", "add", [5]]))
     assert stale[0][0] == STALE and sm.objects["n"].value == 16
     assert sm.clock.time == 1001.0 and sm.clock.index == 5
+
+
+def test_calls_of_the_same_command_as_the_one_before_leave_out_its_names():
+    sm = ReplicatedStateMachine({"n": ReplCounter(), "d": ReplDict()})
+    answers = _apply(sm, 1, _batch("c", 1, [1, "n", "add", [1]], [2, None, None, [2]],
+                                   [3, "d", "set", ["k", 1]], [4, None, None, ["j", 2]],
+                                   [5, "n", "add", [3]]))
+    assert [a[0] for a in answers] == [OK] * 5
+    assert [answers[0][1], answers[1][1], answers[4][1]] == [1, 3, 6]
+    assert sm.objects["d"].items == {"k": 1, "j": 2}
+    # Nothing before it to stand for: refused, nothing applied.
+    first = _apply(sm, 2, _batch("c", 6, [6, None, None, [1]]))
+    assert first[0][0] == FAILED and sm.objects["n"].value == 6
 
 
 @pytest.mark.parametrize("payload", [

@@ -17,7 +17,7 @@ import raftcore
 COMPILED = ["engine", "commands", "core", "types", "messages", "log", "membership", "progress",
             "quorum", "codec", "pending_writes", "waiters", "peers", "network.reply",
             "storage.sync_worker", "testing.faulty_engine", "embed.command_apply",
-            "kv.redis.fast"]
+            "embed.pending_call", "kv.redis.fast"]
 EXT = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 

@@ -33,7 +33,7 @@ from raftcore.errors import RaftError
 from raftcore.embed.forwarding import UNKNOWN, Clock, command_entry, reply_to_error
 from raftcore.embed.replicated import BATCH, FAILED, SCALAR_TYPES
 
-__all__ = ["CommandBatches", "head_size", "args_size", "MAX_BATCH_CALLS"]
+__all__ = ["CommandBatches", "head_size", "args_size", "names_at", "MAX_BATCH_CALLS"]
 
 #: Calls in one entry at most (a bound on the work of one apply).
 MAX_BATCH_CALLS = 4096
@@ -72,15 +72,27 @@ class _Batch:
     """Calls taken together: (seq, object, method, args) flattened in
     `fields`, their reply futures in `futures`."""
 
-    __slots__ = ("fields", "futures", "size", "deadline", "expired")
+    __slots__ = ("fields", "futures", "size", "deadline", "expired", "last_obj",
+                 "last_method")
 
     def __init__(self, deadline: float) -> None:
+        #: Calls' fields as the entry has them: object and method None when
+        #: the same as the call before's (names_at gives them back).
         self.fields: list = []
+        self.last_obj: Optional[str] = None
+        self.last_method: Optional[str] = None
         self.futures: list[asyncio.Future] = []
         self.size = _HEAD_BYTES
         #: Its first call's deadline (the others came in the same turn).
         self.deadline = deadline
         self.expired = False
+
+
+def names_at(fields: list, k: int) -> tuple[str, str]:
+    """The object and method of the call whose fields start at `k`."""
+    while fields[k + 1] is None and fields[k + 2] is None:
+        k -= 4
+    return fields[k + 1], fields[k + 2]
 
 
 class CommandBatches:
@@ -91,7 +103,8 @@ class CommandBatches:
     acked: the caller's oldest call still waiting (acked_below of every
     entry: the answers below it can go); max_bytes: the encoded size an
     entry may have (Config.max_command_bytes). Each call's outcome goes to
-    answered(future, seq, object, method, answer) when its entry applied,
+    answered(future, fields, k, answer) when its entry applied (the call's
+    seq at fields[k]; names_at(fields, k) its object and method),
     else to unanswered(future, seq, object, method, args, reply, deadline)
     with the reply (forwarding.py's REDIRECT, UNKNOWN, ...): the node
     decides what the caller's future gets.
@@ -132,7 +145,11 @@ class CommandBatches:
                 or len(batch.futures) >= MAX_BATCH_CALLS:
             batch = self._open = _Batch(deadline)
             self._start(batch)
-        batch.fields += (seq, obj, method, args)
+        if obj == batch.last_obj and method == batch.last_method:
+            batch.fields += (seq, None, None, args)     # as the call before
+        else:
+            batch.fields += (seq, obj, method, args)
+            batch.last_obj, batch.last_method = obj, method
         batch.futures.append(fut)
         batch.size += size
         return fut
@@ -162,7 +179,7 @@ class CommandBatches:
             fields = batch.fields
             for i, fut in enumerate(batch.futures):
                 if not fut.done():
-                    ended.append((fut, fields[4 * i], fields[4 * i + 1], fields[4 * i + 2]))
+                    ended.append((fut, fields[4 * i]) + names_at(fields, 4 * i))
         return ended, None
 
     async def _write(self, batch: _Batch) -> None:
@@ -204,14 +221,14 @@ class CommandBatches:
         answered = self._answered
         for i, fut in enumerate(futures):
             k = 4 * i
-            answered(fut, fields[k], fields[k + 1], fields[k + 2], answers[i])
+            answered(fut, fields, k, answers[i])
 
     def _unanswered_all(self, batch: _Batch, reply: list) -> None:
         fields = batch.fields
         for i, fut in enumerate(batch.futures):
             k = 4 * i
-            self._unanswered(fut, fields[k], fields[k + 1], fields[k + 2], fields[k + 3], reply,
-                             batch.deadline)
+            obj, method = names_at(fields, k)
+            self._unanswered(fut, fields[k], obj, method, fields[k + 3], reply, batch.deadline)
 
     async def close(self) -> None:
         """Cancels the batches in flight (their calls get UNKNOWN)."""

@@ -162,8 +162,12 @@ cdef class CommandApplier:
                     ((n - BATCH_HEAD) // BATCH_STRIDE)
             cid = e[1]
             answers = []
+            name = method = None
             for i in range(BATCH_HEAD, n, BATCH_STRIDE):
-                answers.append(self._answer(s, cid, e[i], e[i + 1], e[i + 2], e[i + 3]))
+                # Object and method both None: the previous call's.
+                if e[i + 1] is not None or e[i + 2] is not None:
+                    name, method = e[i + 1], e[i + 2]
+                answers.append(self._answer(s, cid, e[i], name, method, e[i + 3]))
             self._acknowledge(s, e[2])
             return answers
         if tag == TICK and n == 2:

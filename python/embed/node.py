@@ -10,7 +10,7 @@ import os
 import secrets
 import ssl as _ssl
 import time
-from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
+from typing import Any, Awaitable, Callable, Coroutine, Mapping, Optional, Sequence
 
 from raftcore.config import Config, SnapshotPolicy
 from raftcore.errors import (ConfigError, Fatal, InvalidCommand, NetworkError,
@@ -23,8 +23,9 @@ from raftcore.storage.base import LogStore
 from raftcore.storage.file import FileLogStore
 from raftcore.storage.mem import MemLogStore
 
-from raftcore.embed.batches import CommandBatches, args_size, head_size
+from raftcore.embed.batches import CommandBatches, args_size, head_size, names_at
 from raftcore.embed.deadlines import Deadlines
+from raftcore.embed.pending_call import PendingCall
 from raftcore.embed.forwarding import (DONE, EMBED_CALL, EMBED_READ, REDIRECT, REFUSED,
                                        UNAVAILABLE, UNKNOWN, Clock, Forwarder, Forwarding,
                                        LeaderService, node_status, propose,
@@ -276,11 +277,12 @@ class EmbeddedNode:
 
     # ----------------------------------------------------------- commands
 
-    def call(self, obj: str, method: str, args: Sequence[Any] = ()) -> Awaitable[Any]:
+    def call(self, obj: str, method: str, args: Sequence[Any] = ()) -> Coroutine[Any, Any, Any]:
         """Runs command `obj.method(*args)` through the log: awaiting what
-        it returns gives the command's result, from any node (a follower
-        forwards it to the leader). A call retried after a leader change or
-        a lost reply is applied once.
+        it returns (a coroutine: await it, or run it as a task) gives the
+        command's result, from any node (a follower forwards it to the
+        leader). A call retried after a leader change or a lost reply is
+        applied once.
 
         Raises InvalidCommand at once for an argument that is not a msgpack
         value (or a method that is not a @command). Awaiting raises
@@ -312,7 +314,7 @@ class EmbeddedNode:
             # scalars leaves the garbage collector's passes after its first.
             fut = self._outstanding[seq] = self._batches.submit(
                 seq, obj, method, tuple(args), size, own_entry, deadline)
-            return fut
+            return PendingCall(fut)
         w = self._outstanding[seq] = [deadline, None, False, obj, method]
         if hint is not None and hint != self._own_id:
             # Forwarded: attempts of its own.
@@ -363,15 +365,17 @@ class EmbeddedNode:
             del self._outstanding[seq]
         return _result(obj, method, answer)
 
-    def _answered(self, fut: asyncio.Future, seq: int, obj: str, method: str,
+    def _answered(self, fut: asyncio.Future, fields: list, k: int,
                   answer: Sequence[Any]) -> None:
-        """A batched call's entry applied: its caller gets the answer."""
-        self._outstanding.pop(seq, None)    # gone if the sweep ended it
+        """A batched call's entry applied (the call's seq at fields[k]; see
+        CommandBatches): its caller gets the answer."""
+        self._outstanding.pop(fields[k], None)  # gone if the sweep ended it
         if fut.done():          # cancelled by its caller, or past its deadline
             return
         if answer[0] == OK:     # _result's common case, without the call
             fut.set_result(answer[1])
             return
+        obj, method = names_at(fields, k)
         try:
             fut.set_result(_result(obj, method, answer))
         except RaftError as exc:

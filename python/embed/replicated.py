@@ -13,7 +13,10 @@ Log entries written by the embedding layer (msgpack lists):
     ["rb", client_id, acked_below, stamp, seq, object, method, args, seq, ...]
         the commands one caller made in one event-loop turn (see
         raftcore.embed.batches), applied in order as if each had an "rc"
-        entry of its own, except that they share the entry's index.
+        entry of its own, except that they share the entry's index. A call
+        of the same object and method as the one before it has None for
+        both (a busy object's calls: no names to encode, store and decode
+        each time).
     ["rt", stamp]
         a tick: the leader's clock, logged periodically so that time moves
         forward in the state (leases expire) without other writes.
