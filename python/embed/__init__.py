@@ -24,6 +24,7 @@ replicated objects, and leader-only tasks.
 Modules: node (start, EmbeddedNode), replicated (the markers and the state
 machine adapter), command_apply (compiled: the apply of its entries and the
 callers' sessions), batches (the calls of one turn in one entry),
+pending_call (compiled: a batched call's awaitable),
 forwarding (a follower's calls carried to the leader), deadlines (queries'
 timer), objects (ReplDict, ReplCounter, ReplQueue, ReplLock).
 """
