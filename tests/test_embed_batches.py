@@ -16,7 +16,8 @@ from raftcore.embed import ReplCounter, ReplDict, ReplLock
 from raftcore.embed.replicated import BATCH, CMD, FAILED, OK, STALE, ReplicatedStateMachine
 from raftcore.errors import OutcomeUnknown
 from raftcore.types import Entry
-from test_embed_node import GUARD, Account, leader_of, peers_of, start_all, stop_all
+from test_embed_node import (GUARD, Account, leader_alone, leader_of, peers_of, start_all,
+                             stop_all)
 
 CALLS = 200
 
@@ -125,11 +126,7 @@ class _Record:
 async def test_batched_calls_without_a_quorum_end_at_their_deadline():
     nodes = await start_all(peers_of(), Account)
     try:
-        leader = await leader_of(nodes)
-        for i in [i for i in nodes if i != leader]:
-            await nodes.pop(i).stop()
-        node = nodes[leader]
-        node.timeout = 1.0
+        node = await leader_alone(nodes)
         answers = await asyncio.gather(*(node.state.deposit(1) for _ in range(30)),
                                        return_exceptions=True)
         assert all(isinstance(a, OutcomeUnknown) for a in answers), answers

@@ -68,6 +68,18 @@ async def leader_of(nodes: dict) -> int:
     return await first.wait_leader(WAIT)
 
 
+async def leader_alone(nodes: dict, timeout: float = 1.0):
+    """Stops every node but the leader (taken out of `nodes`) and returns
+    the leader with its call timeout set: its entries can no longer
+    commit."""
+    leader = await leader_of(nodes)
+    for i in [i for i in nodes if i != leader]:
+        await nodes.pop(i).stop()
+    node = nodes[leader]
+    node.timeout = timeout
+    return node
+
+
 @async_test(GUARD)
 async def test_a_command_called_on_any_node_is_applied_on_every_node():
     nodes = await start_all(peers_of(), Account)
@@ -247,11 +259,7 @@ async def test_a_call_whose_outcome_stays_unknown_raises_outcome_unknown():
     """The leader alone: its entry can neither commit nor be known dropped."""
     nodes = await start_all(peers_of(), Account)
     try:
-        leader = await leader_of(nodes)
-        for i in [i for i in nodes if i != leader]:
-            await nodes.pop(i).stop()
-        node = nodes[leader]
-        node.timeout = 1.0
+        node = await leader_alone(nodes)
         with pytest.raises(raftcore.errors.OutcomeUnknown, match="at most once"):
             await node.state.deposit(1)
     finally:

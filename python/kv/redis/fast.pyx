@@ -111,6 +111,15 @@ def encode_replies(list replies, bint resp3, encode) -> bytes:
     return b"".join(parts)
 
 
+cdef inline void _modified(state, dict versions, key) except *:
+    """Key `key` was written: its modification index moves on (WATCH)."""
+    counter = state.counter + 1
+    state.counter = counter
+    PyDict_SetItem(versions, key, counter)
+    if state.tombstones:
+        state.tombstones.pop(key, None)
+
+
 def run_commands(ks, list cmds, run_command, ok, parse_int) -> list:
     """The replies of `cmds` against the Keyspace `ks`, in order; `ok` is
     SET's reply, `parse_int` Redis's strict integer (keyspace.parse_int)."""
@@ -145,20 +154,12 @@ def run_commands(ks, list cmds, run_command, ok, parse_int) -> list:
                         if value is not None and value < INT64_MAX:
                             value = value + 1
                             PyDict_SetItem(data, key, b"%d" % value)
-                            counter = state.counter + 1
-                            state.counter = counter
-                            PyDict_SetItem(versions, key, counter)
-                            if state.tombstones:
-                                state.tombstones.pop(key, None)
+                            _modified(state, versions, key)
                             out.append(value)
                             continue
                     elif mutate and n == 3 and (name == b"SET" or name == b"set"):
                         PyDict_SetItem(data, key, cmd[2])
-                        counter = state.counter + 1
-                        state.counter = counter
-                        PyDict_SetItem(versions, key, counter)
-                        if state.tombstones:
-                            state.tombstones.pop(key, None)
+                        _modified(state, versions, key)
                         out.append(ok)
                         continue
         out.append(run_command(ks, c))
