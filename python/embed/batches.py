@@ -169,7 +169,7 @@ class CommandBatches:
         """The calls of the batches past their deadline at loop time `now`,
         as (future, seq, object, method) of those still waiting, and the
         next deadline of a batch in flight (None: none is)."""
-        ended = []
+        ended: list[tuple[Any, int, str, str]] = []
         for batch in self._batches:
             if batch.deadline > now:
                 return ended, batch.deadline
