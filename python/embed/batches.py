@@ -37,9 +37,9 @@ __all__ = ["CommandBatches", "head_size", "args_size", "names_at", "MAX_BATCH_CA
 
 #: Calls in one entry at most (a bound on the work of one apply).
 MAX_BATCH_CALLS = 4096
-#: Encoded bytes of a BATCH entry besides its calls (tag, client id up to
-#: this long, acked_below, stamp, the list header).
-_HEAD_BYTES = 64
+#: Encoded bytes of a BATCH entry besides its calls and client id (tag,
+#: acked_below, stamp, the list header), at most.
+_HEAD_BYTES = 40
 #: Upper bound of the encoding of an int, float, bool or None.
 _SCALAR_BYTES = 9
 
@@ -75,14 +75,14 @@ class _Batch:
     __slots__ = ("fields", "futures", "size", "deadline", "expired", "last_obj",
                  "last_method")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, head: int) -> None:
         #: Calls' fields as the entry has them: object and method None when
         #: the same as the call before's (names_at gives them back).
         self.fields: list = []
         self.last_obj: Optional[str] = None
         self.last_method: Optional[str] = None
         self.futures: list[asyncio.Future] = []
-        self.size = _HEAD_BYTES
+        self.size = head
         #: Its first call's deadline (the others came in the same turn).
         self.deadline = deadline
         self.expired = False
@@ -118,6 +118,8 @@ class CommandBatches:
         self._clock = clock
         self._acked = acked
         self._max_bytes = max_bytes
+        #: Encoded bytes of an entry's head, at most (the client id's own).
+        self._head = _HEAD_BYTES + len(msgpack.packb(client_id, use_bin_type=True))
         self._answered = answered
         self._unanswered = unanswered
         self._loop = asyncio.get_running_loop()
@@ -136,14 +138,14 @@ class CommandBatches:
         (see answered / unanswered)."""
         fut = self._loop.create_future()
         batch = self._open
-        if own_entry or size + _HEAD_BYTES > self._max_bytes:
+        if own_entry or size + self._head > self._max_bytes:
             # Alone: the runtime checks the exact size of a call too big to
             # share an entry (and refuses it if it is over the limit).
-            batch = _Batch(deadline)
+            batch = _Batch(deadline, self._head)
             self._start(batch)
         elif batch is None or batch.size + size > self._max_bytes \
                 or len(batch.futures) >= MAX_BATCH_CALLS:
-            batch = self._open = _Batch(deadline)
+            batch = self._open = _Batch(deadline, self._head)
             self._start(batch)
         if obj == batch.last_obj and method == batch.last_method:
             batch.fields += (seq, None, None, args)     # as the call before
