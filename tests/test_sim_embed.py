@@ -45,6 +45,18 @@ def test_stale_reads_of_the_dict_are_caught_by_the_linearizability_check():
     assert caught and "not linearizable" in caught[0].violation, caught
 
 
+def test_stale_holder_reads_of_the_lock_are_caught():
+    # The same bug under the lock: a deposed leader's holder read misses a
+    # newer acquire (its lease still running). Seeds from 18000103: the
+    # third one shows it.
+    settings = _settings("lock", bugs=("unconfirmed_reads",), fault_interval=0.3,
+                         duration=5.0, fault_kinds=("isolate", "partition", "one_way", "drop",
+                                                    "crash_leader"))
+    caught = [r for r in (sim.run_seed(s, settings) for s in range(18000103, 18000106))
+              if not r.ok]
+    assert caught and "not linearizable" in caught[0].violation, caught
+
+
 def test_lost_lock_entries_are_caught():
     # commit_prev_term (Figure 8 of the Raft paper) loses committed entries,
     # the lock's acquires among them.

@@ -136,8 +136,9 @@ class EmbedWorkload:
     # ------------------------------------------------------------- lock
 
     async def lock_round(self, cid: int, node: EmbeddedNode, rng: random.Random) -> None:
-        """Takes a lock, renews it a few times, then releases it or walks
-        away (its lease then runs out on the leader's ticks)."""
+        """Takes a lock, renews it a few times (reading its holder before
+        each renewal), then releases it or walks away (its lease then runs
+        out on the leader's ticks); refused, reads the holder."""
         name = f"L{rng.randrange(max(1, self.s.keys // 2))}"
         me = f"c{cid}"
         if rng.random() < 0.2:
@@ -147,11 +148,17 @@ class EmbedWorkload:
         got = await self.embed_call(cid, node, "acquire", name, (me, lease), "acquire",
                                     [name, me, lease])
         if not (isinstance(got, list) and got[0] is True):
+            # Refused: it looks who holds the lock, then waits a little.
+            await self.embed_read(cid, node, "holder", name, "holder", [name], rng)
             await asyncio.sleep(rng.uniform(0.0, 0.1))
             return
         token = got[1]
         for _ in range(rng.randrange(4)):
             await asyncio.sleep(rng.uniform(0.0, lease))
+            # The holder looks before it renews (as a job checks it still
+            # leads): reads while the lock changes hands are what show a
+            # stale read.
+            await self.embed_read(cid, node, "holder", name, "holder", [name], rng)
             if self.stop or await self.embed_call(cid, node, "renew", name,
                                                   (me, token, lease), "renew",
                                                   [name, me, token, lease]) is not True:
