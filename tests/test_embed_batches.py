@@ -135,6 +135,21 @@ async def test_batched_calls_without_a_quorum_end_at_their_deadline():
         await stop_all(nodes)
 
 
+@async_test(GUARD)
+async def test_stopping_a_node_settles_every_call_in_flight():
+    nodes = await start_all(peers_of(), Account)
+    try:
+        node = await leader_alone(nodes, timeout=30.0)
+        nodes.pop(node.id)
+        calls = [asyncio.ensure_future(node.state.deposit(1)) for _ in range(20)]
+        await node.stop()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(d, raftcore.RaftError) for d in done), done
+        assert not node._outstanding and not node._batches.in_flight
+    finally:
+        await stop_all(nodes)
+
+
 # ----------------------------------------------------- the state machine alone
 
 def _apply(sm: ReplicatedStateMachine, index: int, payload) -> object:

@@ -125,11 +125,10 @@ class CommandBatches:
         self._loop = asyncio.get_running_loop()
         #: The batch calls join until its task takes it.
         self._open: Optional[_Batch] = None
-        self._tasks: set[asyncio.Task] = set()
-        #: Batches open or in the log: 0 when a call would wait for no turn.
-        self.in_flight = 0
-        #: The same batches, oldest (so earliest deadline) first.
-        self._batches: dict[_Batch, None] = {}
+        #: The batches open or in the log and their tasks, oldest (so
+        #: earliest deadline) first; empty when a call would wait for no
+        #: turn.
+        self.in_flight: dict[_Batch, asyncio.Task] = {}
 
     def submit(self, seq: int, obj: str, method: str, args: Sequence[Any], size: int,
                own_entry: bool, deadline: float) -> asyncio.Future:
@@ -157,22 +156,14 @@ class CommandBatches:
         return fut
 
     def _start(self, batch: _Batch) -> None:
-        task = self._loop.create_task(self._write(batch))
-        self._tasks.add(task)
-        self._batches[batch] = None
-        self.in_flight += 1
-        task.add_done_callback(self._ended)
-
-    def _ended(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        self.in_flight -= 1
+        self.in_flight[batch] = self._loop.create_task(self._write(batch))
 
     def expire(self, now: float) -> tuple[list, Optional[float]]:
         """The calls of the batches past their deadline at loop time `now`,
         as (future, seq, object, method) of those still waiting, and the
         next deadline of a batch in flight (None: none is)."""
         ended: list[tuple[Any, int, str, str]] = []
-        for batch in self._batches:
+        for batch in self.in_flight:
             if batch.deadline > now:
                 return ended, batch.deadline
             if batch.expired:
@@ -192,7 +183,7 @@ class CommandBatches:
         try:
             await self._write_taken(batch)
         finally:
-            del self._batches[batch]
+            del self.in_flight[batch]
 
     async def _write_taken(self, batch: _Batch) -> None:
         futures = batch.futures
@@ -233,7 +224,8 @@ class CommandBatches:
             self._unanswered(fut, fields[k], obj, method, fields[k + 3], reply, batch.deadline)
 
     async def close(self) -> None:
-        """Cancels the batches in flight (their calls get UNKNOWN)."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Waits for the batches in flight, once the Raft is shut down: their
+        writes fail at once, and every call is settled through unanswered
+        (cancelling a task that has not started would leave its calls'
+        futures waiting for ever)."""
+        await asyncio.gather(*self.in_flight.values(), return_exceptions=True)

@@ -47,15 +47,13 @@ from raftcore.kv.state import decode_snapshot_file, encode_snapshot_file
 from raftcore.messages import SnapshotMeta
 from raftcore.storage.base import Snapshot, StateMachine
 from raftcore.storage.wal.oslayer import replace_file
-from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry, LogId
+from raftcore.types import Entry, LogId
 
 __all__ = ["command", "query", "applying", "ApplyClock", "ReplicatedStateMachine",
            "kind_of", "wants_own_entry", "Session", "CMD", "BATCH", "TICK", "OK", "FAILED",
            "STALE", "SCALAR_TYPES", "CLIENT_ID_TYPES"]
 
 log = logging.getLogger("raftcore.embed")
-
-
 
 #: Version of the snapshot data (what travels to followers and is saved).
 SNAPSHOT_FORMAT = 1
@@ -170,7 +168,6 @@ class ReplicatedStateMachine(StateMachine):
                 raise ConfigError(f"replicated object names are str, got {name!r}")
         self.objects = dict(objects)
         self.path = os.fspath(path) if path is not None else None
-        self.max_sessions = max_sessions
         self.clock = ApplyClock()
         self._applier = CommandApplier(self.clock, max_sessions, self._command)
         self.last_applied: Optional[LogId] = None
@@ -187,6 +184,11 @@ class ReplicatedStateMachine(StateMachine):
         global _current
         _current = self.clock
         return self._applier.apply(entries if type(entries) is list else list(entries), self)
+
+    @property
+    def max_sessions(self) -> int:
+        """Callers whose answers are kept (the applier's bound)."""
+        return self._applier.max_sessions
 
     @property
     def sessions(self) -> dict[Any, Session]:
