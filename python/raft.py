@@ -12,7 +12,7 @@ from raftcore.config import Config
 from raftcore.core import ClientWriteResponse, RaftCore
 from raftcore.engine import CANDIDATE, LEADER
 from raftcore.errors import (ChangeInProgress, ConfigError, ForwardToLeader, InvalidCommand,
-                             NotAllowed, Timeout)
+                             Fatal, NotAllowed, Timeout)
 from raftcore.member_changes import ChangeMembers
 from raftcore.membership import Membership
 from raftcore.messages import (AppendEntriesRequest, AppendEntriesResponse,
@@ -484,6 +484,26 @@ class Wait:
                           f"{build_metrics(core)}") from None
         finally:
             core.remove_metric_waiter(fut)
+
+    async def stopped(self) -> Optional[BaseException]:
+        """Returns once the node has stopped: None if it was shut down, or
+        the error that stopped it (a storage failure, say). Nothing is
+        checked per round meanwhile, so a program may wait on this for
+        the node's whole life at no cost to its writes."""
+        core = self._core
+        if not core.stopped:
+            fut = core.loop.create_future()
+            core.add_metric_waiter(None, fut)
+            try:
+                await asyncio.wait_for(fut, self._timeout)
+            except Fatal:
+                pass
+            except asyncio.TimeoutError:
+                raise Timeout(f"node {core.id}: timed out after {self._timeout}s waiting for "
+                              "the node to stop") from None
+            finally:
+                core.remove_metric_waiter(fut)
+        return core._fatal
 
     async def state(self, state: ServerState, msg: str = "") -> RaftMetrics:
         return await self.metrics(lambda m: m.state == state, msg or f"state {state.name}")

@@ -14,7 +14,8 @@ cdef class ReadWaiters:
 
 
 cdef class MetricWaiters:
-    cdef list waiting                 # (predicate, future)
+    cdef list waiting                 # (predicate, future), checked after each round
+    cdef list until_stopped           # futures only the node's stop settles
 
     cdef void check(self, metrics)
     cdef void fail_all(self, err)

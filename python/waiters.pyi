@@ -1,7 +1,7 @@
 # Stub of the compiled read and metric waiters (python/waiters.pyx); both
 # are internal, owned by RaftCore.
 import asyncio
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from raftcore.engine import Engine
 from raftcore.types import LogId
@@ -15,5 +15,5 @@ class ReadWaiters:
 class MetricWaiters:
     """Futures waiting for a predicate on the node's metrics to hold."""
     def __init__(self) -> None: ...
-    def add(self, predicate: Callable[[Any], bool], fut: asyncio.Future[Any]) -> None: ...
+    def add(self, predicate: Optional[Callable[[Any], bool]], fut: asyncio.Future[Any]) -> None: ...
     def remove(self, fut: asyncio.Future[Any]) -> None: ...

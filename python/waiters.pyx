@@ -69,16 +69,26 @@ cdef class ReadWaiters:
 
 
 cdef class MetricWaiters:
-    """Futures waiting for a predicate on the node's metrics to hold."""
+    """Futures waiting for a predicate on the node's metrics to hold, and
+    futures waiting for the node to stop."""
 
     def __init__(self) -> None:
         self.waiting = []
+        self.until_stopped = []
 
     def add(self, predicate, fut) -> None:
-        self.waiting.append((predicate, fut))
+        """`fut` gets the metrics once `predicate(metrics)` holds; with
+        predicate None, only the node's stop settles it (fail_all), and it
+        costs nothing per round: the metrics are built after a round only
+        while a predicate waits."""
+        if predicate is None:
+            self.until_stopped.append(fut)
+        else:
+            self.waiting.append((predicate, fut))
 
     def remove(self, fut) -> None:
         self.waiting = [w for w in self.waiting if w[1] is not fut]
+        self.until_stopped = [f for f in self.until_stopped if f is not fut]
 
     cdef void check(self, metrics):
         """Answers `metrics` to each waiter whose predicate now holds (the
@@ -102,6 +112,9 @@ cdef class MetricWaiters:
         for _, fut in self.waiting:
             _fail(fut, err)
         self.waiting.clear()
+        for fut in self.until_stopped:
+            _fail(fut, err)
+        self.until_stopped.clear()
 
 
 cdef inline void _fail(fut, exc):

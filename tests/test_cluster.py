@@ -342,6 +342,31 @@ async def test_writes_after_shutdown_raise_fatal():
 
 
 @cluster_test
+async def test_waiting_for_a_stop_returns_on_shutdown_and_builds_no_metrics_meanwhile(
+        monkeypatch):
+    import raftcore.raft
+    built = []
+    build = raftcore.raft.build_metrics
+    monkeypatch.setattr(raftcore.raft, "build_metrics", lambda core: built.append(1) or build(core))
+    async with running_cluster(1, seed=8) as c:
+        r = c[1]
+        await r.wait(GUARD).state(LEADER)
+        stopped = asyncio.ensure_future(r.wait().stopped())
+        await r.client_write(["set", "a", -1])      # (the waiter starts meanwhile)
+        built.clear()
+        for i in range(20):
+            await r.client_write(["set", "a", i])
+        # A metrics condition would have built the metrics after each round.
+        assert built == [] and not stopped.done()
+        await r.shutdown()
+        assert await asyncio.wait_for(stopped, GUARD) is None
+        assert await r.wait().stopped() is None      # at once on a stopped node
+    with pytest.raises(Timeout, match="to stop"):
+        async with running_cluster(1, seed=8) as c:
+            await c[1].wait(0.05).stopped()
+
+
+@cluster_test
 async def test_write_pending_at_shutdown_fails_with_fatal():
     async with running_cluster(3, seed=9) as c:
         leader = await stable_leader(c.all())
@@ -796,10 +821,13 @@ async def test_an_error_handling_a_fast_path_answer_stops_that_node_not_the_peer
         await nodes[0].initialize(members(range(1, 4)))
         leader = await wait_any_leader(nodes)
         await leader.client_write(["set", "k", 0])
+        died = asyncio.ensure_future(leader.wait(GUARD).stopped())
         _EngineFailingOnAnAnswer.armed = True
         with pytest.raises(Fatal):
             await asyncio.wait_for(leader.client_write(["set", "k", 1]), GUARD)
         assert "engine bug" in str(leader._core._fatal)
+        # wait().stopped() gives the error that stopped the node.
+        assert await died is leader._core._fatal
         # The answer was not handed back as a failure a second time, and the
         # follower that called it goes on.
         assert _EngineFailingOnAnAnswer.failures_after == []

@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from async_runner import async_test
-from raftcore.kv.protocol import SESSION_CMD
+from raftcore.kv.protocol import OK, SESSION_CMD
 from raftcore.kv.redis.apply import REDIS_CMD
 from raftcore.kv.redis.cluster import ClusterBackend, SessionClient
 from raftcore.kv.redis.resp import error
@@ -85,6 +86,62 @@ async def test_a_round_is_cut_at_its_byte_and_command_limits():
 
 
 @async_test(10)
+async def test_up_to_max_in_flight_rounds_run_at_once_and_start_in_arrival_order():
+    call = Gated()
+    rounds = CommandRounds(call, max_bytes=1 << 20, max_in_flight=2)
+    a = asyncio.ensure_future(rounds.run([[b"set", b"a"]], 1))
+    await until(lambda: call.rounds)
+    b = asyncio.ensure_future(rounds.run([[b"set", b"b"]], 1))
+    await until(lambda: len(call.rounds) == 2)       # a second round while the first waits
+    rest = [asyncio.ensure_future(rounds.run([[b"set", k]], 1)) for k in (b"c", b"d")]
+    for _ in range(10):                  # everything that can run, runs
+        await asyncio.sleep(0)
+    assert len(call.rounds) == 2         # no third round: two are in flight
+    call.gates[1].set()                  # the second ends first: the waiting go next
+    assert await b == [b"b"]
+    await until(lambda: len(call.rounds) == 3)
+    assert [[c[1] for c in r] for r in call.rounds] == [[b"a"], [b"b"], [b"c", b"d"]]
+    call.gates[0].set()
+    call.gates[2].set()
+    assert [await a] + [await t for t in rest] == [[b"a"], [b"c"], [b"d"]]
+    with pytest.raises(ValueError, match="max_in_flight"):
+        CommandRounds(call, max_bytes=1, max_in_flight=0)
+
+
+@async_test(10)
+async def test_a_forwarded_write_waits_until_every_earlier_write_has_settled():
+    # Two writes in flight; the later one is refused locally first. It goes
+    # to the leader only after the earlier one, whose local attempt fails
+    # later, was forwarded and answered: the leader's log keeps their order.
+    client = SessionClient([f"{HOST}:1"])
+    forwarded: list[int] = []
+
+    async def request(msg, *args, **kwargs):
+        seq = msg()[2]
+        forwarded.append(seq)
+        return [OK, f"applied {seq}"]
+    client._request = request
+    first_refused = asyncio.get_running_loop().create_future()
+
+    async def first_local(seq, acked):
+        return await first_refused           # None: not the leader after all
+
+    async def second_local(seq, acked):
+        return None
+    first = asyncio.ensure_future(client.redis_write([[b"set", b"k", b"1"]], None, first_local))
+    await until(lambda: client._settled)
+    second = asyncio.ensure_future(client.redis_write([[b"set", b"k", b"2"]], None,
+                                                      second_local))
+    for _ in range(10):                  # everything that can run, runs
+        await asyncio.sleep(0)
+    assert forwarded == [] and not second.done()
+    first_refused.set_result(None)
+    assert [await first, await second] == ["applied 1", "applied 2"]
+    assert forwarded == [1, 2] and client._settled == {}
+    await client.close()
+
+
+@async_test(10)
 async def test_one_answer_for_the_round_reaches_every_request_and_errors_are_raised():
     answers: list = [error("ERR refused"), RuntimeError("boom")]
 
@@ -138,17 +195,22 @@ async def test_sets_from_many_connections_go_into_few_log_entries():
     try:
         conns[0][1].write(encode_command([b"SET", b"k0", b"v"]))
         await until(lambda: raft.entries)
-        for i, (_, w) in enumerate(conns[1:], 1):
-            w.write(encode_command([b"SET", b"k%d" % i, b"v"]))
-        await until(lambda: len(server.backend.writes._pending) == 19)
-        raft.gates[0].set()
+        conns[1][1].write(encode_command([b"SET", b"k1", b"v"]))
         await until(lambda: len(raft.entries) == 2)
+        for i, (_, w) in enumerate(conns[2:], 2):
+            w.write(encode_command([b"SET", b"k%d" % i, b"v"]))
+        # Two rounds in flight (WRITE_ROUNDS_IN_FLIGHT): the rest wait.
+        await until(lambda: len(server.backend.writes._pending) == 18)
+        assert len(raft.entries) == 2
+        raft.gates[0].set()
+        await until(lambda: len(raft.entries) == 3)
         raft.gates[1].set()
+        raft.gates[2].set()
         assert [await _reply(r) for r, _ in conns] == [b"+OK\r\n"] * 20
-        # 20 SETs from 20 connections: 2 log entries, one sequence number each.
-        assert [len(e[4][2]) for e in raft.entries] == [1, 19]
-        assert [e[2] for e in raft.entries] == [1, 2]
-        assert (server.backend.writes.rounds, server.backend.writes.commands) == (2, 20)
+        # 20 SETs from 20 connections: 3 log entries, one sequence number each.
+        assert [len(e[4][2]) for e in raft.entries] == [1, 1, 18]
+        assert [e[2] for e in raft.entries] == [1, 2, 3]
+        assert (server.backend.writes.rounds, server.backend.writes.commands) == (3, 20)
     finally:
         for _, w in conns:
             w.close()

@@ -653,7 +653,7 @@ class EmbeddedNode:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        died = loop.create_task(self.raft.wait().state(ServerState.SHUTDOWN))
+        died = loop.create_task(self.raft.wait().stopped())
         signalled = loop.create_task(stop.wait())
         try:
             await asyncio.wait({died, signalled}, return_when=asyncio.FIRST_COMPLETED)

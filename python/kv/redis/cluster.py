@@ -47,6 +47,11 @@ REDIS_READ = SERVICE_TYPE_MIN + 33
 
 READ_MODES = {"linearizable": READ_INDEX, "lease": LEASE, "stale": STALE}
 
+#: Write rounds a node keeps in flight: while one entry is replicated and
+#: fsynced, the next is proposed (one more costs smaller entries; 2 gave
+#: the most pipelined SETs/s in benchmarks/redis_cluster.py).
+WRITE_ROUNDS_IN_FLIGHT = 2
+
 #: `done(replies, exc)`: how a batch submitted without a coroutine is answered.
 Answer = Callable[[Any, Optional[BaseException]], None]
 
@@ -58,7 +63,19 @@ def now_ms() -> int:
 
 class SessionClient(Client):
     """The node's own kv Client, with the session write of a Redis batch
-    whose first attempt may be made locally."""
+    whose first attempt may be made locally.
+
+    Several writes may be in flight (the write rounds of the node's
+    connections). Their local attempts reach the Raft in sequence order,
+    so the leader's log keeps it; a write that goes to the leader over the
+    network waits until every earlier write has settled, so a forwarded
+    write cannot overtake one made before it (whose local attempt may
+    still fail and be forwarded in turn)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: seq -> resolved once that write has settled, for the writes in flight.
+        self._settled: dict[int, asyncio.Future] = {}
 
     async def redis_write(self, cmds: list, watched: Optional[list],
                           local: Callable[[int, int], Awaitable[Any]]) -> Any:
@@ -70,14 +87,19 @@ class SessionClient(Client):
         seq = self._next_seq
         self._next_seq += 1
         self._in_flight.add(seq)
+        settled = self._settled[seq] = asyncio.get_running_loop().create_future()
         try:
             got = await local(seq, self._acked_below())
             if got is None:
+                for earlier in [f for s, f in self._settled.items() if s < seq]:
+                    await earlier
                 got = (await self._request(lambda: [REDIS_WRITE, self.client_id, seq,
                                                     self._acked_below(), cmds, watched]))[1]
             return got
         finally:
             self._in_flight.discard(seq)
+            del self._settled[seq]
+            settled.set_result(None)
 
     async def redis_read(self, mode: int, cmds: list) -> list:
         """The replies of read `cmds` as the leader runs them."""
@@ -110,7 +132,8 @@ class ClusterBackend:
         self._rounds = {READ_INDEX: ReadRounds(raft, ReadPolicy.READ_INDEX),
                         LEASE: ReadRounds(raft, ReadPolicy.LEASE_READ)}
         #: Writes of all connections, one log entry per round.
-        self.writes = CommandRounds(self.submit, round_bytes)
+        self.writes = CommandRounds(self.submit, round_bytes,
+                                    max_in_flight=WRITE_ROUNDS_IN_FLIGHT)
         self._read_view: Optional[tuple] = None   # (rounds, round number, Keyspace)
         #: Reads a follower forwards, one request to the leader per round.
         self.forwarded_reads = CommandRounds(self._forward_read, round_bytes)

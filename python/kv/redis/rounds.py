@@ -12,19 +12,26 @@ together in the next one:
 - ReadRounds: leadership confirmations (ReadIndex or lease) shared by every
   read that arrived before a round started.
 
-Both keep one round in flight: a request never joins a round that has
-started, so what it waits for started after it arrived (a read's
-confirmation cannot predate a write acknowledged before the read).
+A request never joins a round that has started, so what it waits for
+started after it arrived (a read's confirmation cannot predate a write
+acknowledged before the read). ReadRounds keep one round in flight;
+CommandRounds may keep several (`max_in_flight`), started in arrival
+order: the leader proposes their entries in that order, so the log keeps
+it, while one round's entry is replicated and fsynced the next is taken
+in and encoded.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable
 
 from raftcore.model import ReadPolicy
 
 #: A round carries at most this many commands.
 ROUND_COMMANDS = 4096
+
+#: Rounds of commands in flight at once, by default.
+ROUNDS_IN_FLIGHT = 1
 
 
 class _Request:
@@ -61,15 +68,27 @@ class CommandRounds:
         order), or one value (an error reply) that answers them all.
     max_bytes, max_commands: a round takes requests, in arrival order, up
         to this many argument bytes and commands (a larger request goes
-        alone)."""
+        alone).
+    max_in_flight: rounds running at once; each next one starts, with
+        what waits, when one ends or when a request arrives and fewer
+        run. Their calls start in order (a call's first step runs before
+        the next round is taken), so a caller whose calls reach one place
+        in that step keeps their order there; whatever ordering a call's
+        later steps need is the caller's (SessionClient forwards in
+        sequence order)."""
 
     def __init__(self, call: Callable[[list], Awaitable[Any]], max_bytes: int,
-                 max_commands: int = ROUND_COMMANDS) -> None:
+                 max_commands: int = ROUND_COMMANDS,
+                 max_in_flight: int = ROUNDS_IN_FLIGHT) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._call = call
         self.max_bytes = max_bytes
         self.max_commands = max_commands
+        self.max_in_flight = max_in_flight
         self._pending: list[_Request] = []
-        self._task: Optional[asyncio.Task] = None
+        self._tasks: set[asyncio.Task] = set()   # each runs rounds while requests wait
+        self._starting = False       # a task was created and has not taken its round yet
         #: Rounds run (each one call).
         self.rounds = 0
         #: Commands they carried.
@@ -87,10 +106,16 @@ class CommandRounds:
         that carries `cmds` is done, or `done(None, exc)` with what `call`
         raised (a CancelledError if the rounds were cancelled)."""
         self._pending.append(_Request(cmds, size, done))
-        if self._task is None:
-            # A task, not a direct call: the requests of every connection
-            # that runs in this loop iteration join the first round too.
-            self._task = asyncio.get_running_loop().create_task(self._rounds())
+        self._start()
+
+    def _start(self) -> None:
+        if self._starting or len(self._tasks) >= self.max_in_flight:
+            return
+        # A task, not a direct call: the requests of every connection that
+        # runs in this loop iteration join the round too.
+        self._starting = True
+        task = asyncio.get_running_loop().create_task(self._rounds())
+        self._tasks.add(task)
 
     def _take(self) -> list[_Request]:
         """The requests of the next round, in arrival order."""
@@ -109,15 +134,19 @@ class CommandRounds:
         return taken
 
     async def _rounds(self) -> None:
+        self._starting = False
         try:
             while self._pending:
-                await self._round(self._take())
+                batch = self._take()
+                if self._pending:
+                    self._start()        # what this round leaves may go at once
+                await self._round(batch)
         except BaseException:            # cancelled (shutdown): nobody is answered
             self._fail(self._pending, asyncio.CancelledError())
             self._pending.clear()
             raise
         finally:
-            self._task = None
+            self._tasks.discard(asyncio.current_task())
 
     async def _round(self, batch: list[_Request]) -> None:
         cmds = batch[0].cmds if len(batch) == 1 else [c for r in batch for c in r.cmds]
