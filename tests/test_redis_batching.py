@@ -9,13 +9,18 @@ import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from async_runner import async_test
 from raftcore.kv.protocol import OK, SESSION_CMD
 from raftcore.kv.redis.apply import REDIS_CMD
 from raftcore.kv.redis.cluster import ClusterBackend, SessionClient
 from raftcore.kv.redis.resp import error
+from raftcore.kv.redis.commands import PLAIN, READ, WRITE
+from raftcore.kv.redis.fast import plain_batch
 from raftcore.kv.redis.rounds import CommandRounds
-from raftcore.kv.redis.server import CHUNK_COMMANDS, RedisServer
+from raftcore.kv.redis.server import CHUNK_COMMANDS, RedisServer, batch_kind
 from redis_harness import encode_command
 
 HOST = "127.0.0.1"
@@ -321,3 +326,26 @@ async def test_what_arrives_while_a_batch_is_in_flight_is_answered_after_it_in_o
         writer.close()
         await server.close()
         await client.close()
+
+
+_names = st.sampled_from([b"SET", b"set", b"Set", b"GET", b"get", b"INCR", b"incrby", b"DEL",
+                          b"MSET", b"EXPIRE", b"GETSET", b"PING", b"MULTI", b"nope", b"MGET"])
+_args = st.lists(st.sampled_from([b"k", b"v", b"EX", b"10", b"abc", b"NX", b""]), max_size=4)
+
+
+@settings(max_examples=500, deadline=None)
+@given(cmds=st.lists(st.builds(lambda n, a: [n, *a], _names, _args), min_size=1, max_size=6))
+def test_the_compiled_door_check_takes_only_what_the_python_one_takes_alike(cmds):
+    got = plain_batch(cmds, PLAIN)
+    if got is not None:
+        assert got == batch_kind(cmds)
+
+
+def test_the_compiled_door_check_takes_plain_reads_and_writes():
+    assert plain_batch([[b"SET", b"k", b"v"], [b"incr", b"n"]], PLAIN) == (WRITE, 10)
+    assert plain_batch([[b"GET", b"k"], [b"MGET", b"a", b"b"]], PLAIN) == (READ, 10)
+    for left_to_python in ([[b"SET", b"k", b"v", b"EX", b"10"]],     # options are checked
+                           [[b"GET", b"k"], [b"SET", b"k", b"v"]],     # a mix
+                           [[b"INCRBY", b"k", b"1"]], [[b"PING"]], [[b"GET"]], [[b"nope"]]):
+        assert plain_batch(left_to_python, PLAIN) is None
+

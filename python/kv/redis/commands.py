@@ -132,3 +132,16 @@ def command_reply(args: list) -> Any:
         return wrong_arity(f"command|{sub.decode()}") if sub == b"count" else []
     return error(f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. "
                  "Try COMMAND HELP.")
+
+#: Writes whose door check (check_write) has nothing to check.
+_UNCHECKED_WRITES = ("getset", "setnx", "del", "unlink", "getdel", "incr", "decr", "append",
+                     "persist")
+
+#: Sent name -> (kind, arity) of the commands that a batch classified by
+#: fast.plain_batch may hold: every read, and the writes with nothing to
+#: check at the door (SET only as SET key value: its options are checked).
+#: Anything else, or a wrong argument count, is left to the Python path.
+PLAIN: dict[bytes, tuple[str, int]] = {
+    sent: (spec.kind, 3 if spec.name == "set" else spec.arity)
+    for sent, spec in _BY_SENT_NAME.items()
+    if spec.kind == READ or spec.name == "set" or spec.name in _UNCHECKED_WRITES}

@@ -16,6 +16,10 @@ the Python modules, which stay the reference:
   FAST_ARGS arguments (a command that large may arrive in many reads: the
   careful parser does not cut it again at each). What it accepts, the
   careful parser would cut the same way.
+- plain_batch(cmds, plain): the kind (a read or a write) and the argument
+  bytes of a batch whose commands are all of one kind and need no check
+  at the door (commands.PLAIN); None for anything else, which the
+  connection's Python path classifies (and which stays the reference).
 - encode_replies(replies, resp3, encode): the RESP bytes of a list of
   replies; bulk strings, integers, nil and +OK here, the rest through
   `encode` (resp.encode).
@@ -90,6 +94,37 @@ def split_commands(bytearray buf, list out, Py_ssize_t max_bulk) -> int:
         out.append(args)
         pos = i
     return pos
+
+
+def plain_batch(list cmds, dict plain):
+    """(kind, argument bytes) of `cmds` if each is a list of bytes whose
+    name `plain` maps to (kind, arity), with a valid argument count (arity
+    as Redis's: n exactly, -n at least n), and all are of one kind; else
+    None."""
+    cdef Py_ssize_t size = 0, n, arity
+    cdef PyObject* found
+    kind = None
+    for c in cmds:
+        if type(c) is not list:
+            return None
+        n = len(<list>c)
+        if n == 0:
+            return None
+        found = PyDict_GetItem(plain, (<list>c)[0])
+        if found is NULL:
+            return None
+        k, arity = <tuple>found
+        if (arity > 0 and n != arity) or n < -arity:
+            return None
+        if k is not kind:
+            if kind is not None:
+                return None
+            kind = k
+        for a in <list>c:
+            if type(a) is not bytes:
+                return None
+            size += len(<bytes>a)
+    return kind, size
 
 
 def encode_replies(list replies, bint resp3, encode) -> bytes:

@@ -19,9 +19,9 @@ import time
 from typing import Any, Optional
 
 from raftcore.kv.redis.apply import VERSION
-from raftcore.kv.redis.commands import (READ, WRITE, check_write, command_reply,
+from raftcore.kv.redis.commands import (PLAIN, READ, WRITE, check_write, command_reply,
                                         lookup, wrong_arity)
-from raftcore.kv.redis.fast import encode_replies
+from raftcore.kv.redis.fast import encode_replies, plain_batch
 from raftcore.kv.redis.keyspace import E_NOT_INT, OK, parse_int
 from raftcore.kv.redis.resp import DEFAULT_MAX_BULK, Map, RespParser, encode, error
 
@@ -125,6 +125,27 @@ class RedisServer:
         return "\r\n".join(lines).encode()
 
 
+def batch_kind(cmds: list) -> Optional[tuple[str, int]]:
+    """(READ or WRITE, argument bytes) if `cmds` are all reads or all writes
+    that pass the door, else None. fast.plain_batch answers the same for
+    the batches it takes (the common ones), in C."""
+    kind = None
+    size = 0
+    for args in cmds:
+        spec, err = lookup(args)
+        if err is not None:
+            return None
+        k = spec.kind
+        if k is not kind:
+            if kind is not None or (k is not WRITE and k is not READ):
+                return None
+            kind = k
+        if k is WRITE and check_write(spec, args) is not None:
+            return None
+        size += sum(map(len, args))
+    return kind, size
+
+
 class _Connection(asyncio.Protocol):
     """One client: its parser, its queue of parsed commands and the task
     that runs them, and the connection's state (name, protocol version,
@@ -187,20 +208,10 @@ class _Connection(asyncio.Protocol):
         if self.multi is not None or not self.authed or self.closing or \
                 self.parser.error is not None or len(cmds) > CHUNK_COMMANDS:
             return False
-        kind = None
-        size = 0
-        for args in cmds:
-            spec, err = lookup(args)
-            if err is not None:
-                return False
-            k = spec.kind
-            if k is not kind:
-                if kind is not None or (k is not WRITE and k is not READ):
-                    return False
-                kind = k
-            if k is WRITE and check_write(spec, args) is not None:
-                return False
-            size += sum(map(len, args))
+        got = plain_batch(cmds, PLAIN) or batch_kind(cmds)
+        if got is None:
+            return False
+        kind, size = got
         if size > self.server.chunk_bytes and len(cmds) > 1:
             return False
         self.busy = True
