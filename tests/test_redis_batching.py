@@ -114,6 +114,22 @@ async def test_up_to_max_in_flight_rounds_run_at_once_and_start_in_arrival_order
 
 
 @async_test(10)
+async def test_a_round_cancelled_before_it_started_cancels_its_requests_and_frees_its_slot():
+    call = Gated()
+    rounds = CommandRounds(call, max_bytes=1 << 20, max_in_flight=1)
+    first = asyncio.ensure_future(rounds.run([[b"set", b"a"]], 1))
+    await until(lambda: rounds._starting is not None)
+    rounds._starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert call.rounds == []
+    again = asyncio.ensure_future(rounds.run([[b"set", b"b"]], 1))
+    await until(lambda: call.rounds)
+    call.gates[0].set()
+    assert await again == [b"b"]
+
+
+@async_test(10)
 async def test_a_forwarded_write_waits_until_every_earlier_write_has_settled():
     # Two writes in flight; the later one is refused locally first. It goes
     # to the leader only after the earlier one, whose local attempt fails

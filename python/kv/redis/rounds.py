@@ -23,7 +23,7 @@ in and encoded.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 from raftcore.model import ReadPolicy
 
@@ -88,7 +88,7 @@ class CommandRounds:
         self.max_in_flight = max_in_flight
         self._pending: list[_Request] = []
         self._tasks: set[asyncio.Task] = set()   # each runs rounds while requests wait
-        self._starting = False       # a task was created and has not taken its round yet
+        self._starting: Optional[asyncio.Task] = None   # created, not yet running
         #: Rounds run (each one call).
         self.rounds = 0
         #: Commands they carried.
@@ -109,13 +109,22 @@ class CommandRounds:
         self._start()
 
     def _start(self) -> None:
-        if self._starting or len(self._tasks) >= self.max_in_flight:
+        if self._starting is not None or len(self._tasks) >= self.max_in_flight:
             return
         # A task, not a direct call: the requests of every connection that
         # runs in this loop iteration join the round too.
-        self._starting = True
-        task = asyncio.get_running_loop().create_task(self._rounds())
+        task = self._starting = asyncio.get_running_loop().create_task(self._rounds())
         self._tasks.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if self._starting is task:
+            # Cancelled before its first step (the loop shutting down): as
+            # a cancelled round, nobody waiting is answered; the slot is free.
+            self._starting = None
+            self._fail(self._pending, asyncio.CancelledError())
+            self._pending.clear()
 
     def _take(self) -> list[_Request]:
         """The requests of the next round, in arrival order."""
@@ -134,7 +143,7 @@ class CommandRounds:
         return taken
 
     async def _rounds(self) -> None:
-        self._starting = False
+        self._starting = None
         try:
             while self._pending:
                 batch = self._take()
@@ -145,8 +154,6 @@ class CommandRounds:
             self._fail(self._pending, asyncio.CancelledError())
             self._pending.clear()
             raise
-        finally:
-            self._tasks.discard(asyncio.current_task())
 
     async def _round(self, batch: list[_Request]) -> None:
         cmds = batch[0].cmds if len(batch) == 1 else [c for r in batch for c in r.cmds]
