@@ -114,6 +114,29 @@ async def test_up_to_max_in_flight_rounds_run_at_once_and_start_in_arrival_order
 
 
 @async_test(10)
+async def test_a_request_that_arrives_as_the_last_round_ends_gets_a_round():
+    # The request comes in a callback run after the round's answers and
+    # before the loop has seen the round's task end (a client's data read
+    # in that pass): the slot must be free by then, or nothing would ever
+    # take it.
+    call = Gated()
+    rounds = CommandRounds(call, max_bytes=1 << 20, max_in_flight=1)
+    loop = asyncio.get_running_loop()
+    answers: list = []
+
+    def first_done(replies, exc):
+        answers.append(replies)
+        loop.call_soon(rounds.submit, [[b"set", b"b"]], 1, lambda r, e: answers.append(r))
+    rounds.submit([[b"set", b"a"]], 1, first_done)
+    await until(lambda: call.rounds)
+    call.gates[0].set()
+    await until(lambda: len(call.rounds) == 2)
+    call.gates[1].set()
+    await until(lambda: len(answers) == 2)
+    assert answers == [[b"a"], [b"b"]]
+
+
+@async_test(10)
 async def test_a_round_cancelled_before_it_started_cancels_its_requests_and_frees_its_slot():
     call = Gated()
     rounds = CommandRounds(call, max_bytes=1 << 20, max_in_flight=1)

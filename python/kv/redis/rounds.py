@@ -118,11 +118,14 @@ class CommandRounds:
         task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
         if self._starting is task:
             # Cancelled before its first step (the loop shutting down): as
             # a cancelled round, nobody waiting is answered; the slot is free.
+            # (A task that ran freed its slot itself, as it ended: by the
+            # time this callback runs, a request may have come and found
+            # every slot taken.)
             self._starting = None
+            self._tasks.discard(task)
             self._fail(self._pending, asyncio.CancelledError())
             self._pending.clear()
 
@@ -154,6 +157,8 @@ class CommandRounds:
             self._fail(self._pending, asyncio.CancelledError())
             self._pending.clear()
             raise
+        finally:
+            self._tasks.discard(asyncio.current_task())
 
     async def _round(self, batch: list[_Request]) -> None:
         cmds = batch[0].cmds if len(batch) == 1 else [c for r in batch for c in r.cmds]
