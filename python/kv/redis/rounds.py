@@ -126,8 +126,7 @@ class CommandRounds:
             # every slot taken.)
             self._starting = None
             self._tasks.discard(task)
-            self._fail(self._pending, asyncio.CancelledError())
-            self._pending.clear()
+            self._cancel_waiting()
 
     def _take(self) -> list[_Request]:
         """The requests of the next round, in arrival order."""
@@ -154,8 +153,7 @@ class CommandRounds:
                     self._start()        # what this round leaves may go at once
                 await self._round(batch)
         except BaseException:            # cancelled (shutdown): nobody is answered
-            self._fail(self._pending, asyncio.CancelledError())
-            self._pending.clear()
+            self._cancel_waiting()
             raise
         finally:
             self._tasks.discard(asyncio.current_task())
@@ -190,6 +188,11 @@ class CommandRounds:
     def _fail(batch: list[_Request], exc: BaseException) -> None:
         for req in batch:
             req.done(None, exc)
+
+    def _cancel_waiting(self) -> None:
+        """Ends every request not yet in a round, as cancelled."""
+        waiting, self._pending = self._pending, []
+        self._fail(waiting, asyncio.CancelledError())
 
 
 class ReadRounds:
