@@ -166,6 +166,10 @@ cdef class RaftCore:
     cdef long long _cmds_taken                # commands taken from the engine so far
     cdef long long _cmds_done                 # commands executed so far
     cdef object _exec_waiters                 # deque: (commands-done target, future)
+    # The log store's write_now (None: it has none), and whether a command
+    # of the running step changed the log since it was last called.
+    cdef object _log_write_now
+    cdef bint _log_changed
     # (index, future, AppendEntriesResponse or None): resolved once the log
     # is flushed up to index, with the response (an AppendEntries answer
     # waiting for its flush) or with None (wait_flushed).
@@ -200,6 +204,8 @@ cdef class RaftCore:
         # A state machine whose apply is a plain method is applied inline.
         self._sm_async = inspect.iscoroutinefunction(state_machine.apply)
         self._store_append = log_store.append
+        self._log_write_now = getattr(log_store, "write_now", None)
+        self._log_changed = False
         self._sm_apply = state_machine.apply
         self.loop = loop
         #: Runs blocking work (snapshots, fsync) off the event loop; a
@@ -550,11 +556,27 @@ cdef class RaftCore:
         """Runs commands that need no await; defers the rest. Returns False
         if it had to defer."""
         cdef Py_ssize_t i
+        cdef Command cmd
         for i in range(len(cmds)):
-            if self._execute(<Command>cmds[i], True) is not None:
+            cmd = <Command>cmds[i]
+            if cmd.kind == CMD_APPLY and self._log_changed:
+                self._start_log_write()
+            if self._execute(cmd, True) is not None:
                 self._deferred.extend(cmds[i:])
                 return False
+        if self._log_changed:
+            self._start_log_write()
         return True
+
+    cdef void _start_log_write(self):
+        """Has the log store start writing what this step appended now, not
+        at the next loop iteration: once the step's AppendEntries are sent
+        (a leader's sends go first, each wakes a follower) and before it
+        applies (a follower's apply then overlaps its fsync). Saves a loop
+        pass on the path every acknowledgement waits for."""
+        self._log_changed = False
+        if self._log_write_now is not None:
+            self._log_write_now()
 
     async def _run_async(self) -> None:
         """Drains deferred commands and engine output, awaiting as needed."""
@@ -629,6 +651,7 @@ cdef class RaftCore:
             entries = (<Append>cmd).entries
             last = entries[-1]
             self._store_append(entries, _FlushDone(self, last.term, last.index))
+            self._log_changed = True
         elif kind == CMD_APPLY:
             entries = (<Apply>cmd).entries
             if self._sm_async:

@@ -112,6 +112,10 @@ class LogStore(abc.ABC):
       keeps nothing once its process ends (MemLogStore) sets it to False:
       the node then purges it up to any snapshot, since on a restart it
       forgets more than the state machine could.
+    - Optional: a store that batches the appends of a loop iteration before
+      writing them may have write_now(), which starts that write at once.
+      The node calls it after a step that appended, once the step's
+      AppendEntries are sent (FileLogStore has it).
     """
 
     #: True when the log survives a restart of the process (see above).

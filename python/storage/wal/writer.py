@@ -154,6 +154,19 @@ class GroupCommit:
         # Next iteration: what else is appended in this one joins the group.
         loop.call_soon(self._start_group)
 
+    def write_now(self) -> None:
+        """Starts writing the buffered records at once if no group is in
+        flight, instead of at the next loop iteration (event loop thread).
+        For a caller that knows no more appends come in this iteration (the
+        runtime, at the end of a step): it saves a loop pass of latency.
+        Only records start a group here: on_flushed of empty appends are
+        never called from inside this call. The call_soon'd _start_group
+        that _kick scheduled then finds the group in flight (or takes what
+        came since) and does nothing more."""
+        if self._start_scheduled and self._in_flight is None and self._buf and \
+                self._failed is None and self._no_space is None:
+            self._start_group()
+
     def _group_syncer(self, loop: asyncio.AbstractEventLoop) -> GroupSyncer:
         """The compiled thread, reporting to `loop` (a new one if the store
         moved to another event loop: nothing would read the old one's fd)."""
