@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raftcore.kv import KvStateMachine
-from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, read_commands
+from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, REDIS_CMD_V1, read_commands
 from raftcore.kv.redis.resp import is_error
 from raftcore.messages import SnapshotMeta
 from raftcore.types import ENTRY_NORMAL, Entry
@@ -83,6 +83,58 @@ def test_a_transaction_applies_only_if_watched_keys_are_unchanged():
     now = read_commands(sm, 6, [[b"__version__", b"absent"]])[0]
     log.apply(redis(6, [b"DEL", b"absent"]))
     assert log.apply([REDIS_CMD, 7, [], [[b"absent", now]]]) == [None]
+
+
+def test_every_write_of_an_entry_takes_that_entry_s_modification_index():
+    sm = KvStateMachine()
+    log = Log(sm)
+    versions, tombstones = sm.redis.versions, sm.redis.tombstones
+    # The fast path (SET, INCR) and the careful one (SET NX) alike.
+    log.apply(redis(1, [b"SET", b"a", b"1"], [b"INCR", b"n"], [b"SET", b"b", b"2", b"NX"]))
+    assert versions == {b"a": 1, b"n": 1, b"b": 1} and sm.redis.counter == 1
+    log.apply(redis(2, [b"SET", b"a", b"2"], [b"DEL", b"b"]))
+    assert versions == {b"a": 2, b"n": 1} and tombstones == {b"b": 2}
+    # One int object per entry, not one per write.
+    log.apply(redis(3, *[[b"SET", b"k%d" % i, b"v"] for i in range(50)]))
+    assert len({id(versions[b"k%d" % i]) for i in range(50)}) == 1
+
+
+def test_entries_of_earlier_versions_keep_one_modification_index_per_write():
+    sm = KvStateMachine()
+    log = Log(sm)
+    old = [REDIS_CMD_V1, 1, [[b"SET", b"a", b"1"], [b"INCR", b"n"], [b"SET", b"b", b"2", b"NX"],
+                             [b"DEL", b"a"]]]
+    log.apply(old)
+    assert sm.redis.versions == {b"n": 2, b"b": 3} and sm.redis.tombstones == {b"a": 4}
+    log.apply(redis(2, [b"SET", b"c", b"1"]))
+    assert sm.redis.versions[b"c"] == 5 == sm.redis.counter
+    # A WATCH recorded by an earlier version still decides alike.
+    assert log.apply([REDIS_CMD_V1, 3, [[b"INCR", b"n"]], [[b"n", 2]]]) == [[2]]
+    assert log.apply([REDIS_CMD_V1, 4, [[b"INCR", b"n"]], [[b"n", 2]]]) == [None]
+
+
+def test_a_log_of_both_kinds_gives_every_node_the_same_indexes_whatever_its_snapshot():
+    payloads = [[REDIS_CMD_V1, 1, [[b"SET", b"a", b"1"], [b"SET", b"b", b"1"]]],
+                redis(2, [b"SET", b"a", b"2"], [b"DEL", b"b"]),
+                [REDIS_CMD_V1, 3, [[b"INCR", b"n"], [b"SET", b"a", b"3"]]],
+                redis(4, [b"SET", b"c", b"1"], [b"INCR", b"n"])]
+    whole = KvStateMachine()
+    Log(whole).apply(*payloads)
+    for cut in range(1, len(payloads)):
+        first = KvStateMachine()
+        log = Log(first)
+        log.apply(*payloads[:cut])
+
+        async def build(sm=first):
+            return await sm.build_snapshot(lambda fn, *a: _now(fn(*a)))
+        snap = run_guarded(build(), 10)
+        restored = KvStateMachine()
+        run_guarded(restored.install_snapshot(snap.meta, snap.data), 10)
+        rest = Log(restored)
+        rest.index = log.index
+        rest.apply(*payloads[cut:])
+        assert restored.redis.dump() == whole.redis.dump(), cut
+        assert restored.data == whole.data
 
 
 junk = st.recursive(st.one_of(st.none(), st.integers(), st.binary(max_size=5),

@@ -16,7 +16,7 @@ import msgpack
 from raftcore.codec import decode_snapshot_meta, encode_snapshot_meta
 from raftcore.errors import ConfigError, NotAllowed, StorageError
 from raftcore.kv.protocol import SESSION_CMD, check_client_id, check_command
-from raftcore.kv.redis.apply import REDIS_CMD, apply_redis
+from raftcore.kv.redis.apply import REDIS_TAGS, apply_redis
 from raftcore.kv.redis.keyspace import RedisState
 from raftcore.messages import SnapshotMeta
 from raftcore.storage.base import Snapshot
@@ -111,7 +111,7 @@ class KvStateMachine(MemStateMachine):
         if isinstance(p, (list, tuple)) and p:
             if p[0] == SESSION_CMD:
                 return self._apply_session(p)
-            if p[0] == REDIS_CMD:
+            if p[0] in REDIS_TAGS:
                 self.applied_commands += 1
                 return apply_redis(self, p)
         self.applied_commands += 1
@@ -158,7 +158,7 @@ class KvStateMachine(MemStateMachine):
     def _apply_checked(self, cmd: Any) -> list:
         """A session's command: ["ok", result] once applied, ["error", why]
         if malformed."""
-        if isinstance(cmd, (list, tuple)) and cmd and cmd[0] == REDIS_CMD:
+        if isinstance(cmd, (list, tuple)) and cmd and cmd[0] in REDIS_TAGS:
             self.applied_commands += 1
             return ["ok", apply_redis(self, cmd)]
         why = check_command(cmd)

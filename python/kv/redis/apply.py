@@ -6,6 +6,16 @@ A Redis entry is [REDIS_CMD, now_ms, commands] or, for MULTI/EXEC,
 modification index] recorded by WATCH: the transaction applies only if
 every watched key still has that index, else it answers None (EXEC's nil).
 Its response is the list of the commands' replies.
+
+Modification indexes: each Redis entry takes the next value of a counter,
+and every key it writes, deletes or expires gets that value. A WATCH reads
+between entries, so a key changed (even changed back) by any later entry
+has another index at EXEC. One index per entry, not per command: every
+write of the entry stores one shared int, so the apply allocates none and
+frees none per command (a third of a pipelined SET's apply). Entries
+tagged REDIS_CMD_V1 (written by earlier versions, as a restarted node may
+apply again from its log) keep their old numbering, one index per
+command: the same log gives the same indexes on every node.
 """
 from __future__ import annotations
 
@@ -16,7 +26,14 @@ from raftcore.kv.redis.keyspace import OK, READS, WRITES, Keyspace, expire_due, 
 from raftcore.kv.redis.resp import error
 
 #: The first item of a Redis entry in the log.
-REDIS_CMD = "redis"
+REDIS_CMD = "redis2"
+#: The first item of the Redis entries earlier versions wrote (one
+#: modification index per command). A node of such a version answers a
+#: REDIS_CMD entry as malformed, so every node of a cluster is upgraded
+#: before a new one leads.
+REDIS_CMD_V1 = "redis"
+#: The tags of the Redis entries this version applies.
+REDIS_TAGS = (REDIS_CMD, REDIS_CMD_V1)
 #: An internal command the leader proposes: delete every key whose deadline
 #: has passed (a client cannot send it: it is in no command table).
 EXPIRE_DUE = b"__expire_due__"
@@ -30,8 +47,12 @@ def apply_redis(sm: Any, p: Any) -> Any:
     if len(p) not in (3, 4) or type(p[1]) is not int or not isinstance(p[2], list):
         return error("ERR malformed redis entry")
     now = max(sm.redis.clock_ms, p[1])
-    sm.redis.clock_ms = now
-    ks = Keyspace(sm, now, True)
+    st = sm.redis
+    st.clock_ms = now
+    per_command = p[0] == REDIS_CMD_V1
+    if not per_command:
+        st.counter += 1         # this entry's modification index
+    ks = Keyspace(sm, now, True, per_command)
     if len(p) == 4:
         try:
             if any(ks.version(k) != v for k, v in p[3]):
@@ -49,7 +70,7 @@ def run_commands(ks: Keyspace, cmds: list) -> list:
     the expiry checks, which are most of the cost of applying it. What
     that path does to the map and the modification indexes is exactly what
     run_command does (a key with a deadline takes run_command)."""
-    return fast_run_commands(ks, cmds, run_command, OK, parse_int)
+    return fast_run_commands(ks, cmds, run_command, OK, parse_int, ks.per_command)
 
 
 def run_command(ks: Keyspace, cmd: Any) -> Any:

@@ -23,10 +23,11 @@ the Python modules, which stay the reference:
 - encode_replies(replies, resp3, encode): the RESP bytes of a list of
   replies; bulk strings, integers, nil and +OK here, the rest through
   `encode` (resp.encode).
-- run_commands(ks, cmds, run_command): the replies of a batch of commands
-  against a Keyspace (apply.run_commands, which documents what it does);
-  a plain GET, SET or INCR of a bytes key without a deadline here, every
-  other command (and every error) through `run_command`.
+- run_commands(ks, cmds, run_command, ok, parse_int, per_command): the
+  replies of a batch of commands against a Keyspace (apply.run_commands,
+  which documents what it does); a plain GET, SET or INCR of a bytes key
+  without a deadline here, every other command (and every error) through
+  `run_command`.
 """
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -146,23 +147,32 @@ def encode_replies(list replies, bint resp3, encode) -> bytes:
     return b"".join(parts)
 
 
-cdef inline void _modified(state, dict versions, key) except *:
-    """Key `key` was written: its modification index moves on (WATCH)."""
-    counter = state.counter + 1
-    state.counter = counter
+cdef inline void _modified(state, dict versions, dict tombstones, key, counter,
+                           bint per_command) except *:
+    """Key `key` was written: it takes the entry's modification index
+    `counter` (WATCH), or the next one for an entry of an earlier version
+    (see apply.py). The entry's index is one int shared by all its writes."""
+    if per_command:
+        counter = state.counter + 1
+        state.counter = counter
     PyDict_SetItem(versions, key, counter)
-    if state.tombstones:
-        state.tombstones.pop(key, None)
+    if tombstones:
+        tombstones.pop(key, None)
 
 
-def run_commands(ks, list cmds, run_command, ok, parse_int) -> list:
+def run_commands(ks, list cmds, run_command, ok, parse_int, bint per_command) -> list:
     """The replies of `cmds` against the Keyspace `ks`, in order; `ok` is
-    SET's reply, `parse_int` Redis's strict integer (keyspace.parse_int)."""
+    SET's reply, `parse_int` Redis's strict integer (keyspace.parse_int),
+    `per_command` as Keyspace's."""
     cdef dict data = ks.data
     cdef dict expires = ks.expires
     cdef bint mutate = ks.mutate
     state = ks.state
     cdef dict versions = state.versions
+    cdef dict tombstones = state.tombstones
+    # The entry's index: the same all through the batch (an entry of an
+    # earlier version moves it on at each write, in _modified).
+    counter = state.counter
     cdef list out = []
     cdef list cmd
     cdef Py_ssize_t n
@@ -189,12 +199,13 @@ def run_commands(ks, list cmds, run_command, ok, parse_int) -> list:
                         if value is not None and value < INT64_MAX:
                             value = value + 1
                             PyDict_SetItem(data, key, b"%d" % value)
-                            _modified(state, versions, key)
+                            _modified(state, versions, tombstones, key, counter,
+                                      per_command)
                             out.append(value)
                             continue
                     elif mutate and n == 3 and (name == b"SET" or name == b"set"):
                         PyDict_SetItem(data, key, cmd[2])
-                        _modified(state, versions, key)
+                        _modified(state, versions, tombstones, key, counter, per_command)
                         out.append(ok)
                         continue
         out.append(run_command(ks, c))

@@ -62,10 +62,11 @@ class RedisState:
     """What the Redis commands keep beside the map, in a state machine and
     its snapshots: key -> expiry deadline (ms since the epoch); key ->
     modification index (live keys) and deleted key -> the index of its
-    deletion (the newest MAX_TOMBSTONES); the last index given out; the
-    index of the newest forgotten deletion; the newest leader clock an entry
-    carried (a new leader's clock may be behind: time never goes back in
-    the log). Every change happens in apply, so every node holds the same."""
+    deletion (the newest MAX_TOMBSTONES); the last index given out (see
+    apply.py: one per entry); the index of the newest forgotten deletion;
+    the newest leader clock an entry carried (a new leader's clock may be
+    behind: time never goes back in the log). Every change happens in
+    apply, so every node holds the same."""
 
     __slots__ = ("expires", "versions", "tombstones", "counter", "floor", "clock_ms")
 
@@ -100,17 +101,21 @@ class Keyspace:
     """The map, the expiry deadlines (key -> ms) and the modification
     indexes (key -> int, for WATCH) of a state machine, at time `now`.
 
-    `mutate`: apply (deletes keys found expired, bumps modification
-    indexes) or read only (hides expired keys, changes nothing)."""
+    `mutate`: apply (deletes keys found expired, sets modification
+    indexes) or read only (hides expired keys, changes nothing).
+    `per_command`: each modification takes the next index (an entry of an
+    earlier version, see apply.py); else every modification takes the
+    entry's, state.counter."""
 
-    __slots__ = ("data", "expires", "state", "now", "mutate")
+    __slots__ = ("data", "expires", "state", "now", "mutate", "per_command")
 
-    def __init__(self, sm: Any, now: int, mutate: bool) -> None:
+    def __init__(self, sm: Any, now: int, mutate: bool, per_command: bool = False) -> None:
         self.data: dict = sm.data
         self.state: RedisState = sm.redis
         self.expires = self.state.expires
         self.now = now
         self.mutate = mutate
+        self.per_command = per_command
 
     def alive(self, key: Any) -> bool:
         if key not in self.data:
@@ -138,7 +143,8 @@ class Keyspace:
         self.expires.pop(key, None)
         st = self.state
         st.versions.pop(key, None)
-        st.counter += 1
+        if self.per_command:
+            st.counter += 1
         tombstones = st.tombstones
         tombstones.pop(key, None)
         tombstones[key] = st.counter
@@ -149,7 +155,8 @@ class Keyspace:
 
     def touch(self, key: Any) -> None:
         st = self.state
-        st.counter += 1
+        if self.per_command:
+            st.counter += 1
         st.versions[key] = st.counter
         if st.tombstones:
             st.tombstones.pop(key, None)
