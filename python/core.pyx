@@ -43,19 +43,16 @@ restored from the stores), elections.py (vote and transfer RPCs) and
 transitions.py (the log of role, term and leader changes). The plain-Python
 ones reach the executor through the few def methods marked as theirs.
 
-Why what is left stays one cdef class (about 900 lines): the executor
-(`_execute`, `_run_sync`, `_deferred`) and the per-write path reach the
-node's fields as C attributes; split into modules, each step of a write
-would cross Python attribute lookups and calls, which the per-write figures
-of `raftcore bench` would show. What is off that path (RPC error and leader
-change counters, metrics building) could move out next.
-
-Why the rest is one piece: RaftCore is the one executor of the engine's
-commands and the per-write path through it (a write taken into the engine,
-appended, replicated by the AppendEntries fast path, flushed, applied and
-answered) runs as C calls between its own cdef methods and fields, with no
-Python call on the way; split across modules, those calls would go through
-Python (or need a .pxd of RaftCore that every piece depends on).
+Why what is left stays one cdef class (over 900 lines): RaftCore is the one
+executor of the engine's commands (`_execute`, `_run_sync`, `_deferred`),
+and the per-write path through it (a write taken into the engine, appended,
+replicated by the AppendEntries fast path, flushed, applied and answered)
+runs as C calls between its own cdef methods and fields. Split across
+modules, each step of a write would cross Python attribute lookups and
+calls (or need a .pxd of RaftCore that every piece depends on), which the
+per-write figures of `raftcore bench` would show. What is off that path
+(RPC error and leader change counters, metrics building) could move out
+next.
 """
 cimport cython
 from raftcore.engine cimport Engine, S_FOLLOWER, S_LEADER, S_LEARNER
