@@ -8,7 +8,7 @@ when a snapshot is sent, installed or may be purged behind.
 import asyncio
 from typing import Any, Optional
 
-from raftcore.errors import RaftError
+from raftcore.errors import NotAllowed, RaftError
 from raftcore.messages import InstallSnapshotRequest
 
 
@@ -149,6 +149,12 @@ class SnapshotTransfer:
                     core.engine.snapshot_built(durable)
                 core.run_engine_output()
             return snap
+        except NotAllowed as exc:
+            # Asked of a node that has applied nothing (only a caller can:
+            # the policy builds after an apply). The caller gets the error;
+            # the node has nothing wrong with it to report.
+            core.log.info("node %s: no snapshot built: %s", core.id, exc)
+            raise
         except Exception as exc:
             # The node goes on with the snapshot it has (on a full disk: until
             # space is freed, when the next build succeeds).

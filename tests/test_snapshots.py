@@ -7,13 +7,14 @@ import asyncio
 import logging
 import random
 
+import pytest
 
 from async_runner import async_test
 from raftcore import Config, Node, Raft, ServerState
 from raftcore.commands import InstallSnapshot, Purge, SaveVote, SendSnapshot
 from raftcore.config import SnapshotPolicy
 from raftcore.engine import Engine
-from raftcore.errors import Timeout
+from raftcore.errors import NotAllowed, Timeout
 from raftcore.membership import Membership
 from raftcore.messages import AppendEntriesResponse as AEResp
 from raftcore.messages import InstallSnapshotRequest, InstallSnapshotResponse, SnapshotMeta
@@ -112,6 +113,21 @@ async def test_never_policy_builds_no_snapshot_and_trigger_builds_one():
         assert m.purged.index == snap.meta.last_log_index - 10
         leader.trigger.purge_log(10**9)
         assert leader.metrics.purged.index == snap.meta.last_log_index
+    finally:
+        await nodes.close()
+
+
+@run
+async def test_a_snapshot_asked_of_a_node_that_applied_nothing_is_refused_without_an_error_log():
+    nodes = Nodes(snapshot_policy=SnapshotPolicy.never())
+    try:
+        fresh = await nodes.start(1)
+        with LogWatch("raftcore", logging.INFO) as watch:
+            with pytest.raises(NotAllowed, match="nothing is applied yet"):
+                await fresh.trigger.snapshot()
+        assert not [r for r in watch.records if r.levelno >= logging.WARNING], watch.messages()
+        assert any("no snapshot built" in m for m in watch.messages()), watch.messages()
+        assert fresh.metrics.snapshot is None
     finally:
         await nodes.close()
 
