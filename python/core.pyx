@@ -558,6 +558,10 @@ cdef class RaftCore:
             cmd = <Command>cmds[i]
             if cmd.kind == CMD_APPLY and self._log_changed:
                 self._start_log_write()
+            if self.stopped:
+                # A store that failed at once reports it from inside the
+                # call and the node stops: nothing more of the step runs.
+                return True
             if self._execute(cmd, True) is not None:
                 self._deferred.extend(cmds[i:])
                 return False

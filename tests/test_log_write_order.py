@@ -15,6 +15,7 @@ import threading
 from async_runner import run_guarded
 from cluster_harness import (Cluster, cluster_test, members, stable_leader,
                              wait_all_applied)
+from raftcore.errors import StorageError
 from raftcore.network import LocalRouter
 from raftcore.storage import FileLogStore, MemLogStore, MemStateMachine
 from raftcore.storage.file import FileOps
@@ -165,3 +166,55 @@ async def test_the_node_starts_its_log_write_after_its_sends_and_before_its_appl
                 f"the leader started writing {index} before sending it to {followers}: {step}"
         checked += 1
     assert checked >= 3 * 2, ev     # appends batch: at least the first and last
+
+
+class FailingWriteStore(RecordingStore):
+    """Holds each append's on_flushed until write_now; once `fail` is set,
+    write_now reports a disk error to them instead (a store whose write
+    cannot start fails at once, from inside the call)."""
+
+    def __init__(self, node_id: int, rec: OrderRecorder) -> None:
+        super().__init__(node_id, rec)
+        self.fail = False
+        self.held: list = []
+
+    def append(self, entries, on_flushed) -> None:
+        super().append(entries, lambda err: None)
+        self.held.append(on_flushed)
+
+    def write_now(self) -> None:
+        super().write_now()
+        held, self.held = self.held, []
+        err = StorageError("disk gone") if self.fail else None
+        for cb in held:
+            cb(err)
+
+
+@cluster_test
+async def test_a_log_write_that_fails_at_once_stops_the_node_before_the_rest_of_its_step():
+    rec = OrderRecorder()
+    c = Cluster(RecordingRouter(rec), seed=7302,
+                cfg={"election_timeout_min": 1.0, "election_timeout_max": 2.0})
+    stores = {i: FailingWriteStore(i, rec) for i in (1, 2, 3)}
+    try:
+        for i in (1, 2, 3):
+            await c.add_node(i, log_store=stores[i], sm=RecordingMachine(i, rec))
+        await c[1].initialize(members([1, 2, 3]))
+        leader = await stable_leader(c.all())
+        victim = c.others(leader)[0]
+        first = (await leader.client_write(["set", "a", 1])).log_id.index
+        await leader.wait(GUARD).applied_index_at_least(first)
+        stores[victim.id].fail = True
+        # The next AppendEntries carries the new entry and commits `first`:
+        # the victim's step appends, starts the write (which fails), and
+        # would then apply `first`.
+        rec.events.clear()
+        second = (await leader.client_write(["set", "b", 2])).log_id.index
+        error = await victim.wait(GUARD).stopped()
+    finally:
+        await c.shutdown()
+    assert isinstance(error, StorageError), error
+    mine = [e for e in rec.events if e[1] == victim.id]
+    assert ("append", victim.id, second) in mine, mine
+    failed_at = mine.index(("write_now", victim.id))
+    assert not [e for e in mine[failed_at:] if e[0] == "apply"], mine

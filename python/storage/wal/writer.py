@@ -159,10 +159,12 @@ class GroupCommit:
         flight, instead of at the next loop iteration (event loop thread).
         For a caller that knows no more appends come in this iteration (the
         runtime, at the end of a step): it saves a loop pass of latency.
-        Only records start a group here: on_flushed of empty appends are
-        never called from inside this call. The call_soon'd _start_group
-        that _kick scheduled then finds the group in flight (or takes what
-        came since) and does nothing more."""
+        Only records start a group here, so a write that starts calls no
+        on_flushed from inside this call (one that cannot start fails the
+        store, and its on_flushed get that error at once, as an append to
+        a failed store does). The call_soon'd _start_group that _kick
+        scheduled then finds the group in flight (or takes what came
+        since) and does nothing more."""
         if self._start_scheduled and self._in_flight is None and self._buf and \
                 self._failed is None and self._no_space is None:
             self._start_group()
