@@ -82,6 +82,16 @@ def encode_command(args) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
+class _NullArray:
+    def __repr__(self) -> str:
+        return "NULL_ARRAY"
+
+
+#: What RespClient reads for RESP2's null array (*-1), told apart from the
+#: null bulk string ($-1, None): an aborted EXEC answers it.
+NULL_ARRAY = _NullArray()
+
+
 class RespClient:
     """A blocking RESP client: send(raw bytes), call(*args), read()."""
 
@@ -129,7 +139,7 @@ class RespClient:
             return data
         if kind == b"*":
             n = int(body)
-            return None if n < 0 else [self.read() for _ in range(n)]
+            return NULL_ARRAY if n < 0 else [self.read() for _ in range(n)]
         if kind == b"%":
             return {self.read(): self.read() for _ in range(int(body))}
         if kind == b"_":

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from async_runner import async_test
 from raftcore.kv.protocol import OK, SESSION_CMD
 from raftcore.kv.redis.apply import REDIS_CMD
-from raftcore.kv.redis.cluster import ClusterBackend, SessionClient
+from raftcore.kv.redis.cluster import NOT_HERE, ClusterBackend, SessionClient
 from raftcore.kv.redis.resp import error
 from raftcore.kv.redis.commands import PLAIN, READ, WRITE
 from raftcore.kv.redis.fast import plain_batch
@@ -168,10 +168,10 @@ async def test_a_forwarded_write_waits_until_every_earlier_write_has_settled():
     first_refused = asyncio.get_running_loop().create_future()
 
     async def first_local(seq, acked):
-        return await first_refused           # None: not the leader after all
+        return await first_refused           # NOT_HERE: not the leader after all
 
     async def second_local(seq, acked):
-        return None
+        return NOT_HERE
     first = asyncio.ensure_future(client.redis_write([[b"set", b"k", b"1"]], None, first_local))
     await until(lambda: client._settled)
     second = asyncio.ensure_future(client.redis_write([[b"set", b"k", b"2"]], None,
@@ -179,7 +179,7 @@ async def test_a_forwarded_write_waits_until_every_earlier_write_has_settled():
     for _ in range(10):                  # everything that can run, runs
         await asyncio.sleep(0)
     assert forwarded == [] and not second.done()
-    first_refused.set_result(None)
+    first_refused.set_result(NOT_HERE)
     assert [await first, await second] == ["applied 1", "applied 2"]
     assert forwarded == [1, 2] and client._settled == {}
     await client.close()

@@ -127,6 +127,7 @@ def test_watch_aborts_on_a_change_even_if_changed_back(cluster):
     assert r.get("tx:k") == b"1"
     with r.pipeline() as pipe:
         pipe.watch("tx:k")
+        other.set("tx:unwatched", "1")       # another key: no abort
         pipe.multi()
         pipe.incr("tx:k").get("tx:k")
         assert pipe.execute() == [2, b"2"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raftcore.kv.redis.resp import Map, RespParser, encode, error
+from raftcore.kv.redis.resp import NULL_ARRAY, Map, RespParser, encode, error
 
 from redis_harness import encode_command
 
@@ -85,6 +85,7 @@ def test_replies_in_resp2_and_resp3():
     assert encode(b"v") == b"$1\r\nv\r\n"
     assert encode(-3) == b":-3\r\n"
     assert encode(None) == b"$-1\r\n" and encode(None, resp3=True) == b"_\r\n"
+    assert encode(NULL_ARRAY) == b"*-1\r\n" and encode(NULL_ARRAY, resp3=True) == b"_\r\n"
     assert encode([b"a", None, 1]) == b"*3\r\n$1\r\na\r\n$-1\r\n:1\r\n"
     assert encode(error("ERR bad\r\nthing")) == b"-ERR bad  thing\r\n"
     m = Map([(b"proto", 3)])

@@ -1,7 +1,9 @@
 """KvStateMachine's Redis entries, without processes: time comes from the
 entries (a follower never expires keys on its own clock), a retried session
-write applies once, malformed entries are answered and never raise, and
-snapshots carry the Redis state (and still load when made before it)."""
+write applies once, WATCH's modification indexes are recorded while TRACK
+entries ask for them and an untracked entry aborts a WATCH it spans,
+malformed entries are answered and never raise, and snapshots carry the
+Redis state (and still load when made before it)."""
 from __future__ import annotations
 
 import msgpack
@@ -9,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raftcore.kv import KvStateMachine
-from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, REDIS_CMD_V1, read_commands
+from raftcore.kv.redis.apply import (EXPIRE_DUE, MAX_TRACK_SPAN_MS, REDIS_CMD, REDIS_CMD_V1, TRACK,
+                                     VERSION, read_commands)
 from raftcore.kv.redis.resp import is_error
 from raftcore.messages import SnapshotMeta
 from raftcore.types import ENTRY_NORMAL, Entry
@@ -34,6 +37,12 @@ class Log:
 
 def redis(now, *cmds):
     return [REDIS_CMD, now, [list(c) for c in cmds]]
+
+
+def tracked(now=0, span=1_000_000):
+    """The entry WATCH proposes: entries stamped up to now + span record
+    modification indexes."""
+    return redis(now, [TRACK, span])
 
 
 def test_deadlines_come_from_the_entries_not_the_clock():
@@ -74,7 +83,7 @@ def test_a_retried_session_write_applies_once():
 def test_a_transaction_applies_only_if_watched_keys_are_unchanged():
     sm = KvStateMachine()
     log = Log(sm)
-    log.apply(redis(1, [b"SET", b"k", b"1"]))
+    log.apply(tracked(), redis(1, [b"SET", b"k", b"1"]))
     seen = read_commands(sm, 1, [[b"__version__", b"k"], [b"__version__", b"absent"]])
     log.apply(redis(2, [b"SET", b"k", b"2"]), redis(3, [b"SET", b"k", b"1"]))
     assert log.apply([REDIS_CMD, 4, [[b"INCR", b"k"]], [[b"k", seen[0]]]]) == [None]
@@ -89,14 +98,75 @@ def test_every_write_of_an_entry_takes_that_entry_s_modification_index():
     sm = KvStateMachine()
     log = Log(sm)
     versions, tombstones = sm.redis.versions, sm.redis.tombstones
+    log.apply(tracked())
     # The fast path (SET, INCR) and the careful one (SET NX) alike.
     log.apply(redis(1, [b"SET", b"a", b"1"], [b"INCR", b"n"], [b"SET", b"b", b"2", b"NX"]))
-    assert versions == {b"a": 1, b"n": 1, b"b": 1} and sm.redis.counter == 1
+    assert versions == {b"a": 2, b"n": 2, b"b": 2} and sm.redis.counter == 2
     log.apply(redis(2, [b"SET", b"a", b"2"], [b"DEL", b"b"]))
-    assert versions == {b"a": 2, b"n": 1} and tombstones == {b"b": 2}
+    assert versions == {b"a": 3, b"n": 2} and tombstones == {b"b": 3}
     # One int object per entry, not one per write.
     log.apply(redis(3, *[[b"SET", b"k%d" % i, b"v"] for i in range(50)]))
     assert len({id(versions[b"k%d" % i]) for i in range(50)}) == 1
+
+
+def test_entries_record_modification_indexes_only_while_tracked():
+    sm = KvStateMachine()
+    log = Log(sm)
+    st = sm.redis
+    # No WATCH asked: the writes record nothing (one map write per SET),
+    # and every key counts as modified by the newest such entry.
+    log.apply(redis(1_000, [b"SET", b"a", b"1"], [b"INCR", b"n"], [b"SET", b"b", b"2", b"NX"],
+                    [b"DEL", b"b"]))
+    assert st.versions == {} and st.tombstones == {} and st.untracked == st.counter == 1
+    assert read_commands(sm, 1_000, [[VERSION, b"a"], [VERSION, b"never"]]) == [1, 1]
+    # A TRACK reaches span ms past its own stamp (and never shortens).
+    assert log.apply(tracked(2_000, 500)) == [["OK"]]
+    assert st.tracking_until == 2_500 and st.untracked == 2
+    log.apply(tracked(2_100, 100))
+    assert st.tracking_until == 2_500 and st.untracked == 2
+    log.apply(redis(2_499, [b"SET", b"a", b"2"], [b"DEL", b"n"]))
+    assert st.versions == {b"a": 4} and st.tombstones == {b"n": 4} and st.untracked == 2
+    assert read_commands(sm, 2_499, [[VERSION, b"a"], [VERSION, b"n"], [VERSION, b"x"]]) == \
+        [4, 4, 2]
+    # Stamped at the end of the span: untracked again.
+    log.apply(redis(2_500, [b"SET", b"c", b"1"]))
+    assert b"c" not in st.versions and st.untracked == 5
+    assert read_commands(sm, 2_500, [[VERSION, b"a"]]) == [5]
+
+
+def test_a_watch_spanning_only_tracked_entries_is_exact_and_one_spanning_an_untracked_aborts():
+    sm = KvStateMachine()
+    log = Log(sm)
+    log.apply(tracked(0, 1_000), redis(1, [b"SET", b"k", b"1"], [b"SET", b"other", b"1"]))
+    seen = read_commands(sm, 1, [[VERSION, b"k"]])[0]
+    # Another key changes: the transaction applies.
+    log.apply(redis(2, [b"SET", b"other", b"2"]))
+    assert log.apply([REDIS_CMD, 3, [[b"INCR", b"k"]], [[b"k", seen]]]) == [[2]]
+    # The watched key changes and changes back: it aborts.
+    seen = read_commands(sm, 3, [[VERSION, b"k"]])[0]
+    log.apply(redis(4, [b"SET", b"k", b"9"]), redis(5, [b"SET", b"k", b"2"]))
+    assert log.apply([REDIS_CMD, 6, [[b"INCR", b"k"]], [[b"k", seen]]]) == [None]
+    # An untracked entry between WATCH and EXEC (the tracking was not
+    # renewed) may have changed anything: it aborts though only `other`
+    # changed.
+    seen = read_commands(sm, 6, [[VERSION, b"k"]])[0]
+    log.apply(redis(1_000, [b"SET", b"other", b"3"]))
+    assert log.apply([REDIS_CMD, 1_001, [[b"INCR", b"k"]], [[b"k", seen]]]) == [None]
+    # An EXEC entry that is itself untracked compares with the state before it.
+    seen = read_commands(sm, 1_002, [[VERSION, b"k"]])[0]
+    assert log.apply([REDIS_CMD, 1_002, [[b"INCR", b"k"]], [[b"k", seen]]]) == [[3]]
+    assert sm.data[b"k"] == b"3"
+
+
+def test_a_malformed_track_is_answered_and_changes_nothing():
+    sm = KvStateMachine()
+    log = Log(sm)
+    for span in (0, -5, MAX_TRACK_SPAN_MS + 1, b"10", None, 1.5):
+        (reply,) = log.apply(redis(1, [TRACK, span]))
+        assert is_error(reply[0]) and sm.redis.tracking_until == 0, span
+    # Not a read either.
+    assert is_error(read_commands(sm, 1, [[TRACK, 100]])[0])
+    assert sm.redis.tracking_until == 0
 
 
 def test_entries_of_earlier_versions_keep_one_modification_index_per_write():
@@ -104,13 +174,17 @@ def test_entries_of_earlier_versions_keep_one_modification_index_per_write():
     log = Log(sm)
     old = [REDIS_CMD_V1, 1, [[b"SET", b"a", b"1"], [b"INCR", b"n"], [b"SET", b"b", b"2", b"NX"],
                              [b"DEL", b"a"]]]
-    log.apply(old)
-    assert sm.redis.versions == {b"n": 2, b"b": 3} and sm.redis.tombstones == {b"a": 4}
+    log.apply(tracked(), old)        # index 1, then one per write of `old`
+    assert sm.redis.versions == {b"n": 3, b"b": 4} and sm.redis.tombstones == {b"a": 5}
     log.apply(redis(2, [b"SET", b"c", b"1"]))
-    assert sm.redis.versions[b"c"] == 5 == sm.redis.counter
+    assert sm.redis.versions[b"c"] == 6 == sm.redis.counter
     # A WATCH recorded by an earlier version still decides alike.
-    assert log.apply([REDIS_CMD_V1, 3, [[b"INCR", b"n"]], [[b"n", 2]]]) == [[2]]
-    assert log.apply([REDIS_CMD_V1, 4, [[b"INCR", b"n"]], [[b"n", 2]]]) == [None]
+    assert log.apply([REDIS_CMD_V1, 3, [[b"INCR", b"n"]], [[b"n", 3]]]) == [[2]]
+    assert log.apply([REDIS_CMD_V1, 4, [[b"INCR", b"n"]], [[b"n", 3]]]) == [None]
+    # They record indexes whether tracked or not (as their versions did).
+    log.apply(redis(2_000_000, [b"SET", b"c", b"2"]))
+    log.apply([REDIS_CMD_V1, 2_000_001, [[b"SET", b"d", b"1"]]])
+    assert sm.redis.versions[b"d"] == sm.redis.counter == 9 and sm.redis.untracked == 8
 
 
 def test_a_log_of_both_kinds_gives_every_node_the_same_indexes_whatever_its_snapshot():
@@ -169,7 +243,13 @@ def test_snapshot_keeps_the_redis_state_and_old_snapshots_load():
     older = KvStateMachine()
     run_guarded(older.install_snapshot(SnapshotMeta(1, 1, None, "old"),
                                        msgpack.packb(old, use_bin_type=True)), 10)
-    assert older.data == sm.data and older.redis.dump() == [[], [], [], 0, 0, 0]
+    assert older.data == sm.data and older.redis.dump() == [[], [], [], 0, 0, 0, 0, 0]
+    # Made before TRACK entries: six parts, every modification recorded.
+    six = KvStateMachine()
+    old["redis"] = sm.redis.dump()[:6]
+    run_guarded(six.install_snapshot(SnapshotMeta(1, 1, None, "six"),
+                                     msgpack.packb(old, use_bin_type=True)), 10)
+    assert six.redis.dump() == sm.redis.dump()[:6] + [0, 0]
 
 
 async def _now(value):
@@ -192,20 +272,22 @@ _batch = st.lists(st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(batches=st.lists(st.tuples(st.integers(min_value=0, max_value=200), _batch), max_size=6))
+@given(batches=st.lists(st.tuples(st.integers(min_value=0, max_value=200), _batch,
+                                  st.booleans()), max_size=6))
 def test_a_batch_applies_as_its_commands_one_by_one(batches):
     # run_commands' compiled path (plain SET/GET/INCR of a key without a
     # deadline) against run_command for every command, in the same order:
-    # the same replies and the same map, deadlines and modification indexes.
+    # the same replies and the same map, deadlines and modification
+    # indexes, tracked or not.
     from raftcore.kv.redis.apply import run_command, run_commands
     from raftcore.kv.redis.keyspace import Keyspace
     fast, slow = KvStateMachine(), KvStateMachine()
     now = 0
-    for step, cmds in batches:
+    for step, cmds, track in batches:
         now += step
         cmds = [list(c) for c in cmds]
         for mutate in (True, False):
-            got = run_commands(Keyspace(fast, now, mutate), cmds)
-            ks = Keyspace(slow, now, mutate)
+            got = run_commands(Keyspace(fast, now, mutate, track=track), cmds)
+            ks = Keyspace(slow, now, mutate, track=track)
             assert got == [run_command(ks, c) for c in cmds]
         assert fast.data == slow.data and fast.redis.dump() == slow.redis.dump()

@@ -16,6 +16,19 @@ frees none per command (a third of a pipelined SET's apply). Entries
 tagged REDIS_CMD_V1 (written by earlier versions, as a restarted node may
 apply again from its log) keep their old numbering, one index per
 command: the same log gives the same indexes on every node.
+
+Tracking. Recording indexes costs a second map write per modified key
+(a sixth of a pipelined SET's cost on every node), and only WATCH needs
+them; so, as Redis tracks only watched keys, an entry records them only
+while some WATCH may be open: a node that serves a WATCH first makes sure
+that entries stamped up to TRACK_SPAN_MS ahead record them, by proposing
+a TRACK entry (its own write round) when less than half of that is left,
+and renews it while any of its clients watches keys. An entry stamped
+after `tracking_until` records nothing and becomes `untracked`: every
+key's index counts as at least that (Keyspace.version), so a WATCH that
+spans an untracked entry aborts, as if its keys had changed; one spanning
+tracked entries only is exact. The decision is the entry's own stamp
+against the applied state, so every node makes the same.
 """
 from __future__ import annotations
 
@@ -39,6 +52,12 @@ REDIS_TAGS = (REDIS_CMD, REDIS_CMD_V1)
 EXPIRE_DUE = b"__expire_due__"
 #: An internal read: a key's modification index (for WATCH).
 VERSION = b"__version__"
+#: An internal command: [TRACK, span_ms] makes the entries stamped up to
+#: span_ms after this one's record modification indexes (see above).
+TRACK = b"__track__"
+#: How far ahead a TRACK reaches, and the most one may ask.
+TRACK_SPAN_MS = 60_000
+MAX_TRACK_SPAN_MS = 3_600_000
 
 
 def apply_redis(sm: Any, p: Any) -> Any:
@@ -52,13 +71,18 @@ def apply_redis(sm: Any, p: Any) -> Any:
     per_command = p[0] == REDIS_CMD_V1
     if not per_command:
         st.counter += 1         # this entry's modification index
-    ks = Keyspace(sm, now, True, per_command)
+    track = per_command or now < st.tracking_until
+    ks = Keyspace(sm, now, True, per_command, track)
     if len(p) == 4:
         try:
             if any(ks.version(k) != v for k, v in p[3]):
                 return None
         except (TypeError, ValueError):
             return error("ERR malformed watch list")
+    if not track:
+        # After the watch check: it compares with the state before this
+        # entry, which an untracked entry changes only from here on.
+        st.untracked = st.counter
     return run_commands(ks, p[2])
 
 
@@ -70,7 +94,7 @@ def run_commands(ks: Keyspace, cmds: list) -> list:
     the expiry checks, which are most of the cost of applying it. What
     that path does to the map and the modification indexes is exactly what
     run_command does (a key with a deadline takes run_command)."""
-    return fast_run_commands(ks, cmds, run_command, OK, parse_int, ks.per_command)
+    return fast_run_commands(ks, cmds, run_command, OK, parse_int, ks.per_command, ks.track)
 
 
 def run_command(ks: Keyspace, cmd: Any) -> Any:
@@ -81,6 +105,8 @@ def run_command(ks: Keyspace, cmd: Any) -> Any:
             return expire_due(ks) if ks.mutate else error("ERR not a read")
         if name == VERSION:
             return ks.version(cmd[1])
+        if name == TRACK:
+            return _track(ks, cmd[1]) if ks.mutate else error("ERR not a read")
         name = name.decode()
         fn = READS.get(name) or (WRITES.get(name) if ks.mutate else None)
         if fn is None:
@@ -88,6 +114,14 @@ def run_command(ks: Keyspace, cmd: Any) -> Any:
         return fn(ks, cmd)
     except Exception as exc:   # a malformed command in the log: answered, never raised
         return error(f"ERR malformed command: {type(exc).__name__}")
+
+
+def _track(ks: Keyspace, span_ms: Any) -> Any:
+    if type(span_ms) is not int or not 0 < span_ms <= MAX_TRACK_SPAN_MS:
+        return error(f"ERR a track span is 1 to {MAX_TRACK_SPAN_MS} ms")
+    st = ks.state
+    st.tracking_until = max(st.tracking_until, ks.now + span_ms)
+    return OK
 
 
 def read_commands(sm: Any, now_ms: int, cmds: list) -> list:

@@ -34,9 +34,10 @@ from raftcore.errors import ForwardToLeader, InvalidCommand, RaftError
 from raftcore.kv.client import Client
 from raftcore.kv.protocol import (ERROR, LEASE, OK, READ_INDEX, REDIRECT, SESSION_CMD, STALE,
                                   UNAVAILABLE, check_session)
-from raftcore.kv.redis.apply import EXPIRE_DUE, REDIS_CMD, read_commands, run_commands
+from raftcore.kv.redis.apply import (EXPIRE_DUE, REDIS_CMD, TRACK, TRACK_SPAN_MS, read_commands,
+                                     run_commands)
 from raftcore.kv.redis.keyspace import Keyspace
-from raftcore.kv.redis.resp import error
+from raftcore.kv.redis.resp import error, is_error
 from raftcore.kv.redis.rounds import CommandRounds, ReadRounds, future_answer
 from raftcore.model import ReadPolicy, ServerState
 from raftcore.network.framing import SERVICE_TYPE_MIN
@@ -81,16 +82,16 @@ class SessionClient(Client):
                           local: Callable[[int, int], Awaitable[Any]]) -> Any:
         """The response of `cmds` (and `watched`, for a transaction),
         applied as one entry under the next seq.
-        `local(seq, acked_below)` tries it on this node's Raft (None: not
-        the leader, or its outcome there is unknown); then the leader is
-        asked through the network under the same seq."""
+        `local(seq, acked_below)` tries it on this node's Raft (NOT_HERE:
+        not the leader, or its outcome there is unknown); then the leader
+        is asked through the network under the same seq."""
         seq = self._next_seq
         self._next_seq += 1
         self._in_flight.add(seq)
         settled = self._settled[seq] = asyncio.get_running_loop().create_future()
         try:
             got = await local(seq, self._acked_below())
-            if got is None:
+            if got is NOT_HERE:
                 for earlier in [f for s, f in self._settled.items() if s < seq]:
                     await earlier
                 got = (await self._request(lambda: [REDIS_WRITE, self.client_id, seq,
@@ -104,6 +105,11 @@ class SessionClient(Client):
     async def redis_read(self, mode: int, cmds: list) -> list:
         """The replies of read `cmds` as the leader runs them."""
         return (await self._request([REDIS_READ, mode, cmds]))[1]
+
+
+#: What a local attempt of SessionClient.redis_write answers when this node
+#: could not apply the write (None is an answer: EXEC's nil).
+NOT_HERE: Any = object()
 
 
 def _refusal(e: RaftError) -> list:
@@ -180,7 +186,7 @@ class ClusterBackend:
         except RaftError:
             # Not the leader, or no longer: the leader gets the same seq,
             # so a copy committed here meanwhile is not applied twice.
-            return None
+            return NOT_HERE
 
     async def _propose(self, cid: Any, seq: int, acked: int, cmds: list,
                        watched: Optional[list]) -> Any:
@@ -225,6 +231,17 @@ class ClusterBackend:
                 # An error reply (no quorum, say) is retried next period.
                 await self.write([[EXPIRE_DUE]])
             expires = self.sm.redis.expires
+
+    async def ensure_tracked(self) -> Any:
+        """Makes sure that entries record modification indexes for at least
+        half of TRACK_SPAN_MS from now (see apply.py: WATCH calls this
+        before it reads them, and the server while a client watches keys):
+        proposes a TRACK entry if less is left. None, or the error reply
+        of that write."""
+        if self.sm.redis.tracking_until - now_ms() > TRACK_SPAN_MS // 2:
+            return None
+        reply = (await self.write([[TRACK, TRACK_SPAN_MS]], len(TRACK) + 8))[0]
+        return reply if is_error(reply) else None
 
     # ------------------------------------------------------------- reads
 

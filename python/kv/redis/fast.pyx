@@ -23,7 +23,7 @@ the Python modules, which stay the reference:
 - encode_replies(replies, resp3, encode): the RESP bytes of a list of
   replies; bulk strings, integers, nil and +OK here, the rest through
   `encode` (resp.encode).
-- run_commands(ks, cmds, run_command, ok, parse_int, per_command): the
+- run_commands(ks, cmds, run_command, ok, parse_int, per_command, track): the
   replies of a batch of commands against a Keyspace (apply.run_commands,
   which documents what it does); a plain GET, SET or INCR of a bytes key
   without a deadline here, every other command (and every error) through
@@ -160,10 +160,11 @@ cdef inline void _modified(state, dict versions, dict tombstones, key, counter,
         tombstones.pop(key, None)
 
 
-def run_commands(ks, list cmds, run_command, ok, parse_int, bint per_command) -> list:
+def run_commands(ks, list cmds, run_command, ok, parse_int, bint per_command,
+                 bint track) -> list:
     """The replies of `cmds` against the Keyspace `ks`, in order; `ok` is
     SET's reply, `parse_int` Redis's strict integer (keyspace.parse_int),
-    `per_command` as Keyspace's."""
+    `per_command` and `track` as Keyspace's."""
     cdef dict data = ks.data
     cdef dict expires = ks.expires
     cdef bint mutate = ks.mutate
@@ -199,13 +200,16 @@ def run_commands(ks, list cmds, run_command, ok, parse_int, bint per_command) ->
                         if value is not None and value < INT64_MAX:
                             value = value + 1
                             PyDict_SetItem(data, key, b"%d" % value)
-                            _modified(state, versions, tombstones, key, counter,
-                                      per_command)
+                            if track:
+                                _modified(state, versions, tombstones, key, counter,
+                                          per_command)
                             out.append(value)
                             continue
                     elif mutate and n == 3 and (name == b"SET" or name == b"set"):
                         PyDict_SetItem(data, key, cmd[2])
-                        _modified(state, versions, tombstones, key, counter, per_command)
+                        if track:
+                            _modified(state, versions, tombstones, key, counter,
+                                      per_command)
                         out.append(ok)
                         continue
         out.append(run_command(ks, c))

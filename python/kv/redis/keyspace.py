@@ -65,10 +65,14 @@ class RedisState:
     deletion (the newest MAX_TOMBSTONES); the last index given out (see
     apply.py: one per entry); the index of the newest forgotten deletion;
     the newest leader clock an entry carried (a new leader's clock may be
-    behind: time never goes back in the log). Every change happens in
-    apply, so every node holds the same."""
+    behind: time never goes back in the log); the leader clock until which
+    entries record modification indexes (`tracking_until`, set by TRACK
+    entries that WATCH proposes), and the index of the newest entry that
+    did not (`untracked`). Every change happens in apply, so every node
+    holds the same."""
 
-    __slots__ = ("expires", "versions", "tombstones", "counter", "floor", "clock_ms")
+    __slots__ = ("expires", "versions", "tombstones", "counter", "floor", "clock_ms",
+                 "tracking_until", "untracked")
 
     def __init__(self) -> None:
         self.expires: dict[Any, int] = {}
@@ -77,22 +81,32 @@ class RedisState:
         self.counter = 0
         self.floor = 0
         self.clock_ms = 0
+        self.tracking_until = 0
+        self.untracked = 0
 
     def dump(self) -> list:
         """A msgpack-able copy (the dicts' order kept: it decides evictions)."""
         return [list(self.expires.items()), list(self.versions.items()),
-                list(self.tombstones.items()), self.counter, self.floor, self.clock_ms]
+                list(self.tombstones.items()), self.counter, self.floor, self.clock_ms,
+                self.tracking_until, self.untracked]
 
     @classmethod
     def load(cls, obj: Optional[list]) -> "RedisState":
-        """From dump(); None (a snapshot made before the Redis commands): empty."""
+        """From dump(); None (a snapshot made before the Redis commands):
+        empty. A dump of six items (made before TRACK entries) recorded every
+        modification: it loads with no entry untracked."""
         st = cls()
         if obj is not None:
-            expires, versions, tombstones, st.counter, st.floor, st.clock_ms = obj
+            if len(obj) not in (6, 8):
+                raise ValueError(f"the redis state has {len(obj)} parts, not 6 or 8")
+            expires, versions, tombstones, st.counter, st.floor, st.clock_ms = obj[:6]
+            if len(obj) == 8:
+                st.tracking_until, st.untracked = obj[6:]
             st.expires = {k: d for k, d in expires}
             st.versions = {k: v for k, v in versions}
             st.tombstones = {k: v for k, v in tombstones}
-            if not all(type(x) is int for x in (st.counter, st.floor, st.clock_ms)):
+            if not all(type(x) is int for x in (st.counter, st.floor, st.clock_ms,
+                                                 st.tracking_until, st.untracked)):
                 raise ValueError("the redis state's counters are not ints")
         return st
 
@@ -105,17 +119,20 @@ class Keyspace:
     indexes) or read only (hides expired keys, changes nothing).
     `per_command`: each modification takes the next index (an entry of an
     earlier version, see apply.py); else every modification takes the
-    entry's, state.counter."""
+    entry's, state.counter. `track`: modifications record their index
+    (else the entry counts as state.untracked, see apply.py)."""
 
-    __slots__ = ("data", "expires", "state", "now", "mutate", "per_command")
+    __slots__ = ("data", "expires", "state", "now", "mutate", "per_command", "track")
 
-    def __init__(self, sm: Any, now: int, mutate: bool, per_command: bool = False) -> None:
+    def __init__(self, sm: Any, now: int, mutate: bool, per_command: bool = False,
+                 track: bool = True) -> None:
         self.data: dict = sm.data
         self.state: RedisState = sm.redis
         self.expires = self.state.expires
         self.now = now
         self.mutate = mutate
         self.per_command = per_command
+        self.track = track or per_command
 
     def alive(self, key: Any) -> bool:
         if key not in self.data:
@@ -143,6 +160,8 @@ class Keyspace:
         self.expires.pop(key, None)
         st = self.state
         st.versions.pop(key, None)
+        if not self.track:
+            return True
         if self.per_command:
             st.counter += 1
         tombstones = st.tombstones
@@ -154,6 +173,8 @@ class Keyspace:
         return True
 
     def touch(self, key: Any) -> None:
+        if not self.track:
+            return
         st = self.state
         if self.per_command:
             st.counter += 1
@@ -163,7 +184,8 @@ class Keyspace:
 
     def version(self, key: Any) -> int:
         """The modification index of key as a WATCH sees it now (an
-        expired key counts as modified at its deadline)."""
+        expired key counts as modified at its deadline). An untracked
+        entry may have modified any key: no key's index is below it."""
         self.alive(key)
         deadline = self.expires.get(key)
         if deadline is not None and deadline <= self.now:
@@ -172,7 +194,7 @@ class Keyspace:
         v = st.versions.get(key)
         if v is None:
             v = st.tombstones.get(key, st.floor)
-        return v
+        return max(v, st.untracked)
 
 
 # ------------------------------------------------------------- reads

@@ -8,6 +8,7 @@ and the nodes send each other (all msgpack-able):
     int           an integer             None     nil ($-1 / _ in RESP3)
     list          an array               {"err": "ERR ..."}   an error
     Map(pairs)    a map (HELLO's answer; a flat array in RESP2)
+    NULL_ARRAY    the nil of an array (*-1 / _ in RESP3: an aborted EXEC)
 """
 from __future__ import annotations
 
@@ -38,6 +39,18 @@ def is_error(reply: Any) -> bool:
 
 class Map(list):
     """A reply that RESP3 sends as a map: a list of (key, value) pairs."""
+
+
+class _NullArray:
+    """The type of NULL_ARRAY (only that one instance is used)."""
+
+    def __repr__(self) -> str:
+        return "NULL_ARRAY"
+
+
+#: Redis's null array: an EXEC whose transaction a WATCH aborted answers it
+#: (RESP2 has a null bulk string and a null array; RESP3 one null).
+NULL_ARRAY = _NullArray()
 
 
 class RespParser:
@@ -210,6 +223,8 @@ def _encode(r: Any, resp3: bool, out: list) -> None:
         out.append(b":%d\r\n" % r)
     elif r is None:
         out.append(b"_\r\n" if resp3 else b"$-1\r\n")
+    elif r is NULL_ARRAY:
+        out.append(b"_\r\n" if resp3 else b"*-1\r\n")
     elif t is Map:
         out.append(b"%c%d\r\n" % ((0x25, len(r)) if resp3 else (0x2A, 2 * len(r))))
         for k, v in r:

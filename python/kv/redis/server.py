@@ -23,7 +23,8 @@ from raftcore.kv.redis.commands import (PLAIN, READ, WRITE, check_write, command
                                         lookup, wrong_arity)
 from raftcore.kv.redis.fast import encode_replies, plain_batch
 from raftcore.kv.redis.keyspace import E_NOT_INT, OK, parse_int
-from raftcore.kv.redis.resp import DEFAULT_MAX_BULK, Map, RespParser, encode, error
+from raftcore.kv.redis.resp import (DEFAULT_MAX_BULK, NULL_ARRAY, Map, RespParser, encode,
+                                    error)
 
 log = logging.getLogger("raftcore.kv.redis")
 
@@ -39,6 +40,9 @@ _MAX_QUEUED = 50_000
 E_NOAUTH = "NOAUTH Authentication required."
 E_WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
 _client_ids = itertools.count(1)
+#: How often a node with watching clients checks that tracking goes on
+#: (seconds; a TRACK reaches TRACK_SPAN_MS ahead and is renewed at half).
+TRACK_CHECK_INTERVAL = 5.0
 
 
 class RedisServer:
@@ -61,6 +65,7 @@ class RedisServer:
         self.conns: set[_Connection] = set()
         self.started = time.time()
         self._server: Optional[asyncio.base_events.Server] = None
+        self._tracker: Optional[asyncio.Task] = None
         self.port = 0
 
     @classmethod
@@ -71,9 +76,24 @@ class RedisServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), host, port)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._tracker = loop.create_task(self._keep_tracking(TRACK_CHECK_INTERVAL))
         return self
 
+    async def _keep_tracking(self, interval: float) -> None:
+        """Runs until cancelled: while a client of this node watches keys,
+        renews the cluster's tracking of modification indexes (see
+        apply.py), so that a WATCH held for long stays exact."""
+        while True:
+            await asyncio.sleep(interval)     # a period, not a wait for a condition
+            if any(c.watched for c in self.conns):
+                refused = await self.backend.ensure_tracked()
+                if refused is not None:       # no quorum, say: retried next period
+                    log.info("could not renew the tracking of watched keys: %s", refused)
+
     async def close(self) -> None:
+        if self._tracker is not None:
+            self._tracker.cancel()
+            await asyncio.gather(self._tracker, return_exceptions=True)
         if self._server is not None:
             self._server.close()
         for c in list(self.conns):
@@ -482,6 +502,9 @@ class _Connection(asyncio.Protocol):
             return error("ERR WATCH inside MULTI is not allowed")
         keys = [k for k in dict.fromkeys(args[1:]) if k not in self.watched]
         if keys:
+            refused = await self.backend.ensure_tracked()
+            if refused is not None:
+                return refused
             versions = await self.backend.read([[VERSION, k] for k in keys])
             for k, v in zip(keys, versions):
                 if type(v) is not int:
@@ -503,8 +526,10 @@ class _Connection(asyncio.Protocol):
         specs = [lookup(a)[0] for a in queued]
         data = [a for a, spec in zip(queued, specs) if spec.kind in (READ, WRITE)]
         result = await self.backend.submit(data, [[k, v] for k, v in watched.items()])
+        if result is None:
+            return NULL_ARRAY            # a watched key changed
         if type(result) is not list:
-            return result                # nil (a watched key changed) or an error
+            return result                # an error
         # Commands of the connection itself run now, in their place.
         replies = iter(result)
         return [next(replies) if spec.kind in (READ, WRITE) else await self._local(spec.name, a)
