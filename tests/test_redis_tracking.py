@@ -66,6 +66,11 @@ async def test_a_track_is_proposed_only_when_less_than_half_the_span_is_left():
         st.tracking_until = now_ms() + TRACK_SPAN_MS // 2 - 1_000
         assert await backend.ensure_tracked() is None
         assert raft.tracks() == 2
+        # This node's clock is behind the leader's (the entries' stamps):
+        # the stamps decide.
+        st.clock_ms = st.tracking_until - TRACK_SPAN_MS // 2 + 1
+        assert await backend.ensure_tracked() is None
+        assert raft.tracks() == 3
     finally:
         await client.close()
 

@@ -237,8 +237,12 @@ class ClusterBackend:
         half of TRACK_SPAN_MS from now (see apply.py: WATCH calls this
         before it reads them, and the server while a client watches keys):
         proposes a TRACK entry if less is left. None, or the error reply
-        of that write."""
-        if self.sm.redis.tracking_until - now_ms() > TRACK_SPAN_MS // 2:
+        of that write. The time is the later of this node's clock and the
+        newest entry's stamp (the leader's clock, which decides): a node
+        whose clock is behind still sees a span run out once entries are
+        stamped past it, so a WATCH retried after an abort renews it."""
+        st = self.sm.redis
+        if st.tracking_until - max(now_ms(), st.clock_ms) > TRACK_SPAN_MS // 2:
             return None
         reply = (await self.write([[TRACK, TRACK_SPAN_MS]], len(TRACK) + 8))[0]
         return reply if is_error(reply) else None
