@@ -13,9 +13,10 @@ between entries, so a key changed (even changed back) by any later entry
 has another index at EXEC. One index per entry, not per command: every
 write of the entry stores one shared int, so the apply allocates none and
 frees none per command (a third of a pipelined SET's apply). Entries
-tagged REDIS_CMD_V1 (written by earlier versions, as a restarted node may
-apply again from its log) keep their old numbering, one index per
-command: the same log gives the same indexes on every node.
+written by earlier versions (as a restarted node may apply again from its
+log) keep their old rules: REDIS_CMD_V1 one index per command, both
+V1 and REDIS_CMD_V2 always tracked (below); the same log gives the same
+indexes on every node, whatever snapshot it started from.
 
 Tracking. Recording indexes costs a second map write per modified key
 (a sixth of a pipelined SET's cost on every node), and only WATCH needs
@@ -27,8 +28,10 @@ and renews it while any of its clients watches keys. An entry stamped
 after `tracking_until` records nothing and becomes `untracked`: every
 key's index counts as at least that (Keyspace.version), so a WATCH that
 spans an untracked entry aborts, as if its keys had changed; one spanning
-tracked entries only is exact. The decision is the entry's own stamp
-against the applied state, so every node makes the same.
+tracked entries only is exact. That includes the deletion of an expired
+key by the transaction's own check (Keyspace.remove counts an untracked
+deletion at once). The decision is the entry's own stamp against the
+applied state, so every node makes the same.
 """
 from __future__ import annotations
 
@@ -39,14 +42,15 @@ from raftcore.kv.redis.keyspace import OK, READS, WRITES, Keyspace, expire_due, 
 from raftcore.kv.redis.resp import error
 
 #: The first item of a Redis entry in the log.
-REDIS_CMD = "redis2"
-#: The first item of the Redis entries earlier versions wrote (one
-#: modification index per command). A node of such a version answers a
-#: REDIS_CMD entry as malformed, so every node of a cluster is upgraded
-#: before a new one leads.
+REDIS_CMD = "redis3"
+#: The first item of the Redis entries earlier versions wrote: one
+#: modification index per command (V1), or per entry, always recorded
+#: (V2). A node of such a version answers a REDIS_CMD entry as malformed,
+#: so every node of a cluster is upgraded before a new one leads.
 REDIS_CMD_V1 = "redis"
+REDIS_CMD_V2 = "redis2"
 #: The tags of the Redis entries this version applies.
-REDIS_TAGS = (REDIS_CMD, REDIS_CMD_V1)
+REDIS_TAGS = (REDIS_CMD, REDIS_CMD_V2, REDIS_CMD_V1)
 #: An internal command the leader proposes: delete every key whose deadline
 #: has passed (a client cannot send it: it is in no command table).
 EXPIRE_DUE = b"__expire_due__"
@@ -71,7 +75,7 @@ def apply_redis(sm: Any, p: Any) -> Any:
     per_command = p[0] == REDIS_CMD_V1
     if not per_command:
         st.counter += 1         # this entry's modification index
-    track = per_command or now < st.tracking_until
+    track = p[0] != REDIS_CMD or now < st.tracking_until
     ks = Keyspace(sm, now, True, per_command, track)
     if len(p) == 4:
         try:

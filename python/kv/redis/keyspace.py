@@ -161,6 +161,10 @@ class Keyspace:
         st = self.state
         st.versions.pop(key, None)
         if not self.track:
+            # Counted now, not only once the entry is applied: a deletion
+            # by a transaction's check (an expired key) must change the
+            # key's version for that very check.
+            st.untracked = st.counter
             return True
         if self.per_command:
             st.counter += 1
