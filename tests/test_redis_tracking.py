@@ -109,3 +109,33 @@ async def test_watch_turns_tracking_on_and_the_server_renews_it_while_a_client_w
         writer.close()
         await server.close()
         await client.close()
+
+
+@async_test(20)
+async def test_the_renewal_goes_on_after_a_failed_attempt():
+    backend, raft, client = _backend()
+    attempts: list[int] = []
+    renew = backend.ensure_tracked
+
+    async def flaky() -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("a bug in the renewal")
+        return await renew()
+    backend.ensure_tracked = flaky            # type: ignore[method-assign]
+    saved = server_module.TRACK_CHECK_INTERVAL
+    server_module.TRACK_CHECK_INTERVAL = 0.01
+    try:
+        server = await RedisServer.start(backend, HOST, 0, raft=raft)
+    finally:
+        server_module.TRACK_CHECK_INTERVAL = saved
+    # A client that watches a key (only its `watched` is looked at).
+    watching = type("Watching", (), {"watched": {b"k": 1}})()
+    try:
+        server.conns.add(watching)                       # type: ignore[arg-type]
+        await until(lambda: raft.tracks() >= 1)
+        assert len(attempts) >= 2
+    finally:
+        server.conns.discard(watching)                   # type: ignore[arg-type]
+        await server.close()
+        await client.close()

@@ -85,10 +85,15 @@ class RedisServer:
         apply.py), so that a WATCH held for long stays exact."""
         while True:
             await asyncio.sleep(interval)     # a period, not a wait for a condition
-            if any(c.watched for c in self.conns):
+            if not any(c.watched for c in self.conns):
+                continue
+            try:
                 refused = await self.backend.ensure_tracked()
-                if refused is not None:       # no quorum, say: retried next period
-                    log.info("could not renew the tracking of watched keys: %s", refused)
+            except Exception:     # a bug of ours: logged, and tried again next period
+                log.error("renewing the tracking of watched keys failed", exc_info=True)
+                continue
+            if refused is not None:           # no quorum, say: retried next period
+                log.info("could not renew the tracking of watched keys: %s", refused)
 
     async def close(self) -> None:
         if self._tracker is not None:
