@@ -53,6 +53,16 @@ def _backend() -> tuple[ClusterBackend, ApplyingRaft, SessionClient]:
     return ClusterBackend(raft, sm, client, "stale"), raft, client
 
 
+async def _server_checking_often(backend: ClusterBackend, raft: ApplyingRaft) -> RedisServer:
+    """A RedisServer whose renewal loop looks every 10 ms, not every 5 s."""
+    saved = server_module.TRACK_CHECK_INTERVAL
+    server_module.TRACK_CHECK_INTERVAL = 0.01
+    try:
+        return await RedisServer.start(backend, HOST, 0, raft=raft)
+    finally:
+        server_module.TRACK_CHECK_INTERVAL = saved
+
+
 @async_test(10)
 async def test_a_track_is_proposed_only_when_less_than_half_the_span_is_left():
     backend, raft, client = _backend()
@@ -79,12 +89,7 @@ async def test_a_track_is_proposed_only_when_less_than_half_the_span_is_left():
 async def test_watch_turns_tracking_on_and_the_server_renews_it_while_a_client_watches():
     backend, raft, client = _backend()
     st = backend.sm.redis
-    saved = server_module.TRACK_CHECK_INTERVAL
-    server_module.TRACK_CHECK_INTERVAL = 0.01
-    try:
-        server = await RedisServer.start(backend, HOST, 0, raft=raft)
-    finally:
-        server_module.TRACK_CHECK_INTERVAL = saved
+    server = await _server_checking_often(backend, raft)
     reader, writer = await asyncio.open_connection(HOST, server.port)
 
     async def call(*args: bytes) -> bytes:
@@ -123,12 +128,7 @@ async def test_the_renewal_goes_on_after_a_failed_attempt():
             raise RuntimeError("a bug in the renewal")
         return await renew()
     backend.ensure_tracked = flaky            # type: ignore[method-assign]
-    saved = server_module.TRACK_CHECK_INTERVAL
-    server_module.TRACK_CHECK_INTERVAL = 0.01
-    try:
-        server = await RedisServer.start(backend, HOST, 0, raft=raft)
-    finally:
-        server_module.TRACK_CHECK_INTERVAL = saved
+    server = await _server_checking_often(backend, raft)
     # A client that watches a key (only its `watched` is looked at).
     watching = type("Watching", (), {"watched": {b"k": 1}})()
     try:
