@@ -717,6 +717,10 @@ cdef class RaftCore:
             if since >= self._snap_every and self._snapshots.building is None:
                 self.build_snapshot()
         self._writes.answer_applied(entries, responses)
+        # The log keeps these entries until a purge, and from now on needs
+        # only their encodings (Entry.release_payload says why).
+        for e in entries:
+            (<Entry>e).release_payload()
 
     # ------------------------------------------------------------ network
 

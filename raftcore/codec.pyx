@@ -172,7 +172,7 @@ cpdef list encode_entries(list entries):
             out[4 * i + 3] = e.encoded
         else:
             out[4 * i + 2] = e.kind
-            out[4 * i + 3] = encode_membership(e.payload) if e.kind == MEMBERSHIP else e.payload
+            out[4 * i + 3] = encode_membership(e._payload) if e.kind == MEMBERSHIP else e._payload
     return out
 
 

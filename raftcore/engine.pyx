@@ -179,7 +179,7 @@ cdef class Engine:
             self.membership_log.append((purged_index, base_membership))
         for e in entries:
             if e.kind == MEMBERSHIP:
-                self.membership_log.append((e.index, e.payload))
+                self.membership_log.append((e.index, e._payload))
         self.membership = self.membership_log[-1][1] if self.membership_log else None
         self.committed = max(committed, applied)
         self.applying = applied
@@ -610,8 +610,8 @@ cdef class Engine:
 
     cdef void _membership_appended(self, Entry e):
         # A membership entry is in force as soon as it is in the log.
-        self.membership_log.append((e.index, e.payload))
-        self.membership = e.payload
+        self.membership_log.append((e.index, e._payload))
+        self.membership = e._payload
         self._membership_changed()
 
     cdef void _truncate(self, long long since):

@@ -11,6 +11,7 @@ caller passed it.
 from __future__ import annotations
 
 import asyncio
+import pickle
 
 import msgpack
 import pytest
@@ -91,6 +92,23 @@ def test_only_a_normal_entry_carries_an_encoding():
         Entry(1, 1, ENTRY_NORMAL, [], "\x90")
 
 
+def test_a_released_entry_decodes_its_payload_again():
+    cmd = {"k": [1, 2.5, None, b"\x00"]}
+    e = Entry(2, 7, ENTRY_NORMAL, cmd, packed(cmd))
+    assert e.payload is e.payload           # held, as built
+    e.release_payload()
+    first, second = e.payload, e.payload
+    assert first == cmd and second == cmd and first is not second
+    assert e == Entry(2, 7, ENTRY_NORMAL, cmd) and e.encoded == packed(cmd)
+    assert pickle.loads(pickle.dumps(e)) == e
+    # An entry without an encoding has nothing to decode from: it keeps its
+    # payload.
+    for kept in (Entry(2, 8, ENTRY_NORMAL, b"plain"), Entry(2, 9, ENTRY_NORMAL, ["x"])):
+        payload = kept.payload
+        kept.release_payload()
+        assert kept.payload is payload
+
+
 # ================================================================ file log, restart
 
 def test_the_leader_logs_the_bytes_it_encoded_at_the_door(tmp_path):
@@ -152,3 +170,19 @@ async def test_a_follower_stores_the_leaders_bytes_after_tcp():
             got = r.log_store.entries(first, first + 2)
             assert [e.encoded for e in got] == [packed(cmd) for cmd in cmds], r.id
             assert got[2].payload == ["t", 3]
+
+
+@tcp_test
+async def test_every_node_releases_the_decoded_commands_it_applied():
+    # The log keeps entries until a purge; once applied, only their
+    # encodings: `payload` decodes afresh at each read (a new object).
+    cmd = ["set", "r", [1, {"x": b"y"}]]
+    async with TcpCluster() as c:
+        await c.start(3, seed=24)
+        leader = await tcp_stable_leader(c.all())
+        index = (await leader.client_write(cmd)).index
+        await converge(c.all())
+        for r in c.all():
+            e = r.log_store.entries(index, index)[0]
+            assert r.state_machine.data["r"] == [1, {"x": b"y"}], r.id
+            assert e.payload == cmd and e.payload is not e.payload, r.id
