@@ -28,3 +28,14 @@ MSG_INSTALL_SNAPSHOT_RESPONSE: int
 
 def encode_snapshot_meta(meta: Any) -> list: ...
 def decode_snapshot_meta(obj: Any) -> Any: ...
+
+#: Nesting deeper than this is refused by pack_plain.
+PLAIN_MAX_DEPTH: int
+
+class PlainValueError(ValueError):
+    """A value given to pack_plain holds something other than exact None,
+    bool, int (64-bit), float, str, bytes, list or dict."""
+
+def pack_plain(value: Any) -> bytes:
+    """msgpack.packb(value, use_bin_type=True), byte for byte, of a value
+    built of exact plain types only (PlainValueError otherwise)."""

@@ -341,15 +341,15 @@ cdef class RaftCore:
 
     # --------------------------------------------------------------- writes
 
-    def client_write(self, payload):
+    def client_write(self, payload, bint owned=False):
         """Writes `payload`; its coroutine returns the ClientWriteResponse
         once the entry is applied (see PendingWrites)."""
-        return self._writes.client_write(payload)
+        return self._writes.client_write(payload, owned)
 
-    def client_write_many(self, list payloads):
+    def client_write_many(self, list payloads, bint owned=False):
         """Writes `payloads` as consecutive entries; its coroutine returns
         their ClientWriteResponses in order."""
-        return self._writes.client_write_many(payloads)
+        return self._writes.client_write_many(payloads, owned)
 
     def _flush_writes(self) -> None:
         self._writes.flush_scheduled = False

@@ -27,9 +27,10 @@ cdef class PendingWrites:
     cdef object _write_room
     cdef object _waiters                      # deque: [first index, term, futures]
 
-    cdef object _admit(self, payload)
+    cdef object _admit(self, payload, bint owned)
+    cdef object _admit_owned(self, payload)
     cdef int _check_size(self, bytes packed) except -1
-    cdef list _admit_all(self, list payloads, list encodings)
+    cdef list _admit_all(self, list payloads, list encodings, bint owned)
     cdef _check_writable(self)
     cdef void _schedule_flush(self)
     cdef void _writes_answered(self, Py_ssize_t n)

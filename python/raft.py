@@ -252,7 +252,8 @@ class Raft(RaftNode):
 
     # --------------------------------------------------------------- writes
 
-    def client_write(self, cmd: Any) -> Coroutine[Any, Any, ClientWriteResponse]:
+    def client_write(self, cmd: Any, *,
+                     owned: bool = False) -> Coroutine[Any, Any, ClientWriteResponse]:
         """Proposes `cmd`; returns once it is committed and applied here
         (a coroutine: ``await raft.client_write(cmd)``).
 
@@ -260,6 +261,13 @@ class Raft(RaftNode):
         at most Config.max_command_bytes encoded; otherwise InvalidCommand
         is raised and nothing is written. Every node, this one included,
         applies what the encoding decodes to (a tuple arrives as a list).
+
+        `owned=True` hands `cmd` over, saving that decoded copy: this node
+        applies `cmd` itself. The caller promises not to change it, or
+        anything in it, from now on, and it must be built of exact None,
+        bool, int (64-bit), float, str, bytes, list and dict only (a
+        tuple, a bytearray or a subclass would arrive as something else on
+        the other nodes): anything else is refused with InvalidCommand.
 
         Raises ForwardToLeader (with the leader's id and Node when known) on
         a node that is not the leader, or when another entry was committed
@@ -271,17 +279,18 @@ class Raft(RaftNode):
         """
         # The runtime's coroutine itself, not one wrapping it: one frame
         # less on every write.
-        return self._core.client_write(cmd)
+        return self._core.client_write(cmd, owned)
 
-    async def client_write_many(self, cmds: list) -> list[ClientWriteResponse]:
+    async def client_write_many(self, cmds: list, *,
+                                owned: bool = False) -> list[ClientWriteResponse]:
         """Proposes the commands as one batch; returns their responses in
-        order once all are applied. Same errors and cancellation as
-        client_write; one invalid command refuses the whole batch."""
+        order once all are applied. Same errors, cancellation and `owned`
+        as client_write; one invalid command refuses the whole batch."""
         if not isinstance(cmds, list):
             cmds = list(cmds)
         if not cmds:
             return []
-        return await self._core.client_write_many(cmds)
+        return await self._core.client_write_many(cmds, owned)
 
     # ---------------------------------------------------------- membership
 

@@ -20,6 +20,12 @@ Layouts (all lists):
                  field is the sender's cluster id in a request and the
                  answering node's incarnation in a response (None: not known)
 """
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy
+
 from raftcore.types cimport (Entry, LogId, Vote, make_entry, make_encoded_entry, BLANK, NORMAL,
                             MEMBERSHIP)
 
@@ -323,3 +329,160 @@ cpdef object decode_message(object obj):
         _list(m, "InstallSnapshotResponse", 3)
         return InstallSnapshotResponse(_term(m[1], "term"), _identity(m[2], "incarnation"))
     raise CodecError(f"unknown message type {t!r}")
+
+
+# ---------------------------------------------------------------- plain values
+#
+# pack_plain: the msgpack encoding (as msgpack.packb(value, use_bin_type=True)
+# makes it, byte for byte) of a value built only of the exact types that
+# decode back to themselves, for a command its caller hands over
+# (Raft.client_write(owned=True)): the node applies the caller's object, not
+# a decoded copy, so that object must be what every other node decodes.
+# msgpack's own packer turns a tuple into a list and a bytearray or a
+# subclass into its base type; this one refuses them (PlainValueError).
+
+#: Nesting deeper than this is refused, as msgpack's packer refuses it.
+PLAIN_MAX_DEPTH = 511
+
+
+class PlainValueError(ValueError):
+    """A value given to pack_plain holds something other than exact None,
+    bool, int (64-bit), float, str, bytes, list or dict."""
+
+
+cdef struct _Buf:
+    char* data
+    Py_ssize_t size
+    Py_ssize_t cap
+
+
+cdef int _reserve(_Buf* b, Py_ssize_t n) except -1:
+    cdef Py_ssize_t cap
+    cdef char* grown
+    if b.size + n <= b.cap:
+        return 0
+    cap = max(b.cap * 2, b.size + n)
+    grown = <char*>PyMem_Realloc(b.data, cap)
+    if grown is NULL:
+        raise MemoryError()
+    b.data = grown
+    b.cap = cap
+    return 0
+
+
+cdef inline int _put_head(_Buf* b, uint8_t code, uint64_t value, int width) except -1:
+    """`code` then `value` big-endian in `width` bytes (0: none)."""
+    cdef int i
+    _reserve(b, 1 + width)
+    b.data[b.size] = <char>code
+    for i in range(width):
+        b.data[b.size + 1 + i] = <char>((value >> (8 * (width - 1 - i))) & 0xff)
+    b.size += 1 + width
+    return 0
+
+
+cdef int _put_length(_Buf* b, Py_ssize_t n, uint8_t fix, Py_ssize_t fix_below,
+                     uint8_t c8, uint8_t c16, uint8_t c32) except -1:
+    """The header of a str, bin, array or map of n items or bytes; c8 == 0:
+    the kind has no 8-bit form."""
+    if n < fix_below:
+        return _put_head(b, fix | <uint8_t>n, 0, 0)
+    if c8 and n <= 0xff:
+        return _put_head(b, c8, n, 1)
+    if n <= 0xffff:
+        return _put_head(b, c16, n, 2)
+    if n <= 0xffffffff:
+        return _put_head(b, c32, n, 4)
+    raise PlainValueError(f"a str, bytes, list or dict of {n} items is over msgpack's limit")
+
+
+cdef int _put_raw(_Buf* b, const char* p, Py_ssize_t n) except -1:
+    _reserve(b, n)
+    memcpy(b.data + b.size, p, n)
+    b.size += n
+    return 0
+
+
+cdef int _put_int(_Buf* b, object value) except -1:
+    cdef int64_t v
+    cdef uint64_t u
+    if value >= 0:
+        u = value        # OverflowError past 2**64 - 1
+        if u < 0x80:
+            return _put_head(b, <uint8_t>u, 0, 0)
+        if u <= 0xff:
+            return _put_head(b, 0xcc, u, 1)
+        if u <= 0xffff:
+            return _put_head(b, 0xcd, u, 2)
+        if u <= 0xffffffff:
+            return _put_head(b, 0xce, u, 4)
+        return _put_head(b, 0xcf, u, 8)
+    v = value            # OverflowError below -2**63
+    if v >= -32:
+        return _put_head(b, <uint8_t>(v & 0xff), 0, 0)
+    if v >= -0x80:
+        return _put_head(b, 0xd0, <uint64_t>v, 1)
+    if v >= -0x8000:
+        return _put_head(b, 0xd1, <uint64_t>v, 2)
+    if v >= -0x80000000:
+        return _put_head(b, 0xd2, <uint64_t>v, 4)
+    return _put_head(b, 0xd3, <uint64_t>v, 8)
+
+
+cdef int _put_plain(_Buf* b, object value, int depth) except -1:
+    cdef type t = type(value)
+    cdef Py_ssize_t n
+    cdef const char* s
+    cdef double d
+    cdef uint64_t bits
+    if depth > PLAIN_MAX_DEPTH:
+        raise PlainValueError(f"nested deeper than {PLAIN_MAX_DEPTH} levels")
+    if t is bytes:
+        n = PyBytes_GET_SIZE(value)
+        _put_length(b, n, 0, 0, 0xc4, 0xc5, 0xc6)
+        return _put_raw(b, PyBytes_AS_STRING(value), n)
+    if t is list:
+        _put_length(b, len(<list>value), 0x90, 16, 0, 0xdc, 0xdd)
+        for item in <list>value:
+            _put_plain(b, item, depth + 1)
+        return 0
+    if t is str:
+        s = PyUnicode_AsUTF8AndSize(value, &n)     # UnicodeEncodeError: a lone surrogate
+        _put_length(b, n, 0xa0, 32, 0xd9, 0xda, 0xdb)
+        return _put_raw(b, s, n)
+    if t is int:
+        return _put_int(b, value)
+    if value is None:
+        return _put_head(b, 0xc0, 0, 0)
+    if t is bool:
+        return _put_head(b, 0xc3 if value else 0xc2, 0, 0)
+    if t is float:
+        d = value
+        memcpy(&bits, &d, 8)
+        return _put_head(b, 0xcb, bits, 8)
+    if t is dict:
+        _put_length(b, len(<dict>value), 0x80, 16, 0, 0xde, 0xdf)
+        for k, v in (<dict>value).items():
+            _put_plain(b, k, depth + 1)
+            _put_plain(b, v, depth + 1)
+        return 0
+    raise PlainValueError(f"a {t.__name__} is not a plain value: one handed over is made "
+                          "of None, bool, int, float, str, bytes, list and dict only "
+                          "(a tuple would arrive as a list, a subclass as its base)")
+
+
+cpdef bytes pack_plain(object value):
+    """The msgpack encoding of `value`, identical to msgpack.packb(value,
+    use_bin_type=True); PlainValueError if anything in it is not of an exact
+    plain type (see above), OverflowError for an int past 64 bits."""
+    cdef _Buf b
+    b.data = <char*>PyMem_Malloc(256)
+    if b.data is NULL:
+        raise MemoryError()
+    b.size = 0
+    b.cap = 256
+    try:
+        _put_plain(&b, value, 0)
+        return PyBytes_FromStringAndSize(b.data, b.size)
+    finally:
+        PyMem_Free(b.data)

@@ -6,7 +6,9 @@ The engine and codec tests need no event loop. The cluster tests look at the
 bytes themselves: in the leader's FileLogStore segments (read back from disk
 after a restart), and in a follower's log store after the entries crossed a
 real TCP connection, compared with msgpack's encoding of the command as the
-caller passed it.
+caller passed it. A command handed over (client_write(owned=True)) is
+encoded by codec.pack_plain, byte for byte as msgpack would, and the leader
+applies the caller's object itself.
 """
 from __future__ import annotations
 
@@ -15,9 +17,12 @@ import pickle
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from raftcore.codec import ENCODED_NORMAL, decode_entries, encode_entries
-from raftcore.errors import CodecError
+from raftcore.codec import (ENCODED_NORMAL, PlainValueError, decode_entries, encode_entries,
+                            pack_plain)
+from raftcore.errors import CodecError, InvalidCommand
 from raftcore.storage.file import FileLogStore
 from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry
 
@@ -186,3 +191,62 @@ async def test_every_node_releases_the_decoded_commands_it_applied():
             e = r.log_store.entries(index, index)[0]
             assert r.state_machine.data["r"] == [1, {"x": b"y"}], r.id
             assert e.payload == cmd and e.payload is not e.payload, r.id
+
+
+# ================================================================ handed over
+
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=20)
+    | st.dictionaries(st.text() | st.binary() | st.integers(-2**63, 2**63), inner, max_size=8),
+    max_leaves=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(plain_values)
+def test_a_plain_value_packs_as_msgpack_packs_it(value):
+    assert pack_plain(value) == packed(value)
+
+
+class Key(str):
+    pass
+
+
+@pytest.mark.parametrize("value, what", [
+    (["set", "k", (1, 2)], "a tuple"),
+    ({"k": bytearray(b"x")}, "a bytearray"),
+    ([Key("k")], "a Key"),
+    ({(1, 2): 1}, "a tuple"),
+])
+def test_a_value_that_would_arrive_as_something_else_does_not_pack_plain(value, what):
+    with pytest.raises(PlainValueError, match=what):
+        pack_plain(value)
+
+
+def test_a_handed_over_command_is_applied_as_it_is_and_travels_as_encoded(tmp_path):
+    run(_handed_over, tmp_path)
+
+
+async def _handed_over(tmp_path) -> None:
+    async with file_cluster(tmp_path, 3, seed=25) as c:
+        await converge(c.all())
+        leader = await stable_leader(c.all())
+        value = [1, {"x": b"y"}]
+        index = (await leader.client_write(["set", "h", value], owned=True)).index
+        await converge(c.all())
+        # The leader applied the caller's object itself; the others what its
+        # encoding decodes to.
+        assert leader.state_machine.data["h"] is value
+        for r in c.all():
+            assert r.state_machine.data["h"] == value, r.id
+            assert r.log_store.entries(index, index)[0].encoded == packed(["set", "h", value])
+        # A command that would arrive as something else is refused whole,
+        # before the log.
+        last = leader.metrics.last_log_index
+        with pytest.raises(InvalidCommand, match="handed over.*a tuple"):
+            await leader.client_write(["set", "t", (1, 2)], owned=True)
+        with pytest.raises(InvalidCommand, match="command 1 of the batch.*a bytearray"):
+            await leader.client_write_many([["set", "a", 1], ["set", "b", bytearray(b"z")]],
+                                           owned=True)
+        assert leader.metrics.last_log_index == last

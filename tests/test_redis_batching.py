@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from async_runner import async_test
+from raftcore.codec import pack_plain
 from raftcore.kv.protocol import OK, SESSION_CMD
 from raftcore.kv.redis.apply import REDIS_CMD
 from raftcore.kv.redis.cluster import NOT_HERE, ClusterBackend, SessionClient
@@ -211,7 +212,9 @@ class GatedRaft:
         self.entries: list[list] = []
         self.gates: list[asyncio.Event] = []
 
-    async def client_write(self, cmd: list) -> Any:
+    async def client_write(self, cmd: list, owned: bool = False) -> Any:
+        assert owned
+        pack_plain(cmd)                # what a handed-over command must be
         self.entries.append(cmd)
         gate = asyncio.Event()
         self.gates.append(gate)

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 from async_runner import async_test
+from raftcore.codec import pack_plain
 from raftcore.kv import KvStateMachine
 from raftcore.kv.redis import server as server_module
 from raftcore.kv.redis.apply import REDIS_CMD, TRACK, TRACK_SPAN_MS
@@ -29,7 +30,9 @@ class ApplyingRaft:
         self.sm = sm
         self.entries: list[list] = []
 
-    async def client_write(self, cmd: list) -> Any:
+    async def client_write(self, cmd: list, owned: bool = False) -> Any:
+        assert owned
+        pack_plain(cmd)                # what a handed-over command must be
         self.entries.append(cmd)
         (resp,) = self.sm.apply([Entry(1, len(self.entries), ENTRY_NORMAL, cmd)])
         return type("Resp", (), {"data": resp})()

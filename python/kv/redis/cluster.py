@@ -196,7 +196,10 @@ class ClusterBackend:
         if watched is not None:
             entry.append(watched)
         try:
-            resp = await self.raft.client_write([SESSION_CMD, cid, seq, acked, entry])
+            # Owned: every part is built here or by the RESP parser (lists,
+            # bytes, str, int), and none is changed once proposed.
+            resp = await self.raft.client_write([SESSION_CMD, cid, seq, acked, entry],
+                                                owned=True)
         except InvalidCommand as exc:    # too large: no node takes it
             return error(f"ERR {exc}")
         status, value = resp.data
