@@ -1,4 +1,4 @@
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from raftcore.membership import Membership
 from raftcore.types import Entry, LogId, Vote
@@ -39,3 +39,6 @@ class PlainValueError(ValueError):
 def pack_plain(value: Any) -> bytes:
     """msgpack.packb(value, use_bin_type=True), byte for byte, of a value
     built of exact plain types only (PlainValueError otherwise)."""
+def pack_pairs(d: dict, pack: Callable[[Any], bytes]) -> bytes:
+    """msgpack's encoding of list(d.items()), byte for byte: plain keys and
+    values written directly, any other through `pack`."""

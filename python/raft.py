@@ -264,10 +264,14 @@ class Raft(RaftNode):
 
         `owned=True` hands `cmd` over, saving that decoded copy: this node
         applies `cmd` itself. The caller promises not to change it, or
-        anything in it, from now on, and it must be built of exact None,
-        bool, int (64-bit), float, str, bytes, list and dict only (a
-        tuple, a bytearray or a subclass would arrive as something else on
-        the other nodes): anything else is refused with InvalidCommand.
+        anything in it, from now on, nor to put any list or dict of it in
+        another command (every other node decodes a fresh copy of each
+        command; a state machine that changed a shared one in place would
+        change both only here). It must be built of exact None, bool, int
+        (64-bit), float, str, bytes, list and dict only (a tuple, a
+        bytearray or a subclass would arrive as something else on the
+        other nodes), with no list or dict appearing twice in it: anything
+        else is refused with InvalidCommand.
 
         Raises ForwardToLeader (with the leader's id and Node when known) on
         a node that is not the leader, or when another entry was committed

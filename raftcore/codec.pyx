@@ -21,9 +21,12 @@ Layouts (all lists):
                  answering node's incarnation in a response (None: not known)
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Next
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t, uintptr_t
+from libc.stdlib cimport qsort
 from libc.string cimport memcpy
 
 from raftcore.types cimport (Entry, LogId, Vote, make_entry, make_encoded_entry, BLANK, NORMAL,
@@ -339,9 +342,13 @@ cpdef object decode_message(object obj):
 # (Raft.client_write(owned=True)): the node applies the caller's object, not
 # a decoded copy, so that object must be what every other node decodes.
 # msgpack's own packer turns a tuple into a list and a bytearray or a
-# subclass into its base type; this one refuses them (PlainValueError).
+# subclass into its base type; this one refuses them (PlainValueError). It
+# also refuses a list or dict that appears twice in the value: the leader
+# would hold one object where every other node decodes two, and a state
+# machine that changed one of them in place would change both only there.
 
-#: Nesting deeper than this is refused, as msgpack's packer refuses it.
+#: Nesting deeper than this is refused (msgpack itself goes to about a
+#: thousand levels; no command needs this many).
 PLAIN_MAX_DEPTH = 511
 
 
@@ -354,6 +361,30 @@ cdef struct _Buf:
     char* data
     Py_ssize_t size
     Py_ssize_t cap
+    # The lists and dicts written (borrowed pointers, only compared), if
+    # keep_seen: pack_plain refuses one met twice.
+    bint keep_seen
+    void** seen
+    Py_ssize_t nseen
+    Py_ssize_t seen_cap
+
+
+cdef int _open(_Buf* b, Py_ssize_t cap, bint keep_seen) except -1:
+    b.data = <char*>PyMem_Malloc(cap)
+    if b.data is NULL:
+        raise MemoryError()
+    b.size = 0
+    b.cap = cap
+    b.keep_seen = keep_seen
+    b.seen = NULL
+    b.nseen = 0
+    b.seen_cap = 0
+    return 0
+
+
+cdef void _close(_Buf* b):
+    PyMem_Free(b.data)
+    PyMem_Free(b.seen)
 
 
 cdef int _reserve(_Buf* b, Py_ssize_t n) except -1:
@@ -430,6 +461,7 @@ cdef int _put_int(_Buf* b, object value) except -1:
 
 
 cdef int _put_plain(_Buf* b, object value, int depth) except -1:
+    """Writes `value`; notes its lists and dicts in b.seen (if kept)."""
     cdef type t = type(value)
     cdef Py_ssize_t n
     cdef const char* s
@@ -442,6 +474,7 @@ cdef int _put_plain(_Buf* b, object value, int depth) except -1:
         _put_length(b, n, 0, 0, 0xc4, 0xc5, 0xc6)
         return _put_raw(b, PyBytes_AS_STRING(value), n)
     if t is list:
+        _note_container(b, value)
         _put_length(b, len(<list>value), 0x90, 16, 0, 0xdc, 0xdd)
         for item in <list>value:
             _put_plain(b, item, depth + 1)
@@ -461,6 +494,7 @@ cdef int _put_plain(_Buf* b, object value, int depth) except -1:
         memcpy(&bits, &d, 8)
         return _put_head(b, 0xcb, bits, 8)
     if t is dict:
+        _note_container(b, value)
         _put_length(b, len(<dict>value), 0x80, 16, 0, 0xde, 0xdf)
         for k, v in (<dict>value).items():
             _put_plain(b, k, depth + 1)
@@ -471,18 +505,86 @@ cdef int _put_plain(_Buf* b, object value, int depth) except -1:
                           "(a tuple would arrive as a list, a subclass as its base)")
 
 
+cdef inline int _note_container(_Buf* b, object container) except -1:
+    cdef void** grown
+    if not b.keep_seen:
+        return 0
+    if b.nseen == b.seen_cap:
+        b.seen_cap = max(64, 2 * b.seen_cap)
+        grown = <void**>PyMem_Realloc(b.seen, b.seen_cap * sizeof(void*))
+        if grown is NULL:
+            raise MemoryError()
+        b.seen = grown
+    b.seen[b.nseen] = <void*>container
+    b.nseen += 1
+    return 0
+
+
+cdef int _by_address(const void* x, const void* y) noexcept nogil:
+    cdef uintptr_t a = <uintptr_t>(<void**>x)[0]
+    cdef uintptr_t c = <uintptr_t>(<void**>y)[0]
+    return (a > c) - (a < c)
+
+
+cdef int _check_unshared(_Buf* b) except -1:
+    """PlainValueError if a container was noted twice (sorted, a pair of
+    equal neighbours: cheaper than a set of ids per container)."""
+    cdef Py_ssize_t i
+    qsort(b.seen, b.nseen, sizeof(void*), _by_address)
+    for i in range(1, b.nseen):
+        if b.seen[i] == b.seen[i - 1]:
+            raise PlainValueError(f"a {type(<object>b.seen[i]).__name__} appears twice in "
+                                  "the value: each node would decode two, the leader holds "
+                                  "one")
+    return 0
+
+
 cpdef bytes pack_plain(object value):
     """The msgpack encoding of `value`, identical to msgpack.packb(value,
     use_bin_type=True); PlainValueError if anything in it is not of an exact
-    plain type (see above), OverflowError for an int past 64 bits."""
+    plain type or a list or dict appears twice in it (see above),
+    OverflowError for an int past 64 bits."""
     cdef _Buf b
-    b.data = <char*>PyMem_Malloc(256)
-    if b.data is NULL:
-        raise MemoryError()
-    b.size = 0
-    b.cap = 256
+    _open(&b, 256, True)
     try:
         _put_plain(&b, value, 0)
+        _check_unshared(&b)
         return PyBytes_FromStringAndSize(b.data, b.size)
     finally:
-        PyMem_Free(b.data)
+        _close(&b)
+
+
+cpdef bytes pack_pairs(dict d, object pack):
+    """The msgpack encoding of list(d.items()) (an array of [key, value]
+    arrays), identical to what msgpack.packb makes of it: the plain keys and
+    values written here, any other through `pack` (a msgpack Packer's pack,
+    whose bytes go in as they are: msgpack values concatenate). For a
+    snapshot of a large map taken on the event loop: no tuple per item, no
+    list of them, a few times faster than msgpack's packer on plain data."""
+    cdef _Buf b
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* key
+    cdef PyObject* value
+    _open(&b, 4096, False)
+    try:
+        _put_length(&b, len(d), 0x90, 16, 0, 0xdc, 0xdd)
+        while PyDict_Next(d, &pos, &key, &value):
+            _put_head(&b, 0x92, 0, 0)
+            _put_any(&b, <object>key, pack)
+            _put_any(&b, <object>value, pack)
+        return PyBytes_FromStringAndSize(b.data, b.size)
+    finally:
+        _close(&b)
+
+
+cdef int _put_any(_Buf* b, object value, object pack) except -1:
+    """`value` as _put_plain writes it or, if it is not plain, as `pack`
+    encodes it (what _put_plain wrote of it before it found out is undone)."""
+    cdef Py_ssize_t start = b.size
+    cdef bytes packed
+    try:
+        return _put_plain(b, value, 0)
+    except PlainValueError:
+        b.size = start
+    packed = pack(value)
+    return _put_raw(b, PyBytes_AS_STRING(packed), PyBytes_GET_SIZE(packed))

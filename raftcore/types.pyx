@@ -110,6 +110,7 @@ cdef class Entry:
         self.index = index
         self.kind = kind
         self._payload = payload
+        self._released = False
         self.encoded = encoded
         self.size = _payload_size(payload) if encoded is None else len(<bytes>encoded)
 

@@ -218,10 +218,27 @@ class Key(str):
     ({"k": bytearray(b"x")}, "a bytearray"),
     ([Key("k")], "a Key"),
     ({(1, 2): 1}, "a tuple"),
+    ([[1], "x", [1]], None),                       # equal, not the same: fine
 ])
 def test_a_value_that_would_arrive_as_something_else_does_not_pack_plain(value, what):
+    if what is None:
+        assert pack_plain(value) == packed(value)
+        return
     with pytest.raises(PlainValueError, match=what):
         pack_plain(value)
+
+
+def test_a_list_or_dict_that_appears_twice_does_not_pack_plain():
+    # The leader would hold one object where the other nodes decode two: a
+    # state machine changing one in place would change both only there.
+    shared, table = [1], {"a": 1}
+    for value in ([shared, shared], {"x": [shared], "y": shared}, [table, [table]]):
+        with pytest.raises(PlainValueError, match="appears twice"):
+            pack_plain(value)
+    looped: list = []
+    looped.append(looped)
+    with pytest.raises(PlainValueError, match="nested deeper than 511"):
+        pack_plain(looped)
 
 
 def test_a_handed_over_command_is_applied_as_it_is_and_travels_as_encoded(tmp_path):

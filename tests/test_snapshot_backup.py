@@ -20,7 +20,6 @@ import json
 import subprocess
 import sys
 
-import msgpack
 import pytest
 
 from raftcore.kv import OK, UNAVAILABLE, Client, KvError, KvStateMachine, connection
@@ -258,8 +257,8 @@ def snapshot_file(path, keys: int = 10) -> bytes:
     members = Membership([{1, 2, 3}], {i: Node(f"{HOST}:{7000 + i}") for i in (1, 2, 3)})
     sm.apply([Entry(1, 1, ENTRY_MEMBERSHIP, members)]
              + [Entry(1, 2 + k, ENTRY_NORMAL, ["set", f"k{k}", k]) for k in range(keys)])
-    meta, state = sm.capture()
-    blob = encode_snapshot_file(meta, msgpack.packb(state, use_bin_type=True))
+    meta, data = sm.capture()
+    blob = encode_snapshot_file(meta, data)
     path.write_bytes(blob)
     return blob
 

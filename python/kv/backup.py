@@ -47,8 +47,6 @@ import shutil
 import zlib
 from typing import Any, Optional
 
-import msgpack
-
 from raftcore.errors import ForwardToLeader, RaftError, StorageError
 from raftcore.kv.cli import _non_negative_int, address_argument
 from raftcore.kv.client import Client
@@ -123,13 +121,14 @@ class SnapshotExports:
             try:
                 # Every write acknowledged before now is applied here after this.
                 await self.raft.ensure_linearizable(ReadPolicy.READ_INDEX)
-                meta, state = self.sm.capture()
+                meta, data = self.sm.capture()
+                keys = len(self.sm.data)       # what was captured (same loop step)
             except ForwardToLeader as e:
                 return [REDIRECT, e.leader_id, getattr(e.leader_node, "addr", None) or None]
             except RaftError as e:     # no quorum, shutting down, nothing applied yet
                 return [UNAVAILABLE, f"{type(e).__name__}: {e}"]
             loop = asyncio.get_running_loop()
-            blob = await loop.run_in_executor(None, _encode, meta, state)
+            blob = await loop.run_in_executor(None, encode_snapshot_file, meta, data)
             tid = new_identity_token()
             chunk = min(msg[1], self.raft.config.snapshot_max_chunk_size)
             self._transfers[tid] = _Transfer(blob, chunk, self._expiry(tid))
@@ -149,7 +148,7 @@ class SnapshotExports:
             "last_log_id": [meta.last_log_term, meta.last_log_index],
             "voters": [] if membership is None else sorted(membership.voter_ids),
             "nodes": [[i, getattr(n, "addr", "")] for i, n in sorted(nodes.items())],
-            "keys": len(state["items"]),
+            "keys": keys,
             "cluster_id": self.raft.metrics.cluster_id,
         }]
 
@@ -182,10 +181,6 @@ class SnapshotExports:
     def _expire(self, tid: str) -> None:
         if self._transfers.pop(tid, None) is not None:
             log.info("snapshot save %s dropped: no chunk read for %gs", tid, self.idle_timeout)
-
-
-def _encode(meta: SnapshotMeta, state: dict) -> bytes:
-    return encode_snapshot_file(meta, msgpack.packb(state, use_bin_type=True))
 
 
 # ============================================================== client side
