@@ -133,8 +133,13 @@ cdef class SyncWorker:
         self._len = len(data)
         self._offset = offset
         self._has_job = True
-        pthread_cond_signal(&self._cond)
         pthread_mutex_unlock(&self._mutex)
+        # Signalled once the mutex is free: signalled under it, the thread
+        # woke, preempted this one and blocked on the mutex it still held
+        # until this one ran again (perf trace of a leader at 1 client: 59%
+        # of groups, up to a few hundred us). It cannot miss the signal:
+        # it checks _has_job under the mutex before it waits.
+        pthread_cond_signal(&self._cond)
 
     def result(self):
         """The finished job's outcome: None, or the OSError it met."""
@@ -148,8 +153,8 @@ cdef class SyncWorker:
         """Lets run() return once the job in hand (if any) is done."""
         pthread_mutex_lock(&self._mutex)
         self._stopping = True
-        pthread_cond_signal(&self._cond)
         pthread_mutex_unlock(&self._mutex)
+        pthread_cond_signal(&self._cond)
 
     def run(self):
         """The thread's body: waits for jobs until stop()."""
