@@ -16,6 +16,7 @@ from raftcore.kv.redis import server as server_module
 from raftcore.kv.redis.apply import REDIS_CMD, TRACK, TRACK_SPAN_MS
 from raftcore.kv.redis.cluster import ClusterBackend, SessionClient, now_ms
 from raftcore.kv.redis.server import RedisServer
+from raftcore.model import ServerState
 from raftcore.types import ENTRY_NORMAL, Entry
 from redis_harness import encode_command
 
@@ -41,6 +42,28 @@ class ApplyingRaft:
         """How many entries carried a TRACK."""
         return sum(1 for e in self.entries if e[4][0] == REDIS_CMD and
                    any(c[0] == TRACK for c in e[4][2]))
+
+
+@async_test(10)
+async def test_the_sweep_of_expired_keys_goes_on_after_a_failed_attempt():
+    backend, raft, client = _backend()
+    raft.metrics = type("Metrics", (), {"state": ServerState.LEADER})()   # type: ignore[attr-defined]
+    write, attempts = backend.write, []
+
+    async def failing_once(cmds: list, *args: Any) -> Any:
+        attempts.append(cmds)
+        if len(attempts) == 1:
+            raise RuntimeError("a bug in the write path")
+        return await write(cmds, *args)
+    try:
+        assert await backend.write([[b"SET", b"k", b"v", b"PX", b"1"]]) == ["OK"]
+        backend.write = failing_once                         # type: ignore[method-assign]
+        sweep = asyncio.ensure_future(backend.sweep_expired(0.01))
+        await until(lambda: b"k" not in backend.sm.data)
+        assert len(attempts) >= 2
+        sweep.cancel()
+    finally:
+        await client.close()
 
 
 async def until(cond) -> None:

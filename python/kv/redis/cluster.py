@@ -27,6 +27,7 @@ Nodes ask each other with two service messages of the kv port:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Awaitable, Callable, Optional
 
@@ -41,6 +42,8 @@ from raftcore.kv.redis.resp import error, is_error
 from raftcore.kv.redis.rounds import CommandRounds, ReadRounds, future_answer
 from raftcore.model import ReadPolicy, ServerState
 from raftcore.network.framing import SERVICE_TYPE_MIN
+
+log = logging.getLogger("raftcore.kv.redis")
 
 #: Service message types between nodes (clear of the kv protocol's).
 REDIS_WRITE = SERVICE_TYPE_MIN + 32
@@ -232,7 +235,10 @@ class ClusterBackend:
             now = now_ms()
             if any(d <= now for d in expires.values()):
                 # An error reply (no quorum, say) is retried next period.
-                await self.write([[EXPIRE_DUE]])
+                try:
+                    await self.write([[EXPIRE_DUE]])
+                except Exception:     # a bug of ours: logged, and tried again next period
+                    log.error("proposing the deletion of expired keys failed", exc_info=True)
             expires = self.sm.redis.expires
 
     async def ensure_tracked(self) -> Any:
