@@ -28,7 +28,7 @@ from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry
 
 from cluster_harness import converge, stable_leader
 from engine_harness import elect, members, restored
-from test_poison_writes import file_cluster, run
+from test_poison_writes import file_cluster, leading, run
 from test_tcp import TcpCluster, tcp_test
 from test_tcp import stable_leader as tcp_stable_leader
 
@@ -246,9 +246,7 @@ def test_a_handed_over_command_is_applied_as_it_is_and_travels_as_encoded(tmp_pa
 
 
 async def _handed_over(tmp_path) -> None:
-    async with file_cluster(tmp_path, 3, seed=25) as c:
-        await converge(c.all())
-        leader = await stable_leader(c.all())
+    async with leading(tmp_path, seed=25) as (c, leader):
         value = [1, {"x": b"y"}]
         index = (await leader.client_write(["set", "h", value], owned=True)).index
         await converge(c.all())
