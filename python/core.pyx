@@ -137,6 +137,9 @@ cdef class RaftCore:
     cdef public object id, config, network, log_store, sm, loop, executor, log
     cdef public Engine engine
     cdef bint _sm_async
+    # Release what is applied (Entry.release_payload): not on a network
+    # whose peers append the very Entry objects this node sends.
+    cdef bint _release_applied
     cdef object _store_append, _sm_apply      # log_store.append, sm.apply (looked up once)
     cdef public bint tick_enabled
     # The last entry applied: kept as two numbers, made a LogId when asked
@@ -237,6 +240,7 @@ cdef class RaftCore:
         # snapshots
         every = config.snapshot_policy.logs_since_last_snapshot
         self._snap_every = -1 if every is None else min(every, 2**62)
+        self._release_applied = not getattr(network, "shares_entries", False)
         self._snapshots = SnapshotTransfer(self)
         self._tasks = set()
         self._peers = PeerClients(network, self.log, self._spawn)
@@ -719,8 +723,9 @@ cdef class RaftCore:
         self._writes.answer_applied(entries, responses)
         # The log keeps these entries until a purge, and from now on needs
         # only their encodings (Entry.release_payload says why).
-        for e in entries:
-            (<Entry>e).release_payload()
+        if self._release_applied:
+            for e in entries:
+                (<Entry>e).release_payload()
 
     # ------------------------------------------------------------ network
 

@@ -26,7 +26,7 @@ from raftcore.errors import CodecError, InvalidCommand
 from raftcore.storage.file import FileLogStore
 from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry
 
-from cluster_harness import converge, stable_leader
+from cluster_harness import cluster_test, converge, running_cluster, stable_leader
 from engine_harness import elect, members, restored
 from test_poison_writes import file_cluster, leading, run
 from test_tcp import TcpCluster, tcp_test
@@ -175,6 +175,22 @@ async def test_a_follower_stores_the_leaders_bytes_after_tcp():
             got = r.log_store.entries(first, first + 2)
             assert [e.encoded for e in got] == [packed(cmd) for cmd in cmds], r.id
             assert got[2].payload == ["t", 3]
+
+
+@cluster_test
+async def test_nodes_that_share_entries_in_process_keep_what_they_applied():
+    # On a LocalRouter a follower appends the leader's own Entry objects:
+    # were the leader to release one it applied first, each follower would
+    # decode it again to apply it.
+    cmd = ["set", "p", [1]]
+    async with running_cluster(3, 26) as c:
+        await converge(c.all())
+        leader = await stable_leader(c.all())
+        index = (await leader.client_write(cmd)).index
+        await converge(c.all())
+        for r in c.all():
+            e = r.log_store.entries(index, index)[0]
+            assert e.payload == cmd and e.payload is e.payload, r.id
 
 
 @tcp_test

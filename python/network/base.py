@@ -99,6 +99,12 @@ class NetworkClient(abc.ABC):
 class Network(abc.ABC):
     """Makes a NetworkClient for each peer of one node."""
 
+    #: True for a transport that hands its peers the very Entry objects a
+    #: node sends (an in-process router): the nodes on it keep the payloads
+    #: they applied, since a node releasing one (Entry.release_payload)
+    #: would make each peer that applies it later decode it again.
+    shares_entries = False
+
     @abc.abstractmethod
     def client(self, target: int, node: Any) -> NetworkClient:
         """A client sending to `target`, reachable at `node` (a Node)."""

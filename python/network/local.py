@@ -161,6 +161,9 @@ class LocalRouter:
 class LocalNetwork(Network):
     """The Network of one node on a LocalRouter."""
 
+    # Requests go by reference: a follower appends the leader's entries.
+    shares_entries = True
+
     def __init__(self, router: LocalRouter, node_id: int) -> None:
         self._router = router
         self._id = node_id
