@@ -182,7 +182,7 @@ class KvStateMachine(MemStateMachine):
     def _encoded_state(self) -> bytes:
         """The state, encoded now: msgpack's encoding of the map {format,
         items: list(data.items()), sessions, applied_commands, deduplicated,
-        redis}, with the items written by codec.pack_plain's pair writer.
+        redis}, with the items written by codec.pack_pairs.
 
         On the event loop, in one go. Capturing the items as a list there
         and leaving msgpack to encode them on a thread cost more: the list
@@ -190,7 +190,8 @@ class KvStateMachine(MemStateMachine):
         held the interpreter lock against the loop, which lagged 40-50 ms
         twice per snapshot under pipelined Redis SETs; writing the items
         here takes about 12 ms."""
-        pack = msgpack.Packer(use_bin_type=True).pack
+        packer = msgpack.Packer(use_bin_type=True)
+        pack = packer.pack
         rest = {
             "sessions": [[cid, s.floor, list(s.responses.items())]
                          for cid, s in self.sessions.items()],
@@ -200,8 +201,8 @@ class KvStateMachine(MemStateMachine):
             # before) loads as no deadlines and no modification indexes.
             "redis": self.redis.dump(),
         }
-        parts = [b"\x86", pack("format"), pack(KV_SNAPSHOT_FORMAT), pack("items"),
-                 pack_pairs(self.data, pack)]
+        parts = [packer.pack_map_header(2 + len(rest)), pack("format"),
+                 pack(KV_SNAPSHOT_FORMAT), pack("items"), pack_pairs(self.data, pack)]
         for key, value in rest.items():
             parts += (pack(key), pack(value))
         return b"".join(parts)
