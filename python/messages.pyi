@@ -35,9 +35,10 @@ class VoteRequest:
     pre_vote: bool
     transfer: bool
     cluster_id: Optional[str]
+    bootstrap: bool
     def __init__(self, term: int, candidate_id: Any, last_log_term: int,
                  last_log_index: int, pre_vote: bool = False, transfer: bool = False,
-                 cluster_id: Optional[str] = None) -> None: ...
+                 cluster_id: Optional[str] = None, bootstrap: bool = False) -> None: ...
 
 class VoteResponse:
     term: int

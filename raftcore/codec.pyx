@@ -261,8 +261,13 @@ cpdef list encode_message(object msg):
                 ar.conflict_index, ar.conflict_term, ar.incarnation]
     if type(msg) is VoteRequest:
         v = <VoteRequest>msg
-        return [MSG_VOTE, v.term, v.candidate_id, v.last_log_term, v.last_log_index,
-                v.pre_vote, v.transfer, v.cluster_id]
+        fields = [MSG_VOTE, v.term, v.candidate_id, v.last_log_term, v.last_log_index,
+                  v.pre_vote, v.transfer, v.cluster_id]
+        if v.bootstrap:
+            # Only a cluster's first elections carry the flag: every other
+            # request keeps the eight items earlier releases read.
+            fields.append(True)
+        return fields
     if type(msg) is VoteResponse:
         vr = <VoteResponse>msg
         return [MSG_VOTE_RESPONSE, vr.term, vr.granted, vr.voter_id, vr.incarnation]
@@ -302,12 +307,14 @@ cpdef object decode_message(object obj):
                                      _int(m[4], "conflict_index"), _term(m[5], "conflict_term"),
                                      _identity(m[6], "incarnation"))
     if t == MSG_VOTE:
-        _list(m, "Vote", 8)
-        if type(m[5]) is not bool or type(m[6]) is not bool:
-            raise CodecError("Vote.pre_vote and Vote.transfer must be booleans")
+        if len(m) != 8 and len(m) != 9:
+            raise CodecError(f"Vote must have 8 or 9 items, got {len(m)}")
+        bootstrap = m[8] if len(m) == 9 else False
+        if type(m[5]) is not bool or type(m[6]) is not bool or type(bootstrap) is not bool:
+            raise CodecError("Vote.pre_vote, Vote.transfer and Vote.bootstrap must be booleans")
         return VoteRequest(_term(m[1], "term"), _node_id(m[2], "candidate_id"),
                            _term(m[3], "last_log_term"), _int(m[4], "last_log_index"),
-                           m[5], m[6], _identity(m[7], "cluster id"))
+                           m[5], m[6], _identity(m[7], "cluster id"), bootstrap)
     if t == MSG_VOTE_RESPONSE:
         _list(m, "VoteResponse", 5)
         if type(m[2]) is not bool:

@@ -42,7 +42,11 @@ lost or replaced its storage, so it may have forgotten its vote and entries
 it acknowledged: its votes and acknowledgements do not count (leader:
 `stale_members`), it neither votes nor campaigns once it sees the record
 (`identity_stale`), until it is removed and added back (the new record is
-then taken from its answers).
+then taken from its answers). A wiped member lost the record too, and a
+candidate lagging behind may lack it: a node whose log is empty votes only in
+the cluster's first elections, asked by the initializing node before any
+leader wrote to it (VoteRequest.bootstrap), or for the node its saved vote
+names, until a leader's entries reach it (engine_identity.may_vote_on_empty_log).
 """
 
 cimport cython

@@ -22,6 +22,10 @@ cdef object handle_vote_request(Engine e, VoteRequest req, double now):
     if identity.self_stale(e):
         # This node may have forgotten a vote it cast in req.term.
         return VoteResponse(e.vote.term, False, e.id, e.incarnation)
+    if e.log.last_index() == 0 and e.log.purged_index == 0 \
+            and not identity.may_vote_on_empty_log(e, req):
+        # Nor does it adopt the term (nothing it saves changes what it may do).
+        return VoteResponse(e.vote.term, False, e.id, e.incarnation)
     if req.term < e.vote.term or e.storage_full:
         # storage_full: a vote counts only once saved, and it cannot be;
         # not even the term is adopted (saving it would fail too).
@@ -83,7 +87,8 @@ cdef void campaign(Engine e):
         start_election(e, False)
         return
     cdef VoteRequest req = VoteRequest(e.vote.term + 1, e.id, e.log.last_term(),
-                                       e.log.last_index(), True, False, e.cluster_id)
+                                       e.log.last_index(), True, False, e.cluster_id,
+                                       identity.untouched_initializer(e))
     for target in sorted(e.membership.voter_ids):
         if target != e.id:
             e.output.append(new_send_vote(target, req))
@@ -100,7 +105,8 @@ cdef void start_election(Engine e, bint transfer):
         become_leader(e)
         return
     cdef VoteRequest req = VoteRequest(e.vote.term, e.id, e.log.last_term(),
-                                       e.log.last_index(), False, transfer, e.cluster_id)
+                                       e.log.last_index(), False, transfer, e.cluster_id,
+                                       identity.untouched_initializer(e))
     for target in sorted(e.membership.voter_ids):
         if target != e.id:
             e.output.append(new_send_vote(target, req))

@@ -10,6 +10,7 @@ import dataclasses
 
 from raftcore.types cimport make_entry, MEMBERSHIP
 from raftcore.membership cimport Membership
+from raftcore.messages cimport VoteRequest
 from raftcore.progress cimport Progress
 from raftcore cimport engine_replication as replication
 
@@ -30,6 +31,39 @@ cdef dict recorded_incarnations(Engine e):
 cdef bint self_stale(Engine e):
     pinned = recorded_incarnations(e).get(e.id)
     return pinned is not None and pinned != e.incarnation
+
+
+cdef bint untouched_initializer(Engine e):
+    """Whether this node initialized the cluster and no leader has written to
+    its log since: its log is the first entry alone, and that entry records
+    this node's own incarnation (or records none, when nothing can tell the
+    initializing node from the others). With one initializing node, no
+    leader was then ever elected: nothing was acknowledged or recorded
+    anywhere, so nothing a wiped voter forgot can matter. Its vote requests
+    say so (VoteRequest.bootstrap)."""
+    if e.log.last_index() != 1 or e.log.purged_index != 0:
+        return False
+    pins = recorded_incarnations(e)
+    return not pins or (e.incarnation is not None and pins.get(e.id) == e.incarnation)
+
+
+cdef bint may_vote_on_empty_log(Engine e, VoteRequest req):
+    """Whether a node whose log is empty (no entry, no snapshot) may grant
+    `req`. Such a node may be a member that lost its disk, with the entries
+    it acknowledged; the record of its incarnation cannot stop it, as its
+    own copy went with the disk and a candidate lagging behind may lack it
+    (seed 17808671: a wiped voter elected a candidate that lacked entries
+    the cluster had committed with the voter's old disk). So it grants only:
+    - a cluster's first elections (req.bootstrap): no leader existed
+      before, so nothing was acknowledged anywhere;
+    - the candidate its saved vote names: one it voted for since its
+      storage was made, with nothing acknowledged since (a first leader
+      that crashed before any entry reached the others must be electable
+      again), or the leader it last heard from, which holds every entry
+      committed before its term and its own.
+    Once a leader's entries reach it, its log tells it whether the cluster
+    recorded another incarnation for it (self_stale)."""
+    return req.bootstrap or (e.vote.node_id is not None and e.vote.node_id == req.candidate_id)
 
 
 cdef bint answer_counts(Engine e, target, incarnation):

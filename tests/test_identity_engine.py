@@ -8,13 +8,14 @@ import pytest
 
 import engine_harness as h     # tests/engine_harness.py, on the path through conftest.py
 
+from raftcore.codec import decode_message, encode_message
 from raftcore.commands import Append, SendAppend, SendVote
+from raftcore.errors import CodecError, NotAllowed
 from raftcore.engine import CANDIDATE, LEADER
-from raftcore.errors import NotAllowed
 from raftcore.membership import Membership
 from raftcore.messages import VoteRequest, VoteResponse
 from raftcore.model import Node
-from raftcore.types import ENTRY_MEMBERSHIP, Entry, Vote
+from raftcore.types import ENTRY_MEMBERSHIP, ENTRY_NORMAL, Entry, Vote
 
 isolated = h.isolated
 flush_all = h.flush_all
@@ -258,3 +259,128 @@ def test_rounds_answered_under_an_incarnation_the_new_membership_does_not_record
     leader.change_membership(Membership(m.configs, nodes), 0.1)
     assert recorded(leader)[3] == "x"
     assert not leader.lease_valid(0.1)
+
+
+
+def vote_request(candidate, pre_vote=False):
+    """The vote (or pre-vote) request `candidate` sends when its election timeout passes."""
+    candidate.tick(candidate.election_deadline)
+    req = next(c.request for c in candidate.take_commands() if isinstance(c, SendVote))
+    assert req.pre_vote == pre_vote
+    return req
+
+
+def restarted(e, **config):
+    """`e` restarted on its storage: its vote and its (flushed) log."""
+    r = h.make_engine(e.id, **config)
+    r.restore(e.vote, None, e.entries(1, e.last_log_index), e.committed, e.committed)
+    assert r.take_commands() == []
+    r.incarnation = e.incarnation
+    return r
+
+
+def wiped(node_id, incarnation):
+    """A member restarted on empty storage under its old id."""
+    e = h.make_engine(node_id)
+    e.incarnation = incarnation
+    return e
+
+
+@isolated
+@pytest.mark.parametrize("pre_vote", [False, True])
+def test_member_wiped_after_its_record_was_committed_cannot_elect_a_candidate_lacking_it(
+        pre_vote):
+    # Simulator seed 17808671: node 3 never got past the first entry; node 1
+    # led, recorded node 2's incarnation and committed entries on {1, 2};
+    # node 2 lost its disk, so the record is on node 1 alone. Node 3 lacks
+    # it: without another rule node 2 grants, node 3 counts the vote and
+    # leads without the committed entries.
+    m = pinned({1: "a", 2: None, 3: None})
+    es = {i: node(i, m, "abc"[i - 1], pre_vote=pre_vote) for i in (1, 2, 3)}
+    leader = es[1]
+    pump(es, {1: elect(leader, {2: "b"})}, down={3})
+    heartbeat(leader, es, down={3})         # records node 2's incarnation
+    index = leader.client_write([b"x"], 0.0)
+    flush_all(leader)
+    pump(es, {1: leader.take_commands()}, down={3})
+    assert leader.committed == index and recorded(es[2])[2] == "b"
+    assert es[3].last_log_index == 1
+
+    es[2] = wiped(2, "b-new")
+    req = vote_request(es[3], pre_vote)
+    assert not req.bootstrap                # node 3 did not initialize the cluster
+    resp = es[2].handle_vote_request(req, 0.0)
+    assert not resp.granted and resp.incarnation == "b-new"
+    # It saved nothing, not even the term: its storage still looks lost.
+    assert es[2].take_commands() == [] and es[2].vote == Vote(0, None)
+    es[3].handle_vote_response(2, req, resp, 0.0)
+    assert es[3].state != LEADER and not h.sends(es[3].take_commands(), SendVote)
+
+    # The leader restarts and is elected with node 3's vote; its entries
+    # tell node 2 that it was replaced: it votes no more.
+    leader = es[1] = restarted(leader, pre_vote=pre_vote)
+    req = vote_request(leader, pre_vote)
+    assert not es[2].handle_vote_request(req, 0.0).granted
+    assert es[3].handle_vote_request(req, 0.0).granted
+    assert not es[2].identity_stale
+    if not pre_vote:
+        leader.handle_vote_response(3, req, VoteResponse(req.term, True, 3, "c"), 0.0)
+        flush_all(leader)
+        assert leader.state == LEADER
+        pump(es, {1: leader.take_commands()})
+        assert es[2].identity_stale and leader.stale_members == {2}
+
+
+@isolated
+@pytest.mark.parametrize("pre_vote", [False, True])
+def test_node_on_empty_storage_votes_only_in_the_clusters_first_elections(pre_vote):
+    m = pinned({1: "a", 2: None, 3: None})
+    # The initializing node, whose log is its first entry alone: no leader
+    # was ever elected. Its requests say so, and empty storage grants them.
+    first = node(1, m, "a", pre_vote=pre_vote)
+    req = vote_request(first, pre_vote)
+    assert req.bootstrap
+    assert wiped(2, "b").handle_vote_request(req, 0.0).granted
+    # Any other node's first entry came from a leader, which may have
+    # recorded the voter in entries this node lacks.
+    req = vote_request(node(3, m, "c", pre_vote=pre_vote), pre_vote)
+    assert not req.bootstrap
+    assert not wiped(2, "b").handle_vote_request(req, 0.0).granted
+    # The initializing node once a leader wrote to its log: the same.
+    led = node(1, m, "a", pre_vote=pre_vote)
+    led.restore(Vote(1, 1, True), None,
+                [Entry(1, 1, ENTRY_MEMBERSHIP, m), Entry(1, 2, ENTRY_NORMAL, b"")], 1, 1)
+    req = vote_request(led, pre_vote)
+    assert not req.bootstrap
+    assert not wiped(2, "b").handle_vote_request(req, 0.0).granted
+    # A voter on an empty log that voted for this candidate since its
+    # storage was made grants it again (the first leader may have crashed
+    # before any entry reached the others) ...
+    voted = wiped(2, "b")
+    voted.restore(Vote(1, 1), None, [], 0, 0)
+    assert voted.handle_vote_request(req, 0.0).granted
+    # ... and no other: having heard from a leader, without its entries yet,
+    # it may still be a wiped member the candidate lacks the record of.
+    followed = wiped(2, "b")
+    followed.restore(Vote(1, 1, True), None, [], 0, 0)
+    req = vote_request(node(3, m, "c", pre_vote=pre_vote), pre_vote)
+    assert not followed.handle_vote_request(req, 0.0).granted
+    assert followed.take_commands() == [] and followed.vote == Vote(1, 1, True)
+    # Nothing records incarnations: the initializing node cannot be told
+    # from the others, and any node whose log is the first entry alone asks
+    # as in a first election.
+    bare = pinned({1: None, 2: None, 3: None})
+    assert vote_request(node(3, bare, None, pre_vote=pre_vote), pre_vote).bootstrap
+
+
+def test_the_first_election_flag_crosses_the_wire_and_only_then_adds_an_item():
+    first = VoteRequest(2, 1, 0, 1, True, False, "c", bootstrap=True)
+    later = VoteRequest(2, 3, 0, 1, True, False, "c")
+    assert decode_message(encode_message(first)) == first
+    assert decode_message(encode_message(later)) == later
+    # Requests without the flag keep the eight items earlier releases read.
+    assert len(encode_message(later)) == 8 and len(encode_message(first)) == 9
+    with pytest.raises(CodecError, match="bootstrap must be booleans"):
+        decode_message(encode_message(later) + [1])
+    with pytest.raises(CodecError, match="8 or 9 items, got 10"):
+        decode_message(encode_message(first) + [True])

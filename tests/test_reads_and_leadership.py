@@ -296,10 +296,12 @@ async def test_restarted_node_refuses_votes_for_election_timeout_min():
         assert not resp.granted and resp.term == t, resp
         assert f2.metrics.current_term == t
 
-        # A fresh node (no term) has no lease to protect: it grants at once.
+        # A fresh node (no term) has no lease to protect: it grants at once
+        # (a request of a cluster's first election: on empty storage, a node
+        # grants no other, see test_identity_engine).
         fresh = await c.add_node(9, enable_elect=False)
         c.router.remove(9)
-        resp = await fresh.vote(up_to_date_request(t + 1, g.id, f2))
+        resp = await fresh.vote(up_to_date_request(t + 1, g.id, f2, bootstrap=True))
         assert resp.granted and resp.term == t + 1, resp
 
         # Once election_timeout_min has passed (it hears nobody meanwhile),
