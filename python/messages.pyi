@@ -1,4 +1,4 @@
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from raftcore.types import Entry
 
@@ -35,10 +35,10 @@ class VoteRequest:
     pre_vote: bool
     transfer: bool
     cluster_id: Optional[str]
-    bootstrap: bool
+    fresh: frozenset[int]
     def __init__(self, term: int, candidate_id: Any, last_log_term: int,
                  last_log_index: int, pre_vote: bool = False, transfer: bool = False,
-                 cluster_id: Optional[str] = None, bootstrap: bool = False) -> None: ...
+                 cluster_id: Optional[str] = None, fresh: Iterable[int] = ()) -> None: ...
 
 class VoteResponse:
     term: int

@@ -263,10 +263,11 @@ cpdef list encode_message(object msg):
         v = <VoteRequest>msg
         fields = [MSG_VOTE, v.term, v.candidate_id, v.last_log_term, v.last_log_index,
                   v.pre_vote, v.transfer, v.cluster_id]
-        if v.bootstrap:
-            # Only a cluster's first elections carry the flag: every other
-            # request keeps the eight items earlier releases read.
-            fields.append(True)
+        if v.fresh:
+            # Only a cluster's first elections and those during a change
+            # that adds voters carry them: every other request keeps the
+            # eight items earlier releases read.
+            fields.append(sorted(v.fresh))
         return fields
     if type(msg) is VoteResponse:
         vr = <VoteResponse>msg
@@ -309,12 +310,18 @@ cpdef object decode_message(object obj):
     if t == MSG_VOTE:
         if len(m) != 8 and len(m) != 9:
             raise CodecError(f"Vote must have 8 or 9 items, got {len(m)}")
-        bootstrap = m[8] if len(m) == 9 else False
-        if type(m[5]) is not bool or type(m[6]) is not bool or type(bootstrap) is not bool:
-            raise CodecError("Vote.pre_vote, Vote.transfer and Vote.bootstrap must be booleans")
+        if type(m[5]) is not bool or type(m[6]) is not bool:
+            raise CodecError("Vote.pre_vote and Vote.transfer must be booleans")
+        fresh = ()
+        if len(m) == 9:
+            fresh = _list(m[8], "Vote.fresh")
+            for i in fresh:
+                if type(i) is not int:
+                    raise CodecError(f"Vote.fresh must list integer voter ids, got "
+                                     f"{type(i).__name__}")
         return VoteRequest(_term(m[1], "term"), _node_id(m[2], "candidate_id"),
                            _term(m[3], "last_log_term"), _int(m[4], "last_log_index"),
-                           m[5], m[6], _identity(m[7], "cluster id"), bootstrap)
+                           m[5], m[6], _identity(m[7], "cluster id"), fresh)
     if t == MSG_VOTE_RESPONSE:
         _list(m, "VoteResponse", 5)
         if type(m[2]) is not bool:

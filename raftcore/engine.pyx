@@ -43,10 +43,11 @@ it acknowledged: its votes and acknowledgements do not count (leader:
 `stale_members`), it neither votes nor campaigns once it sees the record
 (`identity_stale`), until it is removed and added back (the new record is
 then taken from its answers). A wiped member lost the record too, and a
-candidate lagging behind may lack it: a node whose log is empty votes only in
-the cluster's first elections, asked by the initializing node before any
-leader wrote to it (VoteRequest.bootstrap), or for the node its saved vote
-names, until a leader's entries reach it (engine_identity.may_vote_on_empty_log).
+candidate lagging behind may lack it: a node whose log is empty votes only
+where the request counts it among the fresh voters (VoteRequest.fresh: in
+the cluster's first elections, or added by a change in progress), or for the
+candidate it voted for, until a leader's entries reach it
+(engine_identity.may_vote_on_empty_log).
 """
 
 cimport cython
@@ -382,7 +383,10 @@ cdef class Engine:
         if index <= self.flushed or self.log.term_at(index) != term:
             # Old news, or an entry that has since been truncated.
             return
+        cdef bint was_held = self.state == S_LEADER and replication.first_entries_held(self)
         self.flushed = index
+        if was_held and not replication.first_entries_held(self):
+            replication.replicate_all(self)
         # The leader's flush is its own ack; either way, entries committed
         # meanwhile (possibly by followers alone) may now be applied here.
         if self.state == S_LEADER and self.quorum.update(self.id, index):

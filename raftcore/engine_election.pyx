@@ -88,7 +88,7 @@ cdef void campaign(Engine e):
         return
     cdef VoteRequest req = VoteRequest(e.vote.term + 1, e.id, e.log.last_term(),
                                        e.log.last_index(), True, False, e.cluster_id,
-                                       identity.untouched_initializer(e))
+                                       identity.fresh_voters(e))
     for target in sorted(e.membership.voter_ids):
         if target != e.id:
             e.output.append(new_send_vote(target, req))
@@ -106,7 +106,7 @@ cdef void start_election(Engine e, bint transfer):
         return
     cdef VoteRequest req = VoteRequest(e.vote.term, e.id, e.log.last_term(),
                                        e.log.last_index(), False, transfer, e.cluster_id,
-                                       identity.untouched_initializer(e))
+                                       identity.fresh_voters(e))
     for target in sorted(e.membership.voter_ids):
         if target != e.id:
             e.output.append(new_send_vote(target, req))

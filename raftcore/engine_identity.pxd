@@ -5,6 +5,7 @@ from raftcore.messages cimport VoteRequest
 
 cdef dict recorded_incarnations(Engine e)
 cdef bint self_stale(Engine e)
+cdef frozenset fresh_voters(Engine e)
 cdef bint untouched_initializer(Engine e)
 cdef bint may_vote_on_empty_log(Engine e, VoteRequest req)
 cdef bint answer_counts(Engine e, target, incarnation)

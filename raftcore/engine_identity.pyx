@@ -33,18 +33,47 @@ cdef bint self_stale(Engine e):
     return pinned is not None and pinned != e.incarnation
 
 
+cdef frozenset NOBODY = frozenset()
+
+
+cdef frozenset fresh_voters(Engine e):
+    """The voters this node's vote requests may ask even on an empty log
+    (VoteRequest.fresh): those none of whose acknowledgements can be what
+    this election must not lose.
+    - In a cluster's first elections, asked by the node that initialized it
+      while its log is that first entry alone (untouched_initializer), all
+      the others: no leader was ever elected, nothing was acknowledged.
+    - In a joint membership (a change in progress), the voters the change
+      adds: the candidate needs a majority of the old voters as well. An
+      entry committed before the change needed a majority of them; one
+      committed after it needed them to commit the change first. Either
+      way a node of the candidate's old majority holds it and refuses a
+      candidate without it; a wiped newcomer's lost acknowledgements do not
+      matter. (Without this, a change adding voters that never received an
+      entry could never finish once its leader restarted: review finding.)
+    Everyone else may be a member that lost its disk (may_vote_on_empty_log)."""
+    if untouched_initializer(e):
+        return e.membership.voter_ids - {e.id}
+    if e.membership is not None and e.membership.is_joint:
+        return <frozenset>e.membership.configs[1] - <frozenset>e.membership.configs[0]
+    return NOBODY
+
+
 cdef bint untouched_initializer(Engine e):
     """Whether this node initialized the cluster and no leader has written to
     its log since: its log is the first entry alone, and that entry records
-    this node's own incarnation (or records none, when nothing can tell the
-    initializing node from the others). With one initializing node, no
-    leader was then ever elected: nothing was acknowledged or recorded
-    anywhere, so nothing a wiped voter forgot can matter. Its vote requests
-    say so (VoteRequest.bootstrap)."""
+    this node's own incarnation (the one it made at initialize). With one
+    initializing node, no leader was then ever elected.
+
+    A leader whose log was the first entry alone makes its own next entry
+    durable before it sends any (first_entries_held): else followers could
+    commit entries it then loses in a crash, and it would look untouched
+    again. A store that keeps no incarnation (None, recorded as None) gets
+    no protection from any of this: every such node with the first entry
+    alone asks as an initializer would."""
     if e.log.last_index() != 1 or e.log.purged_index != 0:
         return False
-    pins = recorded_incarnations(e)
-    return not pins or (e.incarnation is not None and pins.get(e.id) == e.incarnation)
+    return recorded_incarnations(e).get(e.id) == e.incarnation
 
 
 cdef bint may_vote_on_empty_log(Engine e, VoteRequest req):
@@ -54,16 +83,18 @@ cdef bint may_vote_on_empty_log(Engine e, VoteRequest req):
     own copy went with the disk and a candidate lagging behind may lack it
     (seed 17808671: a wiped voter elected a candidate that lacked entries
     the cluster had committed with the voter's old disk). So it grants only:
-    - a cluster's first elections (req.bootstrap): no leader existed
-      before, so nothing was acknowledged anywhere;
-    - the candidate its saved vote names: one it voted for since its
-      storage was made, with nothing acknowledged since (a first leader
-      that crashed before any entry reached the others must be electable
-      again), or the leader it last heard from, which holds every entry
-      committed before its term and its own.
+    - a request that counts it among the fresh voters (fresh_voters);
+    - the candidate it voted for, its saved vote not being a leader's
+      (committed): with an empty log it can have granted only such a
+      request since its storage was made, and it acknowledged nothing
+      since (a first leader that crashed before any entry reached the
+      others must be electable again). A leader it merely heard from may
+      have lost, in a crash, entries that followers committed before its
+      own store flushed them.
     Once a leader's entries reach it, its log tells it whether the cluster
     recorded another incarnation for it (self_stale)."""
-    return req.bootstrap or (e.vote.node_id is not None and e.vote.node_id == req.candidate_id)
+    return e.id in req.fresh or (not e.vote.committed and e.vote.node_id is not None
+                                 and e.vote.node_id == req.candidate_id)
 
 
 cdef bint answer_counts(Engine e, target, incarnation):

@@ -10,6 +10,7 @@ cdef object handle_append_response(Engine e, target, AppendEntriesRequest req,
 cdef void rebuild_replication(Engine e)
 cdef QuorumTracker carried_seq_quorum(Engine e)
 cdef void recount_commit_quorum(Engine e)
+cdef bint first_entries_held(Engine e)
 cdef void replicate_all(Engine e)
 cdef void send_while_open(Engine e, Progress p)
 cdef void send_entries(Engine e, Progress p)

@@ -177,9 +177,21 @@ cdef void replicate_all(Engine e):
         send_while_open(e, p)
 
 
+cdef bint first_entries_held(Engine e):
+    """Whether this leader holds its entries back: its log was the first
+    entry alone when it was elected, and its own blank entry is not durable
+    yet. Its log must never again be that entry alone once any follower may
+    hold more (engine_identity.untouched_initializer): a crash would lose an
+    unflushed blank that followers committed. (A store that keeps no
+    incarnation has no such protection to keep: nothing is held.)"""
+    return e.term_start_index == 2 and e.flushed < 2 and e.incarnation is not None
+
+
 cdef void send_while_open(Engine e, Progress p):
     """Sends entries to p while its window has room."""
     cdef long long last = e.log.last_index()
+    if first_entries_held(e):
+        return
     while p.next_index <= last and not p.window_full():
         send_entries(e, p)
 
@@ -226,7 +238,7 @@ cdef long long broadcast_heartbeat(Engine e):
         e.seq_quorum.update(e.id, e.hb_seq)
     for p in e.progress.values():
         if p.state == PROBE and p.next_index <= e.log.last_index() and \
-                p.next_index > e.log.purged_index:
+                p.next_index > e.log.purged_index and not first_entries_held(e):
             # Probing (or resuming after a lost request): once per
             # heartbeat, resend from the next index. A duplicate of a
             # probe still out is harmless. (A follower that needs the

@@ -26,8 +26,9 @@ cdef class VoteRequest:
     cdef readonly bint pre_vote            # a pre-vote: asks "would you vote?", changes nothing
     cdef readonly bint transfer            # asked by a leadership transfer: bypasses the lease
     cdef readonly object cluster_id
-    cdef readonly bint bootstrap           # the candidate initialized the cluster and no leader
-                                           # ever wrote to its log (see engine_identity)
+    cdef readonly frozenset fresh          # voters that may grant on an empty log: none can
+                                           # have acknowledged what this election decides
+                                           # (engine_identity.fresh_voters)
 
 
 cdef class VoteResponse:

@@ -84,9 +84,9 @@ cdef class VoteRequest:
 
     def __init__(self, long long term, candidate_id, long long last_log_term,
                  long long last_log_index, bint pre_vote=False, bint transfer=False,
-                 cluster_id=None, bint bootstrap=False):
+                 cluster_id=None, fresh=()):
         self.cluster_id = cluster_id
-        self.bootstrap = bootstrap
+        self.fresh = fresh if type(fresh) is frozenset else frozenset(fresh)
         self.term = term
         self.candidate_id = candidate_id
         self.last_log_term = last_log_term
@@ -102,13 +102,13 @@ cdef class VoteRequest:
                 and self.last_log_term == o.last_log_term
                 and self.last_log_index == o.last_log_index
                 and self.pre_vote == o.pre_vote and self.transfer == o.transfer
-                and self.cluster_id == o.cluster_id and self.bootstrap == o.bootstrap)
+                and self.cluster_id == o.cluster_id and self.fresh == o.fresh)
 
     __hash__ = None
 
     def __repr__(self):
         flags = ((", pre-vote" if self.pre_vote else "") + (", transfer" if self.transfer else "")
-                 + (", bootstrap" if self.bootstrap else ""))
+                 + (f", fresh {sorted(self.fresh)}" if self.fresh else ""))
         return (f"VoteRequest(term={self.term}, candidate={self.candidate_id!r}, "
                 f"last=({self.last_log_term}, {self.last_log_index}){flags})")
 

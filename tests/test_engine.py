@@ -476,11 +476,11 @@ def test_pre_vote_round_changes_no_term_and_saves_no_vote_until_a_majority_would
     # Raft thesis 9.6: a candidate first asks whether it would win, without
     # raising any term; only then does it start the real election.
     # (Their logs are the first entry alone and record no incarnations:
-    # their requests ask as in a cluster's first election, `bootstrap`.)
+    # their requests ask as in a cluster's first election: `fresh`.)
     cand = restored(1, M3, terms=[1], vote=Vote(1, None), committed=1, pre_vote=True)
     voter = restored(2, M3, terms=[1], vote=Vote(1, None), committed=1, pre_vote=True)
     cand.tick(cand.next_deadline())
-    pre = VoteRequest(2, 1, 1, 1, True, False, bootstrap=True)
+    pre = VoteRequest(2, 1, 1, 1, True, False, fresh={2, 3})
     assert cand.take_commands() == [SendVote(2, pre), SendVote(3, pre)]
     assert cand.vote == Vote(1, None) and cand.state == FOLLOWER
     resp = voter.handle_vote_request(pre, 1.0)
@@ -489,8 +489,8 @@ def test_pre_vote_round_changes_no_term_and_saves_no_vote_until_a_majority_would
     cand.handle_vote_response(2, pre, resp, 1.0)
     assert cand.take_commands() == [
         SaveVote(Vote(2, 1, False)),
-        SendVote(2, VoteRequest(2, 1, 1, 1, bootstrap=True)),
-        SendVote(3, VoteRequest(2, 1, 1, 1, bootstrap=True)),
+        SendVote(2, VoteRequest(2, 1, 1, 1, fresh={2, 3})),
+        SendVote(3, VoteRequest(2, 1, 1, 1, fresh={2, 3})),
     ]
     assert cand.state == CANDIDATE
 

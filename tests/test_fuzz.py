@@ -113,9 +113,9 @@ def message(draw, max_term: int = 2**63 - 1):
                 draw(st.one_of(st.integers(0, 10), I64)), draw(entries_flat(prev + 1)),
                 cluster_id]
     if kind == "vote":
-        bootstrap = [True] if draw(st.booleans()) else []      # sent only when set
+        fresh = [draw(st.lists(SMALL, min_size=1, max_size=3))] if draw(st.booleans()) else []
         return [3, term, draw(NODE_ID), draw(SMALL), draw(st.one_of(SMALL, I64)),
-                draw(st.booleans()), draw(st.booleans()), cluster_id] + bootstrap
+                draw(st.booleans()), draw(st.booleans()), cluster_id] + fresh
     if kind == "snap":
         meta = [draw(SMALL), draw(st.one_of(SMALL, I64)),
                 draw(st.one_of(st.none(), membership())), draw(st.text(max_size=8))]

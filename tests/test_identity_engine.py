@@ -308,7 +308,7 @@ def test_member_wiped_after_its_record_was_committed_cannot_elect_a_candidate_la
 
     es[2] = wiped(2, "b-new")
     req = vote_request(es[3], pre_vote)
-    assert not req.bootstrap                # node 3 did not initialize the cluster
+    assert not req.fresh                    # node 3 did not initialize the cluster
     resp = es[2].handle_vote_request(req, 0.0)
     assert not resp.granted and resp.incarnation == "b-new"
     # It saved nothing, not even the term: its storage still looks lost.
@@ -339,19 +339,19 @@ def test_node_on_empty_storage_votes_only_in_the_clusters_first_elections(pre_vo
     # was ever elected. Its requests say so, and empty storage grants them.
     first = node(1, m, "a", pre_vote=pre_vote)
     req = vote_request(first, pre_vote)
-    assert req.bootstrap
+    assert req.fresh == {2, 3}
     assert wiped(2, "b").handle_vote_request(req, 0.0).granted
     # Any other node's first entry came from a leader, which may have
     # recorded the voter in entries this node lacks.
     req = vote_request(node(3, m, "c", pre_vote=pre_vote), pre_vote)
-    assert not req.bootstrap
+    assert not req.fresh
     assert not wiped(2, "b").handle_vote_request(req, 0.0).granted
     # The initializing node once a leader wrote to its log: the same.
     led = node(1, m, "a", pre_vote=pre_vote)
     led.restore(Vote(1, 1, True), None,
                 [Entry(1, 1, ENTRY_MEMBERSHIP, m), Entry(1, 2, ENTRY_NORMAL, b"")], 1, 1)
     req = vote_request(led, pre_vote)
-    assert not req.bootstrap
+    assert not req.fresh
     assert not wiped(2, "b").handle_vote_request(req, 0.0).granted
     # A voter on an empty log that voted for this candidate since its
     # storage was made grants it again (the first leader may have crashed
@@ -366,21 +366,85 @@ def test_node_on_empty_storage_votes_only_in_the_clusters_first_elections(pre_vo
     req = vote_request(node(3, m, "c", pre_vote=pre_vote), pre_vote)
     assert not followed.handle_vote_request(req, 0.0).granted
     assert followed.take_commands() == [] and followed.vote == Vote(1, 1, True)
+    # Not even that leader: it may have lost, in a crash, entries followers
+    # committed before its own store flushed them.
+    led = node(1, m, "a", pre_vote=pre_vote)
+    led.restore(Vote(1, 1, True), None,
+                [Entry(1, 1, ENTRY_MEMBERSHIP, m), Entry(1, 2, ENTRY_NORMAL, b"")], 1, 1)
+    req = vote_request(led, pre_vote)
+    assert not req.fresh and not followed.handle_vote_request(req, 0.0).granted
     # Nothing records incarnations: the initializing node cannot be told
     # from the others, and any node whose log is the first entry alone asks
     # as in a first election.
     bare = pinned({1: None, 2: None, 3: None})
-    assert vote_request(node(3, bare, None, pre_vote=pre_vote), pre_vote).bootstrap
+    assert vote_request(node(3, bare, None, pre_vote=pre_vote), pre_vote).fresh == {1, 2}
+    # A node that keeps one is not the initializer of such a cluster.
+    assert not vote_request(node(3, bare, "c", pre_vote=pre_vote), pre_vote).fresh
 
 
-def test_the_first_election_flag_crosses_the_wire_and_only_then_adds_an_item():
-    first = VoteRequest(2, 1, 0, 1, True, False, "c", bootstrap=True)
+@isolated
+def test_first_leader_sends_no_entry_before_its_own_is_durable():
+    # A leader counts its own flush like a follower's ack, so followers may
+    # commit its entries before its store flushed them, and a crash loses
+    # them. Elected on the first entry alone, it would then look like an
+    # untouched initializer again, and a wiped voter would elect it without
+    # what the others committed (review of VoteRequest.fresh).
+    m = pinned({1: "a", 2: None, 3: None})
+    leader = node(1, m, "a")
+    leader.tick(leader.election_deadline)
+    req = next(c.request for c in leader.take_commands() if isinstance(c, SendVote))
+    assert req.fresh == {2, 3}
+    leader.handle_vote_response(2, req, VoteResponse(req.term, True, 2, "b"), 0.0)
+    assert leader.state == LEADER
+    cmds = leader.take_commands()
+    assert [c.entries for c in cmds if isinstance(c, Append)] != []
+    held = [c.request for c in cmds if isinstance(c, SendAppend)]
+    assert held and all(r.entries == [] for r in held)
+    leader.tick(leader.heartbeat_deadline)
+    assert all(c.request.entries == [] for c in leader.take_commands()
+               if isinstance(c, SendAppend))
+    flush_all(leader)           # its blank entry is durable: now it sends
+    sent = h.sends(leader.take_commands())
+    assert sorted(sent) == [2, 3]
+    assert all(r.entries and r.entries[-1].index == 2 for reqs in sent.values() for r in reqs)
+
+
+def test_fresh_voters_cross_the_wire_and_only_then_add_an_item():
+    first = VoteRequest(2, 1, 0, 1, True, False, "c", fresh={3, 2})
     later = VoteRequest(2, 3, 0, 1, True, False, "c")
     assert decode_message(encode_message(first)) == first
     assert decode_message(encode_message(later)) == later
-    # Requests without the flag keep the eight items earlier releases read.
-    assert len(encode_message(later)) == 8 and len(encode_message(first)) == 9
-    with pytest.raises(CodecError, match="bootstrap must be booleans"):
-        decode_message(encode_message(later) + [1])
+    # Requests without fresh voters keep the eight items earlier releases read.
+    assert len(encode_message(later)) == 8 and encode_message(first)[8] == [2, 3]
+    with pytest.raises(CodecError, match="Vote.fresh must be a list"):
+        decode_message(encode_message(later) + [True])
+    with pytest.raises(CodecError, match="integer voter ids, got str"):
+        decode_message(encode_message(later) + [["2"]])
     with pytest.raises(CodecError, match="8 or 9 items, got 10"):
-        decode_message(encode_message(first) + [True])
+        decode_message(encode_message(first) + [[4]])
+
+
+@isolated
+@pytest.mark.parametrize("pre_vote", [False, True])
+def test_voters_a_change_in_progress_adds_may_grant_on_an_empty_log(pre_vote):
+    # Review finding: {1} commits, then adds voters 2 and 3 directly (joint
+    # {1}, {1, 2, 3}) while they receive nothing; node 1 restarts. Its
+    # election needs 2 or 3, both on empty logs: they must grant, or the
+    # change never finishes. They may: node 1 also needs a majority of the
+    # old voters, which hold whatever was committed.
+    joint = Membership([{1}, {1, 2, 3}], {1: Node("n1", incarnation="a"), 2: Node("n2"),
+                                          3: Node("n3")})
+    e = node(1, joint, "a", pre_vote=pre_vote)
+    e.restore(Vote(1, 1, True), None, [Entry(1, 1, ENTRY_MEMBERSHIP, pinned({1: "a"})),
+                                       Entry(1, 2, ENTRY_NORMAL, b"x"),
+                                       Entry(1, 3, ENTRY_MEMBERSHIP, joint)], 2, 2)
+    req = vote_request(e, pre_vote)
+    assert req.fresh == {2, 3}
+    assert wiped(2, "b").handle_vote_request(req, 0.0).granted
+    e.handle_vote_response(2, req, VoteResponse(req.term, True, 2, "b"), 0.0)
+    if not pre_vote:
+        assert e.state == LEADER
+    # Replacing voters: the old ones are no fresh voters.
+    swap = Membership([{1, 2, 3}, {1, 4, 5}], {i: Node(f"n{i}") for i in (1, 2, 3, 4, 5)})
+    e = node(1, swap, "a", pre_vote=pre_vote)
+    assert vote_request(e, pre_vote).fresh == {4, 5}

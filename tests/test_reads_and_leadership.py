@@ -301,7 +301,7 @@ async def test_restarted_node_refuses_votes_for_election_timeout_min():
         # grants no other, see test_identity_engine).
         fresh = await c.add_node(9, enable_elect=False)
         c.router.remove(9)
-        resp = await fresh.vote(up_to_date_request(t + 1, g.id, f2, bootstrap=True))
+        resp = await fresh.vote(up_to_date_request(t + 1, g.id, f2, fresh={9}))
         assert resp.granted and resp.term == t + 1, resp
 
         # Once election_timeout_min has passed (it hears nobody meanwhile),
