@@ -13,6 +13,7 @@ Tests run and synchronize as cluster_harness's docstring says.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -311,6 +312,28 @@ async def test_restarted_node_refuses_votes_for_election_timeout_min():
         resp = await f2.vote(up_to_date_request(t + 1, g.id, f2))
         assert resp.granted and resp.term == t + 1, resp
         assert f2.metrics.vote == Vote(t + 1, g.id, False)
+
+
+@cluster_test
+async def test_node_on_an_empty_log_refuses_other_candidates_and_says_why(caplog):
+    # It may be a member that lost its disk (engine_identity: test_identity_engine
+    # has the rule); an operator facing a cluster without a leader reads why.
+    async with running_cluster(3, seed=231) as c:
+        leader, t = await leader_after_a_write(c)
+        empty = await c.add_node(9, enable_elect=False)
+        c.router.remove(9)
+        req = up_to_date_request(t + 1, leader.id, leader)
+        with caplog.at_level(logging.WARNING, logger="raftcore.node.9"):
+            first = await empty.vote(req)
+            second = await empty.vote(req)
+        assert not first.granted and not second.granted and second.term == 0
+        assert caplog.text.count("node 9 refuses to vote for") == 1     # not at every request
+        assert "its log is empty" in caplog.text
+        assert empty.metrics.current_term == 0
+        # Counted among the fresh voters (a first election, or added by a
+        # change in progress), it grants.
+        resp = await empty.vote(up_to_date_request(t + 1, leader.id, leader, fresh={9}))
+        assert resp.granted and resp.term == t + 1
 
 
 # ------------------------------------------------------------- transfer

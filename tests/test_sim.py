@@ -219,7 +219,27 @@ REGRESSION_SEEDS = [
     # were {1, 2}, and wiping 2 next left no quorum. The replacement now
     # promotes a node that was a voter when wiped.
     (15001144, sim.SimSettings(nodes=3, duration=12.0, fault_interval=0.4)),
+    # Node 3 never got past the first entry (3->1 cut from the start); node 1
+    # recorded node 2's incarnation and committed entries on {1, 2}; node 2
+    # was wiped, lost the record, and granted node 3, which led without
+    # them. A node whose log is empty now votes only as a fresh voter or
+    # for the candidate it voted for.
+    (17808671, sim.SimSettings(nodes=3, duration=12.0, fault_interval=0.4)),
+    # Two removals decided on stale views left voters {1, 2}; wiping node 1
+    # left no quorum. A voter is wiped only if the others still make one.
+    (17906334, sim.SimSettings(nodes=5, duration=12.0, fault_interval=0.4)),
 ]
+
+
+def test_a_stall_of_voters_holding_no_entry_is_reported_as_designed_not_as_a_violation():
+    # Seed 17906799: nodes 4 and 5 never received an entry; removing voter 1
+    # made {2, 3, 4, 5} a voter set in which only 2 and 3 hold entries. An
+    # empty log may be a lost disk and votes for nobody (engine_identity),
+    # so no leader can be elected, as the engine intends.
+    r = sim.run_seed(17906799, sim.SimSettings(nodes=5, duration=12.0, fault_interval=0.4))
+    assert r.ok, r.violation
+    assert any("as designed: voters [4, 5] of [2, 3, 4, 5] hold no entry" in line
+               for line in r.trace)
 
 
 @pytest.mark.parametrize("seed, settings", REGRESSION_SEEDS,
