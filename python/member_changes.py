@@ -33,7 +33,10 @@ class ChangeMembers:
     @classmethod
     def add_voters(cls, nodes: Mapping[int, Node]) -> "ChangeMembers":
         """Add new nodes as voters directly (prefer add_learner first, so
-        they catch up before they count toward commit)."""
+        they catch up before they count toward commit). A voter whose log
+        is still empty votes for nobody (it may be a member that lost its
+        disk): should the leader be lost before the change commits, while
+        such voters are needed for a majority, no leader can be elected."""
         return cls("add_voters", frozenset(nodes), dict(nodes))
 
     @classmethod

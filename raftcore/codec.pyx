@@ -264,9 +264,8 @@ cpdef list encode_message(object msg):
         fields = [MSG_VOTE, v.term, v.candidate_id, v.last_log_term, v.last_log_index,
                   v.pre_vote, v.transfer, v.cluster_id]
         if v.fresh:
-            # Only a cluster's first elections and those during a change
-            # that adds voters carry them: every other request keeps the
-            # eight items earlier releases read.
+            # Only a cluster's first elections carry them: every other
+            # request keeps the eight items earlier releases read.
             fields.append(sorted(v.fresh))
         return fields
     if type(msg) is VoteResponse:

@@ -45,9 +45,8 @@ it acknowledged: its votes and acknowledgements do not count (leader:
 then taken from its answers). A wiped member lost the record too, and a
 candidate lagging behind may lack it: a node whose log is empty votes only
 where the request counts it among the fresh voters (VoteRequest.fresh: in
-the cluster's first elections, or added by a change in progress), or for the
-candidate it voted for, until a leader's entries reach it
-(engine_identity.may_vote_on_empty_log).
+the cluster's first elections), or for the candidate it voted for, until a
+leader's entries reach it (engine_identity.may_vote_on_empty_log).
 """
 
 cimport cython

@@ -38,24 +38,20 @@ cdef frozenset NOBODY = frozenset()
 
 cdef frozenset fresh_voters(Engine e):
     """The voters this node's vote requests may ask even on an empty log
-    (VoteRequest.fresh): those none of whose acknowledgements can be what
-    this election must not lose.
-    - In a cluster's first elections, asked by the node that initialized it
-      while its log is that first entry alone (untouched_initializer), all
-      the others: no leader was ever elected, nothing was acknowledged.
-    - In a joint membership (a change in progress), the voters the change
-      adds: the candidate needs a majority of the old voters as well. An
-      entry committed before the change needed a majority of them; one
-      committed after it needed them to commit the change first. Either
-      way a node of the candidate's old majority holds it and refuses a
-      candidate without it; a wiped newcomer's lost acknowledgements do not
-      matter. (Without this, a change adding voters that never received an
-      entry could never finish once its leader restarted: review finding.)
-    Everyone else may be a member that lost its disk (may_vote_on_empty_log)."""
+    (VoteRequest.fresh): in a cluster's first elections, asked by the node
+    that initialized it while its log is that first entry alone
+    (untouched_initializer), all the others: no leader was ever elected,
+    nothing was acknowledged. Nobody else: any other voter with an empty
+    log may be a member that lost its disk (may_vote_on_empty_log).
+
+    (Not the voters a joint membership adds, although the candidate needs
+    a majority of the old ones too: once the final membership is in force,
+    entries commit on a majority of the new voters alone, which a wiped
+    newcomer may have been part of; second review, finding S1. So voters
+    added without a learner stage that never received an entry count as
+    absent in elections until a leader reaches them.)"""
     if untouched_initializer(e):
         return e.membership.voter_ids - {e.id}
-    if e.membership is not None and e.membership.is_joint:
-        return <frozenset>e.membership.configs[1] - <frozenset>e.membership.configs[0]
     return NOBODY
 
 
@@ -65,12 +61,16 @@ cdef bint untouched_initializer(Engine e):
     this node's own incarnation (the one it made at initialize). With one
     initializing node, no leader was then ever elected.
 
-    A leader whose log was the first entry alone makes its own next entry
-    durable before it sends any (first_entries_held): else followers could
-    commit entries it then loses in a crash, and it would look untouched
-    again. A store that keeps no incarnation (None, recorded as None) gets
-    no protection from any of this: every such node with the first entry
-    alone asks as an initializer would."""
+    Two rules keep its log from becoming that entry alone again once a
+    leader existed: a leader whose log was the first entry alone makes its
+    own next entry durable before it sends any (first_entries_held; else
+    followers could commit entries it then loses in a crash), and the
+    first entry always travels with the next one (batch_end), so no other
+    node holds it alone, wins an election with it and writes a different
+    entry 2 that would truncate the initializer's. A store that keeps no
+    incarnation (None, recorded as None) gets no protection from any of
+    this: every such node with the first entry alone asks as an
+    initializer would."""
     if e.log.last_index() != 1 or e.log.purged_index != 0:
         return False
     return recorded_incarnations(e).get(e.id) == e.incarnation

@@ -213,15 +213,21 @@ cdef void send_entries(Engine e, Progress p):
 
 
 cdef long long batch_end(Engine e, long long first):
-    """Last index of a batch starting at `first`, capped by entry count and bytes."""
+    """Last index of a batch starting at `first`, capped by entry count and
+    bytes; a batch of the first entry carries the second too, if there is
+    one (engine_identity.untouched_initializer: no follower may hold the
+    first entry alone)."""
     cdef long long last = e.log.last_index()
     cdef long long end = first + e.max_payload_entries - 1
+    cdef long long least = 2 if first == 1 else first
     cdef long long total = 0, i
+    if end < least:
+        end = least
     if end > last:
         end = last
     for i in range(first, end + 1):
         total += e.log.get(i).size
-        if total > e.max_payload_bytes and i > first:
+        if total > e.max_payload_bytes and i > least:
             return i - 1
     return end
 

@@ -426,25 +426,40 @@ def test_fresh_voters_cross_the_wire_and_only_then_add_an_item():
 
 @isolated
 @pytest.mark.parametrize("pre_vote", [False, True])
-def test_voters_a_change_in_progress_adds_may_grant_on_an_empty_log(pre_vote):
-    # Review finding: {1} commits, then adds voters 2 and 3 directly (joint
-    # {1}, {1, 2, 3}) while they receive nothing; node 1 restarts. Its
-    # election needs 2 or 3, both on empty logs: they must grant, or the
-    # change never finishes. They may: node 1 also needs a majority of the
-    # old voters, which hold whatever was committed.
-    joint = Membership([{1}, {1, 2, 3}], {1: Node("n1", incarnation="a"), 2: Node("n2"),
-                                          3: Node("n3")})
-    e = node(1, joint, "a", pre_vote=pre_vote)
-    e.restore(Vote(1, 1, True), None, [Entry(1, 1, ENTRY_MEMBERSHIP, pinned({1: "a"})),
-                                       Entry(1, 2, ENTRY_NORMAL, b"x"),
-                                       Entry(1, 3, ENTRY_MEMBERSHIP, joint)], 2, 2)
-    req = vote_request(e, pre_vote)
-    assert req.fresh == {2, 3}
-    assert wiped(2, "b").handle_vote_request(req, 0.0).granted
-    e.handle_vote_response(2, req, VoteResponse(req.term, True, 2, "b"), 0.0)
-    if not pre_vote:
-        assert e.state == LEADER
-    # Replacing voters: the old ones are no fresh voters.
-    swap = Membership([{1, 2, 3}, {1, 4, 5}], {i: Node(f"n{i}") for i in (1, 2, 3, 4, 5)})
-    e = node(1, swap, "a", pre_vote=pre_vote)
-    assert vote_request(e, pre_vote).fresh == {4, 5}
+def test_voters_a_change_adds_do_not_grant_on_an_empty_log(pre_vote):
+    # Second review, finding S1: node 3's log ends in the joint entry
+    # ({1, 2, 3}, {1..5}); the final {1..5} and an entry E committed on
+    # {1, 4, 5} and node 4 was wiped. Were 4 fresh (added by the change),
+    # node 3 would win with {2, 3} and {2, 3, 4} and lose E: the old
+    # majority is needed to commit the change, not to hold what follows it.
+    joint = Membership([{1, 2, 3}, {1, 2, 3, 4, 5}],
+                       {i: Node(f"n{i}", incarnation=inc) for i, inc in
+                        ((1, "a"), (2, "b"), (3, "c"), (4, None), (5, None))})
+    lagging = node(3, joint, "c", pre_vote=pre_vote)
+    first = pinned({1: "a", 2: None, 3: None})
+    lagging.restore(Vote(1, 1, True), None, [Entry(1, 1, ENTRY_MEMBERSHIP, first),
+                                             Entry(1, 2, ENTRY_NORMAL, b""),
+                                             Entry(1, 3, ENTRY_MEMBERSHIP, joint)], 3, 3)
+    req = vote_request(lagging, pre_vote)
+    assert not req.fresh
+    assert not wiped(4, "d-new").handle_vote_request(req, 0.0).granted
+
+
+@isolated
+@pytest.mark.parametrize("max_payload_entries", [1, 64])
+def test_the_first_entry_travels_only_with_the_second(max_payload_entries):
+    # Second review, finding S2: a follower holding the first entry alone
+    # could lead, write another entry 2 and truncate the initializer back
+    # to its first entry alone: an untouched initializer again.
+    m = pinned({1: "a", 2: None, 3: None})
+    leader = node(1, m, "a", max_payload_entries=max_payload_entries, max_payload_bytes=1)
+    cmds = elect(leader, {2: "b"})          # its blank entry is durable: it sends
+    assert leader.state == LEADER
+    req = h.sends(cmds)[2][-1]               # (the first: a heartbeat, sent while held)
+    assert req.entries
+    follower = wiped(2, "b")
+    resp = follower.handle_append_entries(req, 0.0)     # empty: asks from index 1
+    assert not resp.success and resp.conflict_index == 1
+    leader.handle_append_response(2, req, resp, 0.0)
+    again = h.sends(leader.take_commands())[2][0]
+    assert [e.index for e in again.entries][:2] == [1, 2]

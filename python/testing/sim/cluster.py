@@ -281,17 +281,14 @@ class Simulation(ClientWorkload, EmbedWorkload, FaultInjection, Figure8):
         """Why no leader can be elected, if it is the engine's rule for empty
         logs (engine_identity.may_vote_on_empty_log): in the membership of
         the node with the longest log, some voter set has no majority of
-        voters that hold an entry or may grant anyway (those a change in
-        progress adds). Such voters may have lost their disks; only a
-        leader's entries let them vote again. None otherwise."""
+        voters that hold an entry. Such voters may have lost their disks;
+        only a leader's entries let them vote again. None otherwise."""
         newest = max(self.rafts.values(), key=lambda r: r.metrics.last_log_index)
         m = newest._core.engine.membership
         if m is None:
             return None
         able = {i for i, r in self.rafts.items()
                 if r.metrics.last_log_index > 0 or r._core.engine.log.purged_index > 0}
-        if m.is_joint:
-            able |= m.configs[1] - m.configs[0]
         for voters in m.configs:
             if len(voters & able) <= len(voters) // 2:
                 return (f"voters {sorted(voters - able)} of {sorted(voters)} hold no entry, "
