@@ -178,13 +178,15 @@ cdef void replicate_all(Engine e):
 
 
 cdef bint first_entries_held(Engine e):
-    """Whether this leader holds its entries back: its log was the first
-    entry alone when it was elected, and its own blank entry is not durable
-    yet. Its log must never again be that entry alone once any follower may
-    hold more (engine_identity.untouched_initializer): a crash would lose an
-    unflushed blank that followers committed. (A store that keeps no
-    incarnation has no such protection to keep: nothing is held.)"""
-    return e.term_start_index == 2 and e.flushed < 2 and e.incarnation is not None
+    """Whether this leader holds its entries back: its own log is durable
+    up to the first entry only. Its log must never again be that entry
+    alone once any follower may hold more (engine_identity.
+    untouched_initializer): a crash would lose unflushed entries that
+    followers committed. Whatever the term: a first leader deposed before
+    its blank entry was durable, and elected again, must hold too (third
+    review, F1). (A store that keeps no incarnation has no such protection
+    to keep: nothing is held.)"""
+    return e.flushed < 2 and e.incarnation is not None
 
 
 cdef void send_while_open(Engine e, Progress p):

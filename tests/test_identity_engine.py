@@ -425,6 +425,30 @@ def test_fresh_voters_cross_the_wire_and_only_then_add_an_item():
 
 
 @isolated
+def test_first_leader_deposed_before_its_entry_was_durable_holds_again_when_reelected():
+    # Third review, F1: re-elected in term 2, its blank entry of term 1
+    # still not durable, it sent everything at once; followers committed
+    # on their own acks, and a crash left it with its first entry alone.
+    m = pinned({1: "a", 2: None, 3: None})
+    leader = node(1, m, "a")
+    req = vote_request(leader)
+    leader.handle_vote_response(2, req, VoteResponse(req.term, True, 2, "b"), 0.0)
+    assert leader.state == LEADER
+    leader.take_commands()                  # its blank entry: appended, not flushed
+    leader.handle_vote_response(3, req, VoteResponse(req.term + 1, False, 3, "c"), 0.0)
+    assert leader.state != LEADER
+    leader.take_commands()
+    req = vote_request(leader)
+    leader.handle_vote_response(2, req, VoteResponse(req.term, True, 2, "b"), 0.0)
+    assert leader.state == LEADER and leader.last_log_index == 3
+    assert all(r.entries == [] for reqs in h.sends(leader.take_commands()).values()
+               for r in reqs)
+    flush_all(leader)
+    sent = h.sends(leader.take_commands())
+    assert sorted(sent) == [2, 3] and all(r.entries for reqs in sent.values() for r in reqs)
+
+
+@isolated
 @pytest.mark.parametrize("pre_vote", [False, True])
 def test_voters_a_change_adds_do_not_grant_on_an_empty_log(pre_vote):
     # Second review, finding S1: node 3's log ends in the joint entry
