@@ -55,7 +55,6 @@ per-write figures of `raftcore bench` would show. What is off that path
 next.
 """
 cimport cython
-from libc.math cimport INFINITY
 from raftcore.engine cimport Engine, S_FOLLOWER, S_LEADER, S_LEARNER
 from raftcore.messages cimport AppendEntriesRequest, AppendEntriesResponse
 from raftcore.commands cimport (
@@ -96,8 +95,6 @@ cdef long long TERM_JUMP_LIMIT = 2**32
 
 # What RaftCore._execute returns for a command that must wait for the core task.
 cdef object _DEFER = object()
-#: Seconds between two warnings that this node refuses votes on an empty log.
-EMPTY_LOG_WARNING_INTERVAL = 10.0
 
 
 @cython.freelist(16)
@@ -196,7 +193,6 @@ cdef class RaftCore:
     cdef object _seen_leader
     cdef object _core_task
     cdef object _identity                     # NodeIdentity: cluster id and incarnation
-    cdef double _empty_log_warned_at          # loop time of the last empty-log refusal warning
 
     def __init__(self, node_id, config, network, log_store, state_machine, loop,
                  executor=None, engine_type=None) -> None:
@@ -257,7 +253,6 @@ cdef class RaftCore:
         self._seen_leader = None
         self._core_task = None
         self._identity = NodeIdentity(self)
-        self._empty_log_warned_at = -INFINITY
         self.rpc_errors = {}
 
     @property
@@ -405,25 +400,9 @@ cdef class RaftCore:
             await self._identity.admit_peer(req.cluster_id, req.candidate_id)
         resp = self.engine.handle_vote_request(req, self.loop.time())
         await self.run_commands()
-        if not resp.granted and self.engine.last_log_index == 0 \
-                and self.engine.log.purged_index == 0 and self.id not in req.fresh:
-            self._warn_empty_log_refusal(req.candidate_id)
+        if not resp.granted:
+            self._identity.vote_refused(req)
         return resp
-
-    def _warn_empty_log_refusal(self, candidate) -> None:
-        """Says, at most every EMPTY_LOG_WARNING_INTERVAL seconds, why this
-        node refuses votes (engine_identity.may_vote_on_empty_log): an
-        operator facing a cluster without a leader must learn that this
-        node waits for a leader's entries."""
-        now = self.loop.time()
-        if now < self._empty_log_warned_at + EMPTY_LOG_WARNING_INTERVAL:
-            return
-        self._empty_log_warned_at = now
-        self.log.warning(
-            "node %s refuses to vote for %s: its log is empty, so it may be a member that "
-            "lost its disk (and the entries it acknowledged); it votes once a leader's entries "
-            "reach it. Elections need a majority of voters that hold entries: bring back a "
-            "node that holds them", self.id, candidate)
 
     async def handle_transfer_leader(self, req) -> None:
         self.check_running()

@@ -8,11 +8,16 @@ NodeIdentity; the cluster id and incarnation themselves live in the engine,
 which counts votes and acknowledgements by them.
 """
 import asyncio
+import math
 from typing import Any
 
 from raftcore.engine import LEADER
 from raftcore.errors import ClusterMismatch
 from raftcore.storage.base import new_identity_token
+
+
+#: Seconds between two warnings that this node refuses votes on an empty log.
+EMPTY_LOG_WARNING_INTERVAL = 10.0
 
 
 class NodeIdentity:
@@ -28,6 +33,7 @@ class NodeIdentity:
         self.log = core.log
         self.keeps_identity = False      # the log store keeps a cluster id and incarnation
         self._lock = asyncio.Lock()       # serializes saving the cluster id
+        self._empty_log_warned_at = -math.inf   # loop time of the last empty-log warning
         self._refusals_logged: dict = {}  # (sender, cluster id) -> when last logged
         # What the membership said when last logged: whether it records
         # another incarnation for this node; (leader) the stale members.
@@ -147,3 +153,22 @@ class NodeIdentity:
                 "acknowledgements do not count; it needs replacing (remove it and add it back)",
                 self.id, m, e.recorded_incarnation(m))
         self.seen_stale_members = set(e.stale_members)
+
+    def vote_refused(self, req: Any) -> None:
+        """Says, at most every EMPTY_LOG_WARNING_INTERVAL seconds, why this
+        node refused `req` if its log is empty and the request does not
+        count it fresh (engine_identity.may_vote_on_empty_log): an operator
+        facing a cluster without a leader must learn that this node waits
+        for a leader's entries."""
+        engine = self._core.engine
+        if engine.last_log_index != 0 or engine.log.purged_index != 0 or self.id in req.fresh:
+            return
+        now = self.loop.time()
+        if now < self._empty_log_warned_at + EMPTY_LOG_WARNING_INTERVAL:
+            return
+        self._empty_log_warned_at = now
+        self.log.warning(
+            "node %s refuses to vote for %s: its log is empty, so it may be a member that "
+            "lost its disk (and the entries it acknowledged); it votes once a leader's entries "
+            "reach it. Elections need a majority of voters that hold entries: bring back a "
+            "node that holds them", self.id, req.candidate_id)
