@@ -14,7 +14,7 @@ from redis.retry import Retry
 
 from async_runner import run_guarded
 from kv_harness import GUARD, wait_leader
-from redis_harness import RedisKvCluster, RespClient, redis_leader, wait_until
+from redis_harness import RedisKvCluster, RespClient, redis_leader, redis_server, wait_until
 
 
 def _leader(c: RedisKvCluster) -> int:
@@ -141,6 +141,45 @@ def test_watch_aborts_on_a_change_even_if_changed_back(cluster):
     finally:
         raw.close()
     assert r.get("tx:k") == b"2"
+
+
+def _expiring_watch(r: redis.Redis, key: str, hidden_at_watch: bool) -> str:
+    """WATCH `key`, which has a deadline and has passed it before the WATCH
+    (hidden_at_watch) or after; once the server has deleted it, EXEC:
+    "applied" or "aborted"."""
+    def deadlines() -> int:
+        return int(r.info("keyspace").get("db0", {}).get("expires", 0))
+    wait_until(lambda: deadlines() == 0, "no key with a deadline")
+    r.set(key, "v", px=300)
+    with r.pipeline() as pipe:
+        if hidden_at_watch:
+            wait_until(lambda: r.get(key) is None, "the key to expire")
+            pipe.watch(key)
+        else:
+            pipe.watch(key)
+            wait_until(lambda: r.get(key) is None, "the key to expire")
+        wait_until(lambda: deadlines() == 0, "the expired key's deletion")
+        pipe.multi()
+        pipe.set(f"{key}:done", "1")
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            return "aborted"
+        return "applied"
+
+
+def test_watch_of_an_expiring_key_decides_as_redis_server(cluster, tmp_path):
+    # Redis 7: a key that had expired already when watched is no change
+    # when it is deleted; one that expires after the WATCH aborts EXEC.
+    c, leader, (f1, _) = cluster
+    with redis_server(tmp_path) as port:
+        real = redis.Redis(host="127.0.0.1", port=port, socket_timeout=GUARD)
+        for hidden in (True, False):
+            expected = _expiring_watch(real, "exp:k", hidden)
+            assert expected == ("applied" if hidden else "aborted")
+            for i in (leader, f1):
+                assert _expiring_watch(_client(c, i), f"exp:{i}", hidden) == expected, \
+                    (i, hidden)
 
 
 def test_asyncio_client_with_resp3(cluster):

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from raftcore.kv import KvStateMachine
 from raftcore.kv.state import KV_SNAPSHOT_FORMAT
+from raftcore.kv.redis import keyspace
 from raftcore.kv.redis.apply import (EXPIRE_DUE, MAX_TRACK_SPAN_MS, REDIS_CMD, REDIS_CMD_V1,
-                                     REDIS_CMD_V2, TRACK, VERSION, read_commands)
+                                     REDIS_CMD_V2, REDIS_CMD_V3, TRACK, VERSION, read_commands)
 from raftcore.kv.redis.resp import is_error
 from raftcore.messages import SnapshotMeta
 from raftcore.types import ENTRY_NORMAL, Entry
@@ -180,6 +181,80 @@ def test_a_watched_key_that_expires_aborts_an_untracked_exec():
     assert read_commands(sm, 61_001, [[VERSION, b"k"]])[0] > first
 
 
+def exec_entry(now, watched, tag=REDIS_CMD):
+    """A transaction's entry: SET x 1 if every watched [key, index] holds."""
+    return [tag, now, [[b"SET", b"x", b"1"]], watched]
+
+
+def test_a_key_expired_already_when_watched_is_no_change_when_deleted():
+    # Redis 7: WATCH of a key whose deadline had passed, then its deletion
+    # (the leader's sweep, or a write's check), does not abort EXEC.
+    sm = KvStateMachine()
+    log = Log(sm)
+    log.apply(tracked(1_000, 60_000), redis(1_000, [b"SET", b"k", b"v", b"PX", b"100"]),
+              redis(1_000, [b"SET", b"j", b"v", b"PX", b"100"]))
+    seen = read_commands(sm, 1_150, [[VERSION, b"k"], [VERSION, b"j"]])
+    assert seen == [-1_100, -1_100] and b"k" in sm.data     # hidden, not yet deleted
+    assert log.apply(redis(1_200, [EXPIRE_DUE])) == [[2]]
+    assert b"k" not in sm.data
+    assert read_commands(sm, 1_250, [[VERSION, b"k"]]) == [-1_100]
+    assert log.apply(exec_entry(1_300, [[b"k", seen[0]], [b"j", seen[1]]])) == [["OK"]]
+    # Written again after its deletion: that is a change.
+    log.apply(redis(1_400, [b"SET", b"k", b"again"]))
+    assert log.apply(exec_entry(1_500, [[b"k", seen[0]]])) == [None]
+    # Deleted by the transaction's own check (no sweep came first): the same.
+    log.apply(redis(2_000, [b"SET", b"k", b"v", b"PX", b"100"]))
+    seen = read_commands(sm, 2_200, [[VERSION, b"k"]])[0]
+    assert log.apply(exec_entry(2_300, [[b"k", seen]])) == [["OK"]]
+    assert b"k" not in sm.data
+
+
+def test_a_key_alive_when_watched_that_expires_aborts():
+    sm = KvStateMachine()
+    log = Log(sm)
+    log.apply(tracked(1_000, 60_000), redis(1_000, [b"SET", b"k", b"v", b"PX", b"100"]))
+    seen = read_commands(sm, 1_050, [[VERSION, b"k"]])[0]
+    log.apply(redis(1_200, [EXPIRE_DUE]))
+    assert log.apply(exec_entry(1_300, [[b"k", seen]])) == [None]
+
+
+def test_an_untracked_entry_after_an_expired_key_s_deletion_aborts_its_watch():
+    # The untracked entry may have written the key without a record.
+    sm = KvStateMachine()
+    log = Log(sm)
+    log.apply(tracked(1_000, 1_000), redis(1_000, [b"SET", b"k", b"v", b"PX", b"100"]))
+    seen = read_commands(sm, 1_150, [[VERSION, b"k"]])[0]
+    log.apply(redis(1_200, [EXPIRE_DUE]), redis(5_000, [b"SET", b"other", b"1"]))
+    assert sm.redis.untracked == sm.redis.counter
+    assert log.apply(exec_entry(5_100, [[b"k", seen]])) == [None]
+
+
+def test_entries_of_the_third_tag_give_an_expired_key_s_deletion_a_new_index():
+    sm = KvStateMachine()
+    log = Log(sm)
+    log.apply(tracked(1_000, 60_000),
+              [REDIS_CMD_V3, 1_000, [[b"SET", b"k", b"v", b"PX", b"100"]]])
+    seen = read_commands(sm, 1_150, [[VERSION, b"k"]])[0]
+    log.apply([REDIS_CMD_V3, 1_200, [[EXPIRE_DUE]]])
+    assert sm.redis.tombstones[b"k"] == sm.redis.counter
+    assert log.apply(exec_entry(1_300, [[b"k", seen]], REDIS_CMD_V3)) == [None]
+
+
+def test_forgotten_deletions_raise_the_floor_in_deletion_order(monkeypatch):
+    monkeypatch.setattr(keyspace, "MAX_TOMBSTONES", 2)
+    sm = KvStateMachine()
+    log = Log(sm)
+    log.apply(tracked(1_000, 60_000), redis(1_000, [b"SET", b"a", b"v", b"PX", b"100"]),
+              redis(1_001, [b"SET", b"b", b"v"], [b"SET", b"c", b"v"]))
+    absent = read_commands(sm, 1_001, [[VERSION, b"z"]])[0]
+    log.apply(redis(1_200, [EXPIRE_DUE]))                     # a: [index, deadline]
+    deleted_a = sm.redis.counter
+    log.apply(redis(1_300, [b"DEL", b"b"]), redis(1_400, [b"DEL", b"c"]))
+    assert b"a" not in sm.redis.tombstones and sm.redis.floor == deleted_a
+    # An absent key without a record now counts as modified at the floor.
+    assert read_commands(sm, 1_500, [[VERSION, b"z"]])[0] == deleted_a > absent
+
+
 def test_entries_of_the_previous_tag_are_always_tracked():
     # Entries tagged REDIS_CMD_V2 were written when every entry recorded
     # its indexes: replayed, they still do (a node restarting from an
@@ -231,7 +306,13 @@ def test_a_log_of_every_kind_gives_every_node_the_same_indexes_whatever_its_snap
                 tracked(6, 10),
                 redis(7, [b"SET", b"a", b"4"], [b"DEL", b"c"]),
                 [REDIS_CMD, 8, [[b"INCR", b"n"]], [[b"a", 7]]],
-                redis(20, [b"SET", b"d", b"1"])]
+                redis(20, [b"SET", b"d", b"1"]),
+                tracked(21, 1_000),
+                [REDIS_CMD_V3, 22, [[b"SET", b"e", b"1", b"PX", b"5"]]],
+                [REDIS_CMD_V3, 30, [[EXPIRE_DUE]]],
+                redis(31, [b"SET", b"f", b"1", b"PX", b"5"]),
+                redis(40, [EXPIRE_DUE]),
+                [REDIS_CMD, 41, [[b"INCR", b"n"]], [[b"f", -36]]]]
     whole = KvStateMachine()
     Log(whole).apply(*payloads)
     for cut in range(1, len(payloads)):

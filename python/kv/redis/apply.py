@@ -10,13 +10,19 @@ Its response is the list of the commands' replies.
 Modification indexes: each Redis entry takes the next value of a counter,
 and every key it writes, deletes or expires gets that value. A WATCH reads
 between entries, so a key changed (even changed back) by any later entry
-has another index at EXEC. One index per entry, not per command: every
+has another index at EXEC. Expiry, as in Redis 7: a WATCH sees a key
+whose deadline has passed as modified at that deadline (its index is
+-deadline), and deleting it keeps that index (its tombstone records the
+deadline), so a key that had expired already when watched is no change
+when the sweep deletes it. One index per entry, not per command: every
 write of the entry stores one shared int, so the apply allocates none and
 frees none per command (a third of a pipelined SET's apply). Entries
 written by earlier versions (as a restarted node may apply again from its
 log) keep their old rules: REDIS_CMD_V1 one index per command, both
-V1 and REDIS_CMD_V2 always tracked (below); the same log gives the same
-indexes on every node, whatever snapshot it started from.
+V1 and REDIS_CMD_V2 always tracked (below), V1 to REDIS_CMD_V3 a new
+index for the deletion of an expired key (Keyspace.expiry_unchanged); the
+same log gives the same indexes on every node, whatever snapshot it
+started from.
 
 Tracking. Recording indexes costs a second map write per modified key
 (a sixth of a pipelined SET's cost on every node), and only WATCH needs
@@ -42,15 +48,17 @@ from raftcore.kv.redis.keyspace import OK, READS, WRITES, Keyspace, expire_due, 
 from raftcore.kv.redis.resp import error
 
 #: The first item of a Redis entry in the log.
-REDIS_CMD = "redis3"
+REDIS_CMD = "redis4"
 #: The first item of the Redis entries earlier versions wrote: one
 #: modification index per command (V1), or per entry, always recorded
-#: (V2). A node of such a version answers a REDIS_CMD entry as malformed,
+#: (V2), or tracked but giving the deletion of an expired key a new index
+#: (V3). A node of such a version answers a REDIS_CMD entry as malformed,
 #: so every node of a cluster is upgraded before a new one leads.
 REDIS_CMD_V1 = "redis"
 REDIS_CMD_V2 = "redis2"
+REDIS_CMD_V3 = "redis3"
 #: The tags of the Redis entries this version applies.
-REDIS_TAGS = (REDIS_CMD, REDIS_CMD_V2, REDIS_CMD_V1)
+REDIS_TAGS = (REDIS_CMD, REDIS_CMD_V3, REDIS_CMD_V2, REDIS_CMD_V1)
 #: An internal command the leader proposes: delete every key whose deadline
 #: has passed (a client cannot send it: it is in no command table).
 EXPIRE_DUE = b"__expire_due__"
@@ -75,8 +83,8 @@ def apply_redis(sm: Any, p: Any) -> Any:
     per_command = p[0] == REDIS_CMD_V1
     if not per_command:
         st.counter += 1         # this entry's modification index
-    track = p[0] != REDIS_CMD or now < st.tracking_until
-    ks = Keyspace(sm, now, True, per_command, track)
+    track = p[0] == REDIS_CMD_V1 or p[0] == REDIS_CMD_V2 or now < st.tracking_until
+    ks = Keyspace(sm, now, True, per_command, track, expiry_unchanged=p[0] == REDIS_CMD)
     if len(p) == 4:
         try:
             if any(ks.version(k) != v for k, v in p[3]):

@@ -62,7 +62,8 @@ class RedisState:
     """What the Redis commands keep beside the map, in a state machine and
     its snapshots: key -> expiry deadline (ms since the epoch); key ->
     modification index (live keys) and deleted key -> the index of its
-    deletion (the newest MAX_TOMBSTONES); the last index given out (see
+    deletion, or [index, deadline] for a key deleted after its deadline
+    had passed (the newest MAX_TOMBSTONES); the last index given out (see
     apply.py: one per entry); the index of the newest forgotten deletion;
     the newest leader clock an entry carried (a new leader's clock may be
     behind: time never goes back in the log); the leader clock until which
@@ -120,12 +121,17 @@ class Keyspace:
     `per_command`: each modification takes the next index (an entry of an
     earlier version, see apply.py); else every modification takes the
     entry's, state.counter. `track`: modifications record their index
-    (else the entry counts as state.untracked, see apply.py)."""
+    (else the entry counts as state.untracked, see apply.py).
+    `expiry_unchanged`: deleting a key whose deadline had passed leaves its
+    index as a WATCH saw it while the key was hidden (Redis 7: a watched key
+    that had expired already when WATCHed and is then deleted is no
+    change); entries of earlier versions gave such a deletion a new index."""
 
-    __slots__ = ("data", "expires", "state", "now", "mutate", "per_command", "track")
+    __slots__ = ("data", "expires", "state", "now", "mutate", "per_command", "track",
+                 "expiry_unchanged")
 
     def __init__(self, sm: Any, now: int, mutate: bool, per_command: bool = False,
-                 track: bool = True) -> None:
+                 track: bool = True, expiry_unchanged: bool = True) -> None:
         self.data: dict = sm.data
         self.state: RedisState = sm.redis
         self.expires = self.state.expires
@@ -133,6 +139,7 @@ class Keyspace:
         self.mutate = mutate
         self.per_command = per_command
         self.track = track or per_command
+        self.expiry_unchanged = expiry_unchanged
 
     def alive(self, key: Any) -> bool:
         if key not in self.data:
@@ -157,7 +164,7 @@ class Keyspace:
         if key not in self.data:
             return False
         del self.data[key]
-        self.expires.pop(key, None)
+        deadline = self.expires.pop(key, None)
         st = self.state
         st.versions.pop(key, None)
         if not self.track:
@@ -170,10 +177,13 @@ class Keyspace:
             st.counter += 1
         tombstones = st.tombstones
         tombstones.pop(key, None)
-        tombstones[key] = st.counter
+        if self.expiry_unchanged and deadline is not None and deadline <= self.now:
+            tombstones[key] = [st.counter, deadline]
+        else:
+            tombstones[key] = st.counter
         if len(tombstones) > MAX_TOMBSTONES:
-            oldest = next(iter(tombstones))
-            st.floor = tombstones.pop(oldest)
+            # In deletion order, so the floor only grows.
+            st.floor = _deleted_at(tombstones.pop(next(iter(tombstones))))
         return True
 
     def touch(self, key: Any) -> None:
@@ -198,7 +208,19 @@ class Keyspace:
         v = st.versions.get(key)
         if v is None:
             v = st.tombstones.get(key, st.floor)
+            if type(v) is list:
+                # Deleted once its deadline had passed: as it was while
+                # hidden, unless an untracked entry came since (it may
+                # have written the key without a record).
+                if v[0] > st.untracked:
+                    return -v[1]
+                v = v[0]
         return max(v, st.untracked)
+
+
+def _deleted_at(tombstone: Any) -> int:
+    """The modification index of a deletion, from its tombstone."""
+    return tombstone[0] if type(tombstone) is list else tombstone
 
 
 # ------------------------------------------------------------- reads
