@@ -161,7 +161,7 @@ class NodeIdentity:
         facing a cluster without a leader must learn that this node waits
         for a leader's entries."""
         engine = self._core.engine
-        if engine.last_log_index != 0 or engine.log.purged_index != 0 or self.id in req.fresh:
+        if not engine.log_empty or self.id in req.fresh:
             return
         now = self.loop.time()
         if now < self._empty_log_warned_at + EMPTY_LOG_WARNING_INTERVAL:

@@ -199,7 +199,7 @@ cdef class Engine:
         """Appends the first membership entry and, if this node is a voter,
         starts an election right away. Only on a node that never had a log
         or a vote."""
-        if self.log.last_index() != 0 or self.log.purged_index != 0 or self.vote.term != 0:
+        if not self.log.is_empty() or self.vote.term != 0:
             raise NotAllowed(
                 f"node {self.id} is already initialized (last log index "
                 f"{self.log.last_index()}, term {self.vote.term}); "
@@ -466,6 +466,13 @@ cdef class Engine:
     @property
     def last_log_index(self):
         return self.log.last_index()
+
+    @property
+    def log_empty(self):
+        """Whether the log holds no entry and no snapshot (a new node's,
+        or one that lost its disk): such a node votes only as
+        engine_identity.may_vote_on_empty_log allows."""
+        return self.log.is_empty()
 
     @property
     def last_log_term(self):

@@ -22,8 +22,7 @@ cdef object handle_vote_request(Engine e, VoteRequest req, double now):
     if identity.self_stale(e):
         # This node may have forgotten a vote it cast in req.term.
         return VoteResponse(e.vote.term, False, e.id, e.incarnation)
-    if e.log.last_index() == 0 and e.log.purged_index == 0 \
-            and not identity.may_vote_on_empty_log(e, req):
+    if e.log.is_empty() and not identity.may_vote_on_empty_log(e, req):
         # Nor does it adopt the term (nothing it saves changes what it may do).
         return VoteResponse(e.vote.term, False, e.id, e.incarnation)
     if req.term < e.vote.term or e.storage_full:

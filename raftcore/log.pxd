@@ -9,6 +9,11 @@ cdef class RaftLog:
     cdef inline long long last_index(self):
         return self.purged_index + len(self.entries)
 
+    cdef inline bint is_empty(self):
+        # No entry and no snapshot: a new node's log, or one that lost its
+        # disk (engine_identity.may_vote_on_empty_log).
+        return self.purged_index == 0 and not self.entries
+
     cdef long long last_term(self)
     cdef long long term_at(self, long long index)
     cdef Entry get(self, long long index)

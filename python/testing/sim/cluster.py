@@ -287,8 +287,7 @@ class Simulation(ClientWorkload, EmbedWorkload, FaultInjection, Figure8):
         m = newest._core.engine.membership
         if m is None:
             return None
-        able = {i for i, r in self.rafts.items()
-                if r.metrics.last_log_index > 0 or r._core.engine.log.purged_index > 0}
+        able = {i for i, r in self.rafts.items() if not r._core.engine.log_empty}
         for voters in m.configs:
             if len(voters & able) <= len(voters) // 2:
                 return (f"voters {sorted(voters - able)} of {sorted(voters)} hold no entry, "
