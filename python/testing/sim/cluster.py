@@ -49,6 +49,9 @@ class Simulation(ClientWorkload, EmbedWorkload, FaultInjection, Figure8):
         self.faults: collections.Counter = collections.Counter()
         self.stop = False
         self.ops = 0
+        #: Why no leader came back after healing, when the engine intends it
+        #: (voters_without_entries); "" otherwise.
+        self.stalled = ""
         self.voter_ids = set(range(1, settings.nodes + 1))
         self.all_ids = list(range(1, settings.nodes + settings.spares + 1))
         self.started: set[int] = set()
@@ -308,6 +311,7 @@ class Simulation(ClientWorkload, EmbedWorkload, FaultInjection, Figure8):
             stalled = self.voters_without_entries()
             if stalled is not None:
                 self.log(f"no leader after healing, as designed: {stalled}")
+                self.stalled = stalled
                 return
             raise Violation(f"liveness: no leader could write and read within "
                             f"{self.s.heal_within}s of healing; {self.describe_nodes()}")

@@ -51,6 +51,7 @@ def run_seed(seed: int, settings: Optional[SimSettings] = None) -> SimResult:
     result.trace = sim.trace
     result.faults = sim.faults
     result.ops = sim.ops
+    result.stalled = sim.stalled
     result.virtual_seconds = getattr(sim, "virtual_seconds", 0.0)
     return result
 
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
                            workload=args.workload)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     faults: collections.Counter = collections.Counter()
-    ops = failed = undecided = undecided_keys = 0
+    ops = failed = undecided = undecided_keys = stalled = 0
     t0 = time.perf_counter()
     for seed in seeds:
         r = run_seed(seed, settings)
@@ -128,9 +129,13 @@ def main(argv=None) -> int:
         elif args.seed is not None:
             for line in r.trace:
                 print("   ", line)
+        if r.ok and r.stalled:
+            stalled += 1
+            print(f"seed {seed}: no leader after healing, as designed: {r.stalled}")
     dt = time.perf_counter() - t0
     print(f"seeds run: {len(seeds)}, violations: {failed}, undecided: {undecided} seeds "
-          f"({undecided_keys} keys), operations checked: {ops}, {dt:.1f}s")
+          f"({undecided_keys} keys), stalled as designed: {stalled}, operations checked: {ops}, "
+          f"{dt:.1f}s")
     print("faults injected: " + ", ".join(f"{k} {faults[k]}" for k in FAULT_KINDS))
     return 1 if failed or (undecided and not args.allow_undecided) else 0
 

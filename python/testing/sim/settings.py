@@ -57,4 +57,5 @@ class SimResult:
     virtual_seconds: float = 0.0
     lin_unknown: int = 0          # keys whose linearizability was not decided
     undecided: str = ""           # the checker's report on them (no violation found)
+    stalled: str = ""             # why no leader came back, when the engine intends it
 
