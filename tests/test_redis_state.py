@@ -6,20 +6,27 @@ malformed entries are answered and never raise, and snapshots carry the
 Redis state (and still load when made before it)."""
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raftcore.kv import KvStateMachine
 from raftcore.kv.state import KV_SNAPSHOT_FORMAT
 from raftcore.kv.redis import keyspace
+from raftcore.errors import Fatal
 from raftcore.kv.redis.apply import (EXPIRE_DUE, MAX_TRACK_SPAN_MS, REDIS_CMD, REDIS_CMD_V1,
-                                     REDIS_CMD_V2, REDIS_CMD_V3, TRACK, VERSION, read_commands)
+                                     REDIS_CMD_V2, REDIS_CMD_V3, TRACK, VERSION, NewerEntry,
+                                     read_commands)
 from raftcore.kv.redis.resp import is_error
 from raftcore.messages import SnapshotMeta
 from raftcore.types import ENTRY_NORMAL, Entry
 
 from async_runner import run_guarded
+from cluster_harness import (GUARD, Cluster, RecordingRouter, cluster_test, members,
+                             wait_any_leader)
 
 
 class Log:
@@ -437,3 +444,46 @@ def test_a_batch_applies_as_its_commands_one_by_one(batches):
             ks = Keyspace(slow, now, mutate, track=track)
             assert got == [run_command(ks, c) for c in cmds]
         assert fast.data == slow.data and fast.redis.dump() == slow.redis.dump()
+
+
+def test_an_entry_of_a_later_version_stops_the_node_instead_of_applying_otherwise():
+    # A node of this version that meets a later version's Redis entry
+    # (a rolling upgrade, say) must not take it for an unknown command and
+    # part from the nodes that apply it.
+    for later in ("redis5", "redis12"):
+        for payload in ([later, 1, [[b"SET", b"k", b"1"]]],
+                        ["session", "n1-abc", 1, 0, [later, 1, [[b"SET", b"k", b"1"]]]]):
+            sm = KvStateMachine()
+            with pytest.raises(NewerEntry, match=f"tagged '{later}'.*upgrade this node"):
+                Log(sm).apply(payload)
+            assert b"k" not in sm.data
+    # What is not a Redis tag stays an unknown command, answered.
+    sm = KvStateMachine()
+    assert Log(sm).apply(["redis05", 1, []], ["session", "c", 1, 0, ["redisx", 1]]) == [
+        {"error": "unknown command ['redis05', 1, []]; use set, delete or cas"},
+        ["error", "unknown write operation 'redisx'; use set, delete or cas"]]
+
+
+@cluster_test
+async def test_a_node_meeting_a_later_version_s_entry_stops_with_the_reason():
+    c = Cluster(RecordingRouter(seed=7), 7, {})
+    try:
+        for i in (1, 2, 3):
+            await c.add_node(i, sm=KvStateMachine())
+        await c[1].initialize(members([1, 2, 3]))
+        leader = await wait_any_leader(c.all())
+        with pytest.raises(Fatal, match="tagged 'redis5'.*upgrade this node"):
+            await leader.client_write(["redis5", 1, [[b"SET", b"k", b"1"]]])
+        assert isinstance(await leader.wait(GUARD).stopped(), NewerEntry)
+        # The next leader commits the entry and stops alike as it applies it
+        # (the last node then has no quorum to learn that it is committed).
+        others = c.others(leader)
+        waits = [asyncio.ensure_future(r.wait(4 * GUARD).stopped()) for r in others]
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        assert any(w.exception() is None and isinstance(w.result(), NewerEntry) for w in done)
+        assert all(b"k" not in r._core.sm.data for r in c.all())
+    finally:
+        await c.shutdown()

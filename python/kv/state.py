@@ -16,7 +16,7 @@ import msgpack
 from raftcore.codec import decode_snapshot_meta, encode_snapshot_meta, pack_pairs
 from raftcore.errors import ConfigError, NotAllowed, StorageError
 from raftcore.kv.protocol import SESSION_CMD, check_client_id, check_command
-from raftcore.kv.redis.apply import REDIS_TAGS, apply_redis
+from raftcore.kv.redis.apply import REDIS_TAGS, apply_redis, check_known
 from raftcore.kv.redis.keyspace import RedisState
 from raftcore.messages import SnapshotMeta
 from raftcore.storage.base import Snapshot
@@ -114,6 +114,7 @@ class KvStateMachine(MemStateMachine):
             if p[0] in REDIS_TAGS:
                 self.applied_commands += 1
                 return apply_redis(self, p)
+            check_known(p[0])
         self.applied_commands += 1
         return self._apply_command(data, p)
 
@@ -158,9 +159,11 @@ class KvStateMachine(MemStateMachine):
     def _apply_checked(self, cmd: Any) -> list:
         """A session's command: ["ok", result] once applied, ["error", why]
         if malformed."""
-        if isinstance(cmd, (list, tuple)) and cmd and cmd[0] in REDIS_TAGS:
-            self.applied_commands += 1
-            return ["ok", apply_redis(self, cmd)]
+        if isinstance(cmd, (list, tuple)) and cmd:
+            if cmd[0] in REDIS_TAGS:
+                self.applied_commands += 1
+                return ["ok", apply_redis(self, cmd)]
+            check_known(cmd[0])
         why = check_command(cmd)
         if why is not None:
             return ["error", why]

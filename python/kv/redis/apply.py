@@ -41,8 +41,10 @@ applied state, so every node makes the same.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from raftcore.errors import StorageError
 from raftcore.kv.redis.fast import run_commands as fast_run_commands
 from raftcore.kv.redis.keyspace import OK, READS, WRITES, Keyspace, expire_due, parse_int
 from raftcore.kv.redis.resp import error
@@ -59,6 +61,25 @@ REDIS_CMD_V2 = "redis2"
 REDIS_CMD_V3 = "redis3"
 #: The tags of the Redis entries this version applies.
 REDIS_TAGS = (REDIS_CMD, REDIS_CMD_V3, REDIS_CMD_V2, REDIS_CMD_V1)
+#: The tags later versions will give their Redis entries.
+_LATER_TAG = re.compile(r"redis([5-9]|[1-9][0-9]+)")
+
+
+class NewerEntry(StorageError):
+    """A committed entry was written by a later version of raftcore, with
+    rules this node does not know: applying it otherwise (as an unknown
+    command) would part this node's state from the others', so the node
+    stops instead. Upgrade it and start it again: it applies the entry
+    then, from its log."""
+
+
+def check_known(tag: Any) -> None:
+    """Raises NewerEntry if `tag` is a later version's Redis entry tag."""
+    if type(tag) is str and _LATER_TAG.fullmatch(tag):
+        raise NewerEntry(f"a committed Redis entry is tagged {tag!r}: a later version of "
+                         f"raftcore wrote it (this one applies "
+                         f"{', '.join(repr(t) for t in reversed(REDIS_TAGS))}); upgrade this "
+                         f"node, which stops rather than apply it differently from the others")
 #: An internal command the leader proposes: delete every key whose deadline
 #: has passed (a client cannot send it: it is in no command table).
 EXPIRE_DUE = b"__expire_due__"
