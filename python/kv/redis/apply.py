@@ -61,6 +61,19 @@ REDIS_CMD_V2 = "redis2"
 REDIS_CMD_V3 = "redis3"
 #: The tags of the Redis entries this version applies.
 REDIS_TAGS = (REDIS_CMD, REDIS_CMD_V3, REDIS_CMD_V2, REDIS_CMD_V1)
+#: An internal command the leader proposes: delete every key whose deadline
+#: has passed (a client cannot send it: it is in no command table).
+EXPIRE_DUE = b"__expire_due__"
+#: An internal read: a key's modification index (for WATCH).
+VERSION = b"__version__"
+#: An internal command: [TRACK, span_ms] makes the entries stamped up to
+#: span_ms after this one's record modification indexes (see above).
+TRACK = b"__track__"
+#: How far ahead a TRACK reaches, and the most one may ask.
+TRACK_SPAN_MS = 60_000
+MAX_TRACK_SPAN_MS = 3_600_000
+
+
 #: The tags later versions will give their Redis entries.
 _LATER_TAG = re.compile(r"redis([5-9]|[1-9][0-9]+)")
 
@@ -80,17 +93,6 @@ def check_known(tag: Any) -> None:
                          f"raftcore wrote it (this one applies "
                          f"{', '.join(repr(t) for t in reversed(REDIS_TAGS))}); upgrade this "
                          f"node, which stops rather than apply it differently from the others")
-#: An internal command the leader proposes: delete every key whose deadline
-#: has passed (a client cannot send it: it is in no command table).
-EXPIRE_DUE = b"__expire_due__"
-#: An internal read: a key's modification index (for WATCH).
-VERSION = b"__version__"
-#: An internal command: [TRACK, span_ms] makes the entries stamped up to
-#: span_ms after this one's record modification indexes (see above).
-TRACK = b"__track__"
-#: How far ahead a TRACK reaches, and the most one may ask.
-TRACK_SPAN_MS = 60_000
-MAX_TRACK_SPAN_MS = 3_600_000
 
 
 def apply_redis(sm: Any, p: Any) -> Any:
