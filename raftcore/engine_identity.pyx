@@ -40,8 +40,8 @@ cdef frozenset fresh_voters(Engine e):
     """The voters this node's vote requests may ask even on an empty log
     (VoteRequest.fresh): in a cluster's first elections, asked by the node
     that initialized it while its log is that first entry alone
-    (untouched_initializer), all the others: no leader was ever elected,
-    nothing was acknowledged. Nobody else: any other voter with an empty
+    (untouched_initializer), all the others: no entry ever left that
+    node, so nothing was acknowledged. Nobody else: any other voter with an empty
     log may be a member that lost its disk (may_vote_on_empty_log).
 
     (Not the voters a joint membership adds, although the candidate needs
@@ -59,7 +59,8 @@ cdef bint untouched_initializer(Engine e):
     """Whether this node initialized the cluster and no leader has written to
     its log since: its log is the first entry alone, and that entry records
     this node's own incarnation (the one it made at initialize). With one
-    initializing node, no leader was then ever elected.
+    initializing node, no entry then ever left it (it may have been
+    elected, and crashed before its blank entry was durable).
 
     Two rules keep its log from becoming that entry alone again once a
     leader existed: a leader whose log was the first entry alone makes its
@@ -84,13 +85,19 @@ cdef bint may_vote_on_empty_log(Engine e, VoteRequest req):
     (seed 17808671: a wiped voter elected a candidate that lacked entries
     the cluster had committed with the voter's old disk). So it grants only:
     - a request that counts it among the fresh voters (fresh_voters);
-    - the candidate it voted for, its saved vote not being a leader's
-      (committed): with an empty log it can have granted only such a
-      request since its storage was made, and it acknowledged nothing
-      since (a first leader that crashed before any entry reached the
-      others must be electable again). A leader it merely heard from may
-      have lost, in a crash, entries that followers committed before its
-      own store flushed them.
+    - the candidate it granted a vote before (its saved vote names the
+      candidate and is not `committed`: committed marks a node that
+      followed a leader without granting it), so that a first leader that
+      crashed or stepped down before any entry reached the others can be
+      elected again. This assumes the saved vote came from the
+      candidate's first elections. Not always so: a vote request of
+      those elections delayed in the network can reach a member after it
+      lost its disk, and plant such a vote for an initializer whose
+      entries did leave it and that now lacks entries the cluster
+      committed with the member's old disk (review of session 16,
+      finding H1; a known gap, README "Identity"). The vote may also
+      come from a request granted while received entries were not yet
+      flushed (this storage then acknowledged nothing either).
     Once a leader's entries reach it, its log tells it whether the cluster
     recorded another incarnation for it (self_stale)."""
     return e.id in req.fresh or (not e.vote.committed and e.vote.node_id is not None
