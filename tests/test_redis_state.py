@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raftcore.errors import Fatal
 from raftcore.kv import KvStateMachine
 from raftcore.kv.state import KV_SNAPSHOT_FORMAT
 from raftcore.kv.redis import keyspace
-from raftcore.errors import Fatal
 from raftcore.kv.redis.apply import (EXPIRE_DUE, MAX_TRACK_SPAN_MS, REDIS_CMD, REDIS_CMD_V1,
                                      REDIS_CMD_V2, REDIS_CMD_V3, TRACK, VERSION, NewerEntry,
                                      read_commands)
