@@ -117,6 +117,38 @@ async def test_initialize_one_node_brings_up_fresh_peers():
             assert r.state_machine.data == {"y": "z"}
 
 
+class GatedVotes(cluster_harness.RecordingRouter):
+    """Holds every vote request until `gate` opens, as a connection attempt
+    that takes long would; `handled`: (target, term) of each request that
+    passed it."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.gate = asyncio.Event()
+        self.handled: list[tuple[int, int]] = []
+
+    async def deliver(self, src, dst, handler_name, req):
+        if handler_name == "vote":
+            await self.gate.wait()
+            self.handled.append((dst, req.term))
+        return await super().deliver(src, dst, handler_name, req)
+
+
+@cluster_test
+async def test_a_vote_request_is_given_up_once_its_campaign_is_over():
+    # Sent later, it could reach a member that lost its disk meanwhile and
+    # plant a vote that member would honour on an empty log.
+    router = GatedVotes(seed=11)
+    async with running_cluster(3, seed=11, router=router) as c:
+        # Three campaigns of at least ELECTION_MIN each: the first one's
+        # requests were sent more than ELECTION_MAX ago.
+        assert 3 * ELECTION_MIN > ELECTION_MAX
+        await c[1].wait(GUARD).metrics(lambda m: m.current_term >= 4, "a fourth campaign")
+        router.gate.set()
+        await stable_leader(c.all())
+        assert router.handled and all(term > 1 for _, term in router.handled), router.handled
+
+
 # ------------------------------------------------------------ replication
 
 @cluster_test
