@@ -29,6 +29,11 @@ def _raft_info(r: redis.Redis) -> dict:
     return r.info("raft")
 
 
+def _deadlines(r: redis.Redis) -> int:
+    """How many keys have a deadline (INFO keyspace's expires)."""
+    return int(r.info("keyspace").get("db0", {}).get("expires", 0))
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("redis-py")
@@ -90,7 +95,7 @@ def test_expired_key_is_gone_on_every_node(cluster):
         stale = RespClient(c.redis_ports[i])
         try:
             wait_until(lambda: stale.call(b"EXISTS", b"py:short") == 0 and
-                       int(_client(c, i).info("keyspace").get("db0", {}).get("expires", 0)) == 0,
+                       _deadlines(_client(c, i)) == 0,
                        f"node {i} to delete the expired key")
         finally:
             stale.close()
@@ -147,9 +152,7 @@ def _expiring_watch(r: redis.Redis, key: str, hidden_at_watch: bool) -> str:
     """WATCH `key`, which has a deadline and has passed it before the WATCH
     (hidden_at_watch) or after; once the server has deleted it, EXEC:
     "applied" or "aborted"."""
-    def deadlines() -> int:
-        return int(r.info("keyspace").get("db0", {}).get("expires", 0))
-    wait_until(lambda: deadlines() == 0, "no key with a deadline")
+    wait_until(lambda: _deadlines(r) == 0, "no key with a deadline")
     r.set(key, "v", px=300)
     with r.pipeline() as pipe:
         if hidden_at_watch:
@@ -158,7 +161,7 @@ def _expiring_watch(r: redis.Redis, key: str, hidden_at_watch: bool) -> str:
         else:
             pipe.watch(key)
             wait_until(lambda: r.get(key) is None, "the key to expire")
-        wait_until(lambda: deadlines() == 0, "the expired key's deletion")
+        wait_until(lambda: _deadlines(r) == 0, "the expired key's deletion")
         pipe.multi()
         pipe.set(f"{key}:done", "1")
         try:

@@ -88,7 +88,8 @@ class NewerEntry(StorageError):
 
 def check_known(tag: Any) -> None:
     """Raises NewerEntry if `tag` is a later version's Redis entry tag."""
-    if type(tag) is str and _LATER_TAG.fullmatch(tag):
+    # startswith first: every kv command applied passes here (its op is a str).
+    if type(tag) is str and tag.startswith("redis") and _LATER_TAG.fullmatch(tag):
         raise NewerEntry(f"a committed Redis entry is tagged {tag!r}: a later version of "
                          f"raftcore wrote it (this one applies "
                          f"{', '.join(repr(t) for t in reversed(REDIS_TAGS))}); upgrade this "
