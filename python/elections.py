@@ -13,11 +13,9 @@ from typing import Any
 async def send_vote(core: Any, target: int, req) -> None:
     """Asks `target` for its vote; its answer steps `core`'s engine.
 
-    Given up after election_timeout_max: by then the campaign is over (a
-    later answer would be ignored), and a request sent later, once a
-    connection attempt succeeds, could reach a member that lost its disk
-    meanwhile and plant a vote it would honour again on an empty log
-    (engine_identity.may_vote_on_empty_log)."""
+    Given up after election_timeout_max: by then the campaign is over and
+    a later answer would be ignored; the request would only make its voter
+    adopt a term long passed, and vote in it."""
     try:
         resp = await asyncio.wait_for(core.peer_client(target).vote(req),
                                       core.config.election_timeout_max)

@@ -43,10 +43,11 @@ it acknowledged: its votes and acknowledgements do not count (leader:
 `stale_members`), it neither votes nor campaigns once it sees the record
 (`identity_stale`), until it is removed and added back (the new record is
 then taken from its answers). A wiped member lost the record too, and a
-candidate lagging behind may lack it: a node whose log is empty votes only
-where the request counts it among the fresh voters (VoteRequest.fresh: in
-the cluster's first elections), or for the candidate it voted for, until a
-leader's entries reach it (engine_identity.may_vote_on_empty_log).
+candidate lagging behind may lack it: a node whose log is empty says so in
+its vote answers, and its vote counts towards a majority only where the
+request counts it among the fresh voters (VoteRequest.fresh: in the
+cluster's first elections); elsewhere only in an election every voter
+grants (engine_identity.elected).
 """
 
 cimport cython
@@ -109,6 +110,7 @@ cdef class Engine:
         self.progress = {}
         self.quorum = None
         self.granted = set()
+        self.unproven = set()
         self.heartbeat_interval = heartbeat_interval
         self.election_min = election_timeout_min
         self.election_max = election_timeout_max
@@ -139,6 +141,7 @@ cdef class Engine:
         self.lease_forfeited = False
         self.prevoting = False
         self.pre_granted = set()
+        self.pre_unproven = set()
         self.cluster_id = None
         self.incarnation = None
         self.pins = {}
@@ -470,8 +473,8 @@ cdef class Engine:
     @property
     def log_empty(self):
         """Whether the log holds no entry and no snapshot (a new node's,
-        or one that lost its disk): such a node votes only as
-        engine_identity.may_vote_on_empty_log allows."""
+        or one that lost its disk): such a node's vote counts only as
+        engine_identity.elected allows."""
         return self.log.is_empty()
 
     @property
@@ -607,9 +610,11 @@ cdef class Engine:
         self.quorum = None
         self.seq_quorum = None
         self.granted = set()
+        self.unproven = set()
         self.transfer_to = None
         self.prevoting = False
         self.pre_granted = set()
+        self.pre_unproven = set()
         self.learned = {}
         self.seen = {}
         self.stale_members = set()

@@ -10,7 +10,7 @@ import dataclasses
 
 from raftcore.types cimport make_entry, MEMBERSHIP
 from raftcore.membership cimport Membership
-from raftcore.messages cimport VoteRequest
+from raftcore.messages cimport VoteRequest, VoteResponse
 from raftcore.progress cimport Progress
 from raftcore cimport engine_replication as replication
 
@@ -37,19 +37,20 @@ cdef frozenset NOBODY = frozenset()
 
 
 cdef frozenset fresh_voters(Engine e):
-    """The voters this node's vote requests may ask even on an empty log
-    (VoteRequest.fresh): in a cluster's first elections, asked by the node
-    that initialized it while its log is that first entry alone
-    (untouched_initializer), all the others: no entry ever left that
-    node, so nothing was acknowledged. Nobody else: any other voter with an empty
-    log may be a member that lost its disk (may_vote_on_empty_log).
+    """The voters whose grant on an empty log counts towards a majority in
+    this node's elections (VoteRequest.fresh): in a cluster's first
+    elections, asked by the node that initialized it while its log is that
+    first entry alone (untouched_initializer), all the others: no entry
+    ever left that node, so nothing was acknowledged. Nobody else: any
+    other voter with an empty log may be a member that lost its disk
+    (elected).
 
     (Not the voters a joint membership adds, although the candidate needs
     a majority of the old ones too: once the final membership is in force,
     entries commit on a majority of the new voters alone, which a wiped
     newcomer may have been part of; second review, finding S1. So voters
     added without a learner stage that never received an entry count as
-    absent in elections until a leader reaches them.)"""
+    absent in majorities until a leader reaches them; elected.)"""
     if untouched_initializer(e):
         return e.membership.voter_ids - {e.id}
     return NOBODY
@@ -77,31 +78,52 @@ cdef bint untouched_initializer(Engine e):
     return recorded_incarnations(e).get(e.id) == e.incarnation
 
 
-cdef bint may_vote_on_empty_log(Engine e, VoteRequest req):
-    """Whether a node whose log is empty (no entry, no snapshot) may grant
-    `req`. Such a node may be a member that lost its disk, with the entries
-    it acknowledged; the record of its incarnation cannot stop it, as its
-    own copy went with the disk and a candidate lagging behind may lack it
-    (seed 17808671: a wiped voter elected a candidate that lacked entries
-    the cluster had committed with the voter's old disk). So it grants only:
-    - a request that counts it among the fresh voters (fresh_voters);
-    - the candidate it granted a vote before (its saved vote names the
-      candidate and is not `committed`: committed marks a node that
-      followed a leader without granting it), so that a first leader that
-      crashed or stepped down before any entry reached the others can be
-      elected again. This assumes the saved vote came from the
-      candidate's first elections. Not always so: a vote request of
-      those elections delayed in the network can reach a member after it
-      lost its disk, and plant such a vote for an initializer whose
-      entries did leave it and that now lacks entries the cluster
-      committed with the member's old disk (review of session 16,
-      finding H1; a known gap, README "Identity"). The vote may also
-      come from a request granted while received entries were not yet
-      flushed (this storage then acknowledged nothing either).
-    Once a leader's entries reach it, its log tells it whether the cluster
-    recorded another incarnation for it (self_stale)."""
-    return e.id in req.fresh or (not e.vote.committed and e.vote.node_id is not None
-                                 and e.vote.node_id == req.candidate_id)
+cdef void note_grant(set unproven, target, VoteRequest req, VoteResponse resp):
+    """Candidate: adds `target` to `unproven` (its election's or pre-vote
+    round's) if its grant of `req` is unproven and `req` did not count it
+    fresh (elected). Never removed: a later answer of the same voter in the
+    same round is a vote granted again, unproven itself."""
+    if resp.unproven and target not in req.fresh:
+        unproven.add(target)
+
+
+cdef bint elected(Engine e, set granted, set unproven):
+    """Whether the voters in `granted` (the candidate among them) elect it,
+    `unproven` being those whose grant is unproven (note_grant).
+
+    A voter whose log is empty (no entry, no snapshot) may be a member that
+    lost its disk, with entries it acknowledged; the record of its
+    incarnation cannot tell, as its own copy went with the disk and a
+    candidate lagging behind may lack it (seed 17808671: a wiped voter
+    elected a candidate that lacked entries the cluster had committed with
+    the voter's old disk). Such a voter says its grant is unproven, as does
+    one granting again a vote it cast before (it may have cast it on an
+    empty log since filled: review of session 17, F2). An unproven grant
+    counts towards a majority only where the request counted the voter
+    fresh (fresh_voters: nothing can have been acknowledged yet).
+    Otherwise the candidate needs every voter of every voter set:
+
+    Invariant (fewer than a majority of each voter set lost their disks): if
+    the candidate lacked a committed entry, a voter of its membership that
+    kept its disk would hold a committed entry the candidate lacks. Either
+    the entry committed on a majority of one of the candidate's voter sets,
+    or the candidate lacks the membership change that followed its latest
+    one, which committed on a majority of its voter set (changes go one at
+    a time, each committed before the next). That voter's log is not
+    empty, and its grant says the candidate's log is at least as up to
+    date as its own, which (Raft paper, 5.4) means the candidate holds the
+    entry after all.
+
+    This replaces a rule that let an empty log grant again the candidate it
+    had voted for (a first leader that crashed before its entries left it):
+    a vote request of the first elections delayed in the network could
+    plant such a vote on a member that had lost its disk meanwhile, for an
+    initializer lacking entries the cluster had committed (review of
+    session 16, finding H1). Such a first leader is now elected again once
+    every voter answers."""
+    if e.membership.is_quorum(granted - unproven):
+        return True
+    return granted.issuperset(e.membership.voter_ids)
 
 
 cdef bint answer_counts(Engine e, target, incarnation):

@@ -15,7 +15,7 @@ import logging
 import pytest
 
 from raftcore import ChangeMembers, Node, Raft, ServerState
-from raftcore.errors import ClusterMismatch
+from raftcore.errors import ClusterMismatch, NetworkError
 from raftcore.messages import AppendEntriesRequest, VoteRequest
 from raftcore.network import LocalRouter
 from raftcore.storage import FileLogStore, MemLogStore, MemStateMachine
@@ -273,3 +273,65 @@ async def test_tcp_hello_turns_away_a_peer_of_another_cluster_before_any_request
     finally:
         await raft.shutdown()
         await server.close()
+
+
+class HeldEntries(LocalRouter):
+    """Loses every AppendEntries that carries entries while `held`; `sent`
+    is set once one was lost."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.held = True
+        self.sent = asyncio.Event()
+
+    async def deliver(self, src, dst, handler_name, req):
+        if self.held and handler_name == "append_entries" and req.entries:
+            self.dropped += 1
+            self.sent.set()
+            raise NetworkError(f"entries {src}->{dst} held back")
+        return await super().deliver(src, dst, handler_name, req)
+
+    def deliver_nowait(self, src, dst, req, reply) -> bool:
+        if self.held and req.entries:
+            return False                 # deliver() loses it
+        return super().deliver_nowait(src, dst, req, reply)
+
+
+@cluster_test
+async def test_a_first_leader_whose_entries_never_left_it_is_elected_again_by_every_voter(
+        tmp_path):
+    # The other voters' logs stay empty: each may be a member that lost its
+    # disk, so their votes count for the restarted leader only once every
+    # voter grants (engine_identity.elected).
+    router = HeldEntries(seed=5)
+    nodes = Nodes(router)
+    try:
+        first = await nodes.start(1, FileLogStore(tmp_path / "n1"))
+        for i in (2, 3):
+            await nodes.start(i)
+        await first.initialize(members(1, 2, 3))
+        m = await first.wait(GUARD).metrics(
+            lambda m: m.state == ServerState.LEADER and m.last_log_index == 2,
+            "the first leader with its blank entry")
+        # It sends entries once its own are durable (test_identity_engine).
+        await asyncio.wait_for(router.sent.wait(), GUARD)
+        assert all(nodes.rafts[i].metrics.last_log_index == 0 for i in (2, 3))
+        await nodes.stop(1)
+        router.held = False
+
+        router.isolate(3)
+        first = await nodes.start(1, FileLogStore(tmp_path / "n1"))
+        assert first.metrics.last_log_index == 2
+        await first.wait(GUARD).metrics(lambda n: n.current_term >= m.current_term + 3,
+                                        "three more campaigns")
+        assert all(r.metrics.state != ServerState.LEADER for r in nodes.rafts.values())
+        assert nodes.rafts[2].metrics.last_log_index == 0      # it voted, nobody led
+
+        router.restore(3)
+        leader = await stable_leader(list(nodes.rafts.values()))
+        assert leader.id == 1
+        await leader.client_write(b"x")
+        for r in nodes.rafts.values():
+            await r.wait(GUARD).applied_index_at_least(leader.metrics.last_applied_index)
+    finally:
+        await nodes.close()
