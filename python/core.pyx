@@ -400,8 +400,8 @@ cdef class RaftCore:
             await self._identity.admit_peer(req.cluster_id, req.candidate_id)
         resp = self.engine.handle_vote_request(req, self.loop.time())
         await self.run_commands()
-        if self.engine.log_empty:
-            self._identity.empty_log_vote(req)
+        if not resp.granted:
+            self._identity.vote_refused(req)
         return resp
 
     async def handle_transfer_leader(self, req) -> None:

@@ -15,7 +15,7 @@ async def send_vote(core: Any, target: int, req) -> None:
 
     Given up after election_timeout_max: by then the campaign is over and
     a later answer would be ignored; the request would only make its voter
-    adopt a term long passed, and vote in it."""
+    adopt a term long passed."""
     try:
         resp = await asyncio.wait_for(core.peer_client(target).vote(req),
                                       core.config.election_timeout_max)

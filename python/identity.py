@@ -16,7 +16,7 @@ from raftcore.errors import ClusterMismatch
 from raftcore.storage.base import new_identity_token
 
 
-#: Seconds between two warnings that this node votes on an empty log.
+#: Seconds between two warnings that this node refuses votes on an empty log.
 EMPTY_LOG_WARNING_INTERVAL = 10.0
 
 
@@ -154,21 +154,21 @@ class NodeIdentity:
                 self.id, m, e.recorded_incarnation(m))
         self.seen_stale_members = set(e.stale_members)
 
-    def empty_log_vote(self, req: Any) -> None:
-        """Says, at most every EMPTY_LOG_WARNING_INTERVAL seconds, that this
-        node answered `req` with an empty log, where the request does not
-        count it fresh (engine_identity.elected): its vote counts only in an
-        election every voter agrees on, and an operator facing a cluster
-        without a leader must learn why."""
-        if self.id in req.fresh:
+    def vote_refused(self, req: Any) -> None:
+        """Says, at most every EMPTY_LOG_WARNING_INTERVAL seconds, why this
+        node refused `req` if its log is empty and the request does not
+        count it fresh (engine_identity.may_vote_on_empty_log): an operator
+        facing a cluster without a leader must learn that this node waits
+        for a leader's entries."""
+        engine = self._core.engine
+        if not engine.log_empty or self.id in req.fresh:
             return
         now = self.loop.time()
         if now < self._empty_log_warned_at + EMPTY_LOG_WARNING_INTERVAL:
             return
         self._empty_log_warned_at = now
         self.log.warning(
-            "node %s answers %s's vote request with an empty log: it may be a member that "
-            "lost its disk (and the entries it acknowledged), so its vote counts only where "
-            "every voter votes for the candidate; it counts as any other once a leader's "
-            "entries reach it. Elections need a majority of voters that hold entries, or "
-            "every voter: bring back the voters that are down", self.id, req.candidate_id)
+            "node %s refuses to vote for %s: its log is empty, so it may be a member that "
+            "lost its disk (and the entries it acknowledged); it votes once a leader's entries "
+            "reach it. Elections need a majority of voters that hold entries: bring back a "
+            "node that holds them", self.id, req.candidate_id)

@@ -45,14 +45,8 @@ class VoteResponse:
     granted: bool
     voter_id: Optional[Any]
     incarnation: Optional[str]
-    #: The grant does not show that the voter holds entries: its log was
-    #: empty (it may have lost its disk), or it grants again a vote it cast
-    #: before. Such a grant counts towards a majority only where the request
-    #: counted the voter fresh, else only when every voter grants. A
-    #: transport that rebuilds answers must carry it (the codec does).
-    unproven: bool
     def __init__(self, term: int, granted: bool, voter_id: Any = None,
-                 incarnation: Optional[str] = None, unproven: bool = False) -> None: ...
+                 incarnation: Optional[str] = None) -> None: ...
 
 class TransferLeaderRequest:
     term: int

@@ -270,8 +270,7 @@ cpdef list encode_message(object msg):
         return fields
     if type(msg) is VoteResponse:
         vr = <VoteResponse>msg
-        return [MSG_VOTE_RESPONSE, vr.term, vr.granted, vr.voter_id, vr.incarnation,
-                vr.unproven]
+        return [MSG_VOTE_RESPONSE, vr.term, vr.granted, vr.voter_id, vr.incarnation]
     if type(msg) is TransferLeaderRequest:
         tl = <TransferLeaderRequest>msg
         return [MSG_TRANSFER_LEADER, tl.term, tl.leader_id, tl.last_log_index, tl.cluster_id]
@@ -323,11 +322,11 @@ cpdef object decode_message(object obj):
                            _term(m[3], "last_log_term"), _int(m[4], "last_log_index"),
                            m[5], m[6], _identity(m[7], "cluster id"), fresh)
     if t == MSG_VOTE_RESPONSE:
-        _list(m, "VoteResponse", 6)
-        if type(m[2]) is not bool or type(m[5]) is not bool:
-            raise CodecError("VoteResponse.granted and VoteResponse.unproven must be booleans")
+        _list(m, "VoteResponse", 5)
+        if type(m[2]) is not bool:
+            raise CodecError("VoteResponse.granted must be a boolean")
         return VoteResponse(_term(m[1], "term"), m[2], _node_id(m[3], "voter_id"),
-                            _identity(m[4], "incarnation"), m[5])
+                            _identity(m[4], "incarnation"))
     if t == MSG_TRANSFER_LEADER:
         _list(m, "TransferLeader", 5)
         return TransferLeaderRequest(_term(m[1], "term"), _node_id(m[2], "leader_id"),

@@ -44,8 +44,6 @@ cdef class Engine:
     cdef QuorumTracker quorum
     # candidate
     cdef set granted
-    cdef set unproven                      # voters whose grant in this election is unproven
-                                           # and not counted fresh (engine_identity.elected)
     # time
     cdef readonly double now
     cdef readonly double election_deadline
@@ -89,7 +87,6 @@ cdef class Engine:
     cdef bint pre_vote
     cdef readonly bint prevoting
     cdef set pre_granted
-    cdef set pre_unproven                  # as unproven, for the pre-vote round
     # identity (see "Identity" in engine.pyx)
     cdef public object cluster_id          # stamped on every request this node sends (None: none)
     cdef public object incarnation         # this node's storage incarnation (None: not kept)

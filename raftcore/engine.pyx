@@ -43,11 +43,11 @@ it acknowledged: its votes and acknowledgements do not count (leader:
 `stale_members`), it neither votes nor campaigns once it sees the record
 (`identity_stale`), until it is removed and added back (the new record is
 then taken from its answers). A wiped member lost the record too, and a
-candidate lagging behind may lack it: a node whose log is empty says so in
-its vote answers, and its vote counts towards a majority only where the
-request counts it among the fresh voters (VoteRequest.fresh: in the
-cluster's first elections); elsewhere only in an election every voter
-grants (engine_identity.elected).
+candidate lagging behind may lack it: a node whose log is empty votes only
+where the request counts it among the fresh voters (VoteRequest.fresh: in
+the cluster's first elections), until a leader's entries reach it
+(engine_identity.may_vote_on_empty_log); the first leader does not step
+down before a follower has its entries (first_leader_unheard).
 """
 
 cimport cython
@@ -110,7 +110,6 @@ cdef class Engine:
         self.progress = {}
         self.quorum = None
         self.granted = set()
-        self.unproven = set()
         self.heartbeat_interval = heartbeat_interval
         self.election_min = election_timeout_min
         self.election_max = election_timeout_max
@@ -141,7 +140,6 @@ cdef class Engine:
         self.lease_forfeited = False
         self.prevoting = False
         self.pre_granted = set()
-        self.pre_unproven = set()
         self.cluster_id = None
         self.incarnation = None
         self.pins = {}
@@ -224,7 +222,8 @@ cdef class Engine:
                 # The transfer did not complete within an election timeout:
                 # give up on it and lead on.
                 self.transfer_to = None
-            if self.check_quorum and reads.quorum_silent(self, now):
+            if self.check_quorum and reads.quorum_silent(self, now) \
+                    and not identity.first_leader_unheard(self):
                 # No quorum heard from for an election timeout: this leader
                 # may be cut off; stop taking writes and step down.
                 self._become_follower(self.vote, None)
@@ -473,8 +472,8 @@ cdef class Engine:
     @property
     def log_empty(self):
         """Whether the log holds no entry and no snapshot (a new node's,
-        or one that lost its disk): such a node's vote counts only as
-        engine_identity.elected allows."""
+        or one that lost its disk): such a node votes only as
+        engine_identity.may_vote_on_empty_log allows."""
         return self.log.is_empty()
 
     @property
@@ -610,11 +609,9 @@ cdef class Engine:
         self.quorum = None
         self.seq_quorum = None
         self.granted = set()
-        self.unproven = set()
         self.transfer_to = None
         self.prevoting = False
         self.pre_granted = set()
-        self.pre_unproven = set()
         self.learned = {}
         self.seen = {}
         self.stale_members = set()

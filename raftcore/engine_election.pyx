@@ -16,47 +16,40 @@ from raftcore cimport engine_replication as replication
 from raftcore cimport engine_identity as identity
 
 
-cdef inline VoteResponse answer(Engine e, bint granted, bint again=False):
-    return VoteResponse(e.vote.term, granted, e.id, e.incarnation, again or e.log.is_empty())
-
-
 cdef object handle_vote_request(Engine e, VoteRequest req, double now):
-    # A node whose log is empty votes as any other and says its grant is
-    # unproven: the candidate decides whether it counts
-    # (engine_identity.elected). So is a vote granted again (the same
-    # request, duplicated or retried): it may have been cast on an empty
-    # log that a leader's entries have filled since, or before a restart.
     e.now = now
     cdef bint granted = False
-    cdef bint again = False
     if identity.self_stale(e):
         # This node may have forgotten a vote it cast in req.term.
-        return answer(e, False)
+        return VoteResponse(e.vote.term, False, e.id, e.incarnation)
+    if e.log.is_empty() and not identity.may_vote_on_empty_log(e, req):
+        # Nor does it adopt the term (nothing it saves changes what it may do).
+        return VoteResponse(e.vote.term, False, e.id, e.incarnation)
     if req.term < e.vote.term or e.storage_full:
         # storage_full: a vote counts only once saved, and it cannot be;
         # not even the term is adopted (saving it would fail too).
-        return answer(e, False)
+        return VoteResponse(e.vote.term, False, e.id, e.incarnation)
     if not req.transfer and req.candidate_id != e.leader_id and (
             now < e.vote_refuse_until
             or (e.state == S_LEADER and reads.lease_valid(e, now))):
         # A leader may be counting on this node for its lease: refuse,
         # and do not even adopt the higher term (so a removed or
         # partitioned node cannot depose a healthy leader).
-        return answer(e, False)
+        return VoteResponse(e.vote.term, False, e.id, e.incarnation)
     cdef long long my_last_term = e.log.last_term()
     cdef bint up_to_date = (req.last_log_term > my_last_term or (
         req.last_log_term == my_last_term and req.last_log_index >= e.log.last_index()))
     if req.pre_vote:
         # Would we vote in req.term? Answer without changing anything.
-        return answer(e, req.term > e.vote.term and up_to_date)
+        return VoteResponse(e.vote.term, req.term > e.vote.term and up_to_date, e.id,
+                            e.incarnation)
     if req.term > e.vote.term:
         e._become_follower(Vote(req.term, None, False), None)
     if e._free_to_vote(req.candidate_id) and up_to_date and e.state != S_LEADER:
         granted = True
-        again = e.vote.node_id is not None
         e._set_vote(Vote(req.term, req.candidate_id, False))
         e._reset_election_deadline()
-    return answer(e, granted, again)
+    return VoteResponse(e.vote.term, granted, e.id, e.incarnation)
 
 
 cdef object handle_vote_response(Engine e, target, VoteRequest req, VoteResponse resp, double now):
@@ -71,15 +64,13 @@ cdef object handle_vote_response(Engine e, target, VoteRequest req, VoteResponse
         if not e.prevoting or req.term != e.vote.term + 1 or not resp.granted:
             return
         e.pre_granted.add(target)
-        identity.note_grant(e.pre_unproven, target, req, resp)
-        if identity.elected(e, e.pre_granted, e.pre_unproven):
+        if e.membership.is_quorum(e.pre_granted):
             start_election(e, False)
         return
     if e.state != S_CANDIDATE or req.term != e.vote.term or not resp.granted:
         return
     e.granted.add(target)
-    identity.note_grant(e.unproven, target, req, resp)
-    if identity.elected(e, e.granted, e.unproven):
+    if e.membership.is_quorum(e.granted):
         become_leader(e)
 
 
@@ -91,7 +82,6 @@ cdef void campaign(Engine e):
     e._reset_election_deadline()
     e.prevoting = True
     e.pre_granted = {e.id}
-    e.pre_unproven = set()
     if e.membership.is_quorum(e.pre_granted):
         start_election(e, False)
         return
@@ -109,7 +99,6 @@ cdef void start_election(Engine e, bint transfer):
     e.leader_id = None
     e._clear_leader_state()
     e.granted = {e.id}
-    e.unproven = set()
     e._reset_election_deadline()
     if e.membership.is_quorum(e.granted):
         become_leader(e)
@@ -127,7 +116,6 @@ cdef void become_leader(Engine e):
     e.state = S_LEADER
     e.leader_id = e.id
     e.granted = set()
-    e.unproven = set()
     e.leader_since = e.now
     e.lease_forfeited = False
     replication.rebuild_replication(e)

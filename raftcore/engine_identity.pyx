@@ -10,7 +10,7 @@ import dataclasses
 
 from raftcore.types cimport make_entry, MEMBERSHIP
 from raftcore.membership cimport Membership
-from raftcore.messages cimport VoteRequest, VoteResponse
+from raftcore.messages cimport VoteRequest
 from raftcore.progress cimport Progress
 from raftcore cimport engine_replication as replication
 
@@ -37,20 +37,19 @@ cdef frozenset NOBODY = frozenset()
 
 
 cdef frozenset fresh_voters(Engine e):
-    """The voters whose grant on an empty log counts towards a majority in
-    this node's elections (VoteRequest.fresh): in a cluster's first
-    elections, asked by the node that initialized it while its log is that
-    first entry alone (untouched_initializer), all the others: no entry
-    ever left that node, so nothing was acknowledged. Nobody else: any
-    other voter with an empty log may be a member that lost its disk
-    (elected).
+    """The voters this node's vote requests may ask even on an empty log
+    (VoteRequest.fresh): in a cluster's first elections, asked by the node
+    that initialized it while its log is that first entry alone
+    (untouched_initializer), all the others: no entry ever left that
+    node, so nothing was acknowledged. Nobody else: any other voter with an empty
+    log may be a member that lost its disk (may_vote_on_empty_log).
 
     (Not the voters a joint membership adds, although the candidate needs
     a majority of the old ones too: once the final membership is in force,
     entries commit on a majority of the new voters alone, which a wiped
     newcomer may have been part of; second review, finding S1. So voters
     added without a learner stage that never received an entry count as
-    absent in majorities until a leader reaches them; elected.)"""
+    absent in elections until a leader reaches them.)"""
     if untouched_initializer(e):
         return e.membership.voter_ids - {e.id}
     return NOBODY
@@ -78,52 +77,51 @@ cdef bint untouched_initializer(Engine e):
     return recorded_incarnations(e).get(e.id) == e.incarnation
 
 
-cdef void note_grant(set unproven, target, VoteRequest req, VoteResponse resp):
-    """Candidate: adds `target` to `unproven` (its election's or pre-vote
-    round's) if its grant of `req` is unproven and `req` did not count it
-    fresh (elected). Never removed: a later answer of the same voter in the
-    same round is a vote granted again, unproven itself."""
-    if resp.unproven and target not in req.fresh:
-        unproven.add(target)
+cdef bint may_vote_on_empty_log(Engine e, VoteRequest req):
+    """Whether a node whose log is empty (no entry, no snapshot) may grant
+    `req`. Such a node may be a member that lost its disk, with the entries
+    it acknowledged; the record of its incarnation cannot stop it, as its
+    own copy went with the disk and a candidate lagging behind may lack it
+    (seed 17808671: a wiped voter elected a candidate that lacked entries
+    the cluster had committed with the voter's old disk). So it grants only
+    a request that counts it among the fresh voters (fresh_voters): no
+    entry can have been acknowledged anywhere yet.
+
+    Not even the candidate it voted for before. A rule that let it (so
+    that a first leader that crashed before any entry left it could be
+    elected again) was unsafe: a vote request of the first elections,
+    delayed in the network, could reach a member after it lost its disk
+    and plant such a vote for an initializer whose entries did leave it
+    and that lacked entries the cluster committed with the member's old
+    disk (review of session 16, finding H1). Counting such votes only when
+    every voter grants was unsafe too (review of session 17: a candidate
+    on an outdated voter set, and grants gathered over a long candidacy
+    while members were wiped one after another). The price: a first
+    leader that crashes before any entry reached another voter cannot be
+    elected again (README "Identity"); first_leader_unheard keeps it from
+    stepping down meanwhile.
+
+    Once a leader's entries reach it, its log tells it whether the cluster
+    recorded another incarnation for it (self_stale)."""
+    return e.id in req.fresh
 
 
-cdef bint elected(Engine e, set granted, set unproven):
-    """Whether the voters in `granted` (the candidate among them) elect it,
-    `unproven` being those whose grant is unproven (note_grant).
-
-    A voter whose log is empty (no entry, no snapshot) may be a member that
-    lost its disk, with entries it acknowledged; the record of its
-    incarnation cannot tell, as its own copy went with the disk and a
-    candidate lagging behind may lack it (seed 17808671: a wiped voter
-    elected a candidate that lacked entries the cluster had committed with
-    the voter's old disk). Such a voter says its grant is unproven, as does
-    one granting again a vote it cast before (it may have cast it on an
-    empty log since filled: review of session 17, F2). An unproven grant
-    counts towards a majority only where the request counted the voter
-    fresh (fresh_voters: nothing can have been acknowledged yet).
-    Otherwise the candidate needs every voter of every voter set:
-
-    Invariant (fewer than a majority of each voter set lost their disks): if
-    the candidate lacked a committed entry, a voter of its membership that
-    kept its disk would hold a committed entry the candidate lacks. Either
-    the entry committed on a majority of one of the candidate's voter sets,
-    or the candidate lacks the membership change that followed its latest
-    one, which committed on a majority of its voter set (changes go one at
-    a time, each committed before the next). That voter's log is not
-    empty, and its grant says the candidate's log is at least as up to
-    date as its own, which (Raft paper, 5.4) means the candidate holds the
-    entry after all.
-
-    This replaces a rule that let an empty log grant again the candidate it
-    had voted for (a first leader that crashed before its entries left it):
-    a vote request of the first elections delayed in the network could
-    plant such a vote on a member that had lost its disk meanwhile, for an
-    initializer lacking entries the cluster had committed (review of
-    session 16, finding H1). Such a first leader is now elected again once
-    every voter answers."""
-    if e.membership.is_quorum(granted - unproven):
-        return True
-    return granted.issuperset(e.membership.voter_ids)
+cdef bint first_leader_unheard(Engine e):
+    """Leader: whether it is the cluster's first leader (its own term wrote
+    every entry after the first) and no follower has acknowledged an entry
+    yet. The others' logs may all be empty then, and their votes count only
+    for an untouched initializer (may_vote_on_empty_log), which it is no
+    longer: were it to step down for a silent quorum (check_quorum), no
+    leader could be elected again. It leads on until a follower answers
+    (with pre-vote off, a node that missed the first elections may still
+    depose it by a higher term)."""
+    cdef Progress p
+    if e.log.purged_index != 0 or e.log.last_index() < 2 or e.log.term_at(2) != e.vote.term:
+        return False
+    for p in e.progress.values():
+        if p.matched > 0:
+            return False
+    return True
 
 
 cdef bint answer_counts(Engine e, target, incarnation):

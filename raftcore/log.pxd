@@ -11,7 +11,7 @@ cdef class RaftLog:
 
     cdef inline bint is_empty(self):
         # No entry and no snapshot: a new node's log, or one that lost its
-        # disk (engine_identity.elected).
+        # disk (engine_identity.may_vote_on_empty_log).
         return self.purged_index == 0 and not self.entries
 
     cdef long long last_term(self)

@@ -36,10 +36,6 @@ cdef class VoteResponse:
     cdef readonly bint granted
     cdef readonly object voter_id
     cdef readonly object incarnation
-    cdef readonly bint unproven            # the grant does not show that the voter holds
-                                           # entries: its log was empty (it may have lost its
-                                           # disk) or it grants again a vote cast before; it
-                                           # counts only where engine_identity.elected says
 
 
 cdef class TransferLeaderRequest:

@@ -116,10 +116,8 @@ cdef class VoteRequest:
 cdef class VoteResponse:
     """Voter -> candidate; granted only once the vote is on disk."""
 
-    def __init__(self, long long term, bint granted, voter_id=None, incarnation=None,
-                 bint unproven=False):
+    def __init__(self, long long term, bint granted, voter_id=None, incarnation=None):
         self.incarnation = incarnation
-        self.unproven = unproven
         self.term = term
         self.granted = granted
         self.voter_id = voter_id
@@ -129,14 +127,13 @@ cdef class VoteResponse:
             return NotImplemented
         cdef VoteResponse o = <VoteResponse>other
         return (self.term == o.term and self.granted == o.granted and self.voter_id == o.voter_id
-                and self.incarnation == o.incarnation and self.unproven == o.unproven)
+                and self.incarnation == o.incarnation)
 
     __hash__ = None
 
     def __repr__(self):
         g = "granted" if self.granted else "refused"
-        unproven = ", unproven" if self.unproven else ""
-        return f"VoteResponse(term={self.term}, {g}, voter={self.voter_id!r}{unproven})"
+        return f"VoteResponse(term={self.term}, {g}, voter={self.voter_id!r})"
 
 
 cdef class TransferLeaderRequest:

@@ -136,8 +136,8 @@ class GatedVotes(cluster_harness.RecordingRouter):
 
 @cluster_test
 async def test_a_vote_request_is_given_up_once_its_campaign_is_over():
-    # Its campaign is over: sent later, it would only make its voter adopt
-    # a term long passed.
+    # Sent later, it could reach a member that lost its disk meanwhile and
+    # plant a vote that member would honour on an empty log.
     router = GatedVotes(seed=11)
     async with running_cluster(3, seed=11, router=router) as c:
         # Three campaigns of at least ELECTION_MIN each: the first one's

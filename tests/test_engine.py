@@ -177,10 +177,8 @@ def test_voter_grants_at_most_one_vote_per_term_first_come_first_served_even_acr
     # A second candidate of the same term, with an even better log, is refused.
     assert voter.handle_vote_request(VoteRequest(3, 3, 2, 5), 0.0) == VoteResponse(3, False, 2)
     assert voter.take_commands() == []
-    # The same candidate asking again (a retry) gets the same answer, unproven (the vote
-    # may have been cast on an empty log, see test_identity_engine); nothing new to save.
-    assert voter.handle_vote_request(VoteRequest(3, 1, 1, 1), 0.0) == \
-        VoteResponse(3, True, 2, None, True)
+    # The same candidate asking again (a retry) gets the same answer; nothing new to save.
+    assert voter.handle_vote_request(VoteRequest(3, 1, 1, 1), 0.0) == VoteResponse(3, True, 2)
     assert voter.take_commands() == []
     # After a restart from the saved vote, the vote still holds.
     again = restored(2, M3, terms=[1], vote=Vote(3, 1, False), committed=1)
@@ -1144,8 +1142,20 @@ class Sim:
             self.now = max(self.now, min(node.engine.next_deadline(), self.now + 0.3))
             node.engine.tick(self.now)
         else:
-            self.restart(self.rnd.choice(list(self.nodes)))
+            node_id = self.rnd.choice(list(self.nodes))
+            if not self.first_leader_alone(node_id):
+                self.restart(node_id)
         self.settle()
+
+    def first_leader_alone(self, node_id):
+        """Whether `node_id` is the initializer (node 1) holding on disk
+        entries past its first while no other node holds any. Restarted
+        then, it could never be elected again: the others' logs are empty,
+        and they vote only in the first elections
+        (engine_identity.may_vote_on_empty_log), a stall by design that
+        test_identity_engine covers; this test does not restart it then."""
+        return node_id == 1 and len(self.nodes[1].disk) > 1 and not any(
+            n.disk for i, n in self.nodes.items() if i != 1)
 
     def quiesce(self):
         """No more faults: deliver everything, flush everything, let time run."""

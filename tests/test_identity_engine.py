@@ -310,19 +310,17 @@ def test_member_wiped_after_its_record_was_committed_cannot_elect_a_candidate_la
     req = vote_request(es[3], pre_vote)
     assert not req.fresh                    # node 3 did not initialize the cluster
     resp = es[2].handle_vote_request(req, 0.0)
-    # It votes, and says its log is empty: node 3 does not count the vote
-    # towards a majority.
-    assert resp.granted and resp.unproven and resp.incarnation == "b-new"
+    assert not resp.granted and resp.incarnation == "b-new"
+    # It saved nothing, not even the term: its storage still looks lost.
+    assert es[2].take_commands() == [] and es[2].vote == Vote(0, None)
     es[3].handle_vote_response(2, req, resp, 0.0)
     assert es[3].state != LEADER and not h.sends(es[3].take_commands(), SendVote)
-    # Nor would every voter grant it: node 1 holds what node 3 lacks.
-    assert not es[1].handle_vote_request(req, 0.0).granted
 
     # The leader restarts and is elected with node 3's vote; its entries
     # tell node 2 that it was replaced: it votes no more.
     leader = es[1] = restarted(leader, pre_vote=pre_vote)
     req = vote_request(leader, pre_vote)
-    assert es[2].handle_vote_request(req, 0.0).unproven
+    assert not es[2].handle_vote_request(req, 0.0).granted
     assert es[3].handle_vote_request(req, 0.0).granted
     assert not es[2].identity_stale
     if not pre_vote:
@@ -333,58 +331,43 @@ def test_member_wiped_after_its_record_was_committed_cannot_elect_a_candidate_la
         assert es[2].identity_stale and leader.stale_members == {2}
 
 
-def elected_by(candidate, req, voter):
-    """Whether `voter`'s grant of `req` elects `candidate`, one of three
-    voters that has no other vote yet: whether it counts towards a majority.
-    (With pre-vote: whether the candidate then starts its election.)"""
-    resp = voter.handle_vote_request(req, 0.0)
-    assert resp.granted
-    candidate.handle_vote_response(voter.id, req, resp, 0.0)
-    cmds = candidate.take_commands()
-    if req.pre_vote:
-        return any(isinstance(c, SendVote) and not c.request.pre_vote for c in cmds)
-    return candidate.state == LEADER
-
-
-def led_initializer(m, pre_vote):
-    """The initializing node once a leader (itself) wrote to its log."""
-    led = node(1, m, "a", pre_vote=pre_vote)
-    led.restore(Vote(1, 1, True), None,
-                [Entry(1, 1, ENTRY_MEMBERSHIP, m), Entry(1, 2, ENTRY_NORMAL, b"")], 1, 1)
-    return led
-
-
 @isolated
 @pytest.mark.parametrize("pre_vote", [False, True])
-def test_a_vote_from_an_empty_log_counts_towards_a_majority_only_in_first_elections(pre_vote):
+def test_node_on_empty_storage_votes_only_in_the_clusters_first_elections(pre_vote):
     m = pinned({1: "a", 2: None, 3: None})
-    # The initializing node, whose log is its first entry alone: no entry
-    # ever left it. Its requests say so, and a vote from empty storage counts.
+    # The initializing node, whose log is its first entry alone: no leader
+    # was ever elected. Its requests say so, and empty storage grants them.
     first = node(1, m, "a", pre_vote=pre_vote)
     req = vote_request(first, pre_vote)
     assert req.fresh == {2, 3}
-    resp = wiped(2, "b").handle_vote_request(req, 0.0)
-    assert resp.granted and resp.unproven
-    assert elected_by(first, req, wiped(2, "b"))
+    assert wiped(2, "b").handle_vote_request(req, 0.0).granted
     # Any other node's first entry came from a leader, which may have
     # recorded the voter in entries this node lacks.
-    other = node(3, m, "c", pre_vote=pre_vote)
-    req = vote_request(other, pre_vote)
+    req = vote_request(node(3, m, "c", pre_vote=pre_vote), pre_vote)
     assert not req.fresh
-    assert not elected_by(other, req, wiped(2, "b"))
-    # The initializing node once a leader wrote to its log: the same, its
-    # entries may have reached the others.
-    led = led_initializer(m, pre_vote)
+    assert not wiped(2, "b").handle_vote_request(req, 0.0).granted
+    # The initializing node once a leader wrote to its log: the same.
+    led = node(1, m, "a", pre_vote=pre_vote)
+    led.restore(Vote(1, 1, True), None,
+                [Entry(1, 1, ENTRY_MEMBERSHIP, m), Entry(1, 2, ENTRY_NORMAL, b"")], 1, 1)
     req = vote_request(led, pre_vote)
-    assert not req.fresh and not elected_by(led, req, wiped(2, "b"))
-    # Nor from a voter that voted for it before: a request of its first
-    # election, delayed in the network, may have planted that vote after
-    # the voter lost its disk (finding H1, test_a_late_first_election_...).
+    assert not req.fresh
+    assert not wiped(2, "b").handle_vote_request(req, 0.0).granted
+    # Nor one that voted for this candidate since its storage was made:
+    # a request of the candidate's first election, delayed in the network,
+    # may have planted that vote after it lost its disk (finding H1,
+    # test_a_late_first_election_request_...).
     voted = wiped(2, "b")
     voted.restore(Vote(1, 1), None, [], 0, 0)
-    led = led_initializer(m, pre_vote)
-    req = vote_request(led, pre_vote)
-    assert not elected_by(led, req, voted)
+    assert not voted.handle_vote_request(req, 0.0).granted
+    assert voted.take_commands() == [] and voted.vote == Vote(1, 1)
+    # Nor one that heard from a leader, without its entries yet: it may
+    # still be a wiped member the candidate lacks the record of.
+    followed = wiped(2, "b")
+    followed.restore(Vote(1, 1, True), None, [], 0, 0)
+    req = vote_request(node(3, m, "c", pre_vote=pre_vote), pre_vote)
+    assert not followed.handle_vote_request(req, 0.0).granted
+    assert followed.take_commands() == [] and followed.vote == Vote(1, 1, True)
     # Nothing records incarnations: the initializing node cannot be told
     # from the others, and any node whose log is the first entry alone asks
     # as in a first election.
@@ -392,33 +375,6 @@ def test_a_vote_from_an_empty_log_counts_towards_a_majority_only_in_first_electi
     assert vote_request(node(3, bare, None, pre_vote=pre_vote), pre_vote).fresh == {1, 2}
     # A node that keeps one is not the initializer of such a cluster.
     assert not vote_request(node(3, bare, "c", pre_vote=pre_vote), pre_vote).fresh
-
-
-@isolated
-@pytest.mark.parametrize("pre_vote", [False, True])
-def test_votes_from_empty_logs_elect_when_every_voter_grants(pre_vote):
-    # The first leader crashed once its blank entry was durable and before
-    # any entry left it: the others' logs are empty, and it is elected
-    # again once both answer. (Were some voter to hold an entry the leader
-    # lacks, it would refuse.)
-    m = pinned({1: "a", 2: None, 3: None})
-    led = led_initializer(m, pre_vote)
-    req = vote_request(led, pre_vote)
-    assert not elected_by(led, req, wiped(2, "b"))
-    assert elected_by(led, req, wiped(3, "c"))
-    if pre_vote:
-        return
-    # Five voters, one of which holds the entries: its grant counts, the
-    # empty ones count with it only once all four granted.
-    m5 = pinned({1: "a", 2: None, 3: None, 4: None, 5: None})
-    led = led_initializer(m5, False)
-    req = vote_request(led)
-    voters = [wiped(i, "bcde"[i - 2]) for i in (2, 3, 4)]
-    for v in voters:
-        assert not elected_by(led, req, v)
-    holder = h.make_engine(5)
-    holder.restore(Vote(1, 1, True), None, led.entries(1, 2), 1, 1)
-    assert elected_by(led, req, holder)
 
 
 @isolated
@@ -489,7 +445,7 @@ def test_first_leader_deposed_before_its_entry_was_durable_holds_again_when_reel
 
 @isolated
 @pytest.mark.parametrize("pre_vote", [False, True])
-def test_votes_of_voters_a_change_adds_do_not_count_on_an_empty_log(pre_vote):
+def test_voters_a_change_adds_do_not_grant_on_an_empty_log(pre_vote):
     # Second review, finding S1: node 3's log ends in the joint entry
     # ({1, 2, 3}, {1..5}); the final {1..5} and an entry E committed on
     # {1, 4, 5} and node 4 was wiped. Were 4 fresh (added by the change),
@@ -505,9 +461,7 @@ def test_votes_of_voters_a_change_adds_do_not_count_on_an_empty_log(pre_vote):
                                              Entry(1, 3, ENTRY_MEMBERSHIP, joint)], 3, 3)
     req = vote_request(lagging, pre_vote)
     assert not req.fresh
-    lagging.handle_vote_response(2, req, VoteResponse(req.term, True, 2, "b"), 0.0)
-    assert lagging.take_commands() == [] and lagging.state != LEADER
-    assert not elected_by(lagging, req, wiped(4, "d-new"))
+    assert not wiped(4, "d-new").handle_vote_request(req, 0.0).granted
 
 
 @isolated
@@ -534,11 +488,12 @@ def test_the_first_entry_travels_only_with_the_second(max_payload_entries):
 def test_a_late_first_election_request_to_a_wiped_member_elects_nobody_lacking_entries():
     # Finding H1 (review of session 16). Node 1 initialized the cluster;
     # its first vote request to node 2 is held up in the network. It leads
-    # term 1 with node 3; node 3 leads term 2 and commits its entries with
+    # with node 3; node 3 leads the next term and commits its entries with
     # node 2 while node 1 is away. Node 2 loses its disk, and then the late
     # request arrives: node 2 grants it (it is fresh and node 2's log is
-    # empty). Node 1, lacking what nodes 2 and 3 committed, campaigns
-    # again: node 2's vote must not elect it.
+    # empty; node 1 ignores the answer of a term long passed). Node 1,
+    # lacking what nodes 2 and 3 committed, campaigns again: node 2 must
+    # not grant it for having voted for it.
     m = pinned({1: "a", 2: None, 3: None})
     es = {1: node(1, m, "a"), 2: wiped(2, "b"), 3: wiped(3, "c")}
     first = es[1]
@@ -555,7 +510,7 @@ def test_a_late_first_election_request_to_a_wiped_member_elects_nobody_lacking_e
     req = vote_request(second)
     later = 10.0                            # node 1's lease is long over
     resp = first.handle_vote_request(req, later)
-    assert resp.granted and not resp.unproven
+    assert resp.granted
     second.handle_vote_response(1, req, resp, later)
     flush_all(second)
     assert second.state == LEADER
@@ -567,69 +522,44 @@ def test_a_late_first_election_request_to_a_wiped_member_elects_nobody_lacking_e
     assert first.last_log_index < written
 
     es[2] = wiped(2, "b-new")
-    planted = es[2].handle_vote_request(late, 0.0)
-    assert planted.granted and es[2].vote == Vote(late.term, 1)
+    assert es[2].handle_vote_request(late, later).granted
+    assert es[2].vote == Vote(late.term, 1)
     first.take_commands()
     req = vote_request(first)
     assert not req.fresh
-    resp = es[2].handle_vote_request(req, 0.0)
-    assert resp.granted and resp.unproven
-    first.handle_vote_response(2, req, resp, later)
-    assert first.state != LEADER
+    assert not es[2].handle_vote_request(req, later).granted
     assert not second.handle_vote_request(req, later).granted   # it holds what node 1 lacks
 
 
-def test_an_unproven_grant_crosses_the_wire_as_such():
-    for unproven in (False, True):
-        resp = VoteResponse(3, True, 2, "b", unproven)
-        assert decode_message(encode_message(resp)) == resp
-    with pytest.raises(CodecError, match="VoteResponse must have 6 items, got 5"):
-        decode_message(encode_message(resp)[:5])
-    with pytest.raises(CodecError, match="unproven must be booleans"):
-        decode_message(encode_message(resp)[:5] + [1])
-
-
 @isolated
-def test_a_vote_granted_again_is_unproven_even_from_a_log_filled_since():
-    # Review of session 17, F2: cast on an empty log, the vote is saved; a
-    # leader's entries (not yet the record of the voter's incarnation) fill
-    # the log, and the candidate's request comes again (duplicated, or
-    # resent after a restart): counted as proven, it made a second leader
-    # in the term.
+def test_the_first_leader_does_not_step_down_before_a_follower_has_its_entries():
+    # Its followers' logs may all be empty, and their votes count only for
+    # an untouched initializer, which it is no longer: stepping down for a
+    # silent quorum (check_quorum) would leave no node that can be elected.
     m = pinned({1: "a", 2: None, 3: None})
-    req = vote_request(node(3, m, "c"))
-    voter = wiped(2, "b")
-    first = voter.handle_vote_request(req, 0.0)
-    assert first.granted and first.unproven
-    filled = h.make_engine(2)               # (up to date with the candidate's log)
-    filled.restore(voter.vote, None, [Entry(1, 1, ENTRY_MEMBERSHIP, m)], 0, 0)
-    again = filled.handle_vote_request(req, 0.0)
-    assert again.granted and again.unproven
-    # A vote cast on a log holding entries is proven.
-    other = h.make_engine(2)
-    other.restore(Vote(1, None), None, filled.entries(1, 1), 0, 0)
-    resp = other.handle_vote_request(req, 0.0)
-    assert resp.granted and not resp.unproven
-
-
-@isolated
-def test_unproven_grants_stay_unproven_when_a_candidate_campaigns_again():
-    # Review of session 17, F1: with pre-vote, a candidate whose election
-    # timeout passes starts a pre-vote round while still a candidate of
-    # its term; a late grant of that term then counted the earlier
-    # unproven ones as proven.
-    m = pinned({i: None for i in (1, 2, 3, 4, 5)})
-    cand = node(3, m, "c", pre_vote=True)
-    pre = vote_request(cand, pre_vote=True)
-    for voter in (1, 5):
-        cand.handle_vote_response(voter, pre, VoteResponse(pre.term, True, voter), 0.0)
-    req = next(c.request for c in cand.take_commands() if isinstance(c, SendVote))
-    assert cand.state == CANDIDATE and not req.pre_vote
-    for voter in (2, 4):
-        cand.handle_vote_response(voter, req, VoteResponse(req.term, True, voter, None, True),
-                                  0.0)
-    assert cand.state == CANDIDATE
-    cand.tick(cand.election_deadline)           # a pre-vote round, still a candidate
-    assert any(c.request.pre_vote for c in cand.take_commands() if isinstance(c, SendVote))
-    cand.handle_vote_response(5, req, VoteResponse(req.term, True, 5), 0.0)
-    assert cand.state != LEADER                 # {3, 5} proven: no majority of five
+    es = {1: node(1, m, "a", check_quorum=True), 2: wiped(2, "b"), 3: wiped(3, "c")}
+    first = es[1]
+    first.trigger_elect(0.0)
+    req = h.sends(first.take_commands(), SendVote)[2][0]
+    first.handle_vote_response(2, req, es[2].handle_vote_request(req, 0.0), 0.0)
+    flush_all(first)
+    assert first.state == LEADER and first.last_log_index == 2
+    first.take_commands()                   # its entries are lost on the way
+    silent = 100.0
+    first.tick(silent)
+    assert first.state == LEADER
+    # Once a follower has them, a silent quorum deposes it as any leader.
+    heartbeat(first, es, down={3})
+    assert es[2].last_log_index == 2
+    first.tick(2 * silent)
+    assert first.state != LEADER
+    # A later leader, whose followers have not answered in its term yet,
+    # steps down too: they hold entries and can elect another.
+    again = restarted(first, check_quorum=True)
+    req = vote_request(again)
+    again.handle_vote_response(2, req, es[2].handle_vote_request(req, 2 * silent), 2 * silent)
+    flush_all(again)
+    assert again.state == LEADER
+    again.take_commands()
+    again.tick(3 * silent)
+    assert again.state != LEADER

@@ -298,8 +298,8 @@ async def test_restarted_node_refuses_votes_for_election_timeout_min():
         assert f2.metrics.current_term == t
 
         # A fresh node (no term) has no lease to protect: it grants at once
-        # (a request of a cluster's first election: on empty storage, its
-        # vote counts in no other majority, see test_identity_engine).
+        # (a request of a cluster's first election: on empty storage, a node
+        # grants no other, see test_identity_engine).
         fresh = await c.add_node(9, enable_elect=False)
         c.router.remove(9)
         resp = await fresh.vote(up_to_date_request(t + 1, g.id, f2, fresh={9}))
@@ -315,11 +315,9 @@ async def test_restarted_node_refuses_votes_for_election_timeout_min():
 
 
 @cluster_test
-async def test_node_on_an_empty_log_says_so_in_its_vote_and_in_its_log(caplog):
-    # It may be a member that lost its disk: its vote counts only where
-    # the candidate counts it fresh or every voter grants (engine_identity;
-    # test_identity_engine has the rule). An operator facing a cluster
-    # without a leader reads why.
+async def test_node_on_an_empty_log_refuses_other_candidates_and_says_why(caplog):
+    # It may be a member that lost its disk (engine_identity: test_identity_engine
+    # has the rule); an operator facing a cluster without a leader reads why.
     async with running_cluster(3, seed=231) as c:
         leader, t = await leader_after_a_write(c)
         empty = await c.add_node(9, enable_elect=False)
@@ -328,16 +326,14 @@ async def test_node_on_an_empty_log_says_so_in_its_vote_and_in_its_log(caplog):
         with caplog.at_level(logging.WARNING, logger="raftcore.node.9"):
             first = await empty.vote(req)
             second = await empty.vote(req)
-        assert first.granted and first.unproven and second.unproven
-        assert caplog.text.count("node 9 answers") == 1     # not at every request
-        assert "with an empty log" in caplog.text
-        assert empty.metrics.vote == Vote(t + 1, leader.id, False)
-        # Counted among the fresh voters (a first election), it says
-        # nothing: its vote counts.
-        caplog.clear()
-        resp = await empty.vote(up_to_date_request(t + 2, leader.id, leader, fresh={9}))
-        assert resp.granted and resp.unproven and resp.term == t + 2
-        assert "node 9 answers" not in caplog.text
+        assert not first.granted and not second.granted and second.term == 0
+        assert caplog.text.count("node 9 refuses to vote for") == 1     # not at every request
+        assert "its log is empty" in caplog.text
+        assert empty.metrics.current_term == 0
+        # Counted among the fresh voters (a first election, or added by a
+        # change in progress), it grants.
+        resp = await empty.vote(up_to_date_request(t + 1, leader.id, leader, fresh={9}))
+        assert resp.granted and resp.term == t + 1
 
 
 # ------------------------------------------------------------- transfer

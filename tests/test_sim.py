@@ -12,8 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from raftcore.membership import Membership
-from raftcore.model import Node
 from raftcore.testing import sim, virtual_loop
 from raftcore.testing.virtual_loop import SimulationStalled
 
@@ -224,9 +222,8 @@ REGRESSION_SEEDS = [
     # Node 3 never got past the first entry (3->1 cut from the start); node 1
     # recorded node 2's incarnation and committed entries on {1, 2}; node 2
     # was wiped, lost the record, and granted node 3, which led without
-    # them. A vote from an empty log now counts towards a majority only
-    # where the request counts the voter fresh, else only when every voter
-    # grants (engine_identity.elected).
+    # them. A node whose log is empty now votes only as a fresh voter or
+    # for the candidate it voted for.
     (17808671, sim.SimSettings(nodes=3, duration=12.0, fault_interval=0.4)),
     # Two removals decided on stale views left voters {1, 2}; wiping node 1
     # left no quorum. A voter is wiped only if the others still make one.
@@ -234,45 +231,18 @@ REGRESSION_SEEDS = [
 ]
 
 
-def sim_node(last_log_index, membership, empty=False, stale=False):
-    """What Simulation reads of a node to judge a stall: its metrics and engine."""
-    return SimpleNamespace(
-        metrics=SimpleNamespace(last_log_index=last_log_index, identity_stale=stale),
-        _core=SimpleNamespace(engine=SimpleNamespace(membership=membership, log_empty=empty)))
-
-
-def test_a_stall_is_designed_only_where_voters_hold_no_entry_and_one_votes_no_more():
-    # Seed 17906799 stalled before wire version 4: nodes 4 and 5 never
-    # received an entry, and voter 1's removal made {2, 3, 4, 5} a voter
-    # set in which only 2 and 3 hold entries. Their votes now count once
-    # every voter grants (engine_identity.elected), so a leader comes back;
-    # only a voter that knows it lost its disk (stale) votes for nobody.
-    m = Membership([{2, 3, 4, 5}], {i: Node(f"n{i}") for i in range(1, 6)})
-    s = sim.Simulation(1, sim.SimSettings())
-    s.rafts = {1: sim_node(9, m), 2: sim_node(9, m), 3: sim_node(7, m),
-               4: sim_node(0, m, empty=True), 5: sim_node(0, m, empty=True)}
-    assert s.unanimity_needed() == "voters [4, 5] of [2, 3, 4, 5] hold no entry or vote no more"
-    assert s.voters_without_entries() is None
-    s.rafts[3] = sim_node(7, m, stale=True)
-    assert s.voters_without_entries() == ("voters [3, 4, 5] of [2, 3, 4, 5] hold no entry or "
-                                          "vote no more, and [3] vote for no candidate")
-    s.rafts[3], s.rafts[5] = sim_node(7, m), sim_node(3, m)
-    assert s.unanimity_needed() is None         # 2, 3 and 5 hold entries: a majority
-
-
-def test_a_batch_reports_designed_stalls_and_leaders_back_by_every_vote_apart(monkeypatch,
-                                                                              capsys):
-    results = {1: sim.SimResult(1, True, stalled="no majority, 3 is stale"),
-               2: sim.SimResult(2, True, unanimous="4 and 5 hold no entry"),
-               3: sim.SimResult(3, True)}
-    monkeypatch.setattr(sim.runner, "run_seed", lambda seed, settings: results[seed])
-    assert sim.main(["--seeds", "3", "--first", "1"]) == 0
+def test_a_stall_of_voters_holding_no_entry_is_reported_as_designed_not_as_a_violation(capsys):
+    # Seed 17906799: nodes 4 and 5 never received an entry; removing voter 1
+    # made {2, 3, 4, 5} a voter set in which only 2 and 3 hold entries. An
+    # empty log may be a lost disk and votes for nobody (engine_identity),
+    # so no leader can be elected, as the engine intends. A batch of seeds
+    # counts such seeds apart.
+    assert sim.main(["--seed", "17906799", "--nodes", "5", "--duration", "12",
+                     "--fault-interval", "0.4"]) == 0
     out = capsys.readouterr().out
-    assert "seed 1: no leader after healing, as designed: no majority, 3 is stale" in out
-    assert "seed 2: leader back though 4 and 5 hold no entry" in out
-    assert "seed 3" not in out
-    assert ("violations: 0, undecided: 0 seeds (0 keys), stalled as designed: 1, leader back "
-            "though voters held no entry: 1,") in out
+    why = "voters [4, 5] of [2, 3, 4, 5] hold no entry, so they vote for no candidate"
+    assert f"seed 17906799: no leader after healing, as designed: {why}" in out
+    assert "violations: 0, undecided: 0 seeds (0 keys), stalled as designed: 1," in out
 
 
 @pytest.mark.parametrize("seed, settings", REGRESSION_SEEDS,

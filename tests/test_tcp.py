@@ -690,7 +690,7 @@ BAD_REPLIES = {
                         "unknown wire version 9"),
     "not msgpack": (frame(b"\xc1"), "not msgpack"),
     "malformed message": (frame(msgpack.packb([1, [4, "x"]])), "malformed reply message"),
-    "wrong reply type": (frame(msgpack.packb([1, [4, 1, True, 2, None, False]])),
+    "wrong reply type": (frame(msgpack.packb([1, [4, 1, True, 2, None]])),
                          "replied to a AppendEntriesRequest with a VoteResponse"),
     "truncated": (struct.pack(">IB", 50, WIRE_VERSION) + b"\x92", "truncated reply frame"),
     "malformed error reply": (frame(msgpack.packb([1, None, 7])), "malformed error reply"),

@@ -41,8 +41,9 @@ __all__ = ["WIRE_VERSION", "DEFAULT_MAX_FRAME_SIZE", "SERVICE_TYPE_MIN", "HEADER
 
 #: The version byte of every frame this module writes and the only one it reads.
 #: Version 3: entries may go as their leader-made encoding (codec.ENCODED_NORMAL).
-#: Version 4: a vote answer says whether the voter's log is empty (a node of
-#: version 3 honours votes that version 4 counts only in unanimous elections).
+#: Version 4: a node whose log is empty votes only in the first elections (a
+#: node of version 3 may also grant again a candidate it voted for, which
+#: is unsafe: engine_identity.may_vote_on_empty_log).
 WIRE_VERSION = 4
 #: Largest frame (version byte + body) accepted or sent. It must exceed the
 #: largest AppendEntries a node sends: Config.max_payload_bytes (4 MiB by

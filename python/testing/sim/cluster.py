@@ -52,9 +52,6 @@ class Simulation(ClientWorkload, EmbedWorkload, FaultInjection, Figure8):
         #: Why no leader came back after healing, when the engine intends it
         #: (voters_without_entries); "" otherwise.
         self.stalled = ""
-        #: Why, at healing, only an election every voter granted could elect
-        #: a leader (unanimity_needed), when a leader came back; "" otherwise.
-        self.unanimous = ""
         self.voter_ids = set(range(1, settings.nodes + 1))
         self.all_ids = list(range(1, settings.nodes + settings.spares + 1))
         self.started: set[int] = set()
@@ -283,43 +280,27 @@ class Simulation(ClientWorkload, EmbedWorkload, FaultInjection, Figure8):
                          f"disk_full {m.disk_full}")
         return "; ".join(parts)
 
-    def unanimity_needed(self) -> Optional[str]:
-        """Why only an election that every voter grants can elect a leader
-        (engine_identity.elected), if so: in the membership of the node with
-        the longest log, some voter set has no majority of voters that hold
-        an entry and still vote (a wiped voter that a leader's entries
-        reached knows it is stale and votes no more). None otherwise."""
+    def voters_without_entries(self) -> Optional[str]:
+        """Why no leader can be elected, if it is the engine's rule for empty
+        logs (engine_identity.may_vote_on_empty_log): in the membership of
+        the node with the longest log, some voter set has no majority of
+        voters that hold an entry. Such voters may have lost their disks;
+        only a leader's entries let them vote again. None otherwise."""
         newest = max(self.rafts.values(), key=lambda r: r.metrics.last_log_index)
         m = newest._core.engine.membership
         if m is None:
             return None
-        able = {i for i, r in self.rafts.items()
-                if not r.metrics.identity_stale and not r._core.engine.log_empty}
+        able = {i for i, r in self.rafts.items() if not r._core.engine.log_empty}
         for voters in m.configs:
             if len(voters & able) <= len(voters) // 2:
-                return (f"voters {sorted(voters - able)} of {sorted(voters)} hold no entry "
-                        f"or vote no more")
+                return (f"voters {sorted(voters - able)} of {sorted(voters)} hold no entry, "
+                        f"so they vote for no candidate")
         return None
-
-    def voters_without_entries(self) -> Optional[str]:
-        """Why no leader can be elected, if it is the engine's rule for empty
-        logs: only every voter can elect one (unanimity_needed), and some
-        voter votes no more (stale). Such voters lost their disks; only
-        their replacement lets the cluster elect again. None otherwise."""
-        why = self.unanimity_needed()
-        if why is None:
-            return None
-        newest = max(self.rafts.values(), key=lambda r: r.metrics.last_log_index)
-        m = newest._core.engine.membership
-        silent = sorted(i for i in m.voter_ids
-                        if i not in self.rafts or self.rafts[i].metrics.identity_stale)
-        return f"{why}, and {silent} vote for no candidate" if silent else None
 
     async def check_liveness(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.s.heal_within
         leader = None
-        unanimous = self.unanimity_needed()
         while loop.time() < deadline:
             self.raise_first_violation()
             leader = self.leader_guess()
@@ -334,9 +315,6 @@ class Simulation(ClientWorkload, EmbedWorkload, FaultInjection, Figure8):
                 return
             raise Violation(f"liveness: no leader could write and read within "
                             f"{self.s.heal_within}s of healing; {self.describe_nodes()}")
-        if unanimous is not None:
-            self.log(f"leader back though {unanimous}")
-            self.unanimous = unanimous
         members = sorted(leader.metrics.membership.nodes)
         target = leader.metrics.last_applied_index
         for i in members:

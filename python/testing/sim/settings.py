@@ -58,5 +58,4 @@ class SimResult:
     lin_unknown: int = 0          # keys whose linearizability was not decided
     undecided: str = ""           # the checker's report on them (no violation found)
     stalled: str = ""             # why no leader came back, when the engine intends it
-    unanimous: str = ""           # why, when a leader came back, only every voter could elect one
 
