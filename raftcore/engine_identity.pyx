@@ -108,18 +108,20 @@ cdef bint may_vote_on_empty_log(Engine e, VoteRequest req):
 
 cdef bint first_leader_unheard(Engine e):
     """Leader: whether it is the cluster's first leader (its own term wrote
-    every entry after the first) and no follower has acknowledged an entry
-    yet. The others' logs may all be empty then, and their votes count only
-    for an untouched initializer (may_vote_on_empty_log), which it is no
-    longer: were it to step down for a silent quorum (check_quorum), no
-    leader could be elected again. It leads on until a follower answers
-    (with pre-vote off, a node that missed the first elections may still
-    depose it by a higher term)."""
+    every entry after the first) and no other voter has acknowledged an
+    entry yet (a learner's or a stale member's acknowledgement votes for
+    nobody). The other voters' logs may all be empty then, and their votes
+    count only for an untouched initializer (may_vote_on_empty_log), which
+    it is no longer: were it to step down for a silent quorum
+    (check_quorum), no leader could be elected again. It leads on until a
+    voter answers (with pre-vote off, a node that missed the first
+    elections may still depose it by a higher term)."""
     cdef Progress p
     if e.log.purged_index != 0 or e.log.last_index() < 2 or e.log.term_at(2) != e.vote.term:
         return False
     for p in e.progress.values():
-        if p.matched > 0:
+        if p.matched > 0 and e.membership.is_voter(p.node_id) \
+                and p.node_id not in e.stale_members:
             return False
     return True
 

@@ -563,3 +563,22 @@ def test_the_first_leader_does_not_step_down_before_a_follower_has_its_entries()
     again.take_commands()
     again.tick(3 * silent)
     assert again.state != LEADER
+
+
+@isolated
+def test_a_learner_holding_the_first_leaders_entries_does_not_let_it_step_down():
+    # A learner votes for nobody: with the entries on it alone, stepping
+    # down would still leave no node that can be elected (review 17d, T1c).
+    m = pinned({1: "a", 2: None, 3: None, 4: None}, voters={1, 2, 3})
+    es = {1: node(1, m, "a", check_quorum=True), 2: wiped(2, "b"), 3: wiped(3, "c"),
+          4: wiped(4, "d")}
+    first = es[1]
+    first.trigger_elect(0.0)
+    req = h.sends(first.take_commands(), SendVote)[2][0]
+    first.handle_vote_response(2, req, es[2].handle_vote_request(req, 0.0), 0.0)
+    flush_all(first)
+    assert first.state == LEADER
+    pump(es, {1: first.take_commands()}, down={2, 3})
+    assert es[4].last_log_index == 2 and first.replication()[4] == 2
+    first.tick(100.0)
+    assert first.state == LEADER
