@@ -245,6 +245,17 @@ def test_a_stall_of_voters_holding_no_entry_is_reported_as_designed_not_as_a_vio
     assert "violations: 0, undecided: 0 seeds (0 keys), stalled as designed: 1," in out
 
 
+def test_a_stall_of_a_voter_without_entries_and_one_that_lost_its_disk_is_by_design(capsys):
+    # Seed 17818795: node 1 was wiped (it knows, so it votes no more until
+    # replaced) and its replacement timed out; learner 4, paused, was
+    # promoted without an entry. Of voters {1, 2, 3, 4}, only 2 and 3 vote.
+    assert sim.main(["--seed", "17818795", "--nodes", "3", "--duration", "12",
+                     "--fault-interval", "0.4"]) == 0
+    out = capsys.readouterr().out
+    why = "voters [4] of [1, 2, 3, 4] hold no entry and [1] lost their disks"
+    assert f"seed 17818795: no leader after healing, as designed: {why}" in out
+
+
 @pytest.mark.parametrize("seed, settings", REGRESSION_SEEDS,
                          ids=[str(seed) for seed, _ in REGRESSION_SEEDS])
 def test_a_seed_that_once_failed_passes(seed, settings):

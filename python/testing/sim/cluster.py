@@ -282,19 +282,25 @@ class Simulation(ClientWorkload, EmbedWorkload, FaultInjection, Figure8):
 
     def voters_without_entries(self) -> Optional[str]:
         """Why no leader can be elected, if it is the engine's rule for empty
-        logs (engine_identity.may_vote_on_empty_log): in the membership of
-        the node with the longest log, some voter set has no majority of
-        voters that hold an entry. Such voters may have lost their disks;
-        only a leader's entries let them vote again. None otherwise."""
+        logs (engine_identity.may_vote_on_empty_log) and lost disks: in the
+        membership of the node with the longest log, some voter set has no
+        majority of voters that hold an entry and know of no lost disk of
+        theirs. Voters without entries may have lost their disks; only a
+        leader's entries let them vote again. A voter that knows it lost its
+        disk (identity_stale) votes no more until it is replaced, which
+        needs a leader. None otherwise."""
         newest = max(self.rafts.values(), key=lambda r: r.metrics.last_log_index)
         m = newest._core.engine.membership
         if m is None:
             return None
-        able = {i for i, r in self.rafts.items() if not r._core.engine.log_empty}
+        stale = {i for i, r in self.rafts.items() if r.metrics.identity_stale}
+        able = {i for i, r in self.rafts.items() if not r._core.engine.log_empty} - stale
         for voters in m.configs:
             if len(voters & able) <= len(voters) // 2:
-                return (f"voters {sorted(voters - able)} of {sorted(voters)} hold no entry, "
-                        f"so they vote for no candidate")
+                lost = sorted(voters & stale)
+                return (f"voters {sorted(voters - able - stale)} of {sorted(voters)} hold no "
+                        f"entry" + (f" and {lost} lost their disks" if lost else "")
+                        + ", so they vote for no candidate")
         return None
 
     async def check_liveness(self) -> None:
