@@ -245,6 +245,19 @@ def test_a_stall_of_voters_holding_no_entry_is_reported_as_designed_not_as_a_vio
     assert "violations: 0, undecided: 0 seeds (0 keys), stalled as designed: 1," in out
 
 
+def test_a_first_leader_that_crashed_before_its_entries_left_it_stalls_by_design(capsys):
+    # Seed 17819444: node 1 initialized and led; the network lost its blank
+    # entries (lose_blanks 0.96) and it crashed 0.13 s in. Nodes 2 and 3
+    # hold nothing, and an empty log votes only in the first elections,
+    # which node 1's log (past its first entry) no longer asks for
+    # (engine_identity.may_vote_on_empty_log; README "Identity").
+    assert sim.main(["--seed", "17819444", "--nodes", "3", "--duration", "12",
+                     "--fault-interval", "0.4"]) == 0
+    out = capsys.readouterr().out
+    why = "voters [2, 3] of [1, 2, 3] hold no entry, so they vote for no candidate"
+    assert f"seed 17819444: no leader after healing, as designed: {why}" in out
+
+
 def test_a_stall_of_a_voter_without_entries_and_one_that_lost_its_disk_is_by_design(capsys):
     # Seed 17818795: node 1 was wiped (it knows, so it votes no more until
     # replaced) and its replacement timed out; learner 4, paused, was
