@@ -27,6 +27,10 @@ Concurrency model (one thread, one event loop):
 - Compiled: this module is Cython. The per-write path (taking a batch,
   executing commands, answering clients) runs as C calls, and steps the
   engine through engine.pxd; what is off that path stays plain methods.
+  Why one module of more than 800 lines: RaftCore is one cdef class, and a
+  cdef class is defined in one module; what it holds is one concern, the
+  executor of the engine's commands, whose cdef methods call each other
+  as C calls on that path. Every piece that can leave it has (below).
 - A handler answers only after its commands ran: a granted vote after
   save_vote returned (durable), an AppendEntries success after the log is
   flushed up to what it reports as matched.

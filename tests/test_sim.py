@@ -231,17 +231,24 @@ REGRESSION_SEEDS = [
 ]
 
 
+def designed_stall(capsys, seed: int, nodes: int, why: str) -> str:
+    """Runs `seed` as `raftcore sim --seed` does and asserts it passes with a
+    stall reported as designed for `why`; the run's output."""
+    assert sim.main(["--seed", str(seed), "--nodes", str(nodes), "--duration", "12",
+                     "--fault-interval", "0.4"]) == 0
+    out = capsys.readouterr().out
+    assert f"seed {seed}: no leader after healing, as designed: {why}" in out
+    return out
+
+
 def test_a_stall_of_voters_holding_no_entry_is_reported_as_designed_not_as_a_violation(capsys):
     # Seed 17906799: nodes 4 and 5 never received an entry; removing voter 1
     # made {2, 3, 4, 5} a voter set in which only 2 and 3 hold entries. An
     # empty log may be a lost disk and votes for nobody (engine_identity),
     # so no leader can be elected, as the engine intends. A batch of seeds
     # counts such seeds apart.
-    assert sim.main(["--seed", "17906799", "--nodes", "5", "--duration", "12",
-                     "--fault-interval", "0.4"]) == 0
-    out = capsys.readouterr().out
-    why = "voters [4, 5] of [2, 3, 4, 5] hold no entry, so they vote for no candidate"
-    assert f"seed 17906799: no leader after healing, as designed: {why}" in out
+    out = designed_stall(capsys, 17906799, 5, "voters [4, 5] of [2, 3, 4, 5] hold no entry, "
+                                              "so they vote for no candidate")
     assert "violations: 0, undecided: 0 seeds (0 keys), stalled as designed: 1," in out
 
 
@@ -251,22 +258,16 @@ def test_a_first_leader_that_crashed_before_its_entries_left_it_stalls_by_design
     # hold nothing, and an empty log votes only in the first elections,
     # which node 1's log (past its first entry) no longer asks for
     # (engine_identity.may_vote_on_empty_log; README "Identity").
-    assert sim.main(["--seed", "17819444", "--nodes", "3", "--duration", "12",
-                     "--fault-interval", "0.4"]) == 0
-    out = capsys.readouterr().out
-    why = "voters [2, 3] of [1, 2, 3] hold no entry, so they vote for no candidate"
-    assert f"seed 17819444: no leader after healing, as designed: {why}" in out
+    designed_stall(capsys, 17819444, 3, "voters [2, 3] of [1, 2, 3] hold no entry, so they "
+                                        "vote for no candidate")
 
 
 def test_a_stall_of_a_voter_without_entries_and_one_that_lost_its_disk_is_by_design(capsys):
     # Seed 17818795: node 1 was wiped (it knows, so it votes no more until
     # replaced) and its replacement timed out; learner 4, paused, was
     # promoted without an entry. Of voters {1, 2, 3, 4}, only 2 and 3 vote.
-    assert sim.main(["--seed", "17818795", "--nodes", "3", "--duration", "12",
-                     "--fault-interval", "0.4"]) == 0
-    out = capsys.readouterr().out
-    why = "voters [4] of [1, 2, 3, 4] hold no entry and [1] lost their disks"
-    assert f"seed 17818795: no leader after healing, as designed: {why}" in out
+    designed_stall(capsys, 17818795, 3,
+                   "voters [4] of [1, 2, 3, 4] hold no entry and [1] lost their disks")
 
 
 @pytest.mark.parametrize("seed, settings", REGRESSION_SEEDS,
