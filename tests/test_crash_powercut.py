@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import errno
 import logging
 import os
@@ -154,7 +155,8 @@ class PowerCutFS(FileOps):
     steps), or never if None. After that every call raises PowerCut, except
     close() (the store's clean-up must not mask the cut).
 
-    It models FileOps' primitives (fallocate, extend, fdatasync, fsync), so
+    It models FileOps' primitives (zero_fill, fallocate, extend, fdatasync,
+    fsync), so
     the store's IOPath (self.io) picks among them as it does on a real disk;
     `calls` counts each one's calls, to show which path was taken.
     """
@@ -283,6 +285,11 @@ class PowerCutFS(FileOps):
         ino = self.fds[fd]
         if offset + length > len(ino.data):
             ino.write(len(ino.data), bytes(offset + length - len(ino.data)))
+
+    def zero_fill(self, fd: int, offset: int, length: int) -> None:
+        # FileOps' own: writes of zeros (pwrite, above), a step each.
+        self.calls["zero_fill"] += 1
+        super().zero_fill(fd, offset, length)
 
     def extend(self, fd: int, size: int) -> None:
         # ftruncate growing the file: a size change.
@@ -668,16 +675,20 @@ MODES = ["strict", "torn", "zeros", "unordered"]
 SEEDS_PER_TEST = 25
 
 
-#: The OS calls the store makes: the platform's best, and the fallbacks that
-#: RAFTCORE_PORTABLE_IO=1 selects (what macOS runs).
-IO_PATHS = [pytest.param(NATIVE, id="native"), pytest.param(PORTABLE, id="portable")]
+#: The OS calls the store makes: the platform's best (on Linux, segment space
+#: zero-filled), the same with posix_fallocate's reserved blocks, and the
+#: fallbacks that RAFTCORE_PORTABLE_IO=1 selects (what macOS runs).
+FALLOCATE = dataclasses.replace(NATIVE, allocate="posix_fallocate")
+IO_PATHS = [pytest.param(NATIVE, id="native"), pytest.param(FALLOCATE, id="fallocate"),
+            pytest.param(PORTABLE, id="portable")]
+ALLOCATE_CALLS = {"zero-fill": "zero_fill", "posix_fallocate": "fallocate",
+                  "ftruncate": "extend"}
 
 
 def assert_took(calls: collections.Counter, io: IOPath) -> None:
     """The store made the calls `io` names, and not the others."""
-    fallocated = calls["fallocate"] > 0
-    assert fallocated == (io.allocate == "posix_fallocate") and \
-        (calls["extend"] > 0) == (not fallocated), calls
+    assert {call for call in ALLOCATE_CALLS.values() if calls[call] > 0} == \
+        {ALLOCATE_CALLS[io.allocate]}, calls
     assert (calls["fdatasync"] > 0) == (io.sync_data == "fdatasync"), calls
 
 

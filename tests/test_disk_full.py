@@ -456,6 +456,10 @@ def kv_run(coro):
     run_guarded(coro, 180)
 
 
+def value(n: int) -> str:
+    return f"{n}:" + "x" * 16384
+
+
 def test_kv_init_on_a_2mb_disk_works_and_says_when_the_disk_is_full(tmp_path, tmpfs):
     disk = tmpfs("n1", "2m")
     with KvCluster(tmp_path, n=1) as c:
@@ -470,10 +474,12 @@ def test_kv_init_on_a_2mb_disk_works_and_says_when_the_disk_is_full(tmp_path, tm
                 assert await client.get("a") == 1
                 disk.fill()
                 # Writes until the node reports its disk full: the last one
-                # is held (the client retries it meanwhile).
+                # is held (the client retries it meanwhile). Values of 16 KiB:
+                # the log's space allocated ahead (256 KiB at first) runs out
+                # within a few dozen writes.
                 n = 0
                 while True:
-                    held = asyncio.ensure_future(client.set(f"b{n}", n))
+                    held = asyncio.ensure_future(client.set(f"b{n}", value(n)))
 
                     async def done_or_full():
                         return held.done() or await _full(addr)
@@ -489,7 +495,7 @@ def test_kv_init_on_a_2mb_disk_works_and_says_when_the_disk_is_full(tmp_path, tm
                         await short.set("c", 3)
                     # Reads still work.
                     assert await short.get("a") == 1
-                    assert await short.get(f"b{n - 1}") == (n - 1 if n else None)
+                    assert await short.get(f"b{n - 1}") == (value(n - 1) if n else None)
                 finally:
                     await short.close()
                 st = await status_of(addr)
@@ -497,7 +503,7 @@ def test_kv_init_on_a_2mb_disk_works_and_says_when_the_disk_is_full(tmp_path, tm
                 disk.free()
                 await until(lambda: _not_full(addr), "the node to resume", c)
                 assert await asyncio.wait_for(held, KV_GUARD) is None    # the held write
-                assert await client.get(f"b{n}") == n
+                assert await client.get(f"b{n}") == value(n)
                 assert await client.set("c", 3) is None
                 assert await client.get("c") == 3
             finally:

@@ -27,6 +27,7 @@ from raftcore.network import LocalRouter
 from raftcore.storage import FileLogStore, MemStateMachine
 from raftcore.storage.file import (FORMAT_VERSION, PREALLOCATE, R_ENTRIES, R_HEADER, R_MARKER, R_PURGE,
                                    FileOps, frame)
+from raftcore.storage.wal.writer import AHEAD_STEP
 from raftcore.types import ENTRY_NORMAL, Entry, LogId, Vote
 
 GUARD = 20.0
@@ -233,9 +234,10 @@ def test_segments_are_allocated_ahead_and_groups_synced_without_metadata(tmp_pat
         await store.close()
         seg = tmp_path / segments(tmp_path)[0]
         assert os.path.getsize(seg) >= PREALLOCATE > len(written(seg))
-        # The first group (new segment): fsync of the file and its directory.
-        assert [c[0] for c in ops.calls] == ["write", "fsync", "fsync", "write", "sync_data",
-                                            "write", "sync_data"], ops.calls
+        # The first group (new segment): its space zero-filled, then fsync of
+        # the file and its directory.
+        assert [c[0] for c in ops.calls] == ["zero_fill", "write", "fsync", "fsync", "write",
+                                            "sync_data", "write", "sync_data"], ops.calls
     run(body())
 
 
@@ -428,6 +430,11 @@ class RecordingOps(FileOps):
         self.calls.append(("write", fd, bytes(data)))
         super().pwrite(fd, data, offset)
 
+    def zero_fill(self, fd, offset, length):
+        # One call, not the writes it makes.
+        self.calls.append(("zero_fill", fd, offset, length))
+        os.pwrite(fd, bytes(length), offset)
+
     def fsync(self, fd):
         self.calls.append(("fsync", fd))
         super().fsync(fd)
@@ -603,8 +610,9 @@ def test_appends_in_one_loop_iteration_share_one_fsync(tmp_path, mode):
         await append(store, *[ents(i, 1) for i in range(1, 51)])
         if mode == "executor":
             assert calls == ["_write_group"]
-        # One write, fsynced (and the new segment's directory entry with it).
-        assert [c[0] for c in ops.calls] == ["write", "fsync", "fsync"], ops.calls
+        # One write into the new segment's zero-filled space, fsynced (and
+        # the segment's directory entry with it).
+        assert [c[0] for c in ops.calls] == ["zero_fill", "write", "fsync", "fsync"], ops.calls
         await store.close()
     run(body())
 
@@ -749,6 +757,111 @@ def test_plain_groups_are_written_by_the_compiled_thread_with_the_same_bytes(tmp
         assert keys(store.entries(11, 32)) == keys(ents(11, 20) + ents(31, 2, term=2))
         await store.close()
     run(body())
+
+
+def big_ents(first: int, n: int) -> list:
+    """Entries of 64 KiB each: a few of them cross a zero-filled step."""
+    return [Entry(1, i, ENTRY_NORMAL, b"%d" % i * (65536 // len(b"%d" % i)))
+            for i in range(first, first + n)]
+
+
+class ZeroFills:
+    """Wraps FileOps.zero_fill (on the class: a store given plain FileOps
+    takes the compiled path only then) to record each call's thread and
+    range and, for the store's active segment, check that its `allocated`
+    has not been raised over the range before the zeros are written (a
+    group written there meanwhile would be zeroed). `fail_call`: the call
+    (counting from 1) that raises EIO instead."""
+
+    def __init__(self, monkeypatch, fail_call: int = 0) -> None:
+        self.calls: list = []
+        self.broken: list = []
+        self.store = None
+        self.fail_call = fail_call
+        real = FileOps.zero_fill
+
+        def zero_fill(ops, fd, offset, length):
+            seg = self.store._segments[-1] if self.store is not None else None
+            if seg is not None and seg.allocated > offset:
+                self.broken.append((offset, seg.allocated))
+            self.calls.append((threading.current_thread().name, offset, length))
+            if len(self.calls) == self.fail_call:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real(ops, fd, offset, length)
+        monkeypatch.setattr(FileOps, "zero_fill", zero_fill)
+
+
+def test_the_flush_thread_zero_fills_ahead_of_the_plain_groups(tmp_path, monkeypatch):
+    """The plain groups go to the compiled thread while the flush thread
+    zero-fills the space after them, in steps, each before `allocated` is
+    raised over it; every group lands in written zeros and reads back."""
+    async def body():
+        fills = ZeroFills(monkeypatch)
+        store = fills.store = FileLogStore(tmp_path)
+        for i in range(1, 121, 2):              # 60 groups of 128 KiB: 7.5 MiB
+            await append(store, big_ents(i, 2))
+        seg = store._segments[-1]
+        assert sync_threads(store.path) and store._ahead_refused is None
+        await store.close()
+        assert fills.broken == []
+        ahead = [c for c in fills.calls if c[1] > 0]
+        # The first group's space, then the rest ahead of the groups, in
+        # contiguous steps on the flush thread, up to past what they hold.
+        assert fills.calls[0][1] == 0 and len(ahead) > PREALLOCATE // AHEAD_STEP
+        assert {c[0] for c in fills.calls} == {f"raftcore-flush {store.path}"}
+        assert all(a[1] + a[2] == b[1] for a, b in zip(fills.calls, fills.calls[1:]))
+        assert all(c[2] <= AHEAD_STEP for c in ahead)
+        assert seg.allocated >= seg.size + PREALLOCATE // 2
+        reopened = FileLogStore(tmp_path)
+        assert keys(reopened.entries(1, 120)) == keys(big_ents(1, 120))
+        await reopened.close()
+    run(body())
+
+
+def test_a_failed_zero_fill_ahead_leaves_the_groups_to_allocate_their_space(
+        tmp_path, monkeypatch, caplog):
+    """Allocating ahead fails (EIO on its first step): a warning, and the
+    groups allocate the space they need themselves; nothing is lost."""
+    async def body():
+        fills = ZeroFills(monkeypatch, fail_call=2)
+        store = fills.store = FileLogStore(tmp_path)
+        with caplog.at_level(logging.WARNING, logger="raftcore.storage.file"):
+            for i in range(1, 121, 2):
+                await append(store, big_ents(i, 2))
+        assert store._ahead_refused is store._segments[-1]
+        await store.close()
+        assert "allocating segment space ahead failed" in caplog.text
+        # After the refused step, the groups allocated PREALLOCATE at a time.
+        assert len(fills.calls) > 2 and fills.calls[2][2] >= PREALLOCATE
+        reopened = FileLogStore(tmp_path)
+        assert keys(reopened.entries(1, 120)) == keys(big_ents(1, 120))
+        await reopened.close()
+    run(body())
+
+
+def test_a_zero_fill_that_runs_out_of_space_gives_back_what_it_took(tmp_path):
+    """The disk fills during a zero-fill: the file is cut back to where the
+    fill began, so the blocks it took are free again for the snapshot or
+    the batch that needs them, and the error is raised."""
+    class FullAfterTwoWrites(FileOps):
+        def __init__(self):
+            self.writes = 0
+
+        def pwrite(self, fd, data, offset):
+            self.writes += 1
+            if self.writes > 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            super().pwrite(fd, data, offset)
+    fd = os.open(tmp_path / "seg", os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, b"abc")
+        ops = FullAfterTwoWrites()
+        with pytest.raises(OSError) as got:
+            ops.zero_fill(fd, 3, 4 * 1024 * 1024)
+        assert got.value.errno == errno.ENOSPC and ops.writes == 3
+        assert os.fstat(fd).st_size == 3 and os.pread(fd, 8, 0) == b"abc"
+    finally:
+        os.close(fd)
 
 
 async def fails_for_good(store, caplog, index: int, reason: str) -> None:

@@ -1,16 +1,20 @@
 """Which OS calls the WAL makes for the idioms that are not on every platform.
 
-FileLogStore is fastest with three Linux calls, and each has a fallback for
+FileLogStore is fastest with three Linux idioms, and each has a fallback for
 platforms without it (macOS lacks all three):
 
 - syncing a group's data: fdatasync (no metadata update when the file size
-  is unchanged), else a full sync;
+  is unchanged and the blocks are written already), else a full sync;
 - a full sync: fsync; on macOS fcntl(F_FULLFSYNC), since macOS's fsync
   leaves the data in the drive's cache;
-- preallocating segment space: posix_fallocate (blocks reserved, so a full
-  disk shows at allocation), else growing the file with ftruncate (the new
-  part reads as zeros; blocks are taken when the data is written, so a full
-  disk shows at that write, which the writer handles the same way);
+- preallocating segment space: on Linux, writing zeros ("zero-fill"; the
+  blocks are allocated and written, so a full disk shows at allocation,
+  and a group written over them leaves fdatasync no metadata to record);
+  "posix_fallocate" reserves the blocks without writing them (a store can
+  ask for it, on a copy-on-write file system say, where writing zeros
+  ahead gains nothing); else growing the file with ftruncate (the new
+  part reads as zeros; blocks are taken when the data is written, so a
+  full disk shows at that write, which the writer handles the same way);
 - waking the event loop from the compiled sync thread: an eventfd, else a
   pipe.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from dataclasses import dataclass
 
 __all__ = ["IOPath", "NATIVE", "PORTABLE", "DEFAULT", "PORTABLE_ENV", "portable_requested"]
@@ -39,7 +44,7 @@ class IOPath:
 
     sync_data: str      # "fdatasync", or the full sync's name
     sync: str           # "fsync" or "F_FULLFSYNC"
-    allocate: str       # "posix_fallocate" or "ftruncate"
+    allocate: str       # "zero-fill", "posix_fallocate" or "ftruncate"
     wakeup: str         # "eventfd" or "pipe"
 
     @property
@@ -58,7 +63,8 @@ def _native() -> IOPath:
     return IOPath(
         sync_data="fdatasync" if hasattr(os, "fdatasync") and sync == "fsync" else sync,
         sync=sync,
-        allocate="posix_fallocate" if hasattr(os, "posix_fallocate") else "ftruncate",
+        allocate=("zero-fill" if sys.platform.startswith("linux") else
+                  "posix_fallocate" if hasattr(os, "posix_fallocate") else "ftruncate"),
         wakeup="eventfd" if hasattr(os, "eventfd") else "pipe")
 
 

@@ -1,9 +1,10 @@
 """The WAL's OS layer: every file system call FileLogStore makes (FileOps),
 and the two durability idioms the rest of raftcore shares with it.
 
-Calls that not every platform has (fdatasync, posix_fallocate) go through
-the store's IOPath (raftcore.storage.wal.iopath), which names the fallback
-used where they are missing or RAFTCORE_PORTABLE_IO=1 forces it.
+Calls that not every platform has, or needs (fdatasync, preallocation by
+writing zeros or by posix_fallocate), go through the store's IOPath
+(raftcore.storage.wal.iopath), which names the fallback used where they
+are missing or RAFTCORE_PORTABLE_IO=1 forces it.
 
 `replace_file(path, data)` replaces a file so that a crash leaves either the
 old content or the new one, never a mix or nothing: write `path.tmp`, fsync
@@ -30,6 +31,9 @@ log = logging.getLogger("raftcore.storage")
 #: blocks (musl's libc reports it instead of emulating, as glibc does).
 _NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.ENOSYS})
 
+#: Zero-filling writes this many bytes per call (one buffer, shared).
+_ZEROS = bytes(1 << 20)
+
 
 class FileOps:
     """The file system calls FileLogStore makes, in one place.
@@ -46,8 +50,9 @@ class FileOps:
 
     `io`: the calls made for the idioms some platforms lack (allocate,
     sync_data, fsync); DEFAULT unless given. allocate and sync_data pick
-    their primitive (fallocate or extend; fdatasync or fsync) by it, so a
-    test's subclass overriding the primitives sees which path is taken.
+    their primitive (zero_fill, fallocate or extend; fdatasync or fsync) by
+    it, so a test's subclass overriding the primitives sees which path is
+    taken.
     """
 
     #: A class default, so that subclasses need not call __init__.
@@ -110,6 +115,9 @@ class FileOps:
     def allocate(self, fd: int, offset: int, length: int) -> None:
         """Makes the file at least offset + length bytes long, the new part
         zeros, with its blocks allocated where the platform can (io.allocate)."""
+        if self.io.allocate == "zero-fill":
+            self.zero_fill(fd, offset, length)
+            return
         if self.io.allocate == "posix_fallocate":
             try:
                 self.fallocate(fd, offset, length)
@@ -127,6 +135,40 @@ class FileOps:
         log.warning("posix_fallocate is not supported here (%s); growing segment files "
                     "with ftruncate instead (their blocks are no longer reserved ahead)", exc)
         self.io = dataclasses.replace(self.io, allocate="ftruncate")
+
+    def zero_fill(self, fd: int, offset: int, length: int) -> None:
+        """Writes `length` zeros at `offset`: the blocks are allocated and
+        written (ENOSPC shows here), so a later write over them changes no
+        file system metadata and fdatasync has only the data to flush. Over
+        posix_fallocate's blocks (unwritten extents on ext4 and XFS) each
+        fdatasync also records that they now hold data: measured on an ext4
+        VM disk, 8 KB write + fdatasync took 180 us there against 130 us
+        over written zeros, and one more wait for the disk.
+
+        The store calls it at the file's end only. If a write fails (the
+        disk is full), the file is cut back to `offset` before the error
+        is raised: the call takes all the space or none of it, as a failed
+        posix_fallocate does, and leaves no partial run of zeros holding
+        the disk's last free blocks."""
+        end = offset + length
+        pos = offset
+        try:
+            while pos < end:
+                n = min(len(_ZEROS), end - pos)
+                self.pwrite(fd, memoryview(_ZEROS)[:n], pos)
+                pos += n
+        except OSError:
+            try:
+                self.cut(fd, offset)
+            except OSError:
+                log.warning("cutting a segment back after a failed zero-fill failed too; "
+                            "its zeros stay allocated", exc_info=True)
+            raise
+
+    def cut(self, fd: int, size: int) -> None:
+        """Cuts the file back to `size` bytes, not synced: what it gives
+        back held nothing."""
+        os.ftruncate(fd, size)
 
     def fallocate(self, fd: int, offset: int, length: int) -> None:
         """posix_fallocate: the blocks are reserved (ENOSPC shows here)."""

@@ -14,15 +14,25 @@ durable before any later append is reported flushed; segments are deleted
 only after the group holding the purge record is durable (and only whole
 segments: nothing is rewritten).
 
-Segment files are allocated ahead of their data (posix_fallocate, in steps of
-PREALLOCATE bytes), so a file is usually longer than what it holds: the rest
-reads as zeros. Writing a group then changes no file size, and fdatasync
-makes it durable without a metadata update: measured on an ext4 VM disk with
-three nodes syncing at once, 200-260 us per group against 275-350 us for
-append + fsync. A new segment's first group is made durable with fsync and a
-directory fsync. Where posix_fallocate or fdatasync is missing (macOS), or
-RAFTCORE_PORTABLE_IO=1 asks for it, the store's IOPath (iopath.py) names the
-fallback: the file is grown with ftruncate and every group fully synced.
+Segment files are allocated ahead of their data (on Linux by writing zeros,
+in steps of PREALLOCATE bytes), so a file is usually longer than what it
+holds: the rest reads as zeros. Writing a group then changes no file size
+and no block's state, and fdatasync makes it durable without a metadata
+update: measured on an ext4 VM disk with three nodes syncing at once,
+200-260 us per group against 275-350 us for append + fsync. A new segment's
+first group is made durable with fsync and a directory fsync. Where
+fdatasync is missing (macOS), or RAFTCORE_PORTABLE_IO=1 asks for it, the
+store's IOPath (iopath.py) names the fallback: the file is grown with
+ftruncate and every group fully synced.
+
+Writing 4 MB of zeros takes about 15 ms (ext4 VM disk), too long for the
+group that needs the space to wait for it. So while the plain groups of
+the active segment go on below `allocated`, the flush thread zero-fills
+the next PREALLOCATE bytes once less than half of that is left
+(_allocate_ahead); it raises `allocated` only when the zeros are written,
+and only the flush thread writes `allocated` (the event loop reads it to
+pick a group's path), so no group is ever written where zeros are still
+to come.
 
 Three write paths, chosen per group in _submit; none can serve the others'
 cases without losing speed or a caller's guarantee:
@@ -68,6 +78,9 @@ log = logging.getLogger("raftcore.storage.file")
 #: Segment files grow by this much at a time (at most to segment_size), or
 #: by only what a group needs when the disk has less room than that.
 PREALLOCATE = 4 * 1024 * 1024
+#: The flush thread allocates ahead of the plain groups in steps of this
+#: much (see the module docstring).
+AHEAD_STEP = 256 * 1024
 #: A group held for lack of disk space is retried after this many seconds,
 #: doubling up to _SPACE_RETRY_MAX.
 _SPACE_RETRY_MIN = 0.05
@@ -129,6 +142,11 @@ class GroupCommit:
         self._thread: Optional[FlushThread] = None
         self._syncer: Optional[GroupSyncer] = None
         self._flush_task: Optional[asyncio.Task] = None   # with an executor: the write's task
+        # The segment whose next space the flush thread is zero-filling, and
+        # one where that failed (the groups then allocate as they go, and
+        # meet the error themselves).
+        self._allocating: Optional[Segment] = None
+        self._ahead_refused: Optional[Segment] = None
         self._idle_waiters: list = []            # close() waiting for the writes to end
         # Disk full: the group in flight is held (it stays _in_flight, so
         # nothing overtakes it) and rewritten whole when the timer fires.
@@ -222,6 +240,7 @@ class GroupCommit:
             if self._fast_sync and not group.roll and not group.delete and \
                     group.offset + len(group.data) <= seg.allocated:
                 self._group_syncer(loop).submit(self._fd, group.data, group.offset)
+                self._maybe_allocate_ahead(loop, seg, group.offset + len(group.data))
             elif self._own_thread:
                 self._flush_thread().submit(loop, self._write_group, args,
                                             self._group_written)
@@ -301,6 +320,7 @@ class GroupCommit:
 
     def _space_freed(self) -> None:
         self._no_space = None
+        self._ahead_refused = None      # allocating ahead may work again
         self._space_delay = _SPACE_RETRY_MIN
         log.warning("FileLogStore %s: disk space is available again; the held log writes "
                     "went through", self.path)
@@ -397,11 +417,14 @@ class GroupCommit:
 
     def _allocate(self, fd: int, seg: Segment, end: int) -> None:
         """Grows the segment file ahead of its data (flush thread): at least
-        to `end`, by PREALLOCATE at a time, to no more than segment_size
-        unless `end` is past it."""
+        to `end`, by PREALLOCATE at a time (AHEAD_STEP where the flush
+        thread allocates ahead of the plain groups: this group waits for
+        no more than it needs), to no more than segment_size unless `end`
+        is past it."""
         if end <= seg.allocated:
             return
-        target = max(end, min(end + PREALLOCATE, self.segment_size))
+        step = AHEAD_STEP if self._allocates_ahead(seg) else PREALLOCATE
+        target = max(end, min(end + step, self.segment_size))
         try:
             self._ops.allocate(fd, seg.allocated, target - seg.allocated)
         except OSError as exc:
@@ -410,6 +433,52 @@ class GroupCommit:
             target = end     # little space left: only what this group needs
             self._ops.allocate(fd, seg.allocated, target - seg.allocated)
         seg.allocated = target
+
+    def _allocates_ahead(self, seg: Segment) -> bool:
+        """Whether the flush thread allocates `seg`'s space ahead of its
+        groups: only zeros take long to write (posix_fallocate and
+        ftruncate return at once), only beside the compiled thread's
+        groups, and not in a segment where it failed."""
+        return self._fast_sync and self._ops.io.allocate == "zero-fill" and \
+            self._ahead_refused is not seg
+
+    def _maybe_allocate_ahead(self, loop: asyncio.AbstractEventLoop, seg: Segment,
+                              end: int) -> None:
+        """Has the flush thread zero-fill segment `seg`'s next space if less
+        than half of PREALLOCATE is left after `end` (event loop thread,
+        after a plain group went to the GroupSyncer on the active fd)."""
+        if self._allocating is not None or not self._allocates_ahead(seg) or \
+                seg.allocated >= self.segment_size or seg.allocated - end > PREALLOCATE // 2:
+            return
+        self._allocating = seg
+        self._flush_thread().submit(loop, self._allocate_ahead, (self._fd, seg),
+                                    self._allocated_ahead)
+
+    def _allocate_ahead(self, fd: int, seg: Segment) -> None:
+        """Flush thread: zero-fills the PREALLOCATE bytes after seg.allocated
+        AHEAD_STEP at a time, each made durable before `allocated` is
+        raised past it. In small steps because the plain groups go on
+        meanwhile: each step holds the file's lock for its write only, and
+        a group's fdatasync flushes at most one step's zeros with its data.
+        The jobs of this thread run one at a time, so a group written here
+        (_write_group) sees the new `allocated`."""
+        target = min(seg.allocated + PREALLOCATE, self.segment_size)
+        while seg.allocated < target:
+            start = seg.allocated
+            end = min(start + AHEAD_STEP, target)
+            self._ops.allocate(fd, start, end - start)
+            self._ops.sync_data(fd)
+            seg.allocated = end
+
+    def _allocated_ahead(self, result: Any, exc: Optional[BaseException]) -> None:
+        seg, self._allocating = self._allocating, None
+        if exc is not None:
+            # Nothing is lost: no group was written past `allocated`. The
+            # groups allocate their own space from here on in this segment,
+            # and a full disk or a failing one shows on them as ever.
+            self._ahead_refused = seg
+            log.warning("FileLogStore %s: allocating segment space ahead failed (%s); the "
+                        "writes allocate it themselves", self.path, exc)
 
     def _unlink_durably(self, path: str) -> None:
         # One directory fsync per deleted segment, oldest first: on a file
