@@ -291,6 +291,9 @@ class PowerCutFS(FileOps):
         self.calls["zero_fill"] += 1
         super().zero_fill(fd, offset, length)
 
+    def free_space(self, fd: int) -> int:
+        return 1 << 40          # the model's disk never fills
+
     def extend(self, fd: int, size: int) -> None:
         # ftruncate growing the file: a size change.
         self.calls["extend"] += 1

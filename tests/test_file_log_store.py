@@ -778,6 +778,10 @@ class ZeroFills:
         self.broken: list = []
         self.store = None
         self.fail_call = fail_call
+        #: While clear, a zero-fill past the first waits (held: set meanwhile).
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = threading.Event()
         real = FileOps.zero_fill
 
         def zero_fill(ops, fd, offset, length):
@@ -785,6 +789,9 @@ class ZeroFills:
             if seg is not None and seg.allocated > offset:
                 self.broken.append((offset, seg.allocated))
             self.calls.append((threading.current_thread().name, offset, length))
+            if len(self.calls) > 1 and not self.gate.is_set():
+                self.held.set()
+                self.gate.wait(GUARD)
             if len(self.calls) == self.fail_call:
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
             real(ops, fd, offset, length)
@@ -800,18 +807,15 @@ def test_the_flush_thread_zero_fills_ahead_of_the_plain_groups(tmp_path, monkeyp
         store = fills.store = FileLogStore(tmp_path)
         for i in range(1, 121, 2):              # 60 groups of 128 KiB: 7.5 MiB
             await append(store, big_ents(i, 2))
-        seg = store._segments[-1]
         assert sync_threads(store.path) and store._ahead_refused is None
         await store.close()
         assert fills.broken == []
-        ahead = [c for c in fills.calls if c[1] > 0]
-        # The first group's space, then the rest ahead of the groups, in
-        # contiguous steps on the flush thread, up to past what they hold.
-        assert fills.calls[0][1] == 0 and len(ahead) > PREALLOCATE // AHEAD_STEP
+        # The first group's space, then the rest ahead of the groups (7.5 MiB
+        # of them: at least that many steps), contiguous, on the flush thread.
+        assert fills.calls[0][1] == 0
+        assert len(fills.calls) > 1 + 7 * 1024 * 1024 // AHEAD_STEP
         assert {c[0] for c in fills.calls} == {f"raftcore-flush {store.path}"}
         assert all(a[1] + a[2] == b[1] for a, b in zip(fills.calls, fills.calls[1:]))
-        assert all(c[2] <= AHEAD_STEP for c in ahead)
-        assert seg.allocated >= seg.size + PREALLOCATE // 2
         reopened = FileLogStore(tmp_path)
         assert keys(reopened.entries(1, 120)) == keys(big_ents(1, 120))
         await reopened.close()
@@ -831,10 +835,52 @@ def test_a_failed_zero_fill_ahead_leaves_the_groups_to_allocate_their_space(
         assert store._ahead_refused is store._segments[-1]
         await store.close()
         assert "allocating segment space ahead failed" in caplog.text
-        # After the refused step, the groups allocated PREALLOCATE at a time.
-        assert len(fills.calls) > 2 and fills.calls[2][2] >= PREALLOCATE
+        # After the refused job, the groups allocated PREALLOCATE at a time.
+        assert any(c[2] >= PREALLOCATE for c in fills.calls[2:]), fills.calls
         reopened = FileLogStore(tmp_path)
         assert keys(reopened.entries(1, 120)) == keys(big_ents(1, 120))
+        await reopened.close()
+    run(body())
+
+
+def test_an_allocation_ahead_failing_midway_takes_back_all_it_wrote(tmp_path, monkeypatch):
+    """The second step of a job fails: the file is cut back to where the job
+    began, where the next allocation starts (zero-fills are made at the
+    file's end only), and `allocated` was never raised over the first."""
+    async def body():
+        fills = ZeroFills(monkeypatch, fail_call=3)
+        store = fills.store = FileLogStore(tmp_path)
+        for i in range(1, 121, 2):
+            await append(store, big_ents(i, 2))
+        await store.close()
+        assert fills.broken == []
+        job_start, failed_step = fills.calls[1][1], fills.calls[2][1]
+        assert failed_step == job_start + AHEAD_STEP and fills.calls[3][1] == job_start
+        reopened = FileLogStore(tmp_path)
+        assert keys(reopened.entries(1, 120)) == keys(big_ents(1, 120))
+        await reopened.close()
+    run(body())
+
+
+def test_close_waits_for_an_allocation_ahead_without_blocking_the_loop(tmp_path, monkeypatch):
+    """close() while a zero-fill job runs: the loop goes on meanwhile (close
+    waits for the job as for a group in flight), and the store closes once
+    the job is done."""
+    async def body():
+        fills = ZeroFills(monkeypatch)
+        store = fills.store = FileLogStore(tmp_path)
+        fills.gate.clear()
+        await append(store, big_ents(1, 2))
+        await append(store, big_ents(3, 2))       # a plain group: the job starts
+        assert await blocking(fills.held.wait, GUARD)
+        closing = asyncio.ensure_future(store.close())
+        await asyncio.sleep(0.05)     # the loop runs while the job is held
+        assert not closing.done()
+        fills.gate.set()
+        await asyncio.wait_for(closing, GUARD)
+        assert not flush_threads(store.path)
+        reopened = FileLogStore(tmp_path)
+        assert keys(reopened.entries(1, 4)) == keys(big_ents(1, 4))
         await reopened.close()
     run(body())
 
@@ -852,6 +898,16 @@ def test_a_zero_fill_that_runs_out_of_space_gives_back_what_it_took(tmp_path):
             if self.writes > 2:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             super().pwrite(fd, data, offset)
+    class OneMiBFree(FileOps):
+        def __init__(self):
+            self.writes = 0
+
+        def free_space(self, fd):
+            return 1024 * 1024
+
+        def pwrite(self, fd, data, offset):
+            self.writes += 1
+            super().pwrite(fd, data, offset)
     fd = os.open(tmp_path / "seg", os.O_RDWR | os.O_CREAT)
     try:
         os.write(fd, b"abc")
@@ -860,6 +916,13 @@ def test_a_zero_fill_that_runs_out_of_space_gives_back_what_it_took(tmp_path):
             ops.zero_fill(fd, 3, 4 * 1024 * 1024)
         assert got.value.errno == errno.ENOSPC and ops.writes == 3
         assert os.fstat(fd).st_size == 3 and os.pread(fd, 8, 0) == b"abc"
+        # What the free space cannot hold is refused without a write.
+        ops = OneMiBFree()
+        with pytest.raises(OSError) as got:
+            ops.zero_fill(fd, 3, 2 * 1024 * 1024)
+        assert got.value.errno == errno.ENOSPC and ops.writes == 0
+        ops.zero_fill(fd, 3, 1024 * 1024)
+        assert ops.writes == 1 and os.fstat(fd).st_size == 3 + 1024 * 1024
     finally:
         os.close(fd)
 

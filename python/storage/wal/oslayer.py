@@ -145,11 +145,15 @@ class FileOps:
         VM disk, 8 KB write + fdatasync took 180 us there against 130 us
         over written zeros, and one more wait for the disk.
 
-        The store calls it at the file's end only. If a write fails (the
-        disk is full), the file is cut back to `offset` before the error
-        is raised: the call takes all the space or none of it, as a failed
-        posix_fallocate does, and leaves no partial run of zeros holding
-        the disk's last free blocks."""
+        The store calls it at the file's end only. It takes all the space
+        or none of it, as posix_fallocate does: it refuses with ENOSPC,
+        writing nothing, what the file system's free space cannot hold,
+        and if a write fails anyway (a quota, a race for the last blocks)
+        the file is cut back to `offset` before the error is raised, so no
+        partial run of zeros holds the disk's last free blocks."""
+        if self.free_space(fd) < length:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {length} bytes of "
+                                        "segment space asked for, less free")
         end = offset + length
         pos = offset
         try:
@@ -159,16 +163,21 @@ class FileOps:
                 pos += n
         except OSError:
             try:
-                self.cut(fd, offset)
+                self.shrink(fd, offset)
             except OSError:
                 log.warning("cutting a segment back after a failed zero-fill failed too; "
                             "its zeros stay allocated", exc_info=True)
             raise
 
-    def cut(self, fd: int, size: int) -> None:
+    def shrink(self, fd: int, size: int) -> None:
         """Cuts the file back to `size` bytes, not synced: what it gives
         back held nothing."""
         os.ftruncate(fd, size)
+
+    def free_space(self, fd: int) -> int:
+        """Bytes an unprivileged writer may still take on fd's file system."""
+        st = os.fstatvfs(fd)
+        return st.f_bavail * st.f_frsize
 
     def fallocate(self, fd: int, offset: int, length: int) -> None:
         """posix_fallocate: the blocks are reserved (ENOSPC shows here)."""

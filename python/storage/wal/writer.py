@@ -28,11 +28,25 @@ ftruncate and every group fully synced.
 Writing 4 MB of zeros takes about 15 ms (ext4 VM disk), too long for the
 group that needs the space to wait for it. So while the plain groups of
 the active segment go on below `allocated`, the flush thread zero-fills
-the next PREALLOCATE bytes once less than half of that is left
-(_allocate_ahead); it raises `allocated` only when the zeros are written,
-and only the flush thread writes `allocated` (the event loop reads it to
-pick a group's path), so no group is ever written where zeros are still
-to come.
+the next AHEAD_JOB bytes once less than half of PREALLOCATE is left
+(_allocate_ahead), on a descriptor of its own. Its invariants:
+- `allocated` is raised only when the whole job's zeros are written and
+  synced, and only the flush thread writes it (the event loop reads it to
+  pick a group's path): no group is ever written where zeros are still to
+  come, and a job that fails can cut the file back to where it began (no
+  group lies above that), taking all its space or none;
+- its syncs go through its own descriptor: a write-back error of a
+  group's pages is reported to each open descriptor of the file, so the
+  job's fdatasync cannot consume the error the group's own fdatasync must
+  see (with one shared descriptor it could, and the group would be
+  acknowledged);
+- it starts only while the disk has AHEAD_RESERVE more free space than
+  it takes (FileOps.zero_fill also refuses, without writing, what the
+  disk cannot hold): space taken ahead must not be what a snapshot or a
+  vote save needs.
+A job is short (AHEAD_JOB, in AHEAD_STEP steps, each synced so that a
+group's fdatasync carries little else) because the flush thread's other
+jobs (vote saves, new segments) wait behind it.
 
 Three write paths, chosen per group in _submit; none can serve the others'
 cases without losing speed or a caller's guarantee:
@@ -57,6 +71,7 @@ group's outcome is handled (durable, disk full, failed).
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import os
@@ -78,9 +93,12 @@ log = logging.getLogger("raftcore.storage.file")
 #: Segment files grow by this much at a time (at most to segment_size), or
 #: by only what a group needs when the disk has less room than that.
 PREALLOCATE = 4 * 1024 * 1024
-#: The flush thread allocates ahead of the plain groups in steps of this
-#: much (see the module docstring).
+#: The flush thread allocates ahead of the plain groups this much per job,
+#: writing and syncing AHEAD_STEP at a time, and only while the disk has
+#: AHEAD_RESERVE free beyond it (see the module docstring).
+AHEAD_JOB = 1024 * 1024
 AHEAD_STEP = 256 * 1024
+AHEAD_RESERVE = 16 * 1024 * 1024
 #: A group held for lack of disk space is retried after this many seconds,
 #: doubling up to _SPACE_RETRY_MAX.
 _SPACE_RETRY_MIN = 0.05
@@ -142,10 +160,11 @@ class GroupCommit:
         self._thread: Optional[FlushThread] = None
         self._syncer: Optional[GroupSyncer] = None
         self._flush_task: Optional[asyncio.Task] = None   # with an executor: the write's task
-        # The segment whose next space the flush thread is zero-filling, and
-        # one where that failed (the groups then allocate as they go, and
-        # meet the error themselves).
-        self._allocating: Optional[Segment] = None
+        # The loop a job zero-filling space ahead reports to, while one runs
+        # (a closed loop never runs the report: then none counts as running),
+        # and a segment where that failed (the groups then allocate as they
+        # go, and meet the error themselves).
+        self._allocating: Optional[asyncio.AbstractEventLoop] = None
         self._ahead_refused: Optional[Segment] = None
         self._idle_waiters: list = []            # close() waiting for the writes to end
         # Disk full: the group in flight is held (it stays _in_flight, so
@@ -236,11 +255,11 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         seg = group.segment
         self._submitted_at = time.perf_counter()
+        plain = self._fast_sync and not group.roll and not group.delete and \
+            group.offset + len(group.data) <= seg.allocated
         try:
-            if self._fast_sync and not group.roll and not group.delete and \
-                    group.offset + len(group.data) <= seg.allocated:
+            if plain:
                 self._group_syncer(loop).submit(self._fd, group.data, group.offset)
-                self._maybe_allocate_ahead(loop, seg, group.offset + len(group.data))
             elif self._own_thread:
                 self._flush_thread().submit(loop, self._write_group, args,
                                             self._group_written)
@@ -251,6 +270,10 @@ class GroupCommit:
             self._fail(StorageError(f"FileLogStore {self.path}: cannot start writing the "
                                     f"log: {exc}; the store takes no more writes"),
                        group, exc)
+            return
+        if plain:
+            # Outside the try: the group is in the compiled thread's hands.
+            self._maybe_allocate_ahead(loop, seg, group.offset + len(group.data))
 
     async def _write_in_executor(self, args: tuple) -> None:
         try:
@@ -334,9 +357,10 @@ class GroupCommit:
                 log.exception("FileLogStore %s: the space listener raised", self.path)
 
     def _idle(self) -> bool:
-        """No write under way (a group held for space waits on a timer only)."""
-        return not self._start_scheduled and (self._in_flight is None or
-                                              self._space_retry is not None)
+        """No write under way (a group held for space waits on a timer
+        only), and no space being allocated ahead."""
+        return not self._start_scheduled and not self._ahead_running() and \
+            (self._in_flight is None or self._space_retry is not None)
 
     def _maybe_idle(self) -> None:
         if self._idle_waiters and self._idle():
@@ -442,43 +466,68 @@ class GroupCommit:
         return self._fast_sync and self._ops.io.allocate == "zero-fill" and \
             self._ahead_refused is not seg
 
+    def _ahead_running(self) -> bool:
+        loop = self._allocating
+        return loop is not None and not loop.is_closed()
+
     def _maybe_allocate_ahead(self, loop: asyncio.AbstractEventLoop, seg: Segment,
                               end: int) -> None:
         """Has the flush thread zero-fill segment `seg`'s next space if less
         than half of PREALLOCATE is left after `end` (event loop thread,
-        after a plain group went to the GroupSyncer on the active fd)."""
-        if self._allocating is not None or not self._allocates_ahead(seg) or \
+        after a plain group went to the GroupSyncer)."""
+        if self._ahead_running() or not self._allocates_ahead(seg) or \
                 seg.allocated >= self.segment_size or seg.allocated - end > PREALLOCATE // 2:
             return
-        self._allocating = seg
-        self._flush_thread().submit(loop, self._allocate_ahead, (self._fd, seg),
-                                    self._allocated_ahead)
+        try:
+            self._flush_thread().submit(loop, self._allocate_ahead, (seg,),
+                                        functools.partial(self._allocated_ahead, seg))
+        except Exception as exc:    # no thread to be had: the groups allocate themselves
+            self._allocated_ahead(seg, None, exc)
+            return
+        self._allocating = loop
 
-    def _allocate_ahead(self, fd: int, seg: Segment) -> None:
-        """Flush thread: zero-fills the PREALLOCATE bytes after seg.allocated
-        AHEAD_STEP at a time, each made durable before `allocated` is
-        raised past it. In small steps because the plain groups go on
-        meanwhile: each step holds the file's lock for its write only, and
-        a group's fdatasync flushes at most one step's zeros with its data.
-        The jobs of this thread run one at a time, so a group written here
-        (_write_group) sees the new `allocated`."""
-        target = min(seg.allocated + PREALLOCATE, self.segment_size)
-        while seg.allocated < target:
-            start = seg.allocated
-            end = min(start + AHEAD_STEP, target)
-            self._ops.allocate(fd, start, end - start)
-            self._ops.sync_data(fd)
-            seg.allocated = end
+    def _allocate_ahead(self, seg: Segment) -> None:
+        """Flush thread: zero-fills the AHEAD_JOB bytes after seg.allocated
+        through a descriptor of its own, AHEAD_STEP at a time, each synced;
+        then raises seg.allocated over them all. If anything fails, the
+        file is cut back to where the job began and the error raised. The
+        jobs of this thread run one at a time, so a group written here
+        (_write_group) sees the new `allocated`. (See the module docstring
+        for why each of these.)"""
+        ops = self._ops
+        start = seg.allocated
+        target = min(start + AHEAD_JOB, self.segment_size)
+        if target <= start:
+            return
+        fd = ops.open_segment(seg.path, create=False)
+        try:
+            if ops.free_space(fd) < target - start + AHEAD_RESERVE:
+                raise OSError(errno.ENOSPC, "too little free space to allocate the log's "
+                                            "segment space ahead")
+            try:
+                for pos in range(start, target, AHEAD_STEP):
+                    ops.zero_fill(fd, pos, min(AHEAD_STEP, target - pos))
+                    ops.sync_data(fd)
+            except BaseException:
+                ops.shrink(fd, start)
+                raise
+        finally:
+            ops.close(fd)
+        seg.allocated = target
 
-    def _allocated_ahead(self, result: Any, exc: Optional[BaseException]) -> None:
-        seg, self._allocating = self._allocating, None
+    def _allocated_ahead(self, seg: Segment, result: Any,
+                         exc: Optional[BaseException]) -> None:
+        self._allocating = None
         if exc is not None:
-            # Nothing is lost: no group was written past `allocated`. The
-            # groups allocate their own space from here on in this segment,
-            # and a full disk or a failing one shows on them as ever.
+            # Nothing is lost: no group was written past `allocated`, and
+            # each group's own fdatasync reports its own write errors. The
+            # groups allocate their own space from here on in this segment
+            # (until a full disk has space again), and meet any error
+            # themselves.
             self._ahead_refused = seg
             log.warning("FileLogStore %s: allocating segment space ahead failed (%s); the "
                         "writes allocate it themselves", self.path, exc)
+        self._maybe_idle()
 
     def _unlink_durably(self, path: str) -> None:
         # One directory fsync per deleted segment, oldest first: on a file
