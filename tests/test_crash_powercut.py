@@ -294,6 +294,11 @@ class PowerCutFS(FileOps):
     def free_space(self, fd: int) -> int:
         return 1 << 40          # the model's disk never fills
 
+    def shrink(self, fd: int, size: int) -> None:
+        # ftruncate cutting the file (after a failed zero-fill): a size change.
+        self._step()
+        self.fds[fd].truncate(size)
+
     def extend(self, fd: int, size: int) -> None:
         # ftruncate growing the file: a size change.
         self.calls["extend"] += 1

@@ -27,7 +27,7 @@ from raftcore.network import LocalRouter
 from raftcore.storage import FileLogStore, MemStateMachine
 from raftcore.storage.file import (FORMAT_VERSION, PREALLOCATE, R_ENTRIES, R_HEADER, R_MARKER, R_PURGE,
                                    FileOps, frame)
-from raftcore.storage.wal.writer import AHEAD_STEP
+from raftcore.storage.wal.writer import AHEAD_JOB, AHEAD_RESERVE, AHEAD_STEP
 from raftcore.types import ENTRY_NORMAL, Entry, LogId, Vote
 
 GUARD = 20.0
@@ -767,11 +767,13 @@ def big_ents(first: int, n: int) -> list:
 
 class ZeroFills:
     """Wraps FileOps.zero_fill (on the class: a store given plain FileOps
-    takes the compiled path only then) to record each call's thread and
-    range and, for the store's active segment, check that its `allocated`
-    has not been raised over the range before the zeros are written (a
-    group written there meanwhile would be zeroed). `fail_call`: the call
-    (counting from 1) that raises EIO instead."""
+    takes the compiled path only then) to record each call's thread, range
+    and descriptor (a job ahead has its own), and to check two invariants
+    at each call: the store's active segment has not had `allocated` raised
+    over the range before the zeros are written (a group written there
+    meanwhile would be zeroed), and the range starts at the file's end (a
+    zero-fill that failed was cut back). `fail_call`: the call (counting
+    from 1) that raises EIO instead."""
 
     def __init__(self, monkeypatch, fail_call: int = 0) -> None:
         self.calls: list = []
@@ -787,8 +789,11 @@ class ZeroFills:
         def zero_fill(ops, fd, offset, length):
             seg = self.store._segments[-1] if self.store is not None else None
             if seg is not None and seg.allocated > offset:
-                self.broken.append((offset, seg.allocated))
-            self.calls.append((threading.current_thread().name, offset, length))
+                self.broken.append(("allocated raised", offset, seg.allocated))
+            if os.fstat(fd).st_size != offset:
+                self.broken.append(("not at the end", offset, os.fstat(fd).st_size))
+            own_fd = self.store is not None and fd != self.store._fd
+            self.calls.append((threading.current_thread().name, offset, length, own_fd))
             if len(self.calls) > 1 and not self.gate.is_set():
                 self.held.set()
                 self.gate.wait(GUARD)
@@ -810,12 +815,15 @@ def test_the_flush_thread_zero_fills_ahead_of_the_plain_groups(tmp_path, monkeyp
         assert sync_threads(store.path) and store._ahead_refused is None
         await store.close()
         assert fills.broken == []
-        # The first group's space, then the rest ahead of the groups (7.5 MiB
-        # of them: at least that many steps), contiguous, on the flush thread.
+        # The first group's space, then the rest (7.5 MiB of groups), all
+        # contiguous, on the flush thread; jobs ahead (on their own
+        # descriptor, AHEAD_STEP at a time) did at least one whole job of it.
         assert fills.calls[0][1] == 0
-        assert len(fills.calls) > 1 + 7 * 1024 * 1024 // AHEAD_STEP
+        assert fills.calls[-1][1] + fills.calls[-1][2] > 7 * 1024 * 1024
         assert {c[0] for c in fills.calls} == {f"raftcore-flush {store.path}"}
         assert all(a[1] + a[2] == b[1] for a, b in zip(fills.calls, fills.calls[1:]))
+        ahead = [c for c in fills.calls[1:] if c[3]]     # (the first: a new segment's)
+        assert len(ahead) >= AHEAD_JOB // AHEAD_STEP and {c[2] for c in ahead} == {AHEAD_STEP}
         reopened = FileLogStore(tmp_path)
         assert keys(reopened.entries(1, 120)) == keys(big_ents(1, 120))
         await reopened.close()
@@ -845,8 +853,8 @@ def test_a_failed_zero_fill_ahead_leaves_the_groups_to_allocate_their_space(
 
 def test_an_allocation_ahead_failing_midway_takes_back_all_it_wrote(tmp_path, monkeypatch):
     """The second step of a job fails: the file is cut back to where the job
-    began, where the next allocation starts (zero-fills are made at the
-    file's end only), and `allocated` was never raised over the first."""
+    began (the next zero-fill finds the file's end there: ZeroFills checks
+    it), and `allocated` was never raised over the first step."""
     async def body():
         fills = ZeroFills(monkeypatch, fail_call=3)
         store = fills.store = FileLogStore(tmp_path)
@@ -898,16 +906,6 @@ def test_a_zero_fill_that_runs_out_of_space_gives_back_what_it_took(tmp_path):
             if self.writes > 2:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             super().pwrite(fd, data, offset)
-    class OneMiBFree(FileOps):
-        def __init__(self):
-            self.writes = 0
-
-        def free_space(self, fd):
-            return 1024 * 1024
-
-        def pwrite(self, fd, data, offset):
-            self.writes += 1
-            super().pwrite(fd, data, offset)
     fd = os.open(tmp_path / "seg", os.O_RDWR | os.O_CREAT)
     try:
         os.write(fd, b"abc")
@@ -916,15 +914,34 @@ def test_a_zero_fill_that_runs_out_of_space_gives_back_what_it_took(tmp_path):
             ops.zero_fill(fd, 3, 4 * 1024 * 1024)
         assert got.value.errno == errno.ENOSPC and ops.writes == 3
         assert os.fstat(fd).st_size == 3 and os.pread(fd, 8, 0) == b"abc"
-        # What the free space cannot hold is refused without a write.
-        ops = OneMiBFree()
-        with pytest.raises(OSError) as got:
-            ops.zero_fill(fd, 3, 2 * 1024 * 1024)
-        assert got.value.errno == errno.ENOSPC and ops.writes == 0
-        ops.zero_fill(fd, 3, 1024 * 1024)
-        assert ops.writes == 1 and os.fstat(fd).st_size == 3 + 1024 * 1024
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("free_mib", [8, 4096])
+def test_a_store_short_of_free_space_allocates_only_what_each_group_needs(tmp_path, free_mib):
+    """With less free space than AHEAD_RESERVE beyond the step, a group
+    allocates only its own bytes (zeros written ahead would be cut back at
+    each group once the disk fills); with room, a step ahead of it."""
+    class Free(FileOps):
+        def free_space(self, fd):
+            return free_mib * 1024 * 1024
+
+    async def body():
+        store = FileLogStore(tmp_path, ops=Free())
+        for i in range(1, 9, 2):
+            await append(store, big_ents(i, 2))
+        seg = tmp_path / segments(tmp_path)[0]
+        size = os.path.getsize(seg)
+        await store.close()
+        if free_mib * 1024 * 1024 < AHEAD_RESERVE:
+            assert size == len(written(seg))
+        else:
+            assert size >= PREALLOCATE > len(written(seg))
+        reopened = FileLogStore(tmp_path)
+        assert keys(reopened.entries(1, 8)) == keys(big_ents(1, 8))
+        await reopened.close()
+    run(body())
 
 
 async def fails_for_good(store, caplog, index: int, reason: str) -> None:

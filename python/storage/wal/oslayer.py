@@ -146,14 +146,11 @@ class FileOps:
         over written zeros, and one more wait for the disk.
 
         The store calls it at the file's end only. It takes all the space
-        or none of it, as posix_fallocate does: it refuses with ENOSPC,
-        writing nothing, what the file system's free space cannot hold,
-        and if a write fails anyway (a quota, a race for the last blocks)
-        the file is cut back to `offset` before the error is raised, so no
-        partial run of zeros holds the disk's last free blocks."""
-        if self.free_space(fd) < length:
-            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {length} bytes of "
-                                        "segment space asked for, less free")
+        or none of it, as posix_fallocate does: if a write fails (a full
+        disk, a quota), the file is cut back to `offset` before the error is
+        raised, so no partial run of zeros holds the disk's last free
+        blocks. (The store asks for more than a group needs only while
+        free_space says there is room: see GroupCommit._allocate.)"""
         end = offset + length
         pos = offset
         try:
@@ -175,7 +172,9 @@ class FileOps:
         os.ftruncate(fd, size)
 
     def free_space(self, fd: int) -> int:
-        """Bytes an unprivileged writer may still take on fd's file system."""
+        """Bytes an unprivileged writer may still take on fd's file system
+        (a hint: it decides how much is allocated ahead, never whether a
+        write is tried)."""
         st = os.fstatvfs(fd)
         return st.f_bavail * st.f_frsize
 

@@ -41,9 +41,9 @@ the next AHEAD_JOB bytes once less than half of PREALLOCATE is left
   see (with one shared descriptor it could, and the group would be
   acknowledged);
 - it starts only while the disk has AHEAD_RESERVE more free space than
-  it takes (FileOps.zero_fill also refuses, without writing, what the
-  disk cannot hold): space taken ahead must not be what a snapshot or a
-  vote save needs.
+  it takes (and a group allocating for itself then takes only what it
+  needs): space taken ahead must not be what a snapshot or a vote save
+  needs.
 A job is short (AHEAD_JOB, in AHEAD_STEP steps, each synced so that a
 group's fdatasync carries little else) because the flush thread's other
 jobs (vote saves, new segments) wait behind it.
@@ -105,6 +105,13 @@ _SPACE_RETRY_MIN = 0.05
 _SPACE_RETRY_MAX = 1.0
 
 
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class Group:
     """Records taken from the buffer to be written and fsynced together."""
 
@@ -161,9 +168,8 @@ class GroupCommit:
         self._syncer: Optional[GroupSyncer] = None
         self._flush_task: Optional[asyncio.Task] = None   # with an executor: the write's task
         # The loop a job zero-filling space ahead reports to, while one runs
-        # (a closed loop never runs the report: then none counts as running),
-        # and a segment where that failed (the groups then allocate as they
-        # go, and meet the error themselves).
+        # (see _ahead_running), and a segment where that failed (the groups
+        # then allocate as they go, and meet the error themselves).
         self._allocating: Optional[asyncio.AbstractEventLoop] = None
         self._ahead_refused: Optional[Segment] = None
         self._idle_waiters: list = []            # close() waiting for the writes to end
@@ -449,6 +455,11 @@ class GroupCommit:
             return
         step = AHEAD_STEP if self._allocates_ahead(seg) else PREALLOCATE
         target = max(end, min(end + step, self.segment_size))
+        if self._ops.io.allocate == "zero-fill" and target > end and \
+                self._ops.free_space(fd) < target - seg.allocated + AHEAD_RESERVE:
+            # Zeros written only to be cut back when the disk fills would
+            # cost a write of the free space per group: only what it needs.
+            target = end
         try:
             self._ops.allocate(fd, seg.allocated, target - seg.allocated)
         except OSError as exc:
@@ -467,8 +478,11 @@ class GroupCommit:
             self._ahead_refused is not seg
 
     def _ahead_running(self) -> bool:
+        """A job allocating ahead will report to the running loop. (One that
+        reports to another loop, stopped or closed, is not waited for: it
+        may never report. The flush thread's join at close bounds it.)"""
         loop = self._allocating
-        return loop is not None and not loop.is_closed()
+        return loop is not None and loop is _running_loop()
 
     def _maybe_allocate_ahead(self, loop: asyncio.AbstractEventLoop, seg: Segment,
                               end: int) -> None:
@@ -521,7 +535,8 @@ class GroupCommit:
 
     def _allocated_ahead(self, seg: Segment, result: Any,
                          exc: Optional[BaseException]) -> None:
-        self._allocating = None
+        if self._allocating is _running_loop():
+            self._allocating = None     # (else a later job, on another loop, runs)
         if exc is not None:
             # Nothing is lost: no group was written past `allocated`, and
             # each group's own fdatasync reports its own write errors. The
