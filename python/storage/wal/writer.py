@@ -456,7 +456,7 @@ class GroupCommit:
         step = AHEAD_STEP if self._allocates_ahead(seg) else PREALLOCATE
         target = max(end, min(end + step, self.segment_size))
         if self._ops.io.allocate == "zero-fill" and target > end and \
-                self._ops.free_space(fd) < target - seg.allocated + AHEAD_RESERVE:
+                self._short_of_room(fd, target - seg.allocated):
             # Zeros written only to be cut back when the disk fills would
             # cost a write of the free space per group: only what it needs.
             target = end
@@ -468,6 +468,12 @@ class GroupCommit:
             target = end     # little space left: only what this group needs
             self._ops.allocate(fd, seg.allocated, target - seg.allocated)
         seg.allocated = target
+
+    def _short_of_room(self, fd: int, length: int) -> bool:
+        """Whether taking `length` more bytes of zeros ahead would leave the
+        disk less than AHEAD_RESERVE free (flush thread; the space a
+        snapshot or a vote save needs is not taken for speed)."""
+        return self._ops.free_space(fd) < length + AHEAD_RESERVE
 
     def _allocates_ahead(self, seg: Segment) -> bool:
         """Whether the flush thread allocates `seg`'s space ahead of its
@@ -515,7 +521,7 @@ class GroupCommit:
             return
         fd = ops.open_segment(seg.path, create=False)
         try:
-            if ops.free_space(fd) < target - start + AHEAD_RESERVE:
+            if self._short_of_room(fd, target - start):
                 raise OSError(errno.ENOSPC, "too little free space to allocate the log's "
                                             "segment space ahead")
             try:
