@@ -7,6 +7,9 @@ Redis state (and still load when made before it)."""
 from __future__ import annotations
 
 import asyncio
+import random
+import sys
+import sysconfig
 
 import msgpack
 import pytest
@@ -444,6 +447,58 @@ def test_a_batch_applies_as_its_commands_one_by_one(batches):
             ks = Keyspace(slow, now, mutate, track=track)
             assert got == [run_command(ks, c) for c in cmds]
         assert fast.data == slow.data and fast.redis.dump() == slow.redis.dump()
+
+
+def test_a_long_batch_on_a_large_map_applies_as_its_commands_one_by_one():
+    # Batches longer than the span whose map slots run_commands brings into
+    # the cache (dict_slots), on a map large enough for many probes to
+    # collide, holding deleted slots, str keys beside bytes ones and keys
+    # with deadlines: the same replies and the same map as run_command's.
+    from raftcore.kv.redis.apply import run_command, run_commands
+    from raftcore.kv.redis.keyspace import Keyspace
+    rnd = random.Random(5)
+    fast, slow = KvStateMachine(), KvStateMachine()
+    for sm in (fast, slow):
+        ks = Keyspace(sm, 0, True)
+        for i in range(5000):
+            run_command(ks, [b"SET", b"k%d" % i, b"%d" % i])
+        for i in range(0, 5000, 7):
+            run_command(ks, [b"DEL", b"k%d" % i])
+        for i in range(3, 5000, 50):
+            run_command(ks, [b"PEXPIRE", b"k%d" % i, b"100000"])
+
+    def command():
+        key = b"k%d" % rnd.randrange(6000)
+        return rnd.choice([[b"SET", key, b"v%d" % rnd.randrange(99)], [b"GET", key],
+                           [b"INCR", key], [b"DEL", key], [b"set", key, b"x"],
+                           [b"SET", "str-key", b"v"], [b"GET", key, b"extra"]])
+    for n in (9, 31, 32, 33, 100, 700):
+        cmds = [command() for _ in range(n)]
+        got = run_commands(Keyspace(fast, 10, True), cmds)
+        ks = Keyspace(slow, 10, True)
+        assert got == [run_command(ks, c) for c in cmds]
+        assert fast.data == slow.data and fast.redis.dump() == slow.redis.dump()
+
+
+def test_the_map_layout_read_to_warm_the_cache_is_the_interpreter_s():
+    # dict_slots reads CPython's dict internals (3.11 to 3.13). A key
+    # whose first probed slot names it is found only if the index, its
+    # width and the entries are read where the interpreter keeps them.
+    from raftcore.kv.redis import fast
+    d = {b"key:%012d" % i: b"v" for i in range(20000)}
+    reads = (sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 13)
+             and not sysconfig.get_config_var("Py_GIL_DISABLED"))
+    assert fast.DICT_SLOTS_READ == reads
+    hits = fast.first_probe_hits(d)
+    if reads:
+        # At this load (20,000 of 32,768 slots) most keys sit where they hash.
+        assert len(d) // 2 < hits <= len(d)
+        # A key alone in its map sits where it hashes.
+        assert fast.first_probe_hits({b"a": 1}) == 1
+    else:
+        assert hits == 0
+    # A map of str keys has another layout, never read.
+    assert fast.first_probe_hits({"a": 1, "b": 2}) == 0
 
 
 def test_an_entry_of_a_later_version_stops_the_node_instead_of_applying_otherwise():

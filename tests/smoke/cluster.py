@@ -13,7 +13,9 @@ RAFTCORE_PORTABLE_IO=1. It checks that
 - a 3-node cluster (in process, LocalRouter) on FileLogStore elects a
   leader and replicates writes to every node, and after a shutdown the
   stores reopen with every entry, and the restarted cluster takes a write;
-- the stores use the portable I/O calls when RAFTCORE_PORTABLE_IO=1 asks.
+- the stores use the portable I/O calls when RAFTCORE_PORTABLE_IO=1 asks;
+- the Redis apply reads this CPython's dict layout right where it reads
+  it at all (kv.redis.dict_slots, on CPython 3.11 to 3.13).
 
 Exits non-zero (an assertion or an exception) when any check fails.
 """
@@ -26,6 +28,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import sysconfig
 import tempfile
 
 import raftcore
@@ -51,6 +54,16 @@ def check_package() -> None:
     sources = [str(p.relative_to(pkg)) for ext in ("*.pyx", "*.pxd", "*.c")
                for p in pkg.rglob(ext)]
     assert not sources, f"Cython sources shipped in the wheel: {sources}"
+
+
+def check_dict_layout() -> None:
+    from raftcore.kv.redis import fast
+    reads = (sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 13)
+             and not sysconfig.get_config_var("Py_GIL_DISABLED"))
+    assert fast.DICT_SLOTS_READ == reads, (fast.DICT_SLOTS_READ, sys.version)
+    d = {b"key:%012d" % i: b"v" for i in range(20000)}
+    hits = fast.first_probe_hits(d)
+    assert (len(d) // 2 < hits <= len(d)) if reads else hits == 0, hits
 
 
 def check_version() -> None:
@@ -136,6 +149,7 @@ async def cluster(root: str, portable: bool) -> None:
 
 def main() -> None:
     check_package()
+    check_dict_layout()
     check_version()
     portable = os.environ.get("RAFTCORE_PORTABLE_IO", "") == "1"
     with tempfile.TemporaryDirectory(prefix="raftcore-smoke-") as root:

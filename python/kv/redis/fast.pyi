@@ -7,3 +7,9 @@ def plain_batch(cmds: list, plain: dict[bytes, tuple[str, int]]) -> Optional[tup
 def encode_replies(replies: list, resp3: bool, encode: Callable[[Any, bool], bytes]) -> bytes: ...
 def run_commands(ks: Any, cmds: list, run_command: Callable[[Any, Any], Any], ok: Any,
                  parse_int: Callable[[Any], Any], per_command: bool, track: bool) -> list: ...
+
+#: Whether run_commands warms a map's slots before it uses them (dict_slots.pxd).
+DICT_SLOTS_READ: bool
+
+
+def first_probe_hits(d: dict) -> int: ...
