@@ -480,6 +480,32 @@ def test_a_long_batch_on_a_large_map_applies_as_its_commands_one_by_one():
         assert fast.data == slow.data and fast.redis.dump() == slow.redis.dump()
 
 
+def test_warming_the_cache_changes_no_batch_it_cannot_read():
+    # What dict_slots must leave alone (a touch reads the map's internals
+    # only): a map that is not a dict (the lookups answer as they always
+    # did, instead of reading memory that is not a map's), and a batch a
+    # command shortens while it runs (iteration sees the list as it is
+    # now; a touch of the old length would fail on the missing commands).
+    from types import SimpleNamespace as NS
+    from raftcore.kv.redis.fast import run_commands
+
+    def keyspace(data):
+        return NS(data=data, expires={}, mutate=True,
+                  state=NS(versions={}, tombstones={}, counter=0))
+    gets = [[b"GET", b"k%d" % i] for i in range(40)]
+    assert run_commands(keyspace(None), gets, None, "OK", int, False, False) == [None] * 40
+
+    for n in (34, 39, 40, 70):
+        cmds = [[b"TRUNCATE"]] + [[b"GET", b"a"]] * (n - 1)
+
+        def run_command(ks, cmd):
+            del cmds[33:]
+            return "truncated"
+        replies = run_commands(keyspace({b"a": b"1"}), cmds, run_command, "OK", int, False,
+                               False)
+        assert replies == ["truncated"] + [b"1"] * 32
+
+
 def test_the_map_layout_read_to_warm_the_cache_is_the_interpreter_s():
     # dict_slots reads CPython's dict internals (3.11 to 3.13). A key
     # whose first probed slot names it is found only if the index, its

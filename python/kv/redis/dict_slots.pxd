@@ -18,7 +18,7 @@ It reads the layout of CPython's dict keys (Include/internal/pycore_dict.h),
 the same in 3.11, 3.12 and 3.13 with the GIL; DICT_SLOTS_READ is false
 elsewhere and the passes do nothing. It only reads: a key's lookup, and so
 every result, is the dict's own. Each read stays inside the keys object
-(bounded by its own sizes, checked against the limits that layout has) or
+(an index slot within its table, an entry below its count of entries) or
 in a key or value the dict holds; the smoke test of every wheel checks
 the layout against the dict's own lookups (fast.first_probe_hits).
 
@@ -31,7 +31,7 @@ from cpython.object cimport PyObject
 cdef extern from *:
     """
     #if !defined(PYPY_VERSION) && !defined(Py_LIMITED_API) && !defined(Py_GIL_DISABLED) \\
-        && PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000
+        && PY_VERSION_HEX >= 0x030B00F0 && PY_VERSION_HEX < 0x030E0000
     #define RC_DICT_SLOTS_READ 1
     /* struct _dictkeysobject of CPython 3.11 to 3.13. */
     typedef struct {
@@ -47,12 +47,16 @@ cdef extern from *:
     /* PyDictKeyEntry: the entries of a table of any keys (not only str). */
     typedef struct { Py_hash_t hash; PyObject *key; PyObject *value; } rc_dict_entry;
 
-    /* The keys of `d` if they are a table of any keys (DICT_KEYS_GENERIC,
-       0) whose sizes are what that layout allows; else NULL. */
+    /* The keys of `d` if it is a dict whose keys are a table of any keys
+       (DICT_KEYS_GENERAL, 0) with sizes that layout allows; else NULL. */
     static inline rc_dict_keys *rc_generic_keys(PyObject *d) {
-        rc_dict_keys *k = (rc_dict_keys *)((PyDictObject *)d)->ma_keys;
-        int width = k->dk_log2_index_bytes - k->dk_log2_size;
-        if (k->dk_kind != 0 || k->dk_log2_size < 3 || k->dk_log2_size > 40
+        rc_dict_keys *k;
+        int width;
+        if (d == NULL || !PyDict_Check(d)) return NULL;
+        k = (rc_dict_keys *)((PyDictObject *)d)->ma_keys;
+        width = k->dk_log2_index_bytes - k->dk_log2_size;
+        if (k->dk_kind != 0 || k->dk_log2_size < 3
+                || k->dk_log2_size > (int)(8 * sizeof(Py_ssize_t)) - 2
                 || width < 0 || width > 3 || k->dk_nentries < 0
                 || k->dk_nentries > ((Py_ssize_t)1 << k->dk_log2_size))
             return NULL;
@@ -131,7 +135,9 @@ cdef inline Py_ssize_t touch_key_slots(dict data, list cmds, Py_ssize_t start,
     bytes) look up. Returns 0 or 1 (meaningless; see rc_touch_slots)."""
     cdef Py_hash_t hashes[TOUCH_SPAN]
     cdef Py_ssize_t i, n = 0
-    for i in range(start, min(stop, start + TOUCH_SPAN)):
+    # Clamped to the list as it is now: a command run before may have
+    # changed it (never a plain one; a touch must not change a result).
+    for i in range(start, min(stop, start + TOUCH_SPAN, len(cmds))):
         c = cmds[i]
         if type(c) is list and len(<list>c) >= 2:
             key = (<list>c)[1]
