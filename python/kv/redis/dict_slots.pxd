@@ -140,16 +140,15 @@ cdef enum:
     TOUCH_MIN = 8
 
 
-cdef inline Py_ssize_t touch_key_slots(dict data, list cmds, Py_ssize_t start,
-                                       Py_ssize_t stop) except -1:
-    """Brings in the slots of `data` that the keys of cmds[start:stop]
-    (at most TOUCH_SPAN commands; each one's second item, where it is
-    bytes) look up. Returns 0 or 1 (meaningless; see rc_touch_slots)."""
+cdef inline Py_ssize_t touch_key_slots(dict data, list cmds, Py_ssize_t start) except -1:
+    """Brings in the slots of `data` that the keys of the TOUCH_SPAN
+    commands from cmds[start] (each one's second item, where it is bytes)
+    look up. Returns 0 or 1 (meaningless; see rc_touch_slots)."""
     cdef Py_hash_t hashes[TOUCH_SPAN]
     cdef Py_ssize_t i, n = 0
-    # Clamped to the list as it is now: a command run before may have
+    # Up to the list's end as it is now: a command run before may have
     # changed it (never a plain one; a touch must not change a result).
-    for i in range(start, min(stop, start + TOUCH_SPAN, len(cmds))):
+    for i in range(start, min(start + TOUCH_SPAN, len(cmds))):
         c = cmds[i]
         if type(c) is list and len(<list>c) >= 2:
             key = (<list>c)[1]

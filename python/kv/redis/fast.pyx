@@ -201,7 +201,7 @@ def run_commands(ks, list cmds, run_command, ok, parse_int, bint per_command,
         # Each TOUCH_SPAN commands, their keys' map slots are brought into
         # the cache together (dict_slots).
         if RC_DICT_SLOTS_READ and at % TOUCH_SPAN == 0 and total - at >= TOUCH_MIN:
-            touch_key_slots(data, cmds, at, min(at + TOUCH_SPAN, total))
+            touch_key_slots(data, cmds, at)
         at += 1
         if type(c) is list:
             cmd = <list>c

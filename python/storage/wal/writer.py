@@ -105,13 +105,6 @@ _SPACE_RETRY_MIN = 0.05
 _SPACE_RETRY_MAX = 1.0
 
 
-def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 class Group:
     """Records taken from the buffer to be written and fsynced together."""
 
@@ -488,7 +481,7 @@ class GroupCommit:
         reports to another loop, stopped or closed, is not waited for: it
         may never report. The flush thread's join at close bounds it.)"""
         loop = self._allocating
-        return loop is not None and loop is _running_loop()
+        return loop is not None and loop is asyncio._get_running_loop()
 
     def _maybe_allocate_ahead(self, loop: asyncio.AbstractEventLoop, seg: Segment,
                               end: int) -> None:
@@ -541,7 +534,7 @@ class GroupCommit:
 
     def _allocated_ahead(self, seg: Segment, result: Any,
                          exc: Optional[BaseException]) -> None:
-        if self._allocating is _running_loop():
+        if self._allocating is asyncio._get_running_loop():
             self._allocating = None     # (else a later job, on another loop, runs)
         if exc is not None:
             # Nothing is lost: no group was written past `allocated`, and
